@@ -1,0 +1,204 @@
+"""The key manager's tables. Alembic migrations in ``migrations/`` are the only way they are created.
+
+Nothing here holds a secret in the clear: key material and ``awsxks`` secrets are keyring-sealed blobs
+(they must be usable), app secrets and user passwords are salted scrypt hashes (they need only be checked).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Uuid = String(36)
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: Timestamp}
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    acct_id: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+
+
+class User(Base):
+    __tablename__ = "users"
+    user_id: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    last_logged_in_at: Mapped[datetime | None]
+
+
+class AccountMember(Base):
+    __tablename__ = "account_members"
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id", ondelete="CASCADE"), primary_key=True)
+    acct_id: Mapped[str] = mapped_column(ForeignKey("accounts.acct_id", ondelete="CASCADE"), primary_key=True)
+    # ACCOUNTADMINISTRATOR, ACCOUNTMEMBER, ACCOUNTAUDITOR (Fortanix UserAccountFlags)
+    roles: Mapped[list[str]]
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    __table_args__ = (UniqueConstraint("acct_id", "name"),)
+    group_id: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    acct_id: Mapped[str] = mapped_column(ForeignKey("accounts.acct_id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    creator_type: Mapped[str] = mapped_column(String(8))
+    creator_id: Mapped[str] = mapped_column(Uuid)
+    created_at: Mapped[datetime]
+
+
+class App(Base):
+    __tablename__ = "apps"
+    __table_args__ = (UniqueConstraint("acct_id", "name"),)
+    app_id: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    acct_id: Mapped[str] = mapped_column(ForeignKey("accounts.acct_id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    app_type: Mapped[str] = mapped_column(String(64), default="default")
+    # Secret or AwsXks (Fortanix OneAppAuthType)
+    auth_type: Mapped[str] = mapped_column(String(16))
+    default_group_id: Mapped[str | None] = mapped_column(ForeignKey("groups.group_id", ondelete="SET NULL"))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    creator_type: Mapped[str] = mapped_column(String(8))
+    creator_id: Mapped[str] = mapped_column(Uuid)
+    created_at: Mapped[datetime]
+    lastused_at: Mapped[datetime | None]
+
+
+class AppGroup(Base):
+    """An app's membership of a group, with the permissions it holds there."""
+
+    __tablename__ = "app_groups"
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.app_id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("groups.group_id", ondelete="CASCADE"), primary_key=True)
+    permissions: Mapped[list[str]]
+
+
+class AppCredential(Base):
+    """One credential of an app. ``secret`` credentials keep only a slow hash; ``awsxks`` credentials keep
+    the SigV4 secret sealed by the keyring, since verifying a signature needs the secret itself. At most one
+    ``current`` and one ``previous`` per app and kind, so a rotated secret keeps working until removed."""
+
+    __tablename__ = "app_credentials"
+    __table_args__ = (UniqueConstraint("app_id", "kind", "status"),)
+    id: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.app_id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # secret | awsxks
+    status: Mapped[str] = mapped_column(String(16))  # current | previous
+    secret_hash: Mapped[str | None] = mapped_column(String(256))
+    access_key_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    sealed_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class SecurityObject(Base):
+    __tablename__ = "security_objects"
+    __table_args__ = (UniqueConstraint("acct_id", "name"),)
+    kid: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    acct_id: Mapped[str] = mapped_column(ForeignKey("accounts.acct_id", ondelete="CASCADE"), index=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("groups.group_id"), index=True)
+    name: Mapped[str] = mapped_column(String(4096))
+    description: Mapped[str | None] = mapped_column(Text)
+    obj_type: Mapped[str] = mapped_column(String(16))
+    key_size: Mapped[int | None] = mapped_column(Integer)
+    key_ops: Mapped[list[str]]
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # PreActive, Active, Deactivated, Compromised, Destroyed
+    state: Mapped[str] = mapped_column(String(16))
+    origin: Mapped[str] = mapped_column(String(16))  # FortanixHSM (generated) | External (imported)
+    activation_date: Mapped[datetime | None]
+    deactivation_date: Mapped[datetime | None]
+    compromise_date: Mapped[datetime | None]
+    destruction_date: Mapped[datetime | None]
+    revocation_reason: Mapped[dict[str, Any] | None]
+    custom_metadata: Mapped[dict[str, Any]]
+    # Generation within a rekey lineage: 1 for a new key, old.version + 1 for the key that replaces it.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    replacement_kid: Mapped[str | None] = mapped_column(Uuid, index=True)
+    replaced_kid: Mapped[str | None] = mapped_column(Uuid, index=True)
+    kcv: Mapped[str | None] = mapped_column(String(16))
+    # Keyring blob (version, term, nonce, ciphertext+tag), bound to kid and version; NULL once destroyed.
+    sealed_material: Mapped[bytes | None] = mapped_column(LargeBinary)
+    creator_type: Mapped[str] = mapped_column(String(8))
+    creator_id: Mapped[str] = mapped_column(Uuid)
+    created_at: Mapped[datetime]
+    lastused_at: Mapped[datetime | None]
+
+
+class KeyringTerm(Base):
+    """A keyring data key, wrapped by the sealing key that ``sealer_key_id`` names."""
+
+    __tablename__ = "keyring_terms"
+    term: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sealer_kind: Mapped[str] = mapped_column(String(16))
+    sealer_key_id: Mapped[str] = mapped_column(String(200))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class AuditRow(Base):
+    """One audited operation or refusal. ``row_hash`` = HMAC(audit key of ``key_term``, ``prev_hash`` ||
+    canonical encoding of every other column), so changing any column, or deleting or reordering rows,
+    breaks the chain at that row."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        UniqueConstraint("chain", "seq"),
+        Index("ix_audit_log_acct_time", "acct_id", "time"),
+    )
+    id: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    chain: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[datetime]
+    acct_id: Mapped[str | None] = mapped_column(Uuid)
+    actor_type: Mapped[str] = mapped_column(String(16))  # User | App | System
+    actor_id: Mapped[str | None] = mapped_column(Uuid)
+    via: Mapped[str | None] = mapped_column(String(64))  # e.g. "xks-proxy" when the proxy acted for the app
+    action_type: Mapped[str] = mapped_column(String(32))  # ADMINISTRATIVE | AUTH | CRYPTOOPERATION | OTHER
+    operation: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))  # INFO | WARNING | ERROR | CRITICAL
+    outcome: Mapped[str] = mapped_column(String(16))  # success | refused | failed
+    message: Mapped[str] = mapped_column(Text)
+    object_id: Mapped[str | None] = mapped_column(Uuid, index=True)
+    group_ids: Mapped[list[str]]
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    kms_request_id: Mapped[str | None] = mapped_column(String(256), index=True)
+    kms_operation: Mapped[str | None] = mapped_column(String(128))
+    aws_principal_arn: Mapped[str | None] = mapped_column(String(2048))
+    kms_key_arn: Mapped[str | None] = mapped_column(String(2048))
+    response_time_us: Mapped[int | None] = mapped_column(BigInteger)
+    key_term: Mapped[int] = mapped_column(Integer)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    row_hash: Mapped[bytes] = mapped_column(LargeBinary)

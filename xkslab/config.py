@@ -1,0 +1,342 @@
+"""Settings: one frozen, typed object built once from a data directory's TOML file, ``XKSLAB_*``
+environment variables and command-line flags, in that order of precedence.
+
+Every setting has a dotted name (``seal.backend``); its environment variable is ``XKSLAB_`` plus the
+name upper-cased with dots as underscores (``XKSLAB_SEAL_BACKEND``); a flag override uses the dotted name.
+Validation happens here, once, so a bad value stops start-up with an error that names the setting and
+where it came from, instead of failing later inside a service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIG_FILE_NAME = "xkslab.toml"
+ENV_PREFIX = "XKSLAB_"
+DEFAULT_DATA_DIR = Path(".xkslab")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or invalid; the message names it and its source."""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    # Empty means the embedded default: a SQLite file in the data directory.
+    url: str = ""
+    busy_timeout_ms: int = 5000
+    pool_size: int = 10
+
+
+@dataclass(frozen=True)
+class Pkcs11Settings:
+    library: Path = Path("/usr/lib/softhsm/libsofthsm2.so")
+    token_label: str = "xkslab"
+    key_label: str = "xkslab-seal"
+    pin: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class SealSettings:
+    backend: Literal["software", "pkcs11"] = "software"
+    key_file: Path = Path("seal.key")
+    # When set, the software sealing key comes from this passphrase through scrypt instead of key_file.
+    passphrase: str = field(default="", repr=False)
+    salt_file: Path = Path("seal.salt")
+    pkcs11: Pkcs11Settings = field(default_factory=Pkcs11Settings)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    # One hash chain per DSM node, so replicas sharing a database never contend for a chain head.
+    node_id: str = "dsm-1"
+    batch_max: int = 512
+    # How long the writer waits for more rows before committing a batch.
+    flush_interval_ms: float = 1.0
+
+
+@dataclass(frozen=True)
+class DsmSettings:
+    host: str = "127.0.0.1"
+    port: int = 8500
+    session_ttl_s: int = 3600
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    seal: SealSettings = field(default_factory=SealSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    dsm: DsmSettings = field(default_factory=DsmSettings)
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / CONFIG_FILE_NAME
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite+aiosqlite:///{(self.data_dir / 'xkslab.db').resolve()}"
+
+    def path(self, relative: Path) -> Path:
+        """Resolve a path setting against the data directory."""
+        return relative if relative.is_absolute() else self.data_dir / relative
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain data with secrets masked, for printing and logs."""
+        return _redact(_as_plain(self))
+
+
+_SECRET_NAMES = frozenset({"pin", "passphrase"})
+
+
+def _as_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _as_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _redact(tree: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out[key] = _redact(value)
+        elif key in _SECRET_NAMES:
+            out[key] = "***" if value else ""
+        else:
+            out[key] = value
+    if "url" in out and isinstance(out["url"], str):
+        out["url"] = _redact_url(out["url"])
+    return out
+
+
+def _redact_url(url: str) -> str:
+    # postgresql+asyncpg://user:secret@host/db -> postgresql+asyncpg://user:***@host/db
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, at, host = rest.rpartition("@")
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}{at}{host}"
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _leaf_specs(cls: type, prefix: str = "") -> dict[str, type]:
+    """Dotted name -> annotated type for every leaf setting of a settings dataclass."""
+    hints = typing.get_type_hints(cls)
+    specs: dict[str, type] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hint):
+            specs.update(_leaf_specs(hint, f"{name}."))  # type: ignore[arg-type]
+        else:
+            specs[name] = hint
+    return specs
+
+
+LEAF_SPECS: dict[str, type] = _leaf_specs(Settings)
+
+
+def env_var(name: str) -> str:
+    return ENV_PREFIX + name.upper().replace(".", "_")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str, source: str) -> dict[str, tuple[Any, str]]:
+    flat: dict[str, tuple[Any, str]] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}.", source))
+        else:
+            flat[name] = (value, source)
+    return flat
+
+
+def _convert(name: str, hint: Any, raw: Any, source: str) -> Any:
+    def fail(why: str) -> ConfigError:
+        return ConfigError(f"setting {name} ({source}): {why}")
+
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if raw not in choices:
+            raise fail(f"must be one of {', '.join(map(str, choices))}, not {raw!r}")
+        return raw
+    converters: dict[Any, Callable[[Any], Any]] = {
+        str: _to_str,
+        int: _to_int,
+        float: _to_float,
+        bool: _to_bool,
+        Path: lambda v: Path(_to_str(v)),
+    }
+    if isinstance(hint, types.UnionType) or hint not in converters:
+        raise fail(f"unsupported type {hint!r}")  # a programming error, caught by tests
+    try:
+        return converters[hint](raw)
+    except (TypeError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _to_str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise TypeError("expected an integer, got a boolean")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        try:
+            return int(v.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {v!r}") from None
+    raise TypeError(f"expected an integer, got {type(v).__name__}")
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise TypeError("expected a number, got a boolean")
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {v!r}") from None
+    raise TypeError(f"expected a number, got {type(v).__name__}")
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        return v.strip().lower() in {"1", "true", "yes", "on"}
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+_POSITIVE = {
+    "database.busy_timeout_ms",
+    "database.pool_size",
+    "audit.batch_max",
+    "dsm.session_ttl_s",
+    "dsm.max_body_bytes",
+}
+
+
+def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
+    def fail(name: str, why: str) -> ConfigError:
+        return ConfigError(f"setting {name} ({sources.get(name, 'default')}): {why}")
+
+    for name in _POSITIVE:
+        if values[name] <= 0:
+            raise fail(name, "must be greater than 0")
+    if values["audit.flush_interval_ms"] < 0:
+        raise fail("audit.flush_interval_ms", "must not be negative")
+    if not 0 < values["dsm.port"] < 65536:
+        raise fail("dsm.port", "must be a TCP port (1-65535)")
+    if not values["audit.node_id"] or len(values["audit.node_id"]) > 64:
+        raise fail("audit.node_id", "must be 1 to 64 characters")
+    url = values["database.url"]
+    if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise fail("database.url", "must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+def load_settings(
+    data_dir: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings: defaults < ``<data_dir>/xkslab.toml`` < ``XKSLAB_*`` < ``overrides`` (flags).
+
+    ``data_dir`` itself comes from the flag, else ``XKSLAB_DATA_DIR``, else ``./.xkslab``.
+    """
+    env = os.environ if environ is None else environ
+    resolved_dir = Path(data_dir) if data_dir is not None else Path(env.get("XKSLAB_DATA_DIR", DEFAULT_DATA_DIR))
+    raw: dict[str, tuple[Any, str]] = {}
+    config_file = resolved_dir / CONFIG_FILE_NAME
+    if config_file.exists():
+        try:
+            with config_file.open("rb") as fh:
+                tree = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
+        for name, entry in _flatten(tree, "", str(config_file)).items():
+            if name not in LEAF_SPECS or name == "data_dir":
+                raise ConfigError(f"{config_file}: unknown setting {name}")
+            raw[name] = entry
+    for name in LEAF_SPECS:
+        var = env_var(name)
+        if name != "data_dir" and var in env:
+            raw[name] = (env[var], f"environment {var}")
+    for name, value in (overrides or {}).items():
+        if name not in LEAF_SPECS or name == "data_dir":
+            raise ConfigError(f"unknown setting {name}")
+        if value is not None:
+            raw[name] = (value, "command line")
+
+    values = {name: _default(name) for name in LEAF_SPECS}
+    sources: dict[str, str] = {}
+    for name, (value, source) in raw.items():
+        values[name] = _convert(name, LEAF_SPECS[name], value, source)
+        sources[name] = source
+    values["data_dir"] = resolved_dir
+    _check(values, sources)
+    return _build(Settings, values, "")
+
+
+def _default(name: str) -> Any:
+    obj: Any = Settings()
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        kwargs[f.name] = _build(hint, values, f"{name}.") if dataclasses.is_dataclass(hint) else values[name]
+    return cls(**kwargs)
+
+
+def render_toml(values: Mapping[str, Any]) -> str:
+    """A small TOML writer for the config file ``xkslab init`` writes (flat dotted names -> sections)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        section, _, key = name.rpartition(".")
+        sections.setdefault(section, {})[key] = value
+    lines: list[str] = []
+    for section in sorted(sections):
+        if section:
+            lines.append(f"\n[{section}]")
+        for key, value in sections[section].items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
