@@ -115,12 +115,14 @@ def require_visible(principal: Principal, obj: SecurityObject) -> None:
         raise AccessDenied("the object is in a group this app is not a member of")
 
 
-def require_key_op(obj: SecurityObject, op: str) -> None:
-    """The key itself must allow the operation: key_ops, enabled flag, lifecycle state."""
+def require_key_op(obj: SecurityObject, op: str, state: str | None = None) -> None:
+    """The key itself must allow the operation: key_ops, enabled flag, lifecycle state (``state`` is the
+    effective state when the caller has computed it from the activation and deactivation dates)."""
+    state = obj.state if state is None else state
     if op not in obj.key_ops:
         raise InvalidState(f"operation {op} is not allowed by this key's key_ops")
     if not obj.enabled:
         raise InvalidState("the key is disabled")
     allowed_states = PROCESS_STATES if op in _RECOVER_OPS else PROTECT_STATES
-    if obj.state not in allowed_states:
-        raise InvalidState(f"the key is in state {obj.state}; {op} is not allowed")
+    if state not in allowed_states:
+        raise InvalidState(f"the key is in state {state}; {op} is not allowed")

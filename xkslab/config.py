@@ -268,7 +268,9 @@ def load_settings(
     ``data_dir`` itself comes from the flag, else ``XKSLAB_DATA_DIR``, else ``./.xkslab``.
     """
     env = os.environ if environ is None else environ
-    resolved_dir = Path(data_dir) if data_dir is not None else Path(env.get("XKSLAB_DATA_DIR", DEFAULT_DATA_DIR))
+    resolved_dir = (
+        Path(data_dir) if data_dir is not None else Path(env.get("XKSLAB_DATA_DIR", DEFAULT_DATA_DIR))
+    )
     raw: dict[str, tuple[Any, str]] = {}
     config_file = resolved_dir / CONFIG_FILE_NAME
     if config_file.exists():

@@ -55,6 +55,8 @@ async def test_rewrap_moves_terms_to_another_sealer(
     assert back.open(blob, b"ctx") == b"payload"
 
 
-async def test_load_without_terms_is_sealed(sessions: async_sessionmaker[AsyncSession], software_sealer: Sealer) -> None:
+async def test_load_without_terms_is_sealed(
+    sessions: async_sessionmaker[AsyncSession], software_sealer: Sealer
+) -> None:
     with pytest.raises(Sealed, match="xkslab init"):
         await Keyring.load(sessions, software_sealer)

@@ -1,0 +1,107 @@
+"""The key manager's resources, opened once from the settings and closed in reverse order.
+
+Opening checks the schema revision, opens the sealer, unseals the keyring (once) and starts the audit
+writer; everything the CLI and the REST API do goes through the services this holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from dsm_emulator import store
+from dsm_emulator.admin import AdminService
+from dsm_emulator.audit import AuditLog
+from dsm_emulator.errors import Sealed
+from dsm_emulator.keyring import Keyring
+from dsm_emulator.keys import KeyService
+from dsm_emulator.sealing import (
+    Pkcs11SealConfig,
+    SealConfig,
+    Sealer,
+    SealError,
+    SoftwareSealConfig,
+    open_sealer,
+)
+from xkslab.config import Settings
+
+
+def seal_config(settings: Settings, backend: str | None = None) -> SealConfig:
+    """The sealer configuration for ``backend`` (default: the configured one)."""
+    seal = settings.seal
+    if (backend or seal.backend) == "pkcs11":
+        p = seal.pkcs11
+        if not p.pin:
+            raise Sealed("the pkcs11 sealer needs a PIN: set seal.pkcs11.pin or XKSLAB_SEAL_PKCS11_PIN")
+        return Pkcs11SealConfig(
+            library=p.library, token_label=p.token_label, key_label=p.key_label, pin=p.pin
+        )
+    if seal.passphrase:
+        return SoftwareSealConfig(passphrase=seal.passphrase, salt_file=settings.path(seal.salt_file))
+    return SoftwareSealConfig(key_file=settings.path(seal.key_file))
+
+
+def open_configured_sealer(settings: Settings, backend: str | None = None) -> Sealer:
+    try:
+        return open_sealer(seal_config(settings, backend))
+    except SealError as exc:
+        raise Sealed(str(exc)) from None
+
+
+@dataclass
+class DsmCore:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    sealer: Sealer
+    keyring: Keyring
+    audit: AuditLog
+    keys: KeyService
+    admin: AdminService
+
+    @classmethod
+    async def open(cls, settings: Settings) -> DsmCore:
+        db = settings.database
+        engine = store.create_engine(
+            settings.database_url, busy_timeout_ms=db.busy_timeout_ms, pool_size=db.pool_size
+        )
+        sealer: Sealer | None = None
+        try:
+            await store.check_schema(engine)
+            sessions = store.session_factory(engine)
+            sealer = open_configured_sealer(settings)
+            keyring = await Keyring.load(sessions, sealer)
+            audit = AuditLog(sessions, keyring, settings.audit)
+            await audit.start()
+        except BaseException:
+            if sealer is not None:
+                sealer.close()
+            await engine.dispose()
+            raise
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            sealer=sealer,
+            keyring=keyring,
+            audit=audit,
+            keys=KeyService(sessions, keyring, audit),
+            admin=AdminService(sessions, keyring, audit),
+        )
+
+    async def close(self) -> None:
+        try:
+            await self.audit.close()
+        finally:
+            self.sealer.close()
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> DsmCore:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,3 @@
+from xkslab.cli import main
+
+main()
