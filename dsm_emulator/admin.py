@@ -100,14 +100,11 @@ class AdminService:
         group_ids: Iterable[str] = (),
         action_type: str = "ADMINISTRATIVE",
     ) -> AuditEvent:
-        return AuditEvent(
-            operation=operation,
+        return AuditEvent.by(
+            p,
+            operation,
+            message,
             action_type=action_type,
-            message=message,
-            actor_type=p.actor_type,
-            actor_id=p.id,
-            acct_id=p.acct_id,
-            via=p.via,
             object_id=object_id,
             group_ids=tuple(sorted(group_ids)),
         )

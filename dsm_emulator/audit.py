@@ -27,6 +27,7 @@ from sqlalchemy import String, and_, insert, or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dsm_emulator.authz import Principal
 from dsm_emulator.errors import AuditUnavailable, DsmError
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import AuditRow
@@ -107,6 +108,22 @@ class AuditEvent:
                 if not isinstance(value, str) or (name == "operation" and not value):
                     raise TypeError(f"audit event {name} must be a non-empty str")
                 object.__setattr__(self, name, _clean(value, _MAX_LEN.get(name)))
+
+    @classmethod
+    def by(
+        cls, p: Principal, operation: str, message: str, *, action_type: str = "ADMINISTRATIVE", **fields: Any
+    ) -> AuditEvent:
+        """An event whose actor is ``p`` (and the proxy, when it acted for ``p``)."""
+        return cls(
+            operation=operation,
+            action_type=action_type,
+            message=message,
+            actor_type=p.actor_type,
+            actor_id=p.id,
+            acct_id=p.acct_id,
+            via=p.via,
+            **fields,
+        )
 
     def refused(self, error: Exception) -> AuditEvent:
         """The refusal row for this event. Only a DsmError's message is used: those are written to be

@@ -36,23 +36,7 @@ APP_PERMISSIONS = frozenset(
     }
 )
 # What an app gets in a group given as a plain list (sdkms-cli's create-app): Fortanix's default set.
-DEFAULT_APP_PERMISSIONS = frozenset(
-    {
-        "SIGN",
-        "VERIFY",
-        "ENCRYPT",
-        "DECRYPT",
-        "WRAPKEY",
-        "UNWRAPKEY",
-        "DERIVEKEY",
-        "MACGENERATE",
-        "MACVERIFY",
-        "EXPORT",
-        "MANAGE",
-        "AGREEKEY",
-        "AUDIT",
-    }
-)
+DEFAULT_APP_PERMISSIONS = APP_PERMISSIONS - {"MASKDECRYPT"}
 KEY_OPS = frozenset(
     {
         "SIGN",

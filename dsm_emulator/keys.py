@@ -138,17 +138,10 @@ class KeyService:
         action_type: str = "ADMINISTRATIVE",
         **extra: Any,
     ) -> AuditEvent:
-        return AuditEvent(
-            operation=operation,
-            action_type=action_type,
-            message=message,
-            actor_type=p.actor_type,
-            actor_id=p.id,
-            acct_id=p.acct_id,
-            via=p.via,
-            object_id=obj.kid if obj is not None else extra.pop("object_id", None),
-            group_ids=(obj.group_id,) if obj is not None else tuple(extra.pop("group_ids", ())),
-            **extra,
+        object_id = obj.kid if obj is not None else extra.pop("object_id", None)
+        group_ids = (obj.group_id,) if obj is not None else tuple(extra.pop("group_ids", ()))
+        return AuditEvent.by(
+            p, operation, message, action_type=action_type, object_id=object_id, group_ids=group_ids, **extra
         )
 
     async def _load(

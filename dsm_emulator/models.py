@@ -177,6 +177,8 @@ class AuditRow(Base):
     __table_args__ = (
         UniqueConstraint("chain", "seq"),
         Index("ix_audit_log_acct_time", "acct_id", "time"),
+        # /sys/v1/logs, tail and export read newest or oldest first across chains.
+        Index("ix_audit_log_time", "time"),
     )
     id: Mapped[str] = mapped_column(Uuid, primary_key=True)
     chain: Mapped[str] = mapped_column(String(64))

@@ -58,6 +58,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
         batch_op.create_index("ix_audit_log_acct_time", ["acct_id", "time"], unique=False)
+        batch_op.create_index("ix_audit_log_time", ["time"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_log_kms_request_id"), ["kms_request_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_log_object_id"), ["object_id"], unique=False)
 
