@@ -84,14 +84,27 @@ async def _operator(core: Any) -> Any:
     show_default=True,
     help="Data directory (database, config file, sealing key).",
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a setting for this command (e.g. --set dsm.port=9000); beats the file and XKSLAB_*.",
+)
 @click.pass_context
-def main(ctx: click.Context, data_dir: Path) -> None:
+def main(ctx: click.Context, data_dir: Path, overrides: tuple[str, ...]) -> None:
     """xkslab: AWS KMS External Key Store testing without a cloud account."""
     if ctx.invoked_subcommand == "init":
         ctx.obj = data_dir
         return
+    flags: dict[str, str] = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.ClickException(f"--set takes NAME=VALUE, not {item!r}")
+        flags[name.strip()] = value
     try:
-        ctx.obj = load_settings(data_dir)
+        ctx.obj = load_settings(data_dir, overrides=flags)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -773,3 +786,58 @@ async def key_revoke(core: Any, p: Any, ident: str, code: str, message: str | No
 
     kid = (await core.keys.get(p, **_ident(ident))).kid
     _emit(sobject_view(await core.keys.revoke(p, kid, code, message)), as_json, _key_line)
+
+
+# ------------------------------------------------------------------------------------------ dsm
+
+
+@main.group()
+def dsm() -> None:
+    """The Fortanix-DSM-compatible REST API."""
+
+
+@dsm.command("serve")
+@pass_settings
+def dsm_serve(settings: Settings) -> None:
+    """Serve the DSM REST API on dsm.host:dsm.port (HTTP), and on dsm.https_port too when dsm.tls_cert
+    and dsm.tls_key exist; stops cleanly on SIGINT or SIGTERM."""
+    _run(_serve(settings))
+
+
+def _tls_context(settings: Settings) -> Any:
+    import ssl
+
+    cert, key = settings.path(settings.dsm.tls_cert), settings.path(settings.dsm.tls_key)
+    if not (cert.is_file() and key.is_file()):
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def _serve(settings: Settings) -> None:
+    import signal
+
+    from aiohttp import web
+
+    from dsm_emulator.api.app import create_app
+
+    tls = _tls_context(settings)
+    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        host = settings.dsm.host
+        await web.TCPSite(runner, host, settings.dsm.port).start()
+        click.echo(f"DSM REST API on http://{host}:{settings.dsm.port}")
+        if tls is not None:
+            await web.TCPSite(runner, host, settings.dsm.https_port, ssl_context=tls).start()
+            click.echo(f"DSM REST API on https://{host}:{settings.dsm.https_port}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        click.echo("stopping")
+    finally:
+        await runner.cleanup()

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DatabaseSettings:
     # Empty means the embedded default: a SQLite file in the data directory.
-    url: str = ""
+    url: str = field(default="", repr=False)  # may carry a password
     busy_timeout_ms: int = 5000
     pool_size: int = 10
 
@@ -69,6 +69,10 @@ class DsmSettings:
     port: int = 8500
     session_ttl_s: int = 3600
     max_body_bytes: int = 1 << 20
+    # HTTPS is served too when both files exist (relative paths are in the data directory).
+    https_port: int = 8443
+    tls_cert: Path = Path("tls/dsm.crt")
+    tls_key: Path = Path("tls/dsm.key")
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,8 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
         raise fail("audit.flush_interval_ms", "must not be negative")
     if not 0 < values["dsm.port"] < 65536:
         raise fail("dsm.port", "must be a TCP port (1-65535)")
+    if not 0 < values["dsm.https_port"] < 65536:
+        raise fail("dsm.https_port", "must be a TCP port (1-65535)")
     if not values["audit.node_id"] or len(values["audit.node_id"]) > 64:
         raise fail("audit.node_id", "must be 1 to 64 characters")
     url = values["database.url"]

@@ -142,6 +142,15 @@ def test_bad_configuration_names_the_setting(data_dir: Path, empty_db_url: str) 
     proc = run(data_dir, "key", "list", env={"XKSLAB_AUDIT_BATCH_MAX": "lots"}, check=False)
     assert proc.returncode == 1
     assert "audit.batch_max" in proc.stderr and "XKSLAB_AUDIT_BATCH_MAX" in proc.stderr
+    # A flag beats the environment: the same bad variable is overridden by --set.
+    assert (
+        run(
+            data_dir, "--set", "audit.batch_max=64", "key", "list", env={"XKSLAB_AUDIT_BATCH_MAX": "lots"}
+        ).returncode
+        == 0
+    )
+    proc = run(data_dir, "--set", "audit.batch_max=0", "key", "list", check=False)
+    assert proc.returncode == 1 and "audit.batch_max (command line)" in proc.stderr
     (data_dir / "xkslab.toml").write_text((data_dir / "xkslab.toml").read_text() + "\n[audit]\nbogus = 1\n")
     proc = run(data_dir, "key", "list", check=False)
     assert proc.returncode == 1

@@ -1,0 +1,182 @@
+"""DSM REST API: groups and apps (``GroupsApi``, ``AppsApi``). Unknown fields and nulls are ignored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from dsm_emulator.api.context import (
+    core_of,
+    field,
+    json_response,
+    no_content,
+    principal_of,
+    read_json,
+)
+from dsm_emulator.errors import BadRequest
+from dsm_emulator.views import app_view, group_view
+
+routes = web.RouteTableDef()
+
+# ------------------------------------------------------------------------------------ groups
+
+
+@routes.post("/sys/v1/groups")
+async def create_group(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    name = field(body, "name", str, required=True)
+    description = field(body, "description", str)
+    group = await core_of(request).admin.create_group(principal_of(request), name, description)
+    return json_response(group_view(group))
+
+
+@routes.get("/sys/v1/groups")
+async def list_groups(request: web.Request) -> web.Response:
+    groups = await core_of(request).admin.list_groups(principal_of(request))
+    return json_response([group_view(g) for g in groups])
+
+
+@routes.get("/sys/v1/groups/{group_id}")
+async def get_group(request: web.Request) -> web.Response:
+    group = await core_of(request).admin.get_group(principal_of(request), request.match_info["group_id"])
+    return json_response(group_view(group))
+
+
+@routes.patch("/sys/v1/groups/{group_id}")
+async def update_group(request: web.Request) -> web.Response:
+    body = await read_json(request, allow_empty=True)
+    name = field(body, "name", str)
+    description = field(body, "description", str)
+    group = await core_of(request).admin.update_group(
+        principal_of(request), request.match_info["group_id"], name=name, description=description
+    )
+    return json_response(group_view(group))
+
+
+@routes.delete("/sys/v1/groups/{group_id}")
+async def delete_group(request: web.Request) -> web.Response:
+    await core_of(request).admin.delete_group(principal_of(request), request.match_info["group_id"])
+    return no_content()
+
+
+# -------------------------------------------------------------------------------------- apps
+
+
+def _credential(body: Any) -> tuple[str, str | None, str | None]:
+    """(kind, access_key_id, secret_key) from an ``AppCredential`` request field (default: secret)."""
+    cred = field(body, "credential", dict)
+    if cred is None:
+        return "secret", None, None
+    present = {k: v for k, v in cred.items() if v is not None}
+    if not present:
+        return "secret", None, None
+    if len(present) != 1:
+        raise BadRequest("credential must have exactly one kind")
+    (kind, value), *_ = present.items()
+    if kind == "secret":
+        return "secret", None, None
+    if kind == "awsxks":
+        if not isinstance(value, dict):
+            raise BadRequest("credential.awsxks must be an object")
+        access_key_id = field(value, "access_key_id", str)
+        secret_key = field(value, "secret_key", str)
+        return "awsxks", access_key_id, secret_key
+    raise BadRequest(f"unsupported credential kind {str(kind)[:32]}")
+
+
+async def _app_response(request: web.Request, app: Any) -> web.Response:
+    groups = await core_of(request).admin.app_groups(app.app_id)
+    return json_response(app_view(app, groups))
+
+
+@routes.post("/sys/v1/apps")
+async def create_app(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    name = field(body, "name", str, required=True)
+    description = field(body, "description", str)
+    add_groups = field(body, "add_groups", (dict, list), required=True)
+    default_group = field(body, "default_group", str)
+    app_type = field(body, "app_type", str) or "default"
+    enabled = field(body, "enabled", bool)
+    kind, access_key_id, secret_key = _credential(body)
+    core = core_of(request)
+    principal = principal_of(request)
+    app, _secret = await core.admin.create_app(
+        principal,
+        name,
+        groups=add_groups,
+        default_group=default_group,
+        description=description,
+        app_type=app_type,
+        credential_kind=kind,  # type: ignore[arg-type]
+        awsxks_access_key_id=access_key_id,
+        awsxks_secret=secret_key,
+    )
+    if enabled is False:
+        app = await core.admin.update_app(principal, app.app_id, enabled=False)
+    return await _app_response(request, app)
+
+
+@routes.get("/sys/v1/apps")
+async def list_apps(request: web.Request) -> web.Response:
+    core = core_of(request)
+    group_id = request.query.get("group_id") or None
+    apps = await core.admin.list_apps(principal_of(request), group_id)
+    views = [app_view(a, await core.admin.app_groups(a.app_id)) for a in apps]
+    return json_response(views)
+
+
+@routes.get("/sys/v1/apps/{app_id}")
+async def get_app(request: web.Request) -> web.Response:
+    app = await core_of(request).admin.get_app(principal_of(request), request.match_info["app_id"])
+    return await _app_response(request, app)
+
+
+@routes.patch("/sys/v1/apps/{app_id}")
+async def update_app(request: web.Request) -> web.Response:
+    body = await read_json(request, allow_empty=True)
+    app = await core_of(request).admin.update_app(
+        principal_of(request),
+        request.match_info["app_id"],
+        name=field(body, "name", str),
+        description=field(body, "description", str),
+        enabled=field(body, "enabled", bool),
+        add_groups=field(body, "add_groups", (dict, list)),
+        del_groups=field(body, "del_groups", (dict, list)),
+        mod_groups=field(body, "mod_groups", (dict, list)),
+        default_group=field(body, "default_group", str),
+    )
+    return await _app_response(request, app)
+
+
+@routes.delete("/sys/v1/apps/{app_id}")
+async def delete_app(request: web.Request) -> web.Response:
+    await core_of(request).admin.delete_app(principal_of(request), request.match_info["app_id"])
+    return no_content()
+
+
+@routes.get("/sys/v1/apps/{app_id}/credential")
+async def get_credential(request: web.Request) -> web.Response:
+    app_id = request.match_info["app_id"]
+    result = await core_of(request).admin.get_credential(principal_of(request), app_id)
+    previous = result.pop("previous", None)
+    response: dict[str, Any] = {"app_id": app_id, "credential": result}
+    if previous is not None:
+        response["previous_credential"] = previous
+    return json_response(response)
+
+
+@routes.post("/sys/v1/apps/{app_id}/reset_secret")
+async def reset_secret(request: web.Request) -> web.Response:
+    body = await read_json(request, allow_empty=True)
+    secret_size = field(body, "secret_size", int)
+    _kind, access_key_id, secret_key = _credential(body)
+    app, _secret = await core_of(request).admin.reset_secret(
+        principal_of(request),
+        request.match_info["app_id"],
+        secret_size=64 if secret_size is None else secret_size,
+        access_key_id=access_key_id,
+        secret_key=secret_key,
+    )
+    return await _app_response(request, app)

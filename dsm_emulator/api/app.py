@@ -1,0 +1,79 @@
+"""The DSM REST application: core lifecycle, error mapping, authentication, routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from dsm_emulator.api import admin, logs, session, sobjects
+from dsm_emulator.api.context import CORE_KEY, json_response
+from dsm_emulator.core import DsmCore
+from dsm_emulator.errors import DsmError
+from xkslab.config import Settings
+
+log = logging.getLogger("dsm_emulator.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PUBLIC = frozenset(
+    {
+        ("GET", "/sys/v1/health"),
+        ("HEAD", "/sys/v1/health"),
+        ("GET", "/sys/v1/version"),
+        ("HEAD", "/sys/v1/version"),
+        ("POST", "/sys/v1/session/auth"),
+    }
+)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DsmError as exc:
+        return json_response({"message": exc.message}, status=exc.status)
+    except web.HTTPRequestEntityTooLarge:
+        return json_response({"message": "request body is too large"}, status=413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = json_response({"message": exc.reason}, status=exc.status)
+        for name, value in exc.headers.items():
+            if name.lower() not in {"content-type", "content-length"}:
+                response.headers[name] = value
+        return response
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_response({"message": "internal error"}, status=500)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if (request.method, request.path) not in PUBLIC:
+        await session.authenticate(request)
+    return await handler(request)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.dsm.max_body_bytes,
+        middlewares=[error_middleware, auth_middleware],
+    )
+    app[session.SESSION_STATE_KEY] = session.SessionState()
+
+    async def core_ctx(app: web.Application) -> AsyncIterator[None]:
+        core = await DsmCore.open(settings)
+        app[CORE_KEY] = core
+        try:
+            yield
+        finally:
+            await core.close()
+
+    app.cleanup_ctx.append(core_ctx)
+    app.add_routes(session.routes)
+    app.add_routes(admin.routes)
+    app.add_routes(sobjects.routes)
+    app.add_routes(logs.routes)
+    return app

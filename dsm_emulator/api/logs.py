@@ -1,0 +1,5 @@
+"""DSM REST API: logs (being written)."""
+
+from aiohttp import web
+
+routes = web.RouteTableDef()

@@ -1,0 +1,381 @@
+"""DSM REST API: sessions, accounts, users and the public system endpoints.
+
+A session is an HS256 JWT signed with ``keyring.derive("session-jwt")`` (claims sub, kind, acct, jti,
+iat, exp). Terminated tokens and a user's selected account are kept in memory until the token expires:
+both are **per replica** (a token terminated on one node stays valid on another until it expires), and
+a restart forgets them. Refresh is a no-op (the expiry is fixed at issue time).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from aiohttp import web
+from sqlalchemy import select
+
+from dsm_emulator.api.context import (
+    PRINCIPAL,
+    core_of,
+    json_response,
+    no_content,
+    principal_of,
+    read_json,
+)
+from dsm_emulator.api.context import (
+    field as body_field,
+)
+from dsm_emulator.authz import Principal
+from dsm_emulator.core import DsmCore
+from dsm_emulator.errors import AccessDenied, AuthFailed, BadRequest, NotFound
+from dsm_emulator.models import Account, AccountMember, App, User
+from dsm_emulator.views import fortanix_time
+
+routes = web.RouteTableDef()
+
+VERSION = {"version": "xkslab-0.1.0", "api_version": "1.0", "server_mode": "Software", "fips_level": None}
+JWT_PURPOSE = "session-jwt"
+BASIC_CACHE_TTL_S = 60.0
+# Set for Bearer-authenticated requests: the verified token claims.
+CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("xkslab.session_claims", dict)
+# Paths a user may call before an account is selected.
+ACCOUNTLESS_PATHS = frozenset(
+    {
+        "/sys/v1/users/accounts",
+        "/sys/v1/session/select_account",
+        "/sys/v1/session/terminate",
+        "/sys/v1/session/refresh",
+        "/sys/v1/session/reauth",
+        "/sys/v1/accounts",
+    }
+)
+
+
+@dataclass
+class SessionState:
+    """In-memory, per-replica session bookkeeping."""
+
+    revoked: dict[str, float] = field(default_factory=dict)  # jti -> exp
+    selected: dict[str, tuple[str, float]] = field(default_factory=dict)  # jti -> (acct_id, exp)
+    basic_cache: dict[bytes, tuple[Principal, float]] = field(default_factory=dict)
+
+    def prune(self) -> None:
+        now = time.time()
+        for jti in [j for j, exp in self.revoked.items() if exp < now]:
+            del self.revoked[jti]
+        for jti in [j for j, (_, exp) in self.selected.items() if exp < now]:
+            del self.selected[jti]
+        mono = time.monotonic()
+        for key in [k for k, (_, until) in self.basic_cache.items() if until < mono]:
+            del self.basic_cache[key]
+
+
+SESSION_STATE_KEY: web.AppKey[SessionState] = web.AppKey("dsm_session_state", SessionState)
+
+
+def _state(request: web.Request) -> SessionState:
+    return request.app[SESSION_STATE_KEY]
+
+
+def _jwt_key(core: DsmCore) -> bytes:
+    return core.keyring.derive(JWT_PURPOSE)
+
+
+def issue_token(core: DsmCore, kind: str, sub: str, acct: str | None) -> dict[str, Any]:
+    ttl = core.settings.dsm.session_ttl_s
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "kind": kind,
+        "jti": str(uuid.uuid4()),
+        "iat": now,
+        "exp": now + ttl,
+    }
+    if acct is not None:
+        claims["acct"] = acct
+    token = jwt.encode(claims, _jwt_key(core), algorithm="HS256")
+    return {"token_type": "Bearer", "expires_in": ttl, "access_token": token, "entity_id": sub}
+
+
+def _decode_basic(header: str) -> tuple[str, str]:
+    try:
+        text = base64.b64decode(header.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise AuthFailed("invalid credentials") from None
+    left, sep, right = text.partition(":")
+    if not sep or not left or not right:
+        raise AuthFailed("invalid credentials")
+    return left, right
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _split_auth(request: web.Request) -> tuple[str, str]:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.strip().partition(" ")
+    if not value.strip():
+        raise AuthFailed("authentication required")
+    return scheme.lower(), value.strip()
+
+
+async def principal_from_basic_app(request: web.Request, value: str) -> Principal:
+    """Session-less mode: ``Basic <api key>`` of an app, cached for up to 60 s (scrypt is slow)."""
+    state = _state(request)
+    cache_key = hashlib.sha256(value.encode()).digest()
+    hit = state.basic_cache.get(cache_key)
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    app_id, secret = _decode_basic(value)
+    if not _is_uuid(app_id):
+        raise AuthFailed("invalid credentials")
+    core = core_of(request)
+    app = await core.admin.authenticate_app(app_id, secret)
+    principal = await core.admin.principal_for_app(app)
+    state.prune()
+    state.basic_cache[cache_key] = (principal, time.monotonic() + BASIC_CACHE_TTL_S)
+    return principal
+
+
+async def _user(core: DsmCore, user_id: str) -> User:
+    async with core.sessions() as session:
+        user = await session.get(User, user_id) if _is_uuid(user_id) else None
+    if user is None:
+        raise AuthFailed("invalid session")
+    return user
+
+
+async def principal_from_bearer(request: web.Request, token: str) -> Principal | None:
+    """The caller of a Bearer token; None for a user who has not selected an account yet (allowed only
+    on ACCOUNTLESS_PATHS)."""
+    core = core_of(request)
+    try:
+        claims = jwt.decode(
+            token,
+            _jwt_key(core),
+            algorithms=["HS256"],
+            options={"require": ["sub", "kind", "jti", "iat", "exp"]},
+        )
+    except jwt.PyJWTError:
+        raise AuthFailed("invalid or expired session token") from None
+    state = _state(request)
+    jti = str(claims["jti"])
+    if jti in state.revoked:
+        raise AuthFailed("session terminated")
+    request[CLAIMS] = claims
+    sub = str(claims["sub"])
+    if claims["kind"] == "app":
+        async with core.sessions() as session:
+            app = await session.get(App, sub) if _is_uuid(sub) else None
+            account = await session.get(Account, app.acct_id) if app is not None else None
+        if app is None or not app.enabled or account is None or not account.enabled:
+            raise AuthFailed("invalid session")
+        return await core.admin.principal_for_app(app)
+    if claims["kind"] != "user":
+        raise AuthFailed("invalid session")
+    user = await _user(core, sub)
+    selected = state.selected.get(jti)
+    acct = selected[0] if selected else claims.get("acct")
+    if acct is None:
+        if request.path in ACCOUNTLESS_PATHS:
+            return None
+        raise AccessDenied("no account selected: call /sys/v1/session/select_account first")
+    try:
+        return await core.admin.principal_for_user(user, str(acct))
+    except AccessDenied:
+        raise AuthFailed("invalid session") from None
+
+
+async def authenticate(request: web.Request) -> None:
+    """Set ``request[PRINCIPAL]`` from the Authorization header or raise AuthFailed."""
+    scheme, value = _split_auth(request)
+    if scheme == "bearer":
+        principal = await principal_from_bearer(request, value)
+        if principal is not None:
+            request[PRINCIPAL] = principal
+    elif scheme == "basic":
+        request[PRINCIPAL] = await principal_from_basic_app(request, value)
+    else:
+        raise AuthFailed("unsupported authorization scheme")
+
+
+def _claims(request: web.Request) -> dict[str, Any] | None:
+    return request.get(CLAIMS)
+
+
+# ----------------------------------------------------------------------------------- sessions
+
+
+@routes.post("/sys/v1/session/auth")
+async def auth(request: web.Request) -> web.Response:
+    core = core_of(request)
+    scheme, value = _split_auth(request)
+    if scheme != "basic":
+        raise AuthFailed("Basic authentication required")
+    left, right = _decode_basic(value)
+    if _is_uuid(left):
+        app = await core.admin.authenticate_app(left, right)
+        return json_response(issue_token(core, "app", app.app_id, app.acct_id))
+    user = await core.admin.authenticate_user(left, right)
+    accounts = await core.admin.user_accounts(user.user_id)
+    acct = next(iter(accounts)) if len(accounts) == 1 else None
+    return json_response(issue_token(core, "user", user.user_id, acct))
+
+
+@routes.post("/sys/v1/session/terminate")
+async def terminate(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    if claims is not None:
+        state = _state(request)
+        state.prune()
+        state.revoked[str(claims["jti"])] = float(claims["exp"])
+        state.selected.pop(str(claims["jti"]), None)
+    return no_content()
+
+
+@routes.post("/sys/v1/session/refresh")
+async def refresh(request: web.Request) -> web.Response:
+    return no_content()
+
+
+@routes.post("/sys/v1/session/reauth")
+async def reauth(request: web.Request) -> web.Response:
+    core = core_of(request)
+    claims = _claims(request)
+    principal = request.get(PRINCIPAL)
+    if principal is not None and principal.kind == "app":
+        return json_response(issue_token(core, "app", str(principal.id), principal.acct_id))
+    if claims is not None and claims["kind"] == "user":
+        acct = principal.acct_id if principal is not None else claims.get("acct")
+        return json_response(issue_token(core, "user", str(claims["sub"]), acct))
+    raise BadRequest("reauth needs a session")
+
+
+@routes.post("/sys/v1/session/select_account")
+async def select_account(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    acct_id = body_field(body, "acct_id", str, required=True)
+    claims = _claims(request)
+    if claims is None or claims["kind"] != "user":
+        raise BadRequest("only a user session selects an account")
+    core = core_of(request)
+    user = await _user(core, str(claims["sub"]))
+    try:
+        await core.admin.principal_for_user(user, acct_id)
+    except AccessDenied:
+        raise NotFound("account does not exist") from None
+    state = _state(request)
+    state.prune()
+    state.selected[str(claims["jti"])] = (acct_id, float(claims["exp"]))
+    return json_response({})
+
+
+# ------------------------------------------------------------------------- accounts, users
+
+
+def _account_view(account: Account) -> dict[str, Any]:
+    return {
+        "acct_id": account.acct_id,
+        "name": account.name,
+        "enabled": account.enabled,
+        "auth_type": "Password",
+        "created_at": fortanix_time(account.created_at),
+    }
+
+
+async def _caller_account_ids(request: web.Request) -> list[str]:
+    claims = _claims(request)
+    principal = request.get(PRINCIPAL)
+    if claims is not None and claims["kind"] == "user":
+        return list(await core_of(request).admin.user_accounts(str(claims["sub"])))
+    if principal is not None:
+        return [principal.acct_id]
+    raise AuthFailed("authentication required")
+
+
+@routes.get("/sys/v1/users/accounts")
+async def user_accounts(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    if claims is None or claims["kind"] != "user":
+        raise BadRequest("only a user session has accounts")
+    accounts = await core_of(request).admin.user_accounts(str(claims["sub"]))
+    return json_response({acct: {"roles": roles, "state": "Enabled"} for acct, roles in accounts.items()})
+
+
+@routes.get("/sys/v1/accounts")
+async def list_accounts(request: web.Request) -> web.Response:
+    ids = await _caller_account_ids(request)
+    async with core_of(request).sessions() as session:
+        rows = (await session.scalars(select(Account).where(Account.acct_id.in_(ids)))).all() if ids else []
+    return json_response([_account_view(a) for a in rows])
+
+
+@routes.get("/sys/v1/accounts/{acct_id}")
+async def get_account(request: web.Request) -> web.Response:
+    acct_id = request.match_info["acct_id"]
+    if acct_id not in await _caller_account_ids(request):
+        raise NotFound("account does not exist")
+    async with core_of(request).sessions() as session:
+        account = await session.get(Account, acct_id)
+    if account is None:
+        raise NotFound("account does not exist")
+    return json_response(_account_view(account))
+
+
+@routes.get("/sys/v1/users")
+async def list_users(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    if principal.kind != "user":
+        raise AccessDenied("only users may list users")
+    async with core_of(request).sessions() as session:
+        rows = (
+            await session.execute(
+                select(User, AccountMember.roles)
+                .join(AccountMember, AccountMember.user_id == User.user_id)
+                .where(AccountMember.acct_id == principal.acct_id)
+                .order_by(User.email)
+            )
+        ).all()
+    return json_response(
+        [
+            {
+                "user_id": user.user_id,
+                "user_email": user.email,
+                "acct_id": principal.acct_id,
+                "account_role": list(roles),
+                "created_at": fortanix_time(user.created_at),
+                "last_logged_in_at": fortanix_time(user.last_logged_in_at),
+            }
+            for user, roles in rows
+        ]
+    )
+
+
+@routes.get("/sys/v1/plugins")
+async def list_plugins(request: web.Request) -> web.Response:
+    principal_of(request)
+    return json_response([])
+
+
+# ----------------------------------------------------------------------------------- system
+
+
+@routes.get("/sys/v1/health")
+async def health(request: web.Request) -> web.Response:
+    return no_content()
+
+
+@routes.get("/sys/v1/version")
+async def version(request: web.Request) -> web.Response:
+    return json_response(VERSION)
