@@ -291,3 +291,25 @@ def _stored_bytes(db_url: str, data_dir: Path) -> bytes:
     proc = subprocess.run(["pg_dump", "--data-only", "--inserts", dsn], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def test_passphrase_sealing_and_wrong_passphrase(data_dir: Path, tmp_path: Path) -> None:
+    env = {"XKSLAB_SEAL_PASSPHRASE": "correct passphrase for the lab"}
+    run_json(data_dir, "init", "--admin-password", "pw", env=env)
+    assert not (data_dir / "seal.key").exists() and (data_dir / "seal.salt").exists()
+    out = tmp_path / "ct.json"
+    worker("create", data_dir, out, env)
+    assert worker("check", data_dir, out, env) == 12
+    wrong = run(data_dir, "key", "list", env={"XKSLAB_SEAL_PASSPHRASE": "not it"}, check=False)
+    assert wrong.returncode == 1 and "is sealed by software:" in wrong.stderr
+    assert "not it" not in wrong.stderr
+
+
+def test_commands_refuse_an_unknown_schema(data_dir: Path) -> None:
+    run_json(data_dir, "init", "--admin-password", "pw")
+    with sqlite3.connect(data_dir / "xkslab.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'ffff_future'")
+    proc = run(data_dir, "key", "list", check=False)
+    assert proc.returncode == 1
+    assert "schema revision ffff_future" in proc.stderr and "xkslab db upgrade" in proc.stderr
+    assert "needed: 0001" in run(data_dir, "db", "current").stdout
