@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy import func, select
 
+from xkslab.certs import certs_command
 from xkslab.config import CONFIG_FILE_NAME, ConfigError, Settings, load_settings, render_toml
 
 T = TypeVar("T")
@@ -841,3 +842,6 @@ async def _serve(settings: Settings) -> None:
         click.echo("stopping")
     finally:
         await runner.cleanup()
+
+
+main.add_command(certs_command)

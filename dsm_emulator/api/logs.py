@@ -1,5 +1,191 @@
-"""DSM REST API: logs (being written)."""
+"""DSM REST API: the audit log, ``GET /sys/v1/logs`` (reference §7, §13 row 19).
+
+The answer is Fortanix's Elasticsearch shape, ``{"hits": [{"_id", "_source": {...}}]}``, newest first
+(time, chain, seq descending). Every ``_source`` key sdkms-cli indexes is always present (null when
+unknown), so ``sdkms-cli audit-log`` never dies with a KeyError.
+
+Paging: ``size`` (1..1000, default 100; anything else is a 400), ``from`` (an offset) and ``previous_id``
+(continue strictly after that row in the same ordering: keyset paging, so a caller looping on the last
+``_id`` visits each row once and always reaches an empty page). An unknown ``previous_id`` (or one of a
+row the caller may not see) gives an empty page rather than an error: a looping client then stops cleanly.
+
+Visibility: only rows of the caller's account. An administrator sees all of them; any other caller (an
+app) sees only the rows it is the actor of. Filters: ``range_from``/``range_to`` (epoch seconds,
+inclusive to the second), ``action_type``/``actor_type``/``severity`` (one value, a comma list, repeated
+parameters or Go's ``[A B]`` form), ``actor_id`` and ``object_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
+from sqlalchemy import ColumnElement, and_, or_, select
+
+from dsm_emulator.api.context import core_of, json_response, principal_of
+from dsm_emulator.errors import BadRequest
+from dsm_emulator.models import AuditRow
 
 routes = web.RouteTableDef()
+
+DEFAULT_SIZE = 100
+MAX_SIZE = 1000
+_ACTOR_TYPES = {"user": "User", "app": "App", "system": "System", "plugin": "Plugin"}
+_ORDER = (AuditRow.time.desc(), AuditRow.chain.desc(), AuditRow.seq.desc())
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes (the UTC wall clock that was written); PostgreSQL aware ones.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be an integer") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadRequest(f"query parameter {name} must be {bound}")
+    return value
+
+
+def _epoch_param(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be seconds since the epoch") from None
+    if not math.isfinite(value) or value < 0 or value > 253402300799:  # up to 9999-12-31T23:59:59Z
+        raise BadRequest(f"query parameter {name} is out of range")
+    return value
+
+
+def _uuid_param(request: web.Request, name: str) -> str | None:
+    raw = request.query.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return str(uuid.UUID(raw.strip()))
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be a UUID") from None
+
+
+def _list_param(request: web.Request, name: str) -> list[str]:
+    """Every value of a multi-valued parameter: ``a``, ``a,b``, ``?x=a&x=b`` or Go's ``[a b]``."""
+    values: list[str] = []
+    for raw in request.query.getall(name, []):
+        text = raw.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        values.extend(v for v in text.replace(",", " ").split() if v)
+    return values
+
+
+def _duration(us: int | None) -> dict[str, int] | None:
+    if us is None:
+        return None
+    us = max(us, 0)
+    return {"secs": us // 1_000_000, "nanos": (us % 1_000_000) * 1000}
+
+
+def _context(row: AuditRow) -> str | None:
+    ctx = {
+        "kmsRequestId": row.kms_request_id,
+        "kmsOperation": row.kms_operation,
+        "awsPrincipalArn": row.aws_principal_arn,
+        "kmsKeyArn": row.kms_key_arn,
+    }
+    if all(v is None for v in ctx.values()):
+        return None
+    return json.dumps(ctx, separators=(",", ":"))
+
+
+def hit(row: AuditRow) -> dict[str, Any]:
+    """One row in Fortanix's ``EsAuditLog`` shape."""
+    return {
+        "_id": row.id,
+        "_source": {
+            "acct_id": row.acct_id,
+            "actor_type": row.actor_type,
+            # System rows (the local operator) have no actor id: name the account instead of null.
+            "actor_id": row.actor_id if row.actor_id is not None else row.acct_id,
+            "action_type": row.action_type,
+            "severity": row.severity,
+            "message": row.message,
+            "object_id": row.object_id,
+            "group_ids": list(row.group_ids or []),
+            "time": _utc(row.time).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "client_ip": row.client_ip,
+            "response_time": _duration(row.response_time_us),
+            "client_provided_context": _context(row),
+        },
+    }
+
+
+@routes.get("/sys/v1/logs")
+async def get_logs(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    core = core_of(request)
+    size = _int_param(request, "size", DEFAULT_SIZE, 1, MAX_SIZE)
+    offset = _int_param(request, "from", 0, 0, None)
+    previous_id = _uuid_param(request, "previous_id")
+    range_from = _epoch_param(request, "range_from")
+    range_to = _epoch_param(request, "range_to")
+    actor_id = _uuid_param(request, "actor_id")
+    object_id = _uuid_param(request, "object_id")
+    action_types = [v.upper() for v in _list_param(request, "action_type")]
+    severities = [v.upper() for v in _list_param(request, "severity")]
+    actor_types = [_ACTOR_TYPES.get(v.lower(), v) for v in _list_param(request, "actor_type")]
+
+    where: list[ColumnElement[bool]] = [AuditRow.acct_id == principal.acct_id]
+    if not principal.is_admin:
+        if principal.id is None:
+            return json_response({"hits": []})
+        where.append(AuditRow.actor_id == principal.id)
+    if range_from is not None:
+        where.append(AuditRow.time >= datetime.fromtimestamp(math.floor(range_from), UTC))
+    if range_to is not None:  # inclusive to the second shown in "time"
+        where.append(AuditRow.time < datetime.fromtimestamp(math.floor(range_to), UTC) + timedelta(seconds=1))
+    if actor_id is not None:
+        where.append(AuditRow.actor_id == actor_id)
+    if object_id is not None:
+        where.append(AuditRow.object_id == object_id)
+    if action_types:
+        where.append(AuditRow.action_type.in_(action_types))
+    if severities:
+        where.append(AuditRow.severity.in_(severities))
+    if actor_types:
+        where.append(AuditRow.actor_type.in_(actor_types))
+
+    async with core.sessions() as session:
+        if previous_id is not None:
+            anchor = (
+                await session.execute(
+                    select(AuditRow.time, AuditRow.chain, AuditRow.seq).where(
+                        AuditRow.id == previous_id, *where[: 2 if not principal.is_admin else 1]
+                    )
+                )
+            ).first()
+            if anchor is None:
+                return json_response({"hits": []})
+            t, chain, seq = _utc(anchor.time), anchor.chain, anchor.seq
+            where.append(
+                or_(
+                    AuditRow.time < t,
+                    and_(AuditRow.time == t, AuditRow.chain < chain),
+                    and_(AuditRow.time == t, AuditRow.chain == chain, AuditRow.seq < seq),
+                )
+            )
+        stmt = select(AuditRow).where(*where).order_by(*_ORDER).offset(offset).limit(size)
+        rows = (await session.scalars(stmt)).all()
+    return json_response({"hits": [hit(r) for r in rows]})

@@ -1,0 +1,228 @@
+"""Local TLS material for the lab: a private CA, server certificates for the DSM and XKS endpoints, and
+client certificates for mTLS. Everything is EC P-256; private keys are written mode 0600.
+
+``xkslab certs`` writes ``ca.crt``/``ca.key``, ``dsm.crt``/``dsm.key`` and ``xks.crt``/``xks.key`` under
+``<data-dir>/tls`` (or ``--out``), reusing an existing CA so certificates already trusted stay valid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_NAME = "xkslab local CA"
+CA_DAYS = 3650
+LEAF_DAYS = 825  # the longest validity Apple platforms accept for a TLS server certificate
+DEFAULT_HOSTS = ("localhost",)
+LOOPBACK_IPS = ("127.0.0.1", "::1")
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, pem)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _load_ca(ca_cert: Path, ca_key: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca_key} is not an EC private key")
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise ValueError(f"{ca_key} does not belong to {ca_cert}")
+    return cert, key
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def make_local_ca(directory: Path) -> tuple[Path, Path]:
+    """``directory/ca.crt`` and ``directory/ca.key`` (0600); an existing pair is reused as it is."""
+    directory = Path(directory)
+    cert_path, key_path = directory / "ca.crt", directory / "ca.key"
+    if cert_path.exists() and key_path.exists():
+        _load_ca(cert_path, key_path)  # a broken pair is an error, not something to overwrite silently
+        os.chmod(key_path, 0o600)
+        return cert_path, key_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
+    now = _now()
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_key(key_path, key)
+    _write_cert(cert_path, cert)
+    return cert_path, key_path
+
+
+def _leaf(
+    directory: Path,
+    ca_cert: Path,
+    ca_key: Path,
+    name: str,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    san: list[x509.GeneralName] | None,
+) -> tuple[Path, Path]:
+    issuer, issuer_key = _load_ca(Path(ca_cert), Path(ca_key))
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(now + dt.timedelta(days=LEAF_DAYS), issuer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+        )
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    directory = Path(directory)
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    _write_key(key_path, key)
+    _write_cert(cert_path, cert)
+    return cert_path, key_path
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def make_server_cert(
+    directory: Path, ca_cert: Path, ca_key: Path, name: str, hosts: list[str]
+) -> tuple[Path, Path]:
+    """``directory/<name>.crt`` and ``.key`` for a TLS server: SANs DNS localhost, the given ``hosts``
+    (DNS names or IP addresses) and IP 127.0.0.1 and ::1; serverAuth only; 825 days."""
+    san: list[x509.GeneralName] = []
+    for host in [*DEFAULT_HOSTS, *hosts, *LOOPBACK_IPS]:
+        host = host.strip()
+        if host and (entry := _general_name(host)) not in san:
+            san.append(entry)
+    common_name = next((h.strip() for h in hosts if h.strip()), "localhost")
+    return _leaf(directory, ca_cert, ca_key, name, common_name[:64], ExtendedKeyUsageOID.SERVER_AUTH, san)
+
+
+def make_client_cert(
+    directory: Path, ca_cert: Path, ca_key: Path, name: str, common_name: str
+) -> tuple[Path, Path]:
+    """``directory/<name>.crt`` and ``.key`` for a TLS client (mTLS): subject CN ``common_name``,
+    clientAuth only; 825 days."""
+    return _leaf(directory, ca_cert, ca_key, name, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, None)
+
+
+@click.command("certs")
+@click.option(
+    "--hosts",
+    default="",
+    help="Extra DNS names or IP addresses for the server certificates, comma-separated "
+    "(localhost, 127.0.0.1 and ::1 are always included).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output directory [default: <data-dir>/tls].",
+)
+@click.pass_obj
+def certs_command(settings: object, hosts: str, out: Path | None) -> None:
+    """Create a local CA (reused if present) and HTTPS certificates for the DSM and XKS endpoints."""
+    if out is None:
+        # obj is xkslab.config.Settings under the main CLI (a bare Path is accepted too)
+        data_dir = settings if isinstance(settings, Path) else getattr(settings, "data_dir", None)
+        if data_dir is None:
+            raise click.UsageError("--out is required when no data directory is configured")
+        out = Path(data_dir) / "tls"
+    names = [h.strip() for h in hosts.split(",") if h.strip()]
+    try:
+        ca_cert, ca_key = make_local_ca(out)
+        dsm = make_server_cert(out, ca_cert, ca_key, "dsm", names)
+        xks = make_server_cert(out, ca_cert, ca_key, "xks", names)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for label, (crt, key) in (("CA", (ca_cert, ca_key)), ("DSM", dsm), ("XKS", xks)):
+        click.echo(f"{label + ':':5} {crt}  (key {key})")
+    ca = ca_cert.resolve()
+    click.echo("")
+    click.echo("Trust the CA (never install ca.key anywhere else):")
+    click.echo(f"  export SSL_CERT_FILE={ca}          # Python ssl, OpenSSL-based tools")
+    click.echo(f"  export REQUESTS_CA_BUNDLE={ca}     # requests (sdkms, boto3)")
+    click.echo(f"  sdkms-cli --ssl-ca-cert {ca} ...")
+    click.echo(f"  curl --cacert {ca} https://localhost:<port>/...")
