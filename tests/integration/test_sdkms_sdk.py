@@ -152,3 +152,51 @@ async def test_sdkms_sdk_crypto_flow_and_audit(server_url: str) -> None:
     assert any("disabled" in h["message"] for h in refused), [h["message"] for h in by_app]
     assert any(h["object_id"] == r["new_kid"] and "Rekeyed" in h["message"] for h in by_app)
     assert all(h["actor_type"] == "App" and h["group_ids"] for h in about_key)
+
+
+def foreign_key_flow(url: str) -> dict[str, Any]:
+    import sdkms.v1 as sdk
+    from sdkms.v1.rest import ApiException
+
+    admin = login_admin(sdk, url)
+    groups = sdk.GroupsApi(api_client=admin)
+    mine = groups.create_group(sdk.GroupRequest(name="group-a"))
+    theirs = groups.create_group(sdk.GroupRequest(name="group-b"))
+    apps = sdk.AppsApi(api_client=admin)
+    app = apps.create_app(
+        sdk.AppRequest(
+            name="app-a", default_group=mine.group_id, add_groups={mine.group_id: ["ENCRYPT", "DECRYPT"]}
+        )
+    )
+    secret = apps.get_credential(app.app_id).credential.secret
+    key = sdk.SecurityObjectsApi(api_client=admin).generate_security_object(
+        sdk.SobjectRequest(name="b-key", obj_type="AES", key_size=256, group_id=theirs.group_id)
+    )
+    client, _ = login_app(sdk, url, base64.b64encode(f"{app.app_id}:{secret}".encode()).decode())
+    statuses = {}
+    try:
+        sdk.EncryptionAndDecryptionApi(api_client=client).encrypt(
+            key.kid, sdk.EncryptRequest(alg="AES", plain=bytearray(b"x" * 16), mode="CBC")
+        )
+    except ApiException as exc:
+        statuses["encrypt"] = exc.status
+    try:
+        sdk.SecurityObjectsApi(api_client=client).get_security_object(key.kid)
+    except ApiException as exc:
+        statuses["get"] = exc.status
+    listed = [k.kid for k in sdk.SecurityObjectsApi(api_client=client).get_security_objects()]
+    raw = sdk.LogsApi(api_client=admin).get_audit_logs(size=1000, _preload_content=False)
+    hits = [hit["_source"] for hit in json.loads(raw.data)["hits"]]
+    return {"app_id": app.app_id, "kid": key.kid, "statuses": statuses, "listed": listed, "hits": hits}
+
+
+async def test_app_is_refused_a_key_outside_its_groups_and_the_refusal_is_audited(server_url: str) -> None:
+    r = await asyncio.to_thread(foreign_key_flow, server_url)
+    assert r["statuses"] == {"encrypt": 403, "get": 403}
+    assert r["kid"] not in r["listed"]
+    refusals = [
+        h
+        for h in r["hits"]
+        if h["actor_id"] == r["app_id"] and h["object_id"] == r["kid"] and h["severity"] == "WARNING"
+    ]
+    assert refusals and all("refused" in h["message"] for h in refusals)
