@@ -159,7 +159,7 @@ def init(
         raise click.ClickException(str(exc)) from None
     password = admin_password or secrets.token_urlsafe(18)
     result = _run(_init(settings, account_name, admin_email, password))
-    result["admin_password"] = None if admin_password else password
+    result["admin_password"] = password if result["created"] and not admin_password else None
     _emit(result, as_json, _init_text)
 
 
