@@ -33,7 +33,7 @@ from dsm_emulator.views import sobject_view
 
 routes = web.RouteTableDef()
 
-TRANSIENT_UNSUPPORTED = "transient keys are not supported yet"
+TRANSIENT_UNSUPPORTED = "transient keys are not supported by this operation"
 KEY_FORMATS = ("Default",)
 MAX_BATCH_ITEMS = 1000
 
@@ -94,15 +94,24 @@ def _no_transient(body: dict[str, Any]) -> None:
 
 
 def _descriptor(value: Any, what: str) -> tuple[str | None, str | None]:
-    """A SobjectDescriptor: (kid, name), exactly one set."""
-    desc = _object(value, f"field {what}")
-    if field(desc, "transient_key", str) is not None:
+    """A SobjectDescriptor naming a stored object: (kid, name), exactly one set."""
+    kid, name, token = _any_descriptor(value, what)
+    if token is not None:
         raise BadRequest(TRANSIENT_UNSUPPORTED)
+    return kid, name
+
+
+def _any_descriptor(value: Any, what: str) -> tuple[str | None, str | None, str | None]:
+    """A SobjectDescriptor: (kid, name, transient_key), exactly one set."""
+    desc = _object(value, f"field {what}")
     kid = field(desc, "kid", str)
     name = field(desc, "name", str)
-    if (kid is None) == (name is None):
-        raise BadRequest(f"field {what} must identify the object by exactly one of kid or name")
-    return kid, name
+    token = field(desc, "transient_key", str)
+    if sum(item is not None for item in (kid, name, token)) != 1:
+        raise BadRequest(
+            f"field {what} must identify the object by exactly one of kid, name or transient_key"
+        )
+    return kid, name, token
 
 
 async def _resolve(keys: KeyService, p: Principal, body: dict[str, Any], what: str) -> str:
@@ -114,6 +123,21 @@ async def _resolve(keys: KeyService, p: Principal, body: dict[str, Any], what: s
     if kid is not None:
         return kid
     return (await keys.get(p, name=name)).kid
+
+
+async def _resolve_any(
+    keys: KeyService, p: Principal, body: dict[str, Any], what: str
+) -> tuple[str | None, str | None]:
+    """(kid, None) for a stored object named by ``body[what]``, (None, token) for a transient key."""
+    value = body.get(what)
+    if value is None:
+        raise BadRequest(f"missing required field {what}")
+    kid, name, token = _any_descriptor(value, what)
+    if token is not None:
+        return None, token
+    if kid is not None:
+        return kid, None
+    return (await keys.get(p, name=name)).kid, None
 
 
 def _spec(body: dict[str, Any], *, with_size: bool) -> KeySpec:
@@ -214,6 +238,21 @@ async def _decrypt(keys: KeyService, p: Principal, kid: str, body: dict[str, Any
     return {"kid": kid, "plain": b64(plain)}
 
 
+# Transient keys: no kid in the answers, and (as in Fortanix) no audit row; see KeyService.
+
+
+def _encrypt_transient(keys: KeyService, p: Principal, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    a = _encrypt_args(body)
+    result = keys.encrypt_transient(p, token, a.mode, a.plain, iv=a.iv, aad=a.ad, tag_len_bits=a.tag_len)
+    return _ciphertext_view(None, result, "cipher")
+
+
+def _decrypt_transient(keys: KeyService, p: Principal, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    a = _decrypt_args(body)
+    plain = keys.decrypt_transient(p, token, a.mode, a.cipher, iv=a.iv, aad=a.ad, tag=a.tag)
+    return {"plain": b64(plain)}
+
+
 def _key_format(body: dict[str, Any]) -> None:
     key_format = field(body, "key_format", str)
     if key_format is not None and key_format not in KEY_FORMATS:
@@ -276,9 +315,11 @@ async def _unwrap(keys: KeyService, p: Principal, kid: str, a: _UnwrapArgs) -> w
 @routes.post("/crypto/v1/keys")
 async def generate_key(request: web.Request) -> web.Response:
     p, body = principal_of(request), _object(await read_json(request))
-    _no_transient(body)
     if field(body, "value", str) is not None:
         raise BadRequest("value is accepted only on import (PUT /crypto/v1/keys)")
+    if field(body, "transient", bool):
+        view, _token = await core_of(request).keys.create_transient(p, _spec(body, with_size=True))
+        return json_response(view, status=201)
     obj = await core_of(request).keys.create(p, _spec(body, with_size=True))
     return json_response(sobject_view(obj), status=201)
 
@@ -312,14 +353,19 @@ async def list_keys(request: web.Request) -> web.Response:
 @routes.post("/crypto/v1/keys/info")
 async def key_info(request: web.Request) -> web.Response:
     p = principal_of(request)
-    kid, name = _descriptor(await read_json(request), "request body")
+    kid, name, token = _any_descriptor(await read_json(request), "request body")
+    if token is not None:
+        return json_response(core_of(request).keys.transient_info(p, token))
     return json_response(sobject_view(await core_of(request).keys.get(p, kid=kid, name=name)))
 
 
 @routes.post("/crypto/v1/keys/export")
 async def export_key_ex(request: web.Request) -> web.Response:
     p = principal_of(request)
-    kid, name = _descriptor(await read_json(request), "request body")
+    kid, name, token = _any_descriptor(await read_json(request), "request body")
+    if token is not None:
+        view, _value = core_of(request).keys.export_transient(p, token)
+        return json_response(view)
     obj, value = await core_of(request).keys.export(p, kid=kid, name=name)
     return json_response(sobject_view(obj, value=value))
 
@@ -377,7 +423,10 @@ async def batch_decrypt(request: web.Request) -> web.Response:
 async def encrypt_ex(request: web.Request) -> web.Response:
     p, body, keys = principal_of(request), _object(await read_json(request)), core_of(request).keys
     _encrypt_args(body)  # a malformed request is a 400 before the key is looked up
-    kid = await _resolve(keys, p, body, "key")
+    kid, token = await _resolve_any(keys, p, body, "key")
+    if token is not None:
+        return json_response(_encrypt_transient(keys, p, token, body))
+    assert kid is not None
     return json_response(await _encrypt(keys, p, kid, body))
 
 
@@ -385,7 +434,10 @@ async def encrypt_ex(request: web.Request) -> web.Response:
 async def decrypt_ex(request: web.Request) -> web.Response:
     p, body, keys = principal_of(request), _object(await read_json(request)), core_of(request).keys
     _decrypt_args(body)
-    kid = await _resolve(keys, p, body, "key")
+    kid, token = await _resolve_any(keys, p, body, "key")
+    if token is not None:
+        return json_response(_decrypt_transient(keys, p, token, body))
+    assert kid is not None
     return json_response(await _decrypt(keys, p, kid, body))
 
 

@@ -183,7 +183,7 @@ async def test_generate_import_get_list_patch_delete(client: Client, env: Simple
     missing = await call(client, "POST", "/crypto/v1/keys/info", {"name": "nope"}, 404)
     assert missing == {"message": "sobject does not exist"}
     transient = await call(client, "POST", "/crypto/v1/keys/info", {"transient_key": "abc"}, 400)
-    assert transient == {"message": "transient keys are not supported yet"}
+    assert transient == {"message": "invalid transient key"}
     await call(client, "POST", "/crypto/v1/keys/info", {"kid": gen["kid"], "name": "alpha"}, 400)
 
     exported = await call(client, "POST", "/crypto/v1/keys/export", {"name": "beta"})
@@ -466,7 +466,7 @@ BAD_INPUTS: list[tuple[str, str, dict[str, Any] | str, str]] = [
     (
         "/crypto/v1/keys",
         "POST",
-        {"name": "x", "obj_type": "AES", "key_size": 256, "transient": True},
+        {"name": "x", "obj_type": "AES", "key_size": 256, "transient": "yes"},
         "transient",
     ),
     ("/crypto/v1/keys", "POST", {"name": "x", "obj_type": "AES", "key_size": 100}, "key_size"),
@@ -482,7 +482,13 @@ BAD_INPUTS: list[tuple[str, str, dict[str, Any] | str, str]] = [
         {"mode": "CBC", "cipher": "AAA", "key": {"name": "no-such-key"}},
         "cipher",
     ),
-    ("/crypto/v1/encrypt", "POST", {**GOOD_ENC, "key": {"transient_key": "AAAA"}}, "transient keys"),
+    ("/crypto/v1/encrypt", "POST", {**GOOD_ENC, "key": {"transient_key": "AAAA"}}, "invalid transient key"),
+    (
+        "/crypto/v1/keys",
+        "POST",
+        {"name": "x", "obj_type": "AES", "key_size": 100, "transient": True},
+        "key_size",
+    ),
     (
         "/crypto/v1/unwrapkey",
         "POST",
@@ -536,6 +542,169 @@ async def test_bad_inputs_are_400_and_change_nothing(
     assert resp.status == 400, payload
     assert set(payload) == {"message"} and mentions in payload["message"], payload
     assert await all_keys(client) == before
+
+
+# ------------------------------------------------------------------------------ transient keys
+
+
+async def transient(client: Client, key_ops: list[str], **extra: Any) -> dict[str, Any]:
+    body = {
+        "name": f"dek-{uuid.uuid4()}",
+        "key_size": 256,
+        "obj_type": "AES",
+        "transient": True,
+        "key_ops": key_ops,
+        "custom_metadata": {},
+        **extra,
+    }
+    return await call(client, "POST", "/crypto/v1/keys", body, 201)  # type: ignore[no-any-return]
+
+
+async def test_transient_kroxylicious_flow_stores_and_audits_nothing(
+    client: Client, env: SimpleNamespace, tmp_path: Path
+) -> None:
+    from dsm_emulator.audit import tail
+
+    stored = await generate(client, "kek")
+    rows_before = len(await tail(env.core.sessions, 10_000))
+    dek = await transient(client, ["EXPORT"])
+    token = dek["transient_key"]
+    assert token and "kid" not in dek and dek["origin"] == "Transient"
+    assert dek["obj_type"] == "AES" and dek["key_size"] == 256 and dek["key_ops"] == ["EXPORT"]
+    assert dek["group_id"] == env.group_id and dek["acct_id"] == env.acct_id and "value" not in dek
+    assert [k["kid"] for k in await all_keys(client)] == [stored["kid"]]
+
+    exported = await call(client, "POST", "/crypto/v1/keys/export", {"transient_key": token})
+    value = unb64(exported["value"])
+    assert len(value) == 32 and exported["transient_key"] == token and "kid" not in exported
+    info = await call(client, "POST", "/crypto/v1/keys/info", {"transient_key": token})
+    assert "value" not in info and info["name"] == dek["name"]
+    refused = await call(
+        client, "POST", "/crypto/v1/encrypt", {**GOOD_ENC, "key": {"transient_key": token}}, 400
+    )
+    assert "ENCRYPT" in refused["message"]
+
+    rows = await tail(env.core.sessions, 10_000)
+    assert len(rows) == rows_before  # transient-key operations are not audit-logged
+    for row in rows:
+        text = json.dumps(row, default=str)
+        assert exported["value"] not in text and value.hex() not in text and token not in text
+    files = [path for path in (tmp_path / "data").rglob("*") if path.is_file()]
+    assert any(stored["kid"].encode() in path.read_bytes() for path in files)  # the search does see rows
+    for path in files:
+        if path.is_file():
+            data = path.read_bytes()
+            assert value not in data and exported["value"].encode() not in data, path
+            assert dek["name"].encode() not in data, path
+
+
+async def test_transient_encrypt_decrypt_round_trip(client: Client) -> None:
+    dek = await transient(client, ["ENCRYPT", "DECRYPT"])
+    key = {"transient_key": dek["transient_key"]}
+    enc = await call(
+        client,
+        "POST",
+        "/crypto/v1/encrypt",
+        {"key": key, "alg": "AES", "mode": "GCM", "plain": b64(PLAIN), "ad": b64(b"hdr")},
+    )
+    assert "kid" not in enc and set(enc) == {"cipher", "iv", "tag"}
+    dec = await call(
+        client,
+        "POST",
+        "/crypto/v1/decrypt",
+        {
+            "key": key,
+            "alg": "AES",
+            "mode": "GCM",
+            "cipher": enc["cipher"],
+            "iv": enc["iv"],
+            "tag": enc["tag"],
+            "ad": b64(b"hdr"),
+        },
+    )
+    assert dec == {"plain": b64(PLAIN)}
+    cbc = await call(
+        client, "POST", "/crypto/v1/encrypt", {"key": key, "alg": "AES", "mode": "CBC", "plain": b64(PLAIN)}
+    )
+    back = await call(
+        client,
+        "POST",
+        "/crypto/v1/decrypt",
+        {"key": key, "mode": "CBC", "cipher": cbc["cipher"], "iv": cbc["iv"]},
+    )
+    assert unb64(back["plain"]) == PLAIN
+    no_export = await call(client, "POST", "/crypto/v1/keys/export", key, 400)
+    assert "not exportable" in no_export["message"]
+    assert await all_keys(client) == []
+
+
+async def test_transient_bad_tokens_are_one_400(client: Client) -> None:
+    token = (await transient(client, ["EXPORT", "ENCRYPT"]))["transient_key"]
+    raw = bytearray(unb64(token))
+    raw[-1] ^= 1
+    for bad in (b64(bytes(raw)), token[:-4], "not base64!", b64(b"x" * 64), ""):
+        for path in ("/crypto/v1/keys/export", "/crypto/v1/keys/info"):
+            resp = await call(client, "POST", path, {"transient_key": bad}, 400)
+            assert resp == {"message": "invalid transient key"}, bad
+        resp = await call(
+            client, "POST", "/crypto/v1/encrypt", {**GOOD_ENC, "key": {"transient_key": bad}}, 400
+        )
+        assert resp == {"message": "invalid transient key"}, bad
+    both = await call(client, "POST", "/crypto/v1/keys/export", {"transient_key": token, "name": "x"}, 400)
+    assert "exactly one" in both["message"]
+    wrap = {"alg": "AES", "mode": "KW", "key": {"transient_key": token}, "subject": {"name": "x"}}
+    assert "transient" in (await call(client, "POST", "/crypto/v1/wrapkey", wrap, 400))["message"]
+
+
+async def test_transient_key_of_another_account_or_expired_is_invalid(env: SimpleNamespace) -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    from dsm_emulator import keys as keys_module
+    from dsm_emulator.keys import KeySpec
+
+    keys = env.core.keys
+    _view, token = await keys.create_transient(env.system, KeySpec(name="t", obj_type="HMAC", key_size=256))
+    assert keys.open_transient(env.system, token).key_size == 256
+    stranger = dataclasses.replace(env.system, acct_id=str(uuid.uuid4()))
+    with pytest.raises(DsmError, match="invalid transient key"):
+        keys.open_transient(stranger, token)
+    later = keys_module.now() + keys_module.TRANSIENT_LIFETIME + timedelta(seconds=5)
+    original = keys_module.now
+    keys_module.now = lambda: later  # type: ignore[assignment]
+    try:
+        with pytest.raises(DsmError, match="invalid transient key"):
+            keys.open_transient(env.system, token)
+    finally:
+        keys_module.now = original  # type: ignore[assignment]
+    with pytest.raises(DsmError, match="OPAQUE"):
+        await keys.create_transient(env.system, KeySpec(name="t", obj_type="OPAQUE", key_size=256))
+
+
+async def test_transient_keys_and_app_permissions(client: Client, env: SimpleNamespace) -> None:
+    await add_app(env, "enc-only", ["ENCRYPT"])
+    await add_app(env, "exporter", ["EXPORT", "ENCRYPT"])
+    headers = {"X-Test-App": "enc-only"}
+    body = {
+        "name": "dek",
+        "key_size": 256,
+        "obj_type": "AES",
+        "transient": True,
+        "key_ops": ["EXPORT", "ENCRYPT"],
+    }
+    resp = await client.post("/crypto/v1/keys", json=body, headers=headers)
+    assert resp.status == 201
+    token = (await resp.json())["transient_key"]
+    enc = await client.post(
+        "/crypto/v1/encrypt", json={**GOOD_ENC, "key": {"transient_key": token}}, headers=headers
+    )
+    assert enc.status == 200
+    exp = await client.post("/crypto/v1/keys/export", json={"transient_key": token}, headers=headers)
+    assert exp.status == 403
+    exp = await client.post(
+        "/crypto/v1/keys/export", json={"transient_key": token}, headers={"X-Test-App": "exporter"}
+    )
+    assert exp.status == 200 and len(unb64((await exp.json())["value"])) == 32
 
 
 # --------------------------------------------------------------------------- real SDK models
