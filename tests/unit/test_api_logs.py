@@ -10,13 +10,9 @@ from __future__ import annotations
 import asyncio
 import calendar
 import json
-import shutil
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,11 +25,10 @@ from dsm_emulator.api import logs
 from dsm_emulator.api.context import CORE_KEY, PRINCIPAL
 from dsm_emulator.audit import AuditEvent
 from dsm_emulator.authz import Principal, system_principal
-from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import DsmError
 from dsm_emulator.keys import KeySpec
 from dsm_emulator.models import AuditRow
-from xkslab.config import load_settings
+from tests import api_harness
 
 Client = TestClient[web.Request, web.Application]
 APPS_KEY: web.AppKey[dict[str, Principal]] = web.AppKey("test_apps", dict)
@@ -55,43 +50,8 @@ SOURCE_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    data_dir = tmp_path_factory.mktemp("dsm") / "data"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xkslab",
-            "--data-dir",
-            str(data_dir),
-            "init",
-            "--admin-password",
-            "pw",
-            "--json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return data_dir, json.loads(out.stdout)
-
-
-@pytest.fixture
-async def env(template: tuple[Path, dict[str, Any]], tmp_path: Path) -> AsyncIterator[SimpleNamespace]:
-    source, info = template
-    data_dir = tmp_path / "data"
-    shutil.copytree(source, data_dir)
-    core = await DsmCore.open(load_settings(data_dir, environ={}))
-    try:
-        yield SimpleNamespace(
-            core=core,
-            acct_id=info["acct_id"],
-            group_id=info["default_group_id"],
-            system=system_principal(info["acct_id"]),
-        )
-    finally:
-        await core.close()
+template = api_harness.template
+env = api_harness.env
 
 
 @web.middleware
