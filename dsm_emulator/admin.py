@@ -51,6 +51,7 @@ from dsm_emulator.models import (
     Group,
     SecurityObject,
     User,
+    is_uuid,
 )
 
 T = TypeVar("T")
@@ -268,7 +269,7 @@ class AdminService:
 
     async def user_accounts(self, user_id: str) -> dict[str, list[str]]:
         """acct_id -> the user's roles there (the shape of DSM's ``UserAccountMap``)."""
-        if not _is_uuid(user_id):
+        if not is_uuid(user_id):
             return {}
         async with self._sessions() as session:
             rows = (
@@ -278,7 +279,7 @@ class AdminService:
 
     async def get_account(self, p: Principal, acct_id: str) -> Account:
         """The caller's own account (any other is "does not exist")."""
-        if acct_id != p.acct_id or not _is_uuid(acct_id):
+        if acct_id != p.acct_id or not is_uuid(acct_id):
             raise NotFound("account does not exist")
         async with self._sessions() as session:
             account = await session.get(Account, acct_id)
@@ -289,7 +290,7 @@ class AdminService:
     async def principal_for_user(self, user: User, acct_id: str) -> Principal:
         """The user acting in ``acct_id``: an administrator iff an ACCOUNTADMINISTRATOR there.
         AccessDenied if the user is not a member or the account is disabled."""
-        if not _is_uuid(acct_id):
+        if not is_uuid(acct_id):
             raise AccessDenied("the user is not a member of this account")
         async with self._sessions() as session:
             member = await session.get(AccountMember, (user.user_id, acct_id))
@@ -344,7 +345,7 @@ class AdminService:
         self, session: AsyncSession, p: Principal, group_id: str, *, lock: bool = False
     ) -> Group:
         group = None
-        if _is_uuid(group_id):
+        if is_uuid(group_id):
             stmt = select(Group).where(Group.group_id == group_id, Group.acct_id == p.acct_id)
             group = await session.scalar(stmt.with_for_update() if lock else stmt)
         if group is None or (p.kind == "app" and group.group_id not in p.group_permissions):
@@ -559,7 +560,7 @@ class AdminService:
         """The account's apps (in ``group_id`` when given); an app sees only itself."""
         stmt = select(App).where(App.acct_id == p.acct_id).order_by(App.created_at, App.name)
         if group_id is not None:
-            if not _is_uuid(group_id):
+            if not is_uuid(group_id):
                 raise BadRequest("group_id is not a valid id")
             stmt = stmt.where(App.app_id.in_(select(AppGroup.app_id).where(AppGroup.group_id == group_id)))
         if p.kind == "app":
@@ -573,7 +574,7 @@ class AdminService:
 
     async def _app(self, session: AsyncSession, p: Principal, app_id: str, *, lock: bool = False) -> App:
         app = None
-        if _is_uuid(app_id) and (p.kind != "app" or app_id == p.id):
+        if is_uuid(app_id) and (p.kind != "app" or app_id == p.id):
             stmt = select(App).where(App.app_id == app_id, App.acct_id == p.acct_id)
             app = await session.scalar(stmt.with_for_update() if lock else stmt)
         if app is None:
@@ -607,7 +608,7 @@ class AdminService:
         both = sorted(dels & (set(adds) | set(mods)))
         if both:
             raise BadRequest(f"del_groups: group {both[0]} is also added or modified")
-        if default_group is not None and not _is_uuid(default_group):
+        if default_group is not None and not is_uuid(default_group):
             raise BadRequest("default_group is not a valid group id")
         refusal = self._event(p, "app.update", f"Update app {_ref(app_id)}", object_id=_id(app_id))
 
@@ -686,7 +687,7 @@ class AdminService:
 
     async def app_groups(self, app_id: str) -> dict[str, frozenset[str]]:
         """group_id -> the app's permissions there."""
-        if not _is_uuid(app_id):
+        if not is_uuid(app_id):
             return {}
         async with self._sessions() as session:
             rows = (await session.scalars(select(AppGroup).where(AppGroup.app_id == app_id))).all()
@@ -851,7 +852,7 @@ class AdminService:
         app: App | None = None
         account_enabled = False
         encoded: str | None = None
-        if isinstance(app_id, str) and _is_uuid(app_id):
+        if isinstance(app_id, str) and is_uuid(app_id):
             async with self._sessions() as session:
                 app = await session.get(App, app_id)
                 if app is not None:
@@ -901,7 +902,7 @@ class AdminService:
     async def awsxks_secrets(self, app_id: str) -> list[tuple[str, str]]:
         """``[(access_key_id, secret)]`` of an enabled awsxks app, current first then previous, unsealed
         for SigV4 verification; empty for an unknown or disabled app."""
-        if not _is_uuid(app_id):
+        if not is_uuid(app_id):
             return []
         async with self._sessions() as session:
             app = await session.get(App, app_id)
@@ -987,16 +988,6 @@ def _kind(app: App) -> str:
     return "awsxks" if app.auth_type == AUTH_TYPES["awsxks"] else "secret"
 
 
-def _is_uuid(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 def _ref(value: object) -> str:
     """A caller-supplied id as it may appear in an audit message: bounded, printable."""
     text = str(value)[:64]
@@ -1005,7 +996,7 @@ def _ref(value: object) -> str:
 
 def _id(value: object) -> str | None:
     """``value`` if it can go in an id column of the audit row."""
-    return value if _is_uuid(value) else None  # type: ignore[return-value]
+    return value if is_uuid(value) else None  # type: ignore[return-value]
 
 
 def _name(value: object, field: str) -> str:
@@ -1058,7 +1049,7 @@ def _parse_groups(spec: object, field: str, *, ids_only: bool = False) -> dict[s
     else:
         raise BadRequest(f"{field} must be a list of group ids or a map of group id to permissions")
     for gid, perms in items:
-        if not _is_uuid(gid):
+        if not is_uuid(gid):
             raise BadRequest(f"{field}: {str(gid)[:64]!r} is not a valid group id")
         assert isinstance(gid, str)
         if perms is None:

@@ -37,7 +37,7 @@ from dsm_emulator.errors import (
     Sealed,
 )
 from dsm_emulator.keyring import Keyring
-from dsm_emulator.models import Group, SecurityObject
+from dsm_emulator.models import Group, SecurityObject, is_uuid
 
 T = TypeVar("T")
 
@@ -273,7 +273,7 @@ class KeyService:
         stmt = select(SecurityObject).where(SecurityObject.kid == kid)
         if for_update:
             stmt = stmt.with_for_update()
-        obj = await session.scalar(stmt) if _is_uuid(kid) else None
+        obj = await session.scalar(stmt) if is_uuid(kid) else None
         if obj is None:
             raise NotFound("sobject does not exist")
         require_visible(p, obj)
@@ -420,7 +420,7 @@ class KeyService:
 
     async def _resolve_group(self, session: AsyncSession, p: Principal, group_id: str | None) -> str:
         if group_id is not None:
-            group = await session.get(Group, group_id) if _is_uuid(group_id) else None
+            group = await session.get(Group, group_id) if is_uuid(group_id) else None
             if group is None or group.acct_id != p.acct_id:
                 raise NotFound("group does not exist")
             return group.group_id
@@ -963,11 +963,3 @@ def _about(event: AuditEvent, subject: list[SecurityObject]) -> AuditEvent:
     if not subject:
         return event
     return _with(event, object_id=subject[0].kid, group_ids=(subject[0].group_id,))
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        return False
-    return True

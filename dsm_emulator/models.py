@@ -6,6 +6,7 @@ Nothing here holds a secret in the clear: key material and ``awsxks`` secrets ar
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +35,19 @@ NAMING = {
 }
 
 Uuid = String(36)
+
+
+def is_uuid(value: object) -> bool:
+    """Whether ``value`` is a UUID string: ids from the outside are checked before they reach a query."""
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 Timestamp = DateTime(timezone=True)
 
 

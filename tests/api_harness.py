@@ -7,15 +7,18 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from dsm_emulator.authz import system_principal
+from dsm_emulator.api.context import CORE_KEY, PRINCIPAL
+from dsm_emulator.authz import Principal, system_principal
 from dsm_emulator.core import DsmCore
+from dsm_emulator.errors import DsmError
 from xkslab.config import load_settings
 
 
@@ -56,3 +59,41 @@ async def env(template: tuple[Path, dict[str, Any]], tmp_path: Path) -> AsyncIte
         )
     finally:
         await core.close()
+
+
+APPS_KEY: web.AppKey[dict[str, Principal]] = web.AppKey("test_apps", dict)
+ACCT_KEY: web.AppKey[str] = web.AppKey("test_acct_id", str)
+
+
+@web.middleware
+async def pick_principal(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Act as the app a test names in X-Test-App (registered in ``env.apps``), else as the administrator."""
+    app_name = request.headers.get("X-Test-App")
+    if app_name is not None:
+        request[PRINCIPAL] = request.app[APPS_KEY][app_name]
+    else:
+        request[PRINCIPAL] = system_principal(request.app[ACCT_KEY])
+    return await handler(request)
+
+
+@web.middleware
+async def dsm_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DsmError as exc:
+        return web.json_response({"message": exc.message}, status=exc.status)
+
+
+async def route_client(env: SimpleNamespace, aiohttp_client: Any, routes: web.RouteTableDef) -> Any:
+    """A test client for one route table on a bare app around ``env.core``."""
+    app = web.Application(middlewares=[dsm_errors, pick_principal])
+    app[CORE_KEY] = env.core
+    app[APPS_KEY] = {}
+    app[ACCT_KEY] = env.acct_id
+    app.add_routes(routes)
+    env.apps = app[APPS_KEY]
+    return await aiohttp_client(app)

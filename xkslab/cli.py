@@ -715,9 +715,9 @@ async def key_list(core: Any, p: Any, group_id: str | None, show_destroyed: bool
 
 
 def _ident(ident: str) -> dict[str, str]:
-    from dsm_emulator.keys import _is_uuid
+    from dsm_emulator.models import is_uuid
 
-    return {"kid": ident} if _is_uuid(ident) else {"name": ident}
+    return {"kid": ident} if is_uuid(ident) else {"name": ident}
 
 
 @key.command("show")

@@ -34,7 +34,7 @@ from dsm_emulator.api.context import (
 from dsm_emulator.authz import Principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import AccessDenied, AuthFailed, BadRequest, NotFound
-from dsm_emulator.models import Account, AccountMember, App, User
+from dsm_emulator.models import Account, AccountMember, App, User, is_uuid
 from dsm_emulator.views import fortanix_time
 
 routes = web.RouteTableDef()
@@ -114,14 +114,6 @@ def _decode_basic(header: str) -> tuple[str, str]:
     return left, right
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 def _split_auth(request: web.Request) -> tuple[str, str]:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.strip().partition(" ")
@@ -138,7 +130,7 @@ async def principal_from_basic_app(request: web.Request, value: str) -> Principa
     if hit is not None and hit[1] > time.monotonic():
         return hit[0]
     app_id, secret = _decode_basic(value)
-    if not _is_uuid(app_id):
+    if not is_uuid(app_id):
         raise AuthFailed("invalid credentials")
     core = core_of(request)
     app = await core.admin.authenticate_app(app_id, secret)
@@ -150,7 +142,7 @@ async def principal_from_basic_app(request: web.Request, value: str) -> Principa
 
 async def _user(core: DsmCore, user_id: str) -> User:
     async with core.sessions() as session:
-        user = await session.get(User, user_id) if _is_uuid(user_id) else None
+        user = await session.get(User, user_id) if is_uuid(user_id) else None
     if user is None:
         raise AuthFailed("invalid session")
     return user
@@ -177,7 +169,7 @@ async def principal_from_bearer(request: web.Request, token: str) -> Principal |
     sub = str(claims["sub"])
     if claims["kind"] == "app":
         async with core.sessions() as session:
-            app = await session.get(App, sub) if _is_uuid(sub) else None
+            app = await session.get(App, sub) if is_uuid(sub) else None
             account = await session.get(Account, app.acct_id) if app is not None else None
         if app is None or not app.enabled or account is None or not account.enabled:
             raise AuthFailed("invalid session")
@@ -224,7 +216,7 @@ async def auth(request: web.Request) -> web.Response:
     if scheme != "basic":
         raise AuthFailed("Basic authentication required")
     left, right = _decode_basic(value)
-    if _is_uuid(left):
+    if is_uuid(left):
         app = await core.admin.authenticate_app(left, right)
         return json_response(issue_token(core, "app", app.app_id, app.acct_id))
     user = await core.admin.authenticate_user(left, right)

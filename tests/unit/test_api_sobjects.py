@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,14 +19,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from dsm_emulator.api import sobjects
-from dsm_emulator.api.context import CORE_KEY, PRINCIPAL
-from dsm_emulator.authz import Principal, system_principal
 from dsm_emulator.errors import DsmError
 from tests import api_harness
 
 Client = TestClient[web.Request, web.Application]
-APPS_KEY: web.AppKey[dict[str, Principal]] = web.AppKey("test_apps", dict)
-ACCT_KEY: web.AppKey[str] = web.AppKey("test_acct_id", str)
 PLAIN = b"attack at dawn: the eagle lands at 0400, bring the secret codebook!"
 
 
@@ -46,35 +41,9 @@ template = api_harness.template
 env = api_harness.env
 
 
-@web.middleware
-async def pick_principal(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-):
-    app_name = request.headers.get("X-Test-App")
-    if app_name is not None:
-        request[PRINCIPAL] = request.app[APPS_KEY][app_name]
-    else:
-        request[PRINCIPAL] = system_principal(request.app[ACCT_KEY])
-    return await handler(request)
-
-
-@web.middleware
-async def dsm_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-    try:
-        return await handler(request)
-    except DsmError as exc:
-        return web.json_response({"message": exc.message}, status=exc.status)
-
-
 @pytest.fixture
 async def client(env: SimpleNamespace, aiohttp_client: Any) -> Client:
-    app = web.Application(middlewares=[dsm_errors, pick_principal])
-    app[CORE_KEY] = env.core
-    app[APPS_KEY] = {}
-    app[ACCT_KEY] = env.acct_id
-    app.add_routes(sobjects.routes)
-    env.apps = app[APPS_KEY]
-    return await aiohttp_client(app)  # type: ignore[no-any-return]
+    return await api_harness.route_client(env, aiohttp_client, sobjects.routes)
 
 
 async def add_app(env: SimpleNamespace, name: str, perms: list[str]) -> None:
