@@ -236,6 +236,11 @@ class AuditLog:
             self._queue.put_nowait(_STOP)
         await asyncio.shield(self._task)
 
+    @property
+    def running(self) -> bool:
+        """Whether the writer accepts rows (health checks report a node that cannot audit as unusable)."""
+        return self._task is not None and not self._task.done() and not self._closing
+
     async def record(self, event: AuditEvent) -> None:
         """Return once ``event``'s row is committed; raise AuditUnavailable if it could not be."""
         if not isinstance(event, AuditEvent):  # checked here: a bad item would fail a whole batch

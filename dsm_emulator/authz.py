@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from dsm_emulator.errors import AccessDenied, InvalidState, NotFound
+from dsm_emulator.errors import AccessDenied, InvalidState, KeyOpNotAllowed, NotFound
 from dsm_emulator.models import SecurityObject
 
 # Fortanix AppPermissions (SDK 5.6) plus the AUDIT permission of the 2026 model.
@@ -104,7 +104,7 @@ def require_key_op(obj: SecurityObject, op: str, state: str | None = None) -> No
     effective state when the caller has computed it from the activation and deactivation dates)."""
     state = obj.state if state is None else state
     if op not in obj.key_ops:
-        raise InvalidState(f"operation {op} is not allowed by this key's key_ops")
+        raise KeyOpNotAllowed(f"operation {op} is not allowed by this key's key_ops")
     if not obj.enabled:
         raise InvalidState("the key is disabled")
     allowed_states = PROCESS_STATES if op in _RECOVER_OPS else PROTECT_STATES

@@ -25,6 +25,7 @@ from dsm_emulator.sealing import (
     SoftwareSealConfig,
     open_sealer,
 )
+from dsm_emulator.xks import XksService
 from xkslab.config import Settings
 
 
@@ -60,6 +61,7 @@ class DsmCore:
     audit: AuditLog
     keys: KeyService
     admin: AdminService
+    xks: XksService
 
     @classmethod
     async def open(cls, settings: Settings) -> DsmCore:
@@ -80,6 +82,18 @@ class DsmCore:
                 sealer.close()
             await engine.dispose()
             raise
+        keys = KeyService(sessions, keyring, audit)
+        admin = AdminService(sessions, keyring, audit)
+        xks = XksService(
+            sessions,
+            keyring,
+            audit,
+            admin,
+            keys,
+            node_id=settings.audit.node_id,
+            model=f"xkslab DSM emulator 0.1 ({sealer.kind} sealing, {engine.dialect.name})",
+            health_cache_s=settings.dsm.health_cache_s,
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -87,8 +101,9 @@ class DsmCore:
             sealer=sealer,
             keyring=keyring,
             audit=audit,
-            keys=KeyService(sessions, keyring, audit),
-            admin=AdminService(sessions, keyring, audit),
+            keys=keys,
+            admin=admin,
+            xks=xks,
         )
 
     async def close(self) -> None:

@@ -9,6 +9,9 @@ these to its own wire shape in one place; messages are safe to show (no secrets,
     ├── NotFound              no such object (or not visible to the caller)       (404)
     ├── Conflict              name already taken                                  (409)
     ├── InvalidState          disabled key, wrong lifecycle state, missing key op (400 / 409 by edge)
+    │   └── KeyOpNotAllowed   the key's type or key_ops do not allow the operation (400)
+    ├── Unsupported           larger than this implementation supports            (501)
+    ├── Internal              an unexpected failure, detail only in the log       (500)
     ├── Sealed                keyring unavailable or sealing backend failure       (503)
     ├── AuditUnavailable      the audit row could not be written: fail closed      (503)
     └── SchemaMismatch        database schema revision unknown to this code        (start-up)
@@ -55,6 +58,18 @@ class InvalidState(DsmError):
     """The object exists but its state, enabled flag or key_ops forbid the operation."""
 
     status = 400
+
+
+class KeyOpNotAllowed(InvalidState):
+    """The key exists and is usable, but not for this operation (XKS InvalidKeyUsageException)."""
+
+
+class Unsupported(DsmError):
+    status = 501
+
+
+class Internal(DsmError):
+    status = 500
 
 
 class Sealed(DsmError):

@@ -218,3 +218,13 @@ class AuditRow(Base):
     key_term: Mapped[int] = mapped_column(Integer)
     prev_hash: Mapped[bytes] = mapped_column(LargeBinary)
     row_hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class XksPathPrefix(Base):
+    """An alias URI path prefix for an awsxks app, in addition to its Fortanix-style
+    ``/crypto/v1/apps/<app_id>/aws``, so a key store can keep a path of the customer's choosing."""
+
+    __tablename__ = "xks_path_prefixes"
+    prefix: Mapped[str] = mapped_column(String(128), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.app_id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime]

@@ -805,43 +805,31 @@ def dsm_serve(settings: Settings) -> None:
     _run(_serve(settings))
 
 
-def _tls_context(settings: Settings) -> Any:
-    import ssl
-
-    cert, key = settings.path(settings.dsm.tls_cert), settings.path(settings.dsm.tls_key)
-    if not (cert.is_file() and key.is_file()):
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    return context
-
-
 async def _serve(settings: Settings) -> None:
-    import signal
-
-    from aiohttp import web
-
     from dsm_emulator.api.app import create_app
+    from xkslab.serve import serve
 
-    tls = _tls_context(settings)
-    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        host = settings.dsm.host
-        await web.TCPSite(runner, host, settings.dsm.port).start()
-        click.echo(f"DSM REST API on http://{host}:{settings.dsm.port}")
-        if tls is not None:
-            await web.TCPSite(runner, host, settings.dsm.https_port, ssl_context=tls).start()
-            click.echo(f"DSM REST API on https://{host}:{settings.dsm.https_port}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        click.echo("stopping")
-    finally:
-        await runner.cleanup()
+    await serve([dsm_listener(settings, create_app(settings))], click.echo)
+
+
+def dsm_listener(settings: Settings, app: Any) -> Any:
+    from xkslab.serve import Listener
+
+    dsm = settings.dsm
+    return Listener(
+        "DSM REST API",
+        app,
+        dsm.host,
+        dsm.port,
+        dsm.https_port,
+        settings.path(dsm.tls_cert),
+        settings.path(dsm.tls_key),
+    )
 
 
 main.add_command(certs_command)
+
+# Registered last: the XKS commands reuse this module's helpers.
+from xkslab.cli_xks import xks  # noqa: E402
+
+main.add_command(xks)

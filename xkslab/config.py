@@ -73,6 +73,62 @@ class DsmSettings:
     https_port: int = 8443
     tls_cert: Path = Path("tls/dsm.crt")
     tls_key: Path = Path("tls/dsm.key")
+    # The token XKS proxies present on the DSM's internal XKS endpoint (created on first start, 0600).
+    proxy_token_file: Path = Path("proxy.token")
+    # How long a deep health check (a real encrypt and decrypt) may be reused; the XKS spec allows 60 s.
+    health_cache_s: int = 10
+
+
+@dataclass(frozen=True)
+class XksSettings:
+    host: str = "127.0.0.1"
+    port: int = 8600
+    # HTTPS is served too when both files exist (relative paths are in the data directory).
+    https_port: int = 8643
+    tls_cert: Path = Path("tls/xks.crt")
+    tls_key: Path = Path("tls/xks.key")
+    # mTLS: when set, HTTPS clients must present a certificate chaining to this CA ...
+    client_ca: str = ""
+    # ... whose subject CN or a DNS SAN equals this name (empty: any certificate from client_ca).
+    client_subject: str = ""
+    # The key manager: comma-separated base URLs, one per DSM node (health reports each one).
+    dsm_urls: str = "http://127.0.0.1:8500"
+    dsm_token_file: Path = Path("proxy.token")
+    # CA bundle for https:// DSM URLs (empty: the system's trust store).
+    dsm_ca: str = ""
+    # Below KMS's own 250 ms budget, so a slow DSM becomes DependencyTimeoutException, not a KMS timeout.
+    dsm_timeout_ms: int = 200
+    # Sizes past these answer 501 UnsupportedOperationException; they may not be below the spec minimums.
+    max_plaintext_bytes: int = 4300
+    max_aad_bytes: int = 8192
+    # Secondary authorization rules on requestMetadata (empty: every authenticated request is allowed).
+    policy_file: str = ""
+    # How long the proxy trusts its list of URI path prefixes before asking the DSM again.
+    prefix_cache_s: float = 5.0
+    # Per URI path prefix request quota (requests per second, 0: none) and its burst; past it: 429.
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: int = 100
+
+    @property
+    def dsm_url_list(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.dsm_urls.split(",") if u.strip()]
+
+
+@dataclass(frozen=True)
+class KmsSettings:
+    host: str = "127.0.0.1"
+    port: int = 8700
+    region: str = "us-east-1"
+    account_id: str = "111122223333"
+    # Seals each KMS key's backing key (the inner envelope layer): 32 random bytes, 0600.
+    seal_key_file: Path = Path("kms-seal.key")
+    # CA bundle KMS trusts for https:// XKS proxy endpoints (empty: tls/ca.crt when it exists, else the
+    # system store), as real KMS trusts the public CAs.
+    xks_ca: str = ""
+    # KMS gives an XKS proxy 250 ms per call (connect, TLS handshake and answer).
+    xks_timeout_ms: int = 250
+    # Apply AWS's own patterns to XksProxyUriEndpoint (https://, no port); off so loopback proxies work.
+    strict_endpoints: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +138,8 @@ class Settings:
     seal: SealSettings = field(default_factory=SealSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     dsm: DsmSettings = field(default_factory=DsmSettings)
+    xks: XksSettings = field(default_factory=XksSettings)
+    kms: KmsSettings = field(default_factory=KmsSettings)
 
     @property
     def config_file(self) -> Path:
@@ -241,7 +299,13 @@ _POSITIVE = {
     "audit.batch_max",
     "dsm.session_ttl_s",
     "dsm.max_body_bytes",
+    "xks.dsm_timeout_ms",
+    "kms.xks_timeout_ms",
 }
+_PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
+# The XKS spec's minimums: a proxy must accept at least this much (xks-proxy-api.md 1.5).
+XKS_MIN_PLAINTEXT_BYTES = 4300
+XKS_MIN_AAD_BYTES = 8192
 
 
 def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
@@ -253,10 +317,28 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
             raise fail(name, "must be greater than 0")
     if values["audit.flush_interval_ms"] < 0:
         raise fail("audit.flush_interval_ms", "must not be negative")
-    if not 0 < values["dsm.port"] < 65536:
-        raise fail("dsm.port", "must be a TCP port (1-65535)")
-    if not 0 < values["dsm.https_port"] < 65536:
-        raise fail("dsm.https_port", "must be a TCP port (1-65535)")
+    for name in _PORTS:
+        if not 0 < values[name] < 65536:
+            raise fail(name, "must be a TCP port (1-65535)")
+    if not 0 <= values["dsm.health_cache_s"] <= 60:
+        raise fail("dsm.health_cache_s", "must be 0 to 60 seconds (the XKS spec's limit)")
+    if values["xks.max_plaintext_bytes"] < XKS_MIN_PLAINTEXT_BYTES:
+        raise fail("xks.max_plaintext_bytes", f"must be at least the spec's {XKS_MIN_PLAINTEXT_BYTES}")
+    if not XKS_MIN_AAD_BYTES <= values["xks.max_aad_bytes"] <= 65535:
+        raise fail("xks.max_aad_bytes", f"must be {XKS_MIN_AAD_BYTES} to 65535 (the AAD length is a uint16)")
+    if values["xks.rate_limit_rps"] < 0:
+        raise fail("xks.rate_limit_rps", "must not be negative (0 turns the quota off)")
+    if values["xks.rate_limit_burst"] < 1:
+        raise fail("xks.rate_limit_burst", "must be at least 1")
+    if values["xks.prefix_cache_s"] < 0:
+        raise fail("xks.prefix_cache_s", "must not be negative")
+    if not (len(values["kms.account_id"]) == 12 and values["kms.account_id"].isdigit()):
+        raise fail("kms.account_id", "must be 12 digits")
+    if not values["kms.region"] or not all(c.isalnum() or c == "-" for c in values["kms.region"]):
+        raise fail("kms.region", "must be a region name such as us-east-1")
+    urls = [u.strip() for u in values["xks.dsm_urls"].split(",") if u.strip()]
+    if not urls or len(urls) > 10 or not all(u.startswith(("http://", "https://")) for u in urls):
+        raise fail("xks.dsm_urls", "must be 1 to 10 comma-separated http:// or https:// URLs")
     if not values["audit.node_id"] or len(values["audit.node_id"]) > 64:
         raise fail("audit.node_id", "must be 1 to 64 characters")
     url = values["database.url"]

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from dsm_emulator.api import admin, logs, session, sobjects
+from dsm_emulator.api import admin, logs, session, sobjects, xks
 from dsm_emulator.api.context import CORE_KEY, json_response
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import DsmError
 from xkslab.config import Settings
+from xkslab.proxy_link import INTERNAL_PREFIX, read_token
 
 log = logging.getLogger("dsm_emulator.api")
 
@@ -51,7 +52,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if (request.method, request.path) not in PUBLIC:
+    # The internal XKS endpoint checks the proxy token itself; DSM sessions do not apply there.
+    if (request.method, request.path) not in PUBLIC and not request.path.startswith(INTERNAL_PREFIX):
         await session.authenticate(request)
     return await handler(request)
 
@@ -62,6 +64,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[error_middleware, auth_middleware],
     )
     app[session.SESSION_STATE_KEY] = session.SessionState()
+    app[xks.PROXY_TOKEN_KEY] = read_token(settings.path(settings.dsm.proxy_token_file), create=True)
 
     async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         core = await DsmCore.open(settings)
@@ -76,4 +79,5 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(admin.routes)
     app.add_routes(sobjects.routes)
     app.add_routes(logs.routes)
+    app.add_routes(xks.routes)
     return app

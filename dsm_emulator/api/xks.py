@@ -1,0 +1,66 @@
+"""The internal endpoint XKS proxies call: one request per XKS operation (xkslab.proxy_link has the
+shape). Answers carry the domain outcome in the body, ``{"result"}`` or ``{"error": {"code"}}``, with
+status 200, so the proxy maps DsmError classes to XKS errorNames in one place; a non-200 status means
+the call itself was refused (wrong proxy token, malformed call)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+
+from aiohttp import web
+
+from dsm_emulator.api.context import core_of, json_response, read_json
+from dsm_emulator.errors import AuthFailed, BadRequest, DsmError
+from dsm_emulator.xks import PolicyVerdict, XksCall
+from xkslab import sigv4, xks_wire
+from xkslab.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+PROXY_TOKEN_KEY: web.AppKey[str] = web.AppKey("xks_proxy_token", str)
+
+
+def _require_proxy(request: web.Request) -> None:
+    expected = request.app[PROXY_TOKEN_KEY].encode()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise AuthFailed("this endpoint is for XKS proxies: present the proxy token")
+
+
+@routes.get(PREFIXES_PATH)
+async def prefixes(request: web.Request) -> web.Response:
+    _require_proxy(request)
+    return json_response({"prefixes": await core_of(request).xks.prefixes()})
+
+
+@routes.post(CALL_PATH)
+async def call(request: web.Request) -> web.Response:
+    _require_proxy(request)
+    try:
+        forwarded = ForwardedCall.from_json(await read_json(request))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    xks_call = XksCall(
+        app_id=forwarded.app_id,
+        operation=forwarded.operation,
+        key_id=forwarded.key_id,
+        signed=sigv4.SignedRequest(
+            method=forwarded.method,
+            path=forwarded.path,
+            query=forwarded.query,
+            headers=forwarded.headers,
+            body_sha256=hashlib.sha256(forwarded.body).hexdigest(),
+        ),
+        body=forwarded.body,
+        limits=xks_wire.Limits(forwarded.max_plaintext_bytes, forwarded.max_aad_bytes),
+        policy=None
+        if forwarded.policy_allowed is None
+        else PolicyVerdict(forwarded.policy_allowed, forwarded.policy_rule or ""),
+    )
+    try:
+        result = await core_of(request).xks.call(xks_call)
+    except DsmError as exc:
+        return json_response({"error": {"code": type(exc).__name__, "message": exc.message}})
+    return json_response({"result": result})

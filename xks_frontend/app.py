@@ -1,0 +1,94 @@
+"""The XKS proxy application: resources in cleanup_ctx, GET /ping and /metrics, the mTLS subject check,
+and every other path to the XKS dispatcher (which answers 404 InvalidUriPathException itself)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from xks_frontend.dsm_client import DsmClient
+from xks_frontend.errors import XksError, error_response
+from xks_frontend.handlers import Edge, Handler, PrefixQuota, PrefixTable, dispatch
+from xks_frontend.metrics import XksMetrics
+from xks_frontend.policy import PolicyFile
+from xkslab import tls, xks_wire
+from xkslab.config import Settings
+from xkslab.proxy_link import read_token
+
+EDGE_KEY: web.AppKey[Edge] = web.AppKey("xks_edge", Edge)
+_OPEN_PATHS = frozenset({"/ping", "/metrics"})
+
+
+def body_limit(limits: xks_wire.Limits) -> int:
+    """Enough for the largest accepted request (Base64 grows data by 4/3) plus metadata and slack."""
+    return (limits.max_plaintext_bytes + limits.max_aad_bytes) * 4 // 3 + 64 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    xks = settings.xks
+    limits = xks_wire.Limits(xks.max_plaintext_bytes, xks.max_aad_bytes)
+    policy = PolicyFile(settings.path(Path(xks.policy_file))) if xks.policy_file else None
+    client_subject = xks.client_subject
+    mtls = bool(xks.client_ca)
+
+    @web.middleware
+    async def client_certificate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Python's ssl checks the client's chain during the handshake but has no hook for its subject,
+        # so the subject is checked here, before anything else; plain HTTP cannot satisfy mTLS at all.
+        if mtls and request.path not in _OPEN_PATHS:
+            peercert = request.transport.get_extra_info("peercert") if request.transport else None
+            if not request.secure or peercert is None:
+                return _refuse("a client certificate is required")
+            if client_subject and not tls.subject_matches(peercert, client_subject):
+                return _refuse("the client certificate's subject is not accepted")
+        return await handler(request)
+
+    app = web.Application(client_max_size=body_limit(limits), middlewares=[client_certificate])
+    dsm_ca = settings.path(Path(xks.dsm_ca)) if xks.dsm_ca else None
+    client = DsmClient(
+        xks.dsm_url_list,
+        read_token(settings.path(xks.dsm_token_file)),
+        timeout_s=xks.dsm_timeout_ms / 1000,
+        ssl_context=tls.client_context(dsm_ca) if dsm_ca is not None else None,
+    )
+    edge = Edge(
+        client=client,
+        prefixes=PrefixTable(client, xks.prefix_cache_s),
+        policy=policy,
+        metrics=XksMetrics(),
+        limits=limits,
+        quota=PrefixQuota(xks.rate_limit_rps, xks.rate_limit_burst),
+    )
+    app[EDGE_KEY] = edge
+
+    async def dsm_client_ctx(app: web.Application) -> AsyncIterator[None]:
+        await client.open()
+        try:
+            yield
+        finally:
+            await client.close()
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.Response(text="pong\n")
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=edge.metrics.render())
+        response.headers["Content-Type"] = edge.metrics.content_type
+        return response
+
+    async def xks_route(request: web.Request) -> web.StreamResponse:
+        return await dispatch(edge, request)
+
+    app.cleanup_ctx.append(dsm_client_ctx)
+    app.router.add_get("/ping", ping)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", xks_route)
+    return app
+
+
+def _refuse(message: str) -> web.Response:
+    response = error_response(XksError("AccessDeniedException", message))
+    response.force_close()
+    return response

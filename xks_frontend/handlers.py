@@ -1,0 +1,244 @@
+"""The XKS Proxy API v1 edge: one dispatcher for the four operations under every URI path prefix.
+
+A request reads in a straight line: match the raw path (404 InvalidUriPathException before anything
+else) -> POST only (405) -> read the body (501 past the size limit) -> secondary-authorization verdict
+from the policy file (not for health) -> ONE call to the key manager, which verifies SigV4, validates,
+finds the key, applies the verdict and does the crypto -> the answer, or the XKS error it maps to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from xks_frontend.dsm_client import DsmClient, DsmUnreachable
+from xks_frontend.errors import XksError, dumps, error_response
+from xks_frontend.metrics import XksMetrics
+from xks_frontend.policy import PolicyFile, RequestFacts
+from xkslab import sigv4, xks_wire
+from xkslab.proxy_link import ForwardedCall
+
+log = logging.getLogger("xks_frontend")
+
+PATH = re.compile(
+    r"(?P<prefix>(?:/[A-Za-z0-9_-]+)*)/kms/xks/v1/"
+    r"(?:(?P<health>health)|keys/(?P<key>[A-Za-z0-9._-]{1,128})/(?P<op>metadata|encrypt|decrypt))"
+)
+# The Fortanix-style prefix names its app; recognised even when the DSM cannot be asked for the table.
+CANONICAL = re.compile(
+    r"/crypto/v1/apps/(?P<app>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/aws"
+)
+XKS_OPERATION = {
+    "health": "GetHealthStatus",
+    "metadata": "GetKeyMetadata",
+    "encrypt": "Encrypt",
+    "decrypt": "Decrypt",
+}
+VENDOR = "xkslab"
+PROXY_MODEL = "xkslab XKS proxy 0.1"
+EKM_VENDOR = "xkslab (Fortanix DSM emulator)"
+MAX_FLEET = 10
+
+
+class PrefixTable:
+    """URI path prefix -> app id, from the DSM; refreshed when stale, and on a miss at most once a
+    second, so a new app or alias works without a restart while junk paths cannot flood the DSM."""
+
+    def __init__(self, client: DsmClient, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._client = client
+        self._ttl = ttl_s
+        self._clock = clock
+        self._table: dict[str, str] | None = None
+        self._loaded_at = float("-inf")
+        self._tried_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def _refresh(self, *, force_after: float) -> None:
+        async with self._lock:
+            if self._clock() - self._tried_at < force_after:
+                return  # another request refreshed while this one waited
+            self._tried_at = self._clock()
+            try:
+                self._table = await self._client.prefixes()
+                self._loaded_at = self._clock()
+            except XksError:
+                if self._table is None:
+                    raise
+
+    async def resolve(self, prefix: str) -> str | None:
+        try:
+            if self._clock() - self._loaded_at > self._ttl:
+                await self._refresh(force_after=min(self._ttl, 1.0))
+            if self._table is None:
+                raise DsmUnreachable()
+            if prefix not in self._table and self._clock() - self._tried_at > 1.0:
+                await self._refresh(force_after=1.0)
+        except XksError:
+            match = CANONICAL.fullmatch(prefix)
+            if match is None:
+                raise
+            return match["app"]
+        return self._table.get(prefix)
+
+
+class PrefixQuota:
+    """A token bucket per URI path prefix: the spec lets a proxy give each prefix its own request quota
+    and answer ThrottlingException past it."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # prefix -> (tokens, at)
+
+    def take(self, prefix: str) -> bool:
+        if self._rate <= 0:
+            return True
+        now = self._clock()
+        tokens, at = self._buckets.get(prefix, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        allowed = tokens >= 1.0
+        self._buckets[prefix] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
+
+
+@dataclass
+class Edge:
+    """What the dispatcher needs, built once by create_app."""
+
+    client: DsmClient
+    prefixes: PrefixTable
+    policy: PolicyFile | None
+    metrics: XksMetrics
+    limits: xks_wire.Limits
+    quota: PrefixQuota
+
+
+async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    operation, error_name, request_id = "Unknown", None, None
+    try:
+        raw_path, _, query = request.raw_path.partition("?")
+        match = PATH.fullmatch(raw_path)
+        app_id = None if match is None else await edge.prefixes.resolve(match["prefix"])
+        if match is None or app_id is None:
+            raise XksError("InvalidUriPathException", "no XKS operation at this URI path")
+        op = "health" if match["health"] else match["op"]
+        operation = XKS_OPERATION[op]
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST"})
+        if not edge.quota.take(match["prefix"]):
+            raise XksError("ThrottlingException", "the request quota of this URI path prefix is exceeded")
+        body = await _read_body(request)
+        metadata = xks_wire.parse_metadata_only(body)
+        request_id = metadata.kms_request_id if metadata else None
+        call = ForwardedCall(
+            app_id=app_id,
+            operation=op,
+            key_id=match["key"],
+            method=request.method,
+            path=raw_path,
+            query=query,
+            headers=_signed_headers(request),
+            body=body,
+            max_plaintext_bytes=edge.limits.max_plaintext_bytes,
+            max_aad_bytes=edge.limits.max_aad_bytes,
+            **_verdict(edge.policy, op, match, metadata),
+        )
+        result = await (_health(edge, call) if op == "health" else edge.client.call(call))
+        return web.Response(text=dumps(result), content_type="application/json")
+    except XksError as exc:
+        error_name = exc.name
+        return error_response(exc)
+    except Exception:
+        error_name = "InternalException"
+        log.exception("unexpected error in the XKS proxy")
+        return error_response(XksError("InternalException", "internal error"))
+    finally:
+        seconds = time.perf_counter() - started
+        edge.metrics.observe(operation, error_name, seconds)
+        log.info(
+            "%s",
+            json.dumps(
+                {
+                    "event": "xks_request",
+                    "operation": operation,
+                    "path": request.path,
+                    "kmsRequestId": request_id,
+                    "outcome": error_name or "success",
+                    "ms": round(seconds * 1000, 3),
+                }
+            ),
+        )
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise XksError("UnsupportedOperationException", "the request body is larger than supported") from None
+
+
+def _signed_headers(request: web.Request) -> dict[str, str]:
+    names = sigv4.header_names_to_forward(request.headers.get("Authorization"))
+    return {name: ",".join(request.headers.getall(name)) for name in names if name in request.headers}
+
+
+def _verdict(
+    policy: PolicyFile | None, op: str, match: re.Match[str], metadata: xks_wire.RequestMetadata | None
+) -> dict[str, Any]:
+    """The policy's decision, forwarded so that the DSM applies it after the key lookup (the spec's
+    order) and audits it; never for health. A body without readable metadata is refused by the DSM
+    anyway (401 or 400), so it gets no verdict."""
+    if policy is None or op == "health" or metadata is None:
+        return {}
+    decision = policy.decide(RequestFacts(match["prefix"], match["key"], metadata.as_dict()))
+    log.info(
+        "%s",
+        json.dumps(
+            {"event": "xks_policy", "kmsRequestId": metadata.kms_request_id, "decision": decision.describe()}
+        ),
+    )
+    return {"policy_allowed": decision.allowed, "policy_rule": decision.rule}
+
+
+async def _health(edge: Edge, call: ForwardedCall) -> dict[str, Any]:
+    """Every DSM node checks itself; an unreachable node is reported UNAVAILABLE rather than failing the
+    whole answer, so KMS sees the fleet's real state. Authentication and validation failures still win."""
+    answers = await edge.client.call_each(call)
+    for answer in answers:
+        if answer.error is not None and answer.error.name in (
+            "AuthenticationFailedException",
+            "ValidationException",
+        ):
+            raise answer.error
+    fleet: list[dict[str, str]] = []
+    for answer in answers:
+        details = (answer.result or {}).get("ekmFleetDetails")
+        if answer.error is None and isinstance(details, list) and details:
+            fleet.extend(details)
+        else:
+            label = DsmClient.node_label(answer.url)
+            fleet.append(
+                {"id": label, "model": "xkslab DSM emulator (unreachable)", "healthStatus": "UNAVAILABLE"}
+            )
+    fleet = fleet[:MAX_FLEET]
+    edge.metrics.set_ekm_states([node.get("healthStatus", "UNAVAILABLE") for node in fleet])
+    return {
+        "xksProxyFleetSize": 1,
+        "xksProxyVendor": VENDOR,
+        "xksProxyModel": PROXY_MODEL,
+        "ekmVendor": EKM_VENDOR,
+        "ekmFleetDetails": fleet,
+    }
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,0 +1,57 @@
+"""Prometheus metrics, named after the CloudWatch metrics KMS publishes for an external key store
+(XksProxyLatency, XksProxyErrors, XksExternalKeyManagerStates), one registry per app (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+OPERATIONS = ("GetHealthStatus", "GetKeyMetadata", "Encrypt", "Decrypt")
+# KMS's per-call budget is 250 ms: buckets resolve the range around it.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5)
+HEALTH_STATES = ("ACTIVE", "DEGRADED", "UNAVAILABLE")
+
+
+class XksMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "xks_proxy_requests",
+            "XKS requests answered, by XKS operation and outcome (success or errorName).",
+            ["operation", "outcome"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "xks_proxy_errors",
+            "XKS requests answered with an error, by XKS operation and errorName.",
+            ["operation", "error_name"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "xks_proxy_latency_seconds",
+            "Time from request to response, by XKS operation.",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ekm_states = Gauge(
+            "xks_external_key_manager_states",
+            "Key manager nodes in each health state, as of the last health check.",
+            ["state"],
+            registry=self.registry,
+        )
+
+    def observe(self, operation: str, error_name: str | None, seconds: float) -> None:
+        self.requests.labels(operation, error_name or "success").inc()
+        if error_name is not None:
+            self.errors.labels(operation, error_name).inc()
+        self.latency.labels(operation).observe(seconds)
+
+    def set_ekm_states(self, states: list[str]) -> None:
+        for state in HEALTH_STATES:
+            self.ekm_states.labels(state).set(states.count(state))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

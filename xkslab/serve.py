@@ -1,0 +1,71 @@
+"""Running xkslab's aiohttp applications: each service on a plain-HTTP port and, when its certificate
+exists, an HTTPS port, until SIGINT or SIGTERM. One place, so `dsm serve`, `xks serve` and `up` stop
+the same clean way."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from xkslab import tls
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str  # "DSM REST API", "XKS proxy"
+    app: web.Application
+    host: str
+    port: int
+    https_port: int
+    tls_cert: Path
+    tls_key: Path
+    client_ca: Path | None = None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not (self.tls_cert.is_file() and self.tls_key.is_file()):
+            return None
+        return tls.server_context(self.tls_cert, self.tls_key, client_ca=self.client_ca)
+
+
+async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str], None]) -> list[str]:
+    """Start one listener; its runner is cleaned up when ``stack`` closes. Returns the URLs it serves."""
+    context = listener.tls_context()
+    runner = web.AppRunner(listener.app, handle_signals=False, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    urls = []
+    await web.TCPSite(runner, listener.host, listener.port).start()
+    urls.append(f"http://{listener.host}:{listener.port}")
+    if context is not None:
+        await web.TCPSite(runner, listener.host, listener.https_port, ssl_context=context).start()
+        urls.append(f"https://{listener.host}:{listener.https_port}")
+    for url in urls:
+        echo(f"{listener.name} on {url}")
+    return urls
+
+
+async def wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def serve(listeners: list[Listener], echo: Callable[[str], None]) -> None:
+    async with AsyncExitStack() as stack:
+        for listener in listeners:
+            await start(stack, listener, echo)
+        await wait_for_signal()
+        echo("stopping")
