@@ -192,6 +192,8 @@ async def make_env(
         overrides={
             "xks.dsm_urls": f"http://127.0.0.1:{dsm_port}",
             "xks.prefix_cache_s": 0.0,
+            # Generous: shared CI machines stall; the timeout tests set their own.
+            "xks.dsm_timeout_ms": 5000,
             **(overrides or {}),
         },
         environ={},

@@ -7,20 +7,9 @@ import json
 
 from aiohttp import web
 
-STATUS = {
-    "ValidationException": 400,
-    "InvalidStateException": 400,
-    "InvalidCiphertextException": 400,
-    "InvalidKeyUsageException": 400,
-    "AuthenticationFailedException": 401,
-    "AccessDeniedException": 403,
-    "KeyNotFoundException": 404,
-    "InvalidUriPathException": 404,
-    "ThrottlingException": 429,
-    "InternalException": 500,
-    "UnsupportedOperationException": 501,
-    "DependencyTimeoutException": 503,
-}
+from xkslab import xks_wire
+
+STATUS = xks_wire.ERROR_STATUS
 
 # DsmError class names (carried by xkslab.proxy_link) -> XKS errorName. Anything else is internal.
 FROM_DSM = {

@@ -220,6 +220,8 @@ async def _health(edge: Edge, call: ForwardedCall) -> dict[str, Any]:
             "ValidationException",
         ):
             raise answer.error
+    if all(answer.result is None for answer in answers):
+        _check_without_dsm(call)
     fleet: list[dict[str, str]] = []
     for answer in answers:
         details = (answer.result or {}).get("ekmFleetDetails")
@@ -239,6 +241,19 @@ async def _health(edge: Edge, call: ForwardedCall) -> dict[str, Any]:
         "ekmVendor": EKM_VENDOR,
         "ekmFleetDetails": fleet,
     }
+
+
+def _check_without_dsm(call: ForwardedCall) -> None:
+    """No DSM node could verify the request: still refuse what needs no secret to refuse (no or a
+    malformed signature, an invalid body) before reporting the fleet UNAVAILABLE."""
+    try:
+        sigv4.parse_authorization(call.headers.get("authorization", ""))
+    except sigv4.SigV4Error:
+        raise XksError("AuthenticationFailedException", "the request is not signed with SigV4") from None
+    try:
+        xks_wire.parse_request("health", call.body, xks_wire.Limits())
+    except xks_wire.XksRequestError as exc:
+        raise XksError(exc.error_name, exc.message) from None
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

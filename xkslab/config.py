@@ -306,6 +306,9 @@ _PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port"
 # The XKS spec's minimums: a proxy must accept at least this much (xks-proxy-api.md 1.5).
 XKS_MIN_PLAINTEXT_BYTES = 4300
 XKS_MIN_AAD_BYTES = 8192
+# The proxy forwards the body Base64-encoded inside JSON (about 16/9 of the payload); this cap keeps the
+# largest call under the DSM's default 1 MiB body limit.
+XKS_MAX_PLAINTEXT_CAP = 262144
 
 
 def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
@@ -322,8 +325,11 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
             raise fail(name, "must be a TCP port (1-65535)")
     if not 0 <= values["dsm.health_cache_s"] <= 60:
         raise fail("dsm.health_cache_s", "must be 0 to 60 seconds (the XKS spec's limit)")
-    if values["xks.max_plaintext_bytes"] < XKS_MIN_PLAINTEXT_BYTES:
-        raise fail("xks.max_plaintext_bytes", f"must be at least the spec's {XKS_MIN_PLAINTEXT_BYTES}")
+    if not XKS_MIN_PLAINTEXT_BYTES <= values["xks.max_plaintext_bytes"] <= XKS_MAX_PLAINTEXT_CAP:
+        raise fail(
+            "xks.max_plaintext_bytes",
+            f"must be {XKS_MIN_PLAINTEXT_BYTES} (the spec's minimum) to {XKS_MAX_PLAINTEXT_CAP}",
+        )
     if not XKS_MIN_AAD_BYTES <= values["xks.max_aad_bytes"] <= 65535:
         raise fail("xks.max_aad_bytes", f"must be {XKS_MIN_AAD_BYTES} to 65535 (the AAD length is a uint16)")
     if values["xks.rate_limit_rps"] < 0:

@@ -51,6 +51,24 @@ _REQUIRED = {
 }
 
 
+# The spec's errorName -> HTTP status table (section 1.8), for the proxy that answers and the client
+# (the KMS emulator) that checks an answer.
+ERROR_STATUS: dict[str, int] = {
+    "ValidationException": 400,
+    "InvalidStateException": 400,
+    "InvalidCiphertextException": 400,
+    "InvalidKeyUsageException": 400,
+    "AuthenticationFailedException": 401,
+    "AccessDeniedException": 403,
+    "KeyNotFoundException": 404,
+    "InvalidUriPathException": 404,
+    "ThrottlingException": 429,
+    "InternalException": 500,
+    "UnsupportedOperationException": 501,
+    "DependencyTimeoutException": 503,
+}
+
+
 class XksRequestError(Exception):
     """A request body the proxy must refuse; the message names the field, never its value."""
 

@@ -113,7 +113,12 @@ async def start_proxy(
     """Another proxy on the env's data directory and DSM, with its own settings; cleaned up with the env."""
     settings = load_settings(
         env.data_dir,
-        overrides={"xks.dsm_urls": env.dsm_url, "xks.prefix_cache_s": 0.0, **(overrides or {})},
+        overrides={
+            "xks.dsm_urls": env.dsm_url,
+            "xks.prefix_cache_s": 0.0,
+            "xks.dsm_timeout_ms": 5000,
+            **(overrides or {}),
+        },
         environ={},
     )
     runner, port = await start_runner(create_xks_app(settings), ssl_context)
