@@ -1,94 +1,39 @@
-"""The database: async engine and session factory, schema migrations, and the start-up schema check.
-
-Alembic owns the schema; a service refuses to start against a schema whose revision it does not know,
-because running new code on an old schema (or old code on a newer one) is how data gets corrupted.
-"""
+"""The key manager's view of the shared database (xkslab/db.py): the same engine, sessions and
+migrations, with a schema mismatch raised as the key manager's own error so every edge maps it."""
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
-from typing import Any
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import event
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-
-import migrations
 from dsm_emulator.errors import SchemaMismatch
+from xkslab import db
+from xkslab.db import (
+    MIGRATIONS_DIR,
+    alembic_config,
+    create_engine,
+    current_revision,
+    head_revision,
+    session_factory,
+    upgrade,
+    upgrade_async,
+)
 
-MIGRATIONS_DIR = Path(migrations.__file__).parent
-
-
-def alembic_config(url: str) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    # ConfigParser interpolation would choke on a '%' in a password.
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
-
-
-def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-    assert head is not None, "migrations/versions has no revision"
-    return head
-
-
-def upgrade(url: str, revision: str = "head") -> None:
-    """Run the migrations up to ``revision``. Synchronous: alembic's env runs its own event loop, so
-    async callers use ``await asyncio.to_thread(upgrade, url)``."""
-    command.upgrade(alembic_config(url), revision)
-
-
-def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        cursor = dbapi_conn.cursor()
-        # WAL lets readers run beside the single writer; FULL sync because a key must never be lost to a
-        # power cut, and group commit keeps the fsync count low.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    return on_connect
-
-
-def create_engine(url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 10) -> AsyncEngine:
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
-        return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
-
-
-def _current_revision(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
-
-
-async def current_revision(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as conn:
-        return await conn.run_sync(_current_revision)
+__all__ = [
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "check_schema",
+    "create_engine",
+    "current_revision",
+    "head_revision",
+    "session_factory",
+    "upgrade",
+    "upgrade_async",
+]
 
 
 async def check_schema(engine: AsyncEngine) -> None:
     """Raise SchemaMismatch unless the database is exactly at the revision this code was written for."""
-    current = await current_revision(engine)
-    head = head_revision()
-    if current != head:
-        where = "an empty database" if current is None else f"schema revision {current}"
-        raise SchemaMismatch(
-            f"database has {where}, this xkslab needs revision {head}: run 'xkslab db upgrade'"
-        )
-
-
-async def upgrade_async(url: str) -> None:
-    await asyncio.to_thread(upgrade, url)
+    try:
+        await db.check_schema(engine)
+    except db.SchemaMismatch as exc:
+        raise SchemaMismatch(str(exc)) from None

@@ -1,4 +1,8 @@
-"""Async alembic environment. The URL comes from the Config that xkslab builds (dsm_emulator.store)."""
+"""Async alembic environment. The URL comes from the Config that xkslab builds (dsm_emulator.store).
+
+The schema is shared by the services, each with its own metadata: the key manager's tables and the
+KMS emulator's (``kms_*``). Autogenerate compares against both.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from dsm_emulator.models import Base
+from kms_emulator.models import Base as KmsBase
 
-target_metadata = Base.metadata
+target_metadata = [Base.metadata, KmsBase.metadata]
 
 
 def _run(connection: Connection) -> None:

@@ -830,6 +830,12 @@ def dsm_listener(settings: Settings, app: Any) -> Any:
 main.add_command(certs_command)
 
 # Registered last: the XKS commands reuse this module's helpers.
+from xkslab.cli_lab import demo, up  # noqa: E402
 from xkslab.cli_xks import xks  # noqa: E402
 
 main.add_command(xks)
+main.add_command(up)
+main.add_command(demo)
+from xkslab.cli_kms import kms  # noqa: E402
+
+main.add_command(kms)

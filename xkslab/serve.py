@@ -23,12 +23,15 @@ class Listener:
     app: web.Application
     host: str
     port: int
-    https_port: int
-    tls_cert: Path
-    tls_key: Path
+    # None: plain HTTP only.
+    https_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     client_ca: Path | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
+        if self.https_port is None or self.tls_cert is None or self.tls_key is None:
+            return None
         if not (self.tls_cert.is_file() and self.tls_key.is_file()):
             return None
         return tls.server_context(self.tls_cert, self.tls_key, client_ca=self.client_ca)
@@ -43,7 +46,7 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
     urls = []
     await web.TCPSite(runner, listener.host, listener.port).start()
     urls.append(f"http://{listener.host}:{listener.port}")
-    if context is not None:
+    if context is not None and listener.https_port is not None:
         await web.TCPSite(runner, listener.host, listener.https_port, ssl_context=context).start()
         urls.append(f"https://{listener.host}:{listener.https_port}")
     for url in urls:
@@ -54,13 +57,11 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
 async def wait_for_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Left installed until the loop closes (which removes them), so a second Ctrl-C during the clean
+    # shutdown is absorbed instead of interrupting it.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    await stop.wait()
 
 
 async def serve(listeners: list[Listener], echo: Callable[[str], None]) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from dsm_emulator import store
 from dsm_emulator.errors import SchemaMismatch
 from dsm_emulator.models import Base
+from kms_emulator.models import Base as KmsBase
 
 
 async def test_empty_database_is_refused(empty_db_url: str) -> None:
@@ -30,7 +31,9 @@ async def test_migrated_database_matches_models_and_passes(db_url: str) -> None:
         await store.check_schema(engine)
         async with engine.connect() as conn:
             diff = await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+                lambda sync: compare_metadata(
+                    MigrationContext.configure(sync), [Base.metadata, KmsBase.metadata]
+                )
             )
         assert diff == []
     finally:

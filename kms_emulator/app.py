@@ -1,0 +1,165 @@
+"""The AWS KMS endpoint: AWS JSON 1.1 on ``POST /``, one handler per ``X-Amz-Target: TrentService.<Op>``.
+
+Resources (database engine, the KMS sealer, the XKS proxy client) open and close in cleanup_ctx. Every
+answer carries a fresh ``x-amzn-RequestId``, which is also the kmsRequestId of the XKS proxy calls the
+request makes. Errors leave through ``errors.error_response`` only; anything unexpected is logged and
+answered as KMSInternalException, never as a traceback. SigV4 is not verified (any credentials are
+accepted); the access key id is read only to name the caller in awsPrincipalArn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from kms_emulator import aliases, data, keys, keystores
+from kms_emulator.context import Call, KmsContext, principal_arn
+from kms_emulator.errors import (
+    CONTENT_TYPE,
+    REQUEST_ID_HEADER,
+    InternalError,
+    KmsError,
+    SerializationError,
+    UnsupportedOperation,
+    ValidationError,
+    error_response,
+)
+from kms_emulator.params import Params
+from kms_emulator.sealing import KmsSealer
+from kms_emulator.xks_client import XksProxyClient
+from xkslab import db
+from xkslab.config import Settings
+
+log = logging.getLogger("kms_emulator")
+
+Operation = Callable[[KmsContext, Call, Params], Awaitable[dict[str, Any]]]
+
+TARGET_PREFIX = "TrentService."
+MAX_BODY = 1 << 20
+
+# The one dispatch table: every operation this KMS serves. Anything else is UnsupportedOperationException.
+OPERATIONS: dict[str, Operation] = {
+    "CreateCustomKeyStore": keystores.create_custom_key_store,
+    "DescribeCustomKeyStores": keystores.describe_custom_key_stores,
+    "UpdateCustomKeyStore": keystores.update_custom_key_store,
+    "DeleteCustomKeyStore": keystores.delete_custom_key_store,
+    "ConnectCustomKeyStore": keystores.connect_custom_key_store,
+    "DisconnectCustomKeyStore": keystores.disconnect_custom_key_store,
+    "CreateKey": keys.create_key,
+    "DescribeKey": keys.describe_key,
+    "ListKeys": keys.list_keys,
+    "EnableKey": keys.enable_key,
+    "DisableKey": keys.disable_key,
+    "ScheduleKeyDeletion": keys.schedule_key_deletion,
+    "CancelKeyDeletion": keys.cancel_key_deletion,
+    "UpdateKeyDescription": keys.update_key_description,
+    "GetKeyRotationStatus": keys.get_key_rotation_status,
+    "TagResource": keys.tag_resource,
+    "UntagResource": keys.untag_resource,
+    "ListResourceTags": keys.list_resource_tags,
+    "CreateAlias": aliases.create_alias,
+    "DeleteAlias": aliases.delete_alias,
+    "ListAliases": aliases.list_aliases,
+    "UpdateAlias": aliases.update_alias,
+    "Encrypt": data.encrypt,
+    "Decrypt": data.decrypt,
+    "ReEncrypt": data.re_encrypt,
+    "GenerateDataKey": data.generate_data_key,
+    "GenerateDataKeyWithoutPlaintext": data.generate_data_key_without_plaintext,
+    "GenerateRandom": data.generate_random,
+}
+
+CONTEXT_KEY: web.AppKey[KmsContext] = web.AppKey("kms_context", KmsContext)
+
+
+def xks_ca_file(settings: Settings) -> Path | None:
+    """The CA bundle trusted for https:// proxies: kms.xks_ca, else the lab CA when it exists."""
+    if settings.kms.xks_ca:
+        return settings.path(Path(settings.kms.xks_ca))
+    lab_ca = settings.data_dir / "tls" / "ca.crt"
+    return lab_ca if lab_ca.is_file() else None
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ValidationError(f"The request body is larger than {MAX_BODY} bytes.") from None
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise SerializationError("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise SerializationError("The request body must be a JSON object.")
+    return body
+
+
+async def _dispatch(request: web.Request, request_id: str) -> dict[str, Any]:
+    target = request.headers.get("X-Amz-Target", "")
+    name = target[len(TARGET_PREFIX) :] if target.startswith(TARGET_PREFIX) else ""
+    operation = OPERATIONS.get(name)
+    if operation is None:
+        raise UnsupportedOperation(f"Operation {target or '(no X-Amz-Target)'} is not supported by this KMS.")
+    body = await _read_body(request)
+    ctx = request.app[CONTEXT_KEY]
+    call = Call(
+        name, request_id, principal_arn(request.headers.get("Authorization"), ctx.settings.account_id)
+    )
+    return await operation(ctx, call, Params(body))
+
+
+async def handle(request: web.Request) -> web.Response:
+    request_id = str(uuid.uuid4())
+    try:
+        result = await _dispatch(request, request_id)
+    except KmsError as exc:
+        return error_response(exc, request_id)
+    except Exception:
+        log.exception("KMS request %s failed unexpectedly", request_id)
+        return error_response(InternalError("The request failed inside KMS."), request_id)
+    response = web.Response(text=json.dumps(result))
+    response.headers["Content-Type"] = CONTENT_TYPE
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+async def not_served(request: web.Request) -> web.Response:
+    error = UnsupportedOperation(f"{request.method} {request.path} is not an AWS KMS API call: use POST /.")
+    return error_response(error, str(uuid.uuid4()))
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        database = settings.database
+        engine = db.create_engine(
+            settings.database_url, busy_timeout_ms=database.busy_timeout_ms, pool_size=database.pool_size
+        )
+        try:
+            await db.check_schema(engine)
+            sealer = KmsSealer.open(settings.path(settings.kms.seal_key_file))
+            client = XksProxyClient(
+                timeout_s=settings.kms.xks_timeout_ms / 1000, ca_file=xks_ca_file(settings)
+            )
+            await client.open()
+            try:
+                app[CONTEXT_KEY] = KmsContext(settings.kms, db.session_factory(engine), sealer, client)
+                yield
+            finally:
+                await client.close()
+        finally:
+            await engine.dispose()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_post("/", handle)
+    app.router.add_route("*", "/{tail:.*}", not_served)
+    return app

@@ -1,0 +1,66 @@
+"""What every KMS operation is handed: the service's resources (KmsContext, one per app) and the facts of
+one request (Call), plus the ARN and time conventions all operations share."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kms_emulator.sealing import KmsSealer
+from xkslab.config import KmsSettings
+
+if TYPE_CHECKING:
+    from kms_emulator.xks_client import XksProxyClient
+
+_CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]{1,128})/")
+
+
+@dataclass(frozen=True)
+class KmsContext:
+    settings: KmsSettings
+    sessions: async_sessionmaker[AsyncSession]
+    sealer: KmsSealer
+    xks: XksProxyClient
+
+    @property
+    def arn_prefix(self) -> str:
+        return f"arn:aws:kms:{self.settings.region}:{self.settings.account_id}:"
+
+    def key_arn(self, key_id: str) -> str:
+        return f"{self.arn_prefix}key/{key_id}"
+
+    def alias_arn(self, alias_name: str) -> str:
+        return f"{self.arn_prefix}{alias_name}"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One KMS request. ``request_id`` is fresh per request: it is the x-amzn-RequestId answered and the
+    kmsRequestId of every XKS proxy call the request makes, so the two logs can be joined."""
+
+    operation: str
+    request_id: str
+    principal_arn: str
+
+
+def principal_arn(authorization: str | None, account_id: str) -> str:
+    """The caller as an IAM user named after its access key id (SigV4 is not checked, only read)."""
+    match = _CREDENTIAL.search(authorization or "")
+    return f"arn:aws:iam::{account_id}:user/{match.group(1) if match else 'anonymous'}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime) -> datetime:
+    """SQLite hands timestamps back without a zone; they were stored as UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def epoch(value: datetime | None) -> float | None:
+    return None if value is None else aware(value).timestamp()

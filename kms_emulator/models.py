@@ -1,0 +1,93 @@
+"""The AWS KMS side's tables: custom key stores, KMS keys and aliases. Alembic migrations in
+``migrations/`` are the only way they are created (revision 0003).
+
+The KMS emulator owns its own metadata (it never imports the key manager's models) but follows the same
+naming convention, so constraint names read alike across the schema. Nothing here holds a secret in the
+clear: each key's backing key and each key store's proxy secret are sealed (``kms_emulator.sealing``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: Timestamp}
+
+
+class CustomKeyStore(Base):
+    """An EXTERNAL_KEY_STORE custom key store: where its XKS proxy is and how KMS signs requests to it.
+    Endpoint and path together are unique, as in AWS (XksProxyUriInUseException)."""
+
+    __tablename__ = "kms_custom_key_stores"
+    __table_args__ = (UniqueConstraint("uri_endpoint", "uri_path"),)
+    id: Mapped[str] = mapped_column(String(21), primary_key=True)  # "cks-" + 17 hex digits
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    # CONNECTED | CONNECTING | FAILED | DISCONNECTED | DISCONNECTING
+    connection_state: Mapped[str] = mapped_column(String(16))
+    connection_error_code: Mapped[str | None] = mapped_column(String(64))
+    creation_date: Mapped[datetime]
+    uri_endpoint: Mapped[str] = mapped_column(String(128))
+    uri_path: Mapped[str] = mapped_column(String(128))
+    connectivity: Mapped[str] = mapped_column(String(32))  # PUBLIC_ENDPOINT | VPC_ENDPOINT_SERVICE
+    access_key_id: Mapped[str] = mapped_column(String(30))
+    # The proxy's SigV4 secret, sealed with AAD (store id, purpose).
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    vpc_endpoint_service_name: Mapped[str | None] = mapped_column(String(64))
+    vpc_endpoint_service_owner: Mapped[str | None] = mapped_column(String(12))
+
+
+class KmsKey(Base):
+    """A symmetric KMS key. ``key_state`` is the stored state (Enabled, Disabled, PendingDeletion); an
+    XKS key reads as Unavailable while its key store is not CONNECTED, without that being stored.
+    An external key backs at most one KMS key per key store (XksKeyAlreadyInUseException)."""
+
+    __tablename__ = "kms_keys"
+    __table_args__ = (UniqueConstraint("custom_key_store_id", "xks_key_id"),)
+    key_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    key_state: Mapped[str] = mapped_column(String(32))
+    origin: Mapped[str] = mapped_column(String(32))  # AWS_KMS | EXTERNAL_KEY_STORE
+    # No separate index: the unique (custom_key_store_id, xks_key_id) constraint leads with it.
+    custom_key_store_id: Mapped[str | None] = mapped_column(ForeignKey("kms_custom_key_stores.id"))
+    xks_key_id: Mapped[str | None] = mapped_column(String(128))
+    # The inner envelope layer's AES-256 key, sealed with AAD (key id, purpose).
+    sealed_backing_key: Mapped[bytes] = mapped_column(LargeBinary)
+    creation_date: Mapped[datetime]
+    deletion_date: Mapped[datetime | None]
+    pending_window_days: Mapped[int | None] = mapped_column(Integer)
+    # [{"TagKey": ..., "TagValue": ...}] in the order they were first set.
+    tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+class KmsAlias(Base):
+    __tablename__ = "kms_aliases"
+    alias_name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    target_key_id: Mapped[str] = mapped_column(ForeignKey("kms_keys.key_id", ondelete="CASCADE"), index=True)
+    creation_date: Mapped[datetime]
+    last_updated_date: Mapped[datetime]

@@ -1,0 +1,565 @@
+"""The KMS emulator's only caller of XKS proxies: sign as KMS signs, send within KMS's budget, trust nothing.
+
+Every proxy call reads in one line: build the body -> sign it with SigV4 (service ``kms-xks-proxy``) ->
+POST it on a pooled aiohttp session within KMS's 250 ms (connect, TLS handshake and answer, spec §1.13)
+-> classify the outcome -> validate a 200 body field by field (spec §1.4-§1.7). Whatever goes wrong
+leaves as one :class:`XksProxyError` carrying KMS's ``ConnectionErrorCode``, so the key-store and
+CreateKey code paths only choose a KMS exception name (:func:`key_store_exception`,
+:func:`create_key_exception`) and never look at HTTP or sockets.
+
+Nothing here logs or puts into an error a body, the plaintext or the secret: log lines and messages are
+built from field names, HTTP statuses and exception class names only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from yarl import URL
+
+from xkslab import tls, xks_wire
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SERVICE = "kms-xks-proxy"
+ALGORITHM = "AES_GCM"
+IV_BYTES = (12, 16)
+TAG_BYTES = 16
+MAX_CIPHERTEXT_METADATA_BYTES = 20
+MAX_FLEET = 10
+MAX_KEY_USAGES = 10
+HEALTH_STATES = frozenset({"ACTIVE", "DEGRADED", "UNAVAILABLE"})
+KEY_STATES = frozenset({"ENABLED", "DISABLED"})
+# Far above any answer to a KMS-sized request, so a misbehaving proxy cannot make us buffer without end.
+MAX_RESPONSE_BYTES = 1 << 20
+MAX_PROXY_MESSAGE = 511
+_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Only characters that botocore signs and aiohttp sends unchanged, so the signed path is the sent path.
+_URI_PATH = re.compile(r"/[A-Za-z0-9/_-]*")
+
+# The spec's table of XKS errorName -> HTTP status (§1.8). An error body is believed only when its
+# status agrees, so a proxy that answers, say, 500 KeyNotFoundException is malformed, not a missing key.
+XKS_ERROR_STATUS = xks_wire.ERROR_STATUS
+
+
+class ConnectionErrorCode(StrEnum):
+    """KMS's ConnectionErrorCode values that a proxy call can produce (the VPC ones cannot be local)."""
+
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    XKS_PROXY_ACCESS_DENIED = "XKS_PROXY_ACCESS_DENIED"
+    XKS_PROXY_INVALID_CONFIGURATION = "XKS_PROXY_INVALID_CONFIGURATION"
+    XKS_PROXY_INVALID_RESPONSE = "XKS_PROXY_INVALID_RESPONSE"
+    XKS_PROXY_INVALID_TLS_CONFIGURATION = "XKS_PROXY_INVALID_TLS_CONFIGURATION"
+    XKS_PROXY_NOT_REACHABLE = "XKS_PROXY_NOT_REACHABLE"
+    XKS_PROXY_TIMED_OUT = "XKS_PROXY_TIMED_OUT"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+Code = ConnectionErrorCode
+# A proper XKS error keeps INTERNAL_ERROR unless its status names a configuration problem KMS reports.
+_CODE_BY_STATUS = {401: Code.INVALID_CREDENTIALS, 403: Code.XKS_PROXY_ACCESS_DENIED}
+_CONNECTIVITY = frozenset(
+    {Code.XKS_PROXY_NOT_REACHABLE, Code.XKS_PROXY_TIMED_OUT, Code.XKS_PROXY_INVALID_TLS_CONFIGURATION}
+)
+
+
+@dataclass(frozen=True)
+class XksProxyConfig:
+    """Where a key store's proxy is and how KMS signs for it; validated here so that a config that could
+    never be signed and sent correctly fails when it is built, not on its first call."""
+
+    uri_endpoint: str  # "https://host[:port]" or "http://127.0.0.1:8600" (loopback proxies)
+    uri_path: str  # "/crypto/v1/apps/<id>/aws/kms/xks/v1"
+    access_key_id: str
+    secret: str = field(repr=False)
+    region: str = "us-east-1"
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.uri_endpoint)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username is not None
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError("uri_endpoint must be http(s)://host[:port] with no path, query or user")
+        _ = parts.port  # raises ValueError for a port that is not 0-65535
+        if _URI_PATH.fullmatch(self.uri_path) is None:
+            raise ValueError("uri_path must start with / and use only A-Z a-z 0-9 / - _")
+
+    def url(self, tail: str) -> str:
+        return f"{self.uri_endpoint.rstrip('/')}{self.uri_path.rstrip('/')}/{tail}"
+
+
+@dataclass(frozen=True)
+class EncryptResult:
+    """What the proxy's Encrypt returned, all of which KMS must keep to ask for a Decrypt later."""
+
+    ciphertext: bytes
+    iv: bytes
+    tag: bytes
+    ciphertext_metadata: bytes | None
+
+
+class XksProxyError(Exception):
+    """A failed proxy call. `error_name` is the proxy's XKS errorName when it answered one (e.g.
+    "KeyNotFoundException"), else None; `connection_error_code` is KMS's ConnectionErrorCode for it
+    (INVALID_CREDENTIALS, XKS_PROXY_ACCESS_DENIED, XKS_PROXY_INVALID_CONFIGURATION,
+    XKS_PROXY_INVALID_RESPONSE, XKS_PROXY_INVALID_TLS_CONFIGURATION, XKS_PROXY_NOT_REACHABLE,
+    XKS_PROXY_TIMED_OUT, INTERNAL_ERROR); `message` is safe to show (never the secret or plaintext).
+
+    `http_status` is the proxy's status when it answered at all; `proxy_message` is its errorMessage as
+    printable ASCII, kept apart from `message` because those are the proxy's words, not ours (KMS passes
+    them only to the caller's CloudWatch Logs).
+    """
+
+    def __init__(
+        self,
+        connection_error_code: str,
+        message: str,
+        *,
+        error_name: str | None = None,
+        http_status: int | None = None,
+        proxy_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_name = error_name
+        self.connection_error_code = connection_error_code
+        self.message = message
+        self.http_status = http_status
+        self.proxy_message = proxy_message
+
+
+UNREACHABLE = "XksProxyUriUnreachableException"
+INVALID_RESPONSE = "XksProxyInvalidResponseException"
+_KEY_STORE_BY_CODE: dict[str, str] = {
+    Code.INVALID_CREDENTIALS: "XksProxyIncorrectAuthenticationCredentialException",
+    Code.XKS_PROXY_INVALID_CONFIGURATION: "XksProxyInvalidConfigurationException",
+    **dict.fromkeys(_CONNECTIVITY, UNREACHABLE),
+}
+_KEY_STORE_BY_NAME = {"DependencyTimeoutException": UNREACHABLE, "ThrottlingException": UNREACHABLE}
+_CREATE_KEY_BY_NAME = {
+    "KeyNotFoundException": "XksKeyNotFoundException",
+    "InvalidStateException": "XksKeyInvalidConfigurationException",
+    "InvalidKeyUsageException": "XksKeyInvalidConfigurationException",
+    "UnsupportedOperationException": "XksKeyInvalidResponseException",
+}
+
+
+def key_store_exception(error: XksProxyError) -> str:
+    """The KMS exception name for a failed health check during Create/Update/ConnectCustomKeyStore:
+    401 -> XksProxyIncorrectAuthenticationCredentialException; 404 InvalidUriPath ->
+    XksProxyInvalidConfigurationException; Validation/Internal/malformed -> XksProxyInvalidResponseException;
+    DependencyTimeout, Throttling, TCP/TLS failure, timeout -> XksProxyUriUnreachableException;
+    anything else -> XksProxyInvalidResponseException.
+
+    The spec's mapping (§1.8): what KMS tells the key store's owner is what they must fix."""
+    by_code = _KEY_STORE_BY_CODE.get(error.connection_error_code)
+    if by_code is not None:
+        return by_code
+    return _KEY_STORE_BY_NAME.get(error.error_name or "", INVALID_RESPONSE)
+
+
+def create_key_exception(error: XksProxyError) -> str:
+    """For CreateKey's GetKeyMetadata: KeyNotFound -> XksKeyNotFoundException; InvalidState/InvalidKeyUsage
+    -> XksKeyInvalidConfigurationException; UnsupportedOperation -> XksKeyInvalidResponseException; a
+    connectivity failure -> XksProxyUriUnreachableException; others -> CustomKeyStoreInvalidStateException.
+
+    The spec's CreateKey mapping (§1.8): key-level answers name the key, everything else the store."""
+    by_name = _CREATE_KEY_BY_NAME.get(error.error_name or "")
+    if by_name is not None:
+        return by_name
+    if error.connection_error_code in _CONNECTIVITY:
+        return UNREACHABLE
+    return "CustomKeyStoreInvalidStateException"
+
+
+def request_metadata(
+    *,
+    kms_operation: str,
+    kms_request_id: str,
+    aws_principal_arn: str | None = None,
+    kms_key_arn: str | None = None,
+) -> dict[str, str]:
+    """The requestMetadata KMS sends (§1.3), with only the fields that are set: GetKeyMetadata has no
+    kmsKeyArn since v1.0.3, and the proxy logs and authorizes on exactly what it receives."""
+    meta = {"kmsOperation": kms_operation, "kmsRequestId": kms_request_id}
+    if aws_principal_arn is not None:
+        meta["awsPrincipalArn"] = aws_principal_arn
+    if kms_key_arn is not None:
+        meta["kmsKeyArn"] = kms_key_arn
+    return meta
+
+
+class _Malformed(Exception):
+    """A 200 body that breaks the spec; the message names the field, never its value."""
+
+
+class XksProxyClient:
+    """One pooled aiohttp session for every proxy of every key store, as KMS keeps connections warm."""
+
+    def __init__(self, *, timeout_s: float = 0.25, ca_file: Path | None = None) -> None:
+        """``ca_file``: the CA bundle trusted for https endpoints; None trusts the system store, as real
+        KMS trusts the public CAs. ``timeout_s`` bounds connect, TLS handshake and answer together."""
+        self.timeout_s = timeout_s
+        self.ca_file = ca_file
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(ssl=tls.client_context(self.ca_file))
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> XksProxyClient:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def health(self, cfg: XksProxyConfig, *, kms_operation: str, kms_request_id: str) -> dict[str, Any]:
+        """GetHealthStatus (§1.7): the validated answer, for Create/Update/ConnectCustomKeyStore and the
+        periodic KmsHealthCheck."""
+        meta = request_metadata(kms_operation=kms_operation, kms_request_id=kms_request_id)
+        return await self._call(cfg, "health", "health", {"requestMetadata": meta}, _check_health)
+
+    async def key_metadata(
+        self, cfg: XksProxyConfig, xks_key_id: str, metadata: dict[str, str]
+    ) -> dict[str, Any]:
+        """GetKeyMetadata (§1.4): the validated answer; whether it suits a KMS key is CreateKey's call."""
+        _require(metadata, "kmsOperation", "kmsRequestId", "awsPrincipalArn")
+        body = {"requestMetadata": metadata}
+        return await self._call(cfg, "metadata", _key_path(xks_key_id, "metadata"), body, _check_metadata)
+
+    async def encrypt(
+        self,
+        cfg: XksProxyConfig,
+        xks_key_id: str,
+        plaintext: bytes,
+        aad: bytes | None,
+        metadata: dict[str, str],
+    ) -> EncryptResult:
+        """Encrypt (§1.5): the outer layer of the double envelope. The ciphertext must be exactly as long
+        as the plaintext, since AES-GCM is a stream mode; anything else cannot be the proxy's GCM output."""
+        _require(metadata, "kmsOperation", "kmsRequestId", "awsPrincipalArn", "kmsKeyArn")
+        body: dict[str, Any] = {
+            "requestMetadata": metadata,
+            "plaintext": _b64(plaintext),
+            "encryptionAlgorithm": ALGORITHM,
+        }
+        if aad is not None:
+            body["additionalAuthenticatedData"] = _b64(aad)
+
+        def check(data: dict[str, Any]) -> EncryptResult:
+            return _check_encrypt(data, len(plaintext))
+
+        return await self._call(cfg, "encrypt", _key_path(xks_key_id, "encrypt"), body, check)
+
+    async def decrypt(
+        self,
+        cfg: XksProxyConfig,
+        xks_key_id: str,
+        result: EncryptResult,
+        aad: bytes | None,
+        metadata: dict[str, str],
+    ) -> bytes:
+        """Decrypt (§1.6): the plaintext, which must be exactly as long as the ciphertext."""
+        _require(metadata, "kmsOperation", "kmsRequestId", "awsPrincipalArn", "kmsKeyArn")
+        body: dict[str, Any] = {
+            "requestMetadata": metadata,
+            "ciphertext": _b64(result.ciphertext),
+            "encryptionAlgorithm": ALGORITHM,
+            "initializationVector": _b64(result.iv),
+            "authenticationTag": _b64(result.tag),
+        }
+        if result.ciphertext_metadata is not None:
+            body["ciphertextMetadata"] = _b64(result.ciphertext_metadata)
+        if aad is not None:
+            body["additionalAuthenticatedData"] = _b64(aad)
+
+        def check(data: dict[str, Any]) -> bytes:
+            return _check_decrypt(data, len(result.ciphertext))
+
+        return await self._call(cfg, "decrypt", _key_path(xks_key_id, "decrypt"), body, check)
+
+    async def _call(
+        self,
+        cfg: XksProxyConfig,
+        operation: str,
+        tail: str,
+        body: dict[str, Any],
+        check: Callable[[dict[str, Any]], T],
+    ) -> T:
+        """Sign, send, classify, validate; and one log line per call, without bodies or secrets."""
+        if self._session is None:
+            raise RuntimeError("XksProxyClient.open() was not called")
+        meta = body["requestMetadata"]
+        started = time.perf_counter()
+        outcome = "failed"  # replaced on success or by the error's codes; stays for a cancellation
+        try:
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            status, raw = await self._post(cfg, cfg.url(tail), payload)
+            if status != 200:
+                raise _error_answer(operation, status, raw)
+            try:
+                answer = check(_json_object(raw))
+            except _Malformed as exc:
+                raise XksProxyError(
+                    Code.XKS_PROXY_INVALID_RESPONSE,
+                    f"the XKS proxy's {operation} answer is malformed: {exc}",
+                    http_status=status,
+                ) from None
+            outcome = "success"
+            return answer
+        except XksProxyError as exc:
+            outcome = f"{exc.connection_error_code}/{exc.error_name or '-'}"
+            raise
+        finally:
+            log.info(
+                "%s",
+                json.dumps(
+                    {
+                        "event": "xks_proxy_call",
+                        "operation": operation,
+                        "endpoint": cfg.uri_endpoint,
+                        "uriPath": cfg.uri_path,
+                        "kmsOperation": meta.get("kmsOperation"),
+                        "kmsRequestId": meta.get("kmsRequestId"),
+                        "outcome": outcome,
+                        "ms": round((time.perf_counter() - started) * 1000, 3),
+                    }
+                ),
+            )
+
+    async def _post(self, cfg: XksProxyConfig, url: str, payload: bytes) -> tuple[int, bytes]:
+        """One signed POST; every transport failure becomes an XksProxyError here and nowhere else."""
+        assert self._session is not None
+        request = AWSRequest(
+            method="POST", url=url, data=payload, headers={"Content-Type": "application/json"}
+        )
+        SigV4Auth(Credentials(cfg.access_key_id, cfg.secret), SERVICE, cfg.region).add_auth(request)
+        headers = dict(request.headers.items())
+        try:
+            # encoded=True: send the path byte for byte as signed (it holds only unreserved characters).
+            async with self._session.post(
+                URL(url, encoded=True), data=payload, headers=headers, allow_redirects=False
+            ) as response:
+                raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                if len(raw) > MAX_RESPONSE_BYTES:
+                    raise XksProxyError(
+                        Code.XKS_PROXY_INVALID_RESPONSE,
+                        f"the XKS proxy's answer is larger than {MAX_RESPONSE_BYTES} bytes",
+                        http_status=response.status,
+                    )
+                return response.status, raw
+        except TimeoutError:
+            raise XksProxyError(
+                Code.XKS_PROXY_TIMED_OUT, f"the XKS proxy did not answer within {self.timeout_s:g} s"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _transport_error(exc) from None
+
+
+def _transport_error(exc: BaseException) -> XksProxyError:
+    """aiohttp's exception tree -> KMS's ConnectionErrorCode; TLS is checked first because aiohttp's TLS
+    errors are also connection errors."""
+    kind = type(exc).__name__
+    if _is_tls_failure(exc):
+        return XksProxyError(
+            Code.XKS_PROXY_INVALID_TLS_CONFIGURATION, f"the TLS handshake with the XKS proxy failed ({kind})"
+        )
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return XksProxyError(Code.XKS_PROXY_INVALID_RESPONSE, f"the XKS proxy's answer is not HTTP ({kind})")
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        return XksProxyError(Code.XKS_PROXY_NOT_REACHABLE, f"the XKS proxy is not reachable ({kind})")
+    return XksProxyError(Code.INTERNAL_ERROR, f"the call to the XKS proxy failed ({kind})")
+
+
+def _is_tls_failure(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 8:  # the cause chain, bounded against cycles
+        if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch | ssl.SSLError):
+            return True
+        if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ssl.SSLError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _error_answer(operation: str, status: int, raw: bytes) -> XksProxyError:
+    """A non-200: believed as an XKS error only if the body is one and its status is the spec's for it."""
+    try:
+        data = _json_object(raw)
+    except _Malformed:
+        data = {}
+    name, message = data.get("errorName"), data.get("errorMessage")
+    if (
+        not isinstance(name, str)
+        or XKS_ERROR_STATUS.get(name) != status
+        or not (message is None or isinstance(message, str))
+    ):
+        return XksProxyError(
+            Code.XKS_PROXY_INVALID_RESPONSE,
+            f"the XKS proxy answered {operation} with HTTP {status} and no valid XKS error",
+            http_status=status,
+        )
+    if status == 404 and name == "InvalidUriPathException":
+        code = Code.XKS_PROXY_INVALID_CONFIGURATION
+    else:
+        code = _CODE_BY_STATUS.get(status, Code.INTERNAL_ERROR)
+    return XksProxyError(
+        code,
+        f"the XKS proxy answered {operation} with HTTP {status} {name}",
+        error_name=name,
+        http_status=status,
+        proxy_message=None if message is None else _printable(message),
+    )
+
+
+def _printable(text: str) -> str:
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean if len(clean) <= MAX_PROXY_MESSAGE else clean[: MAX_PROXY_MESSAGE - 3] + "..."
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _Malformed("the body is not UTF-8 JSON") from None
+    if not isinstance(data, dict):
+        raise _Malformed("the body is not a JSON object")
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+def _check_health(data: dict[str, Any]) -> dict[str, Any]:
+    size = data.get("xksProxyFleetSize")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise _Malformed("xksProxyFleetSize must be an integer greater than 0")
+    _strings(data, "xksProxyVendor", "xksProxyModel", "ekmVendor")
+    fleet = data.get("ekmFleetDetails")
+    if not isinstance(fleet, list) or not 1 <= len(fleet) <= MAX_FLEET:
+        raise _Malformed(f"ekmFleetDetails must be a list of 1 to {MAX_FLEET} entries")
+    for index, node in enumerate(fleet):
+        if not isinstance(node, dict):
+            raise _Malformed(f"ekmFleetDetails[{index}] must be an object")
+        _strings(node, "id", "model", "healthStatus", where=f"ekmFleetDetails[{index}].")
+        if node["healthStatus"] not in HEALTH_STATES:
+            raise _Malformed(f"ekmFleetDetails[{index}].healthStatus must be ACTIVE, DEGRADED or UNAVAILABLE")
+    return data
+
+
+def _check_metadata(data: dict[str, Any]) -> dict[str, Any]:
+    _strings(data, "keySpec")
+    usage = data.get("keyUsage")
+    if not isinstance(usage, list) or len(usage) > MAX_KEY_USAGES or not all(map(_is_str, usage)):
+        raise _Malformed(f"keyUsage must be a list of at most {MAX_KEY_USAGES} strings")
+    if data.get("keyStatus") not in KEY_STATES:
+        raise _Malformed("keyStatus must be ENABLED or DISABLED")
+    return data
+
+
+def _check_encrypt(data: dict[str, Any], plaintext_len: int) -> EncryptResult:
+    ciphertext = _unb64(data, "ciphertext")
+    iv = _unb64(data, "initializationVector")
+    tag = _unb64(data, "authenticationTag")
+    ciphertext_metadata = _unb64_optional(data, "ciphertextMetadata")
+    if len(iv) not in IV_BYTES:
+        raise _Malformed("initializationVector must be 12 or 16 bytes")
+    if len(tag) != TAG_BYTES:
+        raise _Malformed(f"authenticationTag must be {TAG_BYTES} bytes")
+    if ciphertext_metadata is not None and len(ciphertext_metadata) > MAX_CIPHERTEXT_METADATA_BYTES:
+        raise _Malformed(f"ciphertextMetadata must be at most {MAX_CIPHERTEXT_METADATA_BYTES} bytes")
+    if len(ciphertext) != plaintext_len:
+        raise _Malformed("ciphertext must be as long as the plaintext")
+    return EncryptResult(ciphertext, iv, tag, ciphertext_metadata)
+
+
+def _check_decrypt(data: dict[str, Any], ciphertext_len: int) -> bytes:
+    plaintext = _unb64(data, "plaintext")
+    if len(plaintext) != ciphertext_len:
+        raise _Malformed("plaintext must be as long as the ciphertext")
+    return plaintext
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _strings(data: Mapping[str, Any], *keys: str, where: str = "") -> None:
+    for key in keys:
+        if not isinstance(data.get(key), str):
+            raise _Malformed(f"{where}{key} must be a string")
+
+
+def _unb64(data: Mapping[str, Any], key: str) -> bytes:
+    value = _unb64_optional(data, key)
+    if value is None:
+        raise _Malformed(f"{key} is required")
+    return value
+
+
+def _unb64_optional(data: Mapping[str, Any], key: str) -> bytes | None:
+    """Standard, padded, canonical Base64 (RFC 4648 §4): one byte string has one accepted text."""
+    value = data.get(key)
+    if value is None:  # null counts as absent, as on the proxy side
+        return None
+    if not isinstance(value, str):
+        raise _Malformed(f"{key} must be a Base64 string")
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Malformed(f"{key} is not standard Base64") from None
+    if base64.b64encode(decoded).decode("ascii") != value:
+        raise _Malformed(f"{key} is not canonical padded Base64")
+    return decoded
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _key_path(xks_key_id: str, operation: str) -> str:
+    if _KEY_ID.fullmatch(xks_key_id) is None:
+        raise ValueError("an XKS key id is 1-128 characters of A-Z a-z 0-9 . - _")
+    return f"keys/{xks_key_id}/{operation}"
+
+
+def _require(metadata: Mapping[str, str], *keys: str) -> None:
+    """A missing field is our bug; sent anyway, the proxy's 400 would be blamed on the proxy."""
+    missing = [key for key in keys if not isinstance(metadata.get(key), str)]
+    if missing:
+        raise ValueError(f"requestMetadata lacks {', '.join(missing)}")

@@ -1,0 +1,153 @@
+"""`xkslab up` as a user runs it: a subprocess on an empty data directory, the settings file it writes,
+`xkslab demo` against it, SIGINT, and a second start that keeps every key."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def start_up(data_dir: Path, ports: list[int], log: Path) -> subprocess.Popen[bytes]:
+    names = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
+    flags = [arg for name, port in zip(names, ports, strict=True) for arg in ("--set", f"{name}={port}")]
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *flags, "up"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_settings(
+    proc: subprocess.Popen[bytes], path: Path, log: Path, timeout: float = 90
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"xkslab up exited early ({proc.returncode}):\n{log.read_text()}")
+        if path.exists():
+            data = json.loads(path.read_text())
+            if "kms" in data and "Ctrl-C" in log.read_text():
+                return data
+        time.sleep(0.2)
+    raise AssertionError(f"xkslab up did not finish starting:\n{log.read_text()}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def kms_client(data: dict[str, Any]) -> Any:
+    env = data["aws_env"]
+    return boto3.client(
+        "kms",
+        endpoint_url=env["AWS_ENDPOINT_URL_KMS"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+@pytest.fixture
+def lab_dir(tmp_path: Path) -> Path:
+    return tmp_path / "lab"
+
+
+def test_up_demo_sigint_and_restart(lab_dir: Path, tmp_path: Path) -> None:
+    ports = free_ports(5)
+    log = tmp_path / "up.log"
+    proc = start_up(lab_dir, ports, log)
+    try:
+        data = wait_for_settings(proc, lab_dir / "up.json", log)
+        assert stat.S_IMODE((lab_dir / "up.json").stat().st_mode) == 0o600
+        assert data["kms"]["endpoint_url"] == f"http://127.0.0.1:{ports[4]}"
+        assert data["xks"]["uri_path"] == f"/crypto/v1/apps/{data['xks']['app_id']}/aws/kms/xks/v1"
+        assert data["dsm"]["admin_password"] and data["dsm"]["api_key"]
+        printed = log.read_text()
+        for value in (data["kms"]["key_id"], data["xks"]["access_key_id"], "export AWS_ENDPOINT_URL_KMS="):
+            assert value in printed
+
+        kms = kms_client(data)
+        key = kms.describe_key(KeyId=data["kms"]["alias"])["KeyMetadata"]
+        assert (key["Origin"], key["KeyState"], key["XksKeyConfiguration"]["Id"]) == (
+            "EXTERNAL_KEY_STORE",
+            "Enabled",
+            data["dsm"]["root_kek_id"],
+        )
+        store = kms.describe_custom_key_stores(CustomKeyStoreId=data["kms"]["custom_key_store_id"])
+        assert store["CustomKeyStores"][0]["ConnectionState"] == "CONNECTED"
+        kept = kms.encrypt(KeyId=data["kms"]["alias"], Plaintext=b"kept across restarts")["CiphertextBlob"]
+
+        demo = subprocess.run(
+            [sys.executable, "-m", "xkslab", "--data-dir", str(lab_dir), "demo", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert demo.returncode == 0, demo.stderr
+        result = json.loads(demo.stdout)
+        generate_id, decrypt_id = result["request_ids"]
+        rows = {row["client_provided_context"]["kmsRequestId"]: row for row in result["audit_rows"]}
+        assert set(rows) == {generate_id, decrypt_id}
+        assert rows[generate_id]["client_provided_context"]["kmsOperation"] == "GenerateDataKey"
+        assert rows[decrypt_id]["client_provided_context"]["kmsOperation"] == "Decrypt"
+        assert all(row["object_id"] == data["dsm"]["root_kek_id"] for row in rows.values())
+        assert Path(result["encrypted"]).read_bytes() != Path(result["file"]).read_bytes()
+    finally:
+        code = stop(proc)
+    assert code == 0, log.read_text()
+    assert "stopping" in log.read_text() and "Traceback" not in log.read_text()
+
+    # A second start reuses the data directory: same key store, same key, and old ciphertexts decrypt.
+    log2 = tmp_path / "up2.log"
+    proc = start_up(lab_dir, ports, log2)
+    try:
+        again = wait_for_settings(proc, lab_dir / "up.json", log2)
+        for section, field in (("kms", "key_id"), ("kms", "custom_key_store_id"), ("dsm", "root_kek_id")):
+            assert again[section][field] == data[section][field]
+        assert again["dsm"]["admin_password"] == data["dsm"]["admin_password"]
+        kms = kms_client(again)
+        assert kms.decrypt(CiphertextBlob=kept)["Plaintext"] == b"kept across restarts"
+        assert [k["KeyId"] for k in kms.list_keys()["Keys"]] == [data["kms"]["key_id"]]
+    finally:
+        assert stop(proc) == 0, log2.read_text()
+
+
+def test_demo_without_a_running_lab_says_what_to_do(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "xkslab", "--data-dir", str(tmp_path / "none"), "demo"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XKSLAB_DATA_DIR": ""},
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "start `xkslab up` first" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,110 @@
+"""A real KMS emulator on a loopback port, on a data directory made by ``xkslab init``, driven by real
+boto3 (in a thread: its calls block, and the server runs in the test's event loop) and by raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import boto3
+import pytest
+from aiohttp import web
+from botocore.exceptions import ClientError
+
+from kms_emulator.app import create_app
+from tests.xks_harness import start_runner
+from xkslab.config import load_settings
+
+REGION = "us-east-1"
+ACCOUNT_ID = "111122223333"
+CALLER_ACCESS_KEY = "AKIAEXAMPLE"
+CALLER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/{CALLER_ACCESS_KEY}"
+
+
+def init_data_dir(data_dir: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), "init", "--admin-password", "pw"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def kms_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = tmp_path_factory.mktemp("kms") / "data"
+    init_data_dir(data_dir)
+    return data_dir
+
+
+@dataclass
+class KmsEnv:
+    data_dir: Path
+    url: str
+    kms: Any  # a boto3 KMS client
+    http: aiohttp.ClientSession
+    runner: web.AppRunner
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(getattr(self.kms, method), **params)
+
+    async def error(self, method: str, **params: Any) -> ClientError:
+        """The ClientError the call raises (botocore's modelled subclass when the name is modelled)."""
+        with pytest.raises(ClientError) as info:
+            await self.call(method, **params)
+        return info.value
+
+    async def raw(
+        self, target: str | None, body: bytes, headers: Mapping[str, str] | None = None, method: str = "POST"
+    ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+        sent = {"Content-Type": "application/x-amz-json-1.1", **(headers or {})}
+        if target is not None:
+            sent["X-Amz-Target"] = target
+        async with self.http.request(method, self.url + "/", data=body, headers=sent) as response:
+            return response.status, json.loads(await response.read()), response.headers
+
+
+def code(error: ClientError) -> str:
+    return str(error.response["Error"]["Code"])
+
+
+def boto_client(url: str) -> Any:
+    return boto3.client(
+        "kms",
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id=CALLER_ACCESS_KEY,
+        aws_secret_access_key="x",
+    )
+
+
+async def start_kms(data_dir: Path, overrides: Mapping[str, Any] | None = None) -> KmsEnv:
+    settings = load_settings(data_dir, overrides=overrides, environ={})
+    runner, port = await start_runner(create_app(settings))
+    url = f"http://127.0.0.1:{port}"
+    return KmsEnv(data_dir, url, boto_client(url), aiohttp.ClientSession(), runner)
+
+
+async def stop_kms(env: KmsEnv) -> None:
+    env.kms.close()
+    await env.http.close()
+    await env.runner.cleanup()
+
+
+@pytest.fixture
+async def kms_env(kms_template: Path, tmp_path: Path) -> AsyncIterator[KmsEnv]:
+    data_dir = tmp_path / "data"
+    shutil.copytree(kms_template, data_dir)
+    env = await start_kms(data_dir)
+    try:
+        yield env
+    finally:
+        await stop_kms(env)

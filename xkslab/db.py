@@ -1,0 +1,99 @@
+"""The database every service shares: async engine and session factory (with the SQLite pragmas),
+the migrations, and the start-up check that the schema is exactly at alembic head.
+
+The schema is one, owned by the migrations in ``migrations/``; every service refuses to start against a
+revision it does not know, because new code on an old schema (or old code on a newer one) corrupts data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+import migrations
+
+MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+
+class SchemaMismatch(RuntimeError):
+    """The database is not at the schema revision this code was written for."""
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation would choke on a '%' in a password.
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "migrations/versions has no revision"
+    return head
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Run the migrations up to ``revision``. Synchronous: alembic's env runs its own event loop, so
+    async callers use ``upgrade_async``."""
+    command.upgrade(alembic_config(url), revision)
+
+
+async def upgrade_async(url: str) -> None:
+    await asyncio.to_thread(upgrade, url)
+
+
+def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        # WAL lets readers run beside the single writer; FULL sync because a key must never be lost to a
+        # power cut (group commit keeps the fsync count low); the busy timeout makes writers of several
+        # services queue instead of failing at once.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return on_connect
+
+
+def create_engine(url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 10) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def _current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current_revision)
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """Raise SchemaMismatch unless the database is exactly at alembic head."""
+    current = await current_revision(engine)
+    head = head_revision()
+    if current != head:
+        where = "an empty database" if current is None else f"schema revision {current}"
+        raise SchemaMismatch(
+            f"database has {where}, this xkslab needs revision {head}: run 'xkslab db upgrade'"
+        )
