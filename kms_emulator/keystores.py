@@ -2,7 +2,8 @@
 
 Connection states follow KMS: a new store is DISCONNECTED; ConnectCustomKeyStore asks the proxy's health
 API and ends CONNECTED, or FAILED with the ConnectionErrorCode of the failure (the call itself succeeds,
-as in KMS); only a DISCONNECTED store can be updated or deleted. No proxy call is made inside a database
+as in KMS); only a DISCONNECTED store can be deleted or get a new endpoint or connectivity (its name,
+credential and URI path also change while CONNECTED). No proxy call is made inside a database
 transaction: a proxy may take its whole timeout to answer.
 """
 
@@ -61,6 +62,9 @@ class ProxySettings:
 
     def config(self, region: str) -> XksProxyConfig:
         return XksProxyConfig(self.uri_endpoint, self.uri_path, self.access_key_id, self.secret, region)
+
+
+_CHANGEABLE_WHILE_CONNECTED = frozenset({"uri_path", "access_key_id", "secret"})
 
 
 def _new_store_id() -> str:
@@ -263,11 +267,15 @@ async def update_custom_key_store(ctx: KmsContext, call: Call, p: Params) -> dic
     store_id = _store_id(p)
     new_name = p.string("NewCustomKeyStoreName", min_len=1, max_len=256)
     members = _read_proxy_members(ctx, p)
+    # KMS lets a connected external key store change its name, credential and URI path; the endpoint
+    # and the connectivity need it disconnected.
+    allowed = (DISCONNECTED, CONNECTED) if set(members) <= _CHANGEABLE_WHILE_CONNECTED else (DISCONNECTED,)
     async with ctx.sessions() as session:
         store = await _load_store(session, store_id)
-        if store.connection_state != DISCONNECTED:
+        if store.connection_state not in allowed:
             raise KeyStoreInvalidState(
-                f"Custom key store {store_id} is {store.connection_state}: disconnect it before updating it."
+                f"Custom key store {store_id} is {store.connection_state}: disconnect it first (only the "
+                "name, credential and URI path change while it is CONNECTED)."
             )
         current = ProxySettings(
             uri_endpoint=store.uri_endpoint,
@@ -287,8 +295,8 @@ async def update_custom_key_store(ctx: KmsContext, call: Call, p: Params) -> dic
         await proxy.health_check(ctx, call, merged.config(ctx.settings.region))
     async with ctx.sessions.begin() as session:
         store = await _load_store(session, store_id)
-        if store.connection_state != DISCONNECTED:
-            raise KeyStoreInvalidState(f"Custom key store {store_id} was connected during the update.")
+        if store.connection_state not in allowed:
+            raise KeyStoreInvalidState(f"Custom key store {store_id} changed state during the update.")
         if new_name is not None:
             store.name = new_name
         store.uri_endpoint = merged.uri_endpoint
@@ -331,8 +339,11 @@ async def connect_custom_key_store(ctx: KmsContext, call: Call, p: Params) -> di
         store = await _load_store(session, store_id)
         if store.connection_state == CONNECTED:
             return {}
-        if store.connection_state not in (DISCONNECTED, FAILED):
-            raise KeyStoreInvalidState(f"Custom key store {store_id} is {store.connection_state}.")
+        if store.connection_state != DISCONNECTED:
+            # As in KMS: a FAILED store is disconnected (and fixed) before it connects again.
+            raise KeyStoreInvalidState(
+                f"Custom key store {store_id} is {store.connection_state}: disconnect it first."
+            )
         cfg = proxy.proxy_config(ctx, store)
     error_code = await proxy.connection_error(ctx, call, cfg)
     async with ctx.sessions.begin() as session:

@@ -81,21 +81,33 @@ def proxy_config(ctx: KmsContext, store: CustomKeyStore) -> XksProxyConfig:
     )
 
 
+_NO_KEY_MANAGER = "the XKS proxy reports every external key manager instance UNAVAILABLE"
+
+
+async def _healthy(ctx: KmsContext, call: Call, cfg: XksProxyConfig) -> bool:
+    """Whether at least one key manager behind the proxy can serve: KMS treats a proxy whose whole
+    fleet is UNAVAILABLE like one it cannot reach."""
+    health = await ctx.xks.health(cfg, kms_operation=call.operation, kms_request_id=call.request_id)
+    return any(node.get("healthStatus") != "UNAVAILABLE" for node in health["ekmFleetDetails"])
+
+
 async def health_check(ctx: KmsContext, call: Call, cfg: XksProxyConfig) -> None:
     """Create/Update: the proxy must answer its health check, else the modelled XksProxy* exception."""
     try:
-        await ctx.xks.health(cfg, kms_operation=call.operation, kms_request_id=call.request_id)
+        healthy = await _healthy(ctx, call, cfg)
     except XksProxyError as exc:
         raise KmsError.named(key_store_exception(exc), exc.message) from None
+    if not healthy:
+        raise KmsError.named("XksProxyUriUnreachableException", _NO_KEY_MANAGER)
 
 
 async def connection_error(ctx: KmsContext, call: Call, cfg: XksProxyConfig) -> str | None:
     """Connect: None when the proxy is healthy, else the ConnectionErrorCode the store gets."""
     try:
-        await ctx.xks.health(cfg, kms_operation=call.operation, kms_request_id=call.request_id)
+        healthy = await _healthy(ctx, call, cfg)
     except XksProxyError as exc:
         return exc.connection_error_code
-    return None
+    return None if healthy else "XKS_PROXY_NOT_REACHABLE"
 
 
 async def key_metadata(ctx: KmsContext, call: Call, store: CustomKeyStore, xks_key_id: str) -> dict[str, Any]:

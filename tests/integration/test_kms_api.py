@@ -575,8 +575,13 @@ async def test_external_key_store_lifecycle(lab: tuple[XksEnv, KmsEnv]) -> None:
     await kms.call("connect_custom_key_store", CustomKeyStoreId=store_id)
     await kms.call("connect_custom_key_store", CustomKeyStoreId=store_id)  # connecting twice is fine
     assert (await describe_store(kms, store_id))["ConnectionState"] == "CONNECTED"
+    # A connected store may be renamed, but its endpoint changes only while disconnected.
+    await kms.call("update_custom_key_store", CustomKeyStoreId=store_id, NewCustomKeyStoreName="x")
+    assert (await describe_store(kms, store_id))["CustomKeyStoreName"] == "x"
     assert isinstance(
-        await kms.error("update_custom_key_store", CustomKeyStoreId=store_id, NewCustomKeyStoreName="x"),
+        await kms.error(
+            "update_custom_key_store", CustomKeyStoreId=store_id, XksProxyUriEndpoint="https://other.example"
+        ),
         invalid_state,
     )
     assert isinstance(await kms.error("delete_custom_key_store", CustomKeyStoreId=store_id), invalid_state)
