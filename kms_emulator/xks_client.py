@@ -14,7 +14,6 @@ built from field names, HTTP statuses and exception class names only.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import re
@@ -34,6 +33,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from yarl import URL
 
+from kms_emulator import xks_answers as answers
+from kms_emulator.xks_answers import EncryptResult
 from xkslab import tls, xks_wire
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,6 @@ T = TypeVar("T")
 
 SERVICE = "kms-xks-proxy"
 ALGORITHM = "AES_GCM"
-IV_BYTES = (12, 16)
-TAG_BYTES = 16
-MAX_CIPHERTEXT_METADATA_BYTES = 20
-MAX_FLEET = 10
-MAX_KEY_USAGES = 10
-HEALTH_STATES = frozenset({"ACTIVE", "DEGRADED", "UNAVAILABLE"})
-KEY_STATES = frozenset({"ENABLED", "DISABLED"})
 # Far above any answer to a KMS-sized request, so a misbehaving proxy cannot make us buffer without end.
 MAX_RESPONSE_BYTES = 1 << 20
 MAX_PROXY_MESSAGE = 511
@@ -109,16 +103,6 @@ class XksProxyConfig:
 
     def url(self, tail: str) -> str:
         return f"{self.uri_endpoint.rstrip('/')}{self.uri_path.rstrip('/')}/{tail}"
-
-
-@dataclass(frozen=True)
-class EncryptResult:
-    """What the proxy's Encrypt returned, all of which KMS must keep to ask for a Decrypt later."""
-
-    ciphertext: bytes
-    iv: bytes
-    tag: bytes
-    ciphertext_metadata: bytes | None
 
 
 class XksProxyError(Exception):
@@ -211,10 +195,6 @@ def request_metadata(
     return meta
 
 
-class _Malformed(Exception):
-    """A 200 body that breaks the spec; the message names the field, never its value."""
-
-
 class XksProxyClient:
     """One pooled aiohttp session for every proxy of every key store, as KMS keeps connections warm."""
 
@@ -251,7 +231,7 @@ class XksProxyClient:
         """GetHealthStatus (§1.7): the validated answer, for Create/Update/ConnectCustomKeyStore and the
         periodic KmsHealthCheck."""
         meta = request_metadata(kms_operation=kms_operation, kms_request_id=kms_request_id)
-        return await self._call(cfg, "health", "health", {"requestMetadata": meta}, _check_health)
+        return await self._call(cfg, "health", "health", {"requestMetadata": meta}, answers.check_health)
 
     async def key_metadata(
         self, cfg: XksProxyConfig, xks_key_id: str, metadata: dict[str, str]
@@ -259,7 +239,9 @@ class XksProxyClient:
         """GetKeyMetadata (§1.4): the validated answer; whether it suits a KMS key is CreateKey's call."""
         _require(metadata, "kmsOperation", "kmsRequestId", "awsPrincipalArn")
         body = {"requestMetadata": metadata}
-        return await self._call(cfg, "metadata", _key_path(xks_key_id, "metadata"), body, _check_metadata)
+        return await self._call(
+            cfg, "metadata", _key_path(xks_key_id, "metadata"), body, answers.check_metadata
+        )
 
     async def encrypt(
         self,
@@ -281,7 +263,7 @@ class XksProxyClient:
             body["additionalAuthenticatedData"] = _b64(aad)
 
         def check(data: dict[str, Any]) -> EncryptResult:
-            return _check_encrypt(data, len(plaintext))
+            return answers.check_encrypt(data, len(plaintext))
 
         return await self._call(cfg, "encrypt", _key_path(xks_key_id, "encrypt"), body, check)
 
@@ -308,7 +290,7 @@ class XksProxyClient:
             body["additionalAuthenticatedData"] = _b64(aad)
 
         def check(data: dict[str, Any]) -> bytes:
-            return _check_decrypt(data, len(result.ciphertext))
+            return answers.check_decrypt(data, len(result.ciphertext))
 
         return await self._call(cfg, "decrypt", _key_path(xks_key_id, "decrypt"), body, check)
 
@@ -332,8 +314,8 @@ class XksProxyClient:
             if status != 200:
                 raise _error_answer(operation, status, raw)
             try:
-                answer = check(_json_object(raw))
-            except _Malformed as exc:
+                answer = check(answers.json_object(raw))
+            except answers.Malformed as exc:
                 raise XksProxyError(
                     Code.XKS_PROXY_INVALID_RESPONSE,
                     f"the XKS proxy's {operation} answer is malformed: {exc}",
@@ -419,8 +401,8 @@ def _is_tls_failure(exc: BaseException | None) -> bool:
 def _error_answer(operation: str, status: int, raw: bytes) -> XksProxyError:
     """A non-200: believed as an XKS error only if the body is one and its status is the spec's for it."""
     try:
-        data = _json_object(raw)
-    except _Malformed:
+        data = answers.json_object(raw)
+    except answers.Malformed:
         data = {}
     name, message = data.get("errorName"), data.get("errorMessage")
     if (
@@ -449,103 +431,6 @@ def _error_answer(operation: str, status: int, raw: bytes) -> XksProxyError:
 def _printable(text: str) -> str:
     clean = "".join(c if " " <= c <= "~" else "?" for c in text)
     return clean if len(clean) <= MAX_PROXY_MESSAGE else clean[: MAX_PROXY_MESSAGE - 3] + "..."
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _Malformed("the body is not UTF-8 JSON") from None
-    if not isinstance(data, dict):
-        raise _Malformed("the body is not a JSON object")
-    return data
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
-
-
-def _check_health(data: dict[str, Any]) -> dict[str, Any]:
-    size = data.get("xksProxyFleetSize")
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-        raise _Malformed("xksProxyFleetSize must be an integer greater than 0")
-    _strings(data, "xksProxyVendor", "xksProxyModel", "ekmVendor")
-    fleet = data.get("ekmFleetDetails")
-    if not isinstance(fleet, list) or not 1 <= len(fleet) <= MAX_FLEET:
-        raise _Malformed(f"ekmFleetDetails must be a list of 1 to {MAX_FLEET} entries")
-    for index, node in enumerate(fleet):
-        if not isinstance(node, dict):
-            raise _Malformed(f"ekmFleetDetails[{index}] must be an object")
-        _strings(node, "id", "model", "healthStatus", where=f"ekmFleetDetails[{index}].")
-        if node["healthStatus"] not in HEALTH_STATES:
-            raise _Malformed(f"ekmFleetDetails[{index}].healthStatus must be ACTIVE, DEGRADED or UNAVAILABLE")
-    return data
-
-
-def _check_metadata(data: dict[str, Any]) -> dict[str, Any]:
-    _strings(data, "keySpec")
-    usage = data.get("keyUsage")
-    if not isinstance(usage, list) or len(usage) > MAX_KEY_USAGES or not all(map(_is_str, usage)):
-        raise _Malformed(f"keyUsage must be a list of at most {MAX_KEY_USAGES} strings")
-    if data.get("keyStatus") not in KEY_STATES:
-        raise _Malformed("keyStatus must be ENABLED or DISABLED")
-    return data
-
-
-def _check_encrypt(data: dict[str, Any], plaintext_len: int) -> EncryptResult:
-    ciphertext = _unb64(data, "ciphertext")
-    iv = _unb64(data, "initializationVector")
-    tag = _unb64(data, "authenticationTag")
-    ciphertext_metadata = _unb64_optional(data, "ciphertextMetadata")
-    if len(iv) not in IV_BYTES:
-        raise _Malformed("initializationVector must be 12 or 16 bytes")
-    if len(tag) != TAG_BYTES:
-        raise _Malformed(f"authenticationTag must be {TAG_BYTES} bytes")
-    if ciphertext_metadata is not None and len(ciphertext_metadata) > MAX_CIPHERTEXT_METADATA_BYTES:
-        raise _Malformed(f"ciphertextMetadata must be at most {MAX_CIPHERTEXT_METADATA_BYTES} bytes")
-    if len(ciphertext) != plaintext_len:
-        raise _Malformed("ciphertext must be as long as the plaintext")
-    return EncryptResult(ciphertext, iv, tag, ciphertext_metadata)
-
-
-def _check_decrypt(data: dict[str, Any], ciphertext_len: int) -> bytes:
-    plaintext = _unb64(data, "plaintext")
-    if len(plaintext) != ciphertext_len:
-        raise _Malformed("plaintext must be as long as the ciphertext")
-    return plaintext
-
-
-def _is_str(value: object) -> bool:
-    return isinstance(value, str)
-
-
-def _strings(data: Mapping[str, Any], *keys: str, where: str = "") -> None:
-    for key in keys:
-        if not isinstance(data.get(key), str):
-            raise _Malformed(f"{where}{key} must be a string")
-
-
-def _unb64(data: Mapping[str, Any], key: str) -> bytes:
-    value = _unb64_optional(data, key)
-    if value is None:
-        raise _Malformed(f"{key} is required")
-    return value
-
-
-def _unb64_optional(data: Mapping[str, Any], key: str) -> bytes | None:
-    """Standard, padded, canonical Base64 (RFC 4648 §4): one byte string has one accepted text."""
-    value = data.get(key)
-    if value is None:  # null counts as absent, as on the proxy side
-        return None
-    if not isinstance(value, str):
-        raise _Malformed(f"{key} must be a Base64 string")
-    try:
-        decoded = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise _Malformed(f"{key} is not standard Base64") from None
-    if base64.b64encode(decoded).decode("ascii") != value:
-        raise _Malformed(f"{key} is not canonical padded Base64")
-    return decoded
 
 
 def _b64(data: bytes) -> str:

@@ -153,6 +153,8 @@ async def bootstrap(
                     },
                 )
             )["CustomKeyStoreId"]
+        if stores and stores[0]["ConnectionState"] == "FAILED":  # e.g. the proxy was down last time
+            await kms("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
         await kms("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
         described = await kms("DescribeCustomKeyStores", CustomKeyStoreId=store_id)
         store_state = described["CustomKeyStores"][0]["ConnectionState"]
