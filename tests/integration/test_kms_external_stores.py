@@ -778,3 +778,22 @@ async def test_a_proxy_whose_key_managers_are_all_unavailable_is_not_reachable(l
     await web.TCPSite(runner, "127.0.0.1", dsm_port).start()
     await disconnect(kms, store_id)
     assert await connect(kms, store_id) == ("CONNECTED", None)
+
+
+async def test_no_kms_secret_or_plaintext_is_stored_in_the_clear(lab: tuple[XksEnv, KmsEnv]) -> None:
+    """The store's SigV4 secret, a data key and a plaintext never reach the database file as bytes."""
+    xks, kms = lab
+    _store_id, key = await connected_store_and_key(xks, kms)
+    plain_key = (await kms.call("create_key"))["KeyMetadata"]
+    secret_text = b"PLAINTEXT-MARKER-7f3a9c"
+    blobs = [
+        (await kms.call("encrypt", KeyId=k["KeyId"], Plaintext=secret_text))["CiphertextBlob"]
+        for k in (key, plain_key)
+    ]
+    data_key = await kms.call("generate_data_key", KeyId=key["KeyId"], NumberOfBytes=32)
+    for blob in blobs:
+        assert (await kms.call("decrypt", CiphertextBlob=blob))["Plaintext"] == secret_text
+    raw = b"".join(path.read_bytes() for path in xks.data_dir.iterdir() if path.name.startswith("xkslab.db"))
+    assert raw, "the SQLite database (and its WAL) should be in the data directory"
+    for needle in (xks.secret.encode(), secret_text, data_key["Plaintext"], base64.b64encode(secret_text)):
+        assert needle not in raw
