@@ -88,6 +88,9 @@ class AdminService:
         self._keyring = keyring
         self._audit = audit
         self._dummy_hash: str | None = None
+        # Bumped by every administrative change in this process, so caches of app credentials and
+        # permissions (the XKS hot path) drop what they hold at once.
+        self.generation = 0
 
     # ------------------------------------------------------------------------------- helpers
 
@@ -123,7 +126,10 @@ class AdminService:
             _require_admin(p)
             return await work(session)
 
-        return await self._audit.apply(guarded, refusal.refused)
+        try:
+            return await self._audit.apply(guarded, refusal.refused)
+        finally:
+            self.generation += 1
 
     async def _hash(self, secret: str) -> str:
         return await asyncio.to_thread(creds.hash_secret, secret)

@@ -21,7 +21,7 @@ import re
 import struct
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,6 +116,17 @@ class XksCall:
     policy: PolicyVerdict | None = None
 
 
+APP_CACHE_TTL_S = 2.0
+
+
+@dataclass(frozen=True)
+class _AppAuth:
+    credentials: tuple[tuple[str, str], ...] = field(repr=False)
+    principal: Principal
+    loaded_at: float
+    generation: int
+
+
 @dataclass(frozen=True)
 class NodeHealth:
     id: str
@@ -148,6 +159,7 @@ class XksService:
         self._model = model
         self._health_cache_s = health_cache_s
         self._health: tuple[float, NodeHealth] | None = None
+        self._apps: dict[str, _AppAuth] = {}
 
     # ------------------------------------------------------------------------------- prefixes
 
@@ -270,18 +282,48 @@ class XksService:
         await self._audit.record(replace(_about(event, keys), response_time_us=elapsed))
         return result
 
-    async def _authenticate(self, call: XksCall) -> Principal:
-        credentials = await self._admin.awsxks_secrets(call.app_id)
-        app: App | None = None
-        if credentials:
-            async with self._sessions() as session:
-                app = await session.get(App, call.app_id)
+    async def _app_auth(self, app_id: str, *, fresh: bool = False) -> _AppAuth | None:
+        """The app's awsxks credentials and permissions, cached briefly: they are read on every request.
+        Any administrative change in this process empties the cache at once; another replica's change
+        is seen within APP_CACHE_TTL_S (and a credential added there, at the first request using it)."""
+        entry = self._apps.get(app_id)
+        generation = self._admin.generation
+        if (
+            not fresh
+            and entry is not None
+            and entry.generation == generation
+            and time.monotonic() - entry.loaded_at < APP_CACHE_TTL_S
+        ):
+            return entry
+        self._apps.pop(app_id, None)
+        credentials = await self._admin.awsxks_secrets(app_id)
+        if not credentials:
+            return None
+        async with self._sessions() as session:
+            app = await session.get(App, app_id)
         if app is None:
+            return None
+        principal = replace(await self._admin.principal_for_app(app), via=VIA_PROXY)
+        entry = _AppAuth(tuple(credentials), principal, time.monotonic(), generation)
+        self._apps[app_id] = entry
+        return entry
+
+    async def _authenticate(self, call: XksCall) -> Principal:
+        auth = await self._app_auth(call.app_id)
+        if auth is None:
             # The proxy only forwards prefixes it knows; an app removed since then lands here.
             raise AuthFailed("no XKS credential is configured for this URI path prefix")
-        principal = replace(await self._admin.principal_for_app(app), via=VIA_PROXY)
+        principal = auth.principal
         try:
-            sigv4.verify(call.signed, credentials, now=datetime.now(UTC))
+            try:
+                sigv4.verify(call.signed, auth.credentials, now=datetime.now(UTC))
+            except sigv4.SigV4Error:
+                # A credential rotated on another replica is not in the cache yet: look once more.
+                fresh = await self._app_auth(call.app_id, fresh=True)
+                if fresh is None:
+                    raise
+                principal = fresh.principal
+                sigv4.verify(call.signed, fresh.credentials, now=datetime.now(UTC))
         except sigv4.SigV4Error as exc:
             refusal = AuthFailed(f"SigV4 verification failed: {exc}")
             metadata = xks_wire.parse_metadata_only(call.body)
