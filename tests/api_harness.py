@@ -22,9 +22,8 @@ from dsm_emulator.errors import DsmError
 from xkslab.config import load_settings
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    data_dir = tmp_path_factory.mktemp("dsm") / "data"
+def init_data_dir(data_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """A data directory made by the real ``xkslab init``, and what it printed."""
     out = subprocess.run(
         [
             sys.executable,
@@ -42,6 +41,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
         text=True,
     )
     return data_dir, json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    return init_data_dir(tmp_path_factory.mktemp("dsm") / "data")
 
 
 @pytest.fixture

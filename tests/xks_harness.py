@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from dsm_emulator.api.context import CORE_KEY
 from dsm_emulator.authz import Principal, system_principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.keys import KeySpec
+from tests.api_harness import init_data_dir
 from xks_frontend.app import create_app as create_xks_app
 from xkslab.config import load_settings
 
@@ -36,24 +35,7 @@ ALL_OPS = ["ENCRYPT", "DECRYPT", "WRAPKEY", "UNWRAPKEY", "APPMANAGEABLE"]
 
 @pytest.fixture(scope="module")
 def xks_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    data_dir = tmp_path_factory.mktemp("xks") / "data"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xkslab",
-            "--data-dir",
-            str(data_dir),
-            "init",
-            "--admin-password",
-            "pw",
-            "--json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return data_dir, json.loads(out.stdout)
+    return init_data_dir(tmp_path_factory.mktemp("xks") / "data")
 
 
 def b64(data: bytes) -> str:

@@ -24,6 +24,17 @@ import migrations
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
 
+# One naming convention for every service's tables, so constraint names in the one alembic history
+# are predictable (and migrations can drop them by name).
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 class SchemaMismatch(RuntimeError):
     """The database is not at the schema revision this code was written for."""
 
