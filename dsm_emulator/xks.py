@@ -123,6 +123,7 @@ APP_CACHE_TTL_S = 2.0
 class _AppAuth:
     credentials: tuple[tuple[str, str], ...] = field(repr=False)
     principal: Principal
+    prefixes: frozenset[str]  # the URI path prefixes this app is served under
     loaded_at: float
     generation: int
 
@@ -201,6 +202,7 @@ class XksService:
             return None, event
 
         await self._audit.apply(work, event.refused)
+        self._apps.clear()
 
     async def remove_alias(self, p: Principal, prefix: str) -> None:
         event = AuditEvent.by(p, "xks.alias.remove", f"Removed XKS path prefix {prefix}")
@@ -214,6 +216,7 @@ class XksService:
             return None, replace(event, object_id=row.app_id)
 
         await self._audit.apply(work, event.refused)
+        self._apps.clear()
 
     async def aliases(self, p: Principal, app_id: str) -> list[str]:
         await self._admin.get_app(p, app_id)
@@ -304,7 +307,12 @@ class XksService:
         if app is None:
             return None
         principal = replace(await self._admin.principal_for_app(app), via=VIA_PROXY)
-        entry = _AppAuth(tuple(credentials), principal, time.monotonic(), generation)
+        async with self._sessions() as session:
+            aliases = await session.scalars(
+                select(XksPathPrefix.prefix).where(XksPathPrefix.app_id == app_id)
+            )
+            prefixes = frozenset({canonical_prefix(app_id), *aliases.all()})
+        entry = _AppAuth(tuple(credentials), principal, prefixes, time.monotonic(), generation)
         self._apps[app_id] = entry
         return entry
 
@@ -315,6 +323,16 @@ class XksService:
             raise AuthFailed("no XKS credential is configured for this URI path prefix")
         principal = auth.principal
         try:
+            # The proxy token alone must not let anyone replay a signed request against another key or
+            # operation: the signed path has to name exactly what the forwarded call asks for.
+            match = xks_wire.URI_PATH.fullmatch(call.signed.path)
+            if (
+                match is None
+                or xks_wire.path_operation(match) != call.operation
+                or match["key"] != call.key_id
+                or match["prefix"] not in auth.prefixes
+            ):
+                raise sigv4.SigV4Error("the signed path does not match the forwarded request")
             try:
                 sigv4.verify(call.signed, auth.credentials, now=datetime.now(UTC))
             except sigv4.SigV4Error:
@@ -350,6 +368,11 @@ class XksService:
             if isinstance(request, xks_wire.EncryptRequest):
                 return self._encrypt(p, named, request)
             assert isinstance(request, xks_wire.DecryptRequest)
+            # Authorization, state and usage of the external key come before anything about the
+            # ciphertext (its metadata included), in the spec's order.
+            require_permission(p, "DECRYPT", named.group_id)
+            _require_usable(named, "DECRYPT", PROCESS_STATES)
+            _require_usage(named, "DECRYPT")
             version_key = await self._version(session, named, request.ciphertext_metadata)
             if version_key is not named:
                 keys.append(version_key)
@@ -397,11 +420,11 @@ class XksService:
         return obj
 
     def _encrypt(self, p: Principal, key: SecurityObject, request: xks_wire.EncryptRequest) -> dict[str, Any]:
+        require_permission(p, "ENCRYPT", key.group_id)
         _require_usable(key, "ENCRYPT", PROTECT_STATES)
         _require_usage(key, "ENCRYPT")
         if request.cdiv_algorithm is not None:
             _require_usage(key, "DECRYPT")  # the verification decrypt must be allowed too
-        require_permission(p, "ENCRYPT", key.group_id)
         metadata = version_metadata(key.version)
         material = self._keys.material(key)
         aad = gcm_aad(request.aad, metadata)
@@ -424,10 +447,9 @@ class XksService:
     def _decrypt(
         self, p: Principal, named: SecurityObject, key: SecurityObject, request: xks_wire.DecryptRequest
     ) -> dict[str, Any]:
-        _require_usable(named, "DECRYPT", PROCESS_STATES)
+        require_permission(p, "DECRYPT", key.group_id)
         _require_usable(key, "DECRYPT", PROCESS_STATES)
         _require_usage(key, "DECRYPT")
-        require_permission(p, "DECRYPT", key.group_id)
         aad = gcm_aad(request.aad, request.ciphertext_metadata)
         try:
             plaintext = crypto.aes_gcm_decrypt(

@@ -95,7 +95,7 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise SerializationError("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise SerializationError("The request body must be a JSON object.")

@@ -330,7 +330,7 @@ async def list_resource_tags(ctx: KmsContext, call: Call, p: Params) -> dict[str
     assert ref is not None
     start = 0
     if marker is not None:
-        if not marker.isdigit():
+        if not (marker.isascii() and marker.isdigit()):
             raise KmsError.named("InvalidMarkerException", "The marker is not one this operation returned.")
         start = int(marker)
     async with ctx.sessions() as session:

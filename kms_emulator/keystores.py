@@ -42,7 +42,7 @@ VPC_ENDPOINT_SERVICE = "VPC_ENDPOINT_SERVICE"
 # The model's patterns; the relaxed endpoint adds plain http and a port, for proxies on loopback.
 STRICT_ENDPOINT = r"^https://[a-zA-Z0-9.-]+$"
 RELAXED_ENDPOINT = r"^https?://[a-zA-Z0-9.-]+(:[0-9]{1,5})?$"
-URI_PATH = r"^(/[a-zA-Z0-9\/_-]+/kms/xks/v\d{1,2})$|^(/kms/xks/v\d{1,2})$"
+URI_PATH = r"^(/[a-zA-Z0-9\/_-]+/kms/xks/v[0-9]{1,2})$|^(/kms/xks/v[0-9]{1,2})$"  # ASCII digits only
 ACCESS_KEY_ID = r"^[A-Z2-7]+$"
 RAW_SECRET = r"^[a-zA-Z0-9\/+=]+$"
 VPC_SERVICE_NAME = r"^(com|eu)\.amazonaws\.vpce\.([a-z]+-){2,3}\d+\.vpce-svc-[0-9a-z]+$"
@@ -64,6 +64,14 @@ class ProxySettings:
         return XksProxyConfig(self.uri_endpoint, self.uri_path, self.access_key_id, self.secret, region)
 
 
+_MEMBER_COLUMNS = {
+    "uri_endpoint": "uri_endpoint",
+    "uri_path": "uri_path",
+    "access_key_id": "access_key_id",
+    "connectivity": "connectivity",
+    "vpc_service_name": "vpc_endpoint_service_name",
+    "vpc_service_owner": "vpc_endpoint_service_owner",
+}
 _CHANGEABLE_WHILE_CONNECTED = frozenset({"uri_path", "access_key_id", "secret"})
 
 
@@ -299,12 +307,10 @@ async def update_custom_key_store(ctx: KmsContext, call: Call, p: Params) -> dic
             raise KeyStoreInvalidState(f"Custom key store {store_id} changed state during the update.")
         if new_name is not None:
             store.name = new_name
-        store.uri_endpoint = merged.uri_endpoint
-        store.uri_path = merged.uri_path
-        store.access_key_id = merged.access_key_id
-        store.connectivity = merged.connectivity
-        store.vpc_endpoint_service_name = merged.vpc_service_name
-        store.vpc_endpoint_service_owner = merged.vpc_service_owner
+        # Only what this request changed: a concurrent update of other members must not be undone.
+        for member, column in _MEMBER_COLUMNS.items():
+            if member in members or (member.startswith("vpc_") and "connectivity" in members):
+                setattr(store, column, getattr(merged, member))
         if "secret" in members:
             store.sealed_secret = ctx.sealer.seal(
                 merged.secret.encode(), purpose=PROXY_SECRET, row_id=store_id

@@ -356,7 +356,15 @@ class XksProxyClient:
             async with self._session.post(
                 URL(url, encoded=True), data=payload, headers=headers, allow_redirects=False
             ) as response:
-                raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                # The whole body, however many segments it arrives in, up to the limit.
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.content.iter_any():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_RESPONSE_BYTES:
+                        break
+                raw = b"".join(chunks)
                 if len(raw) > MAX_RESPONSE_BYTES:
                     raise XksProxyError(
                         Code.XKS_PROXY_INVALID_RESPONSE,

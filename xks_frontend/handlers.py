@@ -28,10 +28,7 @@ from xkslab.proxy_link import ForwardedCall
 
 log = logging.getLogger("xks_frontend")
 
-PATH = re.compile(
-    r"(?P<prefix>(?:/[A-Za-z0-9_-]+)*)/kms/xks/v1/"
-    r"(?:(?P<health>health)|keys/(?P<key>[A-Za-z0-9._-]{1,128})/(?P<op>metadata|encrypt|decrypt))"
-)
+PATH = xks_wire.URI_PATH
 # The Fortanix-style prefix names its app; recognised even when the DSM cannot be asked for the table.
 CANONICAL = re.compile(
     r"/crypto/v1/apps/(?P<app>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/aws"
@@ -223,12 +220,12 @@ async def _health(edge: Edge, call: ForwardedCall) -> dict[str, Any]:
     if all(answer.result is None for answer in answers):
         _check_without_dsm(call)
     fleet: list[dict[str, str]] = []
-    for answer in answers:
+    for index, answer in enumerate(answers, 1):
         details = (answer.result or {}).get("ekmFleetDetails")
         if answer.error is None and isinstance(details, list) and details:
             fleet.extend(details)
         else:
-            label = DsmClient.node_label(answer.url)
+            label = f"dsm-node-{index}"  # its place in xks.dsm_urls: no internal address in the answer
             fleet.append(
                 {"id": label, "model": "xkslab DSM emulator (unreachable)", "healthStatus": "UNAVAILABLE"}
             )

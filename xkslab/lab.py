@@ -249,6 +249,8 @@ def write_up_file(path: Path, data: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())  # on first start it holds the only copy of the admin password
     tmp.replace(path)
 
 

@@ -30,9 +30,18 @@ def read_token(path: Path, *, create: bool = False) -> str:
     """The proxy token in ``path``; with ``create``, a new random one is written (0600) if it is missing."""
     if create and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # atomic and never replaces: two starting services agree on one token
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     token = path.read_text().strip()
     if len(token) < 32:
         raise ValueError(f"{path}: the proxy token must be at least 32 characters")

@@ -51,6 +51,18 @@ _REQUIRED = {
 }
 
 
+# The four operation URIs under any URI path prefix (the proxy routes by it; the key manager checks that
+# the path a request was signed for names the operation and key it is asked to run).
+URI_PATH = re.compile(
+    r"(?P<prefix>(?:/[A-Za-z0-9_-]+)*)/kms/xks/v1/"
+    r"(?:(?P<health>health)|keys/(?P<key>[A-Za-z0-9._-]{1,128})/(?P<op>metadata|encrypt|decrypt))"
+)
+
+
+def path_operation(match: re.Match[str]) -> str:
+    return "health" if match["health"] else match["op"]
+
+
 # The spec's errorName -> HTTP status table (section 1.8), for the proxy that answers and the client
 # (the KMS emulator) that checks an answer.
 ERROR_STATUS: dict[str, int] = {

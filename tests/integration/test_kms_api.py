@@ -347,6 +347,20 @@ async def test_malformed_requests_get_aws_shaped_400s(kms_env: KmsEnv) -> None:
     assert "plaintext" in answer["message"]
     status, answer, _ = await kms_env.raw(None, b"", method="GET")
     assert status == 400 and answer["__type"] == "UnsupportedOperationException"
+    status, answer, _ = await kms_env.raw("TrentService.DescribeKey", b"[" * 200_000)  # too deep to parse
+    assert status == 400 and answer["__type"] == "SerializationException"
+
+
+async def test_look_alike_digits_are_refused_not_crashed_on(kms_env: KmsEnv) -> None:
+    """Unicode digits pass str.isdigit() and \\d; AWS's patterns mean ASCII."""
+    key_id = (await kms_env.call("create_key"))["KeyMetadata"]["KeyId"]
+    bad_marker = await kms_env.error("list_resource_tags", KeyId=key_id, Marker="\u00b2")
+    assert code(bad_marker) == "InvalidMarkerException"
+    bad_path = await kms_env.error(
+        "create_custom_key_store",
+        **xks_store_params("digits", "http://127.0.0.1:9", "/kms/xks/v\u0661"),
+    )
+    assert code(bad_path) == "ValidationException"
 
 
 # ------------------------------------------------------------------------------------ key store input

@@ -313,7 +313,9 @@ class FakeProxy:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.answers[op] = (status, raw, content_type)
 
-    async def handle(self, request: web.Request) -> web.Response:
+    split_s: float = 0.0  # > 0: send the answer in two writes this far apart
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         op = request.path.rsplit("/", 1)[-1]
         self.received.append((request.path, dict(request.headers), await request.read()))
         await asyncio.sleep(self.delay_s)
@@ -322,7 +324,17 @@ class FakeProxy:
             json.dumps(VALID[op]).encode(),
             "application/json",
         )
-        return web.Response(status=status, body=raw, content_type=content_type)
+        if not self.split_s:
+            return web.Response(status=status, body=raw, content_type=content_type)
+        response = web.StreamResponse(status=status)
+        response.content_type = content_type
+        response.content_length = len(raw)
+        await response.prepare(request)
+        await response.write(raw[: len(raw) // 2])
+        await asyncio.sleep(self.split_s)
+        await response.write(raw[len(raw) // 2 :])
+        await response.write_eof()
+        return response
 
 
 @pytest.fixture
@@ -560,3 +572,10 @@ async def test_bad_key_ids_and_missing_metadata_are_caller_bugs(
     unopened = XksProxyClient()
     with pytest.raises(RuntimeError, match="open"):
         await unopened.health(cfg, kms_operation="KmsHealthCheck", kms_request_id="r")
+
+
+async def test_an_answer_in_several_segments_is_read_whole(fake: FakeProxy, client: XksProxyClient) -> None:
+    fake.split_s = 0.05
+    cfg = fake_config(fake)
+    assert (await call_for(client, cfg, "health"))["xksProxyFleetSize"] == 1
+    assert (await call_for(client, cfg, "metadata"))["keySpec"] == "AES_256"

@@ -506,7 +506,7 @@ async def test_dsm_down_and_back_on_the_same_port(xks_env: XksEnv) -> None:
     status, health = await xks_env.post(xks_env.url("health"), health_body())
     assert status == 200, health
     assert health["ekmFleetDetails"] == [
-        {"id": f"127.0.0.1:{dsm_port}", "model": UNREACHABLE_MODEL, "healthStatus": "UNAVAILABLE"}
+        {"id": "dsm-node-1", "model": UNREACHABLE_MODEL, "healthStatus": "UNAVAILABLE"}
     ]
     status, err = await xks_env.encrypt(b"during the outage")
     assert status == 500 and err["errorName"] == "InternalException", err
@@ -549,7 +549,7 @@ async def test_two_dsm_nodes_health_lists_both_and_requests_fail_over(
     assert status == 200, health
     fleet = health["ekmFleetDetails"]
     assert fleet[0] == {
-        "id": f"127.0.0.1:{dead_port}",
+        "id": "dsm-node-1",  # its place in xks.dsm_urls, not its address
         "model": UNREACHABLE_MODEL,
         "healthStatus": "UNAVAILABLE",
     }

@@ -202,3 +202,51 @@ async def test_a_rotation_on_another_replica_is_seen_by_the_cached_credentials(
     await asyncio.sleep(0.6)
     status, err = await xks_env.post(xks_env.url("metadata"), body)
     assert status == 401 and err["errorName"] == "AuthenticationFailedException"
+
+
+async def test_the_proxy_token_cannot_replay_a_signed_request_against_another_key(xks_env: XksEnv) -> None:
+    """A signed request captured with the proxy token in hand still only does what it was signed for."""
+    from tests.xks_harness import sign
+    from xkslab.proxy_link import CALL_PATH, ForwardedCall, read_token
+
+    other = await xks_env.create_key("other-kek")
+    url = xks_env.url("encrypt")
+    body = json.dumps(
+        {"requestMetadata": metadata(), "plaintext": b64(b"x"), "encryptionAlgorithm": "AES_GCM"}
+    ).encode()
+    signed = {k.lower(): v for k, v in sign(url, body, xks_env.akid, xks_env.secret).items()}
+    signed["host"] = url.split("/")[2]
+    token = read_token(xks_env.data_dir / "proxy.token")
+    path = url.split(signed["host"], 1)[1]
+
+    async def forward(operation: str, key_id: str | None) -> dict[str, Any]:
+        call = ForwardedCall(
+            app_id=xks_env.app_id,
+            operation=operation,
+            key_id=key_id,
+            method="POST",
+            path=path,
+            query="",
+            headers=signed,
+            body=body,
+            max_plaintext_bytes=4300,
+            max_aad_bytes=8192,
+        )
+        async with xks_env.http.post(
+            xks_env.dsm_url + CALL_PATH, json=call.to_json(), headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            assert response.status == 200
+            return dict(await response.json())
+
+    assert "result" in await forward("encrypt", xks_env.kek_id)  # as signed: fine
+    for operation, key_id in (("encrypt", other), ("metadata", xks_env.kek_id), ("health", None)):
+        answer = await forward(operation, key_id)
+        assert answer["error"]["code"] == "AuthFailed", (operation, key_id)
+
+
+async def test_decrypt_reports_the_key_state_before_looking_at_the_ciphertext(xks_env: XksEnv) -> None:
+    status, enc = await xks_env.encrypt(b"x")
+    assert status == 200
+    await xks_env.core.keys.update(xks_env.system, xks_env.kek_id, enabled=False)
+    status, err = await xks_env.decrypt(dict(enc, ciphertextMetadata=b64(b"not-a-version")))
+    assert status == 400 and err["errorName"] == "InvalidStateException"
