@@ -797,3 +797,42 @@ async def test_no_kms_secret_or_plaintext_is_stored_in_the_clear(lab: tuple[XksE
     assert raw, "the SQLite database (and its WAL) should be in the data directory"
     for needle in (xks.secret.encode(), secret_text, data_key["Plaintext"], base64.b64encode(secret_text)):
         assert needle not in raw
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"])
+async def test_the_double_envelope_on_postgresql(empty_db_url: str, tmp_path: Path) -> None:
+    """The three services on one PostgreSQL database (the shared-database deployment), end to end."""
+    import subprocess
+    import sys
+
+    from tests.xks_harness import close_env, make_env
+
+    source = tmp_path / "pg-template"
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable, "-m", "xkslab", "--data-dir", str(source), "init",
+            "--database-url", empty_db_url, "--admin-password", "pw", "--json",
+        ],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    xks = await make_env((source, json.loads(out.stdout)), tmp_path / "lab")
+    try:
+        assert xks.core.engine.dialect.name == "postgresql"
+        kms = await start_kms(xks.data_dir, {"kms.xks_timeout_ms": 3000})
+        try:
+            _store_id, key = await connected_store_and_key(xks, kms)
+            blob = (
+                await kms.call(
+                    "encrypt", KeyId=key["KeyId"], Plaintext=b"on postgres", EncryptionContext={"a": "b"}
+                )
+            )["CiphertextBlob"]
+            decrypted = await kms.call("decrypt", CiphertextBlob=blob, EncryptionContext={"a": "b"})
+            assert decrypted["Plaintext"] == b"on postgres"
+            request_id = decrypted["ResponseMetadata"]["RequestId"]
+            rows = [r for r in await xks.audit_rows() if r["kms_request_id"] == request_id]
+            assert [(r["operation"], r["outcome"]) for r in rows] == [("xks.decrypt", "success")]
+        finally:
+            await stop_kms(kms)
+    finally:
+        await close_env(xks)
