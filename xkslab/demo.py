@@ -47,7 +47,7 @@ def _dsm_json(url: str, headers: dict[str, str], method: str = "GET") -> Any:
         return json.loads(response.read() or b"null")
 
 
-def audit_rows(data: dict[str, Any], request_ids: set[str]) -> list[dict[str, Any]]:
+def audit_rows(data: dict[str, Any], request_ids: list[str]) -> list[dict[str, Any]]:
     """The DSM's audit rows (GET /sys/v1/logs as the administrator) whose kmsRequestId is one of ours."""
     dsm = data["dsm"]
     if not dsm.get("admin_password"):
@@ -63,7 +63,11 @@ def audit_rows(data: dict[str, Any], request_ids: set[str]) -> list[dict[str, An
         source["client_provided_context"] = json.loads(source.get("client_provided_context") or "{}")
         if source["client_provided_context"].get("kmsRequestId") in request_ids:
             rows.append(source)
-    return sorted(rows, key=lambda r: str(r.get("time")))
+    # The log has whole seconds: within one, keep the order of the flow (the order of request_ids).
+    order = {request_id: index for index, request_id in enumerate(request_ids)}
+    return sorted(
+        rows, key=lambda r: (str(r.get("time")), order[r["client_provided_context"]["kmsRequestId"]])
+    )
 
 
 def run_demo(settings: Settings, input_file: Path | None, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -107,7 +111,7 @@ def run_demo(settings: Settings, input_file: Path | None, echo: Callable[[str], 
         raise DemoError("the decrypted file differs from the original")
     echo(f"4. Decrypted {sealed}: {len(recovered)} bytes, identical to the original")
 
-    rows = audit_rows(data, set(ids))
+    rows = audit_rows(data, ids)
     echo(f"5. DSM audit rows for these kmsRequestIds ({len(rows)}):")
     for row in rows:
         ctx = row.get("client_provided_context") or {}

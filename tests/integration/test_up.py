@@ -120,6 +120,8 @@ def test_up_demo_sigint_and_restart(lab_dir: Path, tmp_path: Path) -> None:
         assert rows[generate_id]["client_provided_context"]["kmsOperation"] == "GenerateDataKey"
         assert rows[decrypt_id]["client_provided_context"]["kmsOperation"] == "Decrypt"
         assert all(row["object_id"] == data["dsm"]["root_kek_id"] for row in rows.values())
+        flow = [row["client_provided_context"]["kmsOperation"] for row in result["audit_rows"]]
+        assert flow == ["GenerateDataKey", "Decrypt"]  # printed in the order the flow ran
         assert Path(result["encrypted"]).read_bytes() != Path(result["file"]).read_bytes()
     finally:
         code = stop(proc)
