@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -108,3 +109,34 @@ async def kms_env(kms_template: Path, tmp_path: Path) -> AsyncIterator[KmsEnv]:
         yield env
     finally:
         await stop_kms(env)
+
+
+async def aws(kms: KmsEnv, tmp_path: Path, *args: str) -> Any:
+    """``aws kms ...`` (CLI v1) against this KMS; its JSON output. CLI v1 fetches any parameter value that
+    starts with http:// or https:// as a URL (``--xks-proxy-uri-endpoint`` included) unless the config
+    says ``cli_follow_urlparam = false``."""
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\ncli_follow_urlparam = false\n")
+    process = await asyncio.create_subprocess_exec(
+        "aws",
+        "kms",
+        *args,
+        "--endpoint-url",
+        kms.url,
+        "--output",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "x",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_CONFIG_FILE": str(config),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        },
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    return json.loads(out) if out.strip() else None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from tests.kms_harness import (
     CALLER_ARN,
     REGION,
     KmsEnv,
+    aws,
     code,
     kms_env,
     kms_template,
@@ -435,32 +435,6 @@ async def test_unknown_key_stores(kms_env: KmsEnv) -> None:
 
 
 # ------------------------------------------------------------------------------------ the AWS CLI
-
-
-async def aws(env: KmsEnv, tmp_path: Path, *args: str) -> Any:
-    process = await asyncio.create_subprocess_exec(
-        "aws",
-        "kms",
-        *args,
-        "--endpoint-url",
-        env.url,
-        "--output",
-        "json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={
-            "PATH": os.environ["PATH"],
-            "HOME": str(tmp_path),
-            "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
-            "AWS_SECRET_ACCESS_KEY": "x",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-        },
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    return json.loads(out) if out.strip() else None
 
 
 async def test_the_aws_cli(kms_env: KmsEnv, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from tests.integration.test_kms_api import (
     proxy_store_params,
     xks_store_params,
 )
-from tests.kms_harness import CALLER_ARN, REGION, KmsEnv, code, start_kms, stop_kms
+from tests.kms_harness import CALLER_ARN, REGION, KmsEnv, aws, code, start_kms, stop_kms
 from tests.xks_harness import XksEnv, start_runner, xks_template
 from xks_frontend.app import create_app as create_xks_app
 from xkslab import certs, tls
@@ -475,37 +474,6 @@ async def test_external_key_disabled_enabled_and_rekeyed_in_the_dsm(lab: Lab) ->
 
 
 # ------------------------------------------------------------------------------------ clients
-
-
-async def aws(kms: KmsEnv, tmp_path: Path, *args: str) -> Any:
-    """``aws kms ...`` (CLI v1) against this KMS; its JSON output. CLI v1 fetches any parameter value that
-    starts with http:// or https:// as a URL (``--xks-proxy-uri-endpoint`` included) unless the config
-    says ``cli_follow_urlparam = false``."""
-    config = tmp_path / "aws-config"
-    config.write_text("[default]\ncli_follow_urlparam = false\n")
-    process = await asyncio.create_subprocess_exec(
-        "aws",
-        "kms",
-        *args,
-        "--endpoint-url",
-        kms.url,
-        "--output",
-        "json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={
-            "PATH": os.environ["PATH"],
-            "HOME": str(tmp_path),
-            "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
-            "AWS_SECRET_ACCESS_KEY": "x",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": str(config),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-        },
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 0, err.decode()
-    return json.loads(out) if out.strip() else None
 
 
 async def test_the_aws_cli_with_an_external_key_store(lab: Lab, tmp_path: Path) -> None:
