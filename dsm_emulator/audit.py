@@ -31,7 +31,7 @@ from dsm_emulator.authz import Principal
 from dsm_emulator.errors import AuditUnavailable, DsmError
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import AuditRow
-from xkslab.config import AuditSettings
+from xkslab_shared.config import AuditSettings
 
 logger = logging.getLogger(__name__)
 

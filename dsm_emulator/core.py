@@ -26,7 +26,7 @@ from dsm_emulator.sealing import (
     open_sealer,
 )
 from dsm_emulator.xks import XksService
-from xkslab.config import Settings
+from xkslab_shared.config import Settings
 
 
 def seal_config(settings: Settings, backend: str | None = None) -> SealConfig:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dsm_emulator.errors import SchemaMismatch
-from xkslab import db
-from xkslab.db import (
+from xkslab_shared import db
+from xkslab_shared.db import (
     MIGRATIONS_DIR,
     alembic_config,
     create_engine,

@@ -48,7 +48,7 @@ from dsm_emulator.errors import (
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys import KeyService, effective_state
 from dsm_emulator.models import App, KeyringTerm, SecurityObject, XksPathPrefix, is_uuid
-from xkslab import sigv4, xks_wire
+from xkslab_shared import sigv4, xks_wire
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,9 @@ from kms_emulator.errors import (
 from kms_emulator.params import Params
 from kms_emulator.sealing import KmsSealer
 from kms_emulator.xks_client import XksProxyClient
-from xkslab import db
-from xkslab.config import Settings
+from xkslab_shared import db
+from xkslab_shared.config import Settings
+from xkslab_shared.serve import Listener
 
 log = logging.getLogger("kms_emulator")
 
@@ -163,3 +164,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/", handle)
     app.router.add_route("*", "/{tail:.*}", not_served)
     return app
+
+
+def listener(settings: Settings, app: web.Application | None = None) -> Listener:
+    """Plain HTTP on kms.host:kms.port, as ``--endpoint-url http://...`` and AWS_ENDPOINT_URL_KMS expect."""
+    return Listener(
+        "AWS KMS", app if app is not None else create_app(settings), settings.kms.host, settings.kms.port
+    )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kms_emulator.sealing import KmsSealer
-from xkslab.config import KmsSettings
+from xkslab_shared.config import KmsSettings
 
 if TYPE_CHECKING:
     from kms_emulator.xks_client import XksProxyClient

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from xkslab.db import NAMING
+from xkslab_shared.db import NAMING
 
 Timestamp = DateTime(timezone=True)
 

@@ -35,7 +35,7 @@ from yarl import URL
 
 from kms_emulator import xks_answers as answers
 from kms_emulator.xks_answers import EncryptResult
-from xkslab import tls, xks_wire
+from xkslab_shared import tls, xks_wire
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

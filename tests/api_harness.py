@@ -19,7 +19,7 @@ from dsm_emulator.api.context import CORE_KEY, PRINCIPAL
 from dsm_emulator.authz import Principal, system_principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import DsmError
-from xkslab.config import load_settings
+from xkslab_shared.config import load_settings
 
 
 def init_data_dir(data_dir: Path) -> tuple[Path, dict[str, Any]]:

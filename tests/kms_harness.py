@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 
 from kms_emulator.app import create_app
 from tests.xks_harness import start_runner
-from xkslab.config import load_settings
+from xkslab_shared.config import load_settings
 
 REGION = "us-east-1"
 ACCOUNT_ID = "111122223333"

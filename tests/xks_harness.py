@@ -25,7 +25,7 @@ from dsm_emulator.core import DsmCore
 from dsm_emulator.keys import KeySpec
 from tests.api_harness import init_data_dir
 from xks_frontend.app import create_app as create_xks_app
-from xkslab.config import load_settings
+from xkslab_shared.config import load_settings
 
 REGION = "us-east-1"
 PRINCIPAL_ARN = "arn:aws:iam::123456789012:user/Alice"

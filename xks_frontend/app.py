@@ -13,9 +13,10 @@ from xks_frontend.errors import XksError, error_response
 from xks_frontend.handlers import Edge, Handler, PrefixQuota, PrefixTable, dispatch
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile
-from xkslab import tls, xks_wire
-from xkslab.config import Settings
-from xkslab.proxy_link import read_token
+from xkslab_shared import tls, xks_wire
+from xkslab_shared.config import Settings
+from xkslab_shared.proxy_link import read_token
+from xkslab_shared.serve import Listener
 
 EDGE_KEY: web.AppKey[Edge] = web.AppKey("xks_edge", Edge)
 _OPEN_PATHS = frozenset({"/ping", "/metrics"})
@@ -92,3 +93,19 @@ def _refuse(message: str) -> web.Response:
     response = error_response(XksError("AccessDeniedException", message))
     response.force_close()
     return response
+
+
+def listener(settings: Settings, app: web.Application | None = None) -> Listener:
+    """The proxy on xks.host:xks.port, and on xks.https_port (mTLS when xks.client_ca is set) when its
+    certificate exists."""
+    xks = settings.xks
+    return Listener(
+        "XKS proxy",
+        app if app is not None else create_app(settings),
+        xks.host,
+        xks.port,
+        xks.https_port,
+        settings.path(xks.tls_cert),
+        settings.path(xks.tls_key),
+        client_ca=settings.path(Path(xks.client_ca)) if xks.client_ca else None,
+    )

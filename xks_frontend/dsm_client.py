@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from xks_frontend.errors import XksError, from_dsm
-from xkslab.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall
+from xkslab_shared.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall
 
 log = logging.getLogger(__name__)
 

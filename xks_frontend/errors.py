@@ -7,11 +7,11 @@ import json
 
 from aiohttp import web
 
-from xkslab import xks_wire
+from xkslab_shared import xks_wire
 
 STATUS = xks_wire.ERROR_STATUS
 
-# DsmError class names (carried by xkslab.proxy_link) -> XKS errorName. Anything else is internal.
+# DsmError class names (carried by xkslab_shared.proxy_link) -> XKS errorName. Anything else is internal.
 FROM_DSM = {
     "BadRequest": "ValidationException",
     "IntegrityFailure": "InvalidCiphertextException",

@@ -23,8 +23,8 @@ from xks_frontend.dsm_client import DsmClient, DsmUnreachable
 from xks_frontend.errors import XksError, dumps, error_response
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile, RequestFacts
-from xkslab import sigv4, xks_wire
-from xkslab.proxy_link import ForwardedCall
+from xkslab_shared import sigv4, xks_wire
+from xkslab_shared.proxy_link import ForwardedCall
 
 log = logging.getLogger("xks_frontend")
 

@@ -11,8 +11,9 @@ from dsm_emulator.api import admin, logs, session, sobjects, xks
 from dsm_emulator.api.context import CORE_KEY, json_response
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import DsmError
-from xkslab.config import Settings
-from xkslab.proxy_link import INTERNAL_PREFIX, read_token
+from xkslab_shared.config import Settings
+from xkslab_shared.proxy_link import INTERNAL_PREFIX, read_token
+from xkslab_shared.serve import Listener
 
 log = logging.getLogger("dsm_emulator.api")
 
@@ -81,3 +82,17 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(logs.routes)
     app.add_routes(xks.routes)
     return app
+
+
+def listener(settings: Settings, app: web.Application | None = None) -> Listener:
+    """The DSM REST API on dsm.host:dsm.port, and on dsm.https_port when its certificate exists."""
+    dsm = settings.dsm
+    return Listener(
+        "DSM REST API",
+        app if app is not None else create_app(settings),
+        dsm.host,
+        dsm.port,
+        dsm.https_port,
+        settings.path(dsm.tls_cert),
+        settings.path(dsm.tls_key),
+    )

@@ -1,4 +1,4 @@
-"""The internal endpoint XKS proxies call: one request per XKS operation (xkslab.proxy_link has the
+"""The internal endpoint XKS proxies call: one request per XKS operation (xkslab_shared.proxy_link has the
 shape). Answers carry the domain outcome in the body, ``{"result"}`` or ``{"error": {"code"}}``, with
 status 200, so the proxy maps DsmError classes to XKS errorNames in one place; a non-200 status means
 the call itself was refused (wrong proxy token, malformed call)."""
@@ -14,8 +14,8 @@ from aiohttp import web
 from dsm_emulator.api.context import core_of, json_response, read_json
 from dsm_emulator.errors import AuthFailed, BadRequest, DsmError
 from dsm_emulator.xks import PolicyVerdict, XksCall
-from xkslab import sigv4, xks_wire
-from xkslab.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall
+from xkslab_shared import sigv4, xks_wire
+from xkslab_shared.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dsm_emulator.sealing import PKCS11_MISSING, Pkcs11SealConfig, SealError
+from dsm_emulator.sealing.base import PKCS11_MISSING, Pkcs11SealConfig, SealError
 
 if TYPE_CHECKING:
     from pkcs11 import SecretKey, Session, Token

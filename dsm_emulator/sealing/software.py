@@ -1,29 +1,24 @@
 """Software sealer: AES-256-GCM under a key file or a scrypt-stretched passphrase.
 
 Meant for labs and CI where no HSM is around. The blob format matches the PKCS#11 sealer
-(version byte, 12-byte nonce, ciphertext||tag) so the keyring treats both alike.
+(version byte, 12-byte nonce, ciphertext||tag; xkslab_shared.keyfile's box, which the KMS emulator's
+key file uses too) so the keyring treats both alike.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import stat
 import threading
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from dsm_emulator.sealing import SealError, SoftwareSealConfig
+from dsm_emulator.sealing.base import SealError, SoftwareSealConfig
+from xkslab_shared.keyfile import AesGcmBox, BoxOpenError, KeyFileError, read_key_file
 
 __all__ = ["SoftwareSealer"]
 
-BLOB_VERSION = b"\x01"
-NONCE_LEN = 12
-TAG_LEN = 16
 KEY_LEN = 32
 SALT_LEN = 16
 # scrypt cost: ~32 MiB and well under a second; paid once per process start, not per request.
@@ -46,7 +41,7 @@ class SoftwareSealer:
         if len(key) != KEY_LEN:
             raise SealError("software sealing key must be 32 bytes")
         self.key_id: str = "software:" + hmac.new(key, KEY_ID_LABEL, hashlib.sha256).hexdigest()[:16]
-        self._aead: AESGCM | None = AESGCM(key)
+        self._box: AesGcmBox | None = AesGcmBox(key)
         self._lock = threading.Lock()
 
     @classmethod
@@ -57,21 +52,15 @@ class SoftwareSealer:
         return cls(_derive_key(config.passphrase, _read_salt_file(config.salt_file)))
 
     def wrap(self, plaintext: bytes, aad: bytes) -> bytes:
-        aead = self._require_open()
-        nonce = os.urandom(NONCE_LEN)
-        return BLOB_VERSION + nonce + aead.encrypt(nonce, bytes(plaintext), bytes(aad))
+        return self._require_open().seal(plaintext, aad)
 
     def unwrap(self, blob: bytes, aad: bytes) -> bytes:
-        aead = self._require_open()
-        blob = bytes(blob)
-        if not blob or blob[:1] != BLOB_VERSION:
-            raise SealError("unknown sealed blob format version")
-        if len(blob) < 1 + NONCE_LEN + TAG_LEN:
-            raise SealError("sealed blob is truncated")
-        nonce = blob[1 : 1 + NONCE_LEN]
+        box = self._require_open()
         try:
-            return aead.decrypt(nonce, blob[1 + NONCE_LEN :], bytes(aad))
-        except InvalidTag:
+            return box.open(blob, aad)
+        except BoxOpenError as exc:
+            if "tag" not in str(exc):
+                raise SealError(str(exc)) from None
             raise SealError(
                 f"unwrap failed with sealer {self.key_id}: wrong key, tampered blob or wrong aad"
             ) from None
@@ -79,13 +68,13 @@ class SoftwareSealer:
     def close(self) -> None:
         """Drop the key object; later wrap/unwrap calls fail instead of silently working."""
         with self._lock:
-            self._aead = None
+            self._box = None
 
-    def _require_open(self) -> AESGCM:
-        aead = self._aead
-        if aead is None:
+    def _require_open(self) -> AesGcmBox:
+        box = self._box
+        if box is None:
             raise SealError("sealer is closed")
-        return aead
+        return box
 
     def __enter__(self) -> SoftwareSealer:
         return self
@@ -98,36 +87,11 @@ class SoftwareSealer:
 
 
 def _read_key_file(path: Path) -> bytes:
-    """Read the raw 32-byte key, refusing files others can read or that were truncated/padded.
-
-    The mode and size come from fstat on the opened descriptor so a file swapped between the check
-    and the read cannot slip through; symlinks are not followed for the same reason.
-    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise SealError(
-            f"sealing key file {path} does not exist (create it with create_sealing_key)"
-        ) from None
-    except OSError as exc:
-        raise SealError(f"cannot open sealing key file {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SealError(f"sealing key file {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise SealError(
-                f"sealing key file {path} is accessible by group/others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
-            )
-        if st.st_size != KEY_LEN:
-            raise SealError(f"sealing key file {path} must hold exactly {KEY_LEN} raw bytes")
-        key = os.read(fd, KEY_LEN + 1)
-    finally:
-        os.close(fd)
-    if len(key) != KEY_LEN:
-        raise SealError(f"sealing key file {path} must hold exactly {KEY_LEN} raw bytes")
-    return key
+        return read_key_file(path, KEY_LEN, "sealing key file")
+    except KeyFileError as exc:
+        hint = " (create it with create_sealing_key)" if "does not exist" in str(exc) else ""
+        raise SealError(f"{exc}{hint}") from None
 
 
 def _read_salt_file(path: Path) -> bytes:

@@ -16,7 +16,7 @@ from dsm_emulator.authz import system_principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.keys import KeySpec
 from dsm_emulator.models import Account
-from xkslab.config import load_settings
+from xkslab_shared.config import load_settings
 
 MODES = [
     ("GCM", {"aad": b"context", "tag_len_bits": 128}),

@@ -20,7 +20,7 @@ from aiohttp import web
 from dsm_emulator.api.app import create_app
 from dsm_emulator.api.context import CORE_KEY
 from tests.integration.test_cli import init
-from xkslab.config import load_settings
+from xkslab_shared.config import load_settings
 
 PASSWORD = "correct horse battery"
 EMAIL = "admin@xkslab.local"
@@ -37,7 +37,7 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture
 def sqlite_dir(tmp_path: Path) -> Path:
     data_dir = tmp_path / "data"
-    init(data_dir, f"sqlite+aiosqlite:///{data_dir / 'xkslab.db'}")
+    init(data_dir, f"sqlite+aiosqlite:///{data_dir / 'xkslab_shared.db'}")
     return data_dir
 
 

@@ -39,8 +39,8 @@ from tests.integration.test_kms_api import (
 from tests.kms_harness import CALLER_ARN, REGION, KmsEnv, aws, code, start_kms, stop_kms
 from tests.xks_harness import XksEnv, start_runner, xks_template
 from xks_frontend.app import create_app as create_xks_app
-from xkslab import certs, tls
-from xkslab.config import Settings, load_settings
+from xkslab_shared import certs, tls
+from xkslab_shared.config import Settings, load_settings
 
 __all__ = ["lab", "xks_template"]  # fixtures used by name
 
@@ -761,7 +761,9 @@ async def test_no_kms_secret_or_plaintext_is_stored_in_the_clear(lab: tuple[XksE
     data_key = await kms.call("generate_data_key", KeyId=key["KeyId"], NumberOfBytes=32)
     for blob in blobs:
         assert (await kms.call("decrypt", CiphertextBlob=blob))["Plaintext"] == secret_text
-    raw = b"".join(path.read_bytes() for path in xks.data_dir.iterdir() if path.name.startswith("xkslab.db"))
+    raw = b"".join(
+        path.read_bytes() for path in xks.data_dir.iterdir() if path.name.startswith("xkslab_shared.db")
+    )
     assert raw, "the SQLite database (and its WAL) should be in the data directory"
     for needle in (xks.secret.encode(), secret_text, data_key["Plaintext"], base64.b64encode(secret_text)):
         assert needle not in raw

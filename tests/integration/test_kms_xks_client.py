@@ -37,8 +37,8 @@ from tests.xks_harness import (
     xks_template,
 )
 from xks_frontend.app import create_app as create_xks_app
-from xkslab import certs, tls
-from xkslab.config import load_settings
+from xkslab_shared import certs, tls
+from xkslab_shared.config import load_settings
 
 __all__ = ["xks_env", "xks_template"]  # fixtures used by name
 

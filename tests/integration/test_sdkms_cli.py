@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from xkslab.certs import make_local_ca, make_server_cert
+from xkslab_shared.certs import make_local_ca, make_server_cert
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -45,8 +45,8 @@ from tests.xks_harness import (
     xks_template,
 )
 from xks_frontend.app import create_app as create_xks_app
-from xkslab.config import XKS_MAX_PLAINTEXT_CAP as MAX_PLAINTEXT_CAP
-from xkslab.config import ConfigError, load_settings
+from xkslab_shared.config import XKS_MAX_PLAINTEXT_CAP as MAX_PLAINTEXT_CAP
+from xkslab_shared.config import ConfigError, load_settings
 
 __all__ = ["xks_env", "xks_template"]  # fixtures used by name
 

@@ -180,7 +180,7 @@ async def test_a_rotation_on_another_replica_is_seen_by_the_cached_credentials(
 
     from dsm_emulator import xks as dsm_xks
     from dsm_emulator.core import DsmCore
-    from xkslab.config import load_settings
+    from xkslab_shared.config import load_settings
 
     monkeypatch.setattr(dsm_xks, "APP_CACHE_TTL_S", 0.5)
     body: dict[str, Any] = {"requestMetadata": metadata("CreateKey")}
@@ -207,7 +207,7 @@ async def test_a_rotation_on_another_replica_is_seen_by_the_cached_credentials(
 async def test_the_proxy_token_cannot_replay_a_signed_request_against_another_key(xks_env: XksEnv) -> None:
     """A signed request captured with the proxy token in hand still only does what it was signed for."""
     from tests.xks_harness import sign
-    from xkslab.proxy_link import CALL_PATH, ForwardedCall, read_token
+    from xkslab_shared.proxy_link import CALL_PATH, ForwardedCall, read_token
 
     other = await xks_env.create_key("other-kek")
     url = xks_env.url("encrypt")

@@ -35,7 +35,7 @@ from dsm_emulator.models import (
     SecurityObject,
     User,
 )
-from xkslab.config import AuditSettings
+from xkslab_shared.config import AuditSettings
 
 PASSWORD = "correct horse battery staple"
 EMAIL = "Admin@Example.COM"

@@ -20,7 +20,7 @@ from dsm_emulator.audit import AuditEvent, AuditLog, ChainProblem, verify
 from dsm_emulator.errors import AuditUnavailable, Conflict, NotFound, Sealed
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import Account, AuditRow
-from xkslab.config import AuditSettings
+from xkslab_shared.config import AuditSettings
 
 Sessions = async_sessionmaker[AsyncSession]
 

@@ -1,4 +1,4 @@
-"""Local TLS material (``xkslab.certs``): a CA and certificates that a real HTTPS server presents."""
+"""Local TLS material (``xkslab_shared.certs``): a CA and certificates that a real HTTPS server presents."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from xkslab.certs import certs_command, make_client_cert, make_local_ca, make_server_cert
-from xkslab.config import Settings
+from xkslab.cli.certs import certs_command
+from xkslab_shared.certs import make_client_cert, make_local_ca, make_server_cert
+from xkslab_shared.config import Settings
 
 
 def load(path: Path) -> x509.Certificate:

@@ -25,7 +25,7 @@ from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys import KeyService, KeySpec, effective_state
 from dsm_emulator.models import Account, AuditRow, Group, SecurityObject
 from dsm_emulator.sealing import Sealer, open_sealer
-from xkslab.config import AuditSettings
+from xkslab_shared.config import AuditSettings
 
 GENERATED_AES_OPS = {"ENCRYPT", "DECRYPT", "WRAPKEY", "UNWRAPKEY", "DERIVEKEY", "APPMANAGEABLE"}
 PLAINTEXT = b"attack at dawn: the eagle lands at 0400, bring the secret codebook!"

@@ -10,7 +10,7 @@ import pytest
 
 from xks_frontend.dsm_client import DsmUnreachable
 from xks_frontend.handlers import PrefixQuota, PrefixTable
-from xkslab.proxy_link import ForwardedCall, read_token
+from xkslab_shared.proxy_link import ForwardedCall, read_token
 
 
 def test_token_is_created_once_with_0600(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for xkslab.sigv4: requests signed by botocore (as KMS signs them), tampering, clock skew, malformed
+"""Tests for xkslab_shared.sigv4: requests signed by botocore (as KMS signs them), tampering, clock skew, malformed
 Authorization headers, and the AWS documentation's signing-key vector."""
 
 import hashlib
@@ -12,8 +12,14 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from xkslab import sigv4
-from xkslab.sigv4 import SignedRequest, SigV4Error, header_names_to_forward, parse_authorization, verify
+from xkslab_shared import sigv4
+from xkslab_shared.sigv4 import (
+    SignedRequest,
+    SigV4Error,
+    header_names_to_forward,
+    parse_authorization,
+    verify,
+)
 
 APP = "0b7c5a8e-3f1d-4c2a-9e6b-5d4f3a2b1c0d"
 URL = f"https://xks.example.com/crypto/v1/apps/{APP}/aws/kms/xks/v1/keys/k1/encrypt"

@@ -1,4 +1,4 @@
-"""``xkslab.tls``: real aiohttp HTTPS servers with the shared contexts (TLS floor, XKS suites, mTLS against
+"""``xkslab_shared.tls``: real aiohttp HTTPS servers with the shared contexts (TLS floor, XKS suites, mTLS against
 one CA only) and the post-handshake subject check on real ``peercert`` dicts."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from xkslab.certs import make_client_cert, make_local_ca, make_server_cert
-from xkslab.tls import client_context, peer_names, server_context, subject_matches
+from xkslab_shared.certs import make_client_cert, make_local_ca, make_server_cert
+from xkslab_shared.tls import client_context, peer_names, server_context, subject_matches
 
 KMS_CN = "cks.kms.eu-west-1.amazonaws.com"
 # spec §1.1, written out here rather than imported so the test checks the module against the spec

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from xkslab import xks_wire
-from xkslab.xks_wire import (
+from xkslab_shared import xks_wire
+from xkslab_shared.xks_wire import (
     ARN_MAX_CHARS,
     MAX_CIPHERTEXT_METADATA_BYTES,
     MIN_AAD_BYTES,

@@ -18,8 +18,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from xkslab.config import Settings
-from xkslab.lab import up_file
+from xkslab.lab.up import up_file
+from xkslab_shared.config import Settings
 
 DEMO_TEXT = b"Quarterly numbers, for the eyes of the finance team only.\n" * 20
 

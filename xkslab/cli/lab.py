@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
-from xkslab.cli import _run, json_option, pass_settings
-from xkslab.config import Settings
+from xkslab.cli.common import json_option, pass_settings, run
+from xkslab.lab.demo import DemoError, run_demo
+from xkslab.lab.up import LabError, run_up
+from xkslab_shared.config import Settings
 
 
 @click.command("up")
@@ -23,10 +25,8 @@ def up(settings: Settings, admin_password: str | None) -> None:
     """Start the DSM, the XKS proxy and the KMS emulator on embedded defaults (SQLite, software sealing,
     loopback ports), bootstrap them on first start, print the settings to paste and write them to
     <data-dir>/up.json. A second start reuses the data directory; Ctrl-C stops all three."""
-    from xkslab.lab import LabError, run_up
-
     try:
-        _run(run_up(settings, admin_password, click.echo))
+        run(run_up(settings, admin_password, click.echo))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -37,8 +37,6 @@ def up(settings: Settings, admin_password: str | None) -> None:
 @pass_settings
 def demo(settings: Settings, input_file: Path | None, as_json: bool) -> None:
     """Run the double-envelope workflow against a running `xkslab up` (same --data-dir) with boto3."""
-    from xkslab.demo import DemoError, run_demo
-
     try:
         result = run_demo(settings, input_file, (lambda _: None) if as_json else click.echo)
     except DemoError as exc:

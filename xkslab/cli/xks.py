@@ -3,13 +3,15 @@ CreateCustomKeyStore form asks for."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
-from xkslab.cli import _emit, _run, _with_core, json_option, pass_settings
-from xkslab.config import Settings
+from dsm_emulator.xks import canonical_prefix
+from xks_frontend.app import listener
+from xkslab.cli.common import emit, json_option, pass_settings, run, with_core
+from xkslab_shared.config import Settings
+from xkslab_shared.serve import serve
 
 
 @click.group()
@@ -22,30 +24,7 @@ def xks() -> None:
 def xks_serve(settings: Settings) -> None:
     """Serve the XKS proxy on xks.host:xks.port (HTTP), and on xks.https_port too when xks.tls_cert and
     xks.tls_key exist (mTLS when xks.client_ca is set); the DSM must be running (xks.dsm_urls)."""
-    _run(_serve_xks(settings))
-
-
-async def _serve_xks(settings: Settings) -> None:
-    from xks_frontend.app import create_app
-    from xkslab.serve import serve
-
-    await serve([xks_listener(settings, create_app(settings))], click.echo)
-
-
-def xks_listener(settings: Settings, app: Any) -> Any:
-    from xkslab.serve import Listener
-
-    xks = settings.xks
-    return Listener(
-        "XKS proxy",
-        app,
-        xks.host,
-        xks.port,
-        xks.https_port,
-        settings.path(xks.tls_cert),
-        settings.path(xks.tls_key),
-        client_ca=settings.path(Path(xks.client_ca)) if xks.client_ca else None,
-    )
+    run(serve([listener(settings)], click.echo))
 
 
 @xks.group("alias")
@@ -56,7 +35,7 @@ def alias() -> None:
 @alias.command("add")
 @click.argument("app_id")
 @click.argument("prefix")
-@_with_core
+@with_core
 async def alias_add(core: Any, p: Any, app_id: str, prefix: str) -> None:
     """Serve APP_ID's key store under PREFIX too (its XksProxyUriPath is then PREFIX/kms/xks/v1)."""
     await core.xks.add_alias(p, app_id, prefix)
@@ -65,7 +44,7 @@ async def alias_add(core: Any, p: Any, app_id: str, prefix: str) -> None:
 
 @alias.command("remove")
 @click.argument("prefix")
-@_with_core
+@with_core
 async def alias_remove(core: Any, p: Any, prefix: str) -> None:
     await core.xks.remove_alias(p, prefix)
     click.echo(f"removed {prefix}")
@@ -74,9 +53,9 @@ async def alias_remove(core: Any, p: Any, prefix: str) -> None:
 @alias.command("list")
 @click.argument("app_id")
 @json_option
-@_with_core
+@with_core
 async def alias_list(core: Any, p: Any, app_id: str, as_json: bool) -> None:
-    _emit(await core.xks.aliases(p, app_id), as_json, lambda prefixes: "\n".join(prefixes))
+    emit(await core.xks.aliases(p, app_id), as_json, lambda prefixes: "\n".join(prefixes))
 
 
 @xks.command("keystore")
@@ -84,14 +63,12 @@ async def alias_list(core: Any, p: Any, app_id: str, as_json: bool) -> None:
 @click.option("--endpoint", default=None, help="XksProxyUriEndpoint (default: the proxy's HTTPS URL).")
 @click.option("--prefix", default=None, help="One of the app's alias prefixes instead of the canonical one.")
 @json_option
-@_with_core
+@with_core
 async def keystore(
     core: Any, p: Any, app_id: str, endpoint: str | None, prefix: str | None, as_json: bool
 ) -> None:
     """What AWS's CreateCustomKeyStore (external key store, public endpoint) asks for, for APP_ID.
     Discloses the app's SigV4 secret, like `app credential`."""
-    from dsm_emulator.xks import canonical_prefix
-
     if prefix is not None and prefix not in await core.xks.aliases(p, app_id):
         raise click.ClickException(f"{prefix} is not an alias prefix of app {app_id}")
     credential = (await core.admin.get_credential(p, app_id)).get("awsxks")
@@ -121,4 +98,4 @@ async def keystore(
             ]
         )
 
-    _emit(data, as_json, text)
+    emit(data, as_json, text)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from xkslab import tls
+from xkslab_shared import tls
 
 
 @dataclass(frozen=True)

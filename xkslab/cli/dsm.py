@@ -1,0 +1,23 @@
+"""``xkslab dsm serve``: the Fortanix-DSM-compatible REST API alone."""
+
+from __future__ import annotations
+
+import click
+
+from dsm_emulator.api.app import listener
+from xkslab.cli.common import pass_settings, run
+from xkslab_shared.config import Settings
+from xkslab_shared.serve import serve
+
+
+@click.group()
+def dsm() -> None:
+    """The Fortanix-DSM-compatible REST API."""
+
+
+@dsm.command("serve")
+@pass_settings
+def dsm_serve(settings: Settings) -> None:
+    """Serve the DSM REST API on dsm.host:dsm.port (HTTP), and on dsm.https_port too when dsm.tls_cert
+    and dsm.tls_key exist; stops cleanly on SIGINT or SIGTERM."""
+    run(serve([listener(settings)], click.echo))

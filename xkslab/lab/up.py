@@ -1,0 +1,168 @@
+"""``xkslab up``: the three services in one process on embedded defaults, bootstrapped on first start,
+like ``vault server -dev``; and what it prints and writes for users and scripts (``up.json``).
+
+First start on an empty data directory: ``init`` (SQLite, software sealing), a local CA and server
+certificates, then, through the services' own APIs: an XKS app (awsxks credential) and a client app (API
+key) in the default group, a root KEK, an external key store in the KMS pointing at the proxy over HTTPS,
+connected, and one XKS-backed KMS key with an alias. Later starts find ``up.json`` and reuse all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import secrets
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from dsm_emulator.api import app as dsm_app
+from dsm_emulator.api.context import CORE_KEY
+from kms_emulator import app as kms_app
+from xks_frontend import app as xks_app
+from xkslab.lab.bootstrap import AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, LabError, bootstrap
+from xkslab.lab.datadir import init_data_dir, write_config_if_missing
+from xkslab_shared.certs import make_local_ca, make_server_cert
+from xkslab_shared.config import Settings
+from xkslab_shared.serve import start, wait_for_signal
+
+__all__ = ["LabError", "run_up", "up_file"]
+
+UP_FILE = "up.json"
+ADMIN_EMAIL = "admin@xkslab.local"
+
+
+def up_file(settings: Settings) -> Path:
+    return settings.data_dir / UP_FILE
+
+
+def ensure_certificates(settings: Settings) -> Path:
+    """The local CA and the DSM and proxy server certificates (kept when present)."""
+    tls_dir = settings.data_dir / "tls"
+    ca_crt, ca_key = make_local_ca(tls_dir)
+    for name in ("dsm", "xks"):
+        if not (tls_dir / f"{name}.crt").exists():
+            make_server_cert(tls_dir, ca_crt, ca_key, name, ["localhost"])
+    return ca_crt
+
+
+def lab_settings(
+    settings: Settings, urls: dict[str, list[str]], facts: dict[str, Any], admin_password: str | None
+) -> dict[str, Any]:
+    region = settings.kms.region
+    kms_url = urls["kms"][0]
+    return {
+        "dsm": {
+            "url": urls["dsm"][0],
+            "https_url": next((u for u in urls["dsm"] if u.startswith("https")), None),
+            "admin_email": ADMIN_EMAIL,
+            "admin_password": admin_password,
+            "api_key": facts["dsm_api_key"],
+            "group_id": facts["group_id"],
+            "root_kek_id": facts["root_kek_id"],
+        },
+        "xks": {
+            "url": urls["xks"][0],
+            "https_url": next((u for u in urls["xks"] if u.startswith("https")), None),
+            "uri_path": facts["xks_uri_path"],
+            "app_id": facts["xks_app_id"],
+            "access_key_id": facts["xks_access_key_id"],
+            "secret_access_key": facts["xks_secret_access_key"],
+        },
+        "kms": {
+            "endpoint_url": kms_url,
+            "region": region,
+            "custom_key_store_id": facts["custom_key_store_id"],
+            "key_id": facts["kms_key_id"],
+            "key_arn": facts["kms_key_arn"],
+            "alias": facts["kms_alias"],
+        },
+        "ca_file": facts["ca_file"],
+        "aws_env": {
+            "AWS_ENDPOINT_URL_KMS": kms_url,
+            "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": AWS_SECRET_ACCESS_KEY,
+            "AWS_DEFAULT_REGION": region,
+        },
+    }
+
+
+def write_up_file(path: Path, data: dict[str, Any]) -> None:
+    """0600: it holds the admin password, an API key and the SigV4 secret of the lab."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())  # on first start it holds the only copy of the admin password
+    tmp.replace(path)
+
+
+def render(data: dict[str, Any], path: Path) -> str:
+    env = "\n".join(f"export {k}={v}" for k, v in data["aws_env"].items())
+    dsm, xks, kms = data["dsm"], data["xks"], data["kms"]
+    admin = f"{dsm['admin_email']} / {dsm['admin_password']}" if dsm["admin_password"] else dsm["admin_email"]
+    return f"""
+xkslab is up. Settings (also in {path}):
+
+  DSM REST API      {dsm["url"]}   {dsm["https_url"] or ""}
+    admin           {admin}
+    API key         {dsm["api_key"]}
+    root KEK        {dsm["root_kek_id"]}
+  XKS proxy         {xks["url"]}   {xks["https_url"] or ""}
+    URI path        {xks["uri_path"]}
+    SigV4 key id    {xks["access_key_id"]}
+    SigV4 secret    {xks["secret_access_key"]}
+  KMS endpoint      {kms["endpoint_url"]}   (region {kms["region"]})
+    key store       {kms["custom_key_store_id"]} (CONNECTED)
+    KMS key         {kms["key_id"]}  ({kms["alias"]})
+  local CA          {data["ca_file"]}
+
+{env}
+
+python -c 'import boto3
+kms = boto3.client("kms")
+print(kms.encrypt(KeyId="{kms["alias"]}", Plaintext=b"hello")["CiphertextBlob"])'
+
+Ctrl-C stops all three services.
+"""
+
+
+def prepare(settings: Settings) -> tuple[dict[str, Any] | None, str]:
+    """The blocking part of a start: config file, certificates, the previous up.json if any."""
+    write_config_if_missing(settings.data_dir)
+    ca_file = str(ensure_certificates(settings).absolute())
+    path = up_file(settings)
+    previous = json.loads(path.read_text()) if path.exists() else None
+    return previous, ca_file
+
+
+async def run_up(settings: Settings, admin_password: str | None, echo: Callable[[str], None]) -> None:
+    # The proxy talks to the DSM this command starts, on whatever port it was given.
+    dsm_url = f"http://{settings.dsm.host}:{settings.dsm.port}"
+    settings = dataclasses.replace(settings, xks=dataclasses.replace(settings.xks, dsm_urls=dsm_url))
+    previous, ca_file = await asyncio.to_thread(prepare, settings)
+    known = (previous or {}).get("dsm", {}).get("admin_password")
+    password = admin_password or known or secrets.token_urlsafe(18)
+    init = await init_data_dir(settings, "xkslab", ADMIN_EMAIL, password)
+    if init["created"]:  # kept at once: a start that fails later must not lose the password
+        await asyncio.to_thread(write_up_file, up_file(settings), {"dsm": {"admin_password": password}})
+    if not init["created"] and not known and admin_password is None:
+        password = None  # initialised by `xkslab init`: its password was printed then, not known here
+    async with AsyncExitStack() as stack:
+        dsm = dsm_app.listener(settings)
+        urls = {"dsm": await start(stack, dsm, echo)}
+        urls["xks"] = await start(stack, xks_app.listener(settings), echo)
+        urls["kms"] = await start(stack, kms_app.listener(settings), echo)
+        xks_https = next(u for u in urls["xks"] if u.startswith("https")).replace("127.0.0.1", "localhost")
+        facts = await bootstrap(settings, dsm.app[CORE_KEY], urls["kms"][0], xks_https, ca_file)
+        data = lab_settings(settings, urls, facts, password)
+        path = up_file(settings)
+        await asyncio.to_thread(write_up_file, path, data)
+        echo(render(data, path))
+        await wait_for_signal()
+        echo("stopping")
