@@ -5,6 +5,9 @@ Every setting has a dotted name (``seal.backend``); its environment variable is 
 name upper-cased with dots as underscores (``XKSLAB_SEAL_BACKEND``); a flag override uses the dotted name.
 Validation happens here, once, so a bad value stops start-up with an error that names the setting and
 where it came from, instead of failing later inside a service.
+
+This module is long because the settings, their conversion and their cross-checks are one concern:
+split, a reader would look for a setting's type, default and limits in three places.
 """
 
 from __future__ import annotations
@@ -321,8 +324,8 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
     if values["audit.flush_interval_ms"] < 0:
         raise fail("audit.flush_interval_ms", "must not be negative")
     for name in _PORTS:
-        if not 0 < values[name] < 65536:
-            raise fail(name, "must be a TCP port (1-65535)")
+        if not 0 <= values[name] < 65536:
+            raise fail(name, "must be a TCP port (1-65535), or 0 for a free one")
     if not 0 <= values["dsm.health_cache_s"] <= 60:
         raise fail("dsm.health_cache_s", "must be 0 to 60 seconds (the XKS spec's limit)")
     if not XKS_MIN_PLAINTEXT_BYTES <= values["xks.max_plaintext_bytes"] <= XKS_MAX_PLAINTEXT_CAP:

@@ -38,20 +38,25 @@ class Listener:
 
 
 async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str], None]) -> list[str]:
-    """Start one listener; its runner is cleaned up when ``stack`` closes. Returns the URLs it serves."""
+    """Start one listener; its runner is cleaned up when ``stack`` closes. Returns the URLs it serves,
+    with the ports really bound (a port setting of 0 takes a free port from the system)."""
     context = listener.tls_context()
     runner = web.AppRunner(listener.app, handle_signals=False, access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    urls = []
-    await web.TCPSite(runner, listener.host, listener.port).start()
-    urls.append(f"http://{listener.host}:{listener.port}")
+    urls = [f"http://{listener.host}:{await _bind(runner, listener.host, listener.port)}"]
     if context is not None and listener.https_port is not None:
-        await web.TCPSite(runner, listener.host, listener.https_port, ssl_context=context).start()
-        urls.append(f"https://{listener.host}:{listener.https_port}")
+        port = await _bind(runner, listener.host, listener.https_port, context)
+        urls.append(f"https://{listener.host}:{port}")
     for url in urls:
         echo(f"{listener.name} on {url}")
     return urls
+
+
+async def _bind(runner: web.AppRunner, host: str, port: int, context: ssl.SSLContext | None = None) -> int:
+    before = len(runner.addresses)
+    await web.TCPSite(runner, host, port, ssl_context=context).start()
+    return int(runner.addresses[before][1])
 
 
 async def wait_for_signal() -> None:

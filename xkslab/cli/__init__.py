@@ -15,6 +15,7 @@ import click
 
 from xkslab.cli.apps import app
 from xkslab.cli.audit import audit
+from xkslab.cli.bench import bench
 from xkslab.cli.certs import certs_command
 from xkslab.cli.database import db
 from xkslab.cli.dsm import dsm
@@ -62,5 +63,5 @@ def main(ctx: click.Context, data_dir: Path, overrides: tuple[str, ...]) -> None
         raise click.ClickException(str(exc)) from None
 
 
-for command in (init, db, seal, audit, group, app, key, dsm, xks, kms, up, demo, certs_command):
+for command in (init, db, seal, audit, group, app, key, dsm, xks, kms, up, demo, certs_command, bench):
     main.add_command(command)

@@ -142,9 +142,6 @@ def prepare(settings: Settings) -> tuple[dict[str, Any] | None, str]:
 
 
 async def run_up(settings: Settings, admin_password: str | None, echo: Callable[[str], None]) -> None:
-    # The proxy talks to the DSM this command starts, on whatever port it was given.
-    dsm_url = f"http://{settings.dsm.host}:{settings.dsm.port}"
-    settings = dataclasses.replace(settings, xks=dataclasses.replace(settings.xks, dsm_urls=dsm_url))
     previous, ca_file = await asyncio.to_thread(prepare, settings)
     known = (previous or {}).get("dsm", {}).get("admin_password")
     password = admin_password or known or secrets.token_urlsafe(18)
@@ -156,6 +153,10 @@ async def run_up(settings: Settings, admin_password: str | None, echo: Callable[
     async with AsyncExitStack() as stack:
         dsm = dsm_app.listener(settings)
         urls = {"dsm": await start(stack, dsm, echo)}
+        # The proxy talks to the DSM this command started, on whatever port it was given.
+        settings = dataclasses.replace(
+            settings, xks=dataclasses.replace(settings.xks, dsm_urls=urls["dsm"][0])
+        )
         urls["xks"] = await start(stack, xks_app.listener(settings), echo)
         urls["kms"] = await start(stack, kms_app.listener(settings), echo)
         xks_https = next(u for u in urls["xks"] if u.startswith("https")).replace("127.0.0.1", "localhost")

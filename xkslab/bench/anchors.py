@@ -1,0 +1,106 @@
+"""The anchors a benchmark measures beside xkslab, in the same run and with the same wrk settings, so that
+a figure reads as "how close to what this machine can do" rather than as an absolute that a noisy,
+shared machine makes meaningless:
+
+- ``one-hop``: a bare aiohttp handler answering JSON (the ceiling of one Python HTTP service);
+- ``two-hop``: a front aiohttp handler that calls a back handler over a keep-alive pool (the ceiling of
+  the XKS path, proxy -> key manager);
+- ``three-hop``: the same chain one hop longer (the ceiling of KMS -> proxy -> key manager);
+- ``moto``: moto_server's KMS (a single-layer mock users already know), for GenerateDataKey on a plain key.
+
+Run as ``python -m xkslab.bench.anchors KIND``; it binds port 0 on 127.0.0.1 and prints ``{"port": N}`` on
+one line once it is listening, then serves until it is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import aiohttp
+from aiohttp import web
+
+BODY = json.dumps({"ciphertext": "x" * 44, "iv": "y" * 16, "authenticationTag": "z" * 24}).encode()
+
+
+def _leaf() -> web.Application:
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=BODY, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    return app
+
+
+def _forwarder(next_url: str) -> web.Application:
+    session_key = web.AppKey("session", aiohttp.ClientSession)
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with request.app[session_key].post(next_url, data=body) as answer:
+            data = await answer.read()
+        return web.Response(body=data, content_type="application/json")
+
+    async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+        app[session_key] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await app[session_key].close()
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    return app
+
+
+async def _listen(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
+async def _serve_chain(hops: int) -> None:
+    runner, port = await _listen(_leaf())
+    runners = [runner]
+    for _ in range(hops - 1):
+        runner, port = await _listen(_forwarder(f"http://127.0.0.1:{port}/"))
+        runners.append(runner)
+    print(json.dumps({"port": port}), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def _serve_moto() -> None:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _host, port = server.get_host_and_port()
+    print(json.dumps({"port": port}), flush=True)
+    try:
+        sys.stdin.read()  # until our parent closes the pipe or kills us
+    finally:
+        server.stop()
+
+
+HOPS = {"one-hop": 1, "two-hop": 2, "three-hop": 3}
+
+
+def main(argv: list[str]) -> None:
+    kind = argv[0] if argv else ""
+    if kind == "moto":
+        _serve_moto()
+    elif kind in HOPS:
+        asyncio.run(_serve_chain(HOPS[kind]))
+    else:
+        raise SystemExit(f"usage: python -m xkslab.bench.anchors {{{','.join([*HOPS, 'moto'])}}}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,169 @@
+"""The processes a benchmark measures: ``xkslab up`` in a temporary data directory on free ports (or a lab
+that is already running), the anchor servers, and the peak memory of each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+READY_TIMEOUT_S = 180.0
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def descendants(pid: int) -> list[int]:
+    """The pid and every process below it (from /proc; empty off Linux)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM: the most resident memory the process has had."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def process_name(pid: int) -> str:
+    """``xkslab up``, ``anchors two-hop``...: the command without its options and their values."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return str(pid)
+    words, skip = [], False
+    for arg in (a.decode(errors="replace") for a in argv[1:] if a):
+        if skip:
+            skip = False
+        elif arg in ("--set", "--data-dir", "-m"):
+            skip = arg != "-m"
+        elif not arg.startswith("-"):
+            words.append(arg.rsplit(".", 1)[-1])
+    return " ".join(words) or str(pid)
+
+
+def memory(pid: int) -> dict[str, float | None]:
+    return {f"{process_name(p)} [{p}]": peak_rss_mb(p) for p in descendants(pid)}
+
+
+class Lab:
+    """``xkslab up`` as a subprocess on free ports, in ``data_dir`` (made if absent)."""
+
+    def __init__(self, data_dir: Path, log_file: Path, settings: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.log_file = log_file
+        self.settings = {
+            "dsm.port": "0",
+            "dsm.https_port": "0",
+            "xks.port": "0",
+            "xks.https_port": "0",
+            "kms.port": "0",
+            **(settings or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+        self._log: IO[bytes] | None = None
+
+    def __enter__(self) -> Lab:
+        sets = [arg for name, value in self.settings.items() for arg in ("--set", f"{name}={value}")]
+        command = [sys.executable, "-m", "xkslab", "--data-dir", str(self.data_dir), *sets, "up"]
+        self._log = self.log_file.open("wb")
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        self.info = self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> dict[str, Any]:
+        assert self.process is not None
+        path = self.data_dir / "up.json"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"xkslab up exited with {self.process.returncode}; see {self.log_file}")
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                data = {}
+            if "kms" in data:
+                return dict(data)
+            time.sleep(0.2)
+        raise BenchError(f"xkslab up was not ready within {READY_TIMEOUT_S:g} s; see {self.log_file}")
+
+    def memory(self) -> dict[str, float | None]:
+        return memory(self.process.pid) if self.process else {}
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+
+
+class Anchor:
+    """One anchor server (``python -m xkslab.bench.anchors KIND``) on a free port."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.process: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def __enter__(self) -> Anchor:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "xkslab.bench.anchors", self.kind],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise BenchError(f"the {self.kind} anchor did not start")
+        self.port = int(json.loads(line)["port"])
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def memory(self) -> dict[str, float | None]:
+        return memory(self.process.pid) if self.process else {}
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None:
+            return
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
