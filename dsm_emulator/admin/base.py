@@ -1,0 +1,154 @@
+"""The core every administrative concern shares: the service's state (sessions, keyring, audit log,
+the cache ``generation``), the one way a mutation runs (admin check inside the audited transaction, then
+``generation`` bumped), scrypt hashing and constant-work verification off the event loop, and the app
+look-ups that apps, credentials and app logins all need. They live in one place so that the audit and
+authorisation discipline, and the timing behaviour of logins, cannot drift between concerns; the
+per-concern mixins build on :class:`AdminBase` and import nothing from each other except apps from
+credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dsm_emulator import secrets as creds
+from dsm_emulator.audit import AuditEvent, AuditLog
+from dsm_emulator.authz import Principal
+from dsm_emulator.errors import AccessDenied, Conflict, NotFound
+from dsm_emulator.keyring import Keyring
+from dsm_emulator.models import App, AppGroup, Group, is_uuid
+
+T = TypeVar("T")
+
+INVALID_CREDENTIALS = "invalid credentials"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AdminBase:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], keyring: Keyring, audit: AuditLog):
+        self._sessions = sessions
+        self._keyring = keyring
+        self._audit = audit
+        self._dummy_hash: str | None = None
+        # Bumped by every administrative change in this process, so caches of app credentials and
+        # permissions (the XKS hot path) drop what they hold at once.
+        self.generation = 0
+
+    # ------------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _event(
+        p: Principal,
+        operation: str,
+        message: str,
+        *,
+        object_id: str | None = None,
+        group_ids: Iterable[str] = (),
+        action_type: str = "ADMINISTRATIVE",
+    ) -> AuditEvent:
+        return AuditEvent.by(
+            p,
+            operation,
+            message,
+            action_type=action_type,
+            object_id=object_id,
+            group_ids=tuple(sorted(group_ids)),
+        )
+
+    async def _admin_apply(
+        self,
+        p: Principal,
+        refusal: AuditEvent,
+        work: Callable[[AsyncSession], Awaitable[tuple[T, AuditEvent]]],
+    ) -> T:
+        """Run an administrative mutation: the caller must be an administrator (checked inside, so that
+        a refusal is audited like any other)."""
+
+        async def guarded(session: AsyncSession) -> tuple[T, AuditEvent]:
+            _require_admin(p)
+            return await work(session)
+
+        try:
+            return await self._audit.apply(guarded, refusal.refused)
+        finally:
+            self.generation += 1
+
+    async def _hash(self, secret: str) -> str:
+        return await asyncio.to_thread(creds.hash_secret, secret)
+
+    async def _verify(self, secret: str, encoded: str | None) -> bool:
+        """Constant work whether or not there is a hash to check against."""
+        if encoded is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self._hash(creds.new_app_secret())
+            await asyncio.to_thread(creds.verify_secret, secret, self._dummy_hash)
+            return False
+        return await asyncio.to_thread(creds.verify_secret, secret, encoded)
+
+    # ---------------------------------------------------------------------- shared look-ups
+
+    async def _app(self, session: AsyncSession, p: Principal, app_id: str, *, lock: bool = False) -> App:
+        app = None
+        if is_uuid(app_id) and (p.kind != "app" or app_id == p.id):
+            stmt = select(App).where(App.app_id == app_id, App.acct_id == p.acct_id)
+            app = await session.scalar(stmt.with_for_update() if lock else stmt)
+        if app is None:
+            raise NotFound("app does not exist")
+        return app
+
+    async def app_groups(self, app_id: str) -> dict[str, frozenset[str]]:
+        """group_id -> the app's permissions there."""
+        if not is_uuid(app_id):
+            return {}
+        async with self._sessions() as session:
+            rows = (await session.scalars(select(AppGroup).where(AppGroup.app_id == app_id))).all()
+        return {row.group_id: frozenset(row.permissions) for row in rows}
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _require_admin(p: Principal) -> None:
+    if not p.is_admin:
+        raise AccessDenied("only an account administrator may do this")
+
+
+def _creator_type(p: Principal) -> str:
+    return "app" if p.kind == "app" else "user"
+
+
+def _ref(value: object) -> str:
+    """A caller-supplied id as it may appear in an audit message: bounded, printable."""
+    text = str(value)[:64]
+    return text if text.isprintable() else repr(text)
+
+
+def _id(value: object) -> str | None:
+    """``value`` if it can go in an id column of the audit row."""
+    return value if is_uuid(value) else None  # type: ignore[return-value]
+
+
+async def _name_free(
+    session: AsyncSession, model: type[Group] | type[App], acct_id: str, name: str, message: str
+) -> None:
+    taken = await session.scalar(select(model).where(model.acct_id == acct_id, model.name == name).limit(1))
+    if taken is not None:
+        raise Conflict(message)
+
+
+async def _flush(session: AsyncSession, conflict: str) -> None:
+    """Flush; a unique-constraint race lost to a concurrent writer is the same Conflict as the check."""
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise Conflict(conflict) from None
