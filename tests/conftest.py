@@ -59,7 +59,7 @@ def db_backend(request: pytest.FixtureRequest) -> str:
 def empty_db_url(db_backend: str, tmp_path: Path) -> Iterator[str]:
     """A URL of a fresh, empty database (no schema)."""
     if db_backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'xkslab_shared.db'}"
+        yield f"sqlite+aiosqlite:///{tmp_path / 'xkslab.db'}"
         return
     name = asyncio.run(create_pg_database())
     try:

@@ -150,7 +150,7 @@ class Settings:
 
     @property
     def database_url(self) -> str:
-        return self.database.url or f"sqlite+aiosqlite:///{(self.data_dir / 'xkslab_shared.db').resolve()}"
+        return self.database.url or f"sqlite+aiosqlite:///{(self.data_dir / 'xkslab.db').resolve()}"
 
     def path(self, relative: Path) -> Path:
         """Resolve a path setting against the data directory."""

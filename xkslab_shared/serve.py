@@ -5,16 +5,21 @@ the same clean way."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from xkslab_shared import tls
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,34 @@ async def wait_for_signal() -> None:
     await stop.wait()
 
 
-async def serve(listeners: list[Listener], echo: Callable[[str], None]) -> None:
+def write_ready_file(path: Path, data: dict[str, object]) -> None:
+    """Atomically, so a reader never sees half a file: the signal that a service is listening."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data) + "\n")
+    tmp.replace(path)
+
+
+async def serve(
+    listeners: list[Listener], echo: Callable[[str], None], ready_file: Path | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM. With ``ready_file``, write ``{"pid", "urls"}`` there once every
+    listener is bound (the ports really bound: a supervisor that asked for port 0 learns them here)."""
     async with AsyncExitStack() as stack:
+        urls: list[str] = []
         for listener in listeners:
-            await start(stack, listener, echo)
+            urls += await start(stack, listener, echo)
+        if ready_file is not None:
+            write_ready_file(ready_file, {"pid": os.getpid(), "urls": urls})
         await wait_for_signal()
         echo("stopping")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a server's coroutine on uvloop when it is installed (a faster event loop for the same code),
+    else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

@@ -181,7 +181,7 @@ def _flip_one_byte(db_url: str, data_dir: Path, row_id: str, column: str) -> Non
         f"CASE WHEN substr({column}, length({column})) = 'a' THEN 'b' ELSE 'a' END END"
     )
     if db_url.startswith("sqlite"):
-        with sqlite3.connect(data_dir / "xkslab_shared.db") as conn:
+        with sqlite3.connect(data_dir / "xkslab.db") as conn:
             assert (
                 conn.execute(f"UPDATE audit_log SET {column} = {expr} WHERE id = ?", (row_id,)).rowcount == 1
             )
@@ -286,7 +286,7 @@ def _generated_materials(data_dir: Path) -> list[bytes]:
 
 def _stored_bytes(db_url: str, data_dir: Path) -> bytes:
     if db_url.startswith("sqlite"):
-        return b"".join(p.read_bytes() for p in data_dir.glob("xkslab_shared.db*"))
+        return b"".join(p.read_bytes() for p in data_dir.glob("xkslab.db*"))
     dsn = db_url.replace("postgresql+asyncpg://", "postgresql://")
     proc = subprocess.run(["pg_dump", "--data-only", "--inserts", dsn], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -307,7 +307,7 @@ def test_passphrase_sealing_and_wrong_passphrase(data_dir: Path, tmp_path: Path)
 
 def test_commands_refuse_an_unknown_schema(data_dir: Path) -> None:
     run_json(data_dir, "init", "--admin-password", "pw")
-    with sqlite3.connect(data_dir / "xkslab_shared.db") as conn:
+    with sqlite3.connect(data_dir / "xkslab.db") as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'ffff_future'")
     proc = run(data_dir, "key", "list", check=False)
     assert proc.returncode == 1

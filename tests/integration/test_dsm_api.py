@@ -37,7 +37,7 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture
 def sqlite_dir(tmp_path: Path) -> Path:
     data_dir = tmp_path / "data"
-    init(data_dir, f"sqlite+aiosqlite:///{data_dir / 'xkslab_shared.db'}")
+    init(data_dir, f"sqlite+aiosqlite:///{data_dir / 'xkslab.db'}")
     return data_dir
 
 

@@ -18,7 +18,7 @@ def write(data_dir: Path, text: str) -> None:
 def test_defaults_are_the_embedded_ones(tmp_path: Path) -> None:
     s = load_settings(tmp_path, environ={})
     assert s.seal.backend == "software"
-    assert s.database_url == f"sqlite+aiosqlite:///{(tmp_path / 'xkslab_shared.db').resolve()}"
+    assert s.database_url == f"sqlite+aiosqlite:///{(tmp_path / 'xkslab.db').resolve()}"
     assert s.path(s.seal.key_file) == tmp_path / "seal.key"
 
 

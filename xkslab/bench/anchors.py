@@ -8,8 +8,10 @@ shared machine makes meaningless:
 - ``three-hop``: the same chain one hop longer (the ceiling of KMS -> proxy -> key manager);
 - ``moto``: moto_server's KMS (a single-layer mock users already know), for GenerateDataKey on a plain key.
 
-Run as ``python -m xkslab.bench.anchors KIND``; it binds port 0 on 127.0.0.1 and prints ``{"port": N}`` on
-one line once it is listening, then serves until it is killed.
+Each hop of a chain is its own process, as each xkslab service is under ``xkslab up``, so a chain is the
+ceiling of the same shape. One process is ``python -m xkslab.bench.anchors leaf|forward URL|moto``: it
+binds port 0 on 127.0.0.1, prints ``{"port": N}`` on one line once it is listening, then serves until
+its standard input closes or it is killed.
 """
 
 from __future__ import annotations
@@ -62,18 +64,13 @@ async def _listen(app: web.Application) -> tuple[web.AppRunner, int]:
     return runner, int(runner.addresses[0][1])
 
 
-async def _serve_chain(hops: int) -> None:
-    runner, port = await _listen(_leaf())
-    runners = [runner]
-    for _ in range(hops - 1):
-        runner, port = await _listen(_forwarder(f"http://127.0.0.1:{port}/"))
-        runners.append(runner)
+async def _serve(app: web.Application) -> None:
+    runner, port = await _listen(app)
     print(json.dumps({"port": port}), flush=True)
     try:
-        await asyncio.Event().wait()
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+        await runner.cleanup()
 
 
 def _serve_moto() -> None:
@@ -89,17 +86,16 @@ def _serve_moto() -> None:
         server.stop()
 
 
-HOPS = {"one-hop": 1, "two-hop": 2, "three-hop": 3}
-
-
 def main(argv: list[str]) -> None:
     kind = argv[0] if argv else ""
     if kind == "moto":
         _serve_moto()
-    elif kind in HOPS:
-        asyncio.run(_serve_chain(HOPS[kind]))
+    elif kind == "leaf":
+        asyncio.run(_serve(_leaf()))
+    elif kind == "forward" and len(argv) == 2:
+        asyncio.run(_serve(_forwarder(argv[1])))
     else:
-        raise SystemExit(f"usage: python -m xkslab.bench.anchors {{{','.join([*HOPS, 'moto'])}}}")
+        raise SystemExit("usage: python -m xkslab.bench.anchors leaf | forward URL | moto")
 
 
 if __name__ == "__main__":

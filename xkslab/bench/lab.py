@@ -57,7 +57,7 @@ def process_name(pid: int) -> str:
         elif arg in ("--set", "--data-dir", "-m"):
             skip = arg != "-m"
         elif not arg.startswith("-"):
-            words.append(arg.rsplit(".", 1)[-1])
+            words.append(arg if ":" in arg or "/" in arg else arg.rsplit(".", 1)[-1])
     return " ".join(words) or str(pid)
 
 
@@ -125,28 +125,42 @@ class Lab:
 
 
 class Anchor:
-    """One anchor server (``python -m xkslab.bench.anchors KIND``) on a free port."""
+    """One anchor (``python -m xkslab.bench.anchors ...``): ``moto``, or a chain of ``hops`` aiohttp
+    processes, each forwarding to the next over keep-alive, on free ports."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, hops: int = 1) -> None:
         self.kind = kind
-        self.process: subprocess.Popen[str] | None = None
+        self.hops = hops
+        self.processes: list[subprocess.Popen[str]] = []
         self.port = 0
 
-    def __enter__(self) -> Anchor:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "xkslab.bench.anchors", self.kind],
+    def _start(self, *args: str) -> int:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "xkslab.bench.anchors", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            env=env,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
+        self.processes.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline()
         if not line:
             raise BenchError(f"the {self.kind} anchor did not start")
-        self.port = int(json.loads(line)["port"])
+        return int(json.loads(line)["port"])
+
+    def __enter__(self) -> Anchor:
+        try:
+            if self.kind == "moto":
+                self.port = self._start("moto")
+            else:
+                self.port = self._start("leaf")
+                for _ in range(self.hops - 1):
+                    self.port = self._start("forward", f"http://127.0.0.1:{self.port}/")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     @property
@@ -154,16 +168,18 @@ class Anchor:
         return f"http://127.0.0.1:{self.port}"
 
     def memory(self) -> dict[str, float | None]:
-        return memory(self.process.pid) if self.process else {}
+        found: dict[str, float | None] = {}
+        for process in self.processes:
+            found.update(memory(process.pid))
+        return found
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is None:
-            return
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        for process in reversed(self.processes):
+            if process.stdin is not None:
+                process.stdin.close()
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

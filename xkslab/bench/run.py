@@ -43,6 +43,7 @@ CEILING = {
 }
 MOTO = "moto-generate-data-key"
 ANCHORS = ("one-hop", "two-hop", "three-hop", MOTO)
+HOPS = {"one-hop": 1, "two-hop": 2, "three-hop": 3}
 # The targets, reported beside the figures (never enforced).
 TARGETS = {
     "xks-encrypt": ("ceiling", 0.45),
@@ -103,7 +104,7 @@ def _anchors(
                 results.append(_measure(kind, moto.url, pool, options, echo))
                 memory[kind] = moto.memory()
             continue
-        with Anchor(kind) as anchor:
+        with Anchor(kind, hops=HOPS[kind]) as anchor:
             results.append(_measure(kind, anchor.url, request, options, echo))
             memory[kind] = anchor.memory()
     return results, memory

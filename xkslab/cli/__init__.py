@@ -17,6 +17,7 @@ from xkslab.cli.apps import app
 from xkslab.cli.audit import audit
 from xkslab.cli.bench import bench
 from xkslab.cli.certs import certs_command
+from xkslab.cli.common import OVERRIDES
 from xkslab.cli.database import db
 from xkslab.cli.dsm import dsm
 from xkslab.cli.groups import group
@@ -57,6 +58,7 @@ def main(ctx: click.Context, data_dir: Path, overrides: tuple[str, ...]) -> None
         if not sep or not name:
             raise click.ClickException(f"--set takes NAME=VALUE, not {item!r}")
         flags[name.strip()] = value
+    ctx.meta[OVERRIDES] = flags
     try:
         ctx.obj = load_settings(data_dir, overrides=flags)
     except ConfigError as exc:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -18,18 +19,29 @@ from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import DsmError
 from dsm_emulator.models import Account
 from dsm_emulator.sealing import SealError
+from xkslab_shared import serve
 from xkslab_shared.config import ConfigError, Settings
+
+ready_file_option = click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help='Write {"pid", "urls"} here once listening (for supervisors; ports really bound).',
+)
 
 T = TypeVar("T")
 
 pass_settings = click.make_pass_decorator(Settings)
+# Where the root command keeps its --set flags, for commands that start other xkslab processes.
+OVERRIDES = "xkslab.overrides"
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
-def run(coro: Awaitable[T]) -> T:
-    """Run one command's coroutine; known failures become one line on stderr and exit status 1."""
+def run(coro: Coroutine[Any, Any, T], *, server: bool = False) -> T:
+    """Run one command's coroutine (a server's on uvloop when installed); known failures become one line
+    on stderr and exit status 1."""
     try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return serve.run(coro) if server else asyncio.run(coro)
     except (DsmError, SealError, ConfigError) as exc:
         raise click.ClickException(getattr(exc, "message", str(exc))) from None
     except OSError as exc:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from dsm_emulator.api.app import listener
-from xkslab.cli.common import pass_settings, run
+from xkslab.cli.common import pass_settings, ready_file_option, run
 from xkslab_shared.config import Settings
 from xkslab_shared.serve import serve
 
@@ -16,8 +18,9 @@ def dsm() -> None:
 
 
 @dsm.command("serve")
+@ready_file_option
 @pass_settings
-def dsm_serve(settings: Settings) -> None:
+def dsm_serve(settings: Settings, ready_file: Path | None) -> None:
     """Serve the DSM REST API on dsm.host:dsm.port (HTTP), and on dsm.https_port too when dsm.tls_cert
     and dsm.tls_key exist; stops cleanly on SIGINT or SIGTERM."""
-    run(serve([listener(settings)], click.echo))
+    run(serve([listener(settings)], click.echo, ready_file), server=True)

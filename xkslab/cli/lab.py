@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from xkslab.cli.common import json_option, pass_settings, run
+from xkslab.cli.common import OVERRIDES, json_option, pass_settings, run
 from xkslab.lab.demo import DemoError, run_demo
 from xkslab.lab.up import LabError, run_up
 from xkslab_shared.config import Settings
@@ -26,7 +26,8 @@ def up(settings: Settings, admin_password: str | None) -> None:
     loopback ports), bootstrap them on first start, print the settings to paste and write them to
     <data-dir>/up.json. A second start reuses the data directory; Ctrl-C stops all three."""
     try:
-        run(run_up(settings, admin_password, click.echo))
+        overrides = click.get_current_context().meta.get(OVERRIDES, {})
+        run(run_up(settings, admin_password, click.echo, overrides))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
 

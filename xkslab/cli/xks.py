@@ -3,13 +3,14 @@ CreateCustomKeyStore form asks for."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from dsm_emulator.xks import canonical_prefix
 from xks_frontend.app import listener
-from xkslab.cli.common import emit, json_option, pass_settings, run, with_core
+from xkslab.cli.common import emit, json_option, pass_settings, ready_file_option, run, with_core
 from xkslab_shared.config import Settings
 from xkslab_shared.serve import serve
 
@@ -20,11 +21,12 @@ def xks() -> None:
 
 
 @xks.command("serve")
+@ready_file_option
 @pass_settings
-def xks_serve(settings: Settings) -> None:
+def xks_serve(settings: Settings, ready_file: Path | None) -> None:
     """Serve the XKS proxy on xks.host:xks.port (HTTP), and on xks.https_port too when xks.tls_cert and
     xks.tls_key exist (mTLS when xks.client_ca is set); the DSM must be running (xks.dsm_urls)."""
-    run(serve([listener(settings)], click.echo))
+    run(serve([listener(settings)], click.echo, ready_file), server=True)
 
 
 @xks.group("alias")

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from dsm_emulator.authz import system_principal
 from dsm_emulator.core import DsmCore
+from dsm_emulator.errors import DsmError
 from dsm_emulator.keys import KeySpec
 from dsm_emulator.models import Account
 from dsm_emulator.xks import canonical_prefix
@@ -59,45 +60,74 @@ class KmsCaller:
             return dict(data)
 
 
-async def bootstrap(
-    settings: Settings, dsm_core: DsmCore, kms_url: str, xks_https: str, ca_file: str
+async def bootstrap_dsm(settings: Settings) -> dict[str, Any]:
+    """The key manager's half, through its own core before its server starts (so no other writer is
+    running): the XKS app and its awsxks credential, the client app and its API key, the root KEK."""
+    async with await DsmCore.open(settings) as dsm_core:
+        async with dsm_core.sessions() as session:
+            account = await session.scalar(select(Account).limit(1))
+        if account is None:
+            raise LabError("the data directory has no account: run xkslab init")
+        system = system_principal(account.acct_id)
+        group_id = (await dsm_core.admin.list_groups(system))[0].group_id
+        apps = {app.name: app for app in await dsm_core.admin.list_apps(system)}
+        if XKS_APP not in apps:
+            apps[XKS_APP], _ = await dsm_core.admin.create_app(
+                system,
+                XKS_APP,
+                groups={group_id: frozenset({"ENCRYPT", "DECRYPT"})},
+                credential_kind="awsxks",
+            )
+        if CLIENT_APP not in apps:
+            apps[CLIENT_APP], _ = await dsm_core.admin.create_app(system, CLIENT_APP, groups=[group_id])
+        xks_app, client_app = apps[XKS_APP], apps[CLIENT_APP]
+        xks_cred = (await dsm_core.admin.get_credential(system, xks_app.app_id))["awsxks"]
+        client_secret = (await dsm_core.admin.get_credential(system, client_app.app_id))["secret"]
+        try:
+            kek = await dsm_core.keys.get(system, name=ROOT_KEK)
+        except DsmError:
+            kek = await dsm_core.keys.create(
+                system,
+                KeySpec(
+                    name=ROOT_KEK,
+                    obj_type="AES",
+                    key_size=256,
+                    group_id=group_id,
+                    key_ops=["ENCRYPT", "DECRYPT", "WRAPKEY", "UNWRAPKEY", "APPMANAGEABLE"],
+                    description="Root KEK of xkslab's external key store",
+                ),
+            )
+    return {
+        "acct_id": account.acct_id,
+        "group_id": group_id,
+        "xks_app_id": xks_app.app_id,
+        "xks_uri_path": f"{canonical_prefix(xks_app.app_id)}/kms/xks/v1",
+        "xks_access_key_id": xks_cred["access_key_id"],
+        "xks_secret_access_key": xks_cred["secret_key"],
+        "root_kek_id": kek.kid,
+        "client_app_id": client_app.app_id,
+        "dsm_api_key": _api_key(client_app.app_id, client_secret),
+    }
+
+
+async def bootstrap_kms(
+    settings: Settings, dsm: dict[str, Any], kms_url: str, xks_https: str
 ) -> dict[str, Any]:
-    """Create what a first start needs; every name is fixed, so a half-finished bootstrap is resumed."""
-    async with dsm_core.sessions() as session:
-        account = await session.scalar(select(Account).limit(1))
-    system = system_principal(account.acct_id)
-    group_id = (await dsm_core.admin.list_groups(system))[0].group_id
-    apps = {app.name: app for app in await dsm_core.admin.list_apps(system)}
-    if XKS_APP not in apps:
-        apps[XKS_APP], _ = await dsm_core.admin.create_app(
-            system, XKS_APP, groups={group_id: frozenset({"ENCRYPT", "DECRYPT"})}, credential_kind="awsxks"
-        )
-    if CLIENT_APP not in apps:
-        apps[CLIENT_APP], _ = await dsm_core.admin.create_app(system, CLIENT_APP, groups=[group_id])
-    xks_app, client_app = apps[XKS_APP], apps[CLIENT_APP]
-    xks_cred = (await dsm_core.admin.get_credential(system, xks_app.app_id))["awsxks"]
-    client_secret = (await dsm_core.admin.get_credential(system, client_app.app_id))["secret"]
-    try:
-        kek = await dsm_core.keys.get(system, name=ROOT_KEK)
-    except Exception:
-        kek = await dsm_core.keys.create(
-            system,
-            KeySpec(
-                name=ROOT_KEK,
-                obj_type="AES",
-                key_size=256,
-                group_id=group_id,
-                key_ops=["ENCRYPT", "DECRYPT", "WRAPKEY", "UNWRAPKEY", "APPMANAGEABLE"],
-                description="Root KEK of xkslab's external key store",
-            ),
-        )
-    uri_path = f"{canonical_prefix(xks_app.app_id)}/kms/xks/v1"
+    """The KMS half, through the running KMS emulator's API: the external key store pointing at the proxy
+    (its endpoint brought up to date when the proxy's port changed since the last start), connected, and
+    the XKS-backed KMS key with its alias."""
     async with aiohttp.ClientSession() as session:
         kms = KmsCaller(session, kms_url, settings.kms.region)
         all_stores = (await kms("DescribeCustomKeyStores")).get("CustomKeyStores", [])
         stores = [store for store in all_stores if store["CustomKeyStoreName"] == KEY_STORE]
         if stores:
-            store_id = stores[0]["CustomKeyStoreId"]
+            store = stores[0]
+            store_id = store["CustomKeyStoreId"]
+            moved = store.get("XksProxyConfiguration", {}).get("UriEndpoint") != xks_https
+            if store["ConnectionState"] == "FAILED" or (moved and store["ConnectionState"] != "DISCONNECTED"):
+                await kms("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+            if moved:
+                await kms("UpdateCustomKeyStore", CustomKeyStoreId=store_id, XksProxyUriEndpoint=xks_https)
         else:
             store_id = (
                 await kms(
@@ -105,16 +135,14 @@ async def bootstrap(
                     CustomKeyStoreName=KEY_STORE,
                     CustomKeyStoreType="EXTERNAL_KEY_STORE",
                     XksProxyUriEndpoint=xks_https,
-                    XksProxyUriPath=uri_path,
+                    XksProxyUriPath=dsm["xks_uri_path"],
                     XksProxyConnectivity="PUBLIC_ENDPOINT",
                     XksProxyAuthenticationCredential={
-                        "AccessKeyId": xks_cred["access_key_id"],
-                        "RawSecretAccessKey": xks_cred["secret_key"],
+                        "AccessKeyId": dsm["xks_access_key_id"],
+                        "RawSecretAccessKey": dsm["xks_secret_access_key"],
                     },
                 )
             )["CustomKeyStoreId"]
-        if stores and stores[0]["ConnectionState"] == "FAILED":  # e.g. the proxy was down last time
-            await kms("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
         await kms("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
         described = await kms("DescribeCustomKeyStores", CustomKeyStoreId=store_id)
         store_state = described["CustomKeyStores"][0]["ConnectionState"]
@@ -130,28 +158,17 @@ async def bootstrap(
                     "CreateKey",
                     Origin="EXTERNAL_KEY_STORE",
                     CustomKeyStoreId=store_id,
-                    XksKeyId=kek.kid,
+                    XksKeyId=dsm["root_kek_id"],
                     Description="xkslab demo key (double envelope through the XKS proxy)",
                 )
             )["KeyMetadata"]["KeyId"]
             await kms("CreateAlias", AliasName=ALIAS, TargetKeyId=key_id)
         key_arn = (await kms("DescribeKey", KeyId=key_id))["KeyMetadata"]["Arn"]
-    api_key = _api_key(client_app.app_id, client_secret)
     return {
-        "acct_id": account.acct_id,
-        "group_id": group_id,
-        "xks_app_id": xks_app.app_id,
-        "xks_uri_path": uri_path,
-        "xks_access_key_id": xks_cred["access_key_id"],
-        "xks_secret_access_key": xks_cred["secret_key"],
-        "root_kek_id": kek.kid,
-        "client_app_id": client_app.app_id,
-        "dsm_api_key": api_key,
         "custom_key_store_id": store_id,
         "kms_key_id": key_id,
         "kms_key_arn": key_arn,
         "kms_alias": ALIAS,
-        "ca_file": ca_file,
     }
 
 

@@ -1,37 +1,38 @@
-"""``xkslab up``: the three services in one process on embedded defaults, bootstrapped on first start,
-like ``vault server -dev``; and what it prints and writes for users and scripts (``up.json``).
+"""``xkslab up``: the three services, each in its own process, on embedded defaults, bootstrapped on first
+start, like ``vault server -dev``; and what it prints and writes for users and scripts (``up.json``).
 
 First start on an empty data directory: ``init`` (SQLite, software sealing), a local CA and server
-certificates, then, through the services' own APIs: an XKS app (awsxks credential) and a client app (API
-key) in the default group, a root KEK, an external key store in the KMS pointing at the proxy over HTTPS,
-connected, and one XKS-backed KMS key with an alias. Later starts find ``up.json`` and reuse all of it.
+certificates, the key manager's objects (bootstrap.py), then the services, then the KMS side through the
+KMS's own API. Later starts reuse all of it. ``up.json`` exists only while the lab is ready: it is
+written once everything answers and removed when the lab stops, so scripts may wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import secrets
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from dsm_emulator.api import app as dsm_app
-from dsm_emulator.api.context import CORE_KEY
-from kms_emulator import app as kms_app
-from xks_frontend import app as xks_app
-from xkslab.lab.bootstrap import AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, LabError, bootstrap
+from xkslab.lab.bootstrap import (
+    AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY,
+    LabError,
+    bootstrap_dsm,
+    bootstrap_kms,
+)
 from xkslab.lab.datadir import init_data_dir, write_config_if_missing
+from xkslab.lab.supervisor import Supervisor, hold_data_dir
 from xkslab_shared.certs import make_local_ca, make_server_cert
 from xkslab_shared.config import Settings
-from xkslab_shared.serve import start, wait_for_signal
 
 __all__ = ["LabError", "run_up", "up_file"]
 
 UP_FILE = "up.json"
+PASSWORD_FILE = "admin.password"
 ADMIN_EMAIL = "admin@xkslab.local"
 
 
@@ -91,15 +92,36 @@ def lab_settings(
 
 
 def write_up_file(path: Path, data: dict[str, Any]) -> None:
-    """0600: it holds the admin password, an API key and the SigV4 secret of the lab."""
-    tmp = path.with_suffix(".tmp")
+    """0600 (it holds the admin password, an API key and the SigV4 secret of the lab), atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
         fh.flush()
-        os.fsync(fh.fileno())  # on first start it holds the only copy of the admin password
+        os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+def read_password(settings: Settings) -> str | None:
+    """The lab's admin password as the first start made it (0600 file; an older lab kept it in up.json)."""
+    path = settings.data_dir / PASSWORD_FILE
+    if path.exists():
+        return path.read_text().strip() or None
+    old = up_file(settings)
+    try:
+        return json.loads(old.read_text()).get("dsm", {}).get("admin_password") if old.exists() else None
+    except ValueError:
+        return None
+
+
+def save_password(settings: Settings, password: str) -> None:
+    path = settings.data_dir / PASSWORD_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())  # on first start this is the only copy of the admin password
 
 
 def render(data: dict[str, Any], path: Path) -> str:
@@ -132,38 +154,59 @@ Ctrl-C stops all three services.
 """
 
 
-def prepare(settings: Settings) -> tuple[dict[str, Any] | None, str]:
-    """The blocking part of a start: config file, certificates, the previous up.json if any."""
+def prepare(settings: Settings) -> str:
+    """The blocking part of a start: config file, certificates; a stale up.json (from a lab that was
+    killed) goes, so that its presence means a ready lab."""
     write_config_if_missing(settings.data_dir)
     ca_file = str(ensure_certificates(settings).absolute())
-    path = up_file(settings)
-    previous = json.loads(path.read_text()) if path.exists() else None
-    return previous, ca_file
+    return ca_file
 
 
-async def run_up(settings: Settings, admin_password: str | None, echo: Callable[[str], None]) -> None:
-    previous, ca_file = await asyncio.to_thread(prepare, settings)
-    known = (previous or {}).get("dsm", {}).get("admin_password")
+async def run_up(
+    settings: Settings,
+    admin_password: str | None,
+    echo: Callable[[str], None],
+    overrides: dict[str, str] | None = None,
+) -> None:
+    """Start the lab and serve until SIGINT/SIGTERM. ``overrides`` are the command's ``--set`` flags,
+    passed on to each service's process."""
+    with hold_data_dir(settings.data_dir):
+        path = up_file(settings)
+        known = read_password(settings)
+        path.unlink(missing_ok=True)
+        try:
+            await _run_up(settings, admin_password, known, echo, overrides or {})
+        finally:
+            path.unlink(missing_ok=True)
+
+
+async def _run_up(
+    settings: Settings,
+    admin_password: str | None,
+    known: str | None,
+    echo: Callable[[str], None],
+    overrides: dict[str, str],
+) -> None:
+    ca_file = await asyncio.to_thread(prepare, settings)
     password = admin_password or known or secrets.token_urlsafe(18)
     init = await init_data_dir(settings, "xkslab", ADMIN_EMAIL, password)
     if init["created"]:  # kept at once: a start that fails later must not lose the password
-        await asyncio.to_thread(write_up_file, up_file(settings), {"dsm": {"admin_password": password}})
-    if not init["created"] and not known and admin_password is None:
+        await asyncio.to_thread(save_password, settings, password)
+    elif known is None and admin_password is None:
         password = None  # initialised by `xkslab init`: its password was printed then, not known here
-    async with AsyncExitStack() as stack:
-        dsm = dsm_app.listener(settings)
-        urls = {"dsm": await start(stack, dsm, echo)}
-        # The proxy talks to the DSM this command started, on whatever port it was given.
-        settings = dataclasses.replace(
-            settings, xks=dataclasses.replace(settings.xks, dsm_urls=urls["dsm"][0])
-        )
-        urls["xks"] = await start(stack, xks_app.listener(settings), echo)
-        urls["kms"] = await start(stack, kms_app.listener(settings), echo)
+    dsm_facts = await bootstrap_dsm(settings)
+    async with Supervisor(settings.data_dir, overrides, echo) as services:
+        urls = {"dsm": await services.start("dsm")}
+        # The proxy talks to the key manager this command started, on whatever port it was given.
+        urls["xks"] = await services.start("xks", {"xks.dsm_urls": urls["dsm"][0]})
+        urls["kms"] = await services.start("kms")
         xks_https = next(u for u in urls["xks"] if u.startswith("https")).replace("127.0.0.1", "localhost")
-        facts = await bootstrap(settings, dsm.app[CORE_KEY], urls["kms"][0], xks_https, ca_file)
-        data = lab_settings(settings, urls, facts, password)
+        kms_facts = await bootstrap_kms(settings, dsm_facts, urls["kms"][0], xks_https)
+        data = lab_settings(settings, urls, {**dsm_facts, **kms_facts, "ca_file": ca_file}, password)
+        data["pid"] = os.getpid()
+        data["service_pids"] = services.pids
         path = up_file(settings)
         await asyncio.to_thread(write_up_file, path, data)
         echo(render(data, path))
-        await wait_for_signal()
+        await services.wait()
         echo("stopping")

@@ -1,0 +1,149 @@
+"""The lab's services as child processes (``xkslab <service> serve``), one per service, so the key manager,
+the proxy and the KMS each have a core's worth of event loop instead of sharing one; and the lock that
+makes a data directory belong to one running lab.
+
+Each child is told where to write its ready file; the supervisor learns from it the ports really bound
+(any port setting may be 0), and a child that exits before it is ready, or while the lab runs, stops the
+whole lab with its exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from xkslab.lab.bootstrap import LabError
+
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+LOCK_FILE = "up.lock"
+
+
+@contextlib.contextmanager
+def hold_data_dir(data_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the data directory for as long as this lab runs; the kernel drops it when the
+    process dies, so a crashed lab never leaves the directory locked."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise LabError(
+                f"another xkslab up (pid {holder}) is using {data_dir}: stop it, or give this one "
+                "another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Supervisor:
+    """Starts the services in order and stops them in reverse; ``wait()`` returns on SIGINT/SIGTERM and
+    raises LabError when a service exits on its own."""
+
+    def __init__(self, data_dir: Path, overrides: dict[str, str], echo: Callable[[str], None]) -> None:
+        self._data_dir = data_dir.resolve()
+        self._overrides = overrides
+        self._echo = echo
+        self._run_dir = self._data_dir / "run"
+        self._children: list[tuple[str, asyncio.subprocess.Process]] = []
+
+    async def __aenter__(self) -> Supervisor:
+        self._run_dir.mkdir(mode=0o700, exist_ok=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self, service: str, extra: dict[str, str] | None = None) -> list[str]:
+        """Start ``xkslab <service> serve`` and return the URLs it serves once it is listening."""
+        ready = self._run_dir / f"{service}.json"
+        ready.unlink(missing_ok=True)
+        settings = {**self._overrides, **(extra or {})}
+        sets = [arg for name, value in settings.items() for arg in ("--set", f"{name}={value}")]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "xkslab",
+            "--data-dir",
+            str(self._data_dir),
+            *sets,
+            service,
+            "serve",
+            "--ready-file",
+            str(ready),
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        self._children.append((service, process))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT_S
+        while loop.time() < deadline:
+            if process.returncode is not None:
+                raise LabError(
+                    f"the {service} service exited with status {process.returncode} while starting"
+                )
+            data = _read_json(ready)
+            if data and data.get("pid") == process.pid:
+                return [str(url) for url in data["urls"]]
+            try:
+                await asyncio.wait_for(process.wait(), 0.05)
+            except TimeoutError:
+                pass
+        raise LabError(f"the {service} service did not start within {READY_TIMEOUT_S:g} s")
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {service: process.pid for service, process in self._children}
+
+    async def wait(self) -> None:
+        """Until SIGINT or SIGTERM (returns), or a service exits by itself (LabError)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stopper = asyncio.ensure_future(stop.wait())
+        watchers = {asyncio.ensure_future(process.wait()): service for service, process in self._children}
+        try:
+            done, _ = await asyncio.wait([stopper, *watchers], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in [stopper, *watchers]:
+                task.cancel()
+        if stopper not in done:
+            exited = next(watchers[task] for task in done if task in watchers)
+            raise LabError(f"the {exited} service stopped unexpectedly; stopping the lab")
+
+    async def stop(self) -> None:
+        for service, process in reversed(self._children):
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+                except TimeoutError:
+                    self._echo(f"the {service} service did not stop in {STOP_TIMEOUT_S:g} s: killed")
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await process.wait()
+            (self._run_dir / f"{service}.json").unlink(missing_ok=True)
+        self._children.clear()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
