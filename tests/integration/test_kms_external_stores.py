@@ -761,9 +761,7 @@ async def test_no_kms_secret_or_plaintext_is_stored_in_the_clear(lab: tuple[XksE
     data_key = await kms.call("generate_data_key", KeyId=key["KeyId"], NumberOfBytes=32)
     for blob in blobs:
         assert (await kms.call("decrypt", CiphertextBlob=blob))["Plaintext"] == secret_text
-    raw = b"".join(
-        path.read_bytes() for path in xks.data_dir.iterdir() if path.name.startswith("xkslab.db")
-    )
+    raw = b"".join(path.read_bytes() for path in xks.data_dir.iterdir() if path.name.startswith("xkslab.db"))
     assert raw, "the SQLite database (and its WAL) should be in the data directory"
     for needle in (xks.secret.encode(), secret_text, data_key["Plaintext"], base64.b64encode(secret_text)):
         assert needle not in raw

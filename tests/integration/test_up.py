@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -17,21 +16,12 @@ from typing import Any
 import boto3
 import pytest
 
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
 
 
-def start_up(data_dir: Path, ports: list[int], log: Path) -> subprocess.Popen[bytes]:
-    names = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
-    flags = [arg for name, port in zip(names, ports, strict=True) for arg in ("--set", f"{name}={port}")]
+def start_up(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    """On free ports: every port setting 0, the ports really bound are in up.json."""
+    flags = [arg for name in PORTS for arg in ("--set", f"{name}=0")]
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *flags, "up"],
@@ -82,13 +72,16 @@ def lab_dir(tmp_path: Path) -> Path:
 
 
 def test_up_demo_sigint_and_restart(lab_dir: Path, tmp_path: Path) -> None:
-    ports = free_ports(5)
     log = tmp_path / "up.log"
-    proc = start_up(lab_dir, ports, log)
+    proc = start_up(lab_dir, log)
     try:
         data = wait_for_settings(proc, lab_dir / "up.json", log)
         assert stat.S_IMODE((lab_dir / "up.json").stat().st_mode) == 0o600
-        assert data["kms"]["endpoint_url"] == f"http://127.0.0.1:{ports[4]}"
+        assert f"AWS KMS on {data['kms']['endpoint_url']}" in log.read_text()
+        assert not data["kms"]["endpoint_url"].endswith(":0")
+        # Each service runs in its own process, under up.
+        assert sorted(data["service_pids"]) == ["dsm", "kms", "xks"]
+        assert len({data["pid"], *data["service_pids"].values()}) == 4
         assert data["xks"]["uri_path"] == f"/crypto/v1/apps/{data['xks']['app_id']}/aws/kms/xks/v1"
         assert data["dsm"]["admin_password"] and data["dsm"]["api_key"]
         printed = log.read_text()
@@ -127,10 +120,14 @@ def test_up_demo_sigint_and_restart(lab_dir: Path, tmp_path: Path) -> None:
         code = stop(proc)
     assert code == 0, log.read_text()
     assert "stopping" in log.read_text() and "Traceback" not in log.read_text()
+    assert not (lab_dir / "up.json").exists()  # up.json means a ready lab, and this one has stopped
+    for pid in data["service_pids"].values():
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
-    # A second start reuses the data directory: same key store, same key, and old ciphertexts decrypt.
+    # A second start reuses the data directory: same key store, same key, and old ciphertexts decrypt,
+    # although every port (the proxy's too) is a new one: the key store follows the proxy.
     log2 = tmp_path / "up2.log"
-    proc = start_up(lab_dir, ports, log2)
+    proc = start_up(lab_dir, log2)
     try:
         again = wait_for_settings(proc, lab_dir / "up.json", log2)
         for section, field in (("kms", "key_id"), ("kms", "custom_key_store_id"), ("dsm", "root_kek_id")):
@@ -139,6 +136,21 @@ def test_up_demo_sigint_and_restart(lab_dir: Path, tmp_path: Path) -> None:
         kms = kms_client(again)
         assert kms.decrypt(CiphertextBlob=kept)["Plaintext"] == b"kept across restarts"
         assert [k["KeyId"] for k in kms.list_keys()["Keys"]] == [data["kms"]["key_id"]]
+        stores = kms.describe_custom_key_stores()["CustomKeyStores"]
+        assert [s["XksProxyConfiguration"]["UriEndpoint"] for s in stores] == [
+            again["xks"]["https_url"].replace("127.0.0.1", "localhost")
+        ]
+
+        # A second lab on the same data directory is refused while this one runs, and changes nothing.
+        second = subprocess.run(
+            [sys.executable, "-m", "xkslab", "--data-dir", str(lab_dir), "--set", "kms.port=0", "up"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert f"another xkslab up (pid {proc.pid})" in second.stderr and "Traceback" not in second.stderr
+        assert json.loads((lab_dir / "up.json").read_text()) == again
     finally:
         assert stop(proc) == 0, log2.read_text()
 
