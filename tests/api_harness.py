@@ -92,12 +92,13 @@ async def dsm_errors(
         return web.json_response({"message": exc.message}, status=exc.status)
 
 
-async def route_client(env: SimpleNamespace, aiohttp_client: Any, routes: web.RouteTableDef) -> Any:
-    """A test client for one route table on a bare app around ``env.core``."""
+async def route_client(env: SimpleNamespace, aiohttp_client: Any, *routes: web.RouteTableDef) -> Any:
+    """A test client for some route tables on a bare app around ``env.core``."""
     app = web.Application(middlewares=[dsm_errors, pick_principal])
     app[CORE_KEY] = env.core
     app[APPS_KEY] = {}
     app[ACCT_KEY] = env.acct_id
-    app.add_routes(routes)
+    for table in routes:
+        app.add_routes(table)
     env.apps = app[APPS_KEY]
     return await aiohttp_client(app)

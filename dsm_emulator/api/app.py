@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from dsm_emulator.api import admin, logs, session, sobjects, xks
+from dsm_emulator.api import admin, crypto, logs, session, sobjects, xks
 from dsm_emulator.api.context import CORE_KEY, json_response
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import DsmError
@@ -79,6 +79,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(session.routes)
     app.add_routes(admin.routes)
     app.add_routes(sobjects.routes)
+    app.add_routes(crypto.routes)
     app.add_routes(logs.routes)
     app.add_routes(xks.routes)
     return app

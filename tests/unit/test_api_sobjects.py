@@ -1,4 +1,5 @@
-"""The DSM REST sobject and crypto routes (``dsm_emulator.api.sobjects``) on a real DsmCore.
+"""The DSM REST sobject and crypto routes (``dsm_emulator.api.sobjects``, ``dsm_emulator.api.crypto``) on a
+real DsmCore.
 
 The app here is built by the test: the routes, a middleware that picks the caller (the account's system
 principal, or an app chosen by the ``X-Test-App`` header) and a minimal DsmError → ``{"message"}``
@@ -18,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from dsm_emulator.api import sobjects
+from dsm_emulator.api import crypto, sobjects
 from dsm_emulator.errors import DsmError
 from tests import api_harness
 
@@ -43,7 +44,7 @@ env = api_harness.env
 
 @pytest.fixture
 async def client(env: SimpleNamespace, aiohttp_client: Any) -> Client:
-    return await api_harness.route_client(env, aiohttp_client, sobjects.routes)
+    return await api_harness.route_client(env, aiohttp_client, sobjects.routes, crypto.routes)
 
 
 async def add_app(env: SimpleNamespace, name: str, perms: list[str]) -> None:
@@ -592,6 +593,7 @@ async def test_transient_key_of_another_account_or_expired_is_invalid(env: Simpl
 
     from dsm_emulator import keys as keys_module
     from dsm_emulator.keys import KeySpec
+    from dsm_emulator.keys import transient as transient_module
 
     keys = env.core.keys
     _view, token = await keys.create_transient(env.system, KeySpec(name="t", obj_type="HMAC", key_size=256))
@@ -600,13 +602,13 @@ async def test_transient_key_of_another_account_or_expired_is_invalid(env: Simpl
     with pytest.raises(DsmError, match="invalid transient key"):
         keys.open_transient(stranger, token)
     later = keys_module.now() + keys_module.TRANSIENT_LIFETIME + timedelta(seconds=5)
-    original = keys_module.now
-    keys_module.now = lambda: later  # type: ignore[assignment]
+    original = transient_module.now  # open_transient reads the clock of dsm_emulator.keys.transient
+    transient_module.now = lambda: later  # type: ignore[assignment]
     try:
         with pytest.raises(DsmError, match="invalid transient key"):
             keys.open_transient(env.system, token)
     finally:
-        keys_module.now = original  # type: ignore[assignment]
+        transient_module.now = original  # type: ignore[assignment]
     with pytest.raises(DsmError, match="OPAQUE"):
         await keys.create_transient(env.system, KeySpec(name="t", obj_type="OPAQUE", key_size=256))
 

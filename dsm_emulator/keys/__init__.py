@@ -1,0 +1,61 @@
+"""Security objects: their lifecycle (generate, import, update, activate, revoke, destroy, delete, rekey)
+and every use of their material (encrypt, decrypt, wrap, unwrap, export).
+
+This package owns the security-object queries. Material is unsealed through the keyring only after the
+row has been read and checked (authorisation, key_ops, enabled flag, state), and is cached per kid: a
+kid's material never changes, and a destroyed or deleted object is refused by its row before the cache is
+consulted. Mutations commit together with their audit row (``AuditLog.apply``); crypto operations answer
+only after their audit row is committed (``AuditLog.record``); refusals are audited the same way.
+
+KeyService is assembled here from one mixin per concern: ``lifecycle`` (rows that change), ``crypto_ops``
+(uses of stored material), ``transient`` (keys that live only in their token), all on ``base`` (the
+shared core). Everything other code imports from ``dsm_emulator.keys`` is re-exported from here.
+"""
+
+from __future__ import annotations
+
+from dsm_emulator.keys.base import (
+    MAX_NAME_LENGTH,
+    OBJECT_TYPES,
+    REVOCATION_CODES,
+    STATES,
+    KeyServiceBase,
+    KeySpec,
+    ObjectTypeRule,
+    effective_state,
+    material_context,
+    now,
+)
+from dsm_emulator.keys.crypto_ops import CryptoMixin
+from dsm_emulator.keys.lifecycle import LifecycleMixin
+from dsm_emulator.keys.transient import (
+    INVALID_TRANSIENT,
+    TRANSIENT_LIFETIME,
+    TRANSIENT_TYPES,
+    TransientKey,
+    TransientMixin,
+    transient_context,
+)
+
+__all__ = [
+    "INVALID_TRANSIENT",
+    "MAX_NAME_LENGTH",
+    "OBJECT_TYPES",
+    "REVOCATION_CODES",
+    "STATES",
+    "TRANSIENT_LIFETIME",
+    "TRANSIENT_TYPES",
+    "KeyService",
+    "KeySpec",
+    "ObjectTypeRule",
+    "TransientKey",
+    "effective_state",
+    "material_context",
+    "now",
+    "transient_context",
+]
+
+
+class KeyService(LifecycleMixin, CryptoMixin, TransientMixin, KeyServiceBase):
+    """The security-object service the DSM core holds: lifecycle, crypto and transient keys on one
+    shared core (sessions, keyring, audit log, material cache)."""

@@ -1,0 +1,197 @@
+"""The uses of a stored object's material (encrypt, decrypt, wrap, unwrap, export) never change its row,
+and are checked and audited differently from the lifecycle: the row must allow the operation (key_ops,
+enabled flag, effective state) and each call answers only after its audit row is committed
+(``AuditLog.record`` through ``_audited``), refusals included. How crypto-library errors become DsmErrors
+is decided here once, for transient keys too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar
+
+from dsm_emulator import crypto
+from dsm_emulator.authz import Principal, require_key_op, require_permission
+from dsm_emulator.errors import BadRequest, IntegrityFailure, InvalidState
+from dsm_emulator.keys.base import KeyServiceBase, KeySpec, effective_state
+from dsm_emulator.models import SecurityObject
+
+T = TypeVar("T")
+
+
+class CryptoMixin(KeyServiceBase):
+    if TYPE_CHECKING:  # unwrap stores the unwrapped key through the lifecycle (LifecycleMixin.create)
+
+        async def create(self, p: Principal, spec: KeySpec, value: bytes | None = None) -> SecurityObject: ...
+
+    async def _usable(
+        self,
+        p: Principal,
+        kid: str,
+        permission: str,
+        key_op: str,
+        subject: list[SecurityObject] | None = None,
+    ) -> SecurityObject:
+        async with self._sessions() as session:
+            obj = await self._load(session, p, kid)
+        if subject is not None:
+            subject.append(obj)
+        require_permission(p, permission, obj.group_id)
+        require_key_op(obj, key_op, effective_state(obj))
+        return obj
+
+    async def encrypt(
+        self,
+        p: Principal,
+        kid: str,
+        mode: str,
+        plain: bytes,
+        *,
+        iv: bytes | None = None,
+        aad: bytes | None = None,
+        tag_len_bits: int | None = None,
+        context: Mapping[str, str | None] | None = None,
+    ) -> crypto.Ciphertext:
+        event = self._event(
+            p,
+            "crypto.encrypt",
+            f"Encrypted data with key {kid} ({mode})",
+            object_id=kid,
+            action_type="CRYPTOOPERATION",
+            **dict(context or {}),
+        )
+
+        async def action(subject: list[SecurityObject]) -> crypto.Ciphertext:
+            obj = await self._usable(p, kid, "ENCRYPT", "ENCRYPT", subject)
+            _require_aes(obj)
+            return _crypto(
+                lambda: crypto.encrypt(
+                    mode, self.material(obj), plain, iv=iv, aad=aad, tag_len_bits=tag_len_bits
+                )
+            )
+
+        return await self._audited(event, action)
+
+    async def decrypt(
+        self,
+        p: Principal,
+        kid: str,
+        mode: str,
+        cipher: bytes,
+        *,
+        iv: bytes | None = None,
+        aad: bytes | None = None,
+        tag: bytes | None = None,
+        context: Mapping[str, str | None] | None = None,
+    ) -> bytes:
+        event = self._event(
+            p,
+            "crypto.decrypt",
+            f"Decrypted data with key {kid} ({mode})",
+            object_id=kid,
+            action_type="CRYPTOOPERATION",
+            **dict(context or {}),
+        )
+
+        async def action(subject: list[SecurityObject]) -> bytes:
+            obj = await self._usable(p, kid, "DECRYPT", "DECRYPT", subject)
+            _require_aes(obj)
+            return _crypto(lambda: crypto.decrypt(mode, self.material(obj), cipher, iv=iv, aad=aad, tag=tag))
+
+        return await self._audited(event, action)
+
+    async def wrap(
+        self,
+        p: Principal,
+        wrapping_kid: str,
+        subject_kid: str,
+        mode: str,
+        *,
+        iv: bytes | None = None,
+        aad: bytes | None = None,
+        tag_len_bits: int | None = None,
+    ) -> crypto.Ciphertext:
+        event = self._event(
+            p,
+            "crypto.wrap",
+            f"Wrapped key {subject_kid} with key {wrapping_kid} ({mode})",
+            object_id=wrapping_kid,
+            action_type="CRYPTOOPERATION",
+        )
+
+        async def action(seen: list[SecurityObject]) -> crypto.Ciphertext:
+            wrapping = await self._usable(p, wrapping_kid, "WRAPKEY", "WRAPKEY", seen)
+            _require_aes(wrapping)
+            subject = await self._usable(p, subject_kid, "EXPORT", "EXPORT")
+            material = self.material(subject)
+            return _crypto(
+                lambda: crypto.encrypt(
+                    mode, self.material(wrapping), material, iv=iv, aad=aad, tag_len_bits=tag_len_bits
+                )
+            )
+
+        return await self._audited(event, action)
+
+    async def unwrap(
+        self,
+        p: Principal,
+        wrapping_kid: str,
+        wrapped: bytes,
+        mode: str,
+        spec: KeySpec,
+        *,
+        iv: bytes | None = None,
+        aad: bytes | None = None,
+        tag: bytes | None = None,
+    ) -> SecurityObject:
+        event = self._event(
+            p,
+            "crypto.unwrap",
+            f"Unwrapped a key with key {wrapping_kid} ({mode})",
+            object_id=wrapping_kid,
+            action_type="CRYPTOOPERATION",
+        )
+
+        async def action(seen: list[SecurityObject]) -> bytes:
+            wrapping = await self._usable(p, wrapping_kid, "UNWRAPKEY", "UNWRAPKEY", seen)
+            _require_aes(wrapping)
+            return _crypto(
+                lambda: crypto.decrypt(mode, self.material(wrapping), wrapped, iv=iv, aad=aad, tag=tag)
+            )
+
+        material = await self._audited(event, action)
+        return await self.create(p, spec, value=material)
+
+    async def export(
+        self, p: Principal, *, kid: str | None = None, name: str | None = None
+    ) -> tuple[SecurityObject, bytes]:
+        event = self._event(p, "key.export", f"Exported key {kid or name}", object_id=kid)
+
+        async def action(subject: list[SecurityObject]) -> tuple[SecurityObject, bytes]:
+            async with self._sessions() as session:
+                obj = await self._find(session, p, kid=kid, name=name)
+            subject.append(obj)
+            require_permission(p, "EXPORT", obj.group_id)
+            if "EXPORT" not in obj.key_ops:
+                raise InvalidState("this key is not exportable (no EXPORT key operation)")
+            return obj, self.material(obj)
+
+        return await self._audited(event, action)
+
+
+def _require_aes(obj: SecurityObject) -> None:
+    _require_aes_type(obj.obj_type)
+
+
+def _require_aes_type(obj_type: str) -> None:
+    if obj_type != "AES":
+        raise BadRequest(f"{obj_type} objects cannot be used for this operation")
+
+
+def _crypto(op: Callable[[], T]) -> T:
+    try:
+        return op()
+    except crypto.IntegrityError as exc:
+        raise IntegrityFailure(str(exc)) from None
+    except crypto.CryptoError as exc:
+        raise BadRequest(str(exc)) from None

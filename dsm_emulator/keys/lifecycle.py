@@ -1,0 +1,308 @@
+"""The lifecycle of stored security objects (generate, import, rekey, read, update, activate, revoke,
+destroy, delete) is where rows change, so it is kept apart from the operations that only use material:
+every change here commits together with its audit row (``_mutate`` or ``AuditLog.apply``), refusals
+included, and a destroyed or deleted object leaves the material cache.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dsm_emulator import crypto
+from dsm_emulator.audit import AuditEvent
+from dsm_emulator.authz import KEY_OPS, Principal, require_permission
+from dsm_emulator.errors import BadRequest, Conflict, InvalidState
+from dsm_emulator.keys.base import (
+    MAX_NAME_LENGTH,
+    REVOCATION_CODES,
+    KeyServiceBase,
+    KeySpec,
+    effective_state,
+    material_context,
+    now,
+)
+from dsm_emulator.models import SecurityObject
+
+
+class LifecycleMixin(KeyServiceBase):
+    # ------------------------------------------------------------------------------- creation
+
+    async def create(self, p: Principal, spec: KeySpec, value: bytes | None = None) -> SecurityObject:
+        """Generate (value None) or import an object into ``spec.group_id`` (default: the caller's default
+        group, else the account's only/first group)."""
+        operation = "key.import" if value is not None else "key.create"
+        verb = "Imported" if value is not None else "Created"
+        refusal = self._event(p, operation, f"{verb} {spec.obj_type} key {spec.name[:200]}")
+
+        async def work(session: AsyncSession) -> tuple[SecurityObject, AuditEvent]:
+            size, ops = self._validate(spec, value)
+            group_id = await self._resolve_group(session, p, spec.group_id)
+            require_permission(p, "MANAGE", group_id)
+            taken = await session.scalar(
+                select(SecurityObject.kid).where(
+                    SecurityObject.acct_id == p.acct_id, SecurityObject.name == spec.name
+                )
+            )
+            if taken is not None:
+                raise Conflict("sobject already exists")
+            material = value if value is not None else crypto.random_bytes(size // 8)
+            created = now()
+            state = spec.state or (
+                "PreActive"
+                if spec.activation_date is not None and spec.activation_date > created
+                else "Active"
+            )
+            obj = SecurityObject(
+                kid=str(uuid.uuid4()),
+                acct_id=p.acct_id,
+                group_id=group_id,
+                name=spec.name,
+                description=spec.description,
+                obj_type=spec.obj_type,
+                key_size=size,
+                key_ops=sorted(ops),
+                enabled=spec.enabled,
+                state=state,
+                origin="External" if value is not None else "FortanixHSM",
+                activation_date=spec.activation_date or (created if state == "Active" else None),
+                deactivation_date=spec.deactivation_date,
+                compromise_date=None,
+                destruction_date=None,
+                revocation_reason=None,
+                custom_metadata=dict(spec.custom_metadata or {}),
+                version=1,
+                kcv=crypto.kcv(material) if spec.obj_type == "AES" else None,
+                creator_type=p.kind if p.kind != "system" else "user",
+                creator_id=p.id or p.acct_id,
+                created_at=created,
+                lastused_at=None,
+            )
+            obj.sealed_material = self._keyring.seal(material, material_context(obj))
+            session.add(obj)
+            await session.flush()
+            return obj, self._event(p, operation, f"{verb} {spec.obj_type} key {obj.name}", obj)
+
+        return await self._audit.apply(work, refusal.refused)
+
+    async def rekey(
+        self,
+        p: Principal,
+        *,
+        name: str | None = None,
+        kid: str | None = None,
+        deactivate_rotated_key: bool = False,
+    ) -> SecurityObject:
+        """Replace an object with a new one of the same type, size, key_ops and group. The new object takes
+        the name; the old one is renamed "<name> (rotated at <timestamp>)"; links go both ways."""
+        refusal = self._event(p, "key.rekey", f"Rekeyed {name or kid}", object_id=kid)
+
+        async def work(session: AsyncSession) -> tuple[SecurityObject, AuditEvent]:
+            old = await self._find(session, p, name=name, kid=kid, for_update=True)
+            require_permission(p, "MANAGE", old.group_id)
+            if p.kind == "app" and "APPMANAGEABLE" not in old.key_ops:
+                raise InvalidState("this object is not app-manageable")
+            if old.replacement_kid is not None:
+                raise InvalidState("this object has already been rotated")
+            if old.sealed_material is None or old.obj_type not in ("AES", "HMAC", "SECRET"):
+                raise InvalidState(f"a {old.obj_type} object in state {old.state} cannot be rekeyed")
+            stamp = now()
+            original_name = old.name
+            old.name = await _rotated_name(session, old.acct_id, original_name, stamp)
+            await session.flush()
+            new = SecurityObject(
+                kid=str(uuid.uuid4()),
+                acct_id=old.acct_id,
+                group_id=old.group_id,
+                name=original_name,
+                description=old.description,
+                obj_type=old.obj_type,
+                key_size=old.key_size,
+                key_ops=list(old.key_ops),
+                enabled=old.enabled,
+                state="Active",
+                origin="FortanixHSM",
+                activation_date=stamp,
+                deactivation_date=None,
+                compromise_date=None,
+                destruction_date=None,
+                revocation_reason=None,
+                custom_metadata=dict(old.custom_metadata),
+                version=old.version + 1,
+                replaced_kid=old.kid,
+                creator_type=p.kind if p.kind != "system" else "user",
+                creator_id=p.id or p.acct_id,
+                created_at=stamp,
+                lastused_at=None,
+            )
+            assert old.key_size is not None
+            material = crypto.random_bytes(old.key_size // 8)
+            new.kcv = crypto.kcv(material) if new.obj_type == "AES" else None
+            new.sealed_material = self._keyring.seal(material, material_context(new))
+            old.replacement_kid = new.kid
+            if deactivate_rotated_key and effective_state(old, stamp) in ("Active", "PreActive"):
+                old.state, old.deactivation_date = "Deactivated", stamp
+            session.add(new)
+            await session.flush()
+            return new, self._event(p, "key.rekey", f"Rekeyed {original_name}: {old.kid} -> {new.kid}", new)
+
+        return await self._audit.apply(work, refusal.refused)
+
+    # ---------------------------------------------------------------------------------- reads
+
+    async def get(self, p: Principal, *, kid: str | None = None, name: str | None = None) -> SecurityObject:
+        async with self._sessions() as session:
+            return await self._find(session, p, kid=kid, name=name)
+
+    async def list(
+        self,
+        p: Principal,
+        *,
+        name: str | None = None,
+        group_id: str | None = None,
+        obj_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        sort: str = "kid:asc",
+        start: str | None = None,
+        show_destroyed: bool = False,
+    ) -> list[SecurityObject]:
+        field_name, _, direction = sort.partition(":")
+        if field_name not in ("kid", "name") or direction not in ("asc", "desc", ""):
+            raise BadRequest("sort must be kid:asc, kid:desc, name:asc or name:desc")
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise BadRequest("limit must be 1 to 1000 and offset not negative")
+        column = SecurityObject.kid if field_name == "kid" else SecurityObject.name
+        stmt = select(SecurityObject).where(SecurityObject.acct_id == p.acct_id)
+        if not p.is_admin:
+            stmt = stmt.where(SecurityObject.group_id.in_(p.groups()))
+        if name is not None:
+            stmt = stmt.where(SecurityObject.name == name)
+        if group_id is not None:
+            stmt = stmt.where(SecurityObject.group_id == group_id)
+        if obj_type is not None:
+            stmt = stmt.where(SecurityObject.obj_type == obj_type)
+        if not show_destroyed:
+            stmt = stmt.where(SecurityObject.state != "Destroyed")
+        descending = direction == "desc"
+        if start is not None:
+            stmt = stmt.where(column < start if descending else column > start)
+        stmt = stmt.order_by(column.desc() if descending else column.asc()).limit(limit).offset(offset)
+        async with self._sessions() as session:
+            return list((await session.scalars(stmt)).all())
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def update(
+        self,
+        p: Principal,
+        kid: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+        key_ops: Iterable[str] | None = None,
+        custom_metadata: Mapping[str, str] | None = None,
+        deactivation_date: datetime | None = None,
+    ) -> SecurityObject:
+        async def change(session: AsyncSession, obj: SecurityObject) -> None:
+            if name is not None and name != obj.name:
+                if not name or len(name) > MAX_NAME_LENGTH:
+                    raise BadRequest(f"name must be 1 to {MAX_NAME_LENGTH} characters")
+                taken = await session.scalar(
+                    select(SecurityObject.kid).where(
+                        SecurityObject.acct_id == obj.acct_id, SecurityObject.name == name
+                    )
+                )
+                if taken is not None:
+                    raise Conflict("sobject already exists")
+                obj.name = name
+            if key_ops is not None:
+                ops = frozenset(key_ops)
+                if ops - KEY_OPS:
+                    raise BadRequest(f"unknown key_ops: {', '.join(sorted(ops - KEY_OPS))}")
+                obj.key_ops = sorted(ops)
+            if custom_metadata is not None:
+                if not all(isinstance(k, str) and isinstance(v, str) for k, v in custom_metadata.items()):
+                    raise BadRequest("custom_metadata must map strings to strings")
+                obj.custom_metadata = dict(custom_metadata)
+            if description is not None:
+                obj.description = description
+            if enabled is not None:
+                obj.enabled = enabled
+            if deactivation_date is not None:
+                obj.deactivation_date = deactivation_date
+
+        what = {True: "Enabled", False: "Disabled", None: "Updated"}[enabled]
+        return await self._mutate(p, kid, "MANAGE", "key.update", what, change)
+
+    async def activate(self, p: Principal, kid: str) -> SecurityObject:
+        def change(_: AsyncSession, obj: SecurityObject) -> None:
+            if effective_state(obj) != "PreActive":
+                raise InvalidState(
+                    f"only a PreActive object can be activated; this one is {effective_state(obj)}"
+                )
+            obj.state, obj.activation_date = "Active", now()
+
+        return await self._mutate(p, kid, "MANAGE", "key.activate", "Activated", change)
+
+    async def revoke(
+        self,
+        p: Principal,
+        kid: str,
+        code: str,
+        message: str | None = None,
+        compromise_date: datetime | None = None,
+    ) -> SecurityObject:
+        def change(_: AsyncSession, obj: SecurityObject) -> None:
+            if code not in REVOCATION_CODES:  # checked here so that the refusal is audited
+                raise BadRequest(f"code must be one of {', '.join(sorted(REVOCATION_CODES))}")
+            if effective_state(obj) not in ("PreActive", "Active", "Deactivated"):
+                raise InvalidState(f"an object in state {obj.state} cannot be revoked")
+            stamp = now()
+            compromised = code in ("KeyCompromise", "CACompromise")
+            obj.state = "Compromised" if compromised else "Deactivated"
+            obj.deactivation_date = obj.deactivation_date or stamp
+            obj.compromise_date = (compromise_date or stamp) if compromised else None
+            obj.revocation_reason = {"code": code, "message": message}
+
+        return await self._mutate(p, kid, "MANAGE", "key.revoke", "Revoked", change)
+
+    async def destroy(self, p: Principal, kid: str) -> SecurityObject:
+        def change(_: AsyncSession, obj: SecurityObject) -> None:
+            if obj.state == "Destroyed":
+                raise InvalidState("the object is already destroyed")
+            if effective_state(obj) == "Active":
+                raise InvalidState("an Active object must be revoked before it is destroyed")
+            obj.state, obj.destruction_date, obj.sealed_material = "Destroyed", now(), None
+            self._material_cache.pop(obj.kid, None)
+
+        return await self._mutate(p, kid, "MANAGE", "key.destroy", "Destroyed", change)
+
+    async def delete(self, p: Principal, kid: str) -> None:
+        async def change(session: AsyncSession, obj: SecurityObject) -> None:
+            self._material_cache.pop(obj.kid, None)
+            await session.delete(obj)
+
+        await self._mutate(p, kid, "MANAGE", "key.delete", "Deleted", change)
+
+
+async def _rotated_name(session: AsyncSession, acct_id: str, name: str, stamp: datetime) -> str:
+    """``"<name> (rotated at <timestamp>)"``, made unique in the account (a second rotation within the same
+    second, or a user's object of that name) and kept within MAX_NAME_LENGTH."""
+    n = 1
+    while True:
+        suffix = f" (rotated at {stamp.strftime('%Y%m%dT%H%M%SZ')}{f' #{n}' if n > 1 else ''})"
+        candidate = name[: MAX_NAME_LENGTH - len(suffix)] + suffix
+        taken = await session.scalar(
+            select(SecurityObject.kid).where(
+                SecurityObject.acct_id == acct_id, SecurityObject.name == candidate
+            )
+        )
+        if taken is None:
+            return candidate
+        n += 1
