@@ -178,8 +178,8 @@ async def test_a_rotation_on_another_replica_is_seen_by_the_cached_credentials(
     removed one stops within APP_CACHE_TTL_S."""
     import asyncio
 
-    from dsm_emulator import xks as dsm_xks
     from dsm_emulator.core import DsmCore
+    from dsm_emulator.xks import service as dsm_xks
     from xkslab_shared.config import load_settings
 
     monkeypatch.setattr(dsm_xks, "APP_CACHE_TTL_S", 0.5)

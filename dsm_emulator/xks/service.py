@@ -1,24 +1,18 @@
-"""The XKS operations inside the key manager: what the proxy asks for on behalf of AWS KMS.
+"""The request path: one XKS call from the proxy, authenticated, authorized, run and audited.
 
-The proxy holds no SigV4 secret. It forwards the signed parts of each request with the raw body, and this
-module, in the order the XKS spec's checklist gives: verifies the signature against the app's current and
-previous ``awsxks`` credential (401) -> validates the body (400 / 501) -> finds the external key among the
-app's groups (404) -> applies the proxy's secondary-authorization verdict (403) -> checks the key's state
-(InvalidState) and usage (InvalidKeyUsage) -> runs AES-256-GCM with the spec's AAD construction -> writes
-one audit row (success or refusal) carrying the request metadata, never plaintext.
-
-Key rotation: ``ciphertextMetadata`` is ``key_version=<n>``, the security object's version. A rekey
-creates a new object linked to the old one; new encryptions use the newest object of the chain and a
-decryption walks the links back to the version the ciphertext names, so old ciphertexts still decrypt.
+The proxy holds no SigV4 secret, so everything that decides whether a request may act on a key happens
+here, in the order the XKS spec's checklist gives: verify the signature against the app's current and
+previous ``awsxks`` credential (401) -> validate the body (400 / 501) -> find the external key among the
+app's groups (404) -> apply the proxy's secondary-authorization verdict (403) -> check the key's state
+(InvalidState) and usage (InvalidKeyUsage) -> run AES-256-GCM with the spec's AAD construction -> write
+one audit row (success or refusal) carrying the request metadata, never plaintext. A rekeyed key is
+followed to its newest version for encryption and back to the version a ciphertext names for decryption,
+so old ciphertexts still decrypt.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import logging
-import re
-import struct
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -29,14 +23,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator import crypto
-from dsm_emulator.admin import AUTH_TYPES, AdminService
+from dsm_emulator.admin import AdminService
 from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import PROCESS_STATES, PROTECT_STATES, Principal, require_permission
 from dsm_emulator.errors import (
     AccessDenied,
     AuthFailed,
     BadRequest,
-    Conflict,
     DsmError,
     IntegrityFailure,
     Internal,
@@ -47,53 +40,20 @@ from dsm_emulator.errors import (
 )
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys import KeyService, effective_state
-from dsm_emulator.models import App, KeyringTerm, SecurityObject, XksPathPrefix, is_uuid
+from dsm_emulator.models import App, SecurityObject, XksPathPrefix, is_uuid
+from dsm_emulator.xks.health import NodeHealth, XksHealth
+from dsm_emulator.xks.prefixes import XksPrefixes
+from dsm_emulator.xks.wire import (
+    _VERSION_METADATA,
+    canonical_prefix,
+    cdiv,
+    gcm_aad,
+    key_metadata,
+    version_metadata,
+)
 from xkslab_shared import sigv4, xks_wire
 
-log = logging.getLogger(__name__)
-
 VIA_PROXY = "xks-proxy"
-HEALTH_KEY_PURPOSE = "xks-health-test-key"
-_VERSION_METADATA = re.compile(rb"key_version=([1-9][0-9]{0,7})")
-# An alias prefix: the XKS URI path before "/kms/xks/v1", from the characters the spec allows.
-PREFIX_PATTERN = re.compile(r"(/[A-Za-z0-9_-]+)+")
-_URI_SUFFIX = "/kms/xks/v1"
-_MAX_URI_PATH = 128
-# XKS keyUsage names for the DSM key_ops that have one (at most 10, the spec's limit).
-_USAGE = (
-    ("ENCRYPT", "ENCRYPT"),
-    ("DECRYPT", "DECRYPT"),
-    ("WRAPKEY", "WRAP"),
-    ("UNWRAPKEY", "UNWRAP"),
-    ("SIGN", "SIGN"),
-    ("VERIFY", "VERIFY"),
-    ("DERIVEKEY", "DERIVE"),
-)
-
-
-def canonical_prefix(app_id: str) -> str:
-    """Fortanix's URI path prefix of an awsxks app (its Terraform provider builds the same string)."""
-    return f"/crypto/v1/apps/{app_id}/aws"
-
-
-def gcm_aad(aad: bytes | None, ciphertext_metadata: bytes | None) -> bytes:
-    """The AAD given to AES-GCM (XKS spec, Encrypt): lengths always present, so metadata moved into the
-    AAD field (or the reverse) no longer authenticates.
-
-        uint16_be(len(aad)) || aad || uint8(len(metadata)) || metadata
-    """
-    aad, cm = aad or b"", ciphertext_metadata or b""
-    return struct.pack(">H", len(aad)) + aad + struct.pack(">B", len(cm)) + cm
-
-
-def cdiv(aad: bytes | None, metadata: bytes | None, iv: bytes, ciphertext: bytes, tag: bytes) -> str:
-    """CiphertextDataIntegrityValue (XKS spec, Appendix C): Base64(SHA-256(aad||metadata||iv||ct||tag))."""
-    digest = hashlib.sha256((aad or b"") + (metadata or b"") + iv + ciphertext + tag).digest()
-    return base64.b64encode(digest).decode("ascii")
-
-
-def version_metadata(version: int) -> bytes:
-    return b"key_version=%d" % version
 
 
 @dataclass(frozen=True)
@@ -128,17 +88,10 @@ class _AppAuth:
     generation: int
 
 
-@dataclass(frozen=True)
-class NodeHealth:
-    id: str
-    model: str
-    status: str  # ACTIVE | DEGRADED | UNAVAILABLE
+class XksService(XksPrefixes, XksHealth):
+    """The XKS operations of one node: the alias table (XksPrefixes), deep health (XksHealth) and the
+    request path (here)."""
 
-    def as_xks(self) -> dict[str, str]:
-        return {"id": self.id, "model": self.model, "healthStatus": self.status}
-
-
-class XksService:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -161,95 +114,6 @@ class XksService:
         self._health_cache_s = health_cache_s
         self._health: tuple[float, NodeHealth] | None = None
         self._apps: dict[str, _AppAuth] = {}
-
-    # ------------------------------------------------------------------------------- prefixes
-
-    async def prefixes(self) -> dict[str, str]:
-        """Every URI path prefix the proxy should serve -> app id: the canonical prefix of each enabled
-        app with an awsxks credential, and each alias."""
-        async with self._sessions() as session:
-            apps = (
-                await session.scalars(
-                    select(App.app_id).where(App.auth_type == AUTH_TYPES["awsxks"], App.enabled)
-                )
-            ).all()
-            aliases = (await session.execute(select(XksPathPrefix.prefix, XksPathPrefix.app_id))).all()
-        enabled = set(apps)
-        table = {canonical_prefix(app_id): app_id for app_id in apps}
-        table.update({prefix: app_id for prefix, app_id in aliases if app_id in enabled})
-        return table
-
-    async def add_alias(self, p: Principal, app_id: str, prefix: str) -> None:
-        if not PREFIX_PATTERN.fullmatch(prefix) or len(prefix + _URI_SUFFIX) > _MAX_URI_PATH:
-            raise BadRequest(
-                "an XKS path prefix is /segment[/segment...] of A-Z a-z 0-9 _ -, at most "
-                f"{_MAX_URI_PATH - len(_URI_SUFFIX)} characters"
-            )
-        if prefix.startswith("/crypto/v1/apps/") or prefix.endswith(_URI_SUFFIX):
-            raise BadRequest("this XKS path prefix is reserved")
-        app = await self._admin.get_app(p, app_id)
-        if app.auth_type != AUTH_TYPES["awsxks"]:
-            raise BadRequest("only an app with an awsxks credential can have an XKS path prefix")
-        event = AuditEvent.by(
-            p, "xks.alias.add", f"Added XKS path prefix {prefix} to app {app.name}", object_id=app.app_id
-        )
-
-        async def work(session: AsyncSession) -> tuple[None, AuditEvent]:
-            if await session.get(XksPathPrefix, prefix) is not None:
-                raise Conflict("this XKS path prefix is already in use")
-            session.add(XksPathPrefix(prefix=prefix, app_id=app.app_id, created_at=datetime.now(UTC)))
-            await session.flush()
-            return None, event
-
-        await self._audit.apply(work, event.refused)
-        self._apps.clear()
-
-    async def remove_alias(self, p: Principal, prefix: str) -> None:
-        event = AuditEvent.by(p, "xks.alias.remove", f"Removed XKS path prefix {prefix}")
-
-        async def work(session: AsyncSession) -> tuple[None, AuditEvent]:
-            row = await session.get(XksPathPrefix, prefix)
-            if row is None:
-                raise NotFound("no such XKS path prefix")
-            await self._admin.get_app(p, row.app_id)  # the caller must see the app
-            await session.delete(row)
-            return None, replace(event, object_id=row.app_id)
-
-        await self._audit.apply(work, event.refused)
-        self._apps.clear()
-
-    async def aliases(self, p: Principal, app_id: str) -> list[str]:
-        await self._admin.get_app(p, app_id)
-        async with self._sessions() as session:
-            rows = await session.scalars(select(XksPathPrefix.prefix).where(XksPathPrefix.app_id == app_id))
-            return sorted(rows.all())
-
-    # ------------------------------------------------------------------------------- health
-
-    async def node_health(self) -> NodeHealth:
-        """A deep check, as the spec asks: a real encrypt and decrypt with a dedicated test key (derived
-        from the keyring, so it never touches a customer's key) after a database read; reused for at most
-        ``health_cache_s`` seconds."""
-        cached = self._health
-        if cached is not None and time.monotonic() - cached[0] < self._health_cache_s:
-            return cached[1]
-        status = "ACTIVE"
-        try:
-            async with self._sessions() as session:
-                await session.scalar(select(KeyringTerm.term).limit(1))
-            key = self._keyring.derive(HEALTH_KEY_PURPOSE)
-            probe = crypto.random_bytes(32)
-            iv, ct, tag = crypto.aes_gcm_encrypt(key, probe, b"xks-health")
-            if crypto.aes_gcm_decrypt(key, iv, ct, tag, b"xks-health") != probe:
-                status = "UNAVAILABLE"
-        except Exception:
-            log.warning("XKS deep health check failed", exc_info=True)
-            status = "UNAVAILABLE"
-        if not self._audit.running:
-            status = "UNAVAILABLE"
-        health = NodeHealth(self._node_id, self._model, status)
-        self._health = (time.monotonic(), health)
-        return health
 
     # ------------------------------------------------------------------------------- operations
 
@@ -470,14 +334,6 @@ _MESSAGES = {
     "encrypt": "Encrypted data via AWS XKS",
     "decrypt": "Decrypted data via AWS XKS",
 }
-
-
-def key_metadata(key: SecurityObject) -> dict[str, Any]:
-    """GetKeyMetadata's answer: AWS CreateKey needs AES_256, ENCRYPT and DECRYPT, and ENABLED."""
-    spec = f"{key.obj_type}_{key.key_size}" if key.key_size else key.obj_type
-    usage = [xks for dsm, xks in _USAGE if dsm in key.key_ops]
-    usable = key.enabled and effective_state(key) in PROTECT_STATES
-    return {"keySpec": spec, "keyUsage": usage, "keyStatus": "ENABLED" if usable else "DISABLED"}
 
 
 def _require_usable(key: SecurityObject, op: str, states: frozenset[str]) -> None:

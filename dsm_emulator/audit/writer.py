@@ -1,160 +1,43 @@
-"""The tamper-evident, fail-closed audit log.
+"""The single writer of a node's chain: group commit and fail-closed apply.
 
 Every audited operation answers only after its row is durably committed. To keep that affordable, ONE
 writer task per node owns the chain head and commits rows in groups (``record``), or together with the
 mutation they describe (``apply``). Because that task is the only code path that inserts audit rows and
-handles items strictly in arrival order, the chain of a node is a simple sequence: seq 1, 2, 3... each
-row keyed-hashed over the previous row's hash and every column of its own, so verify() can name the first
-altered, deleted or reordered row. The hash key comes from the keyring (purpose ``audit-chain``), so the
-database alone is not enough to forge a chain.
+handles items strictly in arrival order, the chain of a node is a simple sequence, and a failed write is
+reported to its caller instead of being lost. Reading the log needs none of this machinery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import hmac
-import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import String, and_, insert, or_, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dsm_emulator.authz import Principal
+from dsm_emulator.audit.chain import AUDIT_KEY_PURPOSE, ZERO_HASH, _utc, row_hash
+from dsm_emulator.audit.events import AuditEvent
 from dsm_emulator.errors import AuditUnavailable, DsmError
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import AuditRow
 from xkslab_shared.config import AuditSettings
 
-logger = logging.getLogger(__name__)
+# The logger keeps the name it had before audit became a package, so log filters keep working.
+logger = logging.getLogger("dsm_emulator.audit")
 
 T = TypeVar("T")
 
-AUDIT_KEY_PURPOSE = "audit-chain"
-ZERO_HASH = bytes(32)
-PAGE_SIZE = 1000
-ACTION_TYPES = frozenset({"ADMINISTRATIVE", "AUTH", "CRYPTOOPERATION", "OTHER"})
-ACTOR_TYPES = frozenset({"User", "App", "System"})
-SEVERITIES = frozenset({"INFO", "WARNING", "ERROR", "CRITICAL"})
-OUTCOMES = frozenset({"success", "refused", "failed"})
 UNAVAILABLE = "audit log unavailable: the operation was not completed"
 
-# Every column except the two hashes, in a fixed list: adding a column to AuditRow must be a conscious
-# decision here (a test checks the two agree), or old rows would stop verifying.
-HASHED_COLUMNS = (
-    "id", "chain", "seq", "time", "acct_id", "actor_type", "actor_id", "via", "action_type", "operation",
-    "severity", "outcome", "message", "object_id", "group_ids", "client_ip", "kms_request_id",
-    "kms_operation", "aws_principal_arn", "kms_key_arn", "response_time_us", "key_term",
-)  # fmt: skip
-_DOMAIN = b"xkslab-audit-row-v1\n"
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _TABLE = AuditRow.__table__
-_MAX_LEN = {c.key: c.type.length for c in _TABLE.columns if isinstance(c.type, String) and c.type.length}
-_ENUMS = {"action_type": ACTION_TYPES, "actor_type": ACTOR_TYPES, "severity": SEVERITIES, "outcome": OUTCOMES}
-
-
-def _clean(value: str, limit: int | None) -> str:
-    # A value the database would reject (too long for PostgreSQL, NUL, lone surrogate) would fail the
-    # whole group commit, refusing every caller in the batch; store a recognisable, bounded copy instead.
-    value = value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-    return value if limit is None or len(value) <= limit else value[: limit - 1] + "\u2026"
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    """What an operation reports about itself. These fields are the ONLY things stored (an allowlist,
-    no free-form dict), so plaintext or key material has nowhere to go but ``message``, which callers
-    write from fixed text and identifiers."""
-
-    operation: str
-    action_type: str
-    message: str
-    actor_type: str
-    actor_id: str | None = None
-    acct_id: str | None = None
-    via: str | None = None
-    severity: str = "INFO"
-    outcome: str = "success"
-    object_id: str | None = None
-    group_ids: tuple[str, ...] = ()
-    client_ip: str | None = None
-    kms_request_id: str | None = None
-    kms_operation: str | None = None
-    aws_principal_arn: str | None = None
-    kms_key_arn: str | None = None
-    response_time_us: int | None = None
-
-    def __post_init__(self) -> None:
-        # Checked here, not at commit time: one bad event must not fail the batch it is committed in.
-        for f in dataclasses.fields(self):
-            name, value = f.name, getattr(self, f.name)
-            if name in _ENUMS and value not in _ENUMS[name]:
-                raise ValueError(f"audit event {name} must be one of {sorted(_ENUMS[name])}")
-            if name == "response_time_us":
-                if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                    raise TypeError("audit event response_time_us must be an int or None")
-            elif name == "group_ids":
-                if isinstance(value, str) or not all(isinstance(g, str) for g in value):
-                    raise TypeError("audit event group_ids must be a sequence of str")
-                object.__setattr__(self, name, tuple(_clean(g, None) for g in value))
-            elif value is not None or f.default is dataclasses.MISSING:
-                if not isinstance(value, str) or (name == "operation" and not value):
-                    raise TypeError(f"audit event {name} must be a non-empty str")
-                object.__setattr__(self, name, _clean(value, _MAX_LEN.get(name)))
-
-    @classmethod
-    def by(
-        cls, p: Principal, operation: str, message: str, *, action_type: str = "ADMINISTRATIVE", **fields: Any
-    ) -> AuditEvent:
-        """An event whose actor is ``p`` (and the proxy, when it acted for ``p``)."""
-        return cls(
-            operation=operation,
-            action_type=action_type,
-            message=message,
-            actor_type=p.actor_type,
-            actor_id=p.id,
-            acct_id=p.acct_id,
-            via=p.via,
-            **fields,
-        )
-
-    def refused(self, error: Exception) -> AuditEvent:
-        """The refusal row for this event. Only a DsmError's message is used: those are written to be
-        safe to show; str() of anything else could carry input or key material."""
-        msg = error.message if isinstance(error, DsmError) else type(error).__name__
-        return dataclasses.replace(
-            self, outcome="refused", severity="WARNING", message=f"{self.message}: refused: {msg}"
-        )
-
-
-# ------------------------------------------------------------------------------------------ hashing
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes (the UTC wall clock we wrote); PostgreSQL aware ones.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def canonical(values: Mapping[str, Any]) -> bytes:
-    """Deterministic encoding of every hashed column: sorted-key ASCII JSON, time as a UTC ISO string
-    with microseconds, so a row read back from either database encodes exactly as it was written."""
-    doc = {name: values[name] for name in HASHED_COLUMNS}
-    doc["time"] = _utc(doc["time"]).isoformat(timespec="microseconds")
-    return _DOMAIN + json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def row_hash(key: bytes, prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
-    return hmac.new(key, bytes(prev_hash) + canonical(values), hashlib.sha256).digest()
-
-
-# ---------------------------------------------------------------------------------------- the writer
 
 
 @dataclass(slots=True)
@@ -432,105 +315,3 @@ async def _rollback(session: AsyncSession) -> None:
         await session.rollback()
     except Exception as exc:  # a broken connection: closing the session discards it anyway
         logger.warning("audit log: rollback failed: %s", _describe(exc))
-
-
-# -------------------------------------------------------------------------------------- verification
-
-
-@dataclass
-class ChainProblem:
-    chain: str
-    seq: int
-    row_id: str
-    reason: str
-
-
-async def verify(
-    sessions: async_sessionmaker[AsyncSession], keyring: Keyring, *, page_size: int = PAGE_SIZE
-) -> list[ChainProblem]:
-    """Walk every chain in seq order, a page at a time, and report the first bad row of each.
-
-    A deleted row shows as a gap at the row after it. Rows cut off the END of a chain cannot be seen
-    from the chain alone; compare with an exported copy (``export(since_seq=...)``) for that."""
-    async with sessions() as session:
-        chains = list(await session.scalars(select(AuditRow.chain).distinct().order_by(AuditRow.chain)))
-    keys: dict[int, bytes | None] = {}
-    problems = []
-    for chain in chains:
-        expected, prev, problem = 1, ZERO_HASH, None
-        while problem is None:
-            stmt = select(_TABLE).where(AuditRow.chain == chain, AuditRow.seq >= expected)
-            async with sessions() as session:
-                page = (await session.execute(stmt.order_by(AuditRow.seq).limit(page_size))).all()
-            if not page:
-                break
-            for row in page:
-                values = row._mapping
-                reason = _row_problem(values, expected, prev, keyring, keys)
-                if reason is not None:
-                    problem = ChainProblem(chain, values["seq"], values["id"], reason)
-                    problems.append(problem)
-                    break
-                expected, prev = expected + 1, bytes(values["row_hash"])
-    return problems
-
-
-def _row_problem(
-    values: Mapping[str, Any], expected: int, prev: bytes, keyring: Keyring, keys: dict[int, bytes | None]
-) -> str | None:
-    if values["seq"] != expected:
-        return f"seq gap: expected seq {expected}, found {values['seq']} (rows deleted)"
-    if bytes(values["prev_hash"]) != prev:
-        return "prev_hash does not match the hash of the previous row"
-    term = values["key_term"]
-    if term not in keys:
-        try:
-            keys[term] = keyring.derive(AUDIT_KEY_PURPOSE, term)
-        except DsmError:
-            keys[term] = None
-    if (key := keys[term]) is None:
-        return f"row names keyring term {term}, which the keyring does not have"
-    if not hmac.compare_digest(row_hash(key, prev, values), bytes(values["row_hash"])):
-        return "row_hash does not match the row's contents (row altered)"
-    return None
-
-
-# ------------------------------------------------------------------------------------------ reading
-
-
-def _to_dict(values: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(values)
-    out["time"] = _utc(out["time"]).isoformat(timespec="microseconds")
-    out["prev_hash"] = bytes(out["prev_hash"]).hex()
-    out["row_hash"] = bytes(out["row_hash"]).hex()
-    out["group_ids"] = list(out["group_ids"] or [])
-    return out
-
-
-def row_to_dict(row: AuditRow) -> dict[str, Any]:
-    """A row as JSON-ready data: time as UTC ISO 8601, hashes as hex."""
-    return _to_dict({c.key: getattr(row, c.key) for c in _TABLE.columns})
-
-
-async def export(
-    sessions: async_sessionmaker[AsyncSession], *, since_seq: Mapping[str, int] | None = None
-) -> AsyncIterator[dict[str, Any]]:
-    """Every row in (time, chain, seq) order, streamed with a server-side cursor. ``since_seq`` maps a
-    chain to the last seq already exported: only later rows of that chain are yielded (other chains in
-    full), so an export can be continued incrementally."""
-    stmt = select(_TABLE).order_by(AuditRow.time, AuditRow.chain, AuditRow.seq)
-    if since_seq:
-        later = (and_(AuditRow.chain == c, AuditRow.seq > s) for c, s in since_seq.items())
-        stmt = stmt.where(or_(AuditRow.chain.not_in(list(since_seq)), *later))
-    async with sessions() as session:
-        result = await session.stream(stmt.execution_options(yield_per=PAGE_SIZE))
-        async for row in result:
-            yield _to_dict(row._mapping)
-
-
-async def tail(sessions: async_sessionmaker[AsyncSession], limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` rows, newest first."""
-    order = (AuditRow.time.desc(), AuditRow.chain.desc(), AuditRow.seq.desc())
-    stmt = select(_TABLE).order_by(*order).limit(max(limit, 0))
-    async with sessions() as session:
-        return [_to_dict(row._mapping) for row in await session.execute(stmt)]
