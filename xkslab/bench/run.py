@@ -110,34 +110,28 @@ def _anchors(
     return results, memory
 
 
-def _create_pg_database(dsn: str) -> tuple[str, str]:
+def _pg_admin(dsn: str, statement: str) -> None:
     import asyncpg  # the postgres extra
 
-    name = f"xkslab_bench_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
+    async def execute() -> None:
         conn = await asyncpg.connect(dsn, timeout=5)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(statement)
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    asyncio.run(execute())
+
+
+def _create_pg_database(dsn: str) -> tuple[str, str]:
+    name = f"xkslab_bench_{uuid.uuid4().hex[:12]}"
+    _pg_admin(dsn, f'CREATE DATABASE "{name}"')
     base = dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     return name, f"{base}/{name}"
 
 
 def _drop_pg_database(dsn: str, name: str) -> None:
-    import asyncpg
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(dsn, timeout=5)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    _pg_admin(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _run_lab_scenarios(
