@@ -54,7 +54,7 @@ async def app_create(
     view = app_view(created, await core.admin.app_groups(created.app_id))
     view["credential"] = await core.admin.get_credential(p, created.app_id)
     if credential_kind == "secret":
-        view["api_key"] = base64.b64encode(f"{created.app_id}:{secret}".encode()).decode()
+        view["api_key"] = _api_key(created.app_id, secret)
     emit(view, as_json, _app_created_text)
 
 
@@ -98,9 +98,7 @@ async def app_show(core: Any, p: Any, app_id: str, as_json: bool) -> None:
 async def app_credential(core: Any, p: Any, app_id: str, as_json: bool) -> None:
     """Print an app's credential (the API key, or the awsxks pair)."""
     cred = await core.admin.get_credential(p, app_id)
-    if cred.get("secret"):
-        cred["api_key"] = base64.b64encode(f"{app_id}:{cred['secret']}".encode()).decode()
-    emit(cred, as_json, details)
+    emit(_with_api_key(app_id, cred), as_json, details)
 
 
 @app.command("reset-secret")
@@ -111,9 +109,7 @@ async def app_reset_secret(core: Any, p: Any, app_id: str, as_json: bool) -> Non
     """New secret; for awsxks apps the old pair stays valid as the previous credential."""
     await core.admin.reset_secret(p, app_id)
     cred = await core.admin.get_credential(p, app_id)
-    if cred.get("secret"):
-        cred["api_key"] = base64.b64encode(f"{app_id}:{cred['secret']}".encode()).decode()
-    emit(cred, as_json, details)
+    emit(_with_api_key(app_id, cred), as_json, details)
 
 
 @app.command("delete")
@@ -122,3 +118,14 @@ async def app_reset_secret(core: Any, p: Any, app_id: str, as_json: bool) -> Non
 async def app_delete(core: Any, p: Any, app_id: str) -> None:
     await core.admin.delete_app(p, app_id)
     click.echo(f"deleted app {app_id}")
+
+
+def _api_key(app_id: str, secret: str) -> str:
+    return base64.b64encode(f"{app_id}:{secret}".encode()).decode()
+
+
+def _with_api_key(app_id: str, cred: dict[str, Any]) -> dict[str, Any]:
+    """A secret app's credential, with the Basic API key clients paste."""
+    if cred.get("secret"):
+        cred["api_key"] = _api_key(app_id, cred["secret"])
+    return cred
