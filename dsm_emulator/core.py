@@ -1,11 +1,16 @@
 """The key manager's resources, opened once from the settings and closed in reverse order.
 
 Opening checks the schema revision, opens the sealer, unseals the keyring (once) and starts the audit
-writer; everything the CLI and the REST API do goes through the services this holds.
+writer; everything the CLI and the REST API do goes through the services this holds. On SQLite the audit
+writer gets an engine of its own whose transactions take the write lock first (see AuditLog).
+
+Closing a core that changed something waits out the cache poll interval first: a CLI command that
+disables a key returns only once every running lab honours it (dsm_emulator/generation.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -15,6 +20,7 @@ from dsm_emulator import store
 from dsm_emulator.admin import AdminService
 from dsm_emulator.audit import AuditLog
 from dsm_emulator.errors import Sealed
+from dsm_emulator.generation import Generation
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys import KeyService
 from dsm_emulator.sealing import (
@@ -55,6 +61,8 @@ def open_configured_sealer(settings: Settings, backend: str | None = None) -> Se
 class DsmCore:
     settings: Settings
     engine: AsyncEngine
+    writer_engine: AsyncEngine | None
+    generation: Generation
     sessions: async_sessionmaker[AsyncSession]
     sealer: Sealer
     keyring: Keyring
@@ -69,20 +77,30 @@ class DsmCore:
         engine = store.create_engine(
             settings.database_url, busy_timeout_ms=db.busy_timeout_ms, pool_size=db.pool_size
         )
+        writer_engine = None
+        if engine.dialect.name == "sqlite":
+            writer_engine = store.create_engine(
+                settings.database_url, busy_timeout_ms=db.busy_timeout_ms, write_lock_first=True
+            )
         sealer: Sealer | None = None
         try:
             await store.check_schema(engine)
             sessions = store.session_factory(engine)
+            generation = Generation(sessions, settings.dsm.cache_poll_ms / 1000)
             sealer = open_configured_sealer(settings)
             keyring = await Keyring.load(sessions, sealer)
-            audit = AuditLog(sessions, keyring, settings.audit)
+            audit = AuditLog(
+                store.session_factory(writer_engine or engine), keyring, settings.audit, generation
+            )
             await audit.start()
         except BaseException:
             if sealer is not None:
                 sealer.close()
             await engine.dispose()
+            if writer_engine is not None:
+                await writer_engine.dispose()
             raise
-        keys = KeyService(sessions, keyring, audit)
+        keys = KeyService(sessions, keyring, audit, max_age_s=settings.dsm.cache_max_age_s)
         admin = AdminService(sessions, keyring, audit)
         xks = XksService(
             sessions,
@@ -93,10 +111,14 @@ class DsmCore:
             node_id=settings.audit.node_id,
             model=f"xkslab DSM emulator 0.1 ({sealer.kind} sealing, {engine.dialect.name})",
             health_cache_s=settings.dsm.health_cache_s,
+            generation=generation,
+            cache_max_age_s=settings.dsm.cache_max_age_s,
         )
         return cls(
             settings=settings,
             engine=engine,
+            writer_engine=writer_engine,
+            generation=generation,
             sessions=sessions,
             sealer=sealer,
             keyring=keyring,
@@ -109,9 +131,14 @@ class DsmCore:
     async def close(self) -> None:
         try:
             await self.audit.close()
+            if self.audit.last_mutation is not None:
+                loop = asyncio.get_running_loop()
+                await asyncio.sleep(self.audit.last_mutation + self.generation.poll_s - loop.time())
         finally:
             self.sealer.close()
             await self.engine.dispose()
+            if self.writer_engine is not None:
+                await self.writer_engine.dispose()
 
     async def __aenter__(self) -> DsmCore:
         return self

@@ -78,10 +78,33 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
     return on_connect
 
 
-def create_engine(url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 10) -> AsyncEngine:
+def _take_write_lock_first(engine: AsyncEngine) -> None:
+    """Make every transaction of ``engine`` start with BEGIN IMMEDIATE (SQLAlchemy's documented recipe:
+    the driver's own BEGIN turned off, ours emitted). A deferred transaction that reads and then writes
+    fails at once with SQLITE_BUSY if another process wrote in between; one that takes the write lock
+    first waits its turn (busy_timeout) and then reads the newest data, which the audit chain head needs."""
+
+    def no_driver_begin(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    def begin_immediate(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine.sync_engine, "connect", no_driver_begin)
+    event.listen(engine.sync_engine, "begin", begin_immediate)
+
+
+def create_engine(
+    url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 10, write_lock_first: bool = False
+) -> AsyncEngine:
+    """The engine for ``url``. ``write_lock_first``: on SQLite, transactions take the database's write
+    lock before their first statement (for writers that read what they are about to extend); other
+    databases lock explicitly where it matters (an advisory lock on PostgreSQL)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
+        if write_lock_first:
+            _take_write_lock_first(engine)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 

@@ -150,7 +150,8 @@ class AccountsMixin(AdminBase):
             await session.flush()
             return row, logged_in
 
-        return await self._audit.apply(work, logged_in.refused)
+        # A login changes only its timestamp: no cache depends on it, so it must not empty them.
+        return await self._audit.apply(work, logged_in.refused, invalidates=False)
 
     async def user_accounts(self, user_id: str) -> dict[str, list[str]]:
         """acct_id -> the user's roles there (the shape of DSM's ``UserAccountMap``)."""

@@ -1,6 +1,6 @@
-"""The core every administrative concern shares: the service's state (sessions, keyring, audit log,
-the cache ``generation``), the one way a mutation runs (admin check inside the audited transaction, then
-``generation`` bumped), scrypt hashing and constant-work verification off the event loop, and the app
+"""The core every administrative concern shares: the service's state (sessions, keyring, audit log),
+the one way a mutation runs (admin check inside the audited transaction, which also invalidates every
+process's caches), scrypt hashing and constant-work verification off the event loop, and the app
 look-ups that apps, credentials and app logins all need. They live in one place so that the audit and
 authorisation discipline, and the timing behaviour of logins, cannot drift between concerns; the
 per-concern mixins build on :class:`AdminBase` and import nothing from each other except apps from
@@ -40,9 +40,6 @@ class AdminBase:
         self._keyring = keyring
         self._audit = audit
         self._dummy_hash: str | None = None
-        # Bumped by every administrative change in this process, so caches of app credentials and
-        # permissions (the XKS hot path) drop what they hold at once.
-        self.generation = 0
 
     # ------------------------------------------------------------------------------- helpers
 
@@ -78,10 +75,7 @@ class AdminBase:
             _require_admin(p)
             return await work(session)
 
-        try:
-            return await self._audit.apply(guarded, refusal.refused)
-        finally:
-            self.generation += 1
+        return await self._audit.apply(guarded, refusal.refused)
 
     async def _hash(self, secret: str) -> str:
         return await asyncio.to_thread(creds.hash_secret, secret)

@@ -1,16 +1,24 @@
-"""The single writer of a node's chain: group commit and fail-closed apply.
+"""The writer of a node's chain: group commit, fail-closed apply, and a chain head taken under a lock.
 
 Every audited operation answers only after its row is durably committed. To keep that affordable, ONE
-writer task per node owns the chain head and commits rows in groups (``record``), or together with the
-mutation they describe (``apply``). Because that task is the only code path that inserts audit rows and
-handles items strictly in arrival order, the chain of a node is a simple sequence, and a failed write is
-reported to its caller instead of being lost. Reading the log needs none of this machinery.
+writer task per node and process commits rows in groups (``record``), or together with the mutation they
+describe (``apply``), strictly in arrival order, and a failed write is reported to its caller instead of
+being lost. Reading the log needs none of this machinery.
+
+Other processes may write the same chain at the same time: the CLI in a second terminal beside
+``xkslab up``, or a second replica configured with the same node id. So the head is never trusted from
+memory: each batch takes the chain's lock inside its own transaction (SQLite: the database write lock,
+taken by BEGIN IMMEDIATE on the writer's engine; PostgreSQL: a transaction-scoped advisory lock per
+chain), reads the head there and commits on top of it. Writers of one chain therefore queue for a few
+milliseconds instead of colliding on (chain, seq). An ``apply`` also raises the cache generation in the
+same transaction, so caches in every process learn of the change (dsm_emulator/generation.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,15 +26,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator.audit.chain import AUDIT_KEY_PURPOSE, ZERO_HASH, _utc, row_hash
 from dsm_emulator.audit.events import AuditEvent
 from dsm_emulator.errors import AuditUnavailable, DsmError
+from dsm_emulator.generation import Generation
 from dsm_emulator.keyring import Keyring
-from dsm_emulator.models import AuditRow
+from dsm_emulator.models import AuditRow, CacheGeneration
 from xkslab_shared.config import AuditSettings
 
 # The logger keeps the name it had before audit became a package, so log filters keep working.
@@ -64,6 +73,7 @@ class _Item:
     event: AuditEvent | None = None
     work: Callable[[AsyncSession], Awaitable[tuple[Any, AuditEvent]]] | None = None
     on_error: Callable[[DsmError], AuditEvent] | None = None
+    invalidates: bool = True
 
 
 _STOP = object()
@@ -85,19 +95,29 @@ def _describe(exc: BaseException) -> str:
 
 
 class AuditLog:
-    """The single writer of one node's chain (``settings.node_id``). One instance per node and process."""
+    """The writer of one node's chain (``settings.node_id``) in this process.
+
+    ``sessions`` should come from an engine made with ``write_lock_first`` (see xkslab_shared/db.py) so
+    that SQLite transactions hold the write lock from their first statement; ``generation`` (if given)
+    is expired after each committed mutation so this process's caches see it at once."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], keyring: Keyring, settings: AuditSettings
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+        settings: AuditSettings,
+        generation: Generation | None = None,
     ) -> None:
         self._sessions = sessions
         self._keyring = keyring
+        self._generation = generation
         self.chain = settings.node_id
+        self._lock_key = _advisory_key(self.chain)
+        self.last_mutation: float | None = None  # loop time of the last committed apply()
         self._batch_max = settings.batch_max
         self._interval = settings.flush_interval_ms / 1000
         self._queue: asyncio.Queue[Any] = asyncio.Queue()  # unbounded: every caller awaits its item
         self._held: Any = None  # the apply() (or _STOP) that ended the previous batch
-        self._head: _Head | None = None  # None: unknown, reload before the next write
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = AuditStats()
@@ -106,8 +126,12 @@ class AuditLog:
         """Load the chain head, then start the writer. Raises AuditUnavailable if the head is unreadable."""
         if self._task is not None:
             raise RuntimeError("audit log already started")
-        if not await self._reload_head():
-            raise AuditUnavailable("audit log unavailable: cannot read the chain head")
+        try:
+            async with self._sessions() as session:
+                await self._read_head(session)
+        except Exception as exc:
+            logger.error("audit log %s: cannot read the chain head: %s", self.chain, _describe(exc))
+            raise AuditUnavailable("audit log unavailable: cannot read the chain head") from None
         self._task = asyncio.create_task(self._run(), name=f"audit-writer-{self.chain}")
 
     async def close(self) -> None:
@@ -134,13 +158,16 @@ class AuditLog:
         self,
         work: Callable[[AsyncSession], Awaitable[tuple[T, AuditEvent]]],
         on_error: Callable[[DsmError], AuditEvent] | None = None,
+        *,
+        invalidates: bool = True,
     ) -> T:
         """Run ``work`` in the writer's transaction and commit its mutation together with its audit row.
 
         A DsmError from ``work`` rolls back, writes ``on_error(e)`` (if given) and is re-raised; any other
         error from ``work`` rolls back and is re-raised; a failed audit write raises AuditUnavailable.
-        ``work`` runs on the writer task: it must not commit, nor call record() or apply() (deadlock)."""
-        return cast(T, await self._submit(work=work, on_error=on_error))
+        ``work`` runs on the writer task: it must not commit, nor call record() or apply() (deadlock).
+        ``invalidates=False`` for a mutation no cache depends on (a login's timestamp)."""
+        return cast(T, await self._submit(work=work, on_error=on_error, invalidates=invalidates))
 
     def _submit(self, **request: Any) -> asyncio.Future[Any]:
         if self._task is None or self._task.done() or self._closing:
@@ -169,7 +196,6 @@ class AuditLog:
                             _resolve(i.future, error=None if ok else AuditUnavailable(UNAVAILABLE))
                 except Exception as exc:  # a bug, or a session that failed to close: keep the writer
                     logger.error("audit log %s: writer error: %s", self.chain, _describe(exc))
-                    self._head = None
                     for i in batch:
                         _resolve(i.future, error=AuditUnavailable(UNAVAILABLE))
                 batch = []
@@ -205,16 +231,8 @@ class AuditLog:
             batch.append(item)
         return batch
 
-    async def _ready(self) -> bool:
-        if self._head is None and not await self._reload_head():
-            self.stats.failures += 1
-            return False
-        return True
-
     async def _write(self, events: list[Any]) -> bool:
         """Commit one row per event in one transaction. False (already logged) when it failed."""
-        if not await self._ready():
-            return False
         try:
             async with self._sessions() as session:
                 await self._commit(session, events)
@@ -226,7 +244,7 @@ class AuditLog:
     async def _run_apply(self, item: _Item) -> None:
         future, work = item.future, item.work
         assert work is not None
-        if future.done() or not await self._ready():  # a caller that gave up, or no chain head
+        if future.done():  # a caller that gave up
             _resolve(future, error=AuditUnavailable(UNAVAILABLE))
             return
         async with self._sessions() as session:
@@ -242,12 +260,16 @@ class AuditLog:
                 return
             else:
                 try:
-                    await self._commit(session, [event])
+                    await self._commit(session, [event], invalidates=item.invalidates)
                 except Exception as exc:
                     await _rollback(session)
                     await self._failed(exc, [event])
                     _resolve(future, error=AuditUnavailable(UNAVAILABLE))
                 else:
+                    if item.invalidates:
+                        self.last_mutation = asyncio.get_running_loop().time()
+                        if self._generation is not None:
+                            self._generation.expire()
                     _resolve(future, result)
                 return
         if item.on_error is None:
@@ -262,11 +284,16 @@ class AuditLog:
         ok = await self._write([refusal])
         _resolve(future, error=refused if ok else AuditUnavailable(UNAVAILABLE))
 
-    async def _commit(self, session: AsyncSession, events: list[AuditEvent]) -> None:
-        """Chain the rows onto the head, add them to ``session`` and commit; the head moves only after
-        the commit succeeded, so a failed batch leaves no hole."""
-        head = self._head
-        assert head is not None
+    async def _commit(
+        self, session: AsyncSession, events: list[AuditEvent], *, invalidates: bool = False
+    ) -> None:
+        """Lock the chain, chain the rows onto its head as the database has it, insert and commit (with
+        the cache generation raised when ``invalidates``). A failed commit leaves no hole: the next batch
+        reads the head again."""
+        if session.bind.dialect.name == "postgresql":
+            # Held until this transaction ends; SQLite's writer engine already holds the write lock.
+            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._lock_key})
+        head = await self._read_head(session)
         term = self._keyring.active_term
         key = self._keyring.derive(AUDIT_KEY_PURPOSE, term)
         # Never step back in time within a chain (a clock adjustment): export sorts by time.
@@ -282,8 +309,11 @@ class AuditLog:
             rows.append({**values, "prev_hash": prev, "row_hash": digest})
             prev = digest
         await session.execute(insert(_TABLE), rows)  # one executemany, not a unit-of-work flush
+        if invalidates:
+            await session.execute(
+                update(CacheGeneration).where(CacheGeneration.id == 1).values(value=CacheGeneration.value + 1)
+            )
         await session.commit()
-        self._head = _Head(seq, prev, now)
         self.stats.batches += 1
         self.stats.rows += len(rows)
 
@@ -293,21 +323,20 @@ class AuditLog:
         logger.error(
             "audit log %s: %d row(s) not committed (%s): %s", self.chain, len(events), ops, _describe(exc)
         )
-        await self._reload_head()  # the commit may or may not have happened: trust only the database
 
-    async def _reload_head(self) -> bool:
+    async def _read_head(self, session: AsyncSession) -> _Head:
         stmt = select(AuditRow.seq, AuditRow.row_hash, AuditRow.time).where(AuditRow.chain == self.chain)
-        try:
-            async with self._sessions() as session:
-                row = (await session.execute(stmt.order_by(AuditRow.seq.desc()).limit(1))).first()
-        except Exception as exc:
-            self._head = None
-            logger.error("audit log %s: cannot read the chain head: %s", self.chain, _describe(exc))
-            return False
-        self._head = (
+        row = (await session.execute(stmt.order_by(AuditRow.seq.desc()).limit(1))).first()
+        return (
             _Head(0, ZERO_HASH, None) if row is None else _Head(row.seq, bytes(row.row_hash), _utc(row.time))
         )
-        return True
+
+
+def _advisory_key(chain: str) -> int:
+    """A stable signed 64-bit key for the chain's PostgreSQL advisory lock."""
+    return int.from_bytes(
+        hashlib.sha256(b"xkslab-audit-chain\n" + chain.encode()).digest()[:8], "big", signed=True
+    )
 
 
 async def _rollback(session: AsyncSession) -> None:

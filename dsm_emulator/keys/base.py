@@ -11,6 +11,7 @@ consulted.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,11 +123,21 @@ class KeySpec:
 class KeyServiceBase:
     """What the KeyService mixins share: the collaborators and the helpers they all call."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], keyring: Keyring, audit: AuditLog):
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+        audit: AuditLog,
+        *,
+        max_age_s: float = 30.0,
+    ):
         self._sessions = sessions
         self._keyring = keyring
         self._audit = audit
-        self._material_cache: dict[str, bytes] = {}
+        # kid -> (material, monotonic time unsealed); nothing is kept longer than max_age_s.
+        self._material_cache: dict[str, tuple[bytes, float]] = {}
+        self._material_max_age_s = max_age_s
+        self._material_swept = time.monotonic()
 
     # ------------------------------------------------------------------------------- helpers
 
@@ -200,11 +211,21 @@ class KeyServiceBase:
         """The object's plaintext material; callers have already checked the row."""
         if obj.sealed_material is None:
             raise InvalidState("the key material has been destroyed")
+        now = time.monotonic()
+        if now - self._material_swept >= self._material_max_age_s:
+            self._material_cache = {
+                kid: entry
+                for kid, entry in self._material_cache.items()
+                if now - entry[1] < self._material_max_age_s
+            }
+            self._material_swept = now
         cached = self._material_cache.get(obj.kid)
-        if cached is None:
-            cached = self._keyring.open(obj.sealed_material, material_context(obj))
-            self._material_cache[obj.kid] = cached
-        return cached
+        if cached is not None and now - cached[1] < self._material_max_age_s:
+            return cached[0]
+        material = self._keyring.open(obj.sealed_material, material_context(obj))
+        if self._material_max_age_s > 0:
+            self._material_cache[obj.kid] = (material, now)
+        return material
 
     # ------------------------------------------------------------------- validation and lookup
 

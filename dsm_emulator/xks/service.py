@@ -8,6 +8,10 @@ app's groups (404) -> apply the proxy's secondary-authorization verdict (403) ->
 one audit row (success or refusal) carrying the request metadata, never plaintext. A rekeyed key is
 followed to its newest version for encryption and back to the version a ciphertext names for decryption,
 so old ciphertexts still decrypt.
+
+The app's credentials and permissions, and the keys it names, come from caches that a change in any
+process invalidates within ``dsm.cache_poll_ms`` (dsm_emulator/generation.py): a steady load costs no
+database read per request beyond its audit row.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +43,7 @@ from dsm_emulator.errors import (
     NotFound,
     Unsupported,
 )
+from dsm_emulator.generation import Generation, GenerationCache
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys import KeyService, effective_state
 from dsm_emulator.models import App, SecurityObject, XksPathPrefix, is_uuid
@@ -76,16 +82,11 @@ class XksCall:
     policy: PolicyVerdict | None = None
 
 
-APP_CACHE_TTL_S = 2.0
-
-
 @dataclass(frozen=True)
 class _AppAuth:
     credentials: tuple[tuple[str, str], ...] = field(repr=False)
     principal: Principal
     prefixes: frozenset[str]  # the URI path prefixes this app is served under
-    loaded_at: float
-    generation: int
 
 
 class XksService(XksPrefixes, XksHealth):
@@ -103,6 +104,8 @@ class XksService(XksPrefixes, XksHealth):
         node_id: str,
         model: str,
         health_cache_s: float,
+        generation: Generation,
+        cache_max_age_s: float = 30.0,
     ) -> None:
         self._sessions = sessions
         self._keyring = keyring
@@ -113,7 +116,14 @@ class XksService(XksPrefixes, XksHealth):
         self._model = model
         self._health_cache_s = health_cache_s
         self._health: tuple[float, NodeHealth] | None = None
-        self._apps: dict[str, _AppAuth] = {}
+        self._apps: GenerationCache[str, _AppAuth | None] = GenerationCache(generation, cache_max_age_s)
+        # (account, groups, externalKeyId) -> the newest key of its chain; (kid, metadata) -> a version
+        self._keys_by_name: GenerationCache[Hashable, SecurityObject] = GenerationCache(
+            generation, cache_max_age_s
+        )
+        self._versions: GenerationCache[Hashable, SecurityObject] = GenerationCache(
+            generation, cache_max_age_s
+        )
 
     # ------------------------------------------------------------------------------- operations
 
@@ -150,19 +160,11 @@ class XksService(XksPrefixes, XksHealth):
         return result
 
     async def _app_auth(self, app_id: str, *, fresh: bool = False) -> _AppAuth | None:
-        """The app's awsxks credentials and permissions, cached briefly: they are read on every request.
-        Any administrative change in this process empties the cache at once; another replica's change
-        is seen within APP_CACHE_TTL_S (and a credential added there, at the first request using it)."""
-        entry = self._apps.get(app_id)
-        generation = self._admin.generation
-        if (
-            not fresh
-            and entry is not None
-            and entry.generation == generation
-            and time.monotonic() - entry.loaded_at < APP_CACHE_TTL_S
-        ):
-            return entry
-        self._apps.pop(app_id, None)
+        """The app's awsxks credentials and permissions (cached: see the module's docstring; ``fresh``
+        reads them again, for a signature that the cached credentials do not verify)."""
+        return await self._apps.get(app_id, lambda: self._load_app_auth(app_id), fresh=fresh)
+
+    async def _load_app_auth(self, app_id: str) -> _AppAuth | None:
         credentials = await self._admin.awsxks_secrets(app_id)
         if not credentials:
             return None
@@ -176,9 +178,7 @@ class XksService(XksPrefixes, XksHealth):
                 select(XksPathPrefix.prefix).where(XksPathPrefix.app_id == app_id)
             )
             prefixes = frozenset({canonical_prefix(app_id), *aliases.all()})
-        entry = _AppAuth(tuple(credentials), principal, prefixes, time.monotonic(), generation)
-        self._apps[app_id] = entry
-        return entry
+        return _AppAuth(tuple(credentials), principal, prefixes)
 
     async def _authenticate(self, call: XksCall) -> Principal:
         auth = await self._app_auth(call.app_id)
@@ -222,27 +222,34 @@ class XksService(XksPrefixes, XksHealth):
         if isinstance(request, xks_wire.HealthRequest):
             health = await self.node_health()
             return {"ekmFleetDetails": [health.as_xks()]}
-        async with self._sessions() as session:
-            named = await self._find_key(session, p, call.key_id or "")
-            keys.append(named)
-            if call.policy is not None and not call.policy.allowed:
-                raise AccessDenied(f"denied by policy rule {call.policy.rule}")
-            if isinstance(request, xks_wire.MetadataRequest):
-                return key_metadata(named)
-            if isinstance(request, xks_wire.EncryptRequest):
-                return self._encrypt(p, named, request)
-            assert isinstance(request, xks_wire.DecryptRequest)
-            # Authorization, state and usage of the external key come before anything about the
-            # ciphertext (its metadata included), in the spec's order.
-            require_permission(p, "DECRYPT", named.group_id)
-            _require_usable(named, "DECRYPT", PROCESS_STATES)
-            _require_usage(named, "DECRYPT")
-            version_key = await self._version(session, named, request.ciphertext_metadata)
-            if version_key is not named:
-                keys.append(version_key)
-            return self._decrypt(p, named, version_key, request)
+        key_id = call.key_id or ""
+        named = await self._keys_by_name.get(
+            (p.acct_id, p.groups(), key_id), lambda: self._find_key(p, key_id)
+        )
+        keys.append(named)
+        if call.policy is not None and not call.policy.allowed:
+            raise AccessDenied(f"denied by policy rule {call.policy.rule}")
+        if isinstance(request, xks_wire.MetadataRequest):
+            return key_metadata(named)
+        if isinstance(request, xks_wire.EncryptRequest):
+            return self._encrypt(p, named, request)
+        assert isinstance(request, xks_wire.DecryptRequest)
+        # Authorization, state and usage of the external key come before anything about the
+        # ciphertext (its metadata included), in the spec's order.
+        require_permission(p, "DECRYPT", named.group_id)
+        _require_usable(named, "DECRYPT", PROCESS_STATES)
+        _require_usage(named, "DECRYPT")
+        metadata = request.ciphertext_metadata
+        version_key = await self._versions.get((named.kid, metadata), lambda: self._version(named, metadata))
+        if version_key is not named:
+            keys.append(version_key)
+        return self._decrypt(p, named, version_key, request)
 
-    async def _find_key(self, session: AsyncSession, p: Principal, key_id: str) -> SecurityObject:
+    async def _find_key(self, p: Principal, key_id: str) -> SecurityObject:
+        async with self._sessions() as session:
+            return await self._find_key_in(session, p, key_id)
+
+    async def _find_key_in(self, session: AsyncSession, p: Principal, key_id: str) -> SecurityObject:
         """The externalKeyId is the key's kid, or its name; only the app's groups are searched, and a key
         outside them is 'not found'. A rotated key stands for the newest key of its chain."""
         stmt = select(SecurityObject).where(
@@ -264,9 +271,7 @@ class XksService(XksPrefixes, XksHealth):
             obj = newer
         return obj
 
-    async def _version(
-        self, session: AsyncSession, newest: SecurityObject, metadata: bytes | None
-    ) -> SecurityObject:
+    async def _version(self, newest: SecurityObject, metadata: bytes | None) -> SecurityObject:
         """The object of the key version a ciphertext names, walking the rekey links back."""
         if metadata is None:
             return newest
@@ -274,13 +279,16 @@ class XksService(XksPrefixes, XksHealth):
         if match is None:
             raise IntegrityFailure(_BAD_CIPHERTEXT)
         wanted, obj = int(match.group(1)), newest
-        while obj.version != wanted:
-            if obj.replaced_kid is None or obj.version < wanted:
-                raise IntegrityFailure(_BAD_CIPHERTEXT)
-            older = await session.get(SecurityObject, obj.replaced_kid)
-            if older is None:
-                raise IntegrityFailure(_BAD_CIPHERTEXT)
-            obj = older
+        if obj.version == wanted:
+            return obj
+        async with self._sessions() as session:
+            while obj.version != wanted:
+                if obj.replaced_kid is None or obj.version < wanted:
+                    raise IntegrityFailure(_BAD_CIPHERTEXT)
+                older = await session.get(SecurityObject, obj.replaced_kid)
+                if older is None:
+                    raise IntegrityFailure(_BAD_CIPHERTEXT)
+                obj = older
         return obj
 
     def _encrypt(self, p: Principal, key: SecurityObject, request: xks_wire.EncryptRequest) -> dict[str, Any]:

@@ -1,0 +1,120 @@
+"""Caches on the request path that stay correct when other processes change the database.
+
+Every audited mutation, in any process (the lab, a second replica, the CLI in another terminal), raises
+the one-row ``cache_generation`` counter in its own transaction (see the audit writer). Each process reads
+that counter at most once per poll interval, whoever asks, and a cache entry is used only while the
+counter still has the value it had *before* the entry was loaded. So a change committed at time t is
+honoured by every process from t + poll interval on, and by the process that made it at once (its writer
+expires the counter it holds). Entries also age out after ``max_age_s`` whatever happens, which bounds how
+long unsealed key material stays in memory.
+
+Why a polled counter rather than per-request queries: the hot path otherwise spends most of its time in
+the database driver's worker thread (the profile in the README), and one 100-ms poll per process replaces
+four to six queries per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dsm_emulator.models import CacheGeneration
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Generation:
+    """The database's cache generation as this process last read it, read at most every ``poll_s``."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], poll_s: float) -> None:
+        self._sessions = sessions
+        self.poll_s = poll_s
+        self._value = -1
+        self._read_started = -float("inf")  # the START of the last read: what it saw is at least that new
+        self._reading: asyncio.Future[int] | None = None
+        self.reads = 0
+
+    def expire(self) -> None:
+        """Forget the value read: this process just committed a change."""
+        self._read_started = -float("inf")
+
+    async def current(self) -> int:
+        if time.monotonic() - self._read_started < self.poll_s:
+            return self._value
+        if self._reading is not None:  # one read at a time, however many requests ask
+            return await asyncio.shield(self._reading)
+        self._reading = asyncio.get_running_loop().create_future()
+        started = time.monotonic()
+        try:
+            async with self._sessions() as session:
+                value = await session.scalar(select(CacheGeneration.value).where(CacheGeneration.id == 1))
+        except BaseException as exc:
+            self._reading.set_exception(exc)
+            self._reading.exception()  # retrieved: the waiters (if any) re-raise it
+            raise
+        finally:
+            reading, self._reading = self._reading, None
+        self.reads += 1
+        # A row that is not there (a database restored from before migration 0004 cannot start, so only
+        # by hand) counts as a new generation on every read: caching stops rather than going stale.
+        self._value = self._value + 1 if value is None else value
+        self._read_started = started
+        reading.set_result(self._value)
+        return self._value
+
+
+@dataclass(slots=True)
+class _Entry(Generic[V]):
+    value: V
+    generation: int
+    loaded_at: float
+
+
+class GenerationCache(Generic[K, V]):
+    """Values loaded from the database, used while the generation is unchanged and for at most
+    ``max_age_s``. Misses (a loader that raises) are not cached."""
+
+    def __init__(self, generation: Generation, max_age_s: float, max_entries: int = 4096) -> None:
+        self._generation = generation
+        self._max_age_s = max_age_s
+        self._max_entries = max_entries
+        self._entries: dict[K, _Entry[V]] = {}
+        self.hits = 0
+        self.loads = 0
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V]], *, fresh: bool = False) -> V:
+        """The cached value for ``key``, or ``load()``'s (stored unless it raised); ``fresh`` loads."""
+        generation = await self._generation.current()  # before loading: a change meanwhile reloads next time
+        now = time.monotonic()
+        entry = None if fresh else self._entries.get(key)
+        if entry is not None and entry.generation == generation and now - entry.loaded_at < self._max_age_s:
+            self.hits += 1
+            return entry.value
+        value = await load()
+        self.loads += 1
+        if self._max_age_s <= 0:
+            return value
+        if len(self._entries) >= self._max_entries:
+            self._evict(now)
+        self._entries[key] = _Entry(value, generation, now)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _evict(self, now: float) -> None:
+        fresh = {k: e for k, e in self._entries.items() if now - e.loaded_at < self._max_age_s}
+        if len(fresh) >= self._max_entries:  # all fresh: drop the oldest half
+            ordered = sorted(fresh.items(), key=lambda item: item[1].loaded_at)
+            fresh = dict(ordered[len(ordered) // 2 :])
+        self._entries = fresh

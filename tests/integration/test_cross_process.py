@@ -1,0 +1,138 @@
+"""Several processes on one database: the CLI in a second terminal beside a running DSM and XKS proxy.
+
+The running DSM caches keys, app credentials and permissions (dsm_emulator/generation.py); the CLI is
+another process with caches of its own. These tests change things with the real CLI in a subprocess and
+ask the running proxy right after the command returns: the change must already be honoured. And while a
+load runs, administrative commands writing the same audit chain must not fail a single request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tests import xks_harness
+from tests.xks_harness import XksEnv, b64, metadata
+
+xks_template = xks_harness.xks_template  # the fixtures this module uses
+xks_env = xks_harness.xks_env
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def xkslab(data_dir: Path, *args: str) -> Any:
+    """Run the real CLI in its own process (off the event loop, so the servers keep serving)."""
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *args, "--json"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=120,
+        )
+
+    proc = await asyncio.to_thread(run)
+    assert proc.returncode == 0, f"xkslab {' '.join(args)} failed: {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+async def encrypt_status(env: XksEnv, key_id: str | None = None) -> tuple[int, Any]:
+    return await env.encrypt(b"\x01" * 32, key_id)
+
+
+async def test_a_key_disabled_by_the_cli_is_refused_as_soon_as_the_command_returns(xks_env: XksEnv) -> None:
+    for _ in range(3):  # warm the cache: the key is served from memory from now on
+        status, _ = await encrypt_status(xks_env)
+        assert status == 200
+    await xkslab(xks_env.data_dir, "key", "disable", "root-kek-1")
+    status, err = await encrypt_status(xks_env)
+    assert status == 400 and err["errorName"] == "InvalidStateException", err
+    await xkslab(xks_env.data_dir, "key", "enable", "root-kek-1")
+    status, _ = await encrypt_status(xks_env)
+    assert status == 200
+
+
+async def test_a_rekey_by_the_cli_moves_encryption_to_the_new_version_and_old_ciphertexts_decrypt(
+    xks_env: XksEnv,
+) -> None:
+    status, old = await encrypt_status(xks_env)
+    assert status == 200
+    await xkslab(xks_env.data_dir, "key", "rekey", "root-kek-1")
+    status, new = await encrypt_status(xks_env)
+    assert status == 200
+    assert old["ciphertextMetadata"] != new["ciphertextMetadata"]  # key_version=1 -> key_version=2
+    for ciphertext in (old, new):
+        status, plain = await xks_env.decrypt(ciphertext)
+        assert status == 200 and plain["plaintext"] == b64(b"\x01" * 32)
+
+
+async def test_a_secret_reset_twice_by_the_cli_locks_out_the_first_credential_at_once(
+    xks_env: XksEnv,
+) -> None:
+    status, _ = await encrypt_status(xks_env)
+    assert status == 200  # the credentials are cached now
+    # awsxks keeps the previous pair valid after one reset; a second reset retires it.
+    await xkslab(xks_env.data_dir, "app", "reset-secret", xks_env.app_id)
+    status, _ = await encrypt_status(xks_env)
+    assert status == 200
+    fresh = await xkslab(xks_env.data_dir, "app", "reset-secret", xks_env.app_id)
+    status, err = await encrypt_status(xks_env)
+    assert status == 401 and err["errorName"] == "AuthenticationFailedException", err
+    xks_env.akid = fresh["awsxks"]["access_key_id"]
+    xks_env.secret = fresh["awsxks"]["secret_key"]
+    status, _ = await encrypt_status(xks_env)
+    assert status == 200
+
+
+async def test_admin_commands_beside_a_load_fail_no_request_and_keep_the_audit_chain_whole(
+    xks_env: XksEnv,
+) -> None:
+    """Issue 11 #1: the CLI writes the same audit chain as the running DSM. Before the chain head was
+    taken under a lock, the server's next row collided with the CLI's and that request failed."""
+    statuses: Counter[int] = Counter()
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            status, body = await xks_env.post(
+                xks_env.url("encrypt"),
+                {
+                    "requestMetadata": metadata(),
+                    "plaintext": b64(b"x" * 32),
+                    "encryptionAlgorithm": "AES_GCM",
+                },
+            )
+            statuses[status] += 1
+            if status != 200:
+                statuses_detail.append(body)
+
+    statuses_detail: list[Any] = []
+    workers = [asyncio.create_task(load()) for _ in range(8)]
+    try:
+        created = []
+        for i in range(4):
+            created.append(await xkslab(xks_env.data_dir, "key", "create", f"beside-load-{i}"))
+            await xkslab(xks_env.data_dir, "key", "disable", f"beside-load-{i}")
+            await xkslab(xks_env.data_dir, "app", "reset-secret", xks_env.app_id)
+            # Each reset keeps the previous pair valid: follow it, as KMS would after an update.
+            cred = await xkslab(xks_env.data_dir, "app", "credential", xks_env.app_id)
+            pair = cred["awsxks"]
+            xks_env.akid, xks_env.secret = pair["access_key_id"], pair["secret_key"]
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    assert statuses[200] > 0
+    assert set(statuses) == {200}, (statuses, statuses_detail[:3])
+    assert len({k["kid"] for k in created}) == 4
+    verified = await xkslab(xks_env.data_dir, "audit", "verify")
+    assert verified["ok"] is True, verified
+    rows = await xks_env.audit_rows("xks.encrypt")
+    assert sum(1 for r in rows if r["outcome"] == "success") == statuses[200]

@@ -1,0 +1,108 @@
+"""The cache generation: caches on the request path that stay correct when another process changes the
+database. Two Generation objects on two engines stand for two processes. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dsm_emulator.generation import Generation, GenerationCache
+from dsm_emulator.models import CacheGeneration
+from xkslab_shared.db import create_engine, session_factory
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def other_process(db_url: str) -> AsyncIterator[Sessions]:
+    engine = create_engine(db_url)
+    try:
+        yield session_factory(engine)
+    finally:
+        await engine.dispose()
+
+
+async def bump(sessions: Sessions) -> None:
+    async with sessions.begin() as session:
+        await session.execute(update(CacheGeneration).values(value=CacheGeneration.value + 1))
+
+
+class Loader:
+    def __init__(self) -> None:
+        self.value = "v1"
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        return self.value
+
+
+async def test_an_entry_is_served_until_the_generation_moves_and_the_poll_notices(
+    sessions: Sessions, other_process: Sessions
+) -> None:
+    generation = Generation(sessions, poll_s=3600.0)  # never polls again by itself in this test
+    cache: GenerationCache[str, str] = GenerationCache(generation, max_age_s=3600.0)
+    load = Loader()
+    assert await cache.get("k", load) == "v1"
+    load.value = "v2"
+    assert await cache.get("k", load) == "v1" and load.calls == 1  # served from memory
+    await bump(other_process)
+    assert await cache.get("k", load) == "v1"  # not polled yet: the stated bound, not a bug
+    generation.poll_s = 0.0
+    assert await cache.get("k", load) == "v2" and load.calls == 2
+    assert await cache.get("k", load) == "v2" and load.calls == 2  # the generation did not move again
+
+
+async def test_expire_makes_the_next_read_go_to_the_database(
+    sessions: Sessions, other_process: Sessions
+) -> None:
+    generation = Generation(sessions, poll_s=3600.0)
+    first = await generation.current()
+    await bump(other_process)
+    assert await generation.current() == first
+    generation.expire()  # what the audit writer does after this process commits a change
+    assert await generation.current() == first + 1
+
+
+async def test_concurrent_callers_share_one_read(sessions: Sessions) -> None:
+    generation = Generation(sessions, poll_s=3600.0)
+    values = await asyncio.gather(*(generation.current() for _ in range(50)))
+    assert len(set(values)) == 1
+    assert generation.reads == 1
+
+
+async def test_entries_age_out_and_failed_loads_are_not_cached(sessions: Sessions) -> None:
+    generation = Generation(sessions, poll_s=3600.0)
+    aged: GenerationCache[str, str] = GenerationCache(generation, max_age_s=0.0)
+    load = Loader()
+    await aged.get("k", load)
+    await aged.get("k", load)
+    assert load.calls == 2 and len(aged) == 0  # max age 0: nothing kept (nor key material)
+
+    cache: GenerationCache[str, str] = GenerationCache(generation, max_age_s=3600.0)
+
+    async def missing() -> str:
+        raise LookupError("not there")
+
+    with pytest.raises(LookupError):
+        await cache.get("gone", missing)
+    assert len(cache) == 0
+    assert await cache.get("gone", load) == "v1"
+    assert await cache.get("gone", missing) == "v1"  # now cached
+    assert await cache.get("gone", load, fresh=True) == "v1" and load.calls == 4
+
+
+async def test_the_cache_stays_bounded(sessions: Sessions) -> None:
+    generation = Generation(sessions, poll_s=3600.0)
+    cache: GenerationCache[int, int] = GenerationCache(generation, max_age_s=3600.0, max_entries=10)
+
+    async def same() -> int:
+        return 1
+
+    for i in range(100):
+        await cache.get(i, same)
+    assert len(cache) <= 10
