@@ -23,6 +23,7 @@ from dsm_emulator.errors import Sealed
 from dsm_emulator.generation import Generation
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys import KeyService
+from dsm_emulator.revocations import SessionRevocations
 from dsm_emulator.sealing import (
     Pkcs11SealConfig,
     SealConfig,
@@ -70,6 +71,7 @@ class DsmCore:
     keys: KeyService
     admin: AdminService
     xks: XksService
+    revocations: SessionRevocations
 
     @classmethod
     async def open(cls, settings: Settings) -> DsmCore:
@@ -126,6 +128,7 @@ class DsmCore:
             keys=keys,
             admin=admin,
             xks=xks,
+            revocations=SessionRevocations(sessions, settings.dsm.revocation_refresh_ms),
         )
 
     async def close(self) -> None:

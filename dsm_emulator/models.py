@@ -232,3 +232,13 @@ class XksPathPrefix(Base):
     prefix: Mapped[str] = mapped_column(String(128), primary_key=True)
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.app_id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime]
+
+
+class SessionRevocation(Base):
+    """A terminated session: every token of the reauth chain that shares ``sid`` is refused. Kept until
+    the session's absolute expiry, after which no token of it verifies anyway and the row may be pruned."""
+
+    __tablename__ = "session_revocations"
+    sid: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    revoked_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)

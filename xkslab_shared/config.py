@@ -71,6 +71,10 @@ class DsmSettings:
     host: str = "127.0.0.1"
     port: int = 8500
     session_ttl_s: int = 3600
+    # A session's absolute lifetime from its login: reauth renews a token only up to this point.
+    session_max_lifetime_s: int = 28800
+    # How stale this process's cache of terminated sessions may be (0: read the database on every call).
+    revocation_refresh_ms: int = 500
     max_body_bytes: int = 1 << 20
     # HTTPS is served too when both files exist (relative paths are in the data directory).
     https_port: int = 8443
@@ -306,6 +310,7 @@ _POSITIVE = {
     "database.pool_size",
     "audit.batch_max",
     "dsm.session_ttl_s",
+    "dsm.session_max_lifetime_s",
     "dsm.max_body_bytes",
     "xks.dsm_timeout_ms",
     "kms.xks_timeout_ms",
@@ -328,6 +333,8 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
             raise fail(name, "must be greater than 0")
     if values["audit.flush_interval_ms"] < 0:
         raise fail("audit.flush_interval_ms", "must not be negative")
+    if values["dsm.revocation_refresh_ms"] < 0:
+        raise fail("dsm.revocation_refresh_ms", "must not be negative (0 reads the database every call)")
     for name in _PORTS:
         if not 0 <= values[name] < 65536:
             raise fail(name, "must be a TCP port (1-65535), or 0 for a free one")

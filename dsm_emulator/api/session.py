@@ -1,9 +1,12 @@
 """DSM REST API: sessions, accounts, users and the public system endpoints.
 
-A session is an HS256 JWT signed with ``keyring.derive("session-jwt")`` (claims sub, kind, acct, jti,
-iat, exp). Terminated tokens and a user's selected account are kept in memory until the token expires:
-both are **per replica** (a token terminated on one node stays valid on another until it expires), and
-a restart forgets them. Refresh is a no-op (the expiry is fixed at issue time).
+A token is an HS256 JWT signed with ``keyring.derive("session-jwt")`` (claims sub, kind, acct, jti,
+iat, exp, sid, sxp). A login starts a session: ``sid`` names it and ``sxp`` is its absolute expiry
+(``dsm.session_max_lifetime_s`` after the login). Reauth mints a token of the same session, so its
+``exp`` never passes ``sxp``: renewing cannot keep a session alive past its lifetime. Terminate revokes
+the whole session (every token of the reauth chain, before and after the one presented) in the database
+(``dsm_emulator.revocations``), so every replica refuses it and a restart does not forget it.
+A user's selected account is still kept in memory, per replica. Refresh is a no-op.
 """
 
 from __future__ import annotations
@@ -61,14 +64,11 @@ ACCOUNTLESS_PATHS = frozenset(
 class SessionState:
     """In-memory, per-replica session bookkeeping."""
 
-    revoked: dict[str, float] = field(default_factory=dict)  # jti -> exp
     selected: dict[str, tuple[str, float]] = field(default_factory=dict)  # jti -> (acct_id, exp)
     basic_cache: dict[bytes, tuple[Principal, float]] = field(default_factory=dict)
 
     def prune(self) -> None:
         now = time.time()
-        for jti in [j for j, exp in self.revoked.items() if exp < now]:
-            del self.revoked[jti]
         for jti in [j for j, (_, exp) in self.selected.items() if exp < now]:
             del self.selected[jti]
         mono = time.monotonic()
@@ -87,20 +87,29 @@ def _jwt_key(core: DsmCore) -> bytes:
     return core.keyring.derive(JWT_PURPOSE)
 
 
-def issue_token(core: DsmCore, kind: str, sub: str, acct: str | None) -> dict[str, Any]:
-    ttl = core.settings.dsm.session_ttl_s
+def issue_token(
+    core: DsmCore, kind: str, sub: str, acct: str | None, session: tuple[str, int] | None = None
+) -> dict[str, Any]:
+    """A token for ``sub``: of a new session, or of ``session`` (sid, absolute expiry) when renewing."""
+    dsm = core.settings.dsm
     now = int(time.time())
+    sid, sxp = session if session is not None else (str(uuid.uuid4()), now + dsm.session_max_lifetime_s)
+    if sxp <= now:
+        raise AuthFailed("session lifetime is over: authenticate again")
+    exp = min(now + dsm.session_ttl_s, sxp)
     claims: dict[str, Any] = {
         "sub": sub,
         "kind": kind,
         "jti": str(uuid.uuid4()),
         "iat": now,
-        "exp": now + ttl,
+        "exp": exp,
+        "sid": sid,
+        "sxp": sxp,
     }
     if acct is not None:
         claims["acct"] = acct
     token = jwt.encode(claims, _jwt_key(core), algorithm="HS256")
-    return {"token_type": "Bearer", "expires_in": ttl, "access_token": token, "entity_id": sub}
+    return {"token_type": "Bearer", "expires_in": exp - now, "access_token": token, "entity_id": sub}
 
 
 def _decode_basic(header: str) -> tuple[str, str]:
@@ -157,14 +166,16 @@ async def principal_from_bearer(request: web.Request, token: str) -> Principal |
             token,
             _jwt_key(core),
             algorithms=["HS256"],
-            options={"require": ["sub", "kind", "jti", "iat", "exp"]},
+            options={"require": ["sub", "kind", "jti", "iat", "exp", "sid", "sxp"]},
         )
     except jwt.PyJWTError:
         raise AuthFailed("invalid or expired session token") from None
+    if not isinstance(claims["sxp"], int) or claims["sxp"] <= time.time():
+        raise AuthFailed("session lifetime is over: authenticate again")
+    if await core.revocations.is_revoked(str(claims["sid"])):
+        raise AuthFailed("session terminated")
     state = _state(request)
     jti = str(claims["jti"])
-    if jti in state.revoked:
-        raise AuthFailed("session terminated")
     request[CLAIMS] = claims
     sub = str(claims["sub"])
     if claims["kind"] == "app":
@@ -229,9 +240,9 @@ async def auth(request: web.Request) -> web.Response:
 async def terminate(request: web.Request) -> web.Response:
     claims = _claims(request)
     if claims is not None:
+        await core_of(request).revocations.revoke(str(claims["sid"]), float(claims["sxp"]))
         state = _state(request)
         state.prune()
-        state.revoked[str(claims["jti"])] = float(claims["exp"])
         state.selected.pop(str(claims["jti"]), None)
     return no_content()
 
@@ -246,11 +257,13 @@ async def reauth(request: web.Request) -> web.Response:
     core = core_of(request)
     claims = _claims(request)
     principal = request.get(PRINCIPAL)
+    # The new token belongs to the caller's session (none for session-less Basic): same sid, same end.
+    session = (str(claims["sid"]), int(claims["sxp"])) if claims is not None else None
     if principal is not None and principal.kind == "app":
-        return json_response(issue_token(core, "app", str(principal.id), principal.acct_id))
+        return json_response(issue_token(core, "app", str(principal.id), principal.acct_id, session))
     if claims is not None and claims["kind"] == "user":
         acct = principal.acct_id if principal is not None else claims.get("acct")
-        return json_response(issue_token(core, "user", str(claims["sub"]), acct))
+        return json_response(issue_token(core, "user", str(claims["sub"]), acct, session))
     raise BadRequest("reauth needs a session")
 
 
