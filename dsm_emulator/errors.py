@@ -14,6 +14,7 @@ these to its own wire shape in one place; messages are safe to show (no secrets,
     ├── Internal              an unexpected failure, detail only in the log       (500)
     ├── Sealed                keyring unavailable or sealing backend failure       (503)
     ├── AuditUnavailable      the audit row could not be written: fail closed      (503)
+    ├── DeadlineExceeded      the caller's deadline passed before the work was done (503)
     └── SchemaMismatch        database schema revision unknown to this code        (start-up)
 """
 
@@ -77,6 +78,13 @@ class Sealed(DsmError):
 
 
 class AuditUnavailable(DsmError):
+    status = 503
+
+
+class DeadlineExceeded(DsmError):
+    """The caller (the XKS proxy) stops waiting at its deadline: work that cannot be answered by then is
+    not done, or not acknowledged, and its audit row says so."""
+
     status = 503
 
 

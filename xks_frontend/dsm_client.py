@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from xks_frontend.errors import XksError, from_dsm
-from xkslab_shared.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall
+from xkslab_shared.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall, budget_for
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class DsmClient:
         self.urls = urls
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._budget_ms = budget_for(int(timeout_s * 1000))
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
@@ -98,10 +99,13 @@ class DsmClient:
         return {str(k): str(v) for k, v in table.items()}
 
     async def call(self, call: ForwardedCall) -> dict[str, Any]:
+        # Each node gets the whole timeout (fail-over), so each gets the same budget.
+        call = replace(call, budget_ms=self._budget_ms)
         return _outcome(await self._first("POST", CALL_PATH, call.to_json()))
 
     async def call_each(self, call: ForwardedCall) -> list[NodeAnswer]:
         """The same call on every node at once (health: each node reports itself)."""
+        call = replace(call, budget_ms=self._budget_ms)
 
         async def one(url: str) -> NodeAnswer:
             try:

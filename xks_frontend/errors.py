@@ -21,6 +21,7 @@ FROM_DSM = {
     "InvalidState": "InvalidStateException",
     "KeyOpNotAllowed": "InvalidKeyUsageException",
     "Unsupported": "UnsupportedOperationException",
+    "DeadlineExceeded": "DependencyTimeoutException",
 }
 MAX_MESSAGE = 511
 

@@ -48,6 +48,16 @@ def read_token(path: Path, *, create: bool = False) -> str:
     return token
 
 
+MAX_BUDGET_MS = 600_000
+
+
+def budget_for(timeout_ms: int) -> int:
+    """The deadline the proxy passes on for a call it waits ``timeout_ms`` for: shorter by a margin, so
+    that the key manager's refusal (and its audit row) is committed before the proxy gives up; then the
+    audit row agrees with what the caller was told."""
+    return max(1, timeout_ms - max(10, timeout_ms // 5))
+
+
 @dataclass(frozen=True)
 class ForwardedCall:
     app_id: str
@@ -62,6 +72,9 @@ class ForwardedCall:
     max_aad_bytes: int
     policy_allowed: bool | None = None  # None: no policy applies (health, or no policy file)
     policy_rule: str | None = None
+    # How long the proxy will still wait for the answer, in ms: the key manager gives up on (and audits
+    # as refused) work it cannot answer within it. None: no deadline (an older proxy).
+    budget_ms: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +90,7 @@ class ForwardedCall:
             "policy": None
             if self.policy_allowed is None
             else {"allowed": self.policy_allowed, "rule": self.policy_rule or ""},
+            "budget_ms": self.budget_ms,
         }
 
     @classmethod
@@ -86,6 +100,7 @@ class ForwardedCall:
             headers = data["headers"]
             limits = data["limits"]
             policy = data.get("policy")
+            budget = data.get("budget_ms")
             if not isinstance(headers, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
             ):
@@ -103,11 +118,14 @@ class ForwardedCall:
                 max_aad_bytes=_int(limits["max_aad_bytes"]),
                 policy_allowed=None if policy is None else bool(policy["allowed"]),
                 policy_rule=None if policy is None else _str(policy["rule"]),
+                budget_ms=None if budget is None else _int(budget),
             )
         except (KeyError, TypeError, binascii.Error) as exc:
             raise ValueError(f"malformed internal XKS call ({type(exc).__name__})") from None
         if call.operation not in ("health", "metadata", "encrypt", "decrypt"):
             raise ValueError("unknown XKS operation")
+        if call.budget_ms is not None and not 0 < call.budget_ms <= MAX_BUDGET_MS:
+            raise ValueError(f"budget_ms must be 1 to {MAX_BUDGET_MS}")
         if (call.key_id is None) != (call.operation == "health"):
             raise ValueError("key_id is required for key operations and only for them")
         return call

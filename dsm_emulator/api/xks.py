@@ -5,6 +5,7 @@ the call itself was refused (wrong proxy token, malformed call)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -58,6 +59,9 @@ async def call(request: web.Request) -> web.Response:
         policy=None
         if forwarded.policy_allowed is None
         else PolicyVerdict(forwarded.policy_allowed, forwarded.policy_rule or ""),
+        deadline=None
+        if forwarded.budget_ms is None
+        else asyncio.get_running_loop().time() + forwarded.budget_ms / 1000,
     )
     try:
         result = await core_of(request).xks.call(xks_call)

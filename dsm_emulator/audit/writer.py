@@ -74,6 +74,8 @@ class _Item:
     work: Callable[[AsyncSession], Awaitable[tuple[Any, AuditEvent]]] | None = None
     on_error: Callable[[DsmError], AuditEvent] | None = None
     invalidates: bool = True
+    deadline: float | None = None  # record(): loop time by which the row must be on its way
+    late: DsmError | None = None  # ... or it is written as this refusal, which the caller gets
 
 
 _STOP = object()
@@ -148,11 +150,19 @@ class AuditLog:
         """Whether the writer accepts rows (health checks report a node that cannot audit as unusable)."""
         return self._task is not None and not self._task.done() and not self._closing
 
-    async def record(self, event: AuditEvent) -> None:
-        """Return once ``event``'s row is committed; raise AuditUnavailable if it could not be."""
+    async def record(
+        self, event: AuditEvent, *, deadline: float | None = None, late: DsmError | None = None
+    ) -> None:
+        """Return once ``event``'s row is committed; raise AuditUnavailable if it could not be.
+
+        With a ``deadline`` (event-loop time) and a ``late`` error: if the batch carrying the row starts
+        to be written after the deadline, the row written is ``event.refused(late)`` and ``late`` is
+        raised, so the log never calls successful what the caller saw fail."""
         if not isinstance(event, AuditEvent):  # checked here: a bad item would fail a whole batch
             raise TypeError("record() takes an AuditEvent")
-        await self._submit(event=event)
+        if deadline is not None and late is None:
+            raise TypeError("record() with a deadline needs the error a late row is written as")
+        await self._submit(event=event, deadline=deadline, late=late)
 
     async def apply(
         self,
@@ -191,9 +201,10 @@ class AuditLog:
                     if item.work:
                         await self._run_apply(item)
                     else:
-                        ok = await self._write([i.event for i in batch])
-                        for i in batch:
-                            _resolve(i.future, error=None if ok else AuditUnavailable(UNAVAILABLE))
+                        late = await self._write(batch)
+                        for i, error in zip(batch, late or [None] * len(batch), strict=True):
+                            ok = late is not None
+                            _resolve(i.future, error=error if ok else AuditUnavailable(UNAVAILABLE))
                 except Exception as exc:  # a bug, or a session that failed to close: keep the writer
                     logger.error("audit log %s: writer error: %s", self.chain, _describe(exc))
                     for i in batch:
@@ -231,15 +242,15 @@ class AuditLog:
             batch.append(item)
         return batch
 
-    async def _write(self, events: list[Any]) -> bool:
-        """Commit one row per event in one transaction. False (already logged) when it failed."""
+    async def _write(self, batch: list[_Item]) -> list[DsmError | None] | None:
+        """Commit one row per item in one transaction: per item, the error it was written as because its
+        deadline had passed (None: on time); None (already logged) when the commit failed."""
         try:
             async with self._sessions() as session:
-                await self._commit(session, events)
+                return await self._commit(session, batch)
         except Exception as exc:
-            await self._failed(exc, events)
-            return False
-        return True
+            await self._failed(exc, [i.event for i in batch])
+            return None
 
     async def _run_apply(self, item: _Item) -> None:
         future, work = item.future, item.work
@@ -260,7 +271,7 @@ class AuditLog:
                 return
             else:
                 try:
-                    await self._commit(session, [event], invalidates=item.invalidates)
+                    await self._commit(session, [_Item(future, event)], invalidates=item.invalidates)
                 except Exception as exc:
                     await _rollback(session)
                     await self._failed(exc, [event])
@@ -281,19 +292,25 @@ class AuditLog:
             logger.error("audit log %s: on_error failed: %s", self.chain, _describe(exc))
             _resolve(future, error=AuditUnavailable(UNAVAILABLE))
             return
-        ok = await self._write([refusal])
+        ok = await self._write([_Item(future, refusal)]) is not None
         _resolve(future, error=refused if ok else AuditUnavailable(UNAVAILABLE))
 
     async def _commit(
-        self, session: AsyncSession, events: list[AuditEvent], *, invalidates: bool = False
-    ) -> None:
+        self, session: AsyncSession, batch: list[_Item], *, invalidates: bool = False
+    ) -> list[DsmError | None]:
         """Lock the chain, chain the rows onto its head as the database has it, insert and commit (with
         the cache generation raised when ``invalidates``). A failed commit leaves no hole: the next batch
-        reads the head again."""
+        reads the head again. An item whose deadline passed while it waited (for its batch, or for the
+        lock) is written as its refusal: decided here, the last moment before the insert."""
         if session.bind.dialect.name == "postgresql":
             # Held until this transaction ends; SQLite's writer engine already holds the write lock.
             await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._lock_key})
         head = await self._read_head(session)
+        late = _late(batch, asyncio.get_running_loop().time())
+        events = [
+            i.event if error is None else i.event.refused(error)  # type: ignore[union-attr]
+            for i, error in zip(batch, late, strict=True)
+        ]
         term = self._keyring.active_term
         key = self._keyring.derive(AUDIT_KEY_PURPOSE, term)
         # Never step back in time within a chain (a clock adjustment): export sorts by time.
@@ -316,6 +333,7 @@ class AuditLog:
         await session.commit()
         self.stats.batches += 1
         self.stats.rows += len(rows)
+        return late
 
     async def _failed(self, exc: BaseException, events: list[Any]) -> None:
         self.stats.failures += 1
@@ -337,6 +355,11 @@ def _advisory_key(chain: str) -> int:
     return int.from_bytes(
         hashlib.sha256(b"xkslab-audit-chain\n" + chain.encode()).digest()[:8], "big", signed=True
     )
+
+
+def _late(batch: list[_Item], now: float) -> list[DsmError | None]:
+    """Per item, the error it is written as because its deadline has passed (None: on time)."""
+    return [i.late if i.deadline is not None and now >= i.deadline else None for i in batch]
 
 
 async def _rollback(session: AsyncSession) -> None:

@@ -16,6 +16,7 @@ database read per request beyond its audit row.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -35,6 +36,7 @@ from dsm_emulator.errors import (
     AccessDenied,
     AuthFailed,
     BadRequest,
+    DeadlineExceeded,
     DsmError,
     IntegrityFailure,
     Internal,
@@ -80,6 +82,7 @@ class XksCall:
     body: bytes
     limits: xks_wire.Limits
     policy: PolicyVerdict | None = None
+    deadline: float | None = None  # event-loop time after which the caller no longer waits
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,11 @@ class XksService(XksPrefixes, XksHealth):
     # ------------------------------------------------------------------------------- operations
 
     async def call(self, call: XksCall) -> dict[str, Any]:
-        """Run one XKS request; raises the DsmError that the proxy maps to an XKS errorName."""
+        """Run one XKS request; raises the DsmError that the proxy maps to an XKS errorName.
+
+        With a deadline, work that has not started by then is not done, and a result whose audit row
+        is not being written by then is not acknowledged: either way the row says DeadlineExceeded,
+        which is what the proxy tells its caller."""
         started = time.perf_counter()
         principal = await self._authenticate(call)
         event = AuditEvent.by(
@@ -151,12 +158,18 @@ class XksService(XksPrefixes, XksHealth):
                 event = replace(
                     event, message=f"{event.message}, {verdict} by policy rule {call.policy.rule}"
                 )
+            if call.deadline is not None and asyncio.get_running_loop().time() >= call.deadline:
+                raise DeadlineExceeded(_TOO_LATE)
             result = await self._run(principal, call, request, keys)
         except DsmError as exc:
             await self._audit.record(_about(event, keys).refused(exc))
             raise
         elapsed = int((time.perf_counter() - started) * 1e6)
-        await self._audit.record(replace(_about(event, keys), response_time_us=elapsed))
+        await self._audit.record(
+            replace(_about(event, keys), response_time_us=elapsed),
+            deadline=call.deadline,
+            late=DeadlineExceeded(_TOO_LATE),
+        )
         return result
 
     async def _app_auth(self, app_id: str, *, fresh: bool = False) -> _AppAuth | None:
@@ -332,6 +345,7 @@ class XksService(XksPrefixes, XksHealth):
         return {"plaintext": _b64(plaintext)}
 
 
+_TOO_LATE = "the request's deadline passed before the key manager could answer it"
 _BAD_CIPHERTEXT = (
     "The ciphertext, initialization vector, authentication tag, additional authenticated data or "
     "ciphertext metadata is corrupted, missing, or otherwise invalid"

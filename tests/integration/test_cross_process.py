@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import xks_harness
-from tests.xks_harness import XksEnv, b64, metadata
+from tests.xks_harness import XksEnv, b64, close_env, make_env, metadata
 
 xks_template = xks_harness.xks_template  # the fixtures this module uses
 xks_env = xks_harness.xks_env
@@ -136,3 +136,44 @@ async def test_admin_commands_beside_a_load_fail_no_request_and_keep_the_audit_c
     assert verified["ok"] is True, verified
     rows = await xks_env.audit_rows("xks.encrypt")
     assert sum(1 for r in rows if r["outcome"] == "success") == statuses[200]
+
+
+async def test_a_request_the_proxy_gave_up_on_is_audited_as_refused_not_success(
+    xks_template: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Deadlines: another process holds the database's write lock (a long CLI transaction, a backup)
+    longer than the proxy waits. The proxy answers 503 DependencyTimeoutException; when the DSM gets
+    the lock, the row it writes for that request must say refused, because that is what KMS was told."""
+    import sqlite3
+
+    env = await make_env(xks_template, tmp_path, {"xks.dsm_timeout_ms": 300})
+    try:
+        status, _ = await encrypt_status(env)  # warm: the key and credentials are cached
+        assert status == 200
+        blocker = sqlite3.connect(env.data_dir / "xkslab.db", isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # the write lock, held until the proxy has answered
+            request_id = "0c9a4c85-5b1d-4c38-9a4b-5d9f1f0d6e21"
+            status, err = await env.post(
+                env.url("encrypt"),
+                {
+                    "requestMetadata": metadata(kmsRequestId=request_id),
+                    "plaintext": b64(b"x" * 32),
+                    "encryptionAlgorithm": "AES_GCM",
+                },
+            )
+            assert status == 503 and err["errorName"] == "DependencyTimeoutException", err
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        for _ in range(200):  # the DSM writes the row once it has the lock: wait for it, bounded
+            rows = [r for r in await env.audit_rows("xks.encrypt") if r["kms_request_id"] == request_id]
+            if rows:
+                break
+            await asyncio.sleep(0.05)
+        assert len(rows) == 1, rows
+        assert rows[0]["outcome"] == "refused" and "deadline" in rows[0]["message"], rows[0]
+        status, _ = await encrypt_status(env)  # and the lab carries on
+        assert status == 200
+    finally:
+        await close_env(env)

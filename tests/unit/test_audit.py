@@ -462,3 +462,20 @@ async def test_two_writers_of_one_chain_on_separate_engines_never_collide(
     assert await verify(sessions, keyring) == []
     async with sessions() as session:
         assert await session.scalar(select(CacheGeneration.value)) == before + 10  # one per mutation
+
+
+async def test_a_row_whose_deadline_passed_is_written_as_the_refusal_its_caller_gets(
+    log: AuditLog, sessions: Sessions
+) -> None:
+    loop = asyncio.get_running_loop()
+    on_time = ev(1, message="in time")
+    await log.record(on_time, deadline=loop.time() + 3600, late=Conflict("too late"))
+    with pytest.raises(Conflict, match="too late"):
+        await log.record(ev(2, message="late"), deadline=loop.time() - 1, late=Conflict("too late"))
+    rows = await chain_rows(sessions, "node-a")
+    assert [(r.message, r.outcome) for r in rows[-2:]] == [
+        ("in time", "success"),
+        ("late: refused: too late", "refused"),
+    ]
+    with pytest.raises(TypeError):
+        await log.record(ev(3), deadline=loop.time())
