@@ -20,7 +20,6 @@ from dsm_emulator import store
 from dsm_emulator.admin import AdminService
 from dsm_emulator.audit import AuditLog
 from dsm_emulator.errors import Sealed
-from dsm_emulator.generation import Generation
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys import KeyService
 from dsm_emulator.revocations import SessionRevocations
@@ -34,6 +33,7 @@ from dsm_emulator.sealing import (
 )
 from dsm_emulator.xks import XksService
 from xkslab_shared.config import Settings
+from xkslab_shared.generation import Generation
 
 
 def seal_config(settings: Settings, backend: str | None = None) -> SealConfig:

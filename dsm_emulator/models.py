@@ -214,16 +214,6 @@ class AuditRow(Base):
     row_hash: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-class CacheGeneration(Base):
-    """One row whose ``value`` every audited mutation raises in its own transaction: the cheap thing
-    every process polls to learn that what it cached (keys, app credentials, permissions) may be stale."""
-
-    __tablename__ = "cache_generation"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    value: Mapped[int] = mapped_column(BigInteger)
-
-
 class XksPathPrefix(Base):
     """An alias URI path prefix for an awsxks app, in addition to its Fortanix-style
     ``/crypto/v1/apps/<app_id>/aws``, so a key store can keep a path of the customer's choosing."""

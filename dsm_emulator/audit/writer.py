@@ -26,17 +26,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator.audit.chain import AUDIT_KEY_PURPOSE, ZERO_HASH, _utc, row_hash
 from dsm_emulator.audit.events import AuditEvent
 from dsm_emulator.errors import AuditUnavailable, DsmError
-from dsm_emulator.generation import Generation
 from dsm_emulator.keyring import Keyring
-from dsm_emulator.models import AuditRow, CacheGeneration
+from dsm_emulator.models import AuditRow
 from xkslab_shared.config import AuditSettings
+from xkslab_shared.generation import Generation, bump
 
 # The logger keeps the name it had before audit became a package, so log filters keep working.
 logger = logging.getLogger("dsm_emulator.audit")
@@ -327,9 +327,7 @@ class AuditLog:
             prev = digest
         await session.execute(insert(_TABLE), rows)  # one executemany, not a unit-of-work flush
         if invalidates:
-            await session.execute(
-                update(CacheGeneration).where(CacheGeneration.id == 1).values(value=CacheGeneration.value + 1)
-            )
+            await session.execute(bump())
         await session.commit()
         self.stats.batches += 1
         self.stats.rows += len(rows)

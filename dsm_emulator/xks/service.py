@@ -45,7 +45,6 @@ from dsm_emulator.errors import (
     NotFound,
     Unsupported,
 )
-from dsm_emulator.generation import Generation, GenerationCache
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys import KeyService, effective_state
 from dsm_emulator.models import App, SecurityObject, XksPathPrefix, is_uuid
@@ -60,6 +59,7 @@ from dsm_emulator.xks.wire import (
     version_metadata,
 )
 from xkslab_shared import sigv4, xks_wire
+from xkslab_shared.generation import Generation, GenerationCache
 
 VIA_PROXY = "xks-proxy"
 

@@ -424,9 +424,8 @@ async def test_two_writers_of_one_chain_on_separate_engines_never_collide(
     """Two processes writing one chain (the CLI beside a running lab): each batch takes the chain's lock
     and reads the head in its own transaction, so rows interleave instead of colliding on (chain, seq),
     mutations included, and the chain verifies."""
-    from dsm_emulator.generation import Generation
-    from dsm_emulator.models import CacheGeneration
     from xkslab_shared.db import create_engine, session_factory
+    from xkslab_shared.generation import Generation, cache_generation
 
     engines = [create_engine(db_url, write_lock_first=True) for _ in range(2)]
     generations = [Generation(session_factory(e), poll_s=60.0) for e in engines]
@@ -461,7 +460,7 @@ async def test_two_writers_of_one_chain_on_separate_engines_never_collide(
     assert [r.seq for r in rows] == list(range(1, 91))
     assert await verify(sessions, keyring) == []
     async with sessions() as session:
-        assert await session.scalar(select(CacheGeneration.value)) == before + 10  # one per mutation
+        assert await session.scalar(select(cache_generation.c.value)) == before + 10  # one per mutation
 
 
 async def test_a_row_whose_deadline_passed_is_written_as_the_refusal_its_caller_gets(

@@ -7,12 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dsm_emulator.generation import Generation, GenerationCache
-from dsm_emulator.models import CacheGeneration
+from xkslab_shared import generation as shared_generation
 from xkslab_shared.db import create_engine, session_factory
+from xkslab_shared.generation import Generation, GenerationCache
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -28,7 +27,7 @@ async def other_process(db_url: str) -> AsyncIterator[Sessions]:
 
 async def bump(sessions: Sessions) -> None:
     async with sessions.begin() as session:
-        await session.execute(update(CacheGeneration).values(value=CacheGeneration.value + 1))
+        await session.execute(shared_generation.bump())
 
 
 class Loader:

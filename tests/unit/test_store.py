@@ -14,6 +14,7 @@ from dsm_emulator import store
 from dsm_emulator.errors import SchemaMismatch
 from dsm_emulator.models import Base
 from kms_emulator.models import Base as KmsBase
+from xkslab_shared import generation
 
 
 async def test_empty_database_is_refused(empty_db_url: str) -> None:
@@ -32,7 +33,7 @@ async def test_migrated_database_matches_models_and_passes(db_url: str) -> None:
         async with engine.connect() as conn:
             diff = await conn.run_sync(
                 lambda sync: compare_metadata(
-                    MigrationContext.configure(sync), [Base.metadata, KmsBase.metadata]
+                    MigrationContext.configure(sync), [Base.metadata, KmsBase.metadata, generation.metadata]
                 )
             )
         assert diff == []

@@ -1,7 +1,8 @@
 """Caches on the request path that stay correct when other processes change the database.
 
-Every audited mutation, in any process (the lab, a second replica, the CLI in another terminal), raises
-the one-row ``cache_generation`` counter in its own transaction (see the audit writer). Each process reads
+Every mutation that a cache depends on, in any process and any service (the lab, a second replica, the
+CLI in another terminal), raises the one-row ``cache_generation`` counter in its own transaction (the
+key manager's audit writer; the KMS emulator's session hook). Each process reads
 that counter at most once per poll interval, whoever asks, and a cache entry is used only while the
 counter still has the value it had *before* the entry was loaded. So a change committed at time t is
 honoured by every process from t + poll interval on, and by the process that made it at once (its writer
@@ -21,13 +22,29 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dsm_emulator.models import CacheGeneration
+from xkslab_shared.db import NAMING
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+# Shared by every service, so it belongs to none of their models; migration 0004 creates it.
+metadata = MetaData(naming_convention=NAMING)
+cache_generation = Table(
+    "cache_generation",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("value", BigInteger, nullable=False),
+)
+
+
+def bump() -> Update:
+    """The statement a mutating transaction runs (before its commit) to tell every process's caches."""
+    return (
+        update(cache_generation).where(cache_generation.c.id == 1).values(value=cache_generation.c.value + 1)
+    )
 
 
 class Generation:
@@ -54,7 +71,9 @@ class Generation:
         started = time.monotonic()
         try:
             async with self._sessions() as session:
-                value = await session.scalar(select(CacheGeneration.value).where(CacheGeneration.id == 1))
+                value = await session.scalar(
+                    select(cache_generation.c.value).where(cache_generation.c.id == 1)
+                )
         except BaseException as exc:
             self._reading.set_exception(exc)
             self._reading.exception()  # retrieved: the waiters (if any) re-raise it
