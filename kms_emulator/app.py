@@ -33,7 +33,7 @@ from kms_emulator.errors import (
 from kms_emulator.params import Params
 from kms_emulator.sealing import KmsSealer
 from kms_emulator.xks_client import XksProxyClient
-from xkslab_shared import db
+from xkslab_shared import db, json_body
 from xkslab_shared.config import Settings
 from xkslab_shared.serve import Listener
 
@@ -95,12 +95,19 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise SerializationError("The request body is not valid JSON.") from None
+        body = json_body.loads(raw)
+    except json_body.JsonValueError as exc:
+        raise ValidationError(_sentence(exc.message)) from None
+    except json_body.JsonBodyError as exc:
+        raise SerializationError(_sentence(exc.message)) from None
     if not isinstance(body, dict):
         raise SerializationError("The request body must be a JSON object.")
     return body
+
+
+def _sentence(message: str) -> str:
+    """KMS's own messages are capitalised sentences."""
+    return message[:1].upper() + message[1:] + "."
 
 
 async def _dispatch(request: web.Request, request_id: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from xks_frontend.dsm_client import DsmClient, DsmUnreachable
+from xks_frontend.dsm_client import DsmClient, DsmTimeout, DsmUnreachable
 from xks_frontend.errors import XksError, dumps, error_response
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile, RequestFacts
@@ -43,6 +43,7 @@ VENDOR = "xkslab"
 PROXY_MODEL = "xkslab XKS proxy 0.1"
 EKM_VENDOR = "xkslab (Fortanix DSM emulator)"
 MAX_FLEET = 10
+_NOT_UTF8 = re.compile("[\ud800-\udfff]")
 
 
 class PrefixTable:
@@ -186,7 +187,12 @@ async def _read_body(request: web.Request) -> bytes:
 
 def _signed_headers(request: web.Request) -> dict[str, str]:
     names = sigv4.header_names_to_forward(request.headers.get("Authorization"))
-    return {name: ",".join(request.headers.getall(name)) for name in names if name in request.headers}
+    headers = {name: ",".join(request.headers.getall(name)) for name in names if name in request.headers}
+    # aiohttp keeps bytes that are not UTF-8 as lone surrogates, which the key manager's JSON refuses; a
+    # signature over such a header cannot be checked, so it is refused here as the DSM would refuse it.
+    if any(_NOT_UTF8.search(value) for value in headers.values()):
+        raise XksError("AuthenticationFailedException", "a signed header is not UTF-8 text")
+    return headers
 
 
 def _verdict(
@@ -209,7 +215,11 @@ def _verdict(
 
 async def _health(edge: Edge, call: ForwardedCall) -> dict[str, Any]:
     """Every DSM node checks itself; an unreachable node is reported UNAVAILABLE rather than failing the
-    whole answer, so KMS sees the fleet's real state. Authentication and validation failures still win."""
+    whole answer, so KMS sees the fleet's real state. Authentication and validation failures still win.
+
+    Only a node's answer proves the signature: the proxy holds no SigV4 secret. When no node answered,
+    the request is refused as every other operation is then (500, or 503 after a timeout), never given
+    a 200 that a forged signature would earn as well."""
     answers = await edge.client.call_each(call)
     for answer in answers:
         if answer.error is not None and answer.error.name in (
@@ -219,6 +229,7 @@ async def _health(edge: Edge, call: ForwardedCall) -> dict[str, Any]:
             raise answer.error
     if all(answer.result is None for answer in answers):
         _check_without_dsm(call)
+        raise _no_verdict([answer.error for answer in answers if answer.error is not None])
     fleet: list[dict[str, str]] = []
     for index, answer in enumerate(answers, 1):
         details = (answer.result or {}).get("ekmFleetDetails")
@@ -240,9 +251,17 @@ async def _health(edge: Edge, call: ForwardedCall) -> dict[str, Any]:
     }
 
 
+def _no_verdict(errors: list[XksError]) -> XksError:
+    """What to answer when no node verified a health check: a node's own refusal if one gave one,
+    else what the last node's failure was (as DsmClient's fail-over reports it)."""
+    transport = (DsmUnreachable, DsmTimeout)
+    spoken = [error for error in errors if not isinstance(error, transport)]
+    return (spoken or errors or [DsmUnreachable()])[-1]
+
+
 def _check_without_dsm(call: ForwardedCall) -> None:
-    """No DSM node could verify the request: still refuse what needs no secret to refuse (no or a
-    malformed signature, an invalid body) before reporting the fleet UNAVAILABLE."""
+    """No DSM node could verify the request: still give the answer that needs no secret (401 for no or a
+    malformed signature, 400 for an invalid body), which KMS would get with a DSM as well."""
     try:
         sigv4.parse_authorization(call.headers.get("authorization", ""))
     except sigv4.SigV4Error:

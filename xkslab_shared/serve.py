@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import ssl
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from xkslab_shared import tls
 
@@ -42,9 +44,32 @@ class Listener:
         return tls.server_context(self.tls_cert, self.tls_key, client_ca=self.client_ca)
 
 
+class HideMalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse with the parser's exception, whose message quotes the
+    offending line (a header line whole, an overlong one by its first 100 bytes): an Authorization
+    header with one stray byte put its API key in the log. Such records keep their message and the
+    exception's class name, never its text or traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg} ({type(exc).__name__}: the request line and headers are not logged)"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def hide_malformed_requests() -> None:
+    """Install HideMalformedRequests on aiohttp's server logger, once per process."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, HideMalformedRequests) for f in logger.filters):
+        logger.addFilter(HideMalformedRequests())
+
+
 async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str], None]) -> list[str]:
     """Start one listener; its runner is cleaned up when ``stack`` closes. Returns the URLs it serves,
     with the ports really bound (a port setting of 0 takes a free port from the system)."""
+    hide_malformed_requests()
     context = listener.tls_context()
     runner = web.AppRunner(listener.app, handle_signals=False, access_log=None)
     await runner.setup()

@@ -9,10 +9,11 @@ up in KMS callers' CloudWatch Logs and in our own logs, and a value may be plain
 from __future__ import annotations
 
 import base64
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from xkslab_shared import json_body
 
 OPERATIONS = ("health", "metadata", "encrypt", "decrypt")
 MIN_PLAINTEXT_BYTES = 4300  # spec minimums: a proxy must accept at least these
@@ -224,20 +225,12 @@ def parse_metadata_only(body: bytes) -> RequestMetadata | None:
 
 def _load(body: bytes) -> dict[str, Any]:
     try:
-        text = body.decode("utf-8")  # not json.loads(bytes), which would also accept UTF-16 and UTF-32
-    except UnicodeDecodeError:
-        raise XksValidationError("the request body must be UTF-8 encoded JSON") from None
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise XksValidationError("the request body is not valid JSON") from None
+        data = json_body.loads(body)
+    except json_body.JsonBodyError as exc:
+        raise XksValidationError(exc.message) from None
     if not isinstance(data, dict):
         raise XksValidationError("the request body must be a JSON object")
     return data
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
 
 
 def _metadata(raw: dict[str, Any], required: tuple[str, ...]) -> RequestMetadata:

@@ -10,7 +10,7 @@ from aiohttp import web
 from dsm_emulator.api import admin, crypto, logs, session, sobjects, xks
 from dsm_emulator.api.context import CORE_KEY, json_response
 from dsm_emulator.core import DsmCore
-from dsm_emulator.errors import DsmError
+from dsm_emulator.errors import BadRequest, DsmError
 from xkslab_shared.config import Settings
 from xkslab_shared.proxy_link import INTERNAL_PREFIX, read_token
 from xkslab_shared.serve import Listener
@@ -33,6 +33,9 @@ PUBLIC = frozenset(
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        # Query values reach database lookups, and PostgreSQL refuses a NUL in one with an error (a 500).
+        if any("\x00" in key or "\x00" in value for key, value in request.query.items()):
+            raise BadRequest("query parameters must not contain NUL characters")
         return await handler(request)
     except DsmError as exc:
         return json_response({"message": exc.message}, status=exc.status)

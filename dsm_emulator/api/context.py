@@ -13,6 +13,7 @@ from aiohttp import web
 from dsm_emulator.authz import Principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import AuthFailed, BadRequest
+from xkslab_shared import json_body
 
 CORE_KEY: web.AppKey[DsmCore] = web.AppKey("dsm_core", DsmCore)
 # Set by the authentication middleware for every route that is not public. A RequestKey, not a plain
@@ -33,16 +34,17 @@ def principal_of(request: web.Request) -> Principal:
 
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
     """The parsed body. Clients send junk fields and explicit nulls (sdkms-cli does), so callers treat
-    a None value as absent; anything that is not JSON is a 400 with a message."""
+    a None value as absent; anything that is not JSON, or JSON no service accepts (json_body), is a 400
+    with a message."""
     raw = await request.read()
     if not raw.strip():
         if allow_empty:
             return {}
         raise BadRequest("request body is required")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc.__class__.__name__}") from None
+        return json_body.loads(raw)
+    except json_body.JsonBodyError as exc:
+        raise BadRequest(exc.message) from None
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

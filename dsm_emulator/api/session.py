@@ -118,7 +118,8 @@ def _decode_basic(header: str) -> tuple[str, str]:
     except (binascii.Error, ValueError):
         raise AuthFailed("invalid credentials") from None
     left, sep, right = text.partition(":")
-    if not sep or not left or not right:
+    # No stored name or id holds a NUL, and PostgreSQL refuses one in a query parameter (a 500).
+    if not sep or not left or not right or "\x00" in left:
         raise AuthFailed("invalid credentials")
     return left, right
 

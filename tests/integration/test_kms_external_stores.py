@@ -721,8 +721,9 @@ async def test_name_credential_and_path_can_change_while_connected(lab: Lab) -> 
     assert (await kms.call("decrypt", CiphertextBlob=blob))["Plaintext"] == b"still connected"
 
 
-async def test_a_proxy_whose_key_managers_are_all_unavailable_is_not_reachable(lab: Lab) -> None:
-    """The real proxy with its DSM stopped answers health 200 with the DSM node UNAVAILABLE."""
+async def test_a_proxy_without_its_key_manager_fails_the_health_check(lab: Lab) -> None:
+    """The real proxy with its DSM stopped cannot verify a signature, so it answers health with the
+    spec's 500 InternalException ("the key manager failed"), which KMS maps as the spec says."""
     xks, kms = lab
     store_id = await create_store(kms, **proxy_store_params(xks))
     dsm_port = int(xks.dsm_url.rsplit(":", 1)[1])
@@ -731,14 +732,14 @@ async def test_a_proxy_whose_key_managers_are_all_unavailable_is_not_reachable(l
     status, health = await xks.post(
         xks.url("health"), {"requestMetadata": {"kmsOperation": "KmsHealthCheck", "kmsRequestId": "h"}}
     )
-    assert status == 200 and {n["healthStatus"] for n in health["ekmFleetDetails"]} == {"UNAVAILABLE"}
+    assert status == 500 and health["errorName"] == "InternalException"
 
-    assert await connect(kms, store_id) == ("FAILED", "XKS_PROXY_NOT_REACHABLE")
+    assert await connect(kms, store_id) == ("FAILED", "INTERNAL_ERROR")
     # The same proxy by another name (so the URI is not in use), on the app's own path (an alias path
     # cannot be resolved without the DSM).
     other_name = xks.proxy_url.replace("127.0.0.1", "localhost")
     refused = proxy_store_params(xks, "no-key-manager", XksProxyUriEndpoint=other_name)
-    assert await refused_create(kms, **refused) == UNREACHABLE
+    assert await refused_create(kms, **refused) == "XksProxyInvalidResponseException"
 
     runner = web.AppRunner(create_dsm_app(load_settings(xks.data_dir, environ={})), access_log=None)
     await runner.setup()

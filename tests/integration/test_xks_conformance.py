@@ -762,7 +762,7 @@ async def test_a_prefix_over_its_quota_is_throttled_and_other_prefixes_are_not(t
 # --- 500 InternalException --------------------------------------------------------------------------------
 
 
-async def test_a_stopped_dsm_is_an_internal_exception_and_health_reports_it_unavailable(
+async def test_a_stopped_dsm_is_an_internal_exception_for_every_operation_health_included(
     xks_env: XksEnv,
 ) -> None:
     enc = await encrypted(xks_env)
@@ -773,10 +773,23 @@ async def test_a_stopped_dsm_is_an_internal_exception_and_health_reports_it_unav
     assert_error(await send(xks_env, xks_env.url("encrypt"), encrypt_body()), 500, "InternalException")
     assert_error(await send(xks_env, xks_env.url("decrypt"), decrypt_body(enc)), 500, "InternalException")
     assert_error(await send(xks_env, xks_env.url("metadata"), metadata_body()), 500, "InternalException")
-    health = assert_ok(await send(xks_env, xks_env.url("health"), health_body()))
-    assert health["xksProxyFleetSize"] == 1
-    assert len(health["ekmFleetDetails"]) == 1
-    assert health["ekmFleetDetails"][0]["healthStatus"] == "UNAVAILABLE"
+    # Only the DSM can verify the signature: a health check it cannot see is not answered 200.
+    assert_error(await send(xks_env, xks_env.url("health"), health_body()), 500, "InternalException")
+
+
+async def test_a_forged_health_check_is_never_a_success_with_or_without_the_dsm(xks_env: XksEnv) -> None:
+    """Issue 11 #12: with the DSM down, a well-formed SigV4 signature made with the wrong secret got 200.
+    The proxy holds no secret, so without a DSM it refuses as for any operation it cannot complete."""
+    forged = {"secret": "not-the-secret-" + "x" * 40}
+    assert_error(
+        await send(xks_env, xks_env.url("health"), health_body(), **forged),
+        401,
+        "AuthenticationFailedException",
+    )
+    dsm_runner = xks_env.runners.pop(1)
+    await dsm_runner.cleanup()
+    reply = await send(xks_env, xks_env.url("health"), health_body(), **forged)
+    assert_error(reply, 500, "InternalException")
 
 
 @pytest.mark.parametrize(
@@ -914,8 +927,8 @@ async def test_a_dsm_that_never_answers_is_a_dependency_timeout(xks_env: XksEnv)
         assert_error(reply, 503, "DependencyTimeoutException")
         assert time.monotonic() - started < 2.0
         assert connections, "the proxy never connected to the hanging DSM"
-        health = assert_ok(await send(xks_env, f"{base}/health", health_body()))
-        assert [n["healthStatus"] for n in health["ekmFleetDetails"]] == ["UNAVAILABLE"]
+        health = await send(xks_env, f"{base}/health", health_body())
+        assert_error(health, 503, "DependencyTimeoutException")
     finally:
         await runner.cleanup()
         for writer in connections:

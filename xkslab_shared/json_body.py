@@ -1,0 +1,139 @@
+"""Parsing a request body as JSON, for every service: one place that decides what JSON is acceptable.
+
+Python's json module accepts what the rest of the stack cannot take, and each failure surfaced as a 500
+far from the parser: nesting deep enough to exhaust the stack (RecursionError), integers past the
+int-string conversion limit (ValueError) or past what a database column holds, lone surrogates (UTF-8
+cannot encode them, so the database driver fails) and NUL (PostgreSQL text cannot hold it). Refusing
+them here, with a message that names the rule, lets each service answer its own 4xx.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+# Far above anything the three APIs define (their deepest bodies nest three or four levels), far below
+# the interpreter's recursion limit.
+MAX_DEPTH = 32
+# A signed 64-bit integer: what a BIGINT column holds, and more than any field of the three APIs needs.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+_INT_MAX_CHARS = len(str(INT_MIN))
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# Field names quoted in messages; any other key (it may be the offending string itself) is shown as "?".
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class JsonBodyError(ValueError):
+    """The body is not JSON this service accepts; ``message`` names the rule and never quotes the body."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class JsonValueError(JsonBodyError):
+    """Well-formed JSON with a string value no service may store (NUL): a validation error rather than a
+    serialization error, for the APIs that tell the two apart."""
+
+
+def loads(raw: bytes) -> Any:
+    """The parsed body, or JsonBodyError. Strict UTF-8 (not json.loads(bytes), which also accepts UTF-16
+    and UTF-32 and lets encoded surrogates through), no NaN or Infinity, integers within 64 bits, finite
+    numbers, at most MAX_DEPTH levels, and no string (key or value) with a lone surrogate or NUL."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise JsonBodyError("the request body is not UTF-8") from None
+    try:
+        data = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except RecursionError:
+        # The C scanner stops at the recursion limit: anything that deep is far past MAX_DEPTH.
+        raise _too_deep() from None
+    except JsonBodyError:
+        raise
+    except ValueError as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "malformed"
+        raise JsonBodyError(f"the request body is not valid JSON ({reason})") from None
+    try:
+        _check(data, 1)
+    except _BadString as exc:
+        raise exc.error() from None
+    return data
+
+
+def _int(text: str) -> int:
+    # Checked on the digits, before int() converts them: a 5,000-digit literal never becomes a number.
+    if len(text) > _INT_MAX_CHARS or not INT_MIN <= (value := int(text)) <= INT_MAX:
+        raise JsonBodyError("the request body has an integer outside the signed 64-bit range")
+    return value
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonBodyError("the request body has a number too large to represent")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise JsonBodyError(f"the request body is not valid JSON ({name} is not a JSON value)")
+
+
+def _too_deep() -> JsonBodyError:
+    return JsonBodyError(f"the request body nests deeper than {MAX_DEPTH} levels")
+
+
+def _check(value: Any, depth: int) -> None:
+    if isinstance(value, str):
+        _check_string(value)
+    elif isinstance(value, dict):
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        for key, item in value.items():
+            try:
+                _check_string(key)
+                _check(item, depth + 1)
+            except _BadString as exc:
+                exc.where.insert(0, key)
+                raise
+    elif isinstance(value, list):
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        for index, item in enumerate(value):
+            try:
+                _check(item, depth + 1)
+            except _BadString as exc:
+                exc.where.insert(0, index)
+                raise
+
+
+class _BadString(Exception):
+    """Raised at the string and given its place on the way out, so the happy path builds no paths."""
+
+    def __init__(self, problem: str, value_error: bool) -> None:
+        self.problem = problem
+        self.value_error = value_error
+        self.where: list[str | int] = []
+
+    def error(self) -> JsonBodyError:
+        place = "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" if _NAME.fullmatch(part) else ".?"
+            for part in self.where
+        ).lstrip(".")
+        message = f"the request body has {self.problem}" + (f" at {place}" if place else "")
+        return JsonValueError(message) if self.value_error else JsonBodyError(message)
+
+
+def _check_string(text: str) -> None:
+    if text.isascii():
+        if "\x00" in text:
+            raise _BadString("a string with a NUL character", value_error=True)
+        return
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return
+    if found.group() == "\x00":
+        raise _BadString("a string with a NUL character", value_error=True)
+    raise _BadString("a string that is not Unicode text (a lone surrogate)", value_error=False)
