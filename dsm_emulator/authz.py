@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from dsm_emulator.errors import AccessDenied, InvalidState, KeyOpNotAllowed, NotFound
+from dsm_emulator.errors import AccessDenied, InvalidState, KeyOpNotAllowed, NotFound, NotVisible
 from dsm_emulator.models import SecurityObject
 
 # Fortanix AppPermissions (SDK 5.6) plus the AUDIT permission of the 2026 model.
@@ -92,11 +92,13 @@ def require_permission(principal: Principal, permission: str, group_id: str) -> 
 
 
 def require_visible(principal: Principal, obj: SecurityObject) -> None:
-    """Apps see only objects in their groups; a caller outside gets the same answer as for no object."""
+    """Apps see only objects in their groups; a caller outside gets the same answer as for no object
+    (a 403 would confirm that a name or kid exists). A caller inside the group who lacks a permission gets
+    AccessDenied from require_permission: it can see the object anyway."""
     if principal.acct_id != obj.acct_id:
         raise NotFound("sobject does not exist")
     if not principal.is_admin and obj.group_id not in principal.group_permissions:
-        raise AccessDenied("the object is in a group this app is not a member of")
+        raise NotVisible("sobject does not exist", obj.kid, obj.group_id)
 
 
 def require_key_op(obj: SecurityObject, op: str, state: str | None = None) -> None:

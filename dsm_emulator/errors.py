@@ -7,6 +7,7 @@ these to its own wire shape in one place; messages are safe to show (no secrets,
     ├── AuthFailed            unknown identity, wrong secret, bad or expired token (401)
     ├── AccessDenied          authenticated, but not allowed                      (403)
     ├── NotFound              no such object (or not visible to the caller)       (404)
+    │   └── NotVisible        it exists outside the caller's groups: answers as NotFound, audited as is
     ├── Conflict              name already taken                                  (409)
     ├── InvalidState          disabled key, wrong lifecycle state, missing key op (400 / 409 by edge)
     │   └── KeyOpNotAllowed   the key's type or key_ops do not allow the operation (400)
@@ -29,6 +30,13 @@ class DsmError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # What the refusal's audit row says; only NotVisible says more than the caller is told.
+        self.audit_message = message
+
+    @property
+    def public_name(self) -> str:
+        """The error's class as callers may learn it (the XKS wire maps these names to errorNames)."""
+        return type(self).__name__
 
 
 class BadRequest(DsmError):
@@ -49,6 +57,32 @@ class AccessDenied(DsmError):
 
 class NotFound(DsmError):
     status = 404
+
+
+# Marks the part of an audit message that the refused caller must not read back (see redact_hidden).
+_HIDDEN = " [hidden from the caller: "
+
+
+class NotVisible(NotFound):
+    """The object exists, but outside every group of the caller. The caller gets exactly what a missing
+    object gives (status and message), so names and kids in other groups cannot be probed; the audit row
+    names the object and says why, for administrators."""
+
+    def __init__(self, message: str, kid: str, group_id: str) -> None:
+        super().__init__(message)
+        where = f"object {kid} is in group {group_id}, not one of the caller's"
+        self.audit_message = f"{message}{_HIDDEN}{where}]"
+
+    @property
+    def public_name(self) -> str:
+        return "NotFound"
+
+
+def redact_hidden(message: str) -> str:
+    """An audit message as the caller it refused may read it: without what NotVisible kept from it (an app
+    reads its own audit rows, and must not learn there what the 404 did not tell it)."""
+    head, marker, _ = message.partition(_HIDDEN)
+    return head if marker else message
 
 
 class Conflict(DsmError):

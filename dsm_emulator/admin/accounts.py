@@ -153,6 +153,53 @@ class AccountsMixin(AdminBase):
         # A login changes only its timestamp: no cache depends on it, so it must not empty them.
         return await self._audit.apply(work, logged_in.refused, invalidates=False)
 
+    async def set_user_password(
+        self, p: Principal, password: str, email: str | None = None
+    ) -> tuple[str, bool]:
+        """Set the password of a user of ``p``'s account (``email``; None: the account's only
+        administrator), as an administrator of that account. Returns (the user's email, whether it
+        changed): the password that already works is not set again, so repeating it adds no audit row."""
+        password = _password(password, "password")
+        refusal = AuditEvent.by(p, "user.password", "Set a user's password")
+        if not p.is_admin:
+            error = AccessDenied("only an account administrator may do this")
+            await self._audit.record(refusal.refused(error))
+            raise error
+        async with self._sessions() as session:
+            stmt = (
+                select(User)
+                .join(AccountMember, AccountMember.user_id == User.user_id)
+                .where(AccountMember.acct_id == p.acct_id)
+                .order_by(User.created_at)
+            )
+            users = [
+                (user, member)
+                for user, member in (await session.execute(stmt.add_columns(AccountMember))).all()
+                if (email is None and ACCOUNT_ADMINISTRATOR in member.roles)
+                or (email is not None and user.email == email.strip().lower())
+            ]
+        if len(users) != 1:
+            what = "user" if email is not None else "administrator"
+            error = NotFound(f"expected one {what} in the account, found {len(users)}")
+            await self._audit.record(refusal.refused(error))
+            raise error
+        user = users[0][0]
+        if await self._verify(password, user.password_hash):
+            return user.email, False
+        password_hash = await self._hash(password)
+        user_id, user_email = user.user_id, user.email
+
+        async def work(session: AsyncSession) -> tuple[str, AuditEvent]:
+            row = await session.get(User, user_id)
+            if row is None:  # deleted since it was read
+                raise NotFound("user does not exist")
+            row.password_hash = password_hash
+            await session.flush()
+            message = f"Password of user {user_email} changed"
+            return user_email, AuditEvent.by(p, "user.password", message, object_id=user_id)
+
+        return (await self._admin_apply(p, refusal, work)), True
+
     async def user_accounts(self, user_id: str) -> dict[str, list[str]]:
         """acct_id -> the user's roles there (the shape of DSM's ``UserAccountMap``)."""
         if not is_uuid(user_id):

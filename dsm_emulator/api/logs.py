@@ -27,7 +27,7 @@ from aiohttp import web
 from sqlalchemy import ColumnElement, and_, or_, select
 
 from dsm_emulator.api.context import core_of, json_response, principal_of
-from dsm_emulator.errors import BadRequest
+from dsm_emulator.errors import BadRequest, redact_hidden
 from dsm_emulator.models import AuditRow
 
 routes = web.RouteTableDef()
@@ -110,8 +110,9 @@ def _context(row: AuditRow) -> str | None:
     return json.dumps(ctx, separators=(",", ":"))
 
 
-def hit(row: AuditRow) -> dict[str, Any]:
-    """One row in Fortanix's ``EsAuditLog`` shape."""
+def hit(row: AuditRow, *, admin: bool = True) -> dict[str, Any]:
+    """One row in Fortanix's ``EsAuditLog`` shape; for a caller who is not an administrator, without what
+    its refusals kept from it (objects outside its groups)."""
     return {
         "_id": row.id,
         "_source": {
@@ -121,7 +122,7 @@ def hit(row: AuditRow) -> dict[str, Any]:
             "actor_id": row.actor_id if row.actor_id is not None else row.acct_id,
             "action_type": row.action_type,
             "severity": row.severity,
-            "message": row.message,
+            "message": row.message if admin else redact_hidden(row.message),
             "object_id": row.object_id,
             "group_ids": list(row.group_ids or []),
             "time": _utc(row.time).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -188,4 +189,4 @@ async def get_logs(request: web.Request) -> web.Response:
             )
         stmt = select(AuditRow).where(*where).order_by(*_ORDER).offset(offset).limit(size)
         rows = (await session.scalars(stmt)).all()
-    return json_response({"hits": [hit(r) for r in rows]})
+    return json_response({"hits": [hit(r, admin=principal.is_admin) for r in rows]})

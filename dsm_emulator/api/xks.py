@@ -66,5 +66,5 @@ async def call(request: web.Request) -> web.Response:
     try:
         result = await core_of(request).xks.call(xks_call)
     except DsmError as exc:
-        return json_response({"error": {"code": type(exc).__name__, "message": exc.message}})
+        return json_response({"error": {"code": exc.public_name, "message": exc.message}})
     return json_response({"result": result})

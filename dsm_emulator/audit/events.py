@@ -96,7 +96,7 @@ class AuditEvent:
     def refused(self, error: Exception) -> AuditEvent:
         """The refusal row for this event. Only a DsmError's message is used: those are written to be
         safe to show; str() of anything else could carry input or key material."""
-        msg = error.message if isinstance(error, DsmError) else type(error).__name__
+        msg = error.audit_message if isinstance(error, DsmError) else type(error).__name__
         return dataclasses.replace(
             self, outcome="refused", severity="WARNING", message=f"{self.message}: refused: {msg}"
         )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator import crypto
@@ -43,6 +43,7 @@ from dsm_emulator.errors import (
     InvalidState,
     KeyOpNotAllowed,
     NotFound,
+    NotVisible,
     Unsupported,
 )
 from dsm_emulator.keyring import Keyring
@@ -264,16 +265,15 @@ class XksService(XksPrefixes, XksHealth):
 
     async def _find_key_in(self, session: AsyncSession, p: Principal, key_id: str) -> SecurityObject:
         """The externalKeyId is the key's kid, or its name; only the app's groups are searched, and a key
-        outside them is 'not found'. A rotated key stands for the newest key of its chain."""
-        stmt = select(SecurityObject).where(
-            SecurityObject.acct_id == p.acct_id, SecurityObject.group_id.in_(p.groups())
-        )
-        if is_uuid(key_id):
-            obj = await session.scalar(stmt.where(SecurityObject.kid == str(uuid.UUID(key_id))))
-            obj = obj or await session.scalar(stmt.where(SecurityObject.name == key_id))
-        else:
-            obj = await session.scalar(stmt.where(SecurityObject.name == key_id))
+        outside them is 'not found' (the audit row, not the caller, learns that it exists). A rotated key
+        stands for the newest key of its chain."""
+        account = select(SecurityObject).where(SecurityObject.acct_id == p.acct_id)
+        obj = await _lookup(session, account.where(SecurityObject.group_id.in_(p.groups())), key_id)
         if obj is None:
+            # Only on this error path: is it missing, or in someone else's group?
+            other = await _lookup(session, account, key_id)
+            if other is not None:
+                raise NotVisible("external key not found", other.kid, other.group_id)
             raise NotFound("external key not found")
         seen = {obj.kid}
         while obj.replacement_kid is not None:
@@ -396,3 +396,14 @@ def _about(event: AuditEvent, keys: list[SecurityObject]) -> AuditEvent:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+async def _lookup(
+    session: AsyncSession, stmt: Select[tuple[SecurityObject]], key_id: str
+) -> SecurityObject | None:
+    """The first of ``stmt``'s objects named by ``key_id``: as a kid (when it is one), else as a name."""
+    if is_uuid(key_id):
+        obj = await session.scalar(stmt.where(SecurityObject.kid == str(uuid.UUID(key_id))))
+        if obj is not None:
+            return obj
+    return await session.scalar(stmt.where(SecurityObject.name == key_id))

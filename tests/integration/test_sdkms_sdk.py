@@ -192,7 +192,8 @@ def foreign_key_flow(url: str) -> dict[str, Any]:
 
 async def test_app_is_refused_a_key_outside_its_groups_and_the_refusal_is_audited(server_url: str) -> None:
     r = await asyncio.to_thread(foreign_key_flow, server_url)
-    assert r["statuses"] == {"encrypt": 403, "get": 403}
+    # 404 as for a key that does not exist (issue 11): a 403 would confirm that the kid is real.
+    assert r["statuses"] == {"encrypt": 404, "get": 404}
     assert r["kid"] not in r["listed"]
     refusals = [
         h
@@ -200,3 +201,4 @@ async def test_app_is_refused_a_key_outside_its_groups_and_the_refusal_is_audite
         if h["actor_id"] == r["app_id"] and h["object_id"] == r["kid"] and h["severity"] == "WARNING"
     ]
     assert refusals and all("refused" in h["message"] for h in refusals)
+    assert all("hidden from the caller" in h["message"] for h in refusals)  # the administrator's view

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -10,6 +11,8 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +22,16 @@ import pytest
 PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
 
 
-def start_up(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    """On free ports: every port setting 0, the ports really bound are in up.json."""
-    flags = [arg for name in PORTS for arg in ("--set", f"{name}=0")]
+def start_up(
+    data_dir: Path, log: Path, *, before: bool = True, extra: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """On free ports: every port setting 0, the ports really bound are in up.json. The global options go
+    before the subcommand, or after it when ``before`` is false."""
+    flags = ["--data-dir", str(data_dir), *(arg for name in PORTS for arg in ("--set", f"{name}=0"))]
+    args = [*flags, "up", *(extra or [])] if before else ["up", *flags, *(extra or [])]
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *flags, "up"],
+            [sys.executable, "-m", "xkslab", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -165,3 +172,83 @@ def test_demo_without_a_running_lab_says_what_to_do(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "start `xkslab up` first" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def dsm_login(url: str, email: str, password: str) -> int:
+    """The status of a password login on the lab's DSM."""
+    basic = base64.b64encode(f"{email}:{password}".encode()).decode()
+    request = urllib.request.Request(
+        f"{url}/sys/v1/session/auth", method="POST", headers={"Authorization": f"Basic {basic}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_admin_password_on_an_existing_data_dir_changes_it(
+    lab_dir: Path, tmp_path: Path, empty_db_url: str
+) -> None:
+    """Issue 11, item 4. On SQLite the data directory is made by a first `up` (generated password); on
+    PostgreSQL by `xkslab init` (a password up never saw). Either way `up --admin-password P` then makes P
+    the password (and the old one stops working), keeps it in admin.password (0600), and audits it."""
+    if empty_db_url.startswith("sqlite"):
+        proc = start_up(lab_dir, tmp_path / "first.log")
+        try:
+            old = wait_for_settings(proc, lab_dir / "up.json", tmp_path / "first.log")["dsm"][
+                "admin_password"
+            ]
+        finally:
+            assert stop(proc) == 0
+    else:
+        old = "the password init was given"
+        args = ["init", "--data-dir", str(lab_dir), "--database-url", empty_db_url, "--admin-password", old]
+        init = subprocess.run(
+            [sys.executable, "-m", "xkslab", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert init.returncode == 0, init.stderr
+    new = "a new password, chosen by the user"
+    log = tmp_path / "second.log"
+    # --data-dir and --set after the subcommand (item 13), as the README shows them.
+    proc = start_up(lab_dir, log, before=False, extra=["--admin-password", new])
+    try:
+        data = wait_for_settings(proc, lab_dir / "up.json", log)
+        assert data["dsm"]["admin_password"] == new and new in log.read_text()
+        url, email = data["dsm"]["url"], data["dsm"]["admin_email"]
+        assert dsm_login(url, email, new) == 200
+        assert dsm_login(url, email, old) == 401
+    finally:
+        assert stop(proc) == 0, log.read_text()
+    saved = lab_dir / "admin.password"
+    assert saved.read_text().strip() == new and stat.S_IMODE(saved.stat().st_mode) == 0o600
+    audit = subprocess.run(
+        [sys.executable, "-m", "xkslab", "audit", "tail", "-n", "1000", "--json", "--data-dir", str(lab_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert audit.returncode == 0, audit.stderr
+    changes = [r for r in json.loads(audit.stdout) if r["operation"] == "user.password"]
+    assert [(r["outcome"], r["actor_type"]) for r in changes] == [("success", "System")]
+    assert new not in audit.stdout and old not in audit.stdout
+
+    # Giving the password that already works again changes nothing (and audits nothing).
+    log = tmp_path / "third.log"
+    proc = start_up(lab_dir, log, extra=["--admin-password", new])
+    try:
+        data = wait_for_settings(proc, lab_dir / "up.json", log)
+        assert data["dsm"]["admin_password"] == new
+        assert dsm_login(data["dsm"]["url"], data["dsm"]["admin_email"], new) == 200
+    finally:
+        assert stop(proc) == 0, log.read_text()
+    again = subprocess.run(
+        [sys.executable, "-m", "xkslab", "--data-dir", str(lab_dir), "audit", "tail", "-n", "1000", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert [r["operation"] for r in json.loads(again.stdout)].count("user.password") == 1

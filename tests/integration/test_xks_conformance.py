@@ -694,6 +694,10 @@ async def test_unknown_or_unreachable_keys_are_key_not_found(xks_env: XksEnv, ca
     key_id = await _missing_key_id(xks_env, case)
     body = await valid_body(xks_env, op)
     assert_error(await send(xks_env, xks_env.url(op, key_id), body), 404, "KeyNotFoundException")
+    # The caller cannot tell the cases apart; the audit log can.
+    refusal = (await xks_env.audit_rows(f"xks.{op}"))[-1]
+    assert refusal["outcome"] == "refused"
+    assert ("hidden from the caller" in refusal["message"]) == case.startswith(("key-in", "name-of"))
 
 
 # --- 404 InvalidUriPathException --------------------------------------------------------------------------

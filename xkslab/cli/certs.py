@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from xkslab.cli.common import pass_settings_creating
 from xkslab_shared.certs import make_local_ca, make_server_cert
 
 
@@ -23,7 +24,7 @@ from xkslab_shared.certs import make_local_ca, make_server_cert
     default=None,
     help="Output directory [default: <data-dir>/tls].",
 )
-@click.pass_obj
+@pass_settings_creating
 def certs_command(settings: object, hosts: str, out: Path | None) -> None:
     """Create a local CA (reused if present) and HTTPS certificates for the DSM and XKS endpoints."""
     if out is None:

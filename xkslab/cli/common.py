@@ -1,12 +1,17 @@
 """What every command module of the CLI uses: running a coroutine with one-line errors, printing text or
-JSON, the ``--json`` flag, and opening the key manager as the account's operator. It imports no command
-module, so each command module can import it without a circle."""
+JSON, the ``--json`` flag, the settings of the global options, and opening the key manager as the
+account's operator. It imports no command module, so each command module can import it without a circle.
+
+The global options (``--data-dir``, ``--set``) are accepted on every command and group, not only before the
+subcommand: they are recorded on the root context as they are parsed, and the settings are loaded only
+when a command asks for them, after all of its arguments are known."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import json
+import os
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +25,7 @@ from dsm_emulator.errors import DsmError
 from dsm_emulator.models import Account
 from dsm_emulator.sealing import SealError
 from xkslab_shared import serve
-from xkslab_shared.config import ConfigError, Settings
+from xkslab_shared.config import ConfigError, Settings, load_settings
 
 ready_file_option = click.option(
     "--ready-file",
@@ -31,9 +36,9 @@ ready_file_option = click.option(
 
 T = TypeVar("T")
 
-pass_settings = click.make_pass_decorator(Settings)
-# Where the root command keeps its --set flags, for commands that start other xkslab processes.
-OVERRIDES = "xkslab.overrides"
+# Where the root context keeps the global options as parsed so far, wherever they were given.
+GLOBALS = "xkslab.globals"
+DEBUG_ENV = "XKSLAB_DEBUG"
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
@@ -78,3 +83,138 @@ async def operator(core: DsmCore) -> Principal:
     if len(accounts) != 1:
         raise click.ClickException(f"expected one account in the data directory, found {len(accounts)}")
     return system_principal(accounts[0])
+
+
+# ------------------------------------------------------------------------------ global options
+
+
+def _record(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Note a global option where the command that needs the settings will look. An absent option on a
+    subcommand (None, or no --set) must not undo what was given before it."""
+    state = ctx.find_root().meta.setdefault(GLOBALS, {"data_dir": Path(".xkslab"), "sets": []})
+    if param.name == "data_dir" and value is not None:
+        state["data_dir"] = Path(value)
+    elif param.name == "overrides":
+        state["sets"].extend(value or ())
+
+
+def global_options(*, root: bool) -> list[click.Option]:
+    """``--data-dir`` and ``--set``. Only the root's have a default and read XKSLAB_DATA_DIR: on a
+    subcommand a default would silently replace the value given before it."""
+    return [
+        click.Option(
+            ["--data-dir"],
+            type=click.Path(file_okay=False, path_type=Path),
+            envvar="XKSLAB_DATA_DIR" if root else None,
+            default=Path(".xkslab") if root else None,
+            show_default=root,
+            expose_value=False,
+            callback=_record,
+            help="Data directory (database, config file, sealing key); before or after the subcommand.",
+        ),
+        click.Option(
+            ["--set", "overrides"],
+            multiple=True,
+            metavar="NAME=VALUE",
+            expose_value=False,
+            callback=_record,
+            help="Override a setting for this command (e.g. --set dsm.port=9000); beats the file and "
+            "XKSLAB_*.",
+        ),
+    ]
+
+
+def add_global_options(group: click.Group) -> None:
+    """Give every command under ``group``, at any depth, the global options (each its own copy)."""
+    for command in group.commands.values():
+        command.params.extend(global_options(root=False))
+        if isinstance(command, click.Group):
+            add_global_options(command)
+
+
+def _globals(ctx: click.Context) -> dict[str, Any]:
+    return ctx.find_root().meta.get(GLOBALS, {"data_dir": Path(".xkslab"), "sets": []})
+
+
+def data_dir_of(ctx: click.Context) -> Path:
+    return Path(_globals(ctx)["data_dir"])
+
+
+def overrides_of(ctx: click.Context) -> dict[str, str]:
+    """The --set flags, in the order given (a later one for the same name wins)."""
+    flags: dict[str, str] = {}
+    for item in _globals(ctx)["sets"]:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.ClickException(f"--set takes NAME=VALUE, not {item!r}")
+        flags[name.strip()] = value
+    return flags
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    """The settings of this invocation, loaded once. A Settings object already on the context (a caller
+    embedding a command, or a test) is used as it is."""
+    found = ctx.find_object(Settings)
+    if found is not None:
+        return found
+    try:
+        settings = load_settings(data_dir_of(ctx), overrides=overrides_of(ctx))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    ctx.find_root().obj = settings
+    return settings
+
+
+def _settings_passer(*, existing: bool) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def decorator(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            settings = settings_of(click.get_current_context())
+            # Said plainly here: otherwise the first symptom is the database driver failing to open a
+            # file deep inside a server's start-up.
+            if existing and not settings.data_dir.is_dir():
+                raise click.ClickException(
+                    f"data directory {settings.data_dir} does not exist: run `xkslab init` or `xkslab up` "
+                    "first, or pass --data-dir"
+                )
+            return fn(settings, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+# Like click's pass_obj, for the settings (the first argument of the command). Most commands need a data
+# directory that exists; ``up``, ``certs`` and ``demo`` make it or explain its absence themselves.
+pass_settings = _settings_passer(existing=True)
+pass_settings_creating = _settings_passer(existing=False)
+
+
+# ------------------------------------------------------------------------------ one-line errors
+
+
+def one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+class XkslabGroup(click.Group):
+    """The root group: whatever a command raises ends as one line on stderr and exit status 1. Click's
+    usage errors keep their own output and status 2; XKSLAB_DEBUG=1 lets unexpected errors through
+    with their traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError:
+            raise
+        except click.ClickException as exc:
+            exc.message = one_line(exc.message)
+            raise
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+                raise
+            # botocore's and the database driver's errors are the likely ones here; their class names
+            # (ClientError, EndpointConnectionError, OperationalError) say what kind of failure it was.
+            raise click.ClickException(one_line(f"{type(exc).__name__}: {exc}")) from None

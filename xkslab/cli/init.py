@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 from typing import Any
 
 import click
 
-from xkslab.cli.common import emit, json_option, run
+from xkslab.cli.common import data_dir_of, emit, json_option, run
 from xkslab.lab.datadir import init_data_dir, write_config_if_missing
 from xkslab_shared.config import CONFIG_FILE_NAME, ConfigError, load_settings
 
@@ -27,9 +26,7 @@ from xkslab_shared.config import CONFIG_FILE_NAME, ConfigError, load_settings
     help="Default: generated and printed once.",
 )
 @json_option
-@click.pass_obj
 def init(
-    data_dir: Path,
     seal_backend: str | None,
     database_url: str | None,
     account_name: str,
@@ -39,6 +36,8 @@ def init(
 ) -> None:
     """Create the data directory, config file, database, sealing key and keyring, the first account,
     its administrator and a default group."""
+    # The data directory only: the settings cannot be loaded before the config file exists.
+    data_dir = data_dir_of(click.get_current_context())
     values: dict[str, Any] = {"seal.backend": seal_backend or "software"}
     if database_url:
         values["database.url"] = database_url

@@ -60,6 +60,18 @@ class KmsCaller:
             return dict(data)
 
 
+async def set_admin_password(settings: Settings, password: str) -> bool:
+    """Make ``password`` the account administrator's (audited as the local operator); False when it
+    already was. For ``up --admin-password`` on a data directory that exists: the user asked for it."""
+    async with await DsmCore.open(settings) as dsm_core:
+        async with dsm_core.sessions() as session:
+            account = await session.scalar(select(Account).limit(1))
+        if account is None:
+            raise LabError("the data directory has no account: run xkslab init")
+        _email, changed = await dsm_core.admin.set_user_password(system_principal(account.acct_id), password)
+    return changed
+
+
 async def bootstrap_dsm(settings: Settings) -> dict[str, Any]:
     """The key manager's half, through its own core before its server starts (so no other writer is
     running): the XKS app and its awsxks credential, the client app and its API key, the root KEK."""

@@ -23,6 +23,7 @@ from xkslab.lab.bootstrap import (
     LabError,
     bootstrap_dsm,
     bootstrap_kms,
+    set_admin_password,
 )
 from xkslab.lab.datadir import init_data_dir, write_config_if_missing
 from xkslab.lab.supervisor import Supervisor, hold_data_dir
@@ -192,7 +193,12 @@ async def _run_up(
     init = await init_data_dir(settings, "xkslab", ADMIN_EMAIL, password)
     if init["created"]:  # kept at once: a start that fails later must not lose the password
         await asyncio.to_thread(save_password, settings, password)
-    elif known is None and admin_password is None:
+    elif admin_password is not None:
+        # An existing lab: the password asked for becomes the one that works, and the saved copy follows
+        # it, so that admin.password and up.json never show a password the DSM refuses.
+        await set_admin_password(settings, admin_password)
+        await asyncio.to_thread(save_password, settings, admin_password)
+    elif known is None:
         password = None  # initialised by `xkslab init`: its password was printed then, not known here
     dsm_facts = await bootstrap_dsm(settings)
     async with Supervisor(settings.data_dir, overrides, echo) as services:
