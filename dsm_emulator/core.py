@@ -5,7 +5,7 @@ writer; everything the CLI and the REST API do goes through the services this ho
 writer gets an engine of its own whose transactions take the write lock first (see AuditLog).
 
 Closing a core that changed something waits out the cache poll interval first: a CLI command that
-disables a key returns only once every running lab honours it (dsm_emulator/generation.py).
+disables a key returns only once every running lab honours it (xkslab_shared/generation.py).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class DsmCore:
         try:
             await store.check_schema(engine)
             sessions = store.session_factory(engine)
-            generation = Generation(sessions, settings.dsm.cache_poll_ms / 1000)
+            generation = Generation(sessions, db.cache_poll_ms / 1000)
             sealer = open_configured_sealer(settings)
             keyring = await Keyring.load(sessions, sealer)
             audit = AuditLog(
@@ -102,7 +102,7 @@ class DsmCore:
             if writer_engine is not None:
                 await writer_engine.dispose()
             raise
-        keys = KeyService(sessions, keyring, audit, max_age_s=settings.dsm.cache_max_age_s)
+        keys = KeyService(sessions, keyring, audit, max_age_s=db.cache_max_age_s)
         admin = AdminService(sessions, keyring, audit)
         xks = XksService(
             sessions,
@@ -114,7 +114,7 @@ class DsmCore:
             model=f"xkslab DSM emulator 0.1 ({sealer.kind} sealing, {engine.dialect.name})",
             health_cache_s=settings.dsm.health_cache_s,
             generation=generation,
-            cache_max_age_s=settings.dsm.cache_max_age_s,
+            cache_max_age_s=db.cache_max_age_s,
         )
         return cls(
             settings=settings,

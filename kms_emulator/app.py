@@ -35,6 +35,7 @@ from kms_emulator.sealing import KmsSealer
 from kms_emulator.xks_client import XksProxyClient
 from xkslab_shared import db, json_body
 from xkslab_shared.config import Settings
+from xkslab_shared.generation import GenerationCache, invalidating_sessions
 from xkslab_shared.serve import Listener
 
 log = logging.getLogger("kms_emulator")
@@ -160,7 +161,9 @@ def create_app(settings: Settings) -> web.Application:
             )
             await client.open()
             try:
-                app[CONTEXT_KEY] = KmsContext(settings.kms, db.session_factory(engine), sealer, client)
+                sessions, generation = invalidating_sessions(engine, database.cache_poll_ms / 1000)
+                usable_keys: GenerationCache[Any, Any] = GenerationCache(generation, database.cache_max_age_s)
+                app[CONTEXT_KEY] = KmsContext(settings.kms, sessions, sealer, client, usable_keys)
                 yield
             finally:
                 await client.close()

@@ -4,14 +4,16 @@ one request (Call), plus the ARN and time conventions all operations share."""
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kms_emulator.sealing import KmsSealer
 from xkslab_shared.config import KmsSettings
+from xkslab_shared.generation import GenerationCache
 
 if TYPE_CHECKING:
     from kms_emulator.xks_client import XksProxyClient
@@ -25,6 +27,9 @@ class KmsContext:
     sessions: async_sessionmaker[AsyncSession]
     sealer: KmsSealer
     xks: XksProxyClient
+    # What a data operation needs of its key (the key, its store, its unsealed backing key), cached until
+    # any process changes the KMS tables (xkslab_shared/generation.py).
+    usable_keys: GenerationCache[Hashable, Any]
 
     @property
     def arn_prefix(self) -> str:

@@ -27,7 +27,7 @@ from kms_emulator.envelope import (
     xks_blob,
 )
 from kms_emulator.errors import IncorrectKey, InvalidCiphertext, KmsError, ValidationError
-from kms_emulator.lookup import ORIGIN_XKS, find_key, require_usable, resolve_key_id
+from kms_emulator.lookup import ORIGIN_XKS, find_key, require_present, require_usable, resolve_key_id
 from kms_emulator.models import CustomKeyStore, KmsKey
 from kms_emulator.params import Params, constraint_error
 from kms_emulator.sealing import BACKING_KEY
@@ -51,11 +51,18 @@ def b64(data: bytes) -> str:
 
 
 async def usable_key(ctx: KmsContext, ref: str, *, allow_alias: bool = True) -> UsableKey:
-    async with ctx.sessions() as session:
-        key, store = await find_key(ctx, session, ref, allow_alias=allow_alias)
-    require_usable(ctx, key, store)
-    backing_key = ctx.sealer.unseal(key.sealed_backing_key, purpose=BACKING_KEY, row_id=key.key_id)
-    return UsableKey(key, store, backing_key)
+    """The key ``ref`` names, ready for a data operation (served from the context's cache)."""
+
+    async def load() -> UsableKey:
+        async with ctx.sessions() as session:
+            key, store = await find_key(ctx, session, ref, allow_alias=allow_alias)
+        backing_key = ctx.sealer.unseal(key.sealed_backing_key, purpose=BACKING_KEY, row_id=key.key_id)
+        return UsableKey(key, store, backing_key)
+
+    usable: UsableKey = await ctx.usable_keys.get((ref, allow_alias), load)
+    require_present(ctx, usable.key)  # a deletion date may pass while the entry is cached
+    require_usable(ctx, usable.key, usable.store)
+    return usable
 
 
 async def seal(

@@ -72,12 +72,19 @@ async def find_key(
     """The key and, for an XKS key, its key store; NotFoundException if there is none."""
     key_id = await resolve_key_id(ctx, session, ref, allow_alias=allow_alias)
     key = await session.get(KmsKey, key_id)
-    if key is None or _expired(key):
+    if key is None:
         raise NotFound(f"Key '{ctx.key_arn(key_id)}' does not exist")
+    require_present(ctx, key)
     store = None
     if key.custom_key_store_id is not None:
         store = await session.get(CustomKeyStore, key.custom_key_store_id)
     return key, store
+
+
+def require_present(ctx: KmsContext, key: KmsKey) -> None:
+    """NotFoundException for a key past its deletion date: it is gone, whether or not purged yet."""
+    if _expired(key):
+        raise NotFound(f"Key '{ctx.key_arn(key.key_id)}' does not exist")
 
 
 async def purge_expired(session: AsyncSession) -> None:

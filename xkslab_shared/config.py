@@ -37,6 +37,12 @@ class DatabaseSettings:
     url: str = field(default="", repr=False)  # may carry a password
     busy_timeout_ms: int = 5000
     pool_size: int = 10
+    # The services' request paths cache what they read (keys, app credentials, permissions, key stores):
+    # a change made by another process is honoured within cache_poll_ms (0: the database's change counter
+    # is read on every request), and no entry, unsealed key material included, is kept longer than
+    # cache_max_age_s (0: no caching).
+    cache_poll_ms: int = 100
+    cache_max_age_s: int = 30
 
 
 @dataclass(frozen=True)
@@ -84,11 +90,6 @@ class DsmSettings:
     proxy_token_file: Path = Path("proxy.token")
     # How long a deep health check (a real encrypt and decrypt) may be reused; the XKS spec allows 60 s.
     health_cache_s: int = 10
-    # The request path caches keys, app credentials and permissions: a change made by another process is
-    # honoured within cache_poll_ms (0: the generation is read on every request), and no entry (nor any
-    # unsealed key material) is kept longer than cache_max_age_s (0: no caching).
-    cache_poll_ms: int = 100
-    cache_max_age_s: int = 30
 
 
 @dataclass(frozen=True)
@@ -340,10 +341,10 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
             raise fail(name, "must be a TCP port (1-65535), or 0 for a free one")
     if not 0 <= values["dsm.health_cache_s"] <= 60:
         raise fail("dsm.health_cache_s", "must be 0 to 60 seconds (the XKS spec's limit)")
-    if not 0 <= values["dsm.cache_poll_ms"] <= 10_000:
-        raise fail("dsm.cache_poll_ms", "must be 0 to 10000 milliseconds")
-    if not 0 <= values["dsm.cache_max_age_s"] <= 3600:
-        raise fail("dsm.cache_max_age_s", "must be 0 to 3600 seconds")
+    if not 0 <= values["database.cache_poll_ms"] <= 10_000:
+        raise fail("database.cache_poll_ms", "must be 0 to 10000 milliseconds")
+    if not 0 <= values["database.cache_max_age_s"] <= 3600:
+        raise fail("database.cache_max_age_s", "must be 0 to 3600 seconds")
     if not XKS_MIN_PLAINTEXT_BYTES <= values["xks.max_plaintext_bytes"] <= XKS_MAX_PLAINTEXT_CAP:
         raise fail(
             "xks.max_plaintext_bytes",

@@ -20,10 +20,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, Update, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, Update, event, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, UOWTransaction
 
 from xkslab_shared.db import NAMING
 
@@ -45,6 +46,43 @@ def bump() -> Update:
     return (
         update(cache_generation).where(cache_generation.c.id == 1).values(value=cache_generation.c.value + 1)
     )
+
+
+class _InvalidatingSession(Session):
+    """A session whose every flush that wrote something raises the cache generation in the same
+    transaction, and whose commit then expires this process's generation: for services whose writes
+    are ORM flushes (the KMS emulator), so that no write path can forget to tell the caches."""
+
+
+@event.listens_for(_InvalidatingSession, "after_flush")
+def _bump_after_flush(session: Session, _flush: UOWTransaction) -> None:
+    session.connection().execute(bump())
+    session.info["xkslab_bumped"] = True
+
+
+@event.listens_for(_InvalidatingSession, "after_commit")
+def _expire_after_commit(session: Session) -> None:
+    if session.info.pop("xkslab_bumped", False):
+        session.info["xkslab_generation"].expire()
+
+
+@event.listens_for(_InvalidatingSession, "after_rollback")
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop("xkslab_bumped", None)
+
+
+def invalidating_sessions(
+    engine: AsyncEngine, poll_s: float
+) -> tuple[async_sessionmaker[AsyncSession], Generation]:
+    """Sessions like xkslab_shared.db.session_factory's, except that every flush that writes raises the
+    generation, and the Generation they keep current (this process sees its own changes at once)."""
+    holder: dict[str, Any] = {}
+    sessions = async_sessionmaker(
+        engine, expire_on_commit=False, sync_session_class=_InvalidatingSession, info=holder
+    )
+    generation = Generation(sessions, poll_s)
+    holder["xkslab_generation"] = generation
+    return sessions, generation
 
 
 class Generation:

@@ -11,7 +11,7 @@ memory: each batch takes the chain's lock inside its own transaction (SQLite: th
 taken by BEGIN IMMEDIATE on the writer's engine; PostgreSQL: a transaction-scoped advisory lock per
 chain), reads the head there and commits on top of it. Writers of one chain therefore queue for a few
 milliseconds instead of colliding on (chain, seq). An ``apply`` also raises the cache generation in the
-same transaction, so caches in every process learn of the change (dsm_emulator/generation.py).
+same transaction, so caches in every process learn of the change (xkslab_shared/generation.py).
 """
 
 from __future__ import annotations

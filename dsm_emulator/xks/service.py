@@ -10,7 +10,7 @@ followed to its newest version for encryption and back to the version a cipherte
 so old ciphertexts still decrypt.
 
 The app's credentials and permissions, and the keys it names, come from caches that a change in any
-process invalidates within ``dsm.cache_poll_ms`` (dsm_emulator/generation.py): a steady load costs no
+process invalidates within ``database.cache_poll_ms`` (xkslab_shared/generation.py): a steady load costs no
 database read per request beyond its audit row.
 """
 

@@ -1,6 +1,6 @@
 """Several processes on one database: the CLI in a second terminal beside a running DSM and XKS proxy.
 
-The running DSM caches keys, app credentials and permissions (dsm_emulator/generation.py); the CLI is
+The running DSM caches keys, app credentials and permissions (xkslab_shared/generation.py); the CLI is
 another process with caches of its own. These tests change things with the real CLI in a subprocess and
 ask the running proxy right after the command returns: the change must already be honoured. And while a
 load runs, administrative commands writing the same audit chain must not fail a single request.

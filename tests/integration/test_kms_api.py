@@ -744,3 +744,28 @@ async def test_a_proxy_timeout_on_a_data_operation(kms_env: KmsEnv) -> None:
         scripted.release.set()
         await stop_kms(fast)
         await runner.cleanup()
+
+
+async def test_a_second_kms_process_sees_changes_within_the_cache_poll(kms_env: KmsEnv) -> None:
+    """Two KMS emulators on one database stand for two processes: each caches the keys its data
+    operations use. A key disabled or an alias moved through one is honoured by the other once
+    database.cache_poll_ms has passed after the change returned; before that it may still serve."""
+    other = await start_kms(kms_env.data_dir, {"database.cache_poll_ms": 100})
+    try:
+        first = (await kms_env.call("create_key"))["KeyMetadata"]["KeyId"]
+        second = (await kms_env.call("create_key"))["KeyMetadata"]["KeyId"]
+        await kms_env.call("create_alias", AliasName="alias/moving", TargetKeyId=first)
+        for _ in range(3):  # cached in `other` from now on
+            assert (await other.call("encrypt", KeyId=first, Plaintext=b"p"))["KeyId"].endswith(first)
+            assert (await other.call("encrypt", KeyId="alias/moving", Plaintext=b"p"))["KeyId"].endswith(
+                first
+            )
+        await kms_env.call("disable_key", KeyId=first)
+        await kms_env.call("update_alias", AliasName="alias/moving", TargetKeyId=second)
+        await asyncio.sleep(0.1 + 0.05)
+        error = await other.error("encrypt", KeyId=first, Plaintext=b"p")
+        assert isinstance(error, other.kms.exceptions.DisabledException)
+        moved = await other.call("encrypt", KeyId="alias/moving", Plaintext=b"p")
+        assert moved["KeyId"].endswith(second)
+    finally:
+        await stop_kms(other)

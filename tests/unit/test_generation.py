@@ -4,7 +4,9 @@ database. Two Generation objects on two engines stand for two processes. Runs on
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -14,6 +16,10 @@ from xkslab_shared.db import create_engine, session_factory
 from xkslab_shared.generation import Generation, GenerationCache
 
 Sessions = async_sessionmaker[AsyncSession]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 @pytest.fixture
@@ -105,3 +111,26 @@ async def test_the_cache_stays_bounded(sessions: Sessions) -> None:
     for i in range(100):
         await cache.get(i, same)
     assert len(cache) <= 10
+
+
+async def test_every_flush_of_an_invalidating_session_raises_the_generation(
+    db_url: str, sessions: Sessions
+) -> None:
+    """The KMS emulator's writes are ORM flushes: each one that writes tells every process's caches."""
+    from dsm_emulator.models import Account
+    from xkslab_shared.generation import invalidating_sessions
+
+    engine = create_engine(db_url)
+    try:
+        writer, own = invalidating_sessions(engine, poll_s=3600.0)
+        other = Generation(sessions, poll_s=0.0)
+        before = await own.current()
+        async with writer.begin() as session:
+            session.add(Account(acct_id=str(uuid.uuid4()), name="flushed", enabled=True, created_at=_now()))
+        assert await other.current() == before + 1
+        assert await own.current() == before + 1  # its own commit expired it, despite the long poll
+        async with writer() as session:  # a read: nothing flushed, nothing raised
+            await session.get(Account, str(uuid.uuid4()))
+        assert await other.current() == before + 1
+    finally:
+        await engine.dispose()
