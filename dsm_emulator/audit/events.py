@@ -31,7 +31,8 @@ _ENUMS = {"action_type": ACTION_TYPES, "actor_type": ACTOR_TYPES, "severity": SE
 def _clean(value: str, limit: int | None) -> str:
     # A value the database would reject (too long for PostgreSQL, NUL, lone surrogate) would fail the
     # whole group commit, refusing every caller in the batch; store a recognisable, bounded copy instead.
-    value = value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    if not value.isascii() or "\x00" in value:  # the common case (ASCII, no NUL) needs no copy
+        value = value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     return value if limit is None or len(value) <= limit else value[: limit - 1] + "\u2026"
 
 
@@ -61,10 +62,10 @@ class AuditEvent:
 
     def __post_init__(self) -> None:
         # Checked here, not at commit time: one bad event must not fail the batch it is committed in.
-        for f in dataclasses.fields(self):
-            name, value = f.name, getattr(self, f.name)
-            if name in _ENUMS and value not in _ENUMS[name]:
-                raise ValueError(f"audit event {name} must be one of {sorted(_ENUMS[name])}")
+        for name, required, limit, allowed in _FIELD_RULES:
+            value = getattr(self, name)
+            if allowed is not None and value not in allowed:
+                raise ValueError(f"audit event {name} must be one of {sorted(allowed)}")
             if name == "response_time_us":
                 if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                     raise TypeError("audit event response_time_us must be an int or None")
@@ -72,10 +73,10 @@ class AuditEvent:
                 if isinstance(value, str) or not all(isinstance(g, str) for g in value):
                     raise TypeError("audit event group_ids must be a sequence of str")
                 object.__setattr__(self, name, tuple(_clean(g, None) for g in value))
-            elif value is not None or f.default is dataclasses.MISSING:
+            elif value is not None or required:
                 if not isinstance(value, str) or (name == "operation" and not value):
                     raise TypeError(f"audit event {name} must be a non-empty str")
-                object.__setattr__(self, name, _clean(value, _MAX_LEN.get(name)))
+                object.__setattr__(self, name, _clean(value, limit))
 
     @classmethod
     def by(
@@ -100,3 +101,10 @@ class AuditEvent:
         return dataclasses.replace(
             self, outcome="refused", severity="WARNING", message=f"{self.message}: refused: {msg}"
         )
+
+
+# (name, required, max length, allowed values) per field, computed once: events are built per request.
+_FIELD_RULES = tuple(
+    (f.name, f.default is dataclasses.MISSING, _MAX_LEN.get(f.name), _ENUMS.get(f.name))
+    for f in dataclasses.fields(AuditEvent)
+)

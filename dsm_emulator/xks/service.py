@@ -139,12 +139,11 @@ class XksService(XksPrefixes, XksHealth):
         which is what the proxy tells its caller."""
         started = time.perf_counter()
         principal = await self._authenticate(call)
-        event = AuditEvent.by(
-            principal,
-            f"xks.{call.operation}",
-            _MESSAGES[call.operation],
-            action_type="OTHER" if call.operation == "health" else "CRYPTOOPERATION",
-        )
+        # The event's fields are gathered as the request goes and the event is built once, at the end.
+        fields: dict[str, Any] = {
+            "message": _MESSAGES[call.operation],
+            "action_type": "OTHER" if call.operation == "health" else "CRYPTOOPERATION",
+        }
         keys: list[SecurityObject] = []
         try:
             try:
@@ -153,23 +152,19 @@ class XksService(XksPrefixes, XksHealth):
                 raise Unsupported(exc.message) from None
             except xks_wire.XksRequestError as exc:
                 raise BadRequest(exc.message) from None
-            event = _with_metadata(event, request.metadata)
+            fields.update(_metadata_fields(request.metadata))
             if call.policy is not None:
                 verdict = "allowed" if call.policy.allowed else "denied"
-                event = replace(
-                    event, message=f"{event.message}, {verdict} by policy rule {call.policy.rule}"
-                )
+                fields["message"] += f", {verdict} by policy rule {call.policy.rule}"
             if call.deadline is not None and asyncio.get_running_loop().time() >= call.deadline:
                 raise DeadlineExceeded(_TOO_LATE)
             result = await self._run(principal, call, request, keys)
         except DsmError as exc:
-            await self._audit.record(_about(event, keys).refused(exc))
+            await self._audit.record(_event(principal, call, fields, keys).refused(exc))
             raise
-        elapsed = int((time.perf_counter() - started) * 1e6)
+        fields["response_time_us"] = int((time.perf_counter() - started) * 1e6)
         await self._audit.record(
-            replace(_about(event, keys), response_time_us=elapsed),
-            deadline=call.deadline,
-            late=DeadlineExceeded(_TOO_LATE),
+            _event(principal, call, fields, keys), deadline=call.deadline, late=DeadlineExceeded(_TOO_LATE)
         )
         return result
 
@@ -373,25 +368,32 @@ def _require_usage(key: SecurityObject, op: str) -> None:
         raise KeyOpNotAllowed(f"the external key's key_ops do not include {op}")
 
 
-def _with_metadata(event: AuditEvent, metadata: xks_wire.RequestMetadata | None) -> AuditEvent:
+def _metadata_fields(metadata: xks_wire.RequestMetadata | None) -> dict[str, Any]:
     if metadata is None:
-        return event
-    return replace(
-        event,
-        kms_request_id=metadata.kms_request_id,
-        kms_operation=metadata.kms_operation,
-        aws_principal_arn=metadata.aws_principal_arn,
-        kms_key_arn=metadata.kms_key_arn,
-    )
+        return {}
+    return {
+        "kms_request_id": metadata.kms_request_id,
+        "kms_operation": metadata.kms_operation,
+        "aws_principal_arn": metadata.aws_principal_arn,
+        "kms_key_arn": metadata.kms_key_arn,
+    }
 
 
-def _about(event: AuditEvent, keys: list[SecurityObject]) -> AuditEvent:
-    if not keys:
-        return event
-    key = keys[-1]
-    return replace(
-        event, object_id=key.kid, group_ids=(key.group_id,), message=f"{event.message} (key {key.name})"
-    )
+def _with_metadata(event: AuditEvent, metadata: xks_wire.RequestMetadata | None) -> AuditEvent:
+    return replace(event, **_metadata_fields(metadata)) if metadata is not None else event
+
+
+def _event(p: Principal, call: XksCall, fields: dict[str, Any], keys: list[SecurityObject]) -> AuditEvent:
+    """The request's audit event, about the key it acted on last (if any)."""
+    if keys:
+        key = keys[-1]
+        fields = {
+            **fields,
+            "object_id": key.kid,
+            "group_ids": (key.group_id,),
+            "message": f"{fields['message']} (key {key.name})",
+        }
+    return AuditEvent.by(p, f"xks.{call.operation}", **fields)
 
 
 def _b64(data: bytes) -> str:
