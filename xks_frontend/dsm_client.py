@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -91,6 +91,12 @@ class DsmClient:
                 last = exc
         raise last
 
+    def _with_budget(self, call: ForwardedCall) -> dict[str, Any]:
+        # Each node gets the whole timeout (fail-over), so each gets the same budget.
+        body = call.to_json()
+        body["budget_ms"] = self._budget_ms
+        return body
+
     async def prefixes(self) -> dict[str, str]:
         data = await self._first("GET", PREFIXES_PATH)
         table = data.get("prefixes")
@@ -99,19 +105,15 @@ class DsmClient:
         return {str(k): str(v) for k, v in table.items()}
 
     async def call(self, call: ForwardedCall) -> dict[str, Any]:
-        # Each node gets the whole timeout (fail-over), so each gets the same budget.
-        call = replace(call, budget_ms=self._budget_ms)
-        return _outcome(await self._first("POST", CALL_PATH, call.to_json()))
+        return _outcome(await self._first("POST", CALL_PATH, self._with_budget(call)))
 
     async def call_each(self, call: ForwardedCall) -> list[NodeAnswer]:
         """The same call on every node at once (health: each node reports itself)."""
-        call = replace(call, budget_ms=self._budget_ms)
+        body = self._with_budget(call)
 
         async def one(url: str) -> NodeAnswer:
             try:
-                return NodeAnswer(
-                    url, result=_outcome(await self._request(url, "POST", CALL_PATH, call.to_json()))
-                )
+                return NodeAnswer(url, result=_outcome(await self._request(url, "POST", CALL_PATH, body)))
             except XksError as exc:
                 return NodeAnswer(url, error=exc)
 
