@@ -22,6 +22,7 @@ from dsm_emulator.audit import AuditLog
 from dsm_emulator.errors import Sealed
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys import KeyService
+from dsm_emulator.logins import LoginLimiter
 from dsm_emulator.revocations import SessionRevocations
 from dsm_emulator.sealing import (
     Pkcs11SealConfig,
@@ -103,7 +104,8 @@ class DsmCore:
                 await writer_engine.dispose()
             raise
         keys = KeyService(sessions, keyring, audit, max_age_s=db.cache_max_age_s)
-        admin = AdminService(sessions, keyring, audit)
+        limiter = LoginLimiter(settings.dsm.login_max_failures, settings.dsm.login_window_s)
+        admin = AdminService(sessions, keyring, audit, limiter)
         xks = XksService(
             sessions,
             keyring,

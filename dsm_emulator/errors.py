@@ -9,6 +9,7 @@ these to its own wire shape in one place; messages are safe to show (no secrets,
     ├── NotFound              no such object (or not visible to the caller)       (404)
     │   └── NotVisible        it exists outside the caller's groups: answers as NotFound, audited as is
     ├── Conflict              name already taken                                  (409)
+    ├── TooManyAttempts       too many failed logins for this identity and source  (429)
     ├── InvalidState          disabled key, wrong lifecycle state, missing key op (400 / 409 by edge)
     │   └── KeyOpNotAllowed   the key's type or key_ops do not allow the operation (400)
     ├── Unsupported           larger than this implementation supports            (501)
@@ -87,6 +88,16 @@ def redact_hidden(message: str) -> str:
 
 class Conflict(DsmError):
     status = 409
+
+
+class TooManyAttempts(DsmError):
+    """Refused before any check: this identity failed to log in too often from this address."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidState(DsmError):

@@ -1,8 +1,13 @@
 """Credential helpers: password and app-secret hashing, app secrets and API keys, AWS XKS SigV4 pairs.
 
-Pure functions, no I/O. Hashes are salted scrypt, encoded as ``scrypt$n$r$p$salt_b64$hash_b64``
-(standard padded base64); verification is constant time and answers False, never raises, on anything
-malformed. scrypt is deliberately slow (tens of milliseconds): async callers run it in a thread.
+Pure functions, no I/O. Passwords are salted scrypt, encoded as ``scrypt$n$r$p$salt_b64$hash_b64``
+(standard padded base64): a person chooses them, so guessing one offline must be slow; scrypt takes tens
+of milliseconds, and async callers run it in a thread. App secrets are random (at least 128 bits), so a
+slow KDF buys nothing against guessing and only makes every wrong login expensive: they are an
+HMAC-SHA256 keyed from the keyring, ``hmac-sha256$term$hash_b64`` (the keyring term whose derived key
+made it, so a keyring rotation does not break old hashes). App secrets stored by an older xkslab are
+still scrypt rows; callers upgrade them after a successful check. Verification is constant time and
+answers False, never raises, on anything malformed.
 
 Note: this module shadows nothing; ``import secrets`` elsewhere still gets the standard library, only
 ``from dsm_emulator import secrets`` gets this one.
@@ -72,6 +77,45 @@ def verify_secret(secret: str, encoded: str) -> bool:
     except (AttributeError, TypeError, ValueError, binascii.Error, UnicodeError, MemoryError):
         return False
     return hmac.compare_digest(candidate, expected)
+
+
+KEYED_SCHEME = "hmac-sha256"
+# Which keyring-derived key (Keyring.derive) app-secret hashes are made with.
+KEYED_PURPOSE = "app-secret-hash"
+
+
+def keyed_hash(secret: str, key: bytes, term: int) -> str:
+    """``hmac-sha256$term$hash_b64``: HMAC-SHA256 of ``secret`` under ``key`` (derived from keyring
+    ``term``)."""
+    if not isinstance(secret, str):
+        raise TypeError("secret must be a str")
+    digest = hmac.new(key, secret.encode("utf-8"), hashlib.sha256).digest()
+    return f"{KEYED_SCHEME}${term}${_b64(digest)}"
+
+
+def keyed_term(encoded: str) -> int | None:
+    """The keyring term of a keyed hash; None when ``encoded`` is not one."""
+    parts = encoded.split("$") if isinstance(encoded, str) else []
+    if len(parts) != 3 or parts[0] != KEYED_SCHEME or not parts[1].isdigit() or len(parts[1]) > 9:
+        return None
+    return int(parts[1])
+
+
+def verify_keyed(secret: str, encoded: str, key: bytes) -> bool:
+    """True iff ``secret`` matches the keyed hash ``encoded`` made with ``key``; constant time."""
+    term = keyed_term(encoded)
+    if term is None or not isinstance(secret, str):
+        return False
+    try:
+        expected = base64.b64decode(encoded.rsplit("$", 1)[1], validate=True)
+        candidate = hmac.new(key, secret.encode("utf-8"), hashlib.sha256).digest()
+    except (binascii.Error, ValueError, UnicodeError):
+        return False
+    return hmac.compare_digest(candidate, expected)
+
+
+def is_scrypt(encoded: object) -> bool:
+    return isinstance(encoded, str) and encoded.startswith("scrypt$")
 
 
 def new_app_secret(size_bytes: int = 64) -> str:

@@ -36,7 +36,7 @@ from kms_emulator.xks_client import XksProxyClient
 from xkslab_shared import db, json_body
 from xkslab_shared.config import Settings
 from xkslab_shared.generation import GenerationCache, invalidating_sessions
-from xkslab_shared.serve import Listener
+from xkslab_shared.serve import HttpLimits, Listener
 
 log = logging.getLogger("kms_emulator")
 
@@ -179,5 +179,9 @@ def create_app(settings: Settings) -> web.Application:
 def listener(settings: Settings, app: web.Application | None = None) -> Listener:
     """Plain HTTP on kms.host:kms.port, as ``--endpoint-url http://...`` and AWS_ENDPOINT_URL_KMS expect."""
     return Listener(
-        "AWS KMS", app if app is not None else create_app(settings), settings.kms.host, settings.kms.port
+        "AWS KMS",
+        app if app is not None else create_app(settings),
+        settings.kms.host,
+        settings.kms.port,
+        limits=HttpLimits.of(settings),
     )

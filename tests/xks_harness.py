@@ -151,12 +151,15 @@ async def start_runner(app: web.Application, ssl_context: Any = None) -> tuple[w
 
 
 async def make_env(
-    template: tuple[Path, dict[str, Any]], tmp_path: Path, overrides: Mapping[str, Any] | None = None
+    template: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+    overrides: Mapping[str, Any] | None = None,
+    dsm_overrides: Mapping[str, Any] | None = None,
 ) -> XksEnv:
     source, info = template
     data_dir = tmp_path / "data"
     shutil.copytree(source, data_dir)
-    dsm_settings = load_settings(data_dir, environ={})
+    dsm_settings = load_settings(data_dir, overrides=dsm_overrides, environ={})
     dsm_app = create_dsm_app(dsm_settings)
     dsm_runner, dsm_port = await start_runner(dsm_app)
     core = dsm_app[CORE_KEY]

@@ -16,7 +16,7 @@ from xks_frontend.policy import PolicyFile
 from xkslab_shared import tls, xks_wire
 from xkslab_shared.config import Settings
 from xkslab_shared.proxy_link import read_token
-from xkslab_shared.serve import Listener
+from xkslab_shared.serve import HttpLimits, Listener
 
 EDGE_KEY: web.AppKey[Edge] = web.AppKey("xks_edge", Edge)
 _OPEN_PATHS = frozenset({"/ping", "/metrics"})
@@ -108,4 +108,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         settings.path(xks.tls_cert),
         settings.path(xks.tls_key),
         client_ca=settings.path(Path(xks.client_ca)) if xks.client_ca else None,
+        limits=HttpLimits.of(settings),
     )

@@ -90,6 +90,22 @@ class DsmSettings:
     proxy_token_file: Path = Path("proxy.token")
     # How long a deep health check (a real encrypt and decrypt) may be reused; the XKS spec allows 60 s.
     health_cache_s: int = 10
+    # Failed logins per identity (app id or email) and client address within a window; past them,
+    # 429 before any hashing, and one summary audit row per burst instead of one row per failure.
+    login_max_failures: int = 5
+    login_window_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Limits of every service's HTTP server (DSM, XKS proxy, KMS), so slow clients cannot hold them."""
+
+    # Open connections per server (HTTP and HTTPS together); past it a new one gets 503 and is closed.
+    max_connections: int = 1000
+    # From the start of a handler to the last byte of its request body; past it: 408 and close.
+    body_timeout_ms: int = 10_000
+    # An idle connection (none sent yet, or between requests) is closed after this.
+    keepalive_timeout_s: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,7 @@ class Settings:
     dsm: DsmSettings = field(default_factory=DsmSettings)
     xks: XksSettings = field(default_factory=XksSettings)
     kms: KmsSettings = field(default_factory=KmsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     @property
     def config_file(self) -> Path:
@@ -315,6 +332,11 @@ _POSITIVE = {
     "dsm.max_body_bytes",
     "xks.dsm_timeout_ms",
     "kms.xks_timeout_ms",
+    "dsm.login_max_failures",
+    "dsm.login_window_s",
+    "http.max_connections",
+    "http.body_timeout_ms",
+    "http.keepalive_timeout_s",
 }
 _PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
 # The XKS spec's minimums: a proxy must accept at least this much (xks-proxy-api.md 1.5).

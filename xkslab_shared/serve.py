@@ -1,6 +1,15 @@
 """Running xkslab's aiohttp applications: each service on a plain-HTTP port and, when its certificate
 exists, an HTTPS port, until SIGINT or SIGTERM. One place, so `dsm serve`, `xks serve` and `up` stop
-the same clean way."""
+the same clean way and share the same HTTP limits (``http.*`` settings): 3,000 clients that each sent
+headers and one body byte used to hold a server's every file descriptor for ever.
+
+- a connection cap per server: past ``http.max_connections`` open connections, a new one is answered
+  503 and closed at once, instead of waiting in the kernel's backlog for a slot that may never free;
+- a body deadline: a request whose body has not fully arrived ``http.body_timeout_ms`` after its handler
+  started is answered 408 and its connection closed (aiohttp itself has no such timeout);
+- ``http.keepalive_timeout_s``: an idle connection, including one that never sends a request line or
+  stops in the middle of its headers, is closed (aiohttp arms this timer when the connection opens).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +29,24 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from xkslab_shared import tls
+from xkslab_shared.config import Settings
 
 T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_connections: int = 1000
+    body_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 15.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> HttpLimits:
+        http = settings.http
+        return cls(http.max_connections, http.body_timeout_ms / 1000, http.keepalive_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -35,6 +60,7 @@ class Listener:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    limits: HttpLimits = HttpLimits()
 
     def tls_context(self) -> ssl.SSLContext | None:
         if self.https_port is None or self.tls_cert is None or self.tls_key is None:
@@ -71,22 +97,96 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
     with the ports really bound (a port setting of 0 takes a free port from the system)."""
     hide_malformed_requests()
     context = listener.tls_context()
-    runner = web.AppRunner(listener.app, handle_signals=False, access_log=None)
+    limits = listener.limits
+    if body_deadline not in listener.app.middlewares:
+        # Innermost, so each service's own error middleware turns the 408 into its error shape.
+        listener.app.middlewares.append(body_deadline)
+    listener.app[BODY_TIMEOUT_KEY] = limits.body_timeout_s
+    runner = web.AppRunner(
+        listener.app, handle_signals=False, access_log=None, keepalive_timeout=limits.keepalive_timeout_s
+    )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    urls = [f"http://{listener.host}:{await _bind(runner, listener.host, listener.port)}"]
+    assert runner.server is not None
+    capped = _ConnectionCap(runner.server, limits.max_connections)
+    urls = [f"http://{listener.host}:{await _bind(stack, capped, listener.host, listener.port)}"]
     if context is not None and listener.https_port is not None:
-        port = await _bind(runner, listener.host, listener.https_port, context)
+        port = await _bind(stack, capped, listener.host, listener.https_port, context)
         urls.append(f"https://{listener.host}:{port}")
     for url in urls:
         echo(f"{listener.name} on {url}")
     return urls
 
 
-async def _bind(runner: web.AppRunner, host: str, port: int, context: ssl.SSLContext | None = None) -> int:
-    before = len(runner.addresses)
-    await web.TCPSite(runner, host, port, ssl_context=context).start()
-    return int(runner.addresses[before][1])
+async def _bind(
+    stack: AsyncExitStack,
+    factory: Callable[[], asyncio.Protocol],
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None = None,
+) -> int:
+    server = await asyncio.get_running_loop().create_server(factory, host, port, ssl=context, backlog=128)
+    # Closed before the runner's cleanup (the stack unwinds in reverse): stop accepting, then drain.
+    stack.callback(server.close)
+    return int(server.sockets[0].getsockname()[1])
+
+
+class _ConnectionCap:
+    """The protocol factory of a server's sockets: aiohttp's own, until the server has ``limit`` open
+    connections (HTTP and HTTPS together); then a protocol that answers 503 and closes."""
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self._server = server
+        self._limit = limit
+
+    def __call__(self) -> asyncio.Protocol:
+        if len(self._server.connections) >= self._limit:
+            return _Refuse()
+        return self._server()
+
+
+class _Refuse(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_REFUSED)
+        transport.close()
+
+
+BODY_TIMEOUT_KEY: web.AppKey[float] = web.AppKey("xkslab_body_timeout_s", float)
+
+
+@web.middleware
+async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """408 and close when the body is still incomplete ``BODY_TIMEOUT_KEY`` seconds after the handler
+    started. Only an incomplete body cancels: a handler that has its whole body may take as long as it
+    needs (the services bound their own work)."""
+    timeout = request.app.get(BODY_TIMEOUT_KEY)
+    if timeout is None or not request.body_exists:
+        return await handler(request)
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        if not request.content.is_eof():
+            expired = True
+            task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        if not expired or task.uncancel() > 0:
+            raise
+        # Close once the 408 is written, and mark the body ended: aiohttp would otherwise linger reading
+        # the rest of it for another 10 s before closing.
+        if request.protocol is not None:
+            request.protocol.close()
+        request.content.feed_eof()
+        raise web.HTTPRequestTimeout(text="request body not received in time") from None
+    finally:
+        timer.cancel()
 
 
 async def wait_for_signal() -> None:

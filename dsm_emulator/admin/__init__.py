@@ -12,15 +12,18 @@ Who may do what:
 * any user of the account may read its groups and apps; an app sees only the groups it belongs to and
   itself (anything else is "does not exist", like objects outside its groups).
 
-Credentials: a ``secret`` app keeps a salted scrypt hash of its secret (the only thing logins check) and,
+Credentials: a ``secret`` app keeps a keyed hash of its secret (HMAC-SHA256 under a key derived from the
+keyring; an older scrypt row is rewritten at its next successful login), the only thing logins check, and,
 sealed by the keyring under ``b"secret|" + app_id``, a copy shown to administrators by
 ``get_credential`` (sdkms-cli's ``get-app-api-key`` needs it back, as with real DSM). An ``awsxks`` app
 keeps its access key id in clear (an identifier) and its SigV4 secret sealed under
 ``b"awsxks|" + app_id + b"|" + access_key_id``; a reset keeps the old pair as ``previous`` so that the
 XKS proxy can be reconfigured without downtime. User passwords are scrypt hashes only.
 
-scrypt costs tens of milliseconds of CPU; it runs in a worker thread, never on the event loop. Callers
-that authenticate an API key on every request (session-less Basic auth) should cache the outcome.
+scrypt (passwords) costs tens of milliseconds of CPU; it runs in a worker thread, never on the event
+loop. Failed logins are limited per identity and client address (``dsm_emulator.logins``): past the
+limit a login is refused with 429 before any look-up or hashing, and a burst of failures is audited as
+its first row plus one summary row.
 
 The service is one class composed of mixins, one module per concern: ``accounts`` (accounts, users,
 bootstrap, user logins), ``groups``, ``apps`` (apps and their group memberships), ``credentials`` (app

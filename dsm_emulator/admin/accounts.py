@@ -96,10 +96,15 @@ class AccountsMixin(AdminBase):
 
         return await self._audit.apply(work, refusal.refused)
 
-    async def authenticate_user(self, email: str, password: str) -> User:
+    async def authenticate_user(self, email: str, password: str, source: str | None = None) -> User:
         """The user with this email and password; AuthFailed("invalid credentials") otherwise (same
-        message and the same scrypt work whether the email is unknown or the password wrong)."""
+        message and the same scrypt work whether the email is unknown or the password wrong). With
+        ``source`` (the client's address), failed logins are limited per (email, source): past the limit,
+        TooManyAttempts (429) before scrypt runs, and a burst is audited as one row plus a summary."""
         normalized = email.strip().lower() if isinstance(email, str) else ""
+        # Bounded, so the limiter's memory is too (longer ones match no user anyway).
+        identity = normalized[: MAX_EMAIL + 1]
+        self._check_login_rate("user", identity, source)
         async with self._sessions() as session:
             user = (
                 await session.scalar(select(User).where(User.email == normalized))
@@ -118,7 +123,6 @@ class AccountsMixin(AdminBase):
         acct_id = accounts[0] if len(accounts) == 1 else None
         ok = isinstance(password, str) and await self._verify(password, user.password_hash if user else None)
         if user is None or not ok:
-            error = AuthFailed(INVALID_CREDENTIALS)
             event = AuditEvent(
                 operation="user.authenticate",
                 action_type="AUTH",
@@ -130,8 +134,16 @@ class AccountsMixin(AdminBase):
                 acct_id=acct_id,
                 severity="WARNING",
             )
-            await self._audit.record(event.refused(error))
-            raise error
+            raise await self._login_failed(
+                event,
+                "user",
+                identity,
+                source,
+                label=user.email if user else None,
+                actor_id=user.user_id if user else None,
+            )
+        if source is not None:
+            self.login_limiter.succeeded(identity, source)
         user_id = user.user_id
         logged_in = AuditEvent(
             operation="user.authenticate",

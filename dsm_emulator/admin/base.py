@@ -1,7 +1,8 @@
 """The core every administrative concern shares: the service's state (sessions, keyring, audit log),
 the one way a mutation runs (admin check inside the audited transaction, which also invalidates every
-process's caches), scrypt hashing and constant-work verification off the event loop, and the app
-look-ups that apps, credentials and app logins all need. They live in one place so that the audit and
+process's caches), password hashing (scrypt, off the event loop) and app-secret hashing (a keyed
+HMAC), constant-work verification, the failed-login limiter and its summary rows, and the app look-ups
+that apps, credentials and app logins all need. They live in one place so that the audit and
 authorisation discipline, and the timing behaviour of logins, cannot drift between concerns; the
 per-concern mixins build on :class:`AdminBase` and import nothing from each other except apps from
 credentials.
@@ -10,6 +11,7 @@ credentials.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -21,8 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dsm_emulator import secrets as creds
 from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import Principal
-from dsm_emulator.errors import AccessDenied, Conflict, NotFound
+from dsm_emulator.errors import AccessDenied, AuthFailed, Conflict, NotFound, TooManyAttempts
 from dsm_emulator.keyring import Keyring
+from dsm_emulator.logins import ANY_IDENTITY, LoginLimiter
 from dsm_emulator.models import App, AppGroup, Group, is_uuid
 
 T = TypeVar("T")
@@ -35,11 +38,19 @@ def now() -> datetime:
 
 
 class AdminBase:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], keyring: Keyring, audit: AuditLog):
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+        audit: AuditLog,
+        limiter: LoginLimiter | None = None,
+    ):
         self._sessions = sessions
         self._keyring = keyring
         self._audit = audit
         self._dummy_hash: str | None = None
+        self._secret_keys: dict[int, bytes] = {}
+        self.login_limiter = limiter if limiter is not None else LoginLimiter()
 
     # ------------------------------------------------------------------------------- helpers
 
@@ -88,6 +99,85 @@ class AdminBase:
             await asyncio.to_thread(creds.verify_secret, secret, self._dummy_hash)
             return False
         return await asyncio.to_thread(creds.verify_secret, secret, encoded)
+
+    def _secret_key(self, term: int) -> bytes:
+        key = self._secret_keys.get(term)
+        if key is None:
+            key = self._secret_keys[term] = self._keyring.derive(creds.KEYED_PURPOSE, term)
+        return key
+
+    def _hash_app_secret(self, secret: str) -> str:
+        term = self._keyring.active_term
+        return creds.keyed_hash(secret, self._secret_key(term), term)
+
+    async def _verify_app_secret(self, secret: str, encoded: str | None) -> bool:
+        """Keyed hashes are checked inline (microseconds); a scrypt row from an older xkslab as before.
+        Without a row, the same keyed work, so an unknown app answers as fast as a wrong secret."""
+        if creds.is_scrypt(encoded):
+            return await self._verify(secret, encoded)
+        term = creds.keyed_term(encoded or "")
+        if term is None or term not in self._keyring.terms:
+            creds.verify_keyed(secret, self._hash_app_secret(""), self._secret_key(self._keyring.active_term))
+            return False
+        return creds.verify_keyed(secret, encoded or "", self._secret_key(term))
+
+    def _check_login_rate(self, kind: str, identity: str, source: str | None) -> None:
+        """TooManyAttempts, before any database read or hashing, when ``identity`` failed too often from
+        ``source`` (None: a caller inside the process, never limited)."""
+        if source is not None and not self.login_limiter.allow(kind, identity, source):
+            raise TooManyAttempts(
+                "too many failed logins: try again later",
+                self.login_limiter.retry_after(identity, source),
+            )
+
+    async def _login_failed(
+        self,
+        event: AuditEvent,
+        kind: str,
+        identity: str,
+        source: str | None,
+        *,
+        label: str | None = None,
+        actor_id: str | None = None,
+    ) -> AuthFailed:
+        """Count a failed login and audit it when it is the first of its burst; the rest go into the
+        burst's summary row (flush_login_summaries)."""
+        error = AuthFailed(INVALID_CREDENTIALS)
+        limiter = self.login_limiter
+        if source is None or limiter.failed(kind, identity, source, label=label, actor_id=actor_id):
+            await self._audit.record(dataclasses.replace(event, client_ip=source).refused(error))
+        return error
+
+    async def flush_login_summaries(self, *, everything: bool = False) -> int:
+        """Write one audit row per (identity, source) whose window of failed logins has ended with
+        failures not audited one by one. Returns the number of rows."""
+        summaries = self.login_limiter.due(everything=everything)
+        for summary in summaries:
+            noun = "app" if summary.kind == "app" else "user"
+            who = (
+                f"{noun}s (several identities)"
+                if summary.identity == ANY_IDENTITY
+                else f"{noun} {summary.label}"
+                if summary.label
+                else f"an unknown {noun}"
+            )
+            await self._audit.record(
+                AuditEvent(
+                    operation=f"{summary.kind}.authenticate",
+                    action_type="AUTH",
+                    message=(
+                        f"{summary.count} further failed logins of {who} from {summary.source} "
+                        f"within {summary.window_s:g} s were not audited one by one "
+                        f"({summary.refused} of them refused with 429 before any check)"
+                    ),
+                    actor_type="App" if summary.kind == "app" else "User",
+                    actor_id=summary.actor_id,
+                    severity="WARNING",
+                    outcome="refused",
+                    client_ip=summary.source,
+                )
+            )
+        return len(summaries)
 
     # ---------------------------------------------------------------------- shared look-ups
 

@@ -1,7 +1,7 @@
 """App credentials and app logins: minting a secret or awsxks credential, showing it to an
 administrator, rotating it (with the previous awsxks pair kept for a grace period), and checking it when
 an app logs in or signs an XKS request. This is the only code that handles secret material -- sealing
-contexts, scrypt hashes, unsealed SigV4 secrets -- and keeping it in one module keeps what can see a
+contexts, secret hashes, unsealed SigV4 secrets -- and keeping it in one module keeps what can see a
 secret, and what is audited when it does, easy to review.
 """
 
@@ -12,14 +12,14 @@ import uuid
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dsm_emulator import secrets as creds
-from dsm_emulator.admin.base import INVALID_CREDENTIALS, AdminBase, _flush, _id, _ref, _require_admin, now
+from dsm_emulator.admin.base import AdminBase, _flush, _id, _ref, _require_admin, now
 from dsm_emulator.audit import AuditEvent
 from dsm_emulator.authz import Principal
-from dsm_emulator.errors import AuthFailed, BadRequest, Conflict, DsmError, NotFound
+from dsm_emulator.errors import BadRequest, Conflict, DsmError, NotFound
 from dsm_emulator.models import Account, App, AppCredential, AppGroup, is_uuid
 
 CREDENTIAL_KINDS = ("secret", "awsxks")
@@ -44,7 +44,7 @@ class CredentialsMixin(AdminBase):
         secret_key: str | None,
     ) -> _NewCredential:
         """The credential row (status current, not yet added) and its secret. Validation happens here,
-        before any transaction; scrypt runs in a thread."""
+        before any transaction."""
         if kind == "secret":
             if access_key_id is not None or secret_key is not None:
                 raise BadRequest("access_key_id and secret_key apply only to awsxks apps")
@@ -60,7 +60,7 @@ class CredentialsMixin(AdminBase):
                 app_id=app_id,
                 kind="secret",
                 status="current",
-                secret_hash=await self._hash(secret),
+                secret_hash=self._hash_app_secret(secret),
                 access_key_id=None,
                 sealed_secret=self._keyring.seal(secret.encode(), secret_context(app_id)),
                 created_at=now(),
@@ -238,9 +238,15 @@ class CredentialsMixin(AdminBase):
 
     # ----------------------------------------------------------------------------- app logins
 
-    async def authenticate_app(self, app_id: str, secret: str) -> App:
+    async def authenticate_app(self, app_id: str, secret: str, source: str | None = None) -> App:
         """The enabled secret app with this secret; AuthFailed("invalid credentials") for an unknown or
-        disabled app (or disabled account), an awsxks app, or a wrong secret, after the same scrypt work."""
+        disabled app (or disabled account), an awsxks app, or a wrong secret, after the same keyed-hash
+        work. ``source`` (the client's address) turns on failed-login limiting: TooManyAttempts (429)
+        before anything is read once the app failed too often from there, and one audit row per burst
+        of failures instead of one each."""
+        # Bounded, so the limiter's memory is too (an app id is a 36-character UUID).
+        identity = app_id[:40] if isinstance(app_id, str) else ""
+        self._check_login_rate("app", identity, source)
         app: App | None = None
         account_enabled = False
         encoded: str | None = None
@@ -257,7 +263,7 @@ class CredentialsMixin(AdminBase):
                             AppCredential.status == "current",
                         )
                     )
-        ok = isinstance(secret, str) and await self._verify(secret, encoded)
+        ok = isinstance(secret, str) and await self._verify_app_secret(secret, encoded)
         if app is None:
             event = AuditEvent(
                 operation="app.authenticate",
@@ -276,9 +282,9 @@ class CredentialsMixin(AdminBase):
                 actor_id=app.app_id,
                 acct_id=app.acct_id,
                 group_ids=tuple(sorted(groups)),
+                client_ip=source,
             )
         if app is None or not ok or not app.enabled or not account_enabled:
-            error = AuthFailed(INVALID_CREDENTIALS)
             if app is not None:
                 reason = (
                     "app disabled" if ok and not app.enabled else "account disabled" if ok else "wrong secret"
@@ -286,10 +292,31 @@ class CredentialsMixin(AdminBase):
                 event = _replace(
                     event, message=f"App {app.name} failed to authenticate ({reason})", severity="WARNING"
                 )
-            await self._audit.record(event.refused(error))
-            raise error
+            label = f"{app.name} ({app.app_id})" if app is not None else None
+            raise await self._login_failed(
+                event, "app", identity, source, label=label, actor_id=app.app_id if app else None
+            )
+        if creds.is_scrypt(encoded):
+            await self._upgrade_secret_hash(app.app_id, encoded or "", secret)
+        if source is not None:
+            self.login_limiter.succeeded(identity, source)
         await self._audit.record(event)
         return app
+
+    async def _upgrade_secret_hash(self, app_id: str, old: str, secret: str) -> None:
+        """Replace a scrypt row (from an older xkslab) by the keyed hash, now that the secret is known to
+        match it. Only if the row still holds that hash: a concurrent reset wins."""
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(AppCredential)
+                .where(
+                    AppCredential.app_id == app_id,
+                    AppCredential.kind == "secret",
+                    AppCredential.status == "current",
+                    AppCredential.secret_hash == old,
+                )
+                .values(secret_hash=self._hash_app_secret(secret))
+            )
 
     async def awsxks_secrets(self, app_id: str) -> list[tuple[str, str]]:
         """``[(access_key_id, secret)]`` of an enabled awsxks app, current first then previous, unsealed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -10,10 +11,10 @@ from aiohttp import web
 from dsm_emulator.api import admin, crypto, logs, session, sobjects, xks
 from dsm_emulator.api.context import CORE_KEY, json_response
 from dsm_emulator.core import DsmCore
-from dsm_emulator.errors import BadRequest, DsmError
+from dsm_emulator.errors import BadRequest, DsmError, TooManyAttempts
 from xkslab_shared.config import Settings
 from xkslab_shared.proxy_link import INTERNAL_PREFIX, read_token
-from xkslab_shared.serve import Listener
+from xkslab_shared.serve import HttpLimits, Listener
 
 log = logging.getLogger("dsm_emulator.api")
 
@@ -37,6 +38,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if any("\x00" in key or "\x00" in value for key, value in request.query.items()):
             raise BadRequest("query parameters must not contain NUL characters")
         return await handler(request)
+    except TooManyAttempts as exc:
+        response = json_response({"message": exc.message}, status=exc.status)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     except DsmError as exc:
         return json_response({"message": exc.message}, status=exc.status)
     except web.HTTPRequestEntityTooLarge:
@@ -73,10 +78,19 @@ def create_app(settings: Settings) -> web.Application:
     async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         core = await DsmCore.open(settings)
         app[CORE_KEY] = core
+        summaries = asyncio.create_task(_login_summaries(core))
         try:
             yield
         finally:
-            await core.close()
+            summaries.cancel()
+            try:
+                await summaries
+            except asyncio.CancelledError:
+                pass
+            try:
+                await core.admin.flush_login_summaries(everything=True)
+            finally:
+                await core.close()
 
     app.cleanup_ctx.append(core_ctx)
     app.add_routes(session.routes)
@@ -86,6 +100,18 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(logs.routes)
     app.add_routes(xks.routes)
     return app
+
+
+async def _login_summaries(core: DsmCore) -> None:
+    """Write the summary rows of failed-login bursts as their windows end. A failed round is logged and
+    does not stop the next one."""
+    interval = min(1.0, core.settings.dsm.login_window_s / 4)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await core.admin.flush_login_summaries()
+        except Exception:
+            log.exception("could not write the failed-login summary rows")
 
 
 def listener(settings: Settings, app: web.Application | None = None) -> Listener:
@@ -99,4 +125,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         dsm.https_port,
         settings.path(dsm.tls_cert),
         settings.path(dsm.tls_key),
+        limits=HttpLimits.of(settings),
     )

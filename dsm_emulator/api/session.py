@@ -39,11 +39,16 @@ from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import AccessDenied, AuthFailed, BadRequest, NotFound
 from dsm_emulator.models import Account, AccountMember, App, User, is_uuid
 from dsm_emulator.views import fortanix_time
+from xkslab_shared.generation import GenerationCache
 
 routes = web.RouteTableDef()
 
 VERSION = {"version": "xkslab-0.1.0", "api_version": "1.0", "server_mode": "Software", "fips_level": None}
 JWT_PURPOSE = "session-jwt"
+# Session-less Basic calls reuse a successful check while nothing has changed (any administrative change,
+# in any process, invalidates it within database.cache_poll_ms) and for at most this long (or
+# database.cache_max_age_s when that is shorter): the check itself is now cheap, its database reads and audit
+# row are not.
 BASIC_CACHE_TTL_S = 60.0
 # Set for Bearer-authenticated requests: the verified token claims.
 CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("xkslab.session_claims", dict)
@@ -65,15 +70,13 @@ class SessionState:
     """In-memory, per-replica session bookkeeping."""
 
     selected: dict[str, tuple[str, float]] = field(default_factory=dict)  # jti -> (acct_id, exp)
-    basic_cache: dict[bytes, tuple[Principal, float]] = field(default_factory=dict)
+    # Made at the first Basic call: it needs the core's generation counter.
+    basic_cache: GenerationCache[bytes, Principal] | None = None
 
     def prune(self) -> None:
         now = time.time()
         for jti in [j for j, (_, exp) in self.selected.items() if exp < now]:
             del self.selected[jti]
-        mono = time.monotonic()
-        for key in [k for k, (_, until) in self.basic_cache.items() if until < mono]:
-            del self.basic_cache[key]
 
 
 SESSION_STATE_KEY: web.AppKey[SessionState] = web.AppKey("dsm_session_state", SessionState)
@@ -133,21 +136,22 @@ def _split_auth(request: web.Request) -> tuple[str, str]:
 
 
 async def principal_from_basic_app(request: web.Request, value: str) -> Principal:
-    """Session-less mode: ``Basic <api key>`` of an app, cached for up to 60 s (scrypt is slow)."""
+    """Session-less mode: ``Basic <api key>`` of an app; a success is cached (BASIC_CACHE_TTL_S), a
+    failure never is, and failures are limited per app and client address like logins."""
     state = _state(request)
-    cache_key = hashlib.sha256(value.encode()).digest()
-    hit = state.basic_cache.get(cache_key)
-    if hit is not None and hit[1] > time.monotonic():
-        return hit[0]
-    app_id, secret = _decode_basic(value)
-    if not is_uuid(app_id):
-        raise AuthFailed("invalid credentials")
     core = core_of(request)
-    app = await core.admin.authenticate_app(app_id, secret)
-    principal = await core.admin.principal_for_app(app)
-    state.prune()
-    state.basic_cache[cache_key] = (principal, time.monotonic() + BASIC_CACHE_TTL_S)
-    return principal
+    if state.basic_cache is None:
+        max_age = min(BASIC_CACHE_TTL_S, float(core.settings.database.cache_max_age_s))
+        state.basic_cache = GenerationCache(core.generation, max_age)
+
+    async def check() -> Principal:
+        app_id, secret = _decode_basic(value)
+        if not is_uuid(app_id):
+            raise AuthFailed("invalid credentials")
+        app = await core.admin.authenticate_app(app_id, secret, request.remote or "unknown")
+        return await core.admin.principal_for_app(app)
+
+    return await state.basic_cache.get(hashlib.sha256(value.encode()).digest(), check)
 
 
 async def _user(core: DsmCore, user_id: str) -> User:
@@ -228,10 +232,12 @@ async def auth(request: web.Request) -> web.Response:
     if scheme != "basic":
         raise AuthFailed("Basic authentication required")
     left, right = _decode_basic(value)
+    # The peer address, never a forwarded-for header: a client could name any address it likes there.
+    source = request.remote or "unknown"
     if is_uuid(left):
-        app = await core.admin.authenticate_app(left, right)
+        app = await core.admin.authenticate_app(left, right, source)
         return json_response(issue_token(core, "app", app.app_id, app.acct_id))
-    user = await core.admin.authenticate_user(left, right)
+    user = await core.admin.authenticate_user(left, right, source)
     accounts = await core.admin.user_accounts(user.user_id)
     acct = next(iter(accounts)) if len(accounts) == 1 else None
     return json_response(issue_token(core, "user", user.user_id, acct))

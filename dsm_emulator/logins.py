@@ -1,0 +1,205 @@
+"""Failed-login limiting and burst auditing, per (identity, source address), in memory.
+
+A flood of wrong logins must stay cheap: each one used to run scrypt and write an audit row, and forty a
+second took the XKS path down. So, per identity (an app id or a normalised email) and source address, in
+fixed windows of ``window_s``:
+
+* the first ``max_failures`` failures are answered 401; after that, every attempt is refused with 429
+  until the window ends, *before* any database read or password hashing;
+* only the first failure of a window gets its own audit row; the further ones (401 and 429 alike) are
+  counted and reported as one summary row when the window ends (:meth:`LoginLimiter.due`);
+* one source may have at most ``max_audited_per_source`` failures audited one by one per window, so a
+  spray of made-up identities from one address does not write a row each: the rest are counted on a
+  per-source summary (identity ``*``).
+
+Memory is bounded: at most ``max_entries`` entries, the least recently used evicted first (its counts are
+folded into its source's summary, so nothing is lost from the audit). A success clears its entry (and
+hands back its pending summary). State is per process, like the Basic-auth cache: each replica counts
+its own failures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ANY_IDENTITY = "*"
+
+
+@dataclass
+class _Entry:
+    kind: str  # "app" | "user": what the identity names, for the summary row
+    window_start: float
+    # How the summary row names the identity (None: not a known one; a guessed email is never written,
+    # it could be a password typed into the wrong field).
+    label: str | None = None
+    actor_id: str | None = None
+    failures: int = 0  # failures in this window, 401s only (a 429 is not a failure, it is refused)
+    suppressed: int = 0  # failures and refusals not audited one by one
+    refused: int = 0  # of which answered 429
+    # Its first failure found the source's quota of audit rows used up: its counts go to the source's
+    # catch-all entry, so a spray of identities makes one summary row, not one per identity.
+    pooled: bool = False
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one summary audit row says: ``count`` further failed logins of ``identity`` (``*``: several
+    identities) from ``source`` were not audited one by one, ``refused`` of them answered 429, in one
+    window of ``window_s``."""
+
+    kind: str
+    identity: str
+    label: str | None
+    actor_id: str | None
+    source: str
+    count: int
+    refused: int
+    window_s: float
+
+
+class LoginLimiter:
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window_s: float = 60.0,
+        *,
+        max_entries: int = 10_000,
+        max_audited_per_source: int = 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.max_entries = max_entries
+        self.max_audited_per_source = max_audited_per_source
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._audited: dict[str, tuple[float, int]] = {}  # source -> (window start, rows written)
+        self._pending: list[Summary] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _entry(self, kind: str, identity: str, source: str) -> _Entry:
+        key = (identity, source)
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None and now - entry.window_start >= self.window_s:
+            self._close(key, entry)
+            entry = None
+        if entry is None:
+            entry = _Entry(kind, now)
+            self._entries[key] = entry
+            while len(self._entries) > self.max_entries:
+                old_key, old = self._entries.popitem(last=False)
+                self._fold(old_key, old)
+        else:
+            self._entries.move_to_end(key)
+        return entry
+
+    def allow(self, kind: str, identity: str, source: str) -> bool:
+        """False (and counted) when this identity and source are over the limit: answer 429 without
+        looking anything up."""
+        entry = self._entries.get((identity, source))
+        if entry is None or entry.failures < self.max_failures:
+            return True
+        entry = self._entry(kind, identity, source)  # may have opened a new window
+        if entry.failures < self.max_failures:
+            return True
+        self._suppress(entry, source, refused=True)
+        return False
+
+    def retry_after(self, identity: str, source: str) -> int:
+        """Whole seconds until this identity and source may try again (at least 1)."""
+        entry = self._entries.get((identity, source))
+        left = self.window_s - (self._clock() - entry.window_start) if entry is not None else 0.0
+        return max(1, int(left + 0.999))
+
+    def failed(
+        self, kind: str, identity: str, source: str, *, label: str | None = None, actor_id: str | None = None
+    ) -> bool:
+        """Record a failed login; True when it gets an audit row of its own. ``label`` and ``actor_id``
+        name a known identity in the summary row."""
+        entry = self._entry(kind, identity, source)
+        entry.label, entry.actor_id = label, actor_id
+        entry.failures += 1
+        if entry.failures == 1:
+            if self._take_audit_slot(source, entry.window_start):
+                return True
+            entry.pooled = True
+        self._suppress(entry, source, refused=False)
+        return False
+
+    def succeeded(self, identity: str, source: str) -> None:
+        """A correct login clears the count (its pending summary is still reported)."""
+        entry = self._entries.pop((identity, source), None)
+        if entry is not None:
+            self._close((identity, source), entry)
+
+    def due(self, *, everything: bool = False) -> list[Summary]:
+        """Summaries of the windows that have ended (all of them with ``everything``, at shutdown)."""
+        now = self._clock()
+        for key, entry in list(self._entries.items()):
+            if everything or now - entry.window_start >= self.window_s:
+                del self._entries[key]
+                self._close(key, entry)
+        for source, (start, _) in list(self._audited.items()):
+            if now - start >= self.window_s:
+                del self._audited[source]
+        summaries, self._pending = self._pending, []
+        return summaries
+
+    # ----------------------------------------------------------------------------------- internal
+
+    def _suppress(self, entry: _Entry, source: str, *, refused: bool) -> None:
+        target = entry
+        if entry.pooled:
+            target = self._entries.get((ANY_IDENTITY, source)) or self._new_catch_all(entry.kind, source)
+        target.suppressed += 1
+        target.refused += int(refused)
+
+    def _new_catch_all(self, kind: str, source: str) -> _Entry:
+        entry = _Entry(kind, self._clock())
+        self._entries[(ANY_IDENTITY, source)] = entry
+        return entry
+
+    def _take_audit_slot(self, source: str, now: float) -> bool:
+        start, used = self._audited.get(source, (now, 0))
+        if now - start >= self.window_s:
+            start, used = now, 0
+        if used >= self.max_audited_per_source:
+            self._audited[source] = (start, used)
+            return False
+        self._audited[source] = (start, used + 1)
+        return True
+
+    def _close(self, key: tuple[str, str], entry: _Entry) -> None:
+        if entry.suppressed:
+            identity, source = key
+            self._pending.append(
+                Summary(
+                    entry.kind,
+                    identity,
+                    None if identity == ANY_IDENTITY else entry.label,
+                    None if identity == ANY_IDENTITY else entry.actor_id,
+                    source,
+                    entry.suppressed,
+                    entry.refused,
+                    self.window_s,
+                )
+            )
+
+    def _fold(self, key: tuple[str, str], entry: _Entry) -> None:
+        # An evicted entry's uncounted failures go to its source's catch-all entry, which is itself only
+        # evicted by being the oldest, so the summary rows stay bounded by the entry cap.
+        if not entry.suppressed:
+            return
+        source = key[1]
+        if key[0] == ANY_IDENTITY:
+            self._close(key, entry)
+            return
+        catch_all = self._entries.get((ANY_IDENTITY, source)) or self._new_catch_all(entry.kind, source)
+        catch_all.suppressed += entry.suppressed
+        catch_all.refused += entry.refused

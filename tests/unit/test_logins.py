@@ -1,0 +1,89 @@
+"""The failed-login limiter on its own, with a fake clock: 401s then 429s per identity and source, one
+audited failure per burst plus a summary, bounded memory, and app-secret hashing without scrypt."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from dsm_emulator import secrets as creds
+from dsm_emulator.logins import ANY_IDENTITY, LoginLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failures_past_the_limit_are_refused_and_summarised_once_the_window_ends() -> None:
+    clock = Clock()
+    limiter = LoginLimiter(3, 10.0, clock=clock)
+    audited = []
+    for _ in range(3):
+        assert limiter.allow("app", "a", "10.0.0.1")
+        audited.append(limiter.failed("app", "a", "10.0.0.1", label="app-a"))
+    assert audited == [True, False, False]
+    assert not limiter.allow("app", "a", "10.0.0.1")
+    assert not limiter.allow("app", "a", "10.0.0.1")
+    # Another source, another identity: not affected.
+    assert limiter.allow("app", "a", "10.0.0.2")
+    assert limiter.allow("app", "b", "10.0.0.1")
+    assert limiter.retry_after("a", "10.0.0.1") == 10
+    assert limiter.due() == []
+    clock.now += 10
+    [summary] = limiter.due()
+    assert (summary.identity, summary.label, summary.count, summary.refused) == ("a", "app-a", 4, 2)
+    assert limiter.allow("app", "a", "10.0.0.1") and len(limiter) == 0
+
+
+def test_a_success_clears_the_count_but_keeps_the_summary() -> None:
+    limiter = LoginLimiter(2, 60.0, clock=Clock())
+    for _ in range(2):
+        limiter.failed("user", "u@x", "s")
+    assert not limiter.allow("user", "u@x", "s")
+    limiter.succeeded("u@x", "s")
+    assert limiter.allow("user", "u@x", "s")
+    [summary] = limiter.due()
+    assert summary.count == 2 and summary.refused == 1
+
+
+def test_a_spray_of_identities_from_one_source_makes_one_summary_not_one_row_each() -> None:
+    clock = Clock()
+    limiter = LoginLimiter(5, 60.0, max_audited_per_source=3, clock=clock)
+    audited = sum(limiter.failed("app", f"id-{i}", "s") for i in range(1000))
+    assert audited == 3
+    summaries = limiter.due(everything=True)
+    assert [(s.identity, s.count) for s in summaries] == [(ANY_IDENTITY, 997)]
+
+
+def test_memory_is_bounded_and_evicted_counts_are_not_lost() -> None:
+    limiter = LoginLimiter(1, 60.0, max_entries=50, max_audited_per_source=10**6, clock=Clock())
+    for i in range(500):
+        for _ in range(3):
+            if limiter.allow("app", f"id-{i}", "s"):
+                limiter.failed("app", f"id-{i}", "s")
+    assert len(limiter) <= 51
+    summaries = limiter.due(everything=True)
+    # Each identity: one audited failure, then two 429s, all counted somewhere.
+    assert sum(s.count for s in summaries) == 500 * 2
+
+
+def test_app_secrets_get_a_keyed_hash_checked_without_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_scrypt(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("scrypt must not run for a keyed hash")
+
+    monkeypatch.setattr(hashlib, "scrypt", no_scrypt)
+    key, other = b"k" * 32, b"o" * 32
+    secret = creds.new_app_secret()
+    encoded = creds.keyed_hash(secret, key, 3)
+    assert encoded.startswith("hmac-sha256$3$") and secret not in encoded
+    assert creds.keyed_term(encoded) == 3
+    assert creds.verify_keyed(secret, encoded, key)
+    assert not creds.verify_keyed(secret + "x", encoded, key)
+    assert not creds.verify_keyed(secret, encoded, other)
+    for bad in ("", "hmac-sha256$x$AA==", "hmac-sha256$1$!!", "scrypt$1$2$3$4$5", "hmac-sha256$1$a$b"):
+        assert not creds.verify_keyed(secret, bad, key)
