@@ -23,7 +23,7 @@ from xkslab.cli.groups import group
 from xkslab.cli.init import init
 from xkslab.cli.keys import key
 from xkslab.cli.kms import kms
-from xkslab.cli.lab import demo, up
+from xkslab.cli.lab import demo, down, env, up, wait
 from xkslab.cli.seal import seal
 from xkslab.cli.xks import xks
 
@@ -36,7 +36,9 @@ def main() -> None:
     (exit status 1); XKSLAB_DEBUG=1 shows the traceback of an unexpected one."""
 
 
-for command in (init, db, seal, audit, group, app, key, dsm, xks, kms, up, demo, certs_command, bench):
+ADMIN = (init, db, seal, audit, group, app, key)
+LAB = (up, down, wait, env, demo)
+for command in (*ADMIN, dsm, xks, kms, *LAB, certs_command, bench):
     main.add_command(command)
 main.params.extend(global_options(root=True))
 add_global_options(main)

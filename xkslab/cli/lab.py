@@ -1,4 +1,5 @@
-"""``xkslab up`` and ``xkslab demo``: the whole lab in one command, and the seed's workflow against it."""
+"""``xkslab up`` and ``xkslab demo``: the whole lab in one command, and the seed's workflow against it; and
+for scripts and CI ``up --detach``, ``down``, ``wait`` and ``env``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from pathlib import Path
 
 import click
 
-from xkslab.cli.common import json_option, overrides_of, pass_settings_creating, run
+from xkslab.cli.common import data_dir_of, json_option, overrides_of, pass_settings_creating, run
+from xkslab.lab.control import log_file, require_ready, wait_ready
 from xkslab.lab.demo import DemoError, run_demo
+from xkslab.lab.detach import start_detached, stop_lab
+from xkslab.lab.envfmt import FORMATS, format_env
 from xkslab.lab.up import LabError, run_up
 from xkslab_shared.config import Settings
 
@@ -21,16 +25,76 @@ from xkslab_shared.config import Settings
     help="The administrator's password: set on a new data directory (default: generated), changed on an "
     "existing one; printed and kept in <data-dir>/admin.password.",
 )
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Run in the background (output in <data-dir>/run/up.log, pid in run/up.pid); return once the "
+    "lab is ready and print the path of up.json. `xkslab down` stops it.",
+)
 @pass_settings_creating
-def up(settings: Settings, admin_password: str | None) -> None:
+def up(settings: Settings, admin_password: str | None, detach: bool) -> None:
     """Start the DSM, the XKS proxy and the KMS emulator on embedded defaults (SQLite, software sealing,
     loopback ports), bootstrap them on first start, print the settings to paste and write them to
     <data-dir>/up.json. A second start reuses the data directory; Ctrl-C stops all three."""
     try:
         overrides = overrides_of(click.get_current_context())
+        if detach:
+            path, pid = start_detached(settings.data_dir, overrides, admin_password)
+            log = log_file(path.parent)
+            click.echo(f"xkslab up is running (pid {pid}, log {log}); `xkslab down` stops it", err=True)
+            click.echo(str(path))
+            return
         run(run_up(settings, admin_password, click.echo, overrides))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _lab_dir() -> Path:
+    """The data directory alone: these commands read no settings, so a broken config file cannot keep
+    `down` from stopping a lab."""
+    ctx = click.get_current_context()
+    found = ctx.find_object(Settings)
+    return found.data_dir if found is not None else data_dir_of(ctx)
+
+
+@click.command("down")
+def down() -> None:
+    """Stop the lab running on the data directory (whoever started it) and wait until its processes are
+    gone. Nothing running is not an error."""
+    data_dir = _lab_dir()
+    try:
+        pid = stop_lab(data_dir)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"stopped the xkslab lab on {data_dir} (pid {pid})"
+        if pid
+        else f"no xkslab lab is running on {data_dir}"
+    )
+
+
+@click.command("wait")
+@click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True, help="Seconds.")
+@click.option("--health", is_flag=True, help="Also wait until the DSM, the proxy and the KMS answer HTTP.")
+def wait(timeout: float, health: bool) -> None:
+    """Wait until a lab started elsewhere on the data directory is ready (up.json written by a running
+    `xkslab up`); exit status 1 on timeout."""
+    try:
+        wait_ready(_lab_dir(), timeout, health)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("env")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="shell", show_default=True)
+def env(fmt: str) -> None:
+    """Print what an AWS client needs to reach the running lab: `export` lines (shell, for eval), K=V
+    (dotenv, and github for appending to $GITHUB_ENV) or a JSON object."""
+    try:
+        data = require_ready(_lab_dir())
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_env(data["aws_env"], fmt))
 
 
 @click.command("demo")

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from xkslab.lab.bootstrap import (
     set_admin_password,
 )
 from xkslab.lab.datadir import init_data_dir, write_config_if_missing
+from xkslab.lab.envfmt import format_env
 from xkslab.lab.supervisor import Supervisor, hold_data_dir
 from xkslab_shared.certs import make_local_ca, make_server_cert
 from xkslab_shared.config import Settings
@@ -126,7 +128,7 @@ def save_password(settings: Settings, password: str) -> None:
 
 
 def render(data: dict[str, Any], path: Path) -> str:
-    env = "\n".join(f"export {k}={v}" for k, v in data["aws_env"].items())
+    env = format_env(data["aws_env"], "shell")  # what `xkslab env` prints, quoted the same way
     dsm, xks, kms = data["dsm"], data["xks"], data["kms"]
     admin = f"{dsm['admin_email']} / {dsm['admin_password']}" if dsm["admin_password"] else dsm["admin_email"]
     return f"""
@@ -175,8 +177,23 @@ async def run_up(
         path = up_file(settings)
         known = read_password(settings)
         path.unlink(missing_ok=True)
+        # SIGTERM (`xkslab down`) before the supervisor's own handler is in place: cancel the start, so
+        # the services started so far are stopped instead of outliving this process.
+        task = asyncio.current_task()
+        terminated = asyncio.Event()
+
+        def on_sigterm() -> None:
+            terminated.set()
+            if task is not None:
+                task.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         try:
             await _run_up(settings, admin_password, known, echo, overrides or {})
+        except asyncio.CancelledError:
+            if not terminated.is_set():
+                raise
+            raise LabError("stopped by SIGTERM before the lab was ready") from None
         finally:
             path.unlink(missing_ok=True)
 
