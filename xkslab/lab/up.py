@@ -165,6 +165,27 @@ def prepare(settings: Settings) -> str:
     return ca_file
 
 
+async def initialize(
+    settings: Settings, admin_password: str | None, known: str | None
+) -> tuple[str, str | None, dict[str, Any]]:
+    """Everything before the services start, shared by ``up`` and the in-process lab: config file,
+    certificates, ``init``, the admin password, the key manager's objects. Returns the CA file, the admin
+    password (None when unknown) and the key manager's facts."""
+    ca_file = await asyncio.to_thread(prepare, settings)
+    password = admin_password or known or secrets.token_urlsafe(18)
+    init = await init_data_dir(settings, "xkslab", ADMIN_EMAIL, password)
+    if init["created"]:  # kept at once: a start that fails later must not lose the password
+        await asyncio.to_thread(save_password, settings, password)
+    elif admin_password is not None:
+        # An existing lab: the password asked for becomes the one that works, and the saved copy follows
+        # it, so that admin.password and up.json never show a password the DSM refuses.
+        await set_admin_password(settings, admin_password)
+        await asyncio.to_thread(save_password, settings, admin_password)
+    elif known is None:
+        password = None  # initialised by `xkslab init`: its password was printed then, not known here
+    return ca_file, password, await bootstrap_dsm(settings)
+
+
 async def run_up(
     settings: Settings,
     admin_password: str | None,
@@ -205,19 +226,7 @@ async def _run_up(
     echo: Callable[[str], None],
     overrides: dict[str, str],
 ) -> None:
-    ca_file = await asyncio.to_thread(prepare, settings)
-    password = admin_password or known or secrets.token_urlsafe(18)
-    init = await init_data_dir(settings, "xkslab", ADMIN_EMAIL, password)
-    if init["created"]:  # kept at once: a start that fails later must not lose the password
-        await asyncio.to_thread(save_password, settings, password)
-    elif admin_password is not None:
-        # An existing lab: the password asked for becomes the one that works, and the saved copy follows
-        # it, so that admin.password and up.json never show a password the DSM refuses.
-        await set_admin_password(settings, admin_password)
-        await asyncio.to_thread(save_password, settings, admin_password)
-    elif known is None:
-        password = None  # initialised by `xkslab init`: its password was printed then, not known here
-    dsm_facts = await bootstrap_dsm(settings)
+    ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
     async with Supervisor(settings.data_dir, overrides, echo) as services:
         urls = {"dsm": await services.start("dsm")}
         # The proxy talks to the key manager this command started, on whatever port it was given.
