@@ -103,7 +103,7 @@ class DsmCore:
             if writer_engine is not None:
                 await writer_engine.dispose()
             raise
-        keys = KeyService(sessions, keyring, audit, max_age_s=db.cache_max_age_s)
+        keys = KeyService(sessions, keyring, audit, max_age_s=db.cache_max_age_s, generation=generation)
         limiter = LoginLimiter(settings.dsm.login_max_failures, settings.dsm.login_window_s)
         admin = AdminService(sessions, keyring, audit, limiter)
         xks = XksService(

@@ -72,6 +72,9 @@ class SessionState:
     selected: dict[str, tuple[str, float]] = field(default_factory=dict)  # jti -> (acct_id, exp)
     # Made at the first Basic call: it needs the core's generation counter.
     basic_cache: GenerationCache[bytes, Principal] | None = None
+    # Who a Bearer token's subject is (an app, or a user in an account): read on every call, changed
+    # only by audited mutations, so cached like the rest of the request path.
+    principals: GenerationCache[tuple[str, ...], Principal] | None = None
 
     def prune(self) -> None:
         now = time.time()
@@ -183,24 +186,35 @@ async def principal_from_bearer(request: web.Request, token: str) -> Principal |
     jti = str(claims["jti"])
     request[CLAIMS] = claims
     sub = str(claims["sub"])
+    if state.principals is None:
+        state.principals = GenerationCache(core.generation, float(core.settings.database.cache_max_age_s))
     if claims["kind"] == "app":
-        async with core.sessions() as session:
-            app = await session.get(App, sub) if is_uuid(sub) else None
-            account = await session.get(Account, app.acct_id) if app is not None else None
-        if app is None or not app.enabled or account is None or not account.enabled:
-            raise AuthFailed("invalid session")
-        return await core.admin.principal_for_app(app)
+        return await state.principals.get(("app", sub), lambda: _app_principal(core, sub))
     if claims["kind"] != "user":
         raise AuthFailed("invalid session")
-    user = await _user(core, sub)
     selected = state.selected.get(jti)
     acct = selected[0] if selected else claims.get("acct")
     if acct is None:
+        await _user(core, sub)  # still refused when the user is gone
         if request.path in ACCOUNTLESS_PATHS:
             return None
         raise AccessDenied("no account selected: call /sys/v1/session/select_account first")
+    return await state.principals.get(("user", sub, str(acct)), lambda: _user_principal(core, sub, str(acct)))
+
+
+async def _app_principal(core: DsmCore, app_id: str) -> Principal:
+    async with core.sessions() as session:
+        app = await session.get(App, app_id) if is_uuid(app_id) else None
+        account = await session.get(Account, app.acct_id) if app is not None else None
+    if app is None or not app.enabled or account is None or not account.enabled:
+        raise AuthFailed("invalid session")
+    return await core.admin.principal_for_app(app)
+
+
+async def _user_principal(core: DsmCore, user_id: str, acct_id: str) -> Principal:
+    user = await _user(core, user_id)
     try:
-        return await core.admin.principal_for_user(user, str(acct))
+        return await core.admin.principal_for_user(user, acct_id)
     except AccessDenied:
         raise AuthFailed("invalid session") from None
 

@@ -26,6 +26,7 @@ from dsm_emulator.authz import KEY_OPS, Principal, require_permission, require_v
 from dsm_emulator.errors import BadRequest, DsmError, InvalidState, NotFound
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import Group, SecurityObject, is_uuid
+from xkslab_shared.generation import Generation, GenerationCache
 
 T = TypeVar("T")
 
@@ -130,10 +131,15 @@ class KeyServiceBase:
         audit: AuditLog,
         *,
         max_age_s: float = 30.0,
+        generation: Generation | None = None,
     ):
         self._sessions = sessions
         self._keyring = keyring
         self._audit = audit
+        # kid -> the object, for crypto calls (which only read it); None: read on every call.
+        self._objects: GenerationCache[str, SecurityObject] | None = (
+            None if generation is None else GenerationCache(generation, max_age_s)
+        )
         # kid -> (material, monotonic time unsealed); nothing is kept longer than max_age_s.
         self._material_cache: dict[str, tuple[bytes, float]] = {}
         self._material_max_age_s = max_age_s
@@ -165,6 +171,23 @@ class KeyServiceBase:
         obj = await session.scalar(stmt) if is_uuid(kid) else None
         if obj is None:
             raise NotFound("sobject does not exist")
+        require_visible(p, obj)
+        return obj
+
+    async def _load_for_use(self, p: Principal, kid: str) -> SecurityObject:
+        """The object for a crypto call, from the cache when there is one; visibility checked per call."""
+        if self._objects is None or not is_uuid(kid):
+            async with self._sessions() as session:
+                return await self._load(session, p, kid)
+
+        async def load() -> SecurityObject:
+            async with self._sessions() as session:
+                obj = await session.scalar(select(SecurityObject).where(SecurityObject.kid == kid))
+            if obj is None:
+                raise NotFound("sobject does not exist")
+            return obj
+
+        obj = await self._objects.get(kid, load)
         require_visible(p, obj)
         return obj
 

@@ -32,8 +32,7 @@ class CryptoMixin(KeyServiceBase):
         key_op: str,
         subject: list[SecurityObject] | None = None,
     ) -> SecurityObject:
-        async with self._sessions() as session:
-            obj = await self._load(session, p, kid)
+        obj = await self._load_for_use(p, kid)
         if subject is not None:
             subject.append(obj)
         require_permission(p, permission, obj.group_id)

@@ -26,6 +26,8 @@ def test_bench_runs_every_scenario_and_anchor(tmp_path: Path) -> None:
             "2",
             "--pool-size",
             "4",
+            "--warmup",
+            "1",
             "--out",
             str(out),
         ],

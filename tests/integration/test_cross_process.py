@@ -26,12 +26,20 @@ xks_env = xks_harness.xks_env
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def xkslab(data_dir: Path, *args: str) -> Any:
+async def xkslab(data_dir: Path, *args: str, as_json: bool = True) -> Any:
     """Run the real CLI in its own process (off the event loop, so the servers keep serving)."""
 
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *args, "--json"],
+            [
+                sys.executable,
+                "-m",
+                "xkslab",
+                "--data-dir",
+                str(data_dir),
+                *args,
+                *(["--json"] if as_json else []),
+            ],
             capture_output=True,
             text=True,
             cwd=REPO,
@@ -41,7 +49,7 @@ async def xkslab(data_dir: Path, *args: str) -> Any:
 
     proc = await asyncio.to_thread(run)
     assert proc.returncode == 0, f"xkslab {' '.join(args)} failed: {proc.stderr}"
-    return json.loads(proc.stdout)
+    return json.loads(proc.stdout) if as_json else proc.stdout
 
 
 async def encrypt_status(env: XksEnv, key_id: str | None = None) -> tuple[int, Any]:
@@ -177,3 +185,36 @@ async def test_a_request_the_proxy_gave_up_on_is_audited_as_refused_not_success(
         assert status == 200
     finally:
         await close_env(env)
+
+
+async def test_dsm_rest_callers_see_cli_changes_as_soon_as_the_command_returns(xks_env: XksEnv) -> None:
+    """The DSM REST path caches a Bearer token's principal and the keys crypto calls use: a key disabled
+    and an app deleted by the CLI in another process are honoured by the next call."""
+    import base64
+
+    app, _ = await xks_env.core.admin.create_app(
+        xks_env.system, "rest-app", groups={xks_env.group_id: frozenset({"ENCRYPT", "DECRYPT"})}
+    )
+    secret = (await xks_env.core.admin.get_credential(xks_env.system, app.app_id))["secret"]
+    api_key = base64.b64encode(f"{app.app_id}:{secret}".encode()).decode()
+    async with xks_env.http.post(
+        f"{xks_env.dsm_url}/sys/v1/session/auth", headers={"Authorization": f"Basic {api_key}"}
+    ) as response:
+        assert response.status == 200
+        token = (await response.json())["access_token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    body = {"alg": "AES", "mode": "GCM", "plain": b64(b"hello")}
+    url = f"{xks_env.dsm_url}/crypto/v1/keys/{xks_env.kek_id}/encrypt"
+
+    async def encrypt() -> int:
+        async with xks_env.http.post(url, json=body, headers=bearer) as response:
+            return response.status
+
+    for _ in range(3):  # the principal and the key are cached now
+        assert await encrypt() == 200
+    await xkslab(xks_env.data_dir, "key", "disable", "root-kek-1")
+    assert await encrypt() in (400, 409)
+    await xkslab(xks_env.data_dir, "key", "enable", "root-kek-1")
+    assert await encrypt() == 200
+    await xkslab(xks_env.data_dir, "app", "delete", app.app_id, as_json=False)
+    assert await encrypt() == 401

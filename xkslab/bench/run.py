@@ -14,7 +14,7 @@ import platform
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ class BenchOptions:
     target: Path | None = None  # the data dir of a running lab, instead of starting one
     postgres_dsn: str | None = "postgresql://postgres@127.0.0.1:5432/test"
     work_dir: Path | None = None
+    # Each measurement is preceded by this much of the same load, not recorded: the first requests of a
+    # fresh process fill caches and connection pools, which is start-up, not steady state.
+    warmup_s: float = 2.0
 
 
 def _pool_for(scenario: str, lab: dict[str, Any], size: int) -> tuple[str, list[wrk.Request]]:
@@ -86,6 +89,8 @@ def _measure(
     name: str, url: str, pool: list[wrk.Request], options: BenchOptions, echo: Callable[[str], None]
 ) -> dict[str, Any]:
     echo(f"  {name}: wrk -t{options.wrk.threads} -c{options.wrk.connections} -d{options.wrk.duration_s:g}s")
+    if options.warmup_s > 0:
+        wrk.run(url, pool, replace(options.wrk, duration_s=options.warmup_s))
     return {"scenario": name, **wrk.run(url, pool, options.wrk)}
 
 

@@ -25,6 +25,13 @@ from xkslab.bench.wrk import WrkSettings
 )
 @click.option("--pool-size", type=int, default=64, show_default=True, help="Distinct requests per scenario.")
 @click.option(
+    "--warmup",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds of the same load before each measurement, not recorded.",
+)
+@click.option(
     "--target",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -45,6 +52,7 @@ def bench(
     threads: int,
     scenarios: tuple[str, ...],
     pool_size: int,
+    warmup: float,
     target: Path | None,
     postgres_dsn: str,
     out: Path,
@@ -56,6 +64,7 @@ def bench(
         wrk=WrkSettings(duration_s=duration, connections=connections, threads=threads),
         scenarios=scenarios or SCENARIOS,
         pool_size=pool_size,
+        warmup_s=warmup,
         target=target,
         postgres_dsn=postgres_dsn or None,
     )
