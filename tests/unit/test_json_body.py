@@ -103,3 +103,21 @@ def test_any_json_value_round_trips_or_is_refused_for_a_rule(value: Any) -> None
         assert exc.message.startswith("the request body ")
         return
     assert json.dumps(parsed) == json.dumps(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        _SCALARS, lambda inner: st.lists(inner) | st.dictionaries(st.text(max_size=8), inner), max_leaves=30
+    ),
+    st.booleans(),
+)
+def test_the_fast_path_accepts_nothing_the_full_check_refuses(value: Any, ascii_only: bool) -> None:
+    """loads() skips its walk over the parsed value when the text cannot hold what the walk refuses; the
+    walk, run anyway on whatever loads() accepted, must agree."""
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    try:
+        parsed = json_body.loads(raw)
+    except JsonBodyError:
+        return
+    json_body._check(parsed, 1)  # raises _BadString (or JsonBodyError) if the fast path let one through
