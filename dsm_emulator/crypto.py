@@ -59,9 +59,13 @@ def random_bytes(n: int) -> bytes:
     return os.urandom(n)
 
 
-def _aes(key: bytes) -> algorithms.AES:
+def _check_aes_key(key: bytes) -> None:
     if len(key) * 8 not in AES_KEY_SIZES:
         raise CryptoError("AES key must be 128, 192 or 256 bits")
+
+
+def _aes(key: bytes) -> algorithms.AES:
+    _check_aes_key(key)
     return algorithms.AES(key)
 
 
@@ -320,7 +324,7 @@ def aes_gcm_encrypt(
 
     The XKS path's two GCM operations per request use the one-shot AEAD interface: several times less
     Python work than the streaming Cipher the general modes need (tags shorter than 16 bytes, etc.)."""
-    _aes(key)  # the key-size check, with this module's error
+    _check_aes_key(key)
     if iv is None:
         iv = random_bytes(_GCM_DEFAULT_IV_LEN)
     elif len(iv) not in _GCM_IV_LENS:
@@ -333,7 +337,7 @@ def aes_gcm_decrypt(key: bytes, iv: bytes, cipher: bytes, tag: bytes, aad: bytes
     """Open an :func:`aes_gcm_encrypt` result; raises IntegrityError on any tampering."""
     if len(tag) != _BLOCK:  # shorter tags: the general path, which checks their length
         return _gcm_dec(key, cipher, iv, aad, tag)
-    _aes(key)
+    _check_aes_key(key)
     if len(iv) not in _GCM_IV_LENS:
         raise CryptoError("GCM IV must be 12 or 16 bytes")
     try:

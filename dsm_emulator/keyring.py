@@ -57,6 +57,7 @@ class Keyring:
         self._sealer = sealer
         self._keys = keys
         self._ciphers = {term: AESGCM(key) for term, key in keys.items()}
+        self._derived: dict[tuple[str, int], bytes] = {}
 
     # ------------------------------------------------------------------------------------- opening
 
@@ -137,10 +138,15 @@ class Keyring:
     def derive(self, purpose: str, term: int | None = None) -> bytes:
         """A 32-byte key for one purpose (audit chain, session tokens), derived from a term with HKDF so
         that each purpose has its own key and none of them is the term key itself."""
-        key = self._keys.get(self.active_term if term is None else term)
-        if key is None:
-            raise Sealed(f"keyring has no term {term}")
-        return HKDF(hashes.SHA256(), 32, salt=None, info=b"xkslab:" + purpose.encode()).derive(key)
+        term = self.active_term if term is None else term
+        derived = self._derived.get((purpose, term))
+        if derived is None:  # memoised: the audit writer asks once per batch
+            key = self._keys.get(term)
+            if key is None:
+                raise Sealed(f"keyring has no term {term}")
+            derived = HKDF(hashes.SHA256(), 32, salt=None, info=b"xkslab:" + purpose.encode()).derive(key)
+            self._derived[(purpose, term)] = derived
+        return derived
 
     # ------------------------------------------------------------------------------ management
 

@@ -9,7 +9,6 @@ accepted); the access key id is read only to name the caller in awsPrincipalArn.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -134,7 +133,7 @@ async def handle(request: web.Request) -> web.Response:
     except Exception:
         log.exception("KMS request %s failed unexpectedly", request_id)
         return error_response(InternalError("The request failed inside KMS."), request_id)
-    response = web.Response(text=json.dumps(result))
+    response = web.Response(body=json_body.dumps(result))
     response.headers["Content-Type"] = CONTENT_TYPE
     response.headers[REQUEST_ID_HEADER] = request_id
     return response

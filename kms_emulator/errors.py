@@ -20,9 +20,9 @@ raises the modelled class (``client.exceptions.NotFoundException`` …) from ``_
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
+
+from xkslab_shared import json_body
 
 CONTENT_TYPE = "application/x-amz-json-1.1"
 REQUEST_ID_HEADER = "x-amzn-RequestId"
@@ -156,8 +156,8 @@ class InternalError(KmsError):
 
 def error_response(error: KmsError, request_id: str) -> web.Response:
     """The only place a KmsError becomes bytes: ``{"__type": name, "message": text}``."""
-    body = json.dumps({"__type": error.code, "message": error.message})
-    response = web.Response(text=body, status=error.status)
+    body = json_body.dumps({"__type": error.code, "message": error.message})
+    response = web.Response(body=body, status=error.status)
     response.headers["Content-Type"] = CONTENT_TYPE
     response.headers[REQUEST_ID_HEADER] = request_id
     return response

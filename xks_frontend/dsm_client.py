@@ -14,9 +14,12 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from xks_frontend.errors import XksError, from_dsm
+from xkslab_shared import json_body
 from xkslab_shared.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall, budget_for
 
 log = logging.getLogger(__name__)
+
+_JSON = {"Content-Type": "application/json"}
 
 
 class DsmUnreachable(XksError):
@@ -64,29 +67,30 @@ class DsmClient:
         parts = urlsplit(url)
         return parts.netloc or url
 
-    async def _request(self, url: str, method: str, path: str, json_body: Any = None) -> dict[str, Any]:
+    async def _request(self, url: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
         assert self._session is not None, "DsmClient.open() was not called"
         try:
-            async with self._session.request(method, url + path, json=json_body) as response:
+            data = None if body is None else json_body.dumps(body)
+            async with self._session.request(method, url + path, data=data, headers=_JSON) as response:
                 if response.status != 200:
                     log.error("DSM %s answered %s to %s", self.node_label(url), response.status, path)
                     raise DsmUnreachable("the key manager refused the proxy's call")
-                data = await response.json(content_type=None)
+                answer = json_body.parse_trusted(await response.read())
         except TimeoutError:
             raise DsmTimeout() from None
         except (aiohttp.ClientError, ValueError) as exc:
             log.warning("DSM %s unreachable: %s", self.node_label(url), type(exc).__name__)
             raise DsmUnreachable() from None
-        if not isinstance(data, dict):
+        if not isinstance(answer, dict):
             raise DsmUnreachable("the key manager gave a malformed answer")
-        return data
+        return answer
 
-    async def _first(self, method: str, path: str, json_body: Any = None) -> dict[str, Any]:
+    async def _first(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         """Ask the nodes in order until one answers; a timeout is reported as such if no node answers."""
         last: XksError = DsmUnreachable()
         for url in self.urls:
             try:
-                return await self._request(url, method, path, json_body)
+                return await self._request(url, method, path, body)
             except (DsmUnreachable, DsmTimeout) as exc:
                 last = exc
         raise last

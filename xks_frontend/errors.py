@@ -3,11 +3,9 @@ manager's error codes, and the single-line JSON body the spec asks for."""
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
-from xkslab_shared import xks_wire
+from xkslab_shared import json_body, xks_wire
 
 STATUS = xks_wire.ERROR_STATUS
 
@@ -53,10 +51,6 @@ def printable(message: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
-def dumps(data: object) -> str:
-    return json.dumps(data, separators=(",", ":"))
-
-
 def error_response(error: XksError) -> web.Response:
-    body = dumps({"errorName": error.name, "errorMessage": printable(error.message)})
-    return web.Response(text=body, status=error.status, content_type="application/json")
+    body = json_body.dumps({"errorName": error.name, "errorMessage": printable(error.message)})
+    return web.Response(body=body, status=error.status, content_type="application/json")

@@ -20,10 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from xks_frontend.dsm_client import DsmClient, DsmTimeout, DsmUnreachable
-from xks_frontend.errors import XksError, dumps, error_response
+from xks_frontend.errors import XksError, error_response
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile, RequestFacts
-from xkslab_shared import sigv4, xks_wire
+from xkslab_shared import json_body, sigv4, xks_wire
 from xkslab_shared.proxy_link import ForwardedCall
 
 log = logging.getLogger("xks_frontend")
@@ -152,7 +152,7 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
             **_verdict(edge.policy, op, match, metadata),
         )
         result = await (_health(edge, call) if op == "health" else edge.client.call(call))
-        return web.Response(text=dumps(result), content_type="application/json")
+        return web.Response(body=json_body.dumps(result), content_type="application/json")
     except XksError as exc:
         error_name = exc.name
         return error_response(exc)

@@ -14,6 +14,8 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 # Far above anything the three APIs define (their deepest bodies nest three or four levels), far below
 # the interpreter's recursion limit.
 MAX_DEPTH = 32
@@ -67,6 +69,18 @@ def loads(raw: bytes) -> Any:
     except _BadString as exc:
         raise exc.error() from None
     return data
+
+
+def dumps(data: Any) -> bytes:
+    """Compact JSON (one line, as the XKS spec asks) for every service's responses and the proxy's link
+    to the key manager. orjson: the standard encoder was 3-5 % of each service's time per request."""
+    return orjson.dumps(data)
+
+
+def parse_trusted(raw: bytes) -> Any:
+    """JSON from a party this process trusts to send well-formed, bounded JSON (the key manager's answers
+    to the proxy); ValueError if it is not JSON. Untrusted bodies go through loads()."""
+    return orjson.loads(raw)
 
 
 def _int(text: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from aiohttp import web
@@ -48,7 +47,7 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+    return web.Response(body=json_body.dumps(data), status=status, content_type="application/json")
 
 
 def no_content() -> web.Response:
