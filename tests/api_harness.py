@@ -22,20 +22,14 @@ from dsm_emulator.errors import DsmError
 from xkslab_shared.config import load_settings
 
 
-def init_data_dir(data_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """A data directory made by the real ``xkslab init``, and what it printed."""
+def init_data_dir(data_dir: Path, database_url: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """A data directory made by the real ``xkslab init``, and what it printed. ``database_url``: a
+    PostgreSQL database for it (written to its xkslab.toml, so every later command and server uses it)."""
+    args = [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), "init", "--admin-password", "pw"]
+    if database_url and not database_url.startswith("sqlite"):
+        args += ["--database-url", database_url]
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xkslab",
-            "--data-dir",
-            str(data_dir),
-            "init",
-            "--admin-password",
-            "pw",
-            "--json",
-        ],
+        [*args, "--json"],
         check=True,
         capture_output=True,
         text=True,

@@ -3,6 +3,7 @@ an awsxks app and root KEKs, and requests signed by botocore's SigV4Auth, as KMS
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
@@ -201,6 +202,16 @@ async def make_env(
     )
 
 
+async def make_db_env(
+    empty_db_url: str, tmp_path: Path, overrides: Mapping[str, Any] | None = None
+) -> XksEnv:
+    """An env on the database of ``empty_db_url`` (the ``db_backend`` matrix). A data directory that
+    names a PostgreSQL database cannot be shared by a module as a template: each copy would use the same
+    database. So this one is made by ``xkslab init`` for the test alone."""
+    template = await asyncio.to_thread(init_data_dir, tmp_path / "template", empty_db_url)
+    return await make_env(template, tmp_path / "lab", overrides)
+
+
 async def close_env(env: XksEnv) -> None:
     await env.http.close()
     for runner in env.runners:
@@ -210,6 +221,16 @@ async def close_env(env: XksEnv) -> None:
 @pytest.fixture
 async def xks_env(xks_template: tuple[Path, dict[str, Any]], tmp_path: Path) -> AsyncIterator[XksEnv]:
     env = await make_env(xks_template, tmp_path)
+    try:
+        yield env
+    finally:
+        await close_env(env)
+
+
+@pytest.fixture
+async def db_env(empty_db_url: str, tmp_path: Path) -> AsyncIterator[XksEnv]:
+    """``xks_env`` on SQLite or PostgreSQL (``db_backend``)."""
+    env = await make_db_env(empty_db_url, tmp_path)
     try:
         yield env
     finally:

@@ -17,11 +17,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests import xks_harness
 from tests.xks_harness import XksEnv, b64, close_env, make_env, metadata
 
 xks_template = xks_harness.xks_template  # the fixtures this module uses
 xks_env = xks_harness.xks_env
+db_env = xks_harness.db_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,6 +108,17 @@ async def test_admin_commands_beside_a_load_fail_no_request_and_keep_the_audit_c
 ) -> None:
     """Issue 11 #1: the CLI writes the same audit chain as the running DSM. Before the chain head was
     taken under a lock, the server's next row collided with the CLI's and that request failed."""
+    await admin_commands_beside_a_load(xks_env)
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"])
+async def test_admin_commands_beside_a_load_on_postgresql(db_env: XksEnv) -> None:
+    """The same on PostgreSQL, where the chain head is guarded by an advisory lock, not the database's
+    one write lock: the CLI process and the server must still queue, never collide."""
+    await admin_commands_beside_a_load(db_env)
+
+
+async def admin_commands_beside_a_load(xks_env: XksEnv) -> None:
     statuses: Counter[int] = Counter()
     stop = asyncio.Event()
 
