@@ -3,21 +3,25 @@
 Resources (database engine, the KMS sealer, the XKS proxy client) open and close in cleanup_ctx. Every
 answer carries a fresh ``x-amzn-RequestId``, which is also the kmsRequestId of the XKS proxy calls the
 request makes. Errors leave through ``errors.error_response`` only; anything unexpected is logged and
-answered as KMSInternalException, never as a traceback. SigV4 is not verified (any credentials are
-accepted); the access key id is read only to name the caller in awsPrincipalArn.
+answered as KMSInternalException, never as a traceback. SigV4 is verified only with kms.verify_sigv4
+(kms_emulator.callers), before anything else; otherwise any credentials are accepted and the access key
+id is read only to name the caller in awsPrincipalArn.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from kms_emulator import aliases, data, keys, keystores
+from kms_emulator.callers import CallerCheck
 from kms_emulator.context import Call, KmsContext, principal_arn
 from kms_emulator.errors import (
     CONTENT_TYPE,
@@ -32,7 +36,7 @@ from kms_emulator.errors import (
 from kms_emulator.params import Params
 from kms_emulator.sealing import KmsSealer
 from kms_emulator.xks_client import XksProxyClient
-from xkslab_shared import db, json_body
+from xkslab_shared import db, json_body, sigv4
 from xkslab_shared.config import Settings
 from xkslab_shared.generation import GenerationCache, invalidating_sessions
 from xkslab_shared.serve import HttpLimits, Listener
@@ -87,11 +91,14 @@ def xks_ca_file(settings: Settings) -> Path | None:
     return lab_ca if lab_ca.is_file() else None
 
 
-async def _read_body(request: web.Request) -> dict[str, Any]:
+async def _read_raw(request: web.Request) -> bytes:
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ValidationError(f"The request body is larger than {MAX_BODY} bytes.") from None
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
@@ -110,18 +117,31 @@ def _sentence(message: str) -> str:
     return message[:1].upper() + message[1:] + "."
 
 
+async def _caller(request: web.Request, ctx: KmsContext, raw: bytes) -> str:
+    """awsPrincipalArn of this request; with kms.verify_sigv4, only once its signature is right."""
+    if ctx.callers is None:
+        return principal_arn(request.headers.get("Authorization"), ctx.settings.account_id)
+    path, _, query = request.raw_path.partition("?")
+    signed = sigv4.SignedRequest(
+        method=request.method,
+        path=path,
+        query=query,
+        headers={name.lower(): ",".join(request.headers.getall(name)) for name in request.headers},
+        body_sha256=hashlib.sha256(raw).hexdigest(),
+    )
+    return await ctx.callers.principal_arn(signed, datetime.now(UTC))
+
+
 async def _dispatch(request: web.Request, request_id: str) -> dict[str, Any]:
+    ctx = request.app[CONTEXT_KEY]
+    raw = await _read_raw(request)
+    caller = await _caller(request, ctx, raw)  # as AWS: who is asking comes before what is asked
     target = request.headers.get("X-Amz-Target", "")
     name = target[len(TARGET_PREFIX) :] if target.startswith(TARGET_PREFIX) else ""
     operation = OPERATIONS.get(name)
     if operation is None:
         raise UnsupportedOperation(f"Operation {target or '(no X-Amz-Target)'} is not supported by this KMS.")
-    body = await _read_body(request)
-    ctx = request.app[CONTEXT_KEY]
-    call = Call(
-        name, request_id, principal_arn(request.headers.get("Authorization"), ctx.settings.account_id)
-    )
-    return await operation(ctx, call, Params(body))
+    return await operation(ctx, Call(name, request_id, caller), Params(_parse_body(raw)))
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -162,7 +182,14 @@ def create_app(settings: Settings) -> web.Application:
             try:
                 sessions, generation = invalidating_sessions(engine, database.cache_poll_ms / 1000)
                 usable_keys: GenerationCache[Any, Any] = GenerationCache(generation, database.cache_max_age_s)
-                app[CONTEXT_KEY] = KmsContext(settings.kms, sessions, sealer, client, usable_keys)
+                callers = (
+                    CallerCheck(
+                        settings.kms, sessions, sealer, GenerationCache(generation, database.cache_max_age_s)
+                    )
+                    if settings.kms.verify_sigv4
+                    else None
+                )
+                app[CONTEXT_KEY] = KmsContext(settings.kms, sessions, sealer, client, usable_keys, callers)
                 yield
             finally:
                 await client.close()

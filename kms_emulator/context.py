@@ -16,6 +16,7 @@ from xkslab_shared.config import KmsSettings
 from xkslab_shared.generation import GenerationCache
 
 if TYPE_CHECKING:
+    from kms_emulator.callers import CallerCheck
     from kms_emulator.xks_client import XksProxyClient
 
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]{1,128})/")
@@ -30,6 +31,8 @@ class KmsContext:
     # What a data operation needs of its key (the key, its store, its unsealed backing key), cached until
     # any process changes the KMS tables (xkslab_shared/generation.py).
     usable_keys: GenerationCache[Hashable, Any]
+    # kms.verify_sigv4: who signed each request (None: the setting is off, nothing is checked).
+    callers: CallerCheck | None = None
 
     @property
     def arn_prefix(self) -> str:
@@ -53,7 +56,8 @@ class Call:
 
 
 def principal_arn(authorization: str | None, account_id: str) -> str:
-    """The caller as an IAM user named after its access key id (SigV4 is not checked, only read)."""
+    """With kms.verify_sigv4 off: the caller as an IAM user named after its access key id (read, not
+    checked). With it on, kms_emulator.callers names the access key's user instead."""
     match = _CREDENTIAL.search(authorization or "")
     return f"arn:aws:iam::{account_id}:user/{match.group(1) if match else 'anonymous'}"
 

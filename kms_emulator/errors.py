@@ -15,7 +15,8 @@ raises the modelled class (``client.exceptions.NotFoundException`` …) from ``_
     ├── KeyStoreNotFound        CustomKeyStoreNotFoundException
     ├── KeyStoreInvalidState    CustomKeyStoreInvalidStateException
     ├── InternalError           KMSInternalException (500): detail only in the log
-    └── any other modelled name, e.g. KmsError("XksProxyUriInUseException", "...")
+    └── any other modelled name, e.g. KmsError("XksProxyUriInUseException", "..."), or one of the
+        authentication errors of kms_emulator.callers (InvalidSignatureException, ...)
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ KNOWN_CODES = frozenset(
         "SerializationException",
         # The XKS spec's CreateKey mapping for a proxy's UnsupportedOperationException.
         "XksKeyInvalidResponseException",
+        # Authentication, as AWS JSON services answer it (kms.verify_sigv4; all 400 on KMS).
+        "MissingAuthenticationTokenException",
+        "IncompleteSignatureException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
     }
 )
 STATUS = {"KMSInternalException": 500}

@@ -1,9 +1,10 @@
-"""The AWS KMS side's tables: custom key stores, KMS keys and aliases. Alembic migrations in
-``migrations/`` are the only way they are created (revision 0003).
+"""The AWS KMS side's tables: custom key stores, KMS keys, aliases and callers' access keys. Alembic
+migrations in ``migrations/`` are the only way they are created (revisions 0003 and 0006).
 
 The KMS emulator owns its own metadata (it never imports the key manager's models) but follows the same
 naming convention, so constraint names read alike across the schema. Nothing here holds a secret in the
-clear: each key's backing key and each key store's proxy secret are sealed (``kms_emulator.sealing``).
+clear: each key's backing key, each key store's proxy secret and each access key's secret are sealed
+(``kms_emulator.sealing``).
 """
 
 from __future__ import annotations
@@ -85,3 +86,15 @@ class KmsAlias(Base):
     target_key_id: Mapped[str] = mapped_column(ForeignKey("kms_keys.key_id", ondelete="CASCADE"), index=True)
     creation_date: Mapped[datetime]
     last_updated_date: Mapped[datetime]
+
+
+class KmsAccessKey(Base):
+    """An IAM-style access key of a caller, for ``kms.verify_sigv4``: ``user_name`` names the caller in
+    awsPrincipalArn (``arn:aws:iam::<account>:user/<user_name>``)."""
+
+    __tablename__ = "kms_access_keys"
+    access_key_id: Mapped[str] = mapped_column(String(20), primary_key=True)  # "AKIA" + 16 of A-Z2-7
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    # The SigV4 secret access key, sealed with AAD (access key id, purpose).
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    creation_date: Mapped[datetime]

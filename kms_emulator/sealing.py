@@ -1,5 +1,5 @@
 """Sealing for what the KMS side must keep but never store in the clear: each KMS key's backing key (the
-inner envelope layer) and each key store's XKS proxy secret.
+inner envelope layer), each key store's XKS proxy secret and each caller access key's SigV4 secret.
 
 AES-256-GCM under a 32-byte key file (``kms.seal_key_file``, created 0600 on first start). The AAD binds
 the row id and the purpose, so a sealed value copied to another row, or from a secret column into a
@@ -21,6 +21,7 @@ AAD_LABEL = b"xkslab-kms-seal/v1"
 
 BACKING_KEY = "backing-key"
 PROXY_SECRET = "xks-proxy-secret"
+ACCESS_KEY_SECRET = "access-key-secret"
 KEY_FILE = "the KMS sealing key file"
 
 

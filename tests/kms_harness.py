@@ -111,10 +111,12 @@ async def kms_env(kms_template: Path, tmp_path: Path) -> AsyncIterator[KmsEnv]:
         await stop_kms(env)
 
 
-async def aws(kms: KmsEnv, tmp_path: Path, *args: str) -> Any:
-    """``aws kms ...`` (CLI v1) against this KMS; its JSON output. CLI v1 fetches any parameter value that
-    starts with http:// or https:// as a URL (``--xks-proxy-uri-endpoint`` included) unless the config
-    says ``cli_follow_urlparam = false``."""
+async def run_aws(
+    kms: KmsEnv, tmp_path: Path, *args: str, credentials: tuple[str, str] = (CALLER_ACCESS_KEY, "x")
+) -> tuple[int, str, str]:
+    """``aws kms ...`` (CLI v1) against this KMS with ``credentials``: (exit status, stdout, stderr). CLI v1
+    fetches any parameter value that starts with http:// or https:// as a URL (``--xks-proxy-uri-endpoint``
+    included) unless the config says ``cli_follow_urlparam = false``."""
     config = tmp_path / "aws-config"
     config.write_text("[default]\ncli_follow_urlparam = false\n")
     process = await asyncio.create_subprocess_exec(
@@ -130,13 +132,27 @@ async def aws(kms: KmsEnv, tmp_path: Path, *args: str) -> Any:
         env={
             "PATH": os.environ["PATH"],
             "HOME": str(tmp_path),
-            "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
-            "AWS_SECRET_ACCESS_KEY": "x",
+            "AWS_ACCESS_KEY_ID": credentials[0],
+            "AWS_SECRET_ACCESS_KEY": credentials[1],
             "AWS_DEFAULT_REGION": REGION,
             "AWS_CONFIG_FILE": str(config),
             "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
         },
     )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 0, err.decode()
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def aws(
+    kms: KmsEnv, tmp_path: Path, *args: str, credentials: tuple[str, str] = (CALLER_ACCESS_KEY, "x")
+) -> Any:
+    """``aws kms ...`` that must succeed; its JSON output."""
+    status, out, err = await run_aws(kms, tmp_path, *args, credentials=credentials)
+    assert status == 0, err
     return json.loads(out) if out.strip() else None

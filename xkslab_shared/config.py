@@ -158,6 +158,9 @@ class KmsSettings:
     xks_timeout_ms: int = 250
     # Apply AWS's own patterns to XksProxyUriEndpoint (https://, no port); off so loopback proxies work.
     strict_endpoints: bool = False
+    # Check callers' SigV4 signatures against the access keys of `xkslab kms access-key create` (off, as
+    # in moto: any credentials work and the access key id only names the caller).
+    verify_sigv4: bool = False
 
 
 @dataclass(frozen=True)

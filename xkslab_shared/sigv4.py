@@ -30,8 +30,23 @@ _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _AMZ_DATE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 
 
+# What went wrong, for callers that answer each kind differently (AWS KMS: MissingAuthenticationToken,
+# IncompleteSignature, UnrecognizedClient, InvalidSignature); the DSM answers them all alike.
+MISSING = "missing"  # no Authorization header
+MALFORMED = "malformed"  # not a well-formed SigV4 Authorization, or no X-Amz-Date
+SCOPE = "scope"  # well formed, but the scope, date or signed headers cannot be right
+SKEWED = "skewed"  # outside the allowed clock skew
+UNKNOWN_KEY = "unknown-key"  # no credential with this access key id
+MISMATCH = "mismatch"  # the signature does not match
+
+
 class SigV4Error(Exception):
-    """Verification failed. str(e) is a short, safe reason (never a secret, never a computed signature)."""
+    """Verification failed. str(e) is a short, safe reason (never a secret, never a computed signature);
+    ``kind`` is one of the constants above."""
+
+    def __init__(self, message: str, kind: str = MALFORMED) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -150,7 +165,7 @@ def _request_time(request: SignedRequest, auth: Authorization) -> tuple[str, dat
     except ValueError:
         raise SigV4Error("the X-Amz-Date header is malformed") from None
     if amz_date[:8] != auth.date:
-        raise SigV4Error("the credential scope date does not match X-Amz-Date")
+        raise SigV4Error("the credential scope date does not match X-Amz-Date", SCOPE)
     return amz_date, when
 
 
@@ -171,32 +186,32 @@ def verify(
         raise ValueError("now must be a timezone-aware datetime")
     value = request.headers.get("authorization")
     if value is None:
-        raise SigV4Error("the Authorization header is missing")
+        raise SigV4Error("the Authorization header is missing", MISSING)
     auth = parse_authorization(value)
     if auth.service != service:
-        raise SigV4Error(f"the credential scope service is not {service}")
+        raise SigV4Error(f"the credential scope service is not {service}", SCOPE)
     if region is not None and auth.region != region:
-        raise SigV4Error("the credential scope region is not the expected region")
+        raise SigV4Error("the credential scope region is not the expected region", SCOPE)
     if "host" not in auth.signed_headers:
-        raise SigV4Error("the host header is not signed")
+        raise SigV4Error("the host header is not signed", SCOPE)
     amz_date, when = _request_time(request, auth)
     if any(name not in request.headers for name in auth.signed_headers):
-        raise SigV4Error("a header listed in SignedHeaders is missing from the request")
+        raise SigV4Error("a header listed in SignedHeaders is missing from the request", MISMATCH)
     if abs((now - when).total_seconds()) > max_skew_s:
-        raise SigV4Error("the request time is outside the allowed clock skew")
+        raise SigV4Error("the request time is outside the allowed clock skew", SKEWED)
     secrets = [secret for akid, secret in credentials if akid == auth.access_key_id]
     if not secrets:
-        raise SigV4Error("the access key id is not known")
+        raise SigV4Error("the access key id is not known", UNKNOWN_KEY)
     canonical = _canonical_request(request, auth.signed_headers)
     scope = f"{auth.date}/{auth.region}/{auth.service}/{TERMINATOR}"
     try:
         digest = hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
     except UnicodeEncodeError:
-        raise SigV4Error("the request is not encodable") from None
+        raise SigV4Error("the request is not encodable", MISMATCH) from None
     to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}".encode()
     for secret in secrets:  # normally one; several only if a misconfiguration reuses an id
         key = signing_key(secret, auth.date, auth.region, auth.service)
         expected = hmac.new(key, to_sign, hashlib.sha256).hexdigest()
         if hmac.compare_digest(expected, auth.signature):
             return auth.access_key_id
-    raise SigV4Error("the signature does not match")
+    raise SigV4Error("the signature does not match", MISMATCH)

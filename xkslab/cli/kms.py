@@ -1,15 +1,27 @@
-"""``xkslab kms serve``: the AWS KMS emulator (the AWS side of the XKS double envelope) alone."""
+"""``xkslab kms ...``: the AWS KMS emulator (the AWS side of the XKS double envelope) alone, and the
+access keys its optional SigV4 check (``kms.verify_sigv4``) accepts."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import click
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from kms_emulator import access_keys
 from kms_emulator.app import listener
-from xkslab.cli.common import pass_settings, ready_file_option, run
+from kms_emulator.sealing import KmsSealer, SealError
+from xkslab.cli.common import emit, json_option, pass_settings, ready_file_option, run
+from xkslab_shared import db
 from xkslab_shared.config import Settings
+from xkslab_shared.generation import invalidating_sessions
 from xkslab_shared.serve import serve
+
+T = TypeVar("T")
+Sessions = async_sessionmaker[AsyncSession]
 
 
 @click.group()
@@ -24,3 +36,74 @@ def kms_serve(settings: Settings, ready_file: Path | None) -> None:
     """Serve AWS KMS on kms.host:kms.port (plain HTTP, as `--endpoint-url http://...` expects); XKS proxies
     are called on the endpoints of the custom key stores. Stops cleanly on SIGINT or SIGTERM."""
     run(serve([listener(settings)], click.echo, ready_file), server=True)
+
+
+@asynccontextmanager
+async def _kms_tables(settings: Settings) -> AsyncIterator[tuple[Sessions, KmsSealer]]:
+    """The KMS tables through the invalidating sessions (a running KMS drops its cached keys at once)."""
+    database = settings.database
+    engine = db.create_engine(settings.database_url, busy_timeout_ms=database.busy_timeout_ms, pool_size=1)
+    try:
+        await db.check_schema(engine)
+        sealer = KmsSealer.open(settings.path(settings.kms.seal_key_file))
+        sessions, _generation = invalidating_sessions(engine, database.cache_poll_ms / 1000)
+        yield sessions, sealer
+    finally:
+        await engine.dispose()
+
+
+def _run_on_tables(settings: Settings, fn: Callable[[Sessions, KmsSealer], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with _kms_tables(settings) as (sessions, sealer):
+            return await fn(sessions, sealer)
+
+    try:
+        return run(main())
+    except (access_keys.AccessKeyError, SealError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@kms.group("access-key")
+def access_key() -> None:
+    """Callers' access keys, checked when kms.verify_sigv4 is on (awsPrincipalArn names their user)."""
+
+
+@access_key.command("create")
+@click.argument("user_name")
+@json_option
+@pass_settings
+def access_key_create(settings: Settings, user_name: str, as_json: bool) -> None:
+    """A new access key for USER_NAME; its secret is printed this once (stored sealed, never shown again)."""
+    key, secret = _run_on_tables(settings, lambda s, sealer: access_keys.create(s, sealer, user_name))
+    data = {**key.as_dict(), "secret_access_key": secret}
+    emit(
+        data,
+        as_json,
+        lambda d: (
+            f"user:                  {d['user_name']}\n"
+            f"AWS_ACCESS_KEY_ID:     {d['access_key_id']}\n"
+            f"AWS_SECRET_ACCESS_KEY: {d['secret_access_key']}   (shown once)"
+        ),
+    )
+
+
+@access_key.command("list")
+@json_option
+@pass_settings
+def access_key_list(settings: Settings, as_json: bool) -> None:
+    """Every access key (never its secret), oldest first."""
+    keys = _run_on_tables(settings, lambda s, _sealer: access_keys.list_all(s))
+    emit(
+        [key.as_dict() for key in keys],
+        as_json,
+        lambda rows: "\n".join(f"{r['access_key_id']}  {r['user_name']}  {r['creation_date']}" for r in rows),
+    )
+
+
+@access_key.command("delete")
+@click.argument("access_key_id")
+@pass_settings
+def access_key_delete(settings: Settings, access_key_id: str) -> None:
+    """Delete ACCESS_KEY_ID: its signatures are refused (UnrecognizedClientException) from then on."""
+    _run_on_tables(settings, lambda s, _sealer: access_keys.remove(s, access_key_id))
+    click.echo(f"deleted {access_key_id}")

@@ -171,6 +171,12 @@ async def initialize(
     """Everything before the services start, shared by ``up`` and the in-process lab: config file,
     certificates, ``init``, the admin password, the key manager's objects. Returns the CA file, the admin
     password (None when unknown) and the key manager's facts."""
+    if settings.kms.verify_sigv4:  # said before anything starts, not as a bootstrap call refused later
+        raise LabError(
+            "kms.verify_sigv4 is not supported by the lab (its bootstrap and aws_env use fixed "
+            "credentials): run `xkslab kms serve --set kms.verify_sigv4=true` beside it, with "
+            "`xkslab kms access-key create`"
+        )
     ca_file = await asyncio.to_thread(prepare, settings)
     password = admin_password or known or secrets.token_urlsafe(18)
     init = await init_data_dir(settings, "xkslab", ADMIN_EMAIL, password)
