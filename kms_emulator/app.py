@@ -10,6 +10,8 @@ id is read only to name the caller in awsPrincipalArn.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -20,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kms_emulator import aliases, data, keys, keystores
+from kms_emulator import aliases, data, keys, keystores, proxy
 from kms_emulator.callers import CallerCheck
 from kms_emulator.context import Call, KmsContext, principal_arn
 from kms_emulator.errors import (
@@ -35,6 +37,7 @@ from kms_emulator.errors import (
 )
 from kms_emulator.params import Params
 from kms_emulator.sealing import KmsSealer
+from kms_emulator.store_health import StoreWatch
 from kms_emulator.xks_client import XksProxyClient
 from xkslab_shared import db, json_body, sigv4
 from xkslab_shared.config import Settings
@@ -189,8 +192,20 @@ def create_app(settings: Settings) -> web.Application:
                     if settings.kms.verify_sigv4
                     else None
                 )
-                app[CONTEXT_KEY] = KmsContext(settings.kms, sessions, sealer, client, usable_keys, callers)
-                yield
+                watch = StoreWatch(settings.kms.xks_failure_threshold)
+                ctx = KmsContext(settings.kms, sessions, sealer, client, usable_keys, watch, callers)
+                app[CONTEXT_KEY] = ctx
+                interval = settings.kms.xks_health_check_s
+                checker = (
+                    asyncio.create_task(proxy.health_check_loop(ctx, interval)) if interval > 0 else None
+                )
+                try:
+                    yield
+                finally:
+                    if checker is not None:
+                        checker.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await checker
             finally:
                 await client.close()
         finally:

@@ -17,6 +17,7 @@ from xkslab_shared.generation import GenerationCache
 
 if TYPE_CHECKING:
     from kms_emulator.callers import CallerCheck
+    from kms_emulator.store_health import StoreWatch
     from kms_emulator.xks_client import XksProxyClient
 
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]{1,128})/")
@@ -31,6 +32,8 @@ class KmsContext:
     # What a data operation needs of its key (the key, its store, its unsealed backing key), cached until
     # any process changes the KMS tables (xkslab_shared/generation.py).
     usable_keys: GenerationCache[Hashable, Any]
+    # Consecutive proxy failures per key store, which turn a CONNECTED store FAILED (store_health.py).
+    watch: StoreWatch
     # kms.verify_sigv4: who signed each request (None: the setting is off, nothing is checked).
     callers: CallerCheck | None = None
 

@@ -5,11 +5,19 @@ how a proxy failure becomes the KMS error real KMS returns.
 - CreateKey maps GetKeyMetadata failures with ``create_key_exception``.
 - Data-plane calls (Encrypt, Decrypt, ReEncrypt, GenerateDataKey*) turn every proxy failure into
   KMSInvalidStateException, with a message naming the cause (the messages below).
+- Data-plane outcomes and the periodic KmsHealthCheck feed the store's failure count (store_health.py);
+  enough failures in a row turn a CONNECTED store FAILED.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import uuid
 from typing import Any
+
+from sqlalchemy import select
 
 from kms_emulator.context import Call, KmsContext
 from kms_emulator.envelope import OuterLayer
@@ -25,7 +33,10 @@ from kms_emulator.xks_client import (
     request_metadata,
 )
 
+log = logging.getLogger("kms_emulator")
+
 _PREFIX = "The external key store proxy"
+HEALTH_CHECK_OPERATION = "KmsHealthCheck"
 
 # The proxy's errorName -> why KMS refused a data-plane request.
 _BY_ERROR_NAME = {
@@ -84,30 +95,84 @@ def proxy_config(ctx: KmsContext, store: CustomKeyStore) -> XksProxyConfig:
 _NO_KEY_MANAGER = "the XKS proxy reports every external key manager instance UNAVAILABLE"
 
 
-async def _healthy(ctx: KmsContext, call: Call, cfg: XksProxyConfig) -> bool:
-    """Whether at least one key manager behind the proxy can serve: KMS treats a proxy whose whole
-    fleet is UNAVAILABLE like one it cannot reach."""
+async def _probe(ctx: KmsContext, call: Call, cfg: XksProxyConfig) -> None:
+    """The proxy's health check, and at least one key manager behind it that can serve: KMS treats a
+    proxy whose whole fleet is UNAVAILABLE like one it cannot reach (a DEGRADED one still serves)."""
     health = await ctx.xks.health(cfg, kms_operation=call.operation, kms_request_id=call.request_id)
-    return any(node.get("healthStatus") != "UNAVAILABLE" for node in health["ekmFleetDetails"])
+    if all(node.get("healthStatus") == "UNAVAILABLE" for node in health["ekmFleetDetails"]):
+        raise XksProxyError("XKS_PROXY_NOT_REACHABLE", _NO_KEY_MANAGER)
 
 
 async def health_check(ctx: KmsContext, call: Call, cfg: XksProxyConfig) -> None:
     """Create/Update: the proxy must answer its health check, else the modelled XksProxy* exception."""
     try:
-        healthy = await _healthy(ctx, call, cfg)
+        await _probe(ctx, call, cfg)
     except XksProxyError as exc:
         raise KmsError.named(key_store_exception(exc), exc.message) from None
-    if not healthy:
-        raise KmsError.named("XksProxyUriUnreachableException", _NO_KEY_MANAGER)
 
 
 async def connection_error(ctx: KmsContext, call: Call, cfg: XksProxyConfig) -> str | None:
     """Connect: None when the proxy is healthy, else the ConnectionErrorCode the store gets."""
     try:
-        healthy = await _healthy(ctx, call, cfg)
+        await _probe(ctx, call, cfg)
     except XksProxyError as exc:
         return exc.connection_error_code
-    return None if healthy else "XKS_PROXY_NOT_REACHABLE"
+    return None
+
+
+async def _observe(
+    ctx: KmsContext, store_id: str, error: XksProxyError | None, *, health: bool = False
+) -> None:
+    code = ctx.watch.record(store_id, error, health=health)
+    if code is None:
+        return
+    async with ctx.sessions.begin() as session:
+        store = await session.get(CustomKeyStore, store_id)
+        if store is None or store.connection_state != "CONNECTED":
+            return
+        store.connection_state = "FAILED"
+        store.connection_error_code = code
+    log.warning(
+        "%s",
+        json.dumps(
+            {
+                "event": "xks_store_failed",
+                "customKeyStoreId": store_id,
+                "connectionErrorCode": code,
+                "after": ctx.watch.threshold,
+                "source": "KmsHealthCheck" if health else "data plane",
+            }
+        ),
+    )
+
+
+async def health_check_all(ctx: KmsContext) -> None:
+    """One KmsHealthCheck of every CONNECTED store's proxy, each outcome counted (store_health.py)."""
+    async with ctx.sessions() as session:
+        stores = (
+            await session.scalars(
+                select(CustomKeyStore).where(CustomKeyStore.connection_state == "CONNECTED")
+            )
+        ).all()
+    for store in stores:
+        call = Call(HEALTH_CHECK_OPERATION, str(uuid.uuid4()), "")
+        try:
+            await _probe(ctx, call, proxy_config(ctx, store))
+            error = None
+        except XksProxyError as exc:
+            error = exc
+        await _observe(ctx, store.id, error, health=True)
+
+
+async def health_check_loop(ctx: KmsContext, interval_s: float) -> None:
+    """KMS's periodic health check, every ``interval_s``, until cancelled; a failed round is logged and
+    the next one runs as planned."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await health_check_all(ctx)
+        except Exception:
+            log.exception("the periodic KmsHealthCheck failed")
 
 
 async def key_metadata(ctx: KmsContext, call: Call, store: CustomKeyStore, xks_key_id: str) -> dict[str, Any]:
@@ -139,7 +204,9 @@ async def outer_encrypt(
             proxy_config(ctx, store), key.xks_key_id, inner, aad, _metadata(ctx, call, key)
         )
     except XksProxyError as exc:
+        await _observe(ctx, store.id, exc)
         raise data_plane_error(exc) from None
+    await _observe(ctx, store.id, None)
     return OuterLayer(result.ciphertext, result.iv, result.tag, result.ciphertext_metadata)
 
 
@@ -152,8 +219,11 @@ async def outer_decrypt(
         ciphertext=outer.ciphertext, iv=outer.iv, tag=outer.tag, ciphertext_metadata=outer.metadata
     )
     try:
-        return await ctx.xks.decrypt(
+        plain = await ctx.xks.decrypt(
             proxy_config(ctx, store), key.xks_key_id, sent, aad, _metadata(ctx, call, key)
         )
     except XksProxyError as exc:
+        await _observe(ctx, store.id, exc)
         raise data_plane_error(exc) from None
+    await _observe(ctx, store.id, None)
+    return plain

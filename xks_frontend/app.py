@@ -1,5 +1,6 @@
-"""The XKS proxy application: resources in cleanup_ctx, GET /ping and /metrics, the mTLS subject check,
-and every other path to the XKS dispatcher (which answers 404 InvalidUriPathException itself)."""
+"""The XKS proxy application: resources in cleanup_ctx, GET /ping and /metrics, the fault-injection admin
+endpoint (admin.py), the mTLS subject check, and every other path to the XKS dispatcher (which answers 404
+InvalidUriPathException itself)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from pathlib import Path
 
 from aiohttp import web
 
+from xks_frontend import admin
 from xks_frontend.dsm_client import DsmClient
 from xks_frontend.errors import XksError, error_response
+from xks_frontend.faults import FaultBook
 from xks_frontend.handlers import Edge, Handler, PrefixQuota, PrefixTable, dispatch
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile
 from xkslab_shared import tls, xks_wire
 from xkslab_shared.config import Settings
+from xkslab_shared.faults_wire import FAULTS_PATH
 from xkslab_shared.proxy_link import read_token
 from xkslab_shared.serve import HttpLimits, Listener
 
@@ -38,7 +42,8 @@ def create_app(settings: Settings) -> web.Application:
     async def client_certificate(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Python's ssl checks the client's chain during the handshake but has no hook for its subject,
         # so the subject is checked here, before anything else; plain HTTP cannot satisfy mTLS at all.
-        if mtls and request.path not in _OPEN_PATHS:
+        # The admin endpoint has a token of its own, so `xkslab faults` can use the plain HTTP listener.
+        if mtls and request.path not in _OPEN_PATHS and not request.path.startswith(FAULTS_PATH):
             peercert = request.transport.get_extra_info("peercert") if request.transport else None
             if not request.secure or peercert is None:
                 return _refuse("a client certificate is required")
@@ -54,13 +59,15 @@ def create_app(settings: Settings) -> web.Application:
         timeout_s=xks.dsm_timeout_ms / 1000,
         ssl_context=tls.client_context(dsm_ca) if dsm_ca is not None else None,
     )
+    metrics = XksMetrics()
     edge = Edge(
         client=client,
         prefixes=PrefixTable(client, xks.prefix_cache_s),
         policy=policy,
-        metrics=XksMetrics(),
+        metrics=metrics,
         limits=limits,
         quota=PrefixQuota(xks.rate_limit_rps, xks.rate_limit_burst),
+        faults=FaultBook(metrics.registry),
     )
     app[EDGE_KEY] = edge
 
@@ -74,7 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     async def ping(request: web.Request) -> web.Response:
         return web.Response(text="pong\n")
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics_route(request: web.Request) -> web.Response:
         response = web.Response(body=edge.metrics.render())
         response.headers["Content-Type"] = edge.metrics.content_type
         return response
@@ -84,7 +91,8 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(dsm_client_ctx)
     app.router.add_get("/ping", ping)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_route)
+    admin.add_routes(app, edge.faults, read_token(settings.path(xks.admin_token_file), create=True))
     app.router.add_route("*", "/{tail:.*}", xks_route)
     return app
 

@@ -4,6 +4,7 @@ A request reads in a straight line: match the raw path (404 InvalidUriPathExcept
 else) -> POST only (405) -> read the body (501 past the size limit) -> secondary-authorization verdict
 from the policy file (not for health) -> ONE call to the key manager, which verifies SigV4, validates,
 finds the key, applies the verdict and does the crypto -> the answer, or the XKS error it maps to.
+Injected faults (faults.py), when any are set, act just before the key manager call and on the answer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from xks_frontend import faults
 from xks_frontend.dsm_client import DsmClient, DsmTimeout, DsmUnreachable
 from xks_frontend.errors import XksError, error_response
 from xks_frontend.metrics import XksMetrics
@@ -118,6 +120,7 @@ class Edge:
     metrics: XksMetrics
     limits: xks_wire.Limits
     quota: PrefixQuota
+    faults: faults.FaultBook
 
 
 async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
@@ -138,6 +141,13 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
         body = await _read_body(request)
         metadata = xks_wire.parse_metadata_only(body)
         request_id = metadata.kms_request_id if metadata else None
+        facts = faults.Facts(
+            match["prefix"], match["key"], operation, metadata.kms_operation if metadata else None
+        )
+        plan = edge.faults.plan(facts, request_id)
+        injected = await faults.before_call(plan, request)
+        if injected is not None:
+            return injected
         call = ForwardedCall(
             app_id=app_id,
             operation=op,
@@ -151,8 +161,14 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
             max_aad_bytes=edge.limits.max_aad_bytes,
             **_verdict(edge.policy, op, match, metadata),
         )
-        result = await (_health(edge, call) if op == "health" else edge.client.call(call))
-        return web.Response(body=json_body.dumps(result), content_type="application/json")
+        if op == "health":
+            result = faults.shape_health(plan, await _health(edge, call), MAX_FLEET)
+            edge.metrics.set_ekm_states(
+                [node.get("healthStatus", "UNAVAILABLE") for node in result["ekmFleetDetails"]]
+            )
+        else:
+            result = await edge.client.call(call)
+        return await faults.answer(plan, request, json_body.dumps(result))
     except XksError as exc:
         error_name = exc.name
         return error_response(exc)
@@ -238,7 +254,6 @@ async def _health(edge: Edge, call: ForwardedCall) -> dict[str, Any]:
                 {"id": label, "model": "xkslab DSM emulator (unreachable)", "healthStatus": "UNAVAILABLE"}
             )
     fleet = fleet[:MAX_FLEET]
-    edge.metrics.set_ekm_states([node.get("healthStatus", "UNAVAILABLE") for node in fleet])
     return {
         "xksProxyFleetSize": 1,
         "xksProxyVendor": VENDOR,

@@ -137,6 +137,8 @@ class XksSettings:
     # Per URI path prefix request quota (requests per second, 0: none) and its burst; past it: 429.
     rate_limit_rps: float = 0.0
     rate_limit_burst: int = 100
+    # The bearer token of the fault-injection admin endpoint (created on first start, 0600).
+    admin_token_file: Path = Path("xks-admin.token")
 
     @property
     def dsm_url_list(self) -> list[str]:
@@ -156,6 +158,11 @@ class KmsSettings:
     xks_ca: str = ""
     # KMS gives an XKS proxy 250 ms per call (connect, TLS handshake and answer).
     xks_timeout_ms: int = 250
+    # Consecutive store-level proxy failures (data calls and health checks) that turn a CONNECTED key
+    # store FAILED with the last failure's ConnectionErrorCode; 0: never (a store fails only on Connect).
+    xks_failure_threshold: int = 0
+    # Seconds between KmsHealthCheck calls to each CONNECTED store's proxy (KMS: every few minutes); 0: none.
+    xks_health_check_s: float = 0.0
     # Apply AWS's own patterns to XksProxyUriEndpoint (https://, no port); off so loopback proxies work.
     strict_endpoints: bool = False
     # Check callers' SigV4 signatures against the access keys of `xkslab kms access-key create` (off, as
@@ -383,6 +390,10 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
         raise fail("xks.rate_limit_burst", "must be at least 1")
     if values["xks.prefix_cache_s"] < 0:
         raise fail("xks.prefix_cache_s", "must not be negative")
+    if values["kms.xks_failure_threshold"] < 0:
+        raise fail("kms.xks_failure_threshold", "must not be negative (0: repeated failures change no state)")
+    if values["kms.xks_health_check_s"] < 0:
+        raise fail("kms.xks_health_check_s", "must not be negative (0: no periodic health check)")
     if not (len(values["kms.account_id"]) == 12 and values["kms.account_id"].isdigit()):
         raise fail("kms.account_id", "must be 12 digits")
     if not values["kms.region"] or not all(c.isalnum() or c == "-" for c in values["kms.region"]):

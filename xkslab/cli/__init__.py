@@ -19,6 +19,7 @@ from xkslab.cli.certs import certs_command
 from xkslab.cli.common import XkslabGroup, add_global_options, global_options
 from xkslab.cli.database import db
 from xkslab.cli.dsm import dsm
+from xkslab.cli.faults import faults
 from xkslab.cli.groups import group
 from xkslab.cli.init import init
 from xkslab.cli.keys import key
@@ -38,7 +39,7 @@ def main() -> None:
 
 ADMIN = (init, db, seal, audit, group, app, key)
 LAB = (up, down, wait, env, demo)
-for command in (*ADMIN, dsm, xks, kms, *LAB, certs_command, bench):
+for command in (*ADMIN, dsm, xks, kms, *LAB, faults, certs_command, bench):
     main.add_command(command)
 main.params.extend(global_options(root=True))
 add_global_options(main)

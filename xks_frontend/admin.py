@@ -1,0 +1,56 @@
+"""The proxy's admin endpoint for fault injection (``xkslab faults``): its own path beside the XKS API,
+never served without the admin token (xks.admin_token_file, 0600, created on first start), which is
+compared in constant time. The XKS credential is no use here and the admin token no use on the XKS API."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from aiohttp import web
+
+from xks_frontend.faults import FaultBook
+from xkslab_shared import json_body
+from xkslab_shared.faults_wire import FAULTS_PATH, FaultSpecError, parse_faults
+
+
+def add_routes(app: web.Application, book: FaultBook, token: str) -> None:
+    expected = f"Bearer {token}".encode()
+
+    def authorized(request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(given, expected)
+
+    def reply(data: object, status: int = 200) -> web.Response:
+        return web.Response(body=json_body.dumps(data), status=status, content_type="application/json")
+
+    def refused() -> web.Response:
+        response = reply({"error": "the xkslab admin token is required (Authorization: Bearer ...)"}, 401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="xkslab"'
+        return response
+
+    async def list_faults(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return refused()
+        return reply({"faults": book.list()})
+
+    async def set_faults(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return refused()
+        raw = await request.read()  # bounded by the app's client_max_size
+        try:
+            faults = parse_faults(json.loads(raw))
+            ids = book.add(faults)
+        except (ValueError, FaultSpecError) as exc:  # JSONDecodeError and a full book are ValueErrors too
+            return reply({"error": str(exc)}, 400)
+        return reply({"ids": ids})
+
+    async def clear_faults(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return refused()
+        return reply({"cleared": book.clear(request.match_info.get("fault_id"))})
+
+    app.router.add_get(FAULTS_PATH, list_faults)
+    app.router.add_post(FAULTS_PATH, set_faults)
+    app.router.add_delete(FAULTS_PATH, clear_faults)
+    app.router.add_delete(FAULTS_PATH + "/{fault_id}", clear_faults)
