@@ -16,6 +16,7 @@ from xkslab_shared.config import KmsSettings
 from xkslab_shared.generation import GenerationCache
 
 if TYPE_CHECKING:
+    from kms_emulator.metrics import KmsMetrics
     from kms_emulator.xks_client import XksProxyClient
 
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]{1,128})/")
@@ -30,6 +31,8 @@ class KmsContext:
     # What a data operation needs of its key (the key, its store, its unsealed backing key), cached until
     # any process changes the KMS tables (xkslab_shared/generation.py).
     usable_keys: GenerationCache[Hashable, Any]
+    # The Prometheus metrics (GET /metrics), the CloudWatch external key store metrics among them.
+    metrics: KmsMetrics
 
     @property
     def arn_prefix(self) -> str:
