@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import select
 
-from kms_emulator import aliases, data, keys, keystores, proxy
+from kms_emulator import aliases, data, keys, keystores, openapi, proxy
 from kms_emulator.callers import CallerCheck
-from kms_emulator.context import Call, KmsContext, principal_arn
+from kms_emulator.context import Call, KmsContext, aware, principal_arn
 from kms_emulator.errors import (
     CONTENT_TYPE,
     REQUEST_ID_HEADER,
@@ -35,11 +37,14 @@ from kms_emulator.errors import (
     ValidationError,
     error_response,
 )
+from kms_emulator.metrics import KmsMetrics
+from kms_emulator.models import CustomKeyStore
 from kms_emulator.params import Params
 from kms_emulator.sealing import KmsSealer
 from kms_emulator.store_health import StoreWatch
 from kms_emulator.xks_client import XksProxyClient
 from xkslab_shared import db, json_body, sigv4
+from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.generation import GenerationCache, invalidating_sessions
 from xkslab_shared.serve import HttpLimits, Listener
@@ -84,6 +89,7 @@ OPERATIONS: dict[str, Operation] = {
 }
 
 CONTEXT_KEY: web.AppKey[KmsContext] = web.AppKey("kms_context", KmsContext)
+METRICS_KEY: web.AppKey[KmsMetrics] = web.AppKey("kms_metrics", KmsMetrics)
 
 
 def xks_ca_file(settings: Settings) -> Path | None:
@@ -149,13 +155,20 @@ async def _dispatch(request: web.Request, request_id: str) -> dict[str, Any]:
 
 async def handle(request: web.Request) -> web.Response:
     request_id = str(uuid.uuid4())
+    started = time.perf_counter()
+    target = request.headers.get("X-Amz-Target", "")
+    operation = target[len(TARGET_PREFIX) :] if target[len(TARGET_PREFIX) :] in OPERATIONS else "unsupported"
+    metrics = request.app[METRICS_KEY]
     try:
         result = await _dispatch(request, request_id)
     except KmsError as exc:
+        metrics.observe_request(operation, exc.code, time.perf_counter() - started)
         return error_response(exc, request_id)
     except Exception:
         log.exception("KMS request %s failed unexpectedly", request_id)
+        metrics.observe_request(operation, "KMSInternalException", time.perf_counter() - started)
         return error_response(InternalError("The request failed inside KMS."), request_id)
+    metrics.observe_request(operation, None, time.perf_counter() - started)
     response = web.Response(body=json_body.dumps(result))
     response.headers["Content-Type"] = CONTENT_TYPE
     response.headers[REQUEST_ID_HEADER] = request_id
@@ -167,8 +180,22 @@ async def not_served(request: web.Request) -> web.Response:
     return error_response(error, str(uuid.uuid4()))
 
 
+async def metrics_page(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text; per-store gauges are brought up to date from the database first."""
+    metrics = request.app[METRICS_KEY]
+    ctx = request.app[CONTEXT_KEY]
+    async with ctx.sessions() as session:
+        rows = (await session.execute(select(CustomKeyStore.id, CustomKeyStore.creation_date))).all()
+    metrics.set_key_stores((store_id, aware(created)) for store_id, created in rows)
+    response = web.Response(body=metrics.render())
+    response.headers["Content-Type"] = metrics.content_type
+    return response
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
+    metrics = KmsMetrics()
+    app[METRICS_KEY] = metrics
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         database = settings.database
@@ -181,6 +208,7 @@ def create_app(settings: Settings) -> web.Application:
             client = XksProxyClient(
                 timeout_s=settings.kms.xks_timeout_ms / 1000, ca_file=xks_ca_file(settings)
             )
+            client.observer = metrics.observe_proxy_call
             await client.open()
             try:
                 sessions, generation = invalidating_sessions(engine, database.cache_poll_ms / 1000)
@@ -193,7 +221,7 @@ def create_app(settings: Settings) -> web.Application:
                     else None
                 )
                 watch = StoreWatch(settings.kms.xks_failure_threshold)
-                ctx = KmsContext(settings.kms, sessions, sealer, client, usable_keys, watch, callers)
+                ctx = KmsContext(settings.kms, sessions, sealer, client, usable_keys, metrics, watch, callers)
                 app[CONTEXT_KEY] = ctx
                 interval = settings.kms.xks_health_check_s
                 checker = (
@@ -213,7 +241,9 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(resources)
     app.router.add_post("/", handle)
-    app.router.add_route("*", "/{tail:.*}", not_served)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", not_served)
     return app
 
 

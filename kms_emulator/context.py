@@ -17,6 +17,7 @@ from xkslab_shared.generation import GenerationCache
 
 if TYPE_CHECKING:
     from kms_emulator.callers import CallerCheck
+    from kms_emulator.metrics import KmsMetrics
     from kms_emulator.store_health import StoreWatch
     from kms_emulator.xks_client import XksProxyClient
 
@@ -32,6 +33,8 @@ class KmsContext:
     # What a data operation needs of its key (the key, its store, its unsealed backing key), cached until
     # any process changes the KMS tables (xkslab_shared/generation.py).
     usable_keys: GenerationCache[Hashable, Any]
+    # The Prometheus metrics (GET /metrics), the CloudWatch external key store metrics among them.
+    metrics: KmsMetrics
     # Consecutive proxy failures per key store, which turn a CONNECTED store FAILED (store_health.py).
     watch: StoreWatch
     # kms.verify_sigv4: who signed each request (None: the setting is off, nothing is checked).

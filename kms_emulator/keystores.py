@@ -60,8 +60,10 @@ class ProxySettings:
     vpc_service_name: str | None = None
     vpc_service_owner: str | None = None
 
-    def config(self, region: str) -> XksProxyConfig:
-        return XksProxyConfig(self.uri_endpoint, self.uri_path, self.access_key_id, self.secret, region)
+    def config(self, region: str, key_store_id: str = "") -> XksProxyConfig:
+        return XksProxyConfig(
+            self.uri_endpoint, self.uri_path, self.access_key_id, self.secret, region, key_store_id
+        )
 
 
 _MEMBER_COLUMNS = {
@@ -194,8 +196,8 @@ async def create_custom_key_store(ctx: KmsContext, call: Call, p: Params) -> dic
     assert name is not None
     async with ctx.sessions.begin() as session:
         await _check_unique(session, name, settings.uri_endpoint, settings.uri_path, None)
-    await proxy.health_check(ctx, call, settings.config(ctx.settings.region))
     store_id = _new_store_id()
+    await proxy.health_check(ctx, call, settings.config(ctx.settings.region, store_id))
     store = CustomKeyStore(
         id=store_id,
         name=name,
@@ -300,7 +302,7 @@ async def update_custom_key_store(ctx: KmsContext, call: Call, p: Params) -> dic
         _check_connectivity(merged)
         await _check_unique(session, new_name, merged.uri_endpoint, merged.uri_path, store_id)
     if members:
-        await proxy.health_check(ctx, call, merged.config(ctx.settings.region))
+        await proxy.health_check(ctx, call, merged.config(ctx.settings.region, store_id))
     async with ctx.sessions.begin() as session:
         store = await _load_store(session, store_id)
         if store.connection_state not in allowed:
@@ -315,6 +317,8 @@ async def update_custom_key_store(ctx: KmsContext, call: Call, p: Params) -> dic
             store.sealed_secret = ctx.sealer.seal(
                 merged.secret.encode(), purpose=PROXY_SECRET, row_id=store_id
             )
+    if "secret" in members or "access_key_id" in members:
+        ctx.metrics.credential_set(store_id)
     return {}
 
 

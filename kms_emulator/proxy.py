@@ -89,6 +89,7 @@ def proxy_config(ctx: KmsContext, store: CustomKeyStore) -> XksProxyConfig:
         access_key_id=store.access_key_id,
         secret=secret.decode(),
         region=ctx.settings.region,
+        key_store_id=store.id,
     )
 
 

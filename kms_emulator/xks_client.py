@@ -17,6 +17,7 @@ import base64
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from xkslab_shared import tls
 __all__ = [
     "ConnectionErrorCode",
     "EncryptResult",
+    "ProxyCall",
     "XksProxyClient",
     "XksProxyConfig",
     "XksProxyError",
@@ -77,6 +79,7 @@ class XksProxyConfig:
     access_key_id: str
     secret: str = field(repr=False)
     region: str = "us-east-1"
+    key_store_id: str = ""  # labels the call's metrics (empty: a proxy not yet part of a key store)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.uri_endpoint)
@@ -114,6 +117,19 @@ def request_metadata(
     return meta
 
 
+@dataclass(frozen=True)
+class ProxyCall:
+    """What one proxy call was, for the metrics KMS keeps of it (never a body or a secret)."""
+
+    key_store_id: str
+    kms_operation: str
+    xks_operation: str  # health | metadata | encrypt | decrypt
+    seconds: float
+    error: XksProxyError | None
+    cert_not_after: float | None  # the proxy certificate's notAfter (epoch seconds), over HTTPS
+    health_states: list[str] | None  # GetHealthStatus: each key manager's healthStatus
+
+
 class XksProxyClient:
     """One pooled aiohttp session for every proxy of every key store, as KMS keeps connections warm."""
 
@@ -123,6 +139,8 @@ class XksProxyClient:
         self.timeout_s = timeout_s
         self.ca_file = ca_file
         self._session: aiohttp.ClientSession | None = None
+        # Told about every call once it ends (the KMS metrics); must not raise.
+        self.observer: Callable[[ProxyCall], None] | None = None
 
     async def open(self) -> None:
         if self._session is not None:
@@ -227,9 +245,12 @@ class XksProxyClient:
         meta = body["requestMetadata"]
         started = time.perf_counter()
         outcome = "failed"  # replaced on success or by the error's codes; stays for a cancellation
+        not_after: list[float] = []
+        failure: XksProxyError | None = None
+        states: list[str] | None = None
         try:
             payload = json.dumps(body, separators=(",", ":")).encode()
-            status, raw = await self._post(cfg, cfg.url(tail), payload)
+            status, raw = await self._post(cfg, cfg.url(tail), payload, not_after)
             if status != 200:
                 raise error_answer(operation, status, raw)
             try:
@@ -241,11 +262,26 @@ class XksProxyClient:
                     http_status=status,
                 ) from None
             outcome = "success"
+            if operation == "health" and isinstance(answer, dict):
+                states = [str(node.get("healthStatus")) for node in answer["ekmFleetDetails"]]
             return answer
         except XksProxyError as exc:
             outcome = f"{exc.connection_error_code}/{exc.error_name or '-'}"
+            failure = exc
             raise
         finally:
+            if self.observer is not None:
+                self.observer(
+                    ProxyCall(
+                        cfg.key_store_id,
+                        str(meta.get("kmsOperation", "")),
+                        operation,
+                        time.perf_counter() - started,
+                        failure,
+                        not_after[0] if not_after else None,
+                        states,
+                    )
+                )
             log.info(
                 "%s",
                 json.dumps(
@@ -262,8 +298,11 @@ class XksProxyClient:
                 ),
             )
 
-    async def _post(self, cfg: XksProxyConfig, url: str, payload: bytes) -> tuple[int, bytes]:
-        """One signed POST; every transport failure becomes an XksProxyError here and nowhere else."""
+    async def _post(
+        self, cfg: XksProxyConfig, url: str, payload: bytes, not_after: list[float]
+    ) -> tuple[int, bytes]:
+        """One signed POST; every transport failure becomes an XksProxyError here and nowhere else.
+        Over HTTPS, the proxy certificate's notAfter is appended to ``not_after``."""
         assert self._session is not None
         request = AWSRequest(
             method="POST", url=url, data=payload, headers={"Content-Type": "application/json"}
@@ -275,6 +314,9 @@ class XksProxyClient:
             async with self._session.post(
                 URL(url, encoded=True), data=payload, headers=headers, allow_redirects=False
             ) as response:
+                expiry = _peer_not_after(response)
+                if expiry is not None:
+                    not_after.append(expiry)
                 # The whole body, however many segments it arrives in, up to the limit.
                 chunks: list[bytes] = []
                 size = 0
@@ -297,6 +339,19 @@ class XksProxyClient:
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise transport_error(exc) from None
+
+
+def _peer_not_after(response: aiohttp.ClientResponse) -> float | None:
+    """The notAfter of the certificate the proxy presented (verified, so the ssl module decoded it)."""
+    # A small answer is read with its headers and the connection released to the pool at once, so ask
+    # the response's protocol (aiohttp keeps it) rather than response.connection, which is None by then.
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else getattr(response, "_protocol", None)
+    transport = getattr(protocol, "transport", None)
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not isinstance(cert, dict) or "notAfter" not in cert:
+        return None
+    return float(ssl.cert_time_to_seconds(cert["notAfter"]))
 
 
 def _b64(data: bytes) -> str:

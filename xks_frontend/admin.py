@@ -5,7 +5,6 @@ compared in constant time. The XKS credential is no use here and the admin token
 from __future__ import annotations
 
 import hmac
-import json
 
 from aiohttp import web
 
@@ -39,7 +38,7 @@ def add_routes(app: web.Application, book: FaultBook, token: str) -> None:
             return refused()
         raw = await request.read()  # bounded by the app's client_max_size
         try:
-            faults = parse_faults(json.loads(raw))
+            faults = parse_faults(json_body.loads(raw))
             ids = book.add(faults)
         except (ValueError, FaultSpecError) as exc:  # JSONDecodeError and a full book are ValueErrors too
             return reply({"error": str(exc)}, 400)

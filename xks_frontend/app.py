@@ -9,13 +9,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from xks_frontend import admin
+from xks_frontend import admin, openapi
 from xks_frontend.dsm_client import DsmClient
 from xks_frontend.errors import XksError, error_response
 from xks_frontend.faults import FaultBook
 from xks_frontend.handlers import Edge, Handler, PrefixQuota, PrefixTable, dispatch
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile
+from xkslab_shared import openapi as openapi_doc
 from xkslab_shared import tls, xks_wire
 from xkslab_shared.config import Settings
 from xkslab_shared.faults_wire import FAULTS_PATH
@@ -23,7 +24,7 @@ from xkslab_shared.proxy_link import read_token
 from xkslab_shared.serve import HttpLimits, Listener
 
 EDGE_KEY: web.AppKey[Edge] = web.AppKey("xks_edge", Edge)
-_OPEN_PATHS = frozenset({"/ping", "/metrics"})
+_OPEN_PATHS = frozenset({"/ping", "/metrics", openapi_doc.OPENAPI_PATH})
 
 
 def body_limit(limits: xks_wire.Limits) -> int:
@@ -92,8 +93,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(dsm_client_ctx)
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics_route)
+    app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
     admin.add_routes(app, edge.faults, read_token(settings.path(xks.admin_token_file), create=True))
-    app.router.add_route("*", "/{tail:.*}", xks_route)
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", xks_route)
     return app
 
 

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from dsm_emulator.api import admin, crypto, logs, session, sobjects, xks
+from dsm_emulator.api import admin, crypto, logs, openapi, session, sobjects, xks
 from dsm_emulator.api.context import CORE_KEY, json_response
+from dsm_emulator.api.metrics import METRICS_KEY, DsmMetrics, metrics_middleware, metrics_page
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import BadRequest, DsmError, TooManyAttempts
+from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.proxy_link import INTERNAL_PREFIX, read_token
 from xkslab_shared.serve import HttpLimits, Listener
@@ -27,6 +29,9 @@ PUBLIC = frozenset(
         ("GET", "/sys/v1/version"),
         ("HEAD", "/sys/v1/version"),
         ("POST", "/sys/v1/session/auth"),
+        # Scraped and read without credentials, as the XKS proxy's; neither holds anything secret.
+        ("GET", "/metrics"),
+        ("GET", openapi_doc.OPENAPI_PATH),
     }
 )
 
@@ -70,8 +75,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.dsm.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
     )
+    app[METRICS_KEY] = DsmMetrics(app)
     app[session.SESSION_STATE_KEY] = session.SessionState()
     app[xks.PROXY_TOKEN_KEY] = read_token(settings.path(settings.dsm.proxy_token_file), create=True)
 
@@ -99,6 +105,8 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(crypto.routes)
     app.add_routes(logs.routes)
     app.add_routes(xks.routes)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
     return app
 
 

@@ -129,6 +129,9 @@ class XksService(XksPrefixes, XksHealth):
             generation, cache_max_age_s
         )
 
+    def caches(self) -> dict[str, GenerationCache[Any, Any]]:
+        return {"xks_apps": self._apps, "xks_keys": self._keys_by_name, "xks_key_versions": self._versions}
+
     # ------------------------------------------------------------------------------- operations
 
     async def call(self, call: XksCall) -> dict[str, Any]:

@@ -1,0 +1,252 @@
+"""The OpenAPI 3.1 document of the DSM REST API: the subset of Fortanix DSM's paths and shapes xkslab
+serves, the internal XKS endpoints its proxies call, and GET /metrics and /openapi.json. Members not
+listed are accepted (and ignored) as Fortanix does; tests/unit/test_openapi_routes.py keeps the document
+and the router equal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xkslab_shared.openapi import Schema, array, content, document, nullable, obj, ref, string
+
+ANY_OBJECT: Schema = {"type": "object"}
+BLOB = string(contentEncoding="base64")
+KEY_OPS = array(string())
+MODE = string()
+CRYPT_FIELDS: dict[str, Schema] = {
+    "alg": string(),
+    "mode": MODE,
+    "iv": BLOB,
+    "ad": BLOB,
+    "tag_len": {"type": "integer"},
+}
+DESCRIPTOR = obj(kid=string(), name=string(), transient_key=string())
+SCHEMAS: dict[str, Schema] = {
+    "Error": obj(["message"], message=string()),
+    "KeyObject": obj(
+        ["name", "obj_type", "key_ops", "enabled", "state"],
+        kid=string(),
+        name=string(),
+        acct_id=string(),
+        group_id=string(),
+        obj_type=string(),
+        key_size=nullable({"type": "integer"}),
+        key_ops=KEY_OPS,
+        enabled={"type": "boolean"},
+        state=string(),
+        origin=string(),
+        creator=ANY_OBJECT,
+        custom_metadata=ANY_OBJECT,
+        value=BLOB,
+        transient_key=string(),
+    ),
+    "KeyRequest": obj(
+        name=string(1, 4096),
+        obj_type=string(),
+        key_size={"type": "integer"},
+        key_ops=KEY_OPS,
+        group_id=string(),
+        description=string(),
+        enabled={"type": "boolean"},
+        transient={"type": "boolean"},
+        value=BLOB,
+        custom_metadata={"type": "object", "additionalProperties": string()},
+    ),
+    "Group": obj(["group_id", "name"], group_id=string(), name=string(), acct_id=string()),
+    "App": obj(["app_id", "name"], app_id=string(), name=string(), acct_id=string(), groups=ANY_OBJECT),
+    "Token": obj(
+        ["token_type", "access_token"],
+        token_type=string(),
+        expires_in={"type": "integer"},
+        access_token=string(),
+        entity_id=string(),
+    ),
+    "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
+    "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
+    "WrapRequest": obj(key=DESCRIPTOR, subject=DESCRIPTOR, kid=string(), wrapped_key=BLOB, **CRYPT_FIELDS),
+    "Account": obj(["acct_id"], acct_id=string(), name=string()),
+}
+JSON_ERROR = {
+    "description": '`{"message"}`: 400, 401, 403, 404, 409, 413, 429 …',
+    "content": content(ref("Error")),
+}
+NO_CONTENT = {"204": {"description": "done"}}
+
+
+def op(
+    name: str,
+    response: Schema | None,
+    request: Schema | None = None,
+    status: str = "200",
+    *,
+    public: bool = False,
+    query: dict[str, Schema] | None = None,
+    summary: str = "",
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {"operationId": name, "summary": summary or name}
+    if not public:
+        operation["security"] = [{"bearer": []}, {"basic": []}]
+    else:
+        operation["security"] = []
+    if query:
+        operation["parameters"] = [
+            {"name": key, "in": "query", "required": False, "schema": schema} for key, schema in query.items()
+        ]
+    if request is not None:
+        operation["requestBody"] = {"required": True, "content": content(request)}
+    responses: dict[str, Any] = (
+        {status: {"description": name, "content": content(response)}} if response is not None else NO_CONTENT
+    )
+    operation["responses"] = {**responses, "default": JSON_ERROR}
+    return operation
+
+
+KEY = ref("KeyObject")
+KEYS_QUERY = {
+    "name": string(),
+    "group_id": string(),
+    "obj_type": string(),
+    "limit": {"type": "integer", "minimum": 0},
+    "offset": {"type": "integer", "minimum": 0},
+    "sort": string(),
+    "start": string(),
+    "show_destroyed": {"type": "boolean"},
+}
+LOGS_QUERY = {
+    "size": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "from": {"type": "integer", "minimum": 0},
+    "previous_id": string(),
+    "range_from": {"type": "integer", "minimum": 0},
+    "range_to": {"type": "integer", "minimum": 0},
+    "action_type": string(),
+    "actor_type": string(),
+    "actor_id": string(),
+    "object_id": string(),
+    "severity": string(),
+}
+GROUP_BODY = obj(name=string(1, 4096), description=string())
+APP_BODY = obj(
+    name=string(1, 4096),
+    description=string(),
+    default_group=string(),
+    add_groups={"oneOf": [array(string()), {"type": "object"}]},
+    del_groups=array(string()),
+    credential=ANY_OBJECT,
+    enabled={"type": "boolean"},
+)
+BATCH = array(obj(kid=string(), request=ref("CryptRequest")))
+
+
+def _paths() -> dict[str, dict[str, Any]]:
+    keyed = "/crypto/v1/keys/{kid}"
+    return {
+        "/sys/v1/health": {"get": op("health", None, public=True, summary="204 while serving")},
+        "/sys/v1/version": {"get": op("version", obj(["version"], version=string()), public=True)},
+        "/sys/v1/session/auth": {
+            "post": {
+                **op("authorize", ref("Token"), public=True, summary="Basic app_id:secret or email:password"),
+                "security": [{"basic": []}],
+            }
+        },
+        "/sys/v1/session/terminate": {"post": op("terminate", None)},
+        "/sys/v1/session/refresh": {"post": op("refresh", None)},
+        "/sys/v1/session/reauth": {"post": op("reauth", ref("Token"))},
+        "/sys/v1/session/select_account": {
+            "post": op("selectAccount", ANY_OBJECT, obj(["acct_id"], acct_id=string()))
+        },
+        "/sys/v1/users/accounts": {"get": op("userAccounts", ANY_OBJECT)},
+        "/sys/v1/accounts": {"get": op("listAccounts", array(ref("Account")))},
+        "/sys/v1/accounts/{acct_id}": {"get": op("getAccount", ref("Account"))},
+        "/sys/v1/users": {"get": op("listUsers", array(ANY_OBJECT))},
+        "/sys/v1/plugins": {"get": op("listPlugins", array(ANY_OBJECT))},
+        "/sys/v1/groups": {
+            "post": op("createGroup", ref("Group"), GROUP_BODY),
+            "get": op("listGroups", array(ref("Group"))),
+        },
+        "/sys/v1/groups/{group_id}": {
+            "get": op("getGroup", ref("Group")),
+            "patch": op("updateGroup", ref("Group"), GROUP_BODY),
+            "delete": op("deleteGroup", None),
+        },
+        "/sys/v1/apps": {
+            "post": op("createApp", ref("App"), APP_BODY),
+            "get": op("listApps", array(ref("App")), query={"group_id": string()}),
+        },
+        "/sys/v1/apps/{app_id}": {
+            "get": op("getApp", ref("App")),
+            "patch": op("updateApp", ref("App"), APP_BODY),
+            "delete": op("deleteApp", None),
+        },
+        "/sys/v1/apps/{app_id}/credential": {"get": op("getAppCredential", ANY_OBJECT)},
+        "/sys/v1/apps/{app_id}/reset_secret": {"post": op("resetAppSecret", ref("App"), ANY_OBJECT)},
+        "/sys/v1/logs": {"get": op("auditLogs", obj(["hits"], hits=array(ANY_OBJECT)), query=LOGS_QUERY)},
+        "/crypto/v1/keys": {
+            "post": op("generateKey", KEY, ref("KeyRequest"), "201"),
+            "put": op("importKey", KEY, ref("KeyRequest"), "201"),
+            "get": op("listKeys", array(KEY), query=KEYS_QUERY),
+        },
+        "/crypto/v1/keys/info": {"post": op("keyInfo", KEY, DESCRIPTOR)},
+        "/crypto/v1/keys/export": {"post": op("exportKey", KEY, DESCRIPTOR)},
+        "/crypto/v1/keys/rekey": {"post": op("rekey", KEY, ref("KeyRequest"))},
+        keyed: {
+            "get": op("getKey", KEY),
+            "patch": op("updateKey", KEY, ref("KeyRequest")),
+            "delete": op("deleteKey", None),
+        },
+        f"{keyed}/export": {"get": op("exportKeyById", KEY)},
+        f"{keyed}/activate": {"post": op("activateKey", None)},
+        f"{keyed}/revoke": {"post": op("revokeKey", None, ANY_OBJECT)},
+        f"{keyed}/destroy": {"post": op("destroyKey", None)},
+        f"{keyed}/encrypt": {"post": op("encryptWithKid", ref("CryptResponse"), ref("CryptRequest"))},
+        f"{keyed}/decrypt": {"post": op("decryptWithKid", ref("CryptResponse"), ref("CryptRequest"))},
+        f"{keyed}/wrapkey": {"post": op("wrapWithKid", ANY_OBJECT, ref("WrapRequest"))},
+        f"{keyed}/unwrapkey": {"post": op("unwrapWithKid", KEY, ref("WrapRequest"))},
+        "/crypto/v1/encrypt": {"post": op("encrypt", ref("CryptResponse"), ref("CryptRequest"))},
+        "/crypto/v1/decrypt": {"post": op("decrypt", ref("CryptResponse"), ref("CryptRequest"))},
+        "/crypto/v1/wrapkey": {"post": op("wrapKey", ANY_OBJECT, ref("WrapRequest"))},
+        "/crypto/v1/unwrapkey": {"post": op("unwrapKey", KEY, ref("WrapRequest"))},
+        "/crypto/v1/keys/batch/encrypt": {"post": op("batchEncrypt", array(ANY_OBJECT), BATCH)},
+        "/crypto/v1/keys/batch/decrypt": {"post": op("batchDecrypt", array(ANY_OBJECT), BATCH)},
+        "/internal/xks/v1/prefixes": {
+            "get": {**op("xksPrefixes", ANY_OBJECT, summary="internal: for XKS proxies"), "x-internal": True}
+        },
+        "/internal/xks/v1/call": {
+            "post": {
+                **op(
+                    "xksCall", ANY_OBJECT, ANY_OBJECT, summary="internal: one XKS call forwarded by a proxy"
+                ),
+                "x-internal": True,
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "security": [],
+                "responses": {
+                    "200": {"description": "Prometheus", "content": content(string(), "text/plain")}
+                },
+            }
+        },
+        "/openapi.json": {"get": op("openapi", ANY_OBJECT, public=True, summary="This document")},
+    }
+
+
+def build() -> dict[str, Any]:
+    components = {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token from /sys/v1/session/auth",
+            },
+            "basic": {"type": "http", "scheme": "basic", "description": "app_id:secret (the API key)"},
+        },
+    }
+    return document(
+        "xkslab DSM REST API (Fortanix DSM subset)",
+        'The Fortanix DSM paths and shapes xkslab serves. Errors are `{"message"}`. `/internal/xks/v1/*` '
+        "take the proxy token and are for XKS proxies only.",
+        _paths(),
+        components,
+    )
