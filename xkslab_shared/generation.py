@@ -136,15 +136,20 @@ class _Entry(Generic[V]):
 
 class GenerationCache(Generic[K, V]):
     """Values loaded from the database, used while the generation is unchanged and for at most
-    ``max_age_s``. Misses (a loader that raises) are not cached."""
+    ``max_age_s``. Misses (a loader that raises) are not cached. Concurrent callers of one key share
+    one load: without that, every request in flight when an entry aged out loaded it again at once, and
+    that stampede (32 loads of the same app's credentials through one database thread) pushed the
+    whole batch past its deadline, once every ``max_age_s``."""
 
     def __init__(self, generation: Generation, max_age_s: float, max_entries: int = 4096) -> None:
         self._generation = generation
         self._max_age_s = max_age_s
         self._max_entries = max_entries
         self._entries: dict[K, _Entry[V]] = {}
+        self._loading: dict[tuple[K, int], asyncio.Future[V]] = {}
         self.hits = 0
         self.loads = 0
+        self.shared_loads = 0
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]], *, fresh: bool = False) -> V:
         """The cached value for ``key``, or ``load()``'s (stored unless it raised); ``fresh`` loads."""
@@ -154,7 +159,34 @@ class GenerationCache(Generic[K, V]):
         if entry is not None and entry.generation == generation and now - entry.loaded_at < self._max_age_s:
             self.hits += 1
             return entry.value
-        value = await load()
+        flight = (key, generation)
+        pending = None if fresh else self._loading.get(flight)
+        if pending is not None:
+            try:
+                value = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this caller was cancelled
+                # the loading caller was cancelled, not this one: load it here
+            else:
+                self.shared_loads += 1
+                return value
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        if not fresh:
+            self._loading[flight] = future
+        try:
+            value = await load()
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: callers that shared the load re-raise it themselves
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            if self._loading.get(flight) is future:
+                del self._loading[flight]
+        future.set_result(value)
         self.loads += 1
         if self._max_age_s <= 0:
             return value

@@ -134,3 +134,33 @@ async def test_every_flush_of_an_invalidating_session_raises_the_generation(
         assert await other.current() == before + 1
     finally:
         await engine.dispose()
+
+
+async def test_concurrent_misses_of_one_key_share_one_load(sessions: Sessions) -> None:
+    """An entry that ages out under load is loaded once, not once per request in flight."""
+    generation = Generation(sessions, poll_s=3600.0)
+    cache: GenerationCache[str, str] = GenerationCache(generation, max_age_s=3600.0)
+    release = asyncio.Event()
+    calls = 0
+
+    async def slow() -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return "v"
+
+    await generation.current()  # read once, so no caller waits on the database before reaching the cache
+    waiting = [asyncio.create_task(cache.get("k", slow)) for _ in range(32)]
+    for _ in range(10):  # let every task reach its wait
+        await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*waiting) == ["v"] * 32
+    assert calls == 1 and cache.shared_loads == 31
+
+    async def failing() -> str:
+        await asyncio.sleep(0)
+        raise LookupError("gone")
+
+    results = await asyncio.gather(*(cache.get("x", failing) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, LookupError) for r in results)
+    assert len(cache) == 1  # the failure was shared and not cached
