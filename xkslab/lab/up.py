@@ -10,6 +10,7 @@ written once everything answers and removed when the lab stops, so scripts may w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -234,10 +235,18 @@ async def _run_up(
 ) -> None:
     ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
     async with Supervisor(settings.data_dir, overrides, echo) as services:
-        urls = {"dsm": await services.start("dsm")}
-        # The proxy talks to the key manager this command started, on whatever port it was given.
-        urls["xks"] = await services.start("xks", {"xks.dsm_urls": urls["dsm"][0]})
-        urls["kms"] = await services.start("kms")
+        # The KMS needs nothing from the others to start, so it starts beside them (each service is a
+        # Python process whose imports take most of a second); the proxy needs the key manager's port.
+        kms_start = asyncio.create_task(services.start("kms"))
+        try:
+            urls = {"dsm": await services.start("dsm")}
+            urls["xks"] = await services.start("xks", {"xks.dsm_urls": urls["dsm"][0]})
+            urls["kms"] = await kms_start
+        except BaseException:
+            kms_start.cancel()
+            with contextlib.suppress(BaseException):
+                await kms_start
+            raise
         xks_https = next(u for u in urls["xks"] if u.startswith("https")).replace("127.0.0.1", "localhost")
         kms_facts = await bootstrap_kms(settings, dsm_facts, urls["kms"][0], xks_https)
         data = lab_settings(settings, urls, {**dsm_facts, **kms_facts, "ca_file": ca_file}, password)
