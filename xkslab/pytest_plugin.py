@@ -7,6 +7,9 @@ point, ``-p xkslab.pytest_plugin`` or ``pytest_plugins = ["xkslab.pytest_plugin"
 - ``xkslab_lab`` (session): an ``XkslabLab``: the lab's settings, ``up.json`` data and ready clients.
 - ``xkslab_kms_key`` (function): the id of a fresh XKS-backed KMS key on the lab's key store.
 - ``xkslab_dsm_key`` (function): the kid of a fresh AES-256 key in the DSM.
+- ``xkslab_fault`` (function): ``xkslab_fault(kind, **fields)`` sets a fault on the lab's XKS proxy and
+  returns its id; the faults it set are cleared after the test, passed or failed. Within a test,
+  ``with xkslab_lab.fault(kind, **fields) as fault_id:`` does the same for a block (``LabInfo.fault``).
 
 Options: ``--xkslab-in-process`` (the services on an event loop in a thread of the test process instead
 of ``xkslab up`` in child processes), ``--xkslab-database-url`` (a PostgreSQL server: each lab gets a
@@ -19,7 +22,7 @@ import contextlib
 import functools
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -201,3 +204,17 @@ def xkslab_dsm_key(xkslab_lab: XkslabLab) -> Iterator[str]:
     yield kid
     with contextlib.suppress(ApiException):  # the test may have deleted it already
         sdk.SecurityObjectsApi(api_client=xkslab_lab.sdkms).delete_security_object(kid)
+
+
+@pytest.fixture
+def xkslab_fault(xkslab_lab: XkslabLab) -> Iterator[Callable[..., str]]:
+    """A function that sets one fault on the lab's XKS proxy, ``xkslab_fault("error",
+    error_name="KeyNotFoundException", kms_operation="Encrypt")``, and returns its id; after the test,
+    passed or failed, exactly the faults it set are cleared (``xkslab_lab.fault(...)`` is the same as a
+    ``with`` block)."""
+    with contextlib.ExitStack() as stack:
+
+        def apply(kind: str, **fields: Any) -> str:
+            return stack.enter_context(xkslab_lab.fault(kind, **fields))
+
+        yield apply

@@ -1,5 +1,5 @@
 """The pytest plugin as a user's suite meets it: pytest in a subprocess on a suite that uses only the
-fixtures, with the lab in child processes (`xkslab up`) or in the test process, on SQLite or on a fresh
+fixtures (fault helpers included), with the lab in child processes (`xkslab up`) or in the test process, on SQLite or on a fresh
 PostgreSQL database; the example project on two xdist workers, one lab each; and the entry point, which
 must not make the plugin load twice when a suite also names it."""
 
@@ -86,6 +86,69 @@ def test_fresh_keys_are_cleaned_up_after_their_test(xkslab_lab, xkslab_kms_key, 
         raise AssertionError("the DSM key outlived its test")
 """
 
+# The fault helpers, in the same session: a fault for a block, then for a whole test (the fixture), and
+# tests that fail with faults set; none may reach the test after it.
+FAULT_SUITE = """
+import pytest
+from botocore.exceptions import ClientError
+
+KEY_NOT_FOUND = {"error_name": "KeyNotFoundException", "kms_operation": "Encrypt"}
+
+
+def refused(call):
+    with pytest.raises(ClientError) as caught:
+        call()
+    error = caught.value.response["Error"]
+    return error["Code"], error["Message"]
+
+
+def ids(lab):
+    return [fault["id"] for fault in lab.faults_client().list_faults()]
+
+
+def test_a_fault_for_a_block(xkslab_lab, xkslab_kms_key):
+    kms, admin = xkslab_lab.kms, xkslab_lab.faults_client()
+    blob = kms.encrypt(KeyId=xkslab_kms_key, Plaintext=b"before")["CiphertextBlob"]
+    [other] = admin.add([{"kind": "drop", "start_s": 3600}])  # someone else's: not the block's to clear
+    with xkslab_lab.fault("error", **KEY_NOT_FOUND) as fault_id:
+        code, message = refused(lambda: kms.encrypt(KeyId=xkslab_kms_key, Plaintext=b"during"))
+        assert code == "KMSInvalidStateException" and "could not find the external key" in message
+        assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"before"  # kms_operation=Encrypt only
+        assert ids(xkslab_lab) == [other, fault_id]
+    assert kms.encrypt(KeyId=xkslab_kms_key, Plaintext=b"after")["CiphertextBlob"]
+    assert ids(xkslab_lab) == [other]
+    assert admin.clear(other) == 1
+
+
+def test_the_fixture(xkslab_lab, xkslab_kms_key, xkslab_fault):
+    kms = xkslab_lab.kms
+    first = xkslab_fault("error", **KEY_NOT_FOUND)
+    second = xkslab_fault("throttle", operation="Decrypt", count=1)
+    assert ids(xkslab_lab) == [first, second]
+    code, message = refused(lambda: kms.encrypt(KeyId=xkslab_kms_key, Plaintext=b"x"))
+    assert code == "KMSInvalidStateException" and "could not find the external key" in message
+    with pytest.raises(ValueError, match="error_name"):  # checked before anything is sent
+        xkslab_fault("error", error_name="NoSuchError")
+    assert ids(xkslab_lab) == [first, second]
+
+
+def test_no_fault_outlived_the_fixture(xkslab_lab, xkslab_kms_key):
+    assert ids(xkslab_lab) == []
+    assert xkslab_lab.kms.encrypt(KeyId=xkslab_kms_key, Plaintext=b"x")["CiphertextBlob"]
+
+
+@pytest.mark.xfail(strict=True, raises=ClientError, reason="fails with faults set, on purpose")
+def test_failing_with_faults_set(xkslab_lab, xkslab_kms_key, xkslab_fault):
+    xkslab_fault("drop", operation="Encrypt")
+    with xkslab_lab.fault("error", **KEY_NOT_FOUND):
+        xkslab_lab.kms.encrypt(KeyId=xkslab_kms_key, Plaintext=b"x")
+
+
+def test_no_fault_outlived_the_failed_test(xkslab_lab, xkslab_kms_key):
+    assert ids(xkslab_lab) == []
+    assert xkslab_lab.kms.encrypt(KeyId=xkslab_kms_key, Plaintext=b"x")["CiphertextBlob"]
+"""
+
 
 def run_pytest(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 420) -> str:
     proc = subprocess.run(
@@ -136,6 +199,7 @@ def write_suite(tmp_path: Path) -> Path:
     suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "test_with_lab.py").write_text(textwrap.dedent(SUITE))
+    (suite / "test_with_faults.py").write_text(textwrap.dedent(FAULT_SUITE))
     return suite
 
 
@@ -143,7 +207,7 @@ def test_in_process_lab_on_sqlite(tmp_path: Path) -> None:
     suite, seen_file = write_suite(tmp_path), tmp_path / "seen.json"
     env = {"LAB_SEEN": str(seen_file), "EXPECT_MODE": "in-process", "EXPECT_DB": "sqlite+aiosqlite:///"}
     out = run_pytest(["-p", "xkslab.pytest_plugin", "--xkslab-in-process", "-q", str(suite)], tmp_path, env)
-    assert "4 passed" in out and "unclosed" not in out
+    assert "8 passed, 1 xfailed" in out and "unclosed" not in out
     seen = json.loads(seen_file.read_text())
     assert seen["service_pids"] == {"dsm": seen["pid"], "xks": seen["pid"], "kms": seen["pid"]}
     check_nothing_left(seen)
@@ -156,7 +220,7 @@ def test_lab_processes_on_a_fresh_postgres_database(tmp_path: Path) -> None:
     env = {"LAB_SEEN": str(seen_file), "EXPECT_MODE": "processes", "EXPECT_DB": "postgresql+asyncpg://"}
     args = ["-p", "xkslab.pytest_plugin", "--xkslab-database-url", server, "-q", str(suite)]
     out = run_pytest(args, tmp_path, env)
-    assert "4 passed" in out
+    assert "8 passed, 1 xfailed" in out
     seen = json.loads(seen_file.read_text())
     assert len({seen["pid"], *seen["service_pids"].values()}) == 4
     database = seen["database_url"].rsplit("/", 1)[1]
@@ -170,7 +234,7 @@ def test_example_project_on_two_workers_gets_two_labs(tmp_path: Path) -> None:
     records = tmp_path / "records"
     args = ["-n", "2", "examples/envelope-app/tests", "-p", "xkslab.pytest_plugin", "-q"]
     out = run_pytest(args, ROOT, {"ENVELOPE_APP_LAB_RECORDS": str(records)})
-    assert "6 passed" in out
+    assert "8 passed" in out
     labs = [json.loads(path.read_text()) for path in sorted(records.glob("lab-*.json"))]
     assert [lab["worker"] for lab in labs] == ["gw0", "gw1"]
     assert len({lab["kms_endpoint"] for lab in labs}) == 2 and len({lab["data_dir"] for lab in labs}) == 2

@@ -1,7 +1,8 @@
 """``xkslab faults ...``: break the running XKS proxy on purpose (README: Breaking things on purpose).
 
-The CLI talks to the proxy only over HTTP, on its admin endpoint: the proxy's URL comes from ``--url`` or
-the lab's ``<data-dir>/up.json``, the bearer token from ``xks.admin_token_file`` in the data directory.
+The CLI talks to the proxy only over HTTP, on its admin endpoint (the client in ``xkslab.lab.faults``,
+which the pytest plugin uses too): the proxy's URL comes from ``--url`` or the lab's
+``<data-dir>/up.json``, the bearer token from ``xks.admin_token_file`` in the data directory.
 Faults live in the proxy's memory: ``clear`` or a restart of the proxy removes them. A scenario file is
 handed to the proxy whole (each fault with its ``start_s``), so ``load`` returns at once and the schedule
 runs in the proxy, with no process of ours to keep alive in CI.
@@ -9,9 +10,6 @@ runs in the proxy, with no process of ours to keep alive in CI.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,9 @@ import click
 
 from xkslab.cli.common import emit, json_option, pass_settings
 from xkslab.lab.control import read_up_json
+from xkslab.lab.faults import FaultsClient, FaultsError
 from xkslab_shared.config import Settings
 from xkslab_shared.faults_wire import (
-    FAULTS_PATH,
     HEALTH_STATES,
     KINDS,
     OPERATIONS,
@@ -29,7 +27,6 @@ from xkslab_shared.faults_wire import (
     parse_fault,
     parse_scenario,
 )
-from xkslab_shared.proxy_link import read_token
 
 url_option = click.option(
     "--url", default=None, help="The XKS proxy's base URL (default: the lab's, from <data-dir>/up.json)."
@@ -51,29 +48,10 @@ def _call(settings: Settings, url: str | None, method: str, path: str = "", body
             raise click.ClickException(
                 f"no xkslab lab is ready on {settings.data_dir} (no up.json): start one, or give --url"
             )
-    token_file = settings.path(settings.xks.admin_token_file)
     try:
-        token = read_token(token_file)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot read the proxy's admin token ({token_file}): {exc}") from None
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(  # noqa: S310 (the lab's own URL, or the one given)
-        url.rstrip("/") + FAULTS_PATH + path,
-        data=data,
-        method=method,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            reason = json.loads(exc.read()).get("error", exc.reason)
-        except ValueError:
-            reason = exc.reason
-        raise click.ClickException(f"the proxy refused: HTTP {exc.code} {reason}") from None
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot reach the XKS proxy at {url}: {exc}") from None
+        return FaultsClient(url, settings.path(settings.xks.admin_token_file)).call(method, path, body)
+    except FaultsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _range_ms(value: str | None) -> tuple[int | None, int | None]:

@@ -4,12 +4,16 @@ does not import the three services."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from xkslab.lab.faults import FaultsClient
     from xkslab_shared.config import Settings
+    from xkslab_shared.faults_wire import Fault
 
 __all__ = ["FREE_PORTS", "START_TIMEOUT_S", "STOP_TIMEOUT_S", "LabInfo"]
 
@@ -85,6 +89,16 @@ class LabInfo:
         return str(self.data["xks"]["access_key_id"]), str(self.data["xks"]["secret_access_key"])
 
     @property
+    def xks_url(self) -> str:
+        """The proxy's plain HTTP listener (where its admin endpoint and ``/metrics`` are served too)."""
+        return str(self.data["xks"]["url"])
+
+    @property
+    def admin_token_file(self) -> Path:
+        """The bearer token file of the proxy's fault admin endpoint (``xks.admin_token_file``)."""
+        return self.settings.path(self.settings.xks.admin_token_file)
+
+    @property
     def ca_file(self) -> Path:
         """The local CA that signed the DSM's and the proxy's certificates."""
         return Path(self.data["ca_file"])
@@ -101,3 +115,26 @@ class LabInfo:
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         )
+
+    def faults_client(self) -> FaultsClient:
+        """A client for the proxy's fault admin endpoint: ``list_faults()``, ``add(...)``, ``clear(id)``."""
+        from xkslab.lab.faults import FaultsClient
+
+        return FaultsClient(self.xks_url, self.admin_token_file)
+
+    @contextlib.contextmanager
+    def fault(self, kind: str, **fields: Any) -> Iterator[str]:
+        """One fault on the proxy for the ``with`` block (fields as the admin API and scenario files name
+        them: ``error_name``, ``latency_ms``, ``operation``, ``kms_operation``, ``key_id``, ``count``...);
+        yields its id and clears exactly it on exit, however the block ends."""
+        with self.faults({"kind": kind, **fields}) as ids:
+            yield ids[0]
+
+    @contextlib.contextmanager
+    def faults(self, *specs: Fault | Mapping[str, Any]) -> Iterator[list[str]]:
+        """Several faults (a schedule, by their ``start_s``) for the ``with`` block; yields their ids and
+        clears exactly those on exit."""
+        from xkslab.lab.faults import applied
+
+        with applied(self.faults_client(), specs) as ids:
+            yield ids

@@ -43,3 +43,21 @@ def test_a_disabled_key_stops_decryption(xkslab_lab: Any, xkslab_kms_key: str) -
         envelope_app.decrypt(message, xkslab_kms_key, xkslab_lab.kms)
     xkslab_lab.kms.enable_key(KeyId=xkslab_kms_key)
     assert envelope_app.decrypt(message, xkslab_kms_key, xkslab_lab.kms) == b"until the key is disabled"
+
+
+def test_encryption_fails_while_the_key_manager_does(xkslab_lab: Any, xkslab_kms_key: str) -> None:
+    # For the block, the proxy answers KMS's GenerateDataKey as if the external key were gone.
+    with xkslab_lab.fault("error", error_name="KeyNotFoundException", kms_operation="GenerateDataKey"):
+        with pytest.raises(AWSEncryptionSDKClientError):
+            envelope_app.encrypt(b"not now", xkslab_kms_key, xkslab_lab.kms)
+    message = envelope_app.encrypt(b"now", xkslab_kms_key, xkslab_lab.kms)  # the fault is cleared
+    assert envelope_app.decrypt(message, xkslab_kms_key, xkslab_lab.kms) == b"now"
+
+
+def test_an_unreachable_key_manager_stops_decryption(
+    xkslab_lab: Any, xkslab_kms_key: str, xkslab_fault: Any
+) -> None:
+    message = envelope_app.encrypt(b"written before the outage", xkslab_kms_key, xkslab_lab.kms)
+    xkslab_fault("drop", operation="Decrypt")  # until the end of this test: the fixture clears it
+    with pytest.raises(AWSEncryptionSDKClientError):
+        envelope_app.decrypt(message, xkslab_kms_key, xkslab_lab.kms)
