@@ -5,15 +5,24 @@ compared in constant time. The XKS credential is no use here and the admin token
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from aiohttp import web
 
 from xks_frontend.faults import FaultBook
 from xkslab_shared import json_body
-from xkslab_shared.faults_wire import FAULTS_PATH, FaultSpecError, parse_faults
+from xkslab_shared.faults_wire import FAULTS_PATH, Fault, FaultSpecError, parse_faults
 
 
-def add_routes(app: web.Application, book: FaultBook, token: str) -> None:
+def add_routes(
+    app: web.Application,
+    book: FaultBook,
+    token: str,
+    *,
+    prepare: Callable[[list[Fault]], None] | None = None,
+) -> None:
+    """``prepare`` gets the faults of a POST before they are set (the TLS faults' certificates); a
+    ValueError from it refuses them with 400."""
     expected = f"Bearer {token}".encode()
 
     def authorized(request: web.Request) -> bool:
@@ -39,6 +48,8 @@ def add_routes(app: web.Application, book: FaultBook, token: str) -> None:
         raw = await request.read()  # bounded by the app's client_max_size
         try:
             faults = parse_faults(json_body.loads(raw))
+            if prepare is not None:
+                prepare(faults)
             ids = book.add(faults)
         except (ValueError, FaultSpecError) as exc:  # JSONDecodeError and a full book are ValueErrors too
             return reply({"error": str(exc)}, 400)

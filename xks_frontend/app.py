@@ -16,6 +16,7 @@ from xks_frontend.faults import FaultBook
 from xks_frontend.handlers import Edge, Handler, PrefixQuota, PrefixTable, dispatch
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile
+from xks_frontend.tls_faults import TlsFaults
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared import tls, xks_wire
 from xkslab_shared.config import Settings
@@ -24,6 +25,7 @@ from xkslab_shared.proxy_link import read_token
 from xkslab_shared.serve import HttpLimits, Listener
 
 EDGE_KEY: web.AppKey[Edge] = web.AppKey("xks_edge", Edge)
+TLS_FAULTS_KEY: web.AppKey[TlsFaults] = web.AppKey("xks_tls_faults", TlsFaults)
 _OPEN_PATHS = frozenset({"/ping", "/metrics", openapi_doc.OPENAPI_PATH})
 
 
@@ -71,6 +73,10 @@ def create_app(settings: Settings) -> web.Application:
         faults=FaultBook(metrics.registry),
     )
     app[EDGE_KEY] = edge
+    client_ca = settings.path(Path(xks.client_ca)) if mtls else None
+    tls_faults = TlsFaults(edge.faults, settings.path(xks.tls_cert), settings.path(xks.tls_key), client_ca)
+    app[TLS_FAULTS_KEY] = tls_faults
+    app.middlewares.append(tls_faults.middleware)
 
     async def dsm_client_ctx(app: web.Application) -> AsyncIterator[None]:
         await client.open()
@@ -94,7 +100,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics_route)
     app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
-    admin.add_routes(app, edge.faults, read_token(settings.path(xks.admin_token_file), create=True))
+    token = read_token(settings.path(xks.admin_token_file), create=True)
+    admin.add_routes(app, edge.faults, token, prepare=tls_faults.prepare)
     app.router.add_route("*", "/{tail:[\\s\\S]*}", xks_route)
     return app
 
@@ -107,11 +114,12 @@ def _refuse(message: str) -> web.Response:
 
 def listener(settings: Settings, app: web.Application | None = None) -> Listener:
     """The proxy on xks.host:xks.port, and on xks.https_port (mTLS when xks.client_ca is set) when its
-    certificate exists."""
+    certificate exists; the HTTPS listener's context is hooked for TLS faults (tls_faults.py)."""
     xks = settings.xks
+    app = app if app is not None else create_app(settings)
     return Listener(
         "XKS proxy",
-        app if app is not None else create_app(settings),
+        app,
         xks.host,
         xks.port,
         xks.https_port,
@@ -119,4 +127,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         settings.path(xks.tls_key),
         client_ca=settings.path(Path(xks.client_ca)) if xks.client_ca else None,
         limits=HttpLimits.of(settings),
+        tls_setup=tls_faults.install if (tls_faults := app.get(TLS_FAULTS_KEY)) is not None else None,
     )

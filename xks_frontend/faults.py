@@ -3,7 +3,8 @@ restart or a clear removes them), set over the token-protected admin endpoint (a
 
 The dispatcher asks the book for a :class:`Plan` once it knows a request's prefix, key, operation and
 kmsOperation, then applies it at three points: before the key manager is called (drop, latency, error,
-throttle), on the health answer (per-node states), and on the way out (malformed, truncated). Every
+throttle), on the health answer (per-node states), and on the way out (malformed, truncated). TLS faults
+act earlier, per handshake on the HTTPS listener (:meth:`FaultBook.handshake`, tls_faults.py). Every
 application is counted (``xks_proxy_faults_injected_total{kind}``) and logged.
 """
 
@@ -23,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from xks_frontend.errors import XksError
-from xkslab_shared.faults_wire import MAX_FAULTS, Fault
+from xkslab_shared.faults_wire import MAX_FAULTS, TLS_KINDS, Fault
 
 log = logging.getLogger("xks_frontend.faults")
 
@@ -149,7 +150,7 @@ class FaultBook:
         ending: Entry | None = None
         for entry in self._entries:
             if entry.state(now) != "active" or not _matches(entry.fault, facts):
-                continue
+                continue  # TLS faults never match a request: they act on handshakes
             kind = entry.fault.kind
             if kind == "latency" and latency is None:
                 latency = entry
@@ -169,6 +170,26 @@ class FaultBook:
                 plan.ending = entry
         self._forget_done()
         return plan if plan.applied else None
+
+    def handshake(self) -> str | None:
+        """The TLS fault kind a new handshake gets (the first active one set, counted), or None."""
+        if not self._entries:
+            return None
+        now = self._clock()
+        for entry in self._entries:
+            if entry.fault.kind not in TLS_KINDS or entry.state(now) != "active":
+                continue
+            if self._rng.random() >= entry.fault.probability:
+                return None
+            self._apply(entry, Facts("", None, "(TLS handshake)", None), None)
+            self._forget_done()
+            return entry.fault.kind
+        return None
+
+    def tls_active(self) -> bool:
+        """Whether a TLS fault is in force now (so connections made before it should not be kept)."""
+        now = self._clock()
+        return any(e.fault.kind in TLS_KINDS and e.state(now) == "active" for e in self._entries)
 
     def _apply(self, entry: Entry, facts: Facts, kms_request_id: str | None) -> None:
         entry.applied += 1
@@ -201,6 +222,8 @@ class FaultBook:
 
 
 def _matches(fault: Fault, facts: Facts) -> bool:
+    if fault.kind in TLS_KINDS:
+        return False
     if fault.kind == "health" and facts.operation != "GetHealthStatus":
         return False
     return (

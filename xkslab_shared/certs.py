@@ -115,18 +115,23 @@ def _leaf(
     common_name: str,
     usage: x509.ObjectIdentifier,
     san: list[x509.GeneralName] | None,
+    validity: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> tuple[Path, Path]:
     issuer, issuer_key = _load_ca(Path(ca_cert), Path(ca_key))
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
+    not_before, not_after = validity or (
+        now - dt.timedelta(minutes=5),
+        min(now + dt.timedelta(days=LEAF_DAYS), issuer.not_valid_after_utc),
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(issuer.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + dt.timedelta(days=LEAF_DAYS), issuer.not_valid_after_utc))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -177,6 +182,36 @@ def make_server_cert(
             san.append(entry)
     common_name = next((h.strip() for h in hosts if h.strip()), "localhost")
     return _leaf(directory, ca_cert, ca_key, name, common_name[:64], ExtendedKeyUsageOID.SERVER_AUTH, san)
+
+
+def make_faulty_server_cert(
+    directory: Path,
+    ca_cert: Path,
+    ca_key: Path,
+    name: str,
+    hosts: list[str],
+    validity: tuple[dt.datetime, dt.datetime] | None = None,
+) -> tuple[Path, Path]:
+    """``directory/<name>.crt`` and ``.key``: a server certificate from the CA that names exactly ``hosts``
+    (nothing added, unlike :func:`make_server_cert`), valid from ``validity[0]`` to ``validity[1]`` (by
+    default as long as any leaf). For the proxy's TLS faults: a certificate for another host, or one whose
+    notAfter has passed."""
+    san = [_general_name(host.strip()) for host in hosts if host.strip()]
+    if not san:
+        raise ValueError("a server certificate names at least one host")
+    common_name = hosts[0].strip()[:64]
+    usage = ExtendedKeyUsageOID.SERVER_AUTH
+    return _leaf(directory, ca_cert, ca_key, name, common_name, usage, san, validity)
+
+
+def server_names(cert: Path) -> list[str]:
+    """The DNS names and IP addresses a PEM certificate's subjectAltName lists, in order."""
+    loaded = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    try:
+        san = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
 
 
 def make_client_cert(

@@ -22,7 +22,10 @@ from typing import Any
 from xkslab_shared.xks_wire import ERROR_STATUS
 
 FAULTS_PATH = "/xkslab/v1/faults"
-KINDS = ("latency", "error", "throttle", "health", "malformed", "truncated", "drop")
+TLS_KINDS = ("tls_expired", "tls_wrong_host")
+#: The only name in the certificate a tls_wrong_host fault presents (.invalid never resolves, RFC 6761).
+WRONG_HOST = "wrong-host.invalid"
+KINDS = ("latency", "error", "throttle", "health", "malformed", "truncated", "drop", *TLS_KINDS)
 OPERATIONS = ("GetHealthStatus", "GetKeyMetadata", "Encrypt", "Decrypt")
 HEALTH_STATES = ("ACTIVE", "DEGRADED", "UNAVAILABLE")
 MAX_FLEET = 10
@@ -43,7 +46,10 @@ class Fault:
     - error: answer ``error_name`` with the spec's status for it; throttle: 429 ThrottlingException;
     - health: GetHealthStatus reports node i as ``health[i]`` (more states than nodes add nodes);
     - malformed: a 200 whose JSON is not the operation's answer; truncated: the real answer cut short
-      (Content-Length promises all of it); drop: the connection closes with no answer.
+      (Content-Length promises all of it); drop: the connection closes with no answer;
+    - tls_expired, tls_wrong_host: new TLS handshakes on the HTTPS listener get a certificate from the lab
+      CA that has expired, or that names another host (``wrong-host.invalid``). They act per handshake,
+      before any request is read, so they take no filters; ``count`` counts handshakes.
 
     Filters (all optional, all must match): ``uri_prefix`` (the path before /kms/xks/v1, exactly),
     ``key_id``, ``operation`` (XKS operation), ``kms_operation`` (requestMetadata). Scope: ``count``
@@ -79,6 +85,8 @@ class Fault:
             "error": f"{self.error_name} ({ERROR_STATUS.get(self.error_name or '', '?')})",
             "throttle": "ThrottlingException (429)",
             "health": ",".join(self.health),
+            "tls_expired": "new TLS handshakes get an expired certificate",
+            "tls_wrong_host": f"new TLS handshakes get a certificate for {WRONG_HOST}",
         }.get(self.kind, "")
         where = [
             f"{name}={value}"
@@ -102,6 +110,7 @@ class Fault:
         return " ".join(part for part in (self.kind, effect, " ".join(where), " ".join(scope)) if part)
 
 
+_FILTERS = ("uri_prefix", "key_id", "operation", "kms_operation")
 _FIELDS = {
     "kind",
     "latency_ms",
@@ -144,6 +153,8 @@ def parse_fault(data: Any) -> Fault:
     if kind == "health" and not 1 <= len(health) <= MAX_FLEET:
         raise FaultSpecError(f"a health fault names 1 to {MAX_FLEET} node states")
     operation = _str(data, "operation")
+    if kind in TLS_KINDS and any(data.get(name) is not None for name in _FILTERS):
+        raise FaultSpecError(f"a {kind} fault acts on the TLS handshake and takes no {', '.join(_FILTERS)}")
     if operation is not None and operation not in OPERATIONS:
         raise FaultSpecError(f"operation must be one of {', '.join(OPERATIONS)}")
     probability = _float(data, "probability", 0.0, 1.0, default=1.0)

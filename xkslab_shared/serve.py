@@ -61,13 +61,18 @@ class Listener:
     tls_key: Path | None = None
     client_ca: Path | None = None
     limits: HttpLimits = HttpLimits()
+    # Told about the HTTPS listener's server context once it is built (the proxy's TLS faults hook it).
+    tls_setup: Callable[[ssl.SSLContext], None] | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
         if self.https_port is None or self.tls_cert is None or self.tls_key is None:
             return None
         if not (self.tls_cert.is_file() and self.tls_key.is_file()):
             return None
-        return tls.server_context(self.tls_cert, self.tls_key, client_ca=self.client_ca)
+        context = tls.server_context(self.tls_cert, self.tls_key, client_ca=self.client_ca)
+        if self.tls_setup is not None:
+            self.tls_setup(context)
+        return context
 
 
 class HideMalformedRequests(logging.Filter):

@@ -235,7 +235,9 @@ def test_cli_set_list_clear(lab: LabInfo, kms: Any) -> None:
     assert bad.exit_code == 1 and "error_name" in bad.output
 
 
-@pytest.mark.parametrize("name", ["slow-key-manager", "flapping-health", "credential-rejected"])
+@pytest.mark.parametrize(
+    "name", ["slow-key-manager", "flapping-health", "credential-rejected", "bad-certificate"]
+)
 def test_each_scenario_parses_and_loads(lab: LabInfo, name: str) -> None:
     out = cli(lab, "load", str(SCENARIOS / f"{name}.toml"), "--json")
     ids = json.loads(out)["ids"]
@@ -252,3 +254,57 @@ def test_credential_rejected_scenario_fails_the_store(lab: LabInfo, kms: Any) ->
     assert seen["ConnectionErrorCode"] == "INVALID_CREDENTIALS"
     seen = reconnect(kms, lab.custom_key_store_id)
     assert (seen["ConnectionState"], seen["ConnectionErrorCode"]) == ("FAILED", "INVALID_CREDENTIALS")
+
+
+def tls_refused(lab: LabInfo, kms: Any) -> tuple[str, str]:
+    """Bounded: a connection KMS made before the fault carries one more request (answered with
+    Connection: close), so the first calls may still pass; then a new handshake meets the certificate."""
+    for _ in range(10):
+        try:
+            kms.encrypt(KeyId=lab.key_id, Plaintext=b"old connection")
+        except ClientError as exc:
+            error = exc.response["Error"]
+            return error["Code"], error["Message"]
+    raise AssertionError("no new TLS handshake met the faulty certificate")
+
+
+@pytest.mark.parametrize("kind", ["tls_expired", "tls_wrong_host"])
+def test_a_bad_certificate_is_a_tls_failure_until_cleared(lab: LabInfo, kms: Any, kind: str) -> None:
+    store_id = lab.custom_key_store_id
+    before = injected(lab, kind)
+    fault = inject(lab, kind=kind)
+    code, message = tls_refused(lab, kms)
+    assert code == "KMSInvalidStateException"
+    assert "TLS connection" in message or "not connected" in message  # the health check may fail it first
+    assert injected(lab, kind) > before
+    seen = until_failed(kms, store_id, encrypt(lab, kms))
+    assert seen["ConnectionErrorCode"] == "XKS_PROXY_INVALID_TLS_CONFIGURATION"
+    seen = reconnect(kms, store_id)  # ConnectCustomKeyStore's health call meets the certificate too
+    assert (seen["ConnectionState"], seen["ConnectionErrorCode"]) == (
+        "FAILED",
+        "XKS_PROXY_INVALID_TLS_CONFIGURATION",
+    )
+    assert [f["id"] for f in admin(lab, "GET")[1]["faults"]] == [fault]
+    assert admin(lab, "DELETE")[1] == {"cleared": 1}
+    assert reconnect(kms, store_id)["ConnectionState"] == "CONNECTED"
+    assert kms.encrypt(KeyId=lab.key_id, Plaintext=b"trusted again")["CiphertextBlob"]
+
+
+def test_tls_faults_take_no_filters_and_count_handshakes(lab: LabInfo, kms: Any) -> None:
+    status, answer = admin(lab, "POST", {"faults": [{"kind": "tls_expired", "operation": "Encrypt"}]})
+    assert status == 400 and "TLS handshake" in answer["error"]
+    args = ["--data-dir", str(lab.data_dir), "faults", "set", "tls_expired", "--key-id", "k"]
+    bad = CliRunner().invoke(main, args)
+    assert bad.exit_code == 1 and "TLS handshake" in bad.output
+    before = injected(lab, "tls_wrong_host")
+    assert "wrong-host.invalid" in cli(lab, "set", "tls_wrong_host", "--count", "1")
+    for _ in range(20):  # KMS's calls or its health checks make a new connection and use the handshake
+        if not admin(lab, "GET")[1]["faults"]:
+            break
+        try:
+            kms.encrypt(KeyId=lab.key_id, Plaintext=b"one bad handshake")
+        except ClientError:
+            pass
+    assert admin(lab, "GET")[1]["faults"] == []
+    assert injected(lab, "tls_wrong_host") == before + 1
+    assert reconnect(kms, lab.custom_key_store_id)["ConnectionState"] == "CONNECTED"

@@ -36,7 +36,8 @@ url_option = click.option(
 @click.group()
 def faults() -> None:
     """Inject faults into the running XKS proxy: latency, XKS errors, throttling, per-node health,
-    malformed or truncated answers, dropped connections. Faults live in the proxy's memory only."""
+    malformed or truncated answers, dropped connections, an expired or wrong-host TLS certificate. Faults
+    live in the proxy's memory only."""
 
 
 def _call(settings: Settings, url: str | None, method: str, path: str = "", body: Any = None) -> Any:
@@ -87,7 +88,8 @@ def _range_ms(value: str | None) -> tuple[int | None, int | None]:
 def faults_set(
     settings: Settings, kind: str, latency_ms: str | None, url: str | None, as_json: bool, **given: Any
 ) -> None:
-    """Add one fault of KIND (latency, error, throttle, health, malformed, truncated, drop)."""
+    """Add one fault of KIND (latency, error, throttle, health, malformed, truncated, drop, tls_expired,
+    tls_wrong_host). The TLS kinds act on new handshakes on the HTTPS listener and take no filters."""
     low, high = _range_ms(latency_ms)
     spec = {"kind": kind, "latency_ms": low, "latency_max_ms": high, **given}
     try:
