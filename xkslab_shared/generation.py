@@ -49,15 +49,25 @@ def bump() -> Update:
 
 
 class _InvalidatingSession(Session):
-    """A session whose every flush that wrote something raises the cache generation in the same
-    transaction, and whose commit then expires this process's generation: for services whose writes
-    are ORM flushes (the KMS emulator), so that no write path can forget to tell the caches."""
+    """A session whose every transaction that wrote something raises the cache generation just before
+    it commits, and whose commit then expires this process's generation: for services whose writes are
+    ORM flushes (the KMS emulator), so that no write path can forget to tell the caches. The counter's
+    row lock is taken at the last moment, not at the first flush: a transaction that flushed and then
+    awaited another session's write (or an HTTP call) would otherwise hold every writer of every
+    process behind it, and on PostgreSQL wait on itself for ever."""
 
 
 @event.listens_for(_InvalidatingSession, "after_flush")
-def _bump_after_flush(session: Session, _flush: UOWTransaction) -> None:
-    session.connection().execute(bump())
-    session.info["xkslab_bumped"] = True
+def _note_write(session: Session, _flush: UOWTransaction) -> None:
+    session.info["xkslab_wrote"] = True
+
+
+@event.listens_for(_InvalidatingSession, "before_commit")
+def _bump_before_commit(session: Session) -> None:
+    session.flush()  # what commit would flush next: it must be counted before the bump
+    if session.info.pop("xkslab_wrote", False):
+        session.connection().execute(bump())
+        session.info["xkslab_bumped"] = True
 
 
 @event.listens_for(_InvalidatingSession, "after_commit")
@@ -68,6 +78,7 @@ def _expire_after_commit(session: Session) -> None:
 
 @event.listens_for(_InvalidatingSession, "after_rollback")
 def _forget_after_rollback(session: Session) -> None:
+    session.info.pop("xkslab_wrote", None)
     session.info.pop("xkslab_bumped", None)
 
 
