@@ -5,6 +5,8 @@ An access key is an IAM-style pair: ``AKIA`` + 16 characters of A-Z2-7, and a 40
 secret is shown once, at creation; the table keeps it sealed under the KMS sealing key with AAD (access
 key id, purpose), never in the clear. Writes go through the invalidating sessions, so every process's
 cache of the keys is dropped within the cache poll interval (at once in the writing process).
+``open_tables`` is the entry point for code outside the KMS process (``xkslab kms access-key`` and
+``xkslab up``, which makes the lab's own key with ``kms.verify_sigv4`` on).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import base64
 import os
 import re
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kms_emulator.models import KmsAccessKey
 from kms_emulator.sealing import ACCESS_KEY_SECRET, KmsSealer
+from xkslab_shared import db
+from xkslab_shared.config import Settings
+from xkslab_shared.generation import invalidating_sessions
 
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 # IAM's user name rule: 1-64 of letters, digits and + = , . @ _ -
@@ -67,6 +74,23 @@ def new_access_key_id() -> str:
 
 def new_secret() -> str:
     return base64.b64encode(os.urandom(30)).decode()  # 40 characters of A-Z a-z 0-9 + /, as AWS's
+
+
+@asynccontextmanager
+async def open_tables(
+    settings: Settings,
+) -> AsyncIterator[tuple[async_sessionmaker[AsyncSession], KmsSealer]]:
+    """The KMS tables of a data directory through the invalidating sessions (so a running KMS drops its
+    cached keys at once, and other KMS processes within the cache poll interval), and the KMS sealer."""
+    database = settings.database
+    engine = db.create_engine(settings.database_url, busy_timeout_ms=database.busy_timeout_ms, pool_size=1)
+    try:
+        await db.check_schema(engine)
+        sealer = KmsSealer.open(settings.path(settings.kms.seal_key_file))
+        sessions, _generation = invalidating_sessions(engine, database.cache_poll_ms / 1000)
+        yield sessions, sealer
+    finally:
+        await engine.dispose()
 
 
 def _row(key: KmsAccessKey) -> AccessKey:

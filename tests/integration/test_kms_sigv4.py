@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,8 +22,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.integration.test_kms_api import connected_store_and_key, lab
+from tests.integration.test_up import kms_client, start_up, stop, wait_for_settings
 from tests.kms_harness import REGION, KmsEnv, aws, code, run_aws, start_kms, stop_kms
 from tests.xks_harness import XksEnv, xks_template
+from xkslab.lab.inprocess import lab_in_thread
 
 __all__ = ["lab", "xks_template"]  # fixtures used by name
 
@@ -225,23 +228,85 @@ async def test_the_xks_proxy_sees_the_access_keys_user(lab: tuple[XksEnv, KmsEnv
         await stop_kms(verifying)
 
 
-def test_the_lab_refuses_the_setting_plainly(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xkslab",
-            "--data-dir",
-            str(tmp_path / "lab"),
-            "up",
-            "--set",
-            "kms.verify_sigv4=true",
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        cwd=REPO,
-        timeout=120,
-    )
-    assert proc.returncode == 1 and "kms.verify_sigv4 is not supported by the lab" in proc.stderr
-    assert "Traceback" not in proc.stderr
+def secret_in(path: Path, secret: str) -> bool:
+    return secret.encode() in path.read_bytes()
+
+
+def test_up_makes_uses_and_renews_its_own_access_key(tmp_path: Path) -> None:
+    """`xkslab up` with the check on: an access key of its own (0600 file, in up.json's aws_env), which
+    `xkslab demo` and boto3 use; other pairs are refused; a restart after the key was deleted makes a new
+    one (the in-process lab, which shares the start-up)."""
+    data_dir, log = tmp_path / "lab", tmp_path / "up.log"
+    proc = start_up(data_dir, log, extra=["--set", "kms.verify_sigv4=true"])
+    try:
+        data = wait_for_settings(proc, data_dir / "up.json", log)
+        env = data["aws_env"]
+        saved_file = data_dir / "kms-access-key.json"
+        assert stat.S_IMODE(saved_file.stat().st_mode) == 0o600
+        saved = json.loads(saved_file.read_text())
+        assert saved == {
+            "user_name": "xkslab-lab",
+            "access_key_id": env["AWS_ACCESS_KEY_ID"],
+            "secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        }
+        assert (
+            env["AWS_ACCESS_KEY_ID"].startswith("AKIA") and env["AWS_ACCESS_KEY_ID"] != "AKIAXKSLABEXAMPLE000"
+        )
+        listed = json.loads(xkslab(data_dir, "kms", "access-key", "list", "--json").stdout)
+        assert [(k["access_key_id"], k["user_name"]) for k in listed] == [
+            (env["AWS_ACCESS_KEY_ID"], "xkslab-lab")
+        ]
+
+        demo = subprocess.run(
+            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), "demo", "--json"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+        assert demo.returncode == 0, demo.stderr
+        kms = kms_client(data)
+        blob = kms.encrypt(KeyId=data["kms"]["alias"], Plaintext=b"signed")["CiphertextBlob"]
+        assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"signed"
+        kms.close()
+
+        def refusal(akid: str, secret: str) -> str:
+            other = boto3.client(
+                "kms",
+                endpoint_url=env["AWS_ENDPOINT_URL_KMS"],
+                region_name=env["AWS_DEFAULT_REGION"],
+                aws_access_key_id=akid,
+                aws_secret_access_key=secret,
+            )
+            try:
+                other.list_keys()
+            except ClientError as exc:
+                return code(exc)
+            finally:
+                other.close()
+            raise AssertionError("list_keys was not refused")
+
+        assert refusal(env["AWS_ACCESS_KEY_ID"], "x" * 40) == "InvalidSignatureException"
+        assert (
+            refusal("AKIAXKSLABEXAMPLE000", "xkslab-local-secret-not-checked")
+            == "UnrecognizedClientException"
+        )
+    finally:
+        assert stop(proc) == 0
+    # Once stopped (up.json gone), the secret is in the data directory only in its 0600 file: not in the
+    # services' logs, nor in the clear in the database.
+    holders = [
+        p.name for p in data_dir.rglob("*") if p.is_file() and secret_in(p, env["AWS_SECRET_ACCESS_KEY"])
+    ]
+    assert holders == ["kms-access-key.json"]
+
+    xkslab(data_dir, "kms", "access-key", "delete", env["AWS_ACCESS_KEY_ID"])
+    with lab_in_thread(data_dir, {"kms.verify_sigv4": "true"}) as info:
+        renewed = info.data["aws_env"]
+        assert renewed["AWS_ACCESS_KEY_ID"] != env["AWS_ACCESS_KEY_ID"]
+        assert json.loads(saved_file.read_text())["access_key_id"] == renewed["AWS_ACCESS_KEY_ID"]
+        client_ = info.kms_client()
+        try:
+            assert client_.describe_key(KeyId=data["kms"]["alias"])["KeyMetadata"]["Enabled"]
+        finally:
+            client_.close()

@@ -3,8 +3,7 @@ access keys its optional SigV4 check (``kms.verify_sigv4``) accepts."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,9 +14,7 @@ from kms_emulator import access_keys
 from kms_emulator.app import listener
 from kms_emulator.sealing import KmsSealer, SealError
 from xkslab.cli.common import emit, json_option, pass_settings, ready_file_option, run
-from xkslab_shared import db
 from xkslab_shared.config import Settings
-from xkslab_shared.generation import invalidating_sessions
 from xkslab_shared.serve import serve
 
 T = TypeVar("T")
@@ -38,23 +35,9 @@ def kms_serve(settings: Settings, ready_file: Path | None) -> None:
     run(serve([listener(settings)], click.echo, ready_file), server=True)
 
 
-@asynccontextmanager
-async def _kms_tables(settings: Settings) -> AsyncIterator[tuple[Sessions, KmsSealer]]:
-    """The KMS tables through the invalidating sessions (a running KMS drops its cached keys at once)."""
-    database = settings.database
-    engine = db.create_engine(settings.database_url, busy_timeout_ms=database.busy_timeout_ms, pool_size=1)
-    try:
-        await db.check_schema(engine)
-        sealer = KmsSealer.open(settings.path(settings.kms.seal_key_file))
-        sessions, _generation = invalidating_sessions(engine, database.cache_poll_ms / 1000)
-        yield sessions, sealer
-    finally:
-        await engine.dispose()
-
-
 def _run_on_tables(settings: Settings, fn: Callable[[Sessions, KmsSealer], Awaitable[T]]) -> T:
     async def main() -> T:
-        async with _kms_tables(settings) as (sessions, sealer):
+        async with access_keys.open_tables(settings) as (sessions, sealer):
             return await fn(sessions, sealer)
 
     try:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from sqlalchemy import select
 
 from dsm_emulator.authz import system_principal
@@ -25,7 +29,9 @@ CLIENT_APP = "xkslab-client"
 ROOT_KEK = "xkslab-root-kek-1"
 KEY_STORE = "xkslab-external-key-store"
 ALIAS = "alias/xkslab-demo"
-# The KMS emulator does not check its callers' signatures; any well-formed pair works.
+# With kms.verify_sigv4 off (the default) the KMS emulator does not check its callers' signatures; any
+# well-formed pair works, and the lab uses this one. With it on, the lab makes an access key of its own
+# (xkslab.lab.credentials).
 AWS_ACCESS_KEY_ID = "AKIAXKSLABEXAMPLE000"
 AWS_SECRET_ACCESS_KEY = "xkslab-local-secret-not-checked"
 
@@ -34,26 +40,53 @@ class LabError(RuntimeError):
     """A start-up step failed; the message says which (the CLI prints it without a traceback)."""
 
 
+@dataclass(frozen=True)
+class AwsCredentials:
+    """The pair the lab calls the KMS with and puts in ``aws_env``; ``signed``: a real access key of the
+    KMS (kms.verify_sigv4 on), so the bootstrap's requests carry a real SigV4 signature."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    signed: bool = False
+
+
+FIXED_CREDENTIALS = AwsCredentials(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
+
+
 class KmsCaller:
     """AWS JSON 1.1 over aiohttp: enough of a KMS client for bootstrapping and health checks."""
 
-    def __init__(self, session: aiohttp.ClientSession, endpoint: str, region: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        endpoint: str,
+        region: str,
+        credentials: AwsCredentials = FIXED_CREDENTIALS,
+    ) -> None:
         self._session = session
         self._endpoint = endpoint
         self._region = region
+        self._credentials = credentials
 
-    async def __call__(self, operation: str, **params: Any) -> dict[str, Any]:
+    def _headers(self, operation: str, body: bytes) -> dict[str, str]:
         headers = {
             "Content-Type": "application/x-amz-json-1.1",
             "X-Amz-Target": f"TrentService.{operation}",
-            "Authorization": (
-                f"AWS4-HMAC-SHA256 Credential={AWS_ACCESS_KEY_ID}/20260101/{self._region}/kms/aws4_request, "
-                "SignedHeaders=host, Signature=0"
-            ),
         }
-        async with self._session.post(
-            self._endpoint + "/", data=json.dumps(params), headers=headers
-        ) as response:
+        creds = self._credentials
+        if not creds.signed:  # a well-formed header the unchecking KMS reads the access key id from
+            scope = f"{creds.access_key_id}/20260101/{self._region}/kms/aws4_request"
+            headers["Authorization"] = f"AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host, Signature=0"
+            return headers
+        request = AWSRequest(method="POST", url=self._endpoint + "/", data=body, headers=headers)
+        pair = Credentials(creds.access_key_id, creds.secret_access_key)
+        SigV4Auth(pair, "kms", self._region).add_auth(request)
+        return dict(request.headers.items())
+
+    async def __call__(self, operation: str, **params: Any) -> dict[str, Any]:
+        body = json.dumps(params).encode()
+        headers = self._headers(operation, body)
+        async with self._session.post(self._endpoint + "/", data=body, headers=headers) as response:
             data = await response.json(content_type=None)
             if response.status != 200:
                 raise LabError(f"KMS {operation}: {data.get('__type')}: {data.get('message')}")
@@ -127,9 +160,11 @@ async def bootstrap_kms(
 ) -> dict[str, Any]:
     """The KMS half, through the running KMS emulator's API: the external key store pointing at the proxy
     (its endpoint brought up to date when the proxy's port changed since the last start), connected, and
-    the XKS-backed KMS key with its alias."""
+    the XKS-backed KMS key with its alias. Called with ``dsm["aws_credentials"]`` (what ``initialize``
+    found or made), the fixed pair when absent."""
     async with aiohttp.ClientSession() as session:
-        kms = KmsCaller(session, kms_url, settings.kms.region)
+        credentials = dsm.get("aws_credentials", FIXED_CREDENTIALS)
+        kms = KmsCaller(session, kms_url, settings.kms.region, credentials)
         all_stores = (await kms("DescribeCustomKeyStores")).get("CustomKeyStores", [])
         stores = [store for store in all_stores if store["CustomKeyStoreName"] == KEY_STORE]
         if stores:

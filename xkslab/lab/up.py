@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from xkslab.lab.bootstrap import (
-    AWS_ACCESS_KEY_ID,
-    AWS_SECRET_ACCESS_KEY,
+    FIXED_CREDENTIALS,
+    AwsCredentials,
     LabError,
     bootstrap_dsm,
     bootstrap_kms,
     set_admin_password,
 )
+from xkslab.lab.credentials import lab_credentials
 from xkslab.lab.datadir import init_data_dir, write_config_if_missing
 from xkslab.lab.envfmt import format_env
 from xkslab.lab.supervisor import Supervisor, hold_data_dir
@@ -59,6 +60,7 @@ def lab_settings(
 ) -> dict[str, Any]:
     region = settings.kms.region
     kms_url = urls["kms"][0]
+    credentials: AwsCredentials = facts.get("aws_credentials", FIXED_CREDENTIALS)
     return {
         "dsm": {
             "url": urls["dsm"][0],
@@ -88,8 +90,8 @@ def lab_settings(
         "ca_file": facts["ca_file"],
         "aws_env": {
             "AWS_ENDPOINT_URL_KMS": kms_url,
-            "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": AWS_SECRET_ACCESS_KEY,
+            "AWS_ACCESS_KEY_ID": credentials.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
             "AWS_DEFAULT_REGION": region,
         },
     }
@@ -170,14 +172,10 @@ async def initialize(
     settings: Settings, admin_password: str | None, known: str | None
 ) -> tuple[str, str | None, dict[str, Any]]:
     """Everything before the services start, shared by ``up`` and the in-process lab: config file,
-    certificates, ``init``, the admin password, the key manager's objects. Returns the CA file, the admin
-    password (None when unknown) and the key manager's facts."""
-    if settings.kms.verify_sigv4:  # said before anything starts, not as a bootstrap call refused later
-        raise LabError(
-            "kms.verify_sigv4 is not supported by the lab (its bootstrap and aws_env use fixed "
-            "credentials): run `xkslab kms serve --set kms.verify_sigv4=true` beside it, with "
-            "`xkslab kms access-key create`"
-        )
+    certificates, ``init``, the admin password, the key manager's objects, the lab's AWS credentials (an
+    access key of its own with kms.verify_sigv4 on, made here, before the KMS starts and caches the
+    access keys). Returns the CA file, the admin password (None when unknown) and the key manager's facts
+    with ``aws_credentials`` (for bootstrap_kms and lab_settings)."""
     ca_file = await asyncio.to_thread(prepare, settings)
     password = admin_password or known or secrets.token_urlsafe(18)
     init = await init_data_dir(settings, "xkslab", ADMIN_EMAIL, password)
@@ -190,7 +188,9 @@ async def initialize(
         await asyncio.to_thread(save_password, settings, admin_password)
     elif known is None:
         password = None  # initialised by `xkslab init`: its password was printed then, not known here
-    return ca_file, password, await bootstrap_dsm(settings)
+    facts = await bootstrap_dsm(settings)
+    facts["aws_credentials"] = await lab_credentials(settings)
+    return ca_file, password, facts
 
 
 async def run_up(
