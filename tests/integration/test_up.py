@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ def test_up_demo_sigint_and_restart(lab_dir: Path, tmp_path: Path) -> None:
         # Each service runs in its own process, under up.
         assert sorted(data["service_pids"]) == ["dsm", "kms", "xks"]
         assert len({data["pid"], *data["service_pids"].values()}) == 4
+        assert datetime.fromisoformat(data["ready"]).tzinfo is not None  # when the lab became ready
         assert data["xks"]["uri_path"] == f"/crypto/v1/apps/{data['xks']['app_id']}/aws/kms/xks/v1"
         assert data["dsm"]["admin_password"] and data["dsm"]["api_key"]
         printed = log.read_text()

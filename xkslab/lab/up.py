@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,7 @@ async def _run_up(
         kms_facts = await bootstrap_kms(settings, dsm_facts, urls["kms"][0], xks_https)
         data = lab_settings(settings, urls, {**dsm_facts, **kms_facts, "ca_file": ca_file}, password)
         data["pid"] = os.getpid()
+        data["ready"] = datetime.now(UTC).isoformat(timespec="seconds")  # when every service answered
         data["service_pids"] = services.pids
         path = up_file(settings)
         await asyncio.to_thread(write_up_file, path, data)
