@@ -7,25 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from tests.net import refused
 from xkslab.lab.bootstrap import LabError
 from xkslab.lab.inprocess import lab_in_thread, run_lab
 from xkslab_shared.config import ConfigError
-
-
-def refused(url: str) -> bool:
-    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 async def test_run_lab_on_the_running_loop_then_restart_in_a_thread(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import PG_ADMIN_DSN, pg_url
+from tests.net import refused as port_refused
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,19 +170,10 @@ def gone(pid: int) -> bool:
         return True
 
 
-def refused(url: str) -> bool:
-    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
 def check_nothing_left(seen: dict[str, Any]) -> None:
     assert not (Path(seen["data_dir"]) / "up.json").exists()
     for url in (seen["dsm"]["url"], seen["xks"]["url"], seen["kms"]["endpoint_url"]):
-        assert refused(url), url
+        assert port_refused(url), url
     if seen["pid"] != os.getpid():
         assert all(gone(pid) for pid in (seen["pid"], *seen["service_pids"].values()))
 
@@ -239,7 +230,7 @@ def test_example_project_on_two_workers_gets_two_labs(tmp_path: Path) -> None:
     assert [lab["worker"] for lab in labs] == ["gw0", "gw1"]
     assert len({lab["kms_endpoint"] for lab in labs}) == 2 and len({lab["data_dir"] for lab in labs}) == 2
     assert all(gone(pid) for lab in labs for pid in lab["pids"])
-    assert all(refused(lab["kms_endpoint"]) for lab in labs)
+    assert all(port_refused(lab["kms_endpoint"]) for lab in labs)
 
 
 def test_the_entry_point_and_an_explicit_name_load_the_plugin_once(tmp_path: Path) -> None:
