@@ -91,6 +91,17 @@ def test_up_demo_sigint_and_restart(lab_dir: Path, tmp_path: Path) -> None:
         assert sorted(data["service_pids"]) == ["dsm", "kms", "xks"]
         assert len({data["pid"], *data["service_pids"].values()}) == 4
         assert datetime.fromisoformat(data["ready"]).tzinfo is not None  # when the lab became ready
+        # A second key manager on this (SQLite) data directory is refused, naming the one that serves it.
+        free = ["--set", "dsm.port=0", "--set", "dsm.https_port=0"]
+        second = subprocess.run(
+            [sys.executable, "-m", "xkslab", "--data-dir", str(lab_dir), *free, "dsm", "serve"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+        assert f"pid {data['service_pids']['dsm']}" in second.stderr
         assert data["xks"]["uri_path"] == f"/crypto/v1/apps/{data['xks']['app_id']}/aws/kms/xks/v1"
         assert data["dsm"]["admin_password"] and data["dsm"]["api_key"]
         printed = log.read_text()

@@ -11,6 +11,7 @@ import click
 from dsm_emulator.xks import canonical_prefix
 from xks_frontend.app import listener
 from xkslab.cli.common import emit, json_option, pass_settings, ready_file_option, run, with_core
+from xkslab.lab.supervisor import hold_service
 from xkslab_shared.config import Settings
 from xkslab_shared.serve import serve
 
@@ -26,7 +27,8 @@ def xks() -> None:
 def xks_serve(settings: Settings, ready_file: Path | None) -> None:
     """Serve the XKS proxy on xks.host:xks.port (HTTP), and on xks.https_port too when xks.tls_cert and
     xks.tls_key exist (mTLS when xks.client_ca is set); the DSM must be running (xks.dsm_urls)."""
-    run(serve([listener(settings)], click.echo, ready_file), server=True)
+    with hold_service(settings.data_dir, "xks", embedded=settings.database_url.startswith("sqlite")):
+        run(serve([listener(settings)], click.echo, ready_file), server=True)
 
 
 @xks.group("alias")

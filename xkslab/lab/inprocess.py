@@ -25,7 +25,7 @@ from kms_emulator.app import listener as kms_listener
 from xks_frontend.app import listener as xks_listener
 from xkslab.lab.bootstrap import LabError, bootstrap_kms
 from xkslab.lab.info import FREE_PORTS, START_TIMEOUT_S, STOP_TIMEOUT_S, LabInfo
-from xkslab.lab.supervisor import hold_data_dir
+from xkslab.lab.supervisor import hold_data_dir, hold_service
 from xkslab.lab.up import initialize, lab_settings, read_password, up_file, write_up_file
 from xkslab_shared.config import load_settings
 from xkslab_shared.serve import start
@@ -53,6 +53,9 @@ async def run_lab(
         try:
             ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
             async with contextlib.AsyncExitStack() as stack:
+                embedded = settings.database_url.startswith("sqlite")
+                for service in ("dsm", "xks", "kms"):  # as `up`'s service processes hold them
+                    stack.enter_context(hold_service(settings.data_dir, service, embedded=embedded))
                 urls = {"dsm": await start(stack, dsm_listener(settings), log.info)}
                 # As `up` does: the proxy talks to this lab's key manager, on whatever port it got.
                 to_dsm = replace(settings, xks=replace(settings.xks, dsm_urls=urls["dsm"][0]))

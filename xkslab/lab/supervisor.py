@@ -28,26 +28,56 @@ LOCK_FILE = "up.lock"
 
 
 @contextlib.contextmanager
-def hold_data_dir(data_dir: Path) -> Iterator[None]:
-    """An exclusive lock on the data directory for as long as this lab runs; the kernel drops it when the
-    process dies, so a crashed lab never leaves the directory locked."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / LOCK_FILE
+def _hold_lock(path: Path, refusal: Callable[[str], str]) -> Iterator[None]:
+    """An exclusive flock on ``path`` for as long as the block runs, with this process's pid in the file;
+    the kernel drops it when the process dies, so a crash never leaves it held. LabError(refusal(pid of
+    the holder)) when another process holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise LabError(
-                f"another xkslab up (pid {holder}) is using {data_dir}: stop it, or give this one "
-                "another --data-dir"
-            ) from None
+            raise LabError(refusal(holder)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_data_dir(data_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the data directory for as long as this lab runs."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with _hold_lock(
+        data_dir / LOCK_FILE,
+        lambda pid: (
+            f"another xkslab up (pid {pid}) is using {data_dir}: stop it, or give this one another --data-dir"
+        ),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def hold_service(data_dir: Path, service: str, *, embedded: bool) -> Iterator[None]:
+    """One process per service on an embedded (SQLite) data directory: a second ``xkslab <service>
+    serve`` on it, beside ``up`` or another serve, is refused naming the pid that serves it. Different
+    services may still run from one data directory in separate terminals; with PostgreSQL (``embedded``
+    false) replicas may share a data directory, so nothing is held."""
+    if not embedded:
+        yield
+        return
+    run_dir = data_dir / "run"
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _hold_lock(
+        run_dir / f"{service}.lock",
+        lambda pid: (
+            f"the {service} service of {data_dir} is already running (pid {pid}): stop it, or give "
+            "this one another --data-dir"
+        ),
+    ):
+        yield
 
 
 class Supervisor:
