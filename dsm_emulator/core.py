@@ -104,7 +104,11 @@ class DsmCore:
                 await writer_engine.dispose()
             raise
         keys = KeyService(sessions, keyring, audit, max_age_s=db.cache_max_age_s, generation=generation)
-        limiter = LoginLimiter(settings.dsm.login_max_failures, settings.dsm.login_window_s)
+        limiter = LoginLimiter(
+            settings.dsm.login_max_failures,
+            settings.dsm.login_window_s,
+            max_failures_per_source=settings.dsm.login_max_failures_per_source,
+        )
         admin = AdminService(sessions, keyring, audit, limiter)
         xks = XksService(
             sessions,

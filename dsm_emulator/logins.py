@@ -10,7 +10,12 @@ fixed windows of ``window_s``:
   counted and reported as one summary row when the window ends (:meth:`LoginLimiter.due`);
 * one source may have at most ``max_audited_per_source`` failures audited one by one per window, so a
   spray of made-up identities from one address does not write a row each: the rest are counted on a
-  per-source summary (identity ``*``).
+  per-source summary (identity ``*``);
+* one source may fail at most ``max_failures_per_source`` times per window over all identities; past
+  that, every login from it is refused with 429 until its window ends. The per-identity limit alone lets
+  a spray of made-up identities (or emails, each costing a password hash) run every check once per
+  identity, and a thousand a second of those took the XKS path down where wrong secrets for one app did
+  not (scripts/login_flood.py).
 
 Memory is bounded: at most ``max_entries`` entries, the least recently used evicted first (its counts are
 folded into its source's summary, so nothing is lost from the audit). A success clears its entry (and
@@ -44,6 +49,13 @@ class _Entry:
     pooled: bool = False
 
 
+@dataclass
+class _Source:
+    window_start: float
+    audited: int = 0  # failures audited one by one in this window
+    failures: int = 0  # failures (401s) in this window, over all identities
+
+
 @dataclass(frozen=True)
 class Summary:
     """What one summary audit row says: ``count`` further failed logins of ``identity`` (``*``: several
@@ -68,15 +80,17 @@ class LoginLimiter:
         *,
         max_entries: int = 10_000,
         max_audited_per_source: int = 20,
+        max_failures_per_source: int = 50,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
         self.max_entries = max_entries
         self.max_audited_per_source = max_audited_per_source
+        self.max_failures_per_source = max_failures_per_source
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-        self._audited: dict[str, tuple[float, int]] = {}  # source -> (window start, rows written)
+        self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._pending: list[Summary] = []
 
     def __len__(self) -> int:
@@ -100,8 +114,13 @@ class LoginLimiter:
         return entry
 
     def allow(self, kind: str, identity: str, source: str) -> bool:
-        """False (and counted) when this identity and source are over the limit: answer 429 without
-        looking anything up."""
+        """False (and counted) when this identity and source, or this source over all identities, are
+        over the limit: answer 429 without looking anything up."""
+        if self._source_blocked(source):
+            catch_all = self._entries.get((ANY_IDENTITY, source)) or self._new_catch_all(kind, source)
+            catch_all.suppressed += 1
+            catch_all.refused += 1
+            return False
         entry = self._entries.get((identity, source))
         if entry is None or entry.failures < self.max_failures:
             return True
@@ -113,8 +132,13 @@ class LoginLimiter:
 
     def retry_after(self, identity: str, source: str) -> int:
         """Whole seconds until this identity and source may try again (at least 1)."""
+        now = self._clock()
+        left = 0.0
         entry = self._entries.get((identity, source))
-        left = self.window_s - (self._clock() - entry.window_start) if entry is not None else 0.0
+        if entry is not None and entry.failures >= self.max_failures:
+            left = self.window_s - (now - entry.window_start)
+        if self._source_blocked(source):
+            left = max(left, self.window_s - (now - self._sources[source].window_start))
         return max(1, int(left + 0.999))
 
     def failed(
@@ -125,8 +149,9 @@ class LoginLimiter:
         entry = self._entry(kind, identity, source)
         entry.label, entry.actor_id = label, actor_id
         entry.failures += 1
+        self._source(source).failures += 1
         if entry.failures == 1:
-            if self._take_audit_slot(source, entry.window_start):
+            if self._take_audit_slot(source):
                 return True
             entry.pooled = True
         self._suppress(entry, source, refused=False)
@@ -145,9 +170,9 @@ class LoginLimiter:
             if everything or now - entry.window_start >= self.window_s:
                 del self._entries[key]
                 self._close(key, entry)
-        for source, (start, _) in list(self._audited.items()):
-            if now - start >= self.window_s:
-                del self._audited[source]
+        for source, window in list(self._sources.items()):
+            if now - window.window_start >= self.window_s:
+                del self._sources[source]
         summaries, self._pending = self._pending, []
         return summaries
 
@@ -165,14 +190,31 @@ class LoginLimiter:
         self._entries[(ANY_IDENTITY, source)] = entry
         return entry
 
-    def _take_audit_slot(self, source: str, now: float) -> bool:
-        start, used = self._audited.get(source, (now, 0))
-        if now - start >= self.window_s:
-            start, used = now, 0
-        if used >= self.max_audited_per_source:
-            self._audited[source] = (start, used)
+    def _source(self, source: str) -> _Source:
+        """This source's current window (a new one when the last has ended)."""
+        now = self._clock()
+        window = self._sources.get(source)
+        if window is None or now - window.window_start >= self.window_s:
+            window = self._sources[source] = _Source(now)
+            while len(self._sources) > self.max_entries:
+                self._sources.popitem(last=False)
+        self._sources.move_to_end(source)
+        return window
+
+    def _source_blocked(self, source: str) -> bool:
+        window = self._sources.get(source)
+        return (
+            window is not None
+            and self.max_failures_per_source > 0
+            and window.failures >= self.max_failures_per_source
+            and self._clock() - window.window_start < self.window_s
+        )
+
+    def _take_audit_slot(self, source: str) -> bool:
+        window = self._source(source)
+        if window.audited >= self.max_audited_per_source:
             return False
-        self._audited[source] = (start, used + 1)
+        window.audited += 1
         return True
 
     def _close(self, key: tuple[str, str], entry: _Entry) -> None:

@@ -1,106 +1,97 @@
 #!/usr/bin/env python
 """Measure what a flood of wrong logins does to the XKS path (issue 11 #6), by hand, not in CI.
 
-Starts ``xkslab up`` in a temporary data directory, runs wrk's XKS Encrypt scenario alone, then again
-beside a second process sending wrong ``Basic`` logins to the DSM at ``--rate`` per second, and prints
-both runs and the ratio. Usage: ``PYTHONPATH=. python scripts/login_flood.py [--duration 10] [--rate 1000]``.
+For each kind of flood (xkslab.bench.flood.KINDS: wrong API keys for one app, wrong passwords for the
+administrator, made-up app ids, made-up emails), in a fresh ``xkslab up`` each so that no kind meets the
+limits another one tripped: wrk's XKS Encrypt scenario alone, then again beside wrk sending wrong
+``Basic`` logins to the DSM at ``--rate`` per second, and the ratio of the two. Prints a table and, with
+``--json``, the figures. Usage::
+
+    PYTHONPATH=. python scripts/login_flood.py [--duration 10] [--rate 1000] [--kinds wrong-key,...]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import json
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from xkslab.bench import pools, wrk
+from xkslab.bench import flood, pools, wrk
 from xkslab.bench.lab import Lab
 
+LEAD_S = 1.0  # the flood runs this long before the XKS load starts beside it
 
-async def flood(
-    dsm_url: str, app_id: str, rate: float, duration_s: float, clients: int = 16
-) -> dict[str, object]:
-    """Wrong API keys for ``app_id`` at ``rate`` per second from ``clients`` concurrent connections."""
-    import aiohttp
 
-    statuses: Counter[int] = Counter()
-    start = time.monotonic()
-    sent = 0
+def measure(
+    kind: str, rate: float, settings: wrk.WrkSettings, workdir: Path, warmup_s: float
+) -> dict[str, Any]:
+    with Lab(workdir / "data", workdir / "up.log") as lab:
+        info = lab.info
+        pool = pools.xks_encrypt(info, 64)
+        url = info["xks"]["url"]
+        identity = (
+            flood.app_id_of(info["dsm"]["api_key"]) if kind == "wrong-key" else info["dsm"]["admin_email"]
+        )
+        wrk.run(url, pool, wrk.WrkSettings(duration_s=warmup_s, connections=settings.connections))
+        alone = wrk.run(url, pool, settings)
+        before = flood.login_statuses(info["dsm"]["url"])
+        flooder = flood.FloodProcess(
+            info["dsm"]["url"], flood.Flood(kind, identity, rate, settings.duration_s + LEAD_S + 1)
+        )
+        time.sleep(LEAD_S)
+        beside = wrk.run(url, pool, settings)
+        sent = flooder.result()
+        sent["statuses"] = flood.difference(flood.login_statuses(info["dsm"]["url"]), before)
+    return {
+        "kind": kind,
+        "xks_encrypt_alone": alone,
+        "xks_encrypt_beside_flood": beside,
+        "flood": sent,
+        "ratio": round(beside["rps"] / alone["rps"], 3) if alone["rps"] else None,
+    }
 
-    async def one(http: aiohttp.ClientSession) -> None:
-        nonlocal sent
-        while (now := time.monotonic() - start) < duration_s:
-            if sent >= now * rate:  # paced: never ahead of the target rate
-                await asyncio.sleep(0.001)
-                continue
-            sent += 1
-            key = base64.b64encode(f"{app_id}:wrong-{sent}".encode()).decode()
-            try:
-                async with http.post(
-                    dsm_url + "/sys/v1/session/auth", headers={"Authorization": f"Basic {key}"}
-                ) as r:
-                    await r.read()
-                    statuses[r.status] += 1
-            except aiohttp.ClientError as exc:
-                statuses[type(exc).__name__] += 1  # type: ignore[index]
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as http:
-        await asyncio.gather(*(one(http) for _ in range(clients)))
-    elapsed = time.monotonic() - start
-    return {"sent": sent, "per_s": round(sent / elapsed, 1), "statuses": dict(statuses)}
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'flood':<11} {'logins/s':>9} {'XKS alone':>10} {'beside':>8} {'ratio':>6} "
+        f"{'p99 ms':>7} {'XKS non-2xx':>12}  flood statuses"
+    ]
+    for r in results:
+        alone, beside = r["xks_encrypt_alone"], r["xks_encrypt_beside_flood"]
+        lines.append(
+            f"{r['kind']:<11} {r['flood']['per_s']:>9,.0f} {alone['rps']:>10,.0f} {beside['rps']:>8,.0f} "
+            f"{r['ratio']:>6.2f} {beside['p99_ms']:>7.1f} {beside['non2xx'] + beside['socket_errors']:>12}  "
+            + " ".join(f"{status}:{n}" for status, n in r["flood"]["statuses"].items())
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--rate", type=float, default=1000.0)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument(
-        "--flood", nargs=4, metavar=("DSM_URL", "APP_ID", "RATE", "DURATION"), help=argparse.SUPPRESS
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of each XKS run")
+    parser.add_argument("--rate", type=float, default=1000.0, help="wrong logins per second")
+    parser.add_argument("--connections", type=int, default=32, help="connections of the XKS load")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of XKS load before measuring")
+    parser.add_argument("--kinds", default=",".join(flood.KINDS), help="comma-separated flood kinds")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    if args.flood:
-        url, app_id, rate, duration = args.flood
-        print(json.dumps(asyncio.run(flood(url, app_id, float(rate), float(duration)))))
-        return
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = [k for k in kinds if k not in flood.KINDS]
+    if unknown:
+        parser.error(f"unknown flood kind(s) {', '.join(unknown)}: choose from {', '.join(flood.KINDS)}")
     settings = wrk.WrkSettings(duration_s=args.duration, connections=args.connections)
-    with (
-        tempfile.TemporaryDirectory(prefix="xkslab-flood-") as tmp,
-        Lab(Path(tmp) / "data", Path(tmp) / "up.log") as lab,
-    ):
-        info = lab.info
-        pool = pools.xks_encrypt(info, 64)
-        app_id = base64.b64decode(info["dsm"]["api_key"]).decode().split(":")[0]
-        alone = wrk.run(info["xks"]["url"], pool, settings)
-        flooder = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--flood",
-                info["dsm"]["url"],
-                app_id,
-                str(args.rate),
-                str(args.duration + 2),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(1.0)  # the flood is at full rate before wrk starts
-        beside = wrk.run(info["xks"]["url"], pool, settings)
-        out, _ = flooder.communicate(timeout=120)
-    report = {
-        "xks_encrypt_alone": alone,
-        "xks_encrypt_beside_flood": beside,
-        "flood": json.loads(out),
-        "ratio": round(beside["rps"] / alone["rps"], 3) if alone["rps"] else None,
-    }
-    print(json.dumps(report, indent=2))
+    results = []
+    for kind in kinds:
+        with tempfile.TemporaryDirectory(prefix=f"xkslab-flood-{kind}-") as tmp:
+            results.append(measure(kind, args.rate, settings, Path(tmp), args.warmup))
+        print(table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

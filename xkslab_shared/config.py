@@ -94,6 +94,9 @@ class DsmSettings:
     # 429 before any hashing, and one summary audit row per burst instead of one row per failure.
     login_max_failures: int = 5
     login_window_s: float = 60.0
+    # Failed logins from one client address within a window over all identities; past them, every login
+    # from it gets 429 before any look-up or hashing (0: no limit per address).
+    login_max_failures_per_source: int = 50
 
 
 @dataclass(frozen=True)
@@ -373,6 +376,8 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
             raise fail(name, "must be a TCP port (1-65535), or 0 for a free one")
     if not 0 <= values["dsm.health_cache_s"] <= 60:
         raise fail("dsm.health_cache_s", "must be 0 to 60 seconds (the XKS spec's limit)")
+    if not 0 <= values["dsm.login_max_failures_per_source"] <= 1_000_000:
+        raise fail("dsm.login_max_failures_per_source", "must be 0 (no limit) to 1000000")
     if not 0 <= values["database.cache_poll_ms"] <= 10_000:
         raise fail("database.cache_poll_ms", "must be 0 to 10000 milliseconds")
     if not 0 <= values["database.cache_max_age_s"] <= 3600:

@@ -121,7 +121,9 @@ class AccountsMixin(AdminBase):
                 else []
             )
         acct_id = accounts[0] if len(accounts) == 1 else None
-        ok = isinstance(password, str) and await self._verify(password, user.password_hash if user else None)
+        ok = isinstance(password, str) and await self._verify(
+            password, user.password_hash if user else None, login=("user", identity, source)
+        )
         if user is None or not ok:
             event = AuditEvent(
                 operation="user.authenticate",

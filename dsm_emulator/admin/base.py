@@ -49,6 +49,9 @@ class AdminBase:
         self._keyring = keyring
         self._audit = audit
         self._dummy_hash: str | None = None
+        # Password hashing takes at most one core: a burst of password logins queues here instead of
+        # taking the cores the XKS path runs on.
+        self._kdf_slot = asyncio.Semaphore(1)
         self._secret_keys: dict[int, bytes] = {}
         self.login_limiter = limiter if limiter is not None else LoginLimiter()
 
@@ -89,16 +92,26 @@ class AdminBase:
         return await self._audit.apply(guarded, refusal.refused)
 
     async def _hash(self, secret: str) -> str:
-        return await asyncio.to_thread(creds.hash_secret, secret)
+        async with self._kdf_slot:
+            return await asyncio.to_thread(creds.hash_secret, secret)
 
-    async def _verify(self, secret: str, encoded: str | None) -> bool:
-        """Constant work whether or not there is a hash to check against."""
+    async def _verify(
+        self, secret: str, encoded: str | None, *, login: tuple[str, str, str | None] | None = None
+    ) -> bool:
+        """Constant work whether or not there is a hash to check against. With ``login`` (kind,
+        identity, source), the login limits are checked again once it is this call's turn to hash:
+        attempts that were already waiting when the limit tripped are refused (429) instead of hashed."""
         if encoded is None:
             if self._dummy_hash is None:
                 self._dummy_hash = await self._hash(creds.new_app_secret())
-            await asyncio.to_thread(creds.verify_secret, secret, self._dummy_hash)
-            return False
-        return await asyncio.to_thread(creds.verify_secret, secret, encoded)
+            encoded, known = self._dummy_hash, False
+        else:
+            known = True
+        async with self._kdf_slot:
+            if login is not None:
+                self._check_login_rate(*login)
+            ok = await asyncio.to_thread(creds.verify_secret, secret, encoded)
+        return ok and known
 
     def _secret_key(self, term: int) -> bytes:
         key = self._secret_keys.get(term)

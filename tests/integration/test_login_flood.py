@@ -151,6 +151,63 @@ async def test_a_flood_of_wrong_logins_beside_an_xks_load_fails_no_xks_request(l
     assert not any("wrong-" in r.message or "no-" in r.message for r in rows)
 
 
+async def test_a_spray_of_made_up_identities_from_one_source_is_refused_after_its_limit(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """Each made-up app id or email is a new identity, so the per-identity limit never trips and every
+    attempt would be looked up (and every email would cost a password hash). The per-source limit stops
+    that: past it, every login from the address is 429 before any check, right credentials included."""
+    info = await init(tmp_path / "template", empty_db_url)
+    per_source = 12
+    env = await make_env(
+        (tmp_path / "template", info),
+        tmp_path / "lab",
+        dsm_overrides={
+            "dsm.login_max_failures": MAX_FAILURES,
+            "dsm.login_max_failures_per_source": per_source,
+            "dsm.login_window_s": 60,
+        },
+    )
+    try:
+        app_id, secret = await secret_app(env, "sprayed")
+        statuses = []
+        for i in range(40):
+            made_up = (
+                basic(f"00000000-0000-4000-8000-{i:012d}", "wrong")
+                if i % 2
+                else basic(f"nobody-{i}@example.com", "wrong")
+            )
+            async with env.http.post(env.dsm_url + "/sys/v1/session/auth", headers=made_up) as r:
+                statuses.append(r.status)
+                if r.status == 429:
+                    assert int(r.headers["Retry-After"]) >= 1
+        assert statuses == [401] * per_source + [429] * (40 - per_source)
+        # The right secret, the administrator's password and session-less Basic calls are refused too...
+        for method, path, headers in (
+            ("POST", "/sys/v1/session/auth", basic(app_id, secret)),
+            ("POST", "/sys/v1/session/auth", basic(info["admin_email"], "pw")),
+            ("GET", "/crypto/v1/keys", basic(app_id, secret)),
+        ):
+            async with env.http.request(method, env.dsm_url + path, headers=headers) as r:
+                assert r.status == 429, (path, r.status, await r.text())
+        # ... while the XKS path, which does not log in, answers.
+        status, _ = await env.post(
+            env.url("encrypt"),
+            {"requestMetadata": metadata(), "plaintext": b64(b"x" * 32), "encryptionAlgorithm": "AES_GCM"},
+        )
+        assert status == 200
+        # The failures before the limit are audited one by one, the 31 refusals after it in one row.
+        assert await env.core.admin.flush_login_summaries(everything=True) == 1
+        rows = await auth_rows(env)
+        assert len(rows) == per_source + 1, [r.message for r in rows]
+        [summary] = [r for r in rows if "further failed logins" in r.message]
+        assert summary.message.startswith(f"{40 - per_source + 3} further failed logins")
+        assert "several identities" in summary.message and summary.client_ip == "127.0.0.1"
+        assert not any("nobody-" in r.message for r in rows)
+    finally:
+        await close_env(env)
+
+
 async def test_summary_rows_are_written_when_the_window_ends(empty_db_url: str, tmp_path: Path) -> None:
     info = await init(tmp_path / "template", empty_db_url)
     env = await make_env(

@@ -61,7 +61,9 @@ def test_a_spray_of_identities_from_one_source_makes_one_summary_not_one_row_eac
 
 
 def test_memory_is_bounded_and_evicted_counts_are_not_lost() -> None:
-    limiter = LoginLimiter(1, 60.0, max_entries=50, max_audited_per_source=10**6, clock=Clock())
+    limiter = LoginLimiter(
+        1, 60.0, max_entries=50, max_audited_per_source=10**6, max_failures_per_source=0, clock=Clock()
+    )
     for i in range(500):
         for _ in range(3):
             if limiter.allow("app", f"id-{i}", "s"):
@@ -87,3 +89,32 @@ def test_app_secrets_get_a_keyed_hash_checked_without_scrypt(monkeypatch: pytest
     assert not creds.verify_keyed(secret, encoded, other)
     for bad in ("", "hmac-sha256$x$AA==", "hmac-sha256$1$!!", "scrypt$1$2$3$4$5", "hmac-sha256$1$a$b"):
         assert not creds.verify_keyed(secret, bad, key)
+
+
+def test_a_source_that_failed_too_often_over_all_identities_is_refused_until_its_window_ends() -> None:
+    clock = Clock()
+    limiter = LoginLimiter(5, 60.0, max_failures_per_source=10, clock=clock)
+    for i in range(10):  # ten made-up identities, one failure each: none is over its own limit
+        assert limiter.allow("app", f"id-{i}", "s")
+        limiter.failed("app", f"id-{i}", "s")
+    # The source is: a new identity, a known one, and a user are all refused before any check...
+    assert not limiter.allow("app", "id-new", "s")
+    assert not limiter.allow("user", "admin@x", "s")
+    assert limiter.retry_after("id-new", "s") == 60
+    # ... other sources are not.
+    assert limiter.allow("app", "id-new", "t")
+    clock.now += 30
+    assert not limiter.allow("app", "id-0", "s") and limiter.retry_after("id-0", "s") == 30
+    clock.now += 30
+    summaries = limiter.due()
+    assert limiter.allow("app", "id-new", "s")
+    # The refusals are counted on the source's summary, the failures on their identities'.
+    assert sum(s.refused for s in summaries) == 3
+    assert [s.count for s in summaries if s.identity == ANY_IDENTITY] == [3]
+
+
+def test_no_limit_per_source_when_it_is_zero() -> None:
+    limiter = LoginLimiter(5, 60.0, max_failures_per_source=0, clock=Clock())
+    for i in range(500):
+        limiter.failed("app", f"id-{i}", "s")
+    assert limiter.allow("app", "id-new", "s")

@@ -1,0 +1,46 @@
+"""The login-flood benchmark (scripts/login_flood.py) keeps working: each kind of flood runs for a moment
+beside wrk's XKS load against a real lab, and what the DSM answered is checked. Speed figures are not
+asserted (shared machines); that the flood was refused by the limits and that no XKS request failed
+beside it, is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from xkslab.bench.flood import KINDS
+from xkslab_shared.config import DsmSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOOD_CONNECTIONS = 32  # xkslab.bench.flood.Flood's default: attempts in flight when a limit trips
+
+
+def test_every_kind_of_flood_is_refused_and_fails_no_xks_request(tmp_path: Path) -> None:
+    out = tmp_path / "flood.json"
+    done = subprocess.run(
+        [
+            sys.executable, str(ROOT / "scripts" / "login_flood.py"),
+            "--duration", "1", "--warmup", "1", "--rate", "300", "--connections", "2",
+            "--json", str(out),
+        ],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert [r["kind"] for r in results] == list(KINDS)
+    per_identity = DsmSettings().login_max_failures
+    per_source = DsmSettings().login_max_failures_per_source
+    for r in results:
+        flood, beside = r["flood"], r["xks_encrypt_beside_flood"]
+        statuses = {int(k): v for k, v in flood["statuses"].items()}
+        assert flood["sent"] > 0 and flood["socket_errors"] == 0, r
+        # The DSM counted every login wrk finished (and those wrk stopped waiting for at its end).
+        assert flood["sent"] <= sum(statuses.values()) <= flood["sent"] + FLOOD_CONNECTIONS, r
+        assert set(statuses) <= {401, 429} and statuses.get(429, 0) > 0, r
+        limit = per_identity if r["kind"] in ("wrong-key", "password") else per_source
+        assert statuses.get(401, 0) <= limit + FLOOD_CONNECTIONS, r
+        assert beside["requests"] > 0 and beside["non2xx"] == 0 and beside["socket_errors"] == 0, r
+        assert r["ratio"] is not None
+    assert "user-spray" in done.stdout and "ratio" in done.stdout
