@@ -11,11 +11,15 @@ fixed windows of ``window_s``:
 * one source may have at most ``max_audited_per_source`` failures audited one by one per window, so a
   spray of made-up identities from one address does not write a row each: the rest are counted on a
   per-source summary (identity ``*``);
-* one source may fail at most ``max_failures_per_source`` times per window over all identities; past
-  that, every login from it is refused with 429 until its window ends. The per-identity limit alone lets
-  a spray of made-up identities (or emails, each costing a password hash) run every check once per
-  identity, and a thousand a second of those took the XKS path down where wrong secrets for one app did
-  not (scripts/login_flood.py).
+* one source may fail ``max_failures_per_source`` times per window over all identities, on average: a
+  token bucket holding ``source_burst`` failures (by default a fifth of that, at least
+  ``max_failures``) and refilled at ``max_failures_per_source`` per window. While it is empty, every
+  login from the source is refused with 429 before any check. The per-identity limit alone lets a spray
+  of made-up identities (or emails, each costing a password hash) run every check once per identity, and
+  a thousand a second of those took the XKS path down where wrong secrets for one app did not
+  (scripts/login_flood.py). A bucket rather than a count per window, so that a spray gets its few
+  password hashes at once and the rest spread over the window, while a test suite's occasional burst of
+  wrong logins still gets its 401s.
 
 Memory is bounded: at most ``max_entries`` entries, the least recently used evicted first (its counts are
 folded into its source's summary, so nothing is lost from the audit). A success clears its entry (and
@@ -53,7 +57,12 @@ class _Entry:
 class _Source:
     window_start: float
     audited: int = 0  # failures audited one by one in this window
-    failures: int = 0  # failures (401s) in this window, over all identities
+
+
+@dataclass
+class _Bucket:
+    tokens: float  # failures this source may still have before it is refused
+    updated: float
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class LoginLimiter:
         max_entries: int = 10_000,
         max_audited_per_source: int = 20,
         max_failures_per_source: int = 50,
+        source_burst: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_failures = max_failures
@@ -88,9 +98,13 @@ class LoginLimiter:
         self.max_entries = max_entries
         self.max_audited_per_source = max_audited_per_source
         self.max_failures_per_source = max_failures_per_source
+        self.source_burst = (
+            source_burst if source_burst is not None else max(max_failures, max_failures_per_source // 5)
+        )
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._sources: OrderedDict[str, _Source] = OrderedDict()
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._pending: list[Summary] = []
 
     def __len__(self) -> int:
@@ -138,7 +152,8 @@ class LoginLimiter:
         if entry is not None and entry.failures >= self.max_failures:
             left = self.window_s - (now - entry.window_start)
         if self._source_blocked(source):
-            left = max(left, self.window_s - (now - self._sources[source].window_start))
+            rate = self.max_failures_per_source / self.window_s
+            left = max(left, (1.0 - self._buckets[source].tokens) / rate)
         return max(1, int(left + 0.999))
 
     def failed(
@@ -149,7 +164,7 @@ class LoginLimiter:
         entry = self._entry(kind, identity, source)
         entry.label, entry.actor_id = label, actor_id
         entry.failures += 1
-        self._source(source).failures += 1
+        self._spend(source)
         if entry.failures == 1:
             if self._take_audit_slot(source):
                 return True
@@ -173,6 +188,9 @@ class LoginLimiter:
         for source, window in list(self._sources.items()):
             if now - window.window_start >= self.window_s:
                 del self._sources[source]
+        for source in list(self._buckets):
+            if self._refill(source).tokens >= self.source_burst:
+                del self._buckets[source]
         summaries, self._pending = self._pending, []
         return summaries
 
@@ -201,14 +219,27 @@ class LoginLimiter:
         self._sources.move_to_end(source)
         return window
 
+    def _refill(self, source: str) -> _Bucket:
+        bucket = self._buckets[source]
+        now = self._clock()
+        rate = self.max_failures_per_source / self.window_s
+        bucket.tokens = min(float(self.source_burst), bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        return bucket
+
+    def _spend(self, source: str) -> None:
+        if self.max_failures_per_source <= 0:
+            return
+        if source in self._buckets:
+            self._refill(source).tokens -= 1
+            self._buckets.move_to_end(source)
+        else:
+            self._buckets[source] = _Bucket(self.source_burst - 1.0, self._clock())
+            while len(self._buckets) > self.max_entries:
+                self._buckets.popitem(last=False)
+
     def _source_blocked(self, source: str) -> bool:
-        window = self._sources.get(source)
-        return (
-            window is not None
-            and self.max_failures_per_source > 0
-            and window.failures >= self.max_failures_per_source
-            and self._clock() - window.window_start < self.window_s
-        )
+        return source in self._buckets and self._refill(source).tokens < 1.0
 
     def _take_audit_slot(self, source: str) -> bool:
         window = self._source(source)

@@ -3,8 +3,9 @@
 
 For each kind of flood (xkslab.bench.flood.KINDS: wrong API keys for one app, wrong passwords for the
 administrator, made-up app ids, made-up emails), in a fresh ``xkslab up`` each so that no kind meets the
-limits another one tripped: wrk's XKS Encrypt scenario alone, then again beside wrk sending wrong
-``Basic`` logins to the DSM at ``--rate`` per second, and the ratio of the two. Prints a table and, with
+limits another one tripped: wrk's XKS Encrypt scenario alone, then beside wrk sending wrong ``Basic``
+logins to the DSM at ``--rate`` per second, then alone again, and the ratio of the run beside the flood
+to the mean of the two alone. Prints a table and, with
 ``--json``, the figures. Usage::
 
     PYTHONPATH=. python scripts/login_flood.py [--duration 10] [--rate 1000] [--kinds wrong-key,...]
@@ -13,6 +14,7 @@ limits another one tripped: wrk's XKS Encrypt scenario alone, then again beside 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -22,49 +24,66 @@ from typing import Any
 
 from xkslab.bench import flood, pools, wrk
 from xkslab.bench.lab import Lab
+from xkslab.lab.process import fresh_database
 
 LEAD_S = 1.0  # the flood runs this long before the XKS load starts beside it
 
 
 def measure(
-    kind: str, rate: float, settings: wrk.WrkSettings, workdir: Path, warmup_s: float
+    kind: str,
+    rate: float,
+    settings: wrk.WrkSettings,
+    workdir: Path,
+    warmup_s: float,
+    postgres: str | None = None,
 ) -> dict[str, Any]:
-    with Lab(workdir / "data", workdir / "up.log") as lab:
-        info = lab.info
-        pool = pools.xks_encrypt(info, 64)
-        url = info["xks"]["url"]
-        identity = (
-            flood.app_id_of(info["dsm"]["api_key"]) if kind == "wrong-key" else info["dsm"]["admin_email"]
-        )
-        wrk.run(url, pool, wrk.WrkSettings(duration_s=warmup_s, connections=settings.connections))
-        alone = wrk.run(url, pool, settings)
-        before = flood.login_statuses(info["dsm"]["url"])
-        flooder = flood.FloodProcess(
-            info["dsm"]["url"], flood.Flood(kind, identity, rate, settings.duration_s + LEAD_S + 1)
-        )
-        time.sleep(LEAD_S)
-        beside = wrk.run(url, pool, settings)
-        sent = flooder.result()
-        sent["statuses"] = flood.difference(flood.login_statuses(info["dsm"]["url"]), before)
+    with contextlib.ExitStack() as stack:
+        lab_settings = {"database.url": stack.enter_context(fresh_database(postgres))} if postgres else {}
+        lab = stack.enter_context(Lab(workdir / "data", workdir / "up.log", lab_settings))
+        return _measure(lab, kind, rate, settings, warmup_s)
+
+
+def _measure(lab: Lab, kind: str, rate: float, settings: wrk.WrkSettings, warmup_s: float) -> dict[str, Any]:
+    info = lab.info
+    pool = pools.xks_encrypt(info, 64)
+    url = info["xks"]["url"]
+    identity = flood.app_id_of(info["dsm"]["api_key"]) if kind == "wrong-key" else info["dsm"]["admin_email"]
+    wrk.run(url, pool, wrk.WrkSettings(duration_s=warmup_s, connections=settings.connections))
+    alone = wrk.run(url, pool, settings)
+    before = flood.login_statuses(info["dsm"]["url"])
+    flooder = flood.FloodProcess(
+        info["dsm"]["url"], flood.Flood(kind, identity, rate, settings.duration_s + LEAD_S + 1)
+    )
+    time.sleep(LEAD_S)
+    beside = wrk.run(url, pool, settings)
+    sent = flooder.result()
+    sent["statuses"] = flood.difference(flood.login_statuses(info["dsm"]["url"]), before)
+    # Alone again once the flood is over: the ratio is to the mean of the runs before and after, so that
+    # a drift of the machine's speed during the measurement is not counted for or against the flood.
+    after = wrk.run(url, pool, settings)
+    reference = (alone["rps"] + after["rps"]) / 2
     return {
         "kind": kind,
         "xks_encrypt_alone": alone,
         "xks_encrypt_beside_flood": beside,
+        "xks_encrypt_alone_after": after,
         "flood": sent,
-        "ratio": round(beside["rps"] / alone["rps"], 3) if alone["rps"] else None,
+        "ratio": round(beside["rps"] / reference, 3) if reference else None,
     }
 
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'flood':<11} {'logins/s':>9} {'XKS alone':>10} {'beside':>8} {'ratio':>6} "
+        f"{'flood':<11} {'logins/s':>9} {'XKS alone':>10} {'beside':>8} {'after':>6} {'ratio':>6} "
         f"{'p99 ms':>7} {'XKS non-2xx':>12}  flood statuses"
     ]
     for r in results:
         alone, beside = r["xks_encrypt_alone"], r["xks_encrypt_beside_flood"]
+        after = r["xks_encrypt_alone_after"]
         lines.append(
             f"{r['kind']:<11} {r['flood']['per_s']:>9,.0f} {alone['rps']:>10,.0f} {beside['rps']:>8,.0f} "
-            f"{r['ratio']:>6.2f} {beside['p99_ms']:>7.1f} {beside['non2xx'] + beside['socket_errors']:>12}  "
+            f"{after['rps']:>6,.0f} {r['ratio']:>6.2f} {beside['p99_ms']:>7.1f} "
+            f"{beside['non2xx'] + beside['socket_errors']:>12}  "
             + " ".join(f"{status}:{n}" for status, n in r["flood"]["statuses"].items())
         )
     return "\n".join(lines)
@@ -77,6 +96,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="connections of the XKS load")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of XKS load before measuring")
     parser.add_argument("--kinds", default=",".join(flood.KINDS), help="comma-separated flood kinds")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="run each lab on a fresh database of this PostgreSQL server "
+        "(e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test) instead of SQLite",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
@@ -87,7 +112,7 @@ def main() -> None:
     results = []
     for kind in kinds:
         with tempfile.TemporaryDirectory(prefix=f"xkslab-flood-{kind}-") as tmp:
-            results.append(measure(kind, args.rate, settings, Path(tmp), args.warmup))
+            results.append(measure(kind, args.rate, settings, Path(tmp), args.warmup, args.postgres))
         print(table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print(table(results))
     if args.json:

@@ -91,26 +91,33 @@ def test_app_secrets_get_a_keyed_hash_checked_without_scrypt(monkeypatch: pytest
         assert not creds.verify_keyed(secret, bad, key)
 
 
-def test_a_source_that_failed_too_often_over_all_identities_is_refused_until_its_window_ends() -> None:
+def test_a_source_that_failed_too_often_over_all_identities_is_refused_until_its_bucket_refills() -> None:
     clock = Clock()
-    limiter = LoginLimiter(5, 60.0, max_failures_per_source=10, clock=clock)
+    # 60 failures per 60 s on average (one a second), at most 10 in a row.
+    limiter = LoginLimiter(5, 60.0, max_failures_per_source=60, clock=clock)
+    assert limiter.source_burst == 12  # a fifth, at least the per-identity limit
+    limiter = LoginLimiter(5, 60.0, max_failures_per_source=60, source_burst=10, clock=clock)
     for i in range(10):  # ten made-up identities, one failure each: none is over its own limit
         assert limiter.allow("app", f"id-{i}", "s")
         limiter.failed("app", f"id-{i}", "s")
     # The source is: a new identity, a known one, and a user are all refused before any check...
     assert not limiter.allow("app", "id-new", "s")
     assert not limiter.allow("user", "admin@x", "s")
-    assert limiter.retry_after("id-new", "s") == 60
+    assert limiter.retry_after("id-new", "s") == 1
     # ... other sources are not.
     assert limiter.allow("app", "id-new", "t")
-    clock.now += 30
-    assert not limiter.allow("app", "id-0", "s") and limiter.retry_after("id-0", "s") == 30
-    clock.now += 30
+    # One failure a second refills: a spray gets one attempt a second from then on.
+    clock.now += 1.0
+    assert limiter.allow("app", "id-10", "s")
+    limiter.failed("app", "id-10", "s")
+    assert not limiter.allow("app", "id-11", "s")
+    clock.now += 0.5
+    assert not limiter.allow("app", "id-11", "s")
+    # Once it is full again it is forgotten; the refusals went to the source's summary.
+    clock.now += 60
     summaries = limiter.due()
-    assert limiter.allow("app", "id-new", "s")
-    # The refusals are counted on the source's summary, the failures on their identities'.
-    assert sum(s.refused for s in summaries) == 3
-    assert [s.count for s in summaries if s.identity == ANY_IDENTITY] == [3]
+    assert limiter.allow("app", "id-new", "s") and "s" not in limiter._buckets
+    assert [(s.count, s.refused) for s in summaries if s.identity == ANY_IDENTITY] == [(4, 4)]
 
 
 def test_no_limit_per_source_when_it_is_zero() -> None:
