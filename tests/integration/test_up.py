@@ -168,9 +168,31 @@ def test_up_demo_sigint_and_restart(lab_dir: Path, tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
-        assert second.returncode == 1
+        assert second.returncode == 1 and len(second.stderr.strip().splitlines()) == 1, second.stderr
         assert f"another xkslab up (pid {proc.pid})" in second.stderr and "Traceback" not in second.stderr
         assert json.loads((lab_dir / "up.json").read_text()) == again
+
+        # Administrative commands in a second terminal beside the running lab (issue 11 #1): they work,
+        # the lab's next requests do not fail, and the audit chain stays whole.
+        for command in (["key", "create", "beside-up"], ["key", "disable", "beside-up"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "xkslab", "--data-dir", str(lab_dir), *command],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+            data_key = kms.generate_data_key(KeyId=again["kms"]["alias"], KeySpec="AES_256")
+            assert (
+                kms.decrypt(CiphertextBlob=data_key["CiphertextBlob"])["Plaintext"] == data_key["Plaintext"]
+            )
+        verify = subprocess.run(
+            [sys.executable, "-m", "xkslab", "--data-dir", str(lab_dir), "audit", "verify"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
     finally:
         assert stop(proc) == 0, log2.read_text()
 
