@@ -47,7 +47,7 @@ from xkslab_shared import db, json_body, sigv4
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.generation import GenerationCache, invalidating_sessions
-from xkslab_shared.serve import HttpLimits, Listener
+from xkslab_shared.serve import MALFORMED_MESSAGE, MALFORMED_REQUEST_KEY, HttpLimits, Listener
 
 log = logging.getLogger("kms_emulator")
 
@@ -194,6 +194,9 @@ async def metrics_page(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
+    app[MALFORMED_REQUEST_KEY] = lambda status: error_response(
+        ValidationError(MALFORMED_MESSAGE), str(uuid.uuid4())
+    )
     metrics = KmsMetrics()
     app[METRICS_KEY] = metrics
 

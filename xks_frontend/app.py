@@ -22,7 +22,7 @@ from xkslab_shared import tls, xks_wire
 from xkslab_shared.config import Settings
 from xkslab_shared.faults_wire import FAULTS_PATH
 from xkslab_shared.proxy_link import read_token
-from xkslab_shared.serve import HttpLimits, Listener
+from xkslab_shared.serve import MALFORMED_MESSAGE, MALFORMED_REQUEST_KEY, HttpLimits, Listener
 
 EDGE_KEY: web.AppKey[Edge] = web.AppKey("xks_edge", Edge)
 TLS_FAULTS_KEY: web.AppKey[TlsFaults] = web.AppKey("xks_tls_faults", TlsFaults)
@@ -55,6 +55,9 @@ def create_app(settings: Settings) -> web.Application:
         return await handler(request)
 
     app = web.Application(client_max_size=body_limit(limits), middlewares=[client_certificate])
+    app[MALFORMED_REQUEST_KEY] = lambda status: error_response(
+        XksError("ValidationException", MALFORMED_MESSAGE)
+    )
     dsm_ca = settings.path(Path(xks.dsm_ca)) if xks.dsm_ca else None
     client = DsmClient(
         xks.dsm_url_list,

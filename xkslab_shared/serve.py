@@ -8,7 +8,9 @@ headers and one body byte used to hold a server's every file descriptor for ever
 - a body deadline: a request whose body has not fully arrived ``http.body_timeout_ms`` after its handler
   started is answered 408 and its connection closed (aiohttp itself has no such timeout);
 - ``http.keepalive_timeout_s``: an idle connection, including one that never sends a request line or
-  stops in the middle of its headers, is closed (aiohttp arms this timer when the connection opens).
+  stops in the middle of its headers, is closed (aiohttp arms this timer when the connection opens);
+- a request aiohttp's parser refuses (a malformed request or header line) is answered in the service's
+  own error shape (``MALFORMED_REQUEST_KEY``), not aiohttp's plain text, and never quotes the line.
 """
 
 from __future__ import annotations
@@ -27,12 +29,20 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from xkslab_shared import tls
 from xkslab_shared.config import Settings
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Each service's answer to a request its parser refused, given the status (400 mostly), in the shape its
+# clients parse: Fortanix's {"message"}, XKS's {"errorName", "errorMessage"}, KMS's {"__type", "message"}.
+MALFORMED_REQUEST_KEY: web.AppKey[Callable[[int], web.Response]] = web.AppKey(
+    "xkslab_malformed_request", Callable[[int], web.Response]
+)
+MALFORMED_MESSAGE = "malformed HTTP request: the request line or a header line could not be parsed"
 
 _REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
@@ -113,7 +123,7 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     assert runner.server is not None
-    capped = _ConnectionCap(runner.server, limits.max_connections)
+    capped = _ConnectionCap(runner.server, limits.max_connections, listener.app.get(MALFORMED_REQUEST_KEY))
     urls = [f"http://{listener.host}:{await _bind(stack, capped, listener.host, listener.port)}"]
     if context is not None and listener.https_port is not None:
         port = await _bind(stack, capped, listener.host, listener.https_port, context)
@@ -140,14 +150,49 @@ class _ConnectionCap:
     """The protocol factory of a server's sockets: aiohttp's own, until the server has ``limit`` open
     connections (HTTP and HTTPS together); then a protocol that answers 503 and closes."""
 
-    def __init__(self, server: web.Server, limit: int) -> None:
+    def __init__(
+        self, server: web.Server, limit: int, malformed: Callable[[int], web.Response] | None = None
+    ) -> None:
         self._server = server
         self._limit = limit
+        self._malformed = malformed
 
     def __call__(self) -> asyncio.Protocol:
         if len(self._server.connections) >= self._limit:
             return _Refuse()
-        return self._server()
+        if self._malformed is None:
+            return self._server()
+        # As web.Server.__call__ builds aiohttp's own (the same arguments, the same class underneath).
+        return _ShapedErrors(
+            self._server,
+            self._malformed,
+            loop=self._server._loop,
+            **self._server._kwargs,
+        )
+
+
+class _ShapedErrors(RequestHandler):
+    """aiohttp's protocol, except that a request its parser refused gets the service's error shape."""
+
+    __slots__ = ("_malformed",)
+
+    def __init__(self, server: web.Server, malformed: Callable[[int], web.Response], **kwargs: Any) -> None:
+        super().__init__(server, **kwargs)
+        self._malformed = malformed
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs it (filtered), checks state
+        if status >= 500:
+            return plain
+        shaped = self._malformed(status)
+        shaped.force_close()
+        return shaped
 
 
 class _Refuse(asyncio.Protocol):

@@ -16,7 +16,7 @@ from dsm_emulator.errors import BadRequest, DsmError, TooManyAttempts
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.proxy_link import INTERNAL_PREFIX, read_token
-from xkslab_shared.serve import HttpLimits, Listener
+from xkslab_shared.serve import MALFORMED_MESSAGE, MALFORMED_REQUEST_KEY, HttpLimits, Listener
 
 log = logging.getLogger("dsm_emulator.api")
 
@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[metrics_middleware, error_middleware, auth_middleware],
     )
     app[METRICS_KEY] = DsmMetrics(app)
+    app[MALFORMED_REQUEST_KEY] = lambda status: json_response({"message": MALFORMED_MESSAGE}, status=status)
     app[session.SESSION_STATE_KEY] = session.SessionState()
     app[xks.PROXY_TOKEN_KEY] = read_token(settings.path(settings.dsm.proxy_token_file), create=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -38,6 +39,13 @@ SERVICES: dict[str, tuple[Callable[[Settings], web.Application], str, str, dict[
     "kms": (create_kms_app, "POST", "/", {"X-Amz-Target": "TrentService.ListKeys"}, 200),
 }
 SECRET = "S3cr3tApiKeyThatMustNotBeLogged"
+
+
+MALFORMED = {
+    "dsm": {"message": serve.MALFORMED_MESSAGE},
+    "xks": {"errorName": "ValidationException", "errorMessage": serve.MALFORMED_MESSAGE},
+    "kms": {"__type": "ValidationException", "message": serve.MALFORMED_MESSAGE},
+}
 
 
 def malformed_lines(api_key: str) -> dict[str, bytes]:
@@ -94,6 +102,11 @@ async def test_a_malformed_header_line_is_not_logged(
             caplog.clear()
             answer = await send_raw(port, line)
             assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0], (label, answer)
+            # In the service's own error shape, not aiohttp's plain text, and quoting nothing it was sent.
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert json.loads(body) == MALFORMED[service], (label, answer)
+            assert b"Content-Type: application/" in head, (label, head)
+            assert api_key.encode() not in answer and SECRET.encode() not in answer
             logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
             assert caplog.records, f"{label}: aiohttp logged nothing: was the request refused by the parser?"
             for needle in (api_key, api_key[:12], SECRET):
