@@ -38,9 +38,13 @@ def test_every_kind_of_flood_is_refused_and_fails_no_xks_request(tmp_path: Path)
         assert flood["sent"] > 0 and flood["socket_errors"] == 0, r
         # The DSM counted every login wrk finished (and those wrk stopped waiting for at its end).
         assert flood["sent"] <= sum(statuses.values()) <= flood["sent"] + FLOOD_CONNECTIONS, r
-        assert set(statuses) <= {401, 429} and statuses.get(429, 0) > 0, r
+        assert set(statuses) <= {401, 429}, r
         limit = per_identity if r["kind"] in ("wrong-key", "password") else per_source
         assert statuses.get(401, 0) <= limit + FLOOD_CONNECTIONS, r
+        if sum(statuses.values()) > limit + FLOOD_CONNECTIONS:
+            # More attempts than the limit lets through, even with every connection in flight at once:
+            # the limit tripped. (A stalled machine may send fewer; then the bound above is the check.)
+            assert statuses.get(429, 0) > 0, r
         assert beside["requests"] > 0 and beside["non2xx"] == 0 and beside["socket_errors"] == 0, r
         assert r["ratio"] is not None
     assert "user-spray" in done.stdout and "ratio" in done.stdout
