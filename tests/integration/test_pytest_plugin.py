@@ -6,6 +6,7 @@ must not make the plugin load twice when a suite also names it."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -17,6 +18,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.conftest import PG_ADMIN_DSN, pg_url
 from tests.net import refused as port_refused
@@ -259,3 +262,48 @@ def test_the_entry_point_and_an_explicit_name_load_the_plugin_once(tmp_path: Pat
     for extra in ([], ["-p", "xkslab.pytest_plugin"]):
         out = run_pytest([*extra, "-q", str(suite)], tmp_path, {"PYTHONPATH": path}, timeout=120)
         assert "1 passed" in out
+
+
+def requirement_closure(name: str, extras: set[str]) -> set[str]:
+    """The normalized names of the installed distributions that installing ``name[extras]`` brings."""
+    seen: set[str] = set()
+    todo = [(name, extras)]
+    while todo:
+        dist_name, wanted = todo.pop()
+        dist = importlib.metadata.distribution(dist_name)
+        key = canonicalize_name(dist.metadata["Name"])
+        if key in seen and not wanted:
+            continue
+        seen.add(key)
+        for line in dist.requires or []:
+            req = Requirement(line)
+            environments = [{"extra": extra} for extra in wanted] or [{"extra": ""}]
+            if req.marker is None or any(req.marker.evaluate(env) for env in environments):
+                todo.append((req.name, set(req.extras)))
+    return seen
+
+
+def test_a_project_that_turns_warnings_into_errors_starts_with_only_xkslab_pytest(tmp_path: Path) -> None:
+    """A user's project whose pytest settings are only ``filterwarnings = ["error"]``, with what
+    ``xkslab[pytest]`` brings: every pytest plugin installed here that the extra does not bring is
+    blocked, as it would be absent. pytest-asyncio is one of them: xkslab's fixtures do not need it, and
+    where it is installed it warns at start-up about a setting of its own (README: In your test suite)."""
+    brought = requirement_closure("xkslab", {"pytest"})
+    assert {"pytest", "sdkms"} <= brought and "pytest-asyncio" not in brought
+    blocked = sorted(
+        entry.name
+        for entry in importlib.metadata.entry_points(group="pytest11")
+        if entry.dist is not None and canonicalize_name(entry.dist.metadata["Name"]) not in brought
+    )
+    assert "asyncio" in blocked
+    project = tmp_path / "project"
+    (project / "tests").mkdir(parents=True)
+    (project / "pyproject.toml").write_text('[tool.pytest.ini_options]\nfilterwarnings = ["error"]\n')
+    (project / "tests" / "test_key.py").write_text(
+        "def test_key(xkslab_lab, xkslab_kms_key):\n"
+        "    blob = xkslab_lab.kms.encrypt(KeyId=xkslab_kms_key, Plaintext=b'hi')['CiphertextBlob']\n"
+        "    assert xkslab_lab.kms.decrypt(CiphertextBlob=blob)['Plaintext'] == b'hi'\n"
+    )
+    blocks = [arg for name in blocked for arg in ("-p", f"no:{name}")]
+    out = run_pytest([*blocks, "--xkslab-in-process", "-q"], project, {})
+    assert "1 passed" in out and "warning" not in out.lower()
