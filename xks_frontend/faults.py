@@ -159,15 +159,15 @@ class FaultBook:
             ):
                 ending = entry
         plan = Plan()
-        for entry in (latency, ending):
-            if entry is None or self._rng.random() >= entry.fault.probability:
+        for chosen in (latency, ending):
+            if chosen is None or self._rng.random() >= chosen.fault.probability:
                 continue
-            self._apply(entry, facts, kms_request_id)
-            plan.applied.append(entry.fault.kind)
-            if entry is latency:
-                plan.latency_s = self._latency_s(entry.fault)
+            self._apply(chosen, facts, kms_request_id)
+            plan.applied.append(chosen.fault.kind)
+            if chosen is latency:
+                plan.latency_s = self._latency_s(chosen.fault)
             else:
-                plan.ending = entry
+                plan.ending = chosen
         self._forget_done()
         return plan if plan.applied else None
 

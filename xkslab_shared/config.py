@@ -20,7 +20,10 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 CONFIG_FILE_NAME = "xkslab.toml"
 ENV_PREFIX = "XKSLAB_"
@@ -465,13 +468,17 @@ def _default(name: str) -> Any:
     return obj
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+_D = TypeVar("_D", bound="DataclassInstance")
+
+
+def _build(cls: type[_D], values: dict[str, Any], prefix: str) -> _D:
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
         hint = hints[f.name]
-        kwargs[f.name] = _build(hint, values, f"{name}.") if dataclasses.is_dataclass(hint) else values[name]
+        nested = isinstance(hint, type) and dataclasses.is_dataclass(hint)
+        kwargs[f.name] = _build(hint, values, f"{name}.") if nested else values[name]
     return cls(**kwargs)
 
 

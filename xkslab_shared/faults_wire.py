@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from xkslab_shared.xks_wire import ERROR_STATUS
 
@@ -158,7 +158,6 @@ def parse_fault(data: Any) -> Fault:
     if operation is not None and operation not in OPERATIONS:
         raise FaultSpecError(f"operation must be one of {', '.join(OPERATIONS)}")
     probability = _float(data, "probability", 0.0, 1.0, default=1.0)
-    assert probability is not None
     return Fault(
         kind=kind,
         latency_ms=latency if kind == "latency" else 0,
@@ -172,7 +171,7 @@ def parse_fault(data: Any) -> Fault:
         count=_int(data, "count", 1, 10**9, default=None),
         duration_s=_float(data, "duration_s", 0.0, 10**7, default=None),
         probability=probability,
-        start_s=_float(data, "start_s", 0.0, 10**7, default=0.0) or 0.0,
+        start_s=_float(data, "start_s", 0.0, 10**7, default=0.0),
     )
 
 
@@ -210,21 +209,30 @@ def _str(data: dict[str, Any], name: str) -> str | None:
     return value
 
 
+@overload
+def _int(data: dict[str, Any], name: str, low: int, high: int, *, default: int) -> int: ...
+@overload
+def _int(data: dict[str, Any], name: str, low: int, high: int, *, default: None) -> int | None: ...
 def _int(data: dict[str, Any], name: str, low: int, high: int, *, default: int | None) -> int | None:
-    value = data.get(name, default)
+    # A null is an absent field: it takes the default rather than reaching the range check as None.
+    value = data.get(name)
     if value is None:
-        return None
+        return default
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise FaultSpecError(f"{name} is a whole number from {low} to {high}")
     return value
 
 
+@overload
+def _float(data: dict[str, Any], name: str, low: float, high: float, *, default: float) -> float: ...
+@overload
+def _float(data: dict[str, Any], name: str, low: float, high: float, *, default: None) -> float | None: ...
 def _float(
     data: dict[str, Any], name: str, low: float, high: float, *, default: float | None
 ) -> float | None:
-    value = data.get(name, default)
+    value = data.get(name)
     if value is None:
-        return None
+        return default
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise FaultSpecError(f"{name} is a number from {low:g} to {high:g}")
     if not low <= value <= high:

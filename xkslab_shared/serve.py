@@ -39,9 +39,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Each service's answer to a request its parser refused, given the status (400 mostly), in the shape its
 # clients parse: Fortanix's {"message"}, XKS's {"errorName", "errorMessage"}, KMS's {"__type", "message"}.
-MALFORMED_REQUEST_KEY: web.AppKey[Callable[[int], web.Response]] = web.AppKey(
-    "xkslab_malformed_request", Callable[[int], web.Response]
-)
+# No type argument to AppKey: it takes a class, and a Callable is not one (the annotation carries it).
+MALFORMED_REQUEST_KEY: web.AppKey[Callable[[int], web.Response]] = web.AppKey("xkslab_malformed_request")
 MALFORMED_MESSAGE = "malformed HTTP request: the request line or a header line could not be parsed"
 
 _REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"

@@ -194,9 +194,9 @@ class AccountsMixin(AdminBase):
             ]
         if len(users) != 1:
             what = "user" if email is not None else "administrator"
-            error = NotFound(f"expected one {what} in the account, found {len(users)}")
-            await self._audit.record(refusal.refused(error))
-            raise error
+            missing = NotFound(f"expected one {what} in the account, found {len(users)}")
+            await self._audit.record(refusal.refused(missing))
+            raise missing
         user = users[0][0]
         if await self._verify(password, user.password_hash):
             return user.email, False

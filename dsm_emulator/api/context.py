@@ -25,7 +25,7 @@ def core_of(request: web.Request) -> DsmCore:
 
 
 def principal_of(request: web.Request) -> Principal:
-    principal = request.get(PRINCIPAL)
+    principal: Principal | None = request.get(PRINCIPAL)
     if principal is None:
         raise AuthFailed("authentication required")
     return principal

@@ -42,14 +42,14 @@ def _object(body: Any, what: str = "request body") -> dict[str, Any]:
 
 
 def _str_list(body: dict[str, Any], name: str) -> list[str] | None:
-    value = field(body, name, list)
+    value: list[str] | None = field(body, name, list)
     if value is not None and not all(isinstance(item, str) for item in value):
         raise BadRequest(f"field {name} has the wrong type")
     return value
 
 
 def _str_map(body: dict[str, Any], name: str) -> dict[str, str] | None:
-    value = field(body, name, dict)
+    value: dict[str, str] | None = field(body, name, dict)
     if value is not None and not all(isinstance(v, str) for v in value.values()):
         raise BadRequest(f"field {name} has the wrong type")
     return value

@@ -54,7 +54,7 @@ async def verify(
             if not page:
                 break
             for row in page:
-                values = row._mapping
+                values = row._asdict()
                 reason = _row_problem(values, expected, prev, keyring, keys)
                 if reason is not None:
                     problem = ChainProblem(chain, values["seq"], values["id"], reason)
@@ -114,7 +114,7 @@ async def export(
     async with sessions() as session:
         result = await session.stream(stmt.execution_options(yield_per=PAGE_SIZE))
         async for row in result:
-            yield _to_dict(row._mapping)
+            yield _to_dict(row._asdict())
 
 
 async def tail(sessions: async_sessionmaker[AsyncSession], limit: int) -> list[dict[str, Any]]:
@@ -122,4 +122,4 @@ async def tail(sessions: async_sessionmaker[AsyncSession], limit: int) -> list[d
     order = (AuditRow.time.desc(), AuditRow.chain.desc(), AuditRow.seq.desc())
     stmt = select(_TABLE).order_by(*order).limit(max(limit, 0))
     async with sessions() as session:
-        return [_to_dict(row._mapping) for row in await session.execute(stmt)]
+        return [_to_dict(row._asdict()) for row in await session.execute(stmt)]

@@ -46,7 +46,8 @@ T = TypeVar("T")
 UNAVAILABLE = "audit log unavailable: the operation was not completed"
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
-_TABLE = AuditRow.__table__
+# The mapped Table itself: declarative types __table__ as a FromClause, which insert() does not take.
+_TABLE = AuditRow.metadata.tables[AuditRow.__tablename__]
 
 
 @dataclass(slots=True)
@@ -321,7 +322,7 @@ class AuditLog:
 
         An item whose deadline passed while it waited (for its batch, or for the lock) is written as its
         refusal: decided here, the last moment before the insert."""
-        if session.bind.dialect.name == "postgresql":
+        if session.get_bind().dialect.name == "postgresql":
             # Held until this transaction ends.
             await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._lock_key})
         else:
@@ -331,10 +332,7 @@ class AuditLog:
             self._head = None
             head = await self._read_head(session)
         late = _late(batch, asyncio.get_running_loop().time())
-        events = [
-            i.event if error is None else i.event.refused(error)  # type: ignore[union-attr]
-            for i, error in zip(batch, late, strict=True)
-        ]
+        events = [_recorded(i, error) for i, error in zip(batch, late, strict=True)]
         term = self._keyring.active_term
         key = self._keyring.derive(AUDIT_KEY_PURPOSE, term)
         # Never step back in time within a chain (a clock adjustment): export sorts by time.
@@ -379,6 +377,13 @@ def _advisory_key(chain: str) -> int:
     return int.from_bytes(
         hashlib.sha256(b"xkslab-audit-chain\n" + chain.encode()).digest()[:8], "big", signed=True
     )
+
+
+def _recorded(item: _Item, late: DsmError | None) -> AuditEvent:
+    """The event a record item's row is written as: itself, or its refusal when it came too late."""
+    if item.event is None:
+        raise TypeError("a record batch holds only items with an event")
+    return item.event if late is None else item.event.refused(late)
 
 
 def _late(batch: list[_Item], now: float) -> list[DsmError | None]:

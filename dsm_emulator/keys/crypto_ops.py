@@ -8,7 +8,7 @@ is decided here once, for transient keys too.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dsm_emulator import crypto
 from dsm_emulator.authz import Principal, require_key_op, require_permission
@@ -51,13 +51,15 @@ class CryptoMixin(KeyServiceBase):
         tag_len_bits: int | None = None,
         context: Mapping[str, str | None] | None = None,
     ) -> crypto.Ciphertext:
+        # AuditEvent fields for _event's **extra; typed Any, or mypy matches them against its `obj`.
+        audit_fields: dict[str, Any] = dict(context or {})
         event = self._event(
             p,
             "crypto.encrypt",
             f"Encrypted data with key {kid} ({mode})",
             object_id=kid,
             action_type="CRYPTOOPERATION",
-            **dict(context or {}),
+            **audit_fields,
         )
 
         async def action(subject: list[SecurityObject]) -> crypto.Ciphertext:
@@ -83,13 +85,14 @@ class CryptoMixin(KeyServiceBase):
         tag: bytes | None = None,
         context: Mapping[str, str | None] | None = None,
     ) -> bytes:
+        audit_fields: dict[str, Any] = dict(context or {})
         event = self._event(
             p,
             "crypto.decrypt",
             f"Decrypted data with key {kid} ({mode})",
             object_id=kid,
             action_type="CRYPTOOPERATION",
-            **dict(context or {}),
+            **audit_fields,
         )
 
         async def action(subject: list[SecurityObject]) -> bytes:

@@ -22,13 +22,20 @@ import hmac
 import os
 import secrets
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from dsm_emulator.sealing.base import PKCS11_MISSING, Pkcs11SealConfig, SealError
 
 if TYPE_CHECKING:
     from pkcs11 import SecretKey, Session, Token
+    from pkcs11.types import DecryptMixin, EncryptMixin
+
+    class SealingKey(SecretKey, EncryptMixin, DecryptMixin):
+        """An AES key that encrypts and decrypts, as _find_key checks. python-pkcs11 builds each
+        object's class from mixins by its attributes at run time, so its declared SecretKey lacks
+        encrypt and decrypt."""
+
 
 __all__ = ["Pkcs11Sealer", "create_token_key"]
 
@@ -46,6 +53,11 @@ def _p11() -> Any:
     except ImportError:
         raise SealError(PKCS11_MISSING) from None
     return pkcs11
+
+
+def _whole(output: bytes | Iterator[bytes]) -> bytes:
+    """python-pkcs11's encrypt and decrypt answer bytes for bytes, chunks only for an iterator of them."""
+    return bytes(output) if isinstance(output, bytes | bytearray) else b"".join(output)
 
 
 class _StaleHandle(Exception):
@@ -99,7 +111,8 @@ def _load_token(config: Pkcs11SealConfig) -> Token:
     except p11.PKCS11Error as exc:
         raise SealError(f"cannot load PKCS#11 library {config.library} ({_describe(exc)})") from None
     try:
-        return lib.get_token(token_label=config.token_label)
+        token: Token = lib.get_token(token_label=config.token_label)
+        return token
     except p11.NoSuchToken:
         raise SealError(f"PKCS#11 token {config.token_label!r} not found via {config.library}") from None
     except p11.MultipleTokensReturned:
@@ -205,7 +218,7 @@ def _release(config: Pkcs11SealConfig, login: _Login, session: Session | None) -
                 _close_quietly(login.anchor)  # logs out of the token
 
 
-def _find_key(session: Session, config: Pkcs11SealConfig) -> SecretKey:
+def _find_key(session: Session, config: Pkcs11SealConfig) -> SealingKey:
     p11 = _p11()
     attr = p11.Attribute
     where = f"key {config.key_label!r} in PKCS#11 token {config.token_label!r}"
@@ -232,7 +245,7 @@ def _find_key(session: Session, config: Pkcs11SealConfig) -> SecretKey:
             raise SealError(f"{where} does not allow encrypt and decrypt")
     except p11.PKCS11Error as exc:
         raise SealError(f"cannot look up {where} ({_describe(exc)})") from None
-    return key
+    return cast("SealingKey", key)
 
 
 class Pkcs11Sealer:
@@ -245,13 +258,13 @@ class Pkcs11Sealer:
 
     kind: str = "pkcs11"
 
-    def __init__(self, config: Pkcs11SealConfig, login: _Login, session: Session, key: SecretKey) -> None:
+    def __init__(self, config: Pkcs11SealConfig, login: _Login, session: Session, key: SealingKey) -> None:
         """Use Pkcs11Sealer.open(); this takes ownership of an already acquired login/session."""
         self.key_id: str = f"pkcs11:{config.token_label}/{config.key_label}"
         self._config = config
         self._login: _Login | None = login
         self._session: Session | None = session
-        self._key: SecretKey | None = key
+        self._key: SealingKey | None = key
         self._closed = False
         self._lock = threading.Lock()
 
@@ -273,7 +286,7 @@ class Pkcs11Sealer:
             lambda key: key.encrypt(plaintext, mechanism=_p11().Mechanism.AES_GCM, mechanism_param=params),
             failure=f"wrap failed with sealer {self.key_id}",
         )
-        return BLOB_VERSION + nonce + bytes(ciphertext)
+        return BLOB_VERSION + nonce + _whole(ciphertext)
 
     def unwrap(self, blob: bytes, aad: bytes) -> bytes:
         blob = bytes(blob)
@@ -288,7 +301,7 @@ class Pkcs11Sealer:
             # SoftHSM reports a GCM tag mismatch as CKR_GENERAL_ERROR, so the cause cannot be narrowed.
             failure=f"unwrap failed with sealer {self.key_id}: wrong key, tampered blob or wrong aad",
         )
-        return bytes(plaintext)
+        return _whole(plaintext)
 
     def close(self) -> None:
         with self._lock:
@@ -312,7 +325,7 @@ class Pkcs11Sealer:
     def _gcm_params(nonce: bytes, aad: bytes) -> Any:
         return _p11().GCMParams(nonce, bytes(aad), TAG_BITS)
 
-    def _call(self, op: Callable[[SecretKey], _T], failure: str) -> _T:
+    def _call(self, op: Callable[[SealingKey], _T], failure: str) -> _T:
         p11 = _p11()
         with self._lock:
             if self._closed:
@@ -339,7 +352,7 @@ class Pkcs11Sealer:
                     ) from None
                 raise SealError(f"{failure} ({_describe(exc)})") from None
 
-    def _checked(self, op: Callable[[SecretKey], _T]) -> _T:
+    def _checked(self, op: Callable[[SealingKey], _T]) -> _T:
         # One attribute read per call (sealing is rare) guards against the handle having been
         # recycled for another object after someone else finalised and re-initialised the library.
         key = self._key

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,6 +22,10 @@ from dsm_emulator.authz import Principal
 from dsm_emulator.errors import BadRequest, Conflict, NotFound
 from dsm_emulator.models import App, XksPathPrefix
 from dsm_emulator.xks.wire import canonical_prefix
+
+if TYPE_CHECKING:
+    from dsm_emulator.xks.service import _AppAuth
+    from xkslab_shared.generation import GenerationCache
 
 # An alias prefix: the XKS URI path before "/kms/xks/v1", from the characters the spec allows.
 PREFIX_PATTERN = re.compile(r"(/[A-Za-z0-9_-]+)+")
@@ -35,7 +39,7 @@ class XksPrefixes:
     _sessions: async_sessionmaker[AsyncSession]
     _audit: AuditLog
     _admin: AdminService
-    _apps: dict[str, Any]  # the request path's app cache, emptied on every change
+    _apps: GenerationCache[str, _AppAuth | None]  # the request path's app cache, emptied on every change
 
     async def prefixes(self) -> dict[str, str]:
         """Every URI path prefix the proxy should serve -> app id: the canonical prefix of each enabled

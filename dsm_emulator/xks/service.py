@@ -403,9 +403,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-async def _lookup(
-    session: AsyncSession, stmt: Select[tuple[SecurityObject]], key_id: str
-) -> SecurityObject | None:
+async def _lookup(session: AsyncSession, stmt: Select[SecurityObject], key_id: str) -> SecurityObject | None:
     """The first of ``stmt``'s objects named by ``key_id``: as a kid (when it is one), else as a name."""
     if is_uuid(key_id):
         obj = await session.scalar(stmt.where(SecurityObject.kid == str(uuid.UUID(key_id))))

@@ -101,3 +101,15 @@ def test_scenarios_and_bodies() -> None:
     (fault,) = parse_scenario('name = "n"\n[[fault]]\nkind = "throttle"\nstart_s = 2\n')
     assert fault.to_json() == {"kind": "throttle", "probability": 1.0, "start_s": 2.0}
     assert parse_fault(fault.to_json()) == fault
+
+
+def test_a_null_field_is_an_absent_one() -> None:
+    # Found by mypy --strict: a null latency_ms reached the range check as None (a TypeError, a 500 on the
+    # admin endpoint) and a null probability tripped an assert.
+    assert parse_fault({"kind": "latency", "latency_ms": None, "latency_max_ms": 9}) == parse_fault(
+        {"kind": "latency", "latency_max_ms": 9}
+    )
+    assert parse_fault({"kind": "drop", "probability": None}).probability == 1.0
+    assert parse_fault({"kind": "throttle", "start_s": None, "count": None}) == parse_fault(
+        {"kind": "throttle"}
+    )

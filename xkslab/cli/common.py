@@ -133,7 +133,8 @@ def add_global_options(group: click.Group) -> None:
 
 
 def _globals(ctx: click.Context) -> dict[str, Any]:
-    return ctx.find_root().meta.get(GLOBALS, {"data_dir": Path(".xkslab"), "sets": []})
+    found: dict[str, Any] = ctx.find_root().meta.get(GLOBALS, {"data_dir": Path(".xkslab"), "sets": []})
+    return found
 
 
 def data_dir_of(ctx: click.Context) -> Path:
@@ -208,8 +209,8 @@ class XkslabGroup(click.Group):
         except click.UsageError:
             raise
         except click.ClickException as exc:
-            exc.message = one_line(exc.message)
-            raise
+            # A new exception rather than an edited message: click declares `message` Final.
+            raise click.ClickException(one_line(exc.format_message())) from None
         except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:

@@ -62,7 +62,7 @@ async def init_data_dir(
         async with core.sessions() as session:
             existing = await session.scalar(select(Account).limit(1))
         created = existing is None
-        if created:
+        if existing is None:
             account, _user, group = await core.admin.bootstrap(account_name, admin_email, password)
         else:
             account, group = existing, None

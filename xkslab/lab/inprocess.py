@@ -101,7 +101,7 @@ class _LabThread(threading.Thread):
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()  # type: ignore[assignment]
+        self._task = asyncio.current_task()
         self._started.set()
         data_dir, overrides, admin_password = self._args
         async with run_lab(data_dir, overrides, admin_password=admin_password) as info:

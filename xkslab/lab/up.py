@@ -187,11 +187,12 @@ async def initialize(
         # it, so that admin.password and up.json never show a password the DSM refuses.
         await set_admin_password(settings, admin_password)
         await asyncio.to_thread(save_password, settings, admin_password)
-    elif known is None:
-        password = None  # initialised by `xkslab init`: its password was printed then, not known here
     facts = await bootstrap_dsm(settings)
     facts["aws_credentials"] = await lab_credentials(settings)
-    return ca_file, password, facts
+    # Initialised by `xkslab init` (not created here, no password asked for, none saved): its password was
+    # printed then and is not known here.
+    unknown = not init["created"] and admin_password is None and known is None
+    return ca_file, None if unknown else password, facts
 
 
 async def run_up(
