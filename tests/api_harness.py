@@ -1,5 +1,5 @@
 """A DSM core on a data directory made once per module by the real ``xkslab init`` and copied per test,
-for handler tests that mount one route table on a bare aiohttp app."""
+for handler tests that mount some route tables on an app with the service's own error middleware."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from dsm_emulator.api.app import error_middleware
 from dsm_emulator.api.context import CORE_KEY, PRINCIPAL
 from dsm_emulator.authz import Principal, system_principal
 from dsm_emulator.core import DsmCore
-from dsm_emulator.errors import DsmError
 from xkslab_shared.config import load_settings
 
 
@@ -76,23 +76,22 @@ async def pick_principal(
     return await handler(request)
 
 
-@web.middleware
-async def dsm_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except DsmError as exc:
-        return web.json_response({"message": exc.message}, status=exc.status)
-
-
-async def route_client(env: SimpleNamespace, aiohttp_client: Any, *routes: web.RouteTableDef) -> Any:
-    """A test client for some route tables on a bare app around ``env.core``."""
-    app = web.Application(middlewares=[dsm_errors, pick_principal])
+def route_app(env: SimpleNamespace, *routes: web.RouteTableDef) -> web.Application:
+    """Some route tables on an app around ``env.core`` with the service's own error mapper (status and
+    message, Retry-After on a 429, the 413, a masked 500) and body limit; only authentication is the
+    test's (``pick_principal`` in place of the DSM's session check)."""
+    app = web.Application(
+        client_max_size=env.core.settings.dsm.max_body_bytes, middlewares=[error_middleware, pick_principal]
+    )
     app[CORE_KEY] = env.core
     app[APPS_KEY] = {}
     app[ACCT_KEY] = env.acct_id
     for table in routes:
         app.add_routes(table)
     env.apps = app[APPS_KEY]
-    return await aiohttp_client(app)
+    return app
+
+
+async def route_client(env: SimpleNamespace, aiohttp_client: Any, *routes: web.RouteTableDef) -> Any:
+    """A test client for ``route_app``."""
+    return await aiohttp_client(route_app(env, *routes))

@@ -1,8 +1,8 @@
 """The DSM REST audit-log route (``dsm_emulator.api.logs``) on a real DsmCore.
 
 The app is built here: the logs routes, a middleware that picks the caller (the account's system
-principal, or an app chosen by the ``X-Test-App`` header) and a minimal DsmError → ``{"message"}``
-middleware. The data directory is initialised once with the real CLI and copied per test.
+principal, or an app chosen by the ``X-Test-App`` header) in place of the DSM's session check, and the
+service's own error middleware (tests/api_harness.py). The data directory is initialised once with the real CLI and copied per test.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 real DsmCore.
 
 The app here is built by the test: the routes, a middleware that picks the caller (the account's system
-principal, or an app chosen by the ``X-Test-App`` header) and a minimal DsmError → ``{"message"}``
-middleware. The data directory is initialised once with the real CLI and copied per test.
+principal, or an app chosen by the ``X-Test-App`` header) in place of the DSM's session check, and the
+service's own error middleware (tests/api_harness.py). The data directory is initialised once with the real CLI and copied per test.
 """
 
 from __future__ import annotations
