@@ -1,6 +1,7 @@
 """Property-based fuzzing of the three APIs (issue 11), against live servers on loopback, on SQLite and
-PostgreSQL: random bodies, paths and parameters on the main routes, sent with valid credentials so
-they get past authentication and reach the handlers.
+PostgreSQL: random bodies, paths and parameters on every route the services' routers serve (and each
+XKS operation and KMS target they dispatch), so a new route is fuzzed by default, sent with valid
+credentials so they get past authentication and reach the handlers.
 
 Whatever arrives, each API answers below 500 in its own error shape (DSM: ``{"message"}``; XKS:
 ``{"errorName", "errorMessage"}``; KMS: ``{"__type", "message"}``), never with a traceback, logs no
@@ -16,24 +17,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import string
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from dsm_emulator.api.app import create_app as create_dsm_app
 from kms_emulator.app import OPERATIONS
 from tests import xks_harness
 from tests.kms_harness import KmsEnv, start_kms, stop_kms
 from tests.xks_harness import XksEnv, metadata, sign
+from xks_frontend.app import create_app as create_xks_app
+from xks_frontend.handlers import XKS_OPERATION
+from xkslab_shared import xks_wire
+from xkslab_shared.config import load_settings
+from xkslab_shared.faults_wire import FAULTS_PATH
+from xkslab_shared.proxy_link import read_token
 
 db_env = xks_harness.db_env
+xks_template = xks_harness.xks_template
 
 EXAMPLES = settings(
     max_examples=150,
@@ -112,47 +124,39 @@ def plausible(*extra: Any) -> st.SearchStrategy[Any]:
 
 # ------------------------------------------------------------------------------------------- DSM
 
-DSM_ROUTES = [
-    ("GET", "/sys/v1/health"),
-    ("GET", "/sys/v1/version"),
-    ("POST", "/sys/v1/session/auth"),
-    ("POST", "/sys/v1/session/reauth"),
-    ("POST", "/sys/v1/session/select_account"),
-    ("GET", "/sys/v1/users/accounts"),
-    ("GET", "/sys/v1/accounts/{id}"),
-    ("GET", "/sys/v1/users"),
-    ("GET", "/sys/v1/groups"),
-    ("POST", "/sys/v1/groups"),
-    ("GET", "/sys/v1/groups/{id}"),
-    ("PATCH", "/sys/v1/groups/{id}"),
-    ("GET", "/sys/v1/apps"),
-    ("POST", "/sys/v1/apps"),
-    ("GET", "/sys/v1/apps/{id}"),
-    ("PATCH", "/sys/v1/apps/{id}"),
-    ("GET", "/sys/v1/apps/{id}/credential"),
-    ("POST", "/crypto/v1/keys"),
-    ("PUT", "/crypto/v1/keys"),
-    ("GET", "/crypto/v1/keys"),
-    ("POST", "/crypto/v1/keys/info"),
-    ("POST", "/crypto/v1/keys/export"),
-    ("POST", "/crypto/v1/keys/rekey"),
-    ("GET", "/crypto/v1/keys/{id}"),
-    ("PATCH", "/crypto/v1/keys/{id}"),
-    ("GET", "/crypto/v1/keys/{id}/export"),
-    ("POST", "/crypto/v1/keys/{id}/activate"),
-    ("POST", "/crypto/v1/keys/{id}/revoke"),
-    ("POST", "/crypto/v1/keys/{id}/encrypt"),
-    ("POST", "/crypto/v1/keys/{id}/decrypt"),
-    ("POST", "/crypto/v1/keys/{id}/wrapkey"),
-    ("POST", "/crypto/v1/keys/{id}/unwrapkey"),
-    ("POST", "/crypto/v1/keys/batch/encrypt"),
-    ("POST", "/crypto/v1/keys/batch/decrypt"),
-    ("POST", "/crypto/v1/encrypt"),
-    ("POST", "/crypto/v1/decrypt"),
-    ("POST", "/crypto/v1/wrapkey"),
-    ("POST", "/crypto/v1/unwrapkey"),
-    ("GET", "/sys/v1/logs"),
-]
+
+def served_routes(app: web.Application) -> set[tuple[str, str]]:
+    """(method, path template) of each route the app's router serves: what the fuzz sends to, so a new
+    route is fuzzed without a word here. HEAD is aiohttp's echo of each GET; "*" is a catch-all."""
+    return {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None and route.method not in {"HEAD", "*"}
+    }
+
+
+def catch_alls(app: web.Application) -> set[str]:
+    return {r.resource.canonical for r in app.router.routes() if r.resource is not None and r.method == "*"}
+
+
+def unserved_method(routes: set[tuple[str, str]], template: str) -> str:
+    """A method the path does not serve: its 405 must be in the protocol's shape too."""
+    served = {method for method, path in routes if path == template}
+    return next(m for m in ("PUT", "PATCH", "DELETE", "POST", "GET") if m not in served)
+
+
+def fill(template: str, ident: str) -> str:
+    return re.sub(r"\{[^}]*\}", lambda _: ident, template)
+
+
+def dsm_app(env: XksEnv) -> web.Application:
+    return env.runners[1].app  # make_env starts the proxy, then the key manager
+
+
+def xks_app(env: XksEnv) -> web.Application:
+    return env.runners[0].app
+
+
 DSM_FIELDS = [
     "name", "description", "obj_type", "key_size", "group_id", "key_ops", "enabled", "transient", "value",
     "kid", "key", "alg", "mode", "plain", "cipher", "iv", "ad", "tag", "tag_len", "wrapped_key",
@@ -185,12 +189,15 @@ async def test_the_dsm_rest_api_under_random_requests(
         {env.group_id: ["ENCRYPT"]}, [env.group_id], {"secret": {}}, {"awsxks": {}},
         [{"kid": env.kek_id, "request": {"alg": "AES", "mode": "GCM", "plain": "AAAA"}}],
     )  # fmt: skip
+    routes = served_routes(dsm_app(env))
+    settings = load_settings(env.data_dir, environ={})
+    proxy_token = "Bearer " + read_token(settings.path(settings.dsm.proxy_token_file))
     cases = st.tuples(
-        st.sampled_from(DSM_ROUTES),
+        st.sampled_from(sorted(routes)),
         in_path(ids),
         queries,
         bodies(DSM_FIELDS, known),
-        st.booleans(),
+        st.sampled_from(["admin", "admin", "app", "app", "proxy"]),
         st.integers(0, 9).map(lambda n: n == 0),
     )
 
@@ -201,17 +208,18 @@ async def test_the_dsm_rest_api_under_random_requests(
                 assert r.status == 200, await r.text()
                 return "Bearer " + (await r.json())["access_token"]
 
-        bearer = await token()
+        credentials = {"admin": await token(), "app": api_key, "proxy": proxy_token}
 
         async def send(case: Any) -> None:
-            (method, template), ident, query, body, as_admin, as_random_method = case
-            if as_random_method:  # a method the route does not serve: the 405 must be Fortanix-shaped too
-                method = {"GET": "DELETE", "POST": "GET", "PUT": "GET", "PATCH": "POST"}[method]
-            path = template.replace("{id}", ident)
-            url = URL(env.dsm_url + path, encoded=True).update_query(query)
-            headers = {"Authorization": bearer if as_admin else api_key, "Content-Type": "application/json"}
+            (method, template), ident, query, body, who, as_random_method = case
+            if as_random_method:
+                method = unserved_method(routes, template)
+            url = URL(env.dsm_url + fill(template, ident), encoded=True).update_query(query)
+            headers = {"Authorization": credentials[who], "Content-Type": "application/json"}
             async with http.request(method, url, data=body, headers=headers) as r:
                 text = await r.text()
+            if r.status == 401 and who == "admin":  # the case ended the session (terminate): a new one
+                credentials["admin"] = await token()
             assert_clean(r.status, text, case)
             assert r.status < 500, (case, r.status, text)
             if r.status >= 400:
@@ -242,23 +250,67 @@ METADATA = st.fixed_dictionaries(
 )
 
 
+def xks_operation_paths() -> list[str]:
+    """The XKS operation URIs the proxy's catch-all route answers, one per operation it dispatches."""
+    return sorted(
+        "/kms/xks/v1/health" if op == "health" else f"/kms/xks/v1/keys/{{key}}/{op}" for op in XKS_OPERATION
+    )
+
+
 async def test_the_xks_proxy_under_random_signed_requests(
     db_env: XksEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = db_env
+    app = xks_app(env)
+    routes = served_routes(app)
+    settings = load_settings(env.data_dir, environ={})
+    admin = "Bearer " + read_token(settings.path(settings.xks.admin_token_file))
+    # The catch-all: the XKS API under its URI path prefixes (and any other path, for its 404).
+    assert catch_alls(app) == {"/{tail}"}, catch_alls(app)
+    operations = st.sampled_from([*xks_operation_paths(), "/kms/xks/v1/keys/{key}/x"])
     tails = st.one_of(
-        st.just("/kms/xks/v1/health"),
-        st.tuples(
-            in_path([env.kek_id]), st.sampled_from(["metadata", "encrypt", "decrypt", "health", "x"])
-        ).map(lambda t: f"/kms/xks/v1/keys/{t[0]}/{t[1]}"),
+        st.tuples(operations, in_path([env.kek_id])).map(lambda t: fill(*t)),
         st.text(alphabet=string.ascii_letters + "/%._-", max_size=40).map(lambda t: "/" + t),
     )
     prefixes = st.sampled_from([env.prefix, env.prefix, "/crypto/v1/apps/x/aws", ""])
     known = METADATA.map(lambda m: {**metadata(), **m}) | plausible("AES_GCM", "SHA_256", "key_version=1")
-    cases = st.tuples(prefixes, tails, bodies(XKS_FIELDS, known))
+    api_cases = st.tuples(st.just("api"), prefixes, tails, bodies(XKS_FIELDS, known))
+    # Every other route (ping, metrics, the OpenAPI document, the fault admin endpoint), with and without
+    # the admin token, on its own methods and another.
+    fault_fields = ["faults", "kind", "latency_ms", "error_name", "probability", "count", "operation"]
+    route_cases = st.tuples(
+        st.just("route"),
+        st.sampled_from(sorted(routes)),
+        st.booleans(),
+        in_path(["1", "f-1"]),
+        bodies(fault_fields),
+        st.booleans(),
+    )
+
+    async def send_route(case: Any) -> None:
+        _, (method, template), as_random_method, ident, body, with_token = case
+        if as_random_method:
+            method = unserved_method(routes, template)
+        url = URL(env.proxy_url + fill(template, ident), encoded=True)
+        headers = {"Authorization": admin} if with_token else {}
+        async with env.http.request(method, url, data=body, headers=headers) as r:
+            text = await r.text()
+        assert_clean(r.status, text, case)
+        assert r.status < 500, (case, r.status, text)
+        if r.status >= 400 and template.startswith(FAULTS_PATH) and not as_random_method:
+            answer = json.loads(text)  # the admin endpoint's own shape, as `xkslab faults` reads it
+            assert isinstance(answer, dict) and isinstance(answer.get("error"), str), (case, text)
+        elif r.status >= 400:
+            answer = json.loads(text)
+            assert isinstance(answer, dict) and set(answer) == {"errorName", "errorMessage"}, (case, text)
+        # A fault the case set must not slow or break the cases after it.
+        async with env.http.delete(env.proxy_url + FAULTS_PATH, headers={"Authorization": admin}) as r:
+            assert r.status == 200, await r.text()
 
     async def send(case: Any) -> None:
-        prefix, tail, body = case
+        if case[0] == "route":
+            return await send_route(case)
+        _, prefix, tail, body = case
         url = env.proxy_url + prefix + tail
         headers = sign(url, body, env.akid, env.secret)
         async with env.http.post(URL(url, encoded=True), data=body, headers=headers) as r:
@@ -270,10 +322,40 @@ async def test_the_xks_proxy_under_random_signed_requests(
             spec_501 = r.status == 501 and answer["errorName"] == "UnsupportedOperationException"
             assert r.status < 500 or spec_501, (case, r.status, text)
 
-    await fuzz(cases, send)
+    await fuzz(st.one_of(api_cases, api_cases, api_cases, route_cases), send)
     status, answer = await env.encrypt(b"still serving")
     assert status == 200, answer
     assert_no_unhandled_errors(caplog)
+
+
+def test_the_fuzz_reaches_every_route(xks_template: tuple[Path, dict[str, Any]]) -> None:
+    """What the fuzz sends to is the routers' routes, so no route is left out by a list going stale (the
+    old hand-kept one missed DELETE, destroy, reset_secret and terminate), and each XKS operation the
+    proxy dispatches is one of its URIs."""
+    settings = load_settings(xks_template[0], environ={})
+    for app in (create_dsm_app(settings), create_xks_app(settings)):
+        everything = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+        echoes = {(method, path) for method, path in everything if method == "HEAD"}
+        catch_all = {(method, path) for method, path in everything if method == "*"}
+        # Nothing left out but aiohttp's HEAD echo of a GET, and the catch-all (fuzzed by its own paths).
+        assert served_routes(app) == everything - echoes - catch_all
+        assert {("GET", path) for _, path in echoes} <= served_routes(app)
+    dsm = served_routes(create_dsm_app(settings))
+    for route in [
+        ("DELETE", "/crypto/v1/keys/{kid}"),
+        ("DELETE", "/sys/v1/apps/{app_id}"),
+        ("DELETE", "/sys/v1/groups/{group_id}"),
+        ("POST", "/crypto/v1/keys/{kid}/destroy"),
+        ("POST", "/sys/v1/apps/{app_id}/reset_secret"),
+        ("POST", "/sys/v1/session/terminate"),
+    ]:
+        assert route in dsm, route
+    assert not catch_alls(create_dsm_app(settings))
+    assert catch_alls(create_xks_app(settings)) == {"/{tail}"}
+    paths = xks_operation_paths()
+    assert len(paths) == len(XKS_OPERATION)
+    matched = [xks_wire.URI_PATH.fullmatch(fill(path, "k")) for path in paths]
+    assert sorted(xks_wire.path_operation(m) for m in matched if m is not None) == sorted(XKS_OPERATION)
 
 
 # ------------------------------------------------------------------------------------------- KMS
