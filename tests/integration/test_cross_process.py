@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from typing import Any
 import pytest
 
 from tests import xks_harness
-from tests.xks_harness import XksEnv, b64, close_env, make_env, metadata
+from tests.xks_harness import XksEnv, b64, close_env, make_env, metadata, start_runner
+from xks_frontend.app import create_app as create_xks_app
+from xkslab_shared.config import load_settings
 
 xks_template = xks_harness.xks_template  # the fixtures this module uses
 xks_env = xks_harness.xks_env
@@ -168,16 +171,27 @@ async def test_a_request_the_proxy_gave_up_on_is_audited_as_refused_not_success(
     the lock, the row it writes for that request must say refused, because that is what KMS was told."""
     import sqlite3
 
-    env = await make_env(xks_template, tmp_path, {"xks.dsm_timeout_ms": 300})
+    env = await make_env(xks_template, tmp_path)  # the harness's generous deadline, for the warm-up and end
     try:
         status, _ = await encrypt_status(env)  # warm: the key and credentials are cached
         assert status == 200
+        # The deadline under test, on a second proxy beside the first. The lock is held until the proxy
+        # has answered, so the value need only be one a stalled machine cannot spend before the call
+        # reaches the key manager (whose audit row is read below): 2 s rather than 300 ms.
+        impatient = load_settings(
+            env.data_dir,
+            overrides={"xks.dsm_urls": env.dsm_url, "xks.prefix_cache_s": 0.0, "xks.dsm_timeout_ms": 2000},
+            environ={},
+        )
+        runner, port = await start_runner(create_xks_app(impatient))
+        env.runners.append(runner)
+        impatient_url = env.url("encrypt").replace(env.proxy_url, f"http://127.0.0.1:{port}")
         blocker = sqlite3.connect(env.data_dir / "xkslab.db", isolation_level=None)
         try:
             blocker.execute("BEGIN IMMEDIATE")  # the write lock, held until the proxy has answered
             request_id = "0c9a4c85-5b1d-4c38-9a4b-5d9f1f0d6e21"
             status, err = await env.post(
-                env.url("encrypt"),
+                impatient_url,
                 {
                     "requestMetadata": metadata(kmsRequestId=request_id),
                     "plaintext": b64(b"x" * 32),
@@ -188,7 +202,8 @@ async def test_a_request_the_proxy_gave_up_on_is_audited_as_refused_not_success(
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-        for _ in range(200):  # the DSM writes the row once it has the lock: wait for it, bounded
+        deadline = time.monotonic() + 120  # a hang guard: the DSM writes the row once it has the lock
+        while time.monotonic() < deadline:
             rows = [r for r in await env.audit_rows("xks.encrypt") if r["kms_request_id"] == request_id]
             if rows:
                 break

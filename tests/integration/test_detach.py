@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 from dotenv import dotenv_values
 
+from tests import deadlines
 from xkslab.lab.envfmt import FORMATS, format_env
 
 PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
-FREE_PORTS = [arg for name in PORTS for arg in ("--set", f"{name}=0")]
+# Free ports, and the generous deadlines of a lab in a test (tests/deadlines.py).
+FREE_PORTS = [*(arg for name in PORTS for arg in ("--set", f"{name}=0")), *deadlines.set_args()]
 HANG_S = 900  # far above any start; only turns a hang into a failure
 
 

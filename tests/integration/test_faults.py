@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
+from tests import deadlines
 from xkslab.cli import main
 from xkslab.lab.inprocess import LabInfo, lab_in_thread
 from xkslab_shared.faults_wire import FAULTS_PATH
@@ -28,7 +29,13 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "docs" / "scenarios"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
-    overrides = {"kms.xks_failure_threshold": str(THRESHOLD), "kms.xks_health_check_s": "0.2"}
+    overrides = {
+        "kms.xks_failure_threshold": str(THRESHOLD),
+        "kms.xks_health_check_s": "0.2",
+        "xks.dsm_timeout_ms": deadlines.GENEROUS["xks.dsm_timeout_ms"],
+        # KMS's own budget is what test_latency_past_250_ms_is_a_kms_timeout measures: the production one.
+        "kms.xks_timeout_ms": "250",
+    }
     with lab_in_thread(tmp_path_factory.mktemp("faults") / "lab", overrides) as info:
         yield info
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import deadlines
 from tests.net import refused
 from xkslab.lab.bootstrap import LabError
 from xkslab.lab.inprocess import lab_in_thread, run_lab
@@ -21,7 +22,7 @@ from xkslab_shared.config import ConfigError
 
 async def test_run_lab_on_the_running_loop_then_restart_in_a_thread(tmp_path: Path) -> None:
     data_dir = tmp_path / "lab"
-    async with run_lab(data_dir) as lab:
+    async with run_lab(data_dir, deadlines.GENEROUS) as lab:
         assert lab.in_process and lab.data["pid"] == os.getpid()
         assert json.loads((data_dir / "up.json").read_text()) == lab.data
         urls = [lab.dsm_url, lab.data["xks"]["url"], lab.kms_endpoint]
@@ -60,7 +61,7 @@ async def test_run_lab_on_the_running_loop_then_restart_in_a_thread(tmp_path: Pa
     assert all(refused(url) for url in urls)
 
     def restart() -> tuple[bytes, list[str], str]:
-        with lab_in_thread(data_dir) as again:
+        with lab_in_thread(data_dir, deadlines.GENEROUS) as again:
             assert again.key_id == lab.key_id and again.custom_key_store_id == lab.custom_key_store_id
             client = again.kms_client()
             try:

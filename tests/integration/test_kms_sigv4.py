@@ -21,6 +21,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from tests import deadlines
 from tests.integration.test_kms_api import connected_store_and_key, lab
 from tests.integration.test_up import kms_client, start_up, stop, wait_for_settings
 from tests.kms_harness import REGION, KmsEnv, aws, code, run_aws, start_kms, stop_kms
@@ -301,7 +302,7 @@ def test_up_makes_uses_and_renews_its_own_access_key(tmp_path: Path) -> None:
     assert holders == ["kms-access-key.json"]
 
     xkslab(data_dir, "kms", "access-key", "delete", env["AWS_ACCESS_KEY_ID"])
-    with lab_in_thread(data_dir, {"kms.verify_sigv4": "true"}) as info:
+    with lab_in_thread(data_dir, {"kms.verify_sigv4": "true", **deadlines.GENEROUS}) as info:
         renewed = info.data["aws_env"]
         assert renewed["AWS_ACCESS_KEY_ID"] != env["AWS_ACCESS_KEY_ID"]
         assert json.loads(saved_file.read_text())["access_key_id"] == renewed["AWS_ACCESS_KEY_ID"]

@@ -6,10 +6,12 @@ beside it, is."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from tests import deadlines
 from xkslab.bench.flood import KINDS
 from xkslab_shared.config import DsmSettings
 
@@ -26,6 +28,9 @@ def test_every_kind_of_flood_is_refused_and_fails_no_xks_request(tmp_path: Path)
             "--json", str(out),
         ],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        # The XKS load beside the flood must not fail: its labs get generous deadlines, or a 2-core machine
+        # busy hashing passwords turns the proxy's 200 ms budget into 503s that are not what is measured.
+        env={**os.environ, **deadlines.environ()},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())

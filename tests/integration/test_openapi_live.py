@@ -1,5 +1,5 @@
 """The services against their own OpenAPI documents, live: schemathesis generates requests for every
-documented operation (bounded: a few examples each and a time budget) and checks that none is answered
+documented operation (bounded: a few examples each) and checks that none is answered
 5xx and that every answer matches the document (status, content type, body schema). Then the Grafana
 dashboard: every metric it queries is in the services' /metrics after some real traffic.
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +32,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests import deadlines
 from xkslab.lab.info import LabInfo
 from xkslab.lab.inprocess import lab_in_thread
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES = 12  # per operation
-BUDGET_S = 150.0  # per service
+# A hang guard per request, not a budget: far above any answer on a loaded machine.
+REQUEST_GUARD_S = 120
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "xkslab.json"
 
 
@@ -49,7 +50,7 @@ def _amz_json(ctx: Any, value: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
-    with lab_in_thread(tmp_path_factory.mktemp("openapi") / "lab") as info:
+    with lab_in_thread(tmp_path_factory.mktemp("openapi") / "lab", deadlines.GENEROUS) as info:
         yield info
 
 
@@ -94,7 +95,7 @@ def fuzz(strategy: Any, base_url: str, session: requests.Session, kwargs: dict[s
     @SETTINGS
     @hypothesis.given(case=strategy)
     def check(case: Any) -> None:
-        response = case.call(base_url=base_url, session=session, timeout=30, **kwargs)
+        response = case.call(base_url=base_url, session=session, timeout=REQUEST_GUARD_S, **kwargs)
         statuses.add(response.status_code)
         case.validate_response(response, checks=CHECKS)
 
@@ -105,16 +106,14 @@ def fuzz(strategy: Any, base_url: str, session: requests.Session, kwargs: dict[s
 def run(
     schema: Any, base_url: str, strategy_for: Any, call_kwargs_for: Any, skip: set[str]
 ) -> dict[str, set[int]]:
-    """Every operation of ``schema`` not in ``skip``, EXAMPLES cases each, within BUDGET_S: the statuses
-    each operation was answered with."""
-    started = time.monotonic()
+    """Every operation of ``schema`` not in ``skip``, EXAMPLES cases each: the statuses each operation was
+    answered with."""
     exercised: dict[str, set[int]] = {}
     session = requests.Session()
     for result in schema.get_all_operations():
         operation = result.ok()
         if operation.definition.raw.get("operationId") in skip:
             continue
-        assert time.monotonic() - started < BUDGET_S, f"over the time budget before {operation.label}"
         exercised[operation.label] = fuzz(
             strategy_for(operation), base_url, session, call_kwargs_for(operation)
         )

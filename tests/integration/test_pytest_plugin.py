@@ -21,6 +21,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests import deadlines
 from tests.conftest import PG_ADMIN_DSN, pg_url
 from tests.net import refused as port_refused
 
@@ -157,7 +158,8 @@ def run_pytest(args: list[str], cwd: Path, env: dict[str, str], timeout: float =
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=cwd,
-        env={**os.environ, **env},
+        # The labs the inner suites start get generous deadlines (tests/deadlines.py) unless a test says.
+        env={**os.environ, **deadlines.environ(), **env},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -260,7 +262,7 @@ def test_the_entry_point_and_an_explicit_name_load_the_plugin_once(tmp_path: Pat
     )
     path = os.pathsep.join(filter(None, [str(dist.parent), os.environ.get("PYTHONPATH")]))
     for extra in ([], ["-p", "xkslab.pytest_plugin"]):
-        out = run_pytest([*extra, "-q", str(suite)], tmp_path, {"PYTHONPATH": path}, timeout=120)
+        out = run_pytest([*extra, "-q", str(suite)], tmp_path, {"PYTHONPATH": path})
         assert "1 passed" in out
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import boto3
 import pytest
 
+from tests import deadlines
+
 PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
 
 
@@ -28,7 +30,10 @@ def start_up(
 ) -> subprocess.Popen[bytes]:
     """On free ports: every port setting 0, the ports really bound are in up.json. The global options go
     before the subcommand, or after it when ``before`` is false."""
-    flags = ["--data-dir", str(data_dir), *(arg for name in PORTS for arg in ("--set", f"{name}=0"))]
+    flags = [
+        "--data-dir", str(data_dir), *(arg for name in PORTS for arg in ("--set", f"{name}=0")),
+        *deadlines.set_args(),
+    ]  # fmt: skip
     args = [*flags, "up", *(extra or [])] if before else ["up", *flags, *(extra or [])]
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
@@ -216,7 +221,7 @@ def dsm_login(url: str, email: str, password: str) -> int:
         f"{url}/sys/v1/session/auth", method="POST", headers={"Authorization": f"Basic {basic}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=120) as response:  # a hang guard, not a budget
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code

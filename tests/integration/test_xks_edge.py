@@ -31,6 +31,7 @@ from dsm_emulator.api.context import CORE_KEY
 from dsm_emulator.authz import system_principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import BadRequest, Conflict
+from tests import deadlines
 from tests.xks_harness import (
     KEY_ARN,
     PRINCIPAL_ARN,
@@ -102,6 +103,9 @@ def free_ports(count: int) -> list[int]:
         for sock in socks:
             sock.close()
 
+
+# Far above any answer or start on a loaded machine: only turns a hang into a failure.
+HANG_S = 120.0
 
 # Loopback only: never through an HTTP proxy from the environment.
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -675,7 +679,7 @@ def xkslab(data_dir: Path, *args: str, check: bool = True) -> subprocess.Complet
         text=True,
         env=env,
         cwd=REPO,
-        timeout=60,
+        timeout=HANG_S,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"xkslab {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
@@ -748,16 +752,16 @@ def test_cli_alias_add_list_remove_round_trip(cli_lab: CliLab) -> None:
     assert again.returncode == 1 and "no such XKS path prefix" in again.stderr
 
 
-def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 20.0) -> None:
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = HANG_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"{url}: the server exited with {proc.returncode}: {log.read_text()}")
         try:
-            with DIRECT.open(url, timeout=1) as response:
+            with DIRECT.open(url, timeout=10) as response:
                 if 200 <= response.status < 300:  # the DSM's health answers 204
                     return
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.05)
     raise AssertionError(f"{url} did not come up: {log.read_text()}")
@@ -769,7 +773,7 @@ def test_cli_dsm_and_xks_serve_answer_and_stop_cleanly_on_sigint(cli_lab: CliLab
         sys.executable, "-m", "xkslab", "--data-dir", str(cli_lab.data_dir),
         "--set", f"dsm.port={dsm_port}", "--set", f"dsm.https_port={dsm_https}",
         "--set", f"xks.port={xks_port}", "--set", f"xks.https_port={xks_https}",
-        "--set", f"xks.dsm_urls=http://127.0.0.1:{dsm_port}",
+        "--set", f"xks.dsm_urls=http://127.0.0.1:{dsm_port}", *deadlines.set_args(),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("XKSLAB_")}
     logs = {name: tmp_path / f"{name}.log" for name in ("dsm", "xks")}
@@ -792,14 +796,14 @@ def test_cli_dsm_and_xks_serve_answer_and_stop_cleanly_on_sigint(cli_lab: CliLab
         request = urllib.request.Request(
             url, data=raw, headers=sign(url, raw, cli_lab.akid, cli_lab.secret), method="POST"
         )
-        with DIRECT.open(request, timeout=5) as response:
+        with DIRECT.open(request, timeout=HANG_S) as response:
             assert response.status == 200
             health = json.loads(response.read())
         assert [n["healthStatus"] for n in health["ekmFleetDetails"]] == ["ACTIVE"]
 
         for proc in reversed(procs):  # the proxy first, then the DSM
             proc.send_signal(signal.SIGINT)
-        codes = [proc.wait(timeout=10) for proc in reversed(procs)]
+        codes = [proc.wait(timeout=HANG_S) for proc in reversed(procs)]
         assert codes == [0, 0], {name: path.read_text() for name, path in logs.items()}
         xks_log, dsm_log = logs["xks"].read_text(), logs["dsm"].read_text()
         assert f"XKS proxy on http://127.0.0.1:{xks_port}" in xks_log and "stopping" in xks_log
