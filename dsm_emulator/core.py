@@ -21,6 +21,7 @@ from dsm_emulator.admin import AdminService
 from dsm_emulator.audit import AuditLog
 from dsm_emulator.errors import Sealed
 from dsm_emulator.keyring import Keyring
+from dsm_emulator.keyring_admin import KeyringAdmin
 from dsm_emulator.keys import KeyService
 from dsm_emulator.logins import LoginLimiter
 from dsm_emulator.revocations import SessionRevocations
@@ -68,6 +69,7 @@ class DsmCore:
     sessions: async_sessionmaker[AsyncSession]
     sealer: Sealer
     keyring: Keyring
+    keyring_admin: KeyringAdmin
     audit: AuditLog
     keys: KeyService
     admin: AdminService
@@ -130,6 +132,7 @@ class DsmCore:
             sessions=sessions,
             sealer=sealer,
             keyring=keyring,
+            keyring_admin=KeyringAdmin(keyring, audit),
             audit=audit,
             keys=keys,
             admin=admin,

@@ -3,7 +3,14 @@
 Each term is a random AES-256 data key, stored in ``keyring_terms`` wrapped by the sealer. Terms are
 unwrapped once when a service starts and then live only in memory, so the sealer (a file key or an HSM)
 is never on the request path. ``rotate`` adds a term that seals from then on; older terms stay to open
-what they sealed. ``rewrap`` moves every term under another sealer without touching any object.
+what they sealed. ``rewrap`` moves every term under another sealer without touching any object. Both
+are audited mutations (``audit.apply``: one row, the cache generation raised).
+
+Another process may rotate while this one runs (``xkslab seal rotate`` beside ``xkslab up``, another
+replica): a blob that names a term this process has not loaded makes it load that term from the
+database, once, however many requests ask at the same moment. The term this process seals under stays
+the one it started with (or rotated to itself) until it restarts: tokens and hashes keyed from the
+active term keep working for as long as it runs.
 
 Blob layout written by ``seal`` (one place, refused when the version is unknown)::
 
@@ -17,6 +24,7 @@ does not open.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator.crypto import random_bytes
@@ -58,6 +66,9 @@ class Keyring:
         self._keys = keys
         self._ciphers = {term: AESGCM(key) for term, key in keys.items()}
         self._derived: dict[tuple[str, int], bytes] = {}
+        self._active = max(keys)
+        self._loading: dict[int, asyncio.Task[None]] = {}
+        self.term_loads = 0  # terms loaded on demand (another process rotated)
 
     # ------------------------------------------------------------------------------------- opening
 
@@ -68,18 +79,7 @@ class Keyring:
             rows = (await session.scalars(select(KeyringTerm).order_by(KeyringTerm.term))).all()
         if not rows:
             raise Sealed("the keyring has no term: run 'xkslab init' first")
-        keys: dict[int, bytes] = {}
-        for row in rows:
-            if row.sealer_key_id != sealer.key_id:
-                raise Sealed(
-                    f"keyring term {row.term} is sealed by {row.sealer_key_id}, "
-                    f"but the configured sealing key is {sealer.key_id}"
-                )
-            try:
-                keys[row.term] = sealer.unwrap(row.wrapped_key, _term_aad(row.term))
-            except SealError as exc:
-                raise Sealed(f"cannot unseal keyring term {row.term}: {exc}") from None
-        return cls(sessions, sealer, keys)
+        return cls(sessions, sealer, {row.term: _unwrap(sealer, row) for row in rows})
 
     @classmethod
     async def initialize(cls, sessions: async_sessionmaker[AsyncSession], sealer: Sealer) -> Keyring:
@@ -89,6 +89,33 @@ class Keyring:
             if existing is None:
                 session.add(cls._new_term_row(sealer, 1))
         return await cls.load(sessions, sealer)
+
+    async def ensure_term(self, term: int) -> None:
+        """Load ``term`` from the database unless this process has it: another process rotated. One
+        load per term, shared by every caller waiting for it (a cancelled caller stops waiting, the
+        load goes on). Sealed when the database has no such term or the sealer cannot open it."""
+        if term in self._keys:
+            return
+        loading = self._loading.get(term)
+        if loading is None:
+            loading = self._loading[term] = asyncio.create_task(self._load_term(term))
+            loading.add_done_callback(_retrieve)
+        await asyncio.shield(loading)
+
+    async def _load_term(self, term: int) -> None:
+        try:
+            async with self._sessions() as session:
+                row = await session.scalar(select(KeyringTerm).where(KeyringTerm.term == term))
+            if row is None:
+                raise Sealed(f"sealed blob names keyring term {term}, which this keyring does not have")
+            self._add(term, _unwrap(self._sealer, row))
+            self.term_loads += 1
+        finally:
+            del self._loading[term]
+
+    def _add(self, term: int, key: bytes) -> None:
+        self._keys[term] = key
+        self._ciphers[term] = AESGCM(key)
 
     @staticmethod
     def _new_term_row(sealer: Sealer, term: int) -> KeyringTerm:
@@ -108,7 +135,7 @@ class Keyring:
 
     @property
     def active_term(self) -> int:
-        return max(self._keys)
+        return self._active
 
     @property
     def terms(self) -> list[int]:
@@ -120,12 +147,15 @@ class Keyring:
         nonce = random_bytes(12)
         return header + nonce + self._ciphers[term].encrypt(nonce, plaintext, _AAD_PREFIX + header + context)
 
-    def open(self, blob: bytes, context: bytes) -> bytes:
-        if len(blob) < _HEADER.size + 12 + 16:
-            raise Sealed("sealed blob is truncated")
-        version, term = _HEADER.unpack_from(blob)
-        if version != BLOB_VERSION:
-            raise Sealed(f"sealed blob has unknown format version {version}")
+    async def open(self, blob: bytes, context: bytes) -> bytes:
+        """The plaintext of a blob ``seal`` made (in any process), bound to ``context``."""
+        await self.ensure_term(_blob_term(blob))
+        return self.open_loaded(blob, context)
+
+    def open_loaded(self, blob: bytes, context: bytes) -> bytes:
+        """``open`` for a blob this process sealed itself (a transient key's token): no database, and a
+        term it has not loaded is Sealed."""
+        term = _blob_term(blob)
         cipher = self._ciphers.get(term)
         if cipher is None:
             raise Sealed(f"sealed blob names keyring term {term}, which this keyring does not have")
@@ -150,30 +180,62 @@ class Keyring:
 
     # ------------------------------------------------------------------------------ management
 
-    async def rotate(self) -> int:
-        """Start a new term; new blobs are sealed under it, old ones still open."""
-        term = self.active_term + 1
-        row = self._new_term_row(self._sealer, term)
-        async with self._sessions.begin() as session:
-            session.add(row)
-        key = self._sealer.unwrap(row.wrapped_key, _term_aad(term))
-        self._keys[term] = key
-        self._ciphers[term] = AESGCM(key)
+    async def add_term(self, session: AsyncSession) -> int:
+        """In the caller's transaction (KeyringAdmin's audited apply): a new term, numbered the
+        database's next whatever this process knew; ``activate`` it once committed."""
+        term = (await session.scalar(select(func.max(KeyringTerm.term))) or 0) + 1
+        session.add(self._new_term_row(self._sealer, term))
         return term
 
-    async def rewrap(self, new_sealer: Sealer) -> int:
-        """Re-wrap every term under ``new_sealer`` in one transaction; returns the number of terms."""
-        async with self._sessions.begin() as session:
-            rows = (await session.scalars(select(KeyringTerm).with_for_update())).all()
-            for row in rows:
-                try:
-                    row.wrapped_key = new_sealer.wrap(self._keys[row.term], _term_aad(row.term))
-                except SealError as exc:
-                    raise Sealed(f"cannot wrap keyring term {row.term} with the new sealer: {exc}") from None
-                row.sealer_kind = new_sealer.kind
-                row.sealer_key_id = new_sealer.key_id
-        self._sealer = new_sealer
+    async def activate(self, term: int) -> None:
+        """Seal under ``term`` from now on (a term this process just committed)."""
+        await self.ensure_term(term)
+        self._active = max(self._active, term)
+
+    async def rewrap_terms(self, session: AsyncSession, new_sealer: Sealer) -> int:
+        """In the caller's transaction: every term re-wrapped under ``new_sealer``; the number of terms.
+        ``use_sealer`` once committed."""
+        rows = (await session.scalars(select(KeyringTerm).with_for_update())).all()
+        for row in rows:
+            if row.term not in self._keys:  # rotated by another process since this one started
+                self._add(row.term, _unwrap(self._sealer, row))
+            try:
+                row.wrapped_key = new_sealer.wrap(self._keys[row.term], _term_aad(row.term))
+            except SealError as exc:
+                raise Sealed(f"cannot wrap keyring term {row.term} with the new sealer: {exc}") from None
+            row.sealer_kind = new_sealer.kind
+            row.sealer_key_id = new_sealer.key_id
         return len(rows)
+
+    def use_sealer(self, sealer: Sealer) -> None:
+        self._sealer = sealer
 
     def status(self) -> KeyringStatus:
         return KeyringStatus(len(self._keys), self.active_term, self._sealer.kind, self._sealer.key_id)
+
+
+def _blob_term(blob: bytes) -> int:
+    if len(blob) < _HEADER.size + 12 + 16:
+        raise Sealed("sealed blob is truncated")
+    version, term = _HEADER.unpack_from(blob)
+    if version != BLOB_VERSION:
+        raise Sealed(f"sealed blob has unknown format version {version}")
+    return int(term)
+
+
+def _unwrap(sealer: Sealer, row: KeyringTerm) -> bytes:
+    if row.sealer_key_id != sealer.key_id:
+        raise Sealed(
+            f"keyring term {row.term} is sealed by {row.sealer_key_id}, "
+            f"but the configured sealing key is {sealer.key_id}"
+        )
+    try:
+        return sealer.unwrap(row.wrapped_key, _term_aad(row.term))
+    except SealError as exc:
+        raise Sealed(f"cannot unseal keyring term {row.term}: {exc}") from None
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # A failed load's callers re-raise it; if all of them were cancelled, asyncio would log it unseen.
+    if not task.cancelled():
+        task.exception()

@@ -1,7 +1,8 @@
 """Async alembic environment. The URL comes from the Config that xkslab builds (dsm_emulator.store).
 
-The schema is shared by the services, each with its own metadata: the key manager's tables and the
-KMS emulator's (``kms_*``). Autogenerate compares against both.
+The schema is shared by the services, each with its own metadata: the key manager's tables, the KMS
+emulator's (``kms_*``) and the cache generation; autogenerate compares against every one of them
+(migrations/metadata.py).
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from dsm_emulator.models import Base
-from kms_emulator.models import Base as KmsBase
+from migrations.metadata import TARGET_METADATA
 
-target_metadata = [Base.metadata, KmsBase.metadata]
+target_metadata = TARGET_METADATA
 
 
 def _run(connection: Connection) -> None:

@@ -1,12 +1,19 @@
 """The proxy's only caller of the key manager: a pooled aiohttp session, with fail-over across the
 configured DSM nodes, and the timeout that turns a slow key manager into DependencyTimeoutException
-before KMS's own 250 ms budget runs out."""
+before KMS's own 250 ms budget runs out.
+
+The timeout is one deadline for the whole call, across nodes: KMS waits 250 ms for the proxy's answer,
+however many nodes the proxy tried. A node that stalls may use only its share of what is left (the
+time remaining divided by the nodes not yet tried), so a node after it still gets a turn; a node that
+fails at once (refused, reset) leaves the rest of the time to the next. Each node is told the deadline
+of its own attempt (``budget_ms``), so its audit row agrees with what the proxy answered."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,8 +52,8 @@ class DsmClient:
     def __init__(self, urls: list[str], token: str, *, timeout_s: float, ssl_context: ssl.SSLContext | None):
         self.urls = urls
         self._token = token
+        self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._budget_ms = budget_for(int(timeout_s * 1000))
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
@@ -67,11 +74,16 @@ class DsmClient:
         parts = urlsplit(url)
         return parts.netloc or url
 
-    async def _request(self, url: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    async def _request(
+        self, url: str, method: str, path: str, body: Any = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
         assert self._session is not None, "DsmClient.open() was not called"
+        timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
         try:
             data = None if body is None else json_body.dumps(body)
-            async with self._session.request(method, url + path, data=data, headers=_JSON) as response:
+            async with self._session.request(
+                method, url + path, data=data, headers=_JSON, timeout=timeout
+            ) as response:
                 if response.status != 200:
                     log.error("DSM %s answered %s to %s", self.node_label(url), response.status, path)
                     raise DsmUnreachable("the key manager refused the proxy's call")
@@ -85,20 +97,33 @@ class DsmClient:
             raise DsmUnreachable("the key manager gave a malformed answer")
         return answer
 
-    async def _first(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        """Ask the nodes in order until one answers; a timeout is reported as such if no node answers."""
+    async def _first(
+        self, method: str, path: str, body: Callable[[float], Any] | None = None
+    ) -> dict[str, Any]:
+        """Ask the nodes in order until one answers, all within one deadline (the module's docstring);
+        ``body`` builds the request for the seconds an attempt has. A timeout is reported as such if no
+        node answers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
         last: XksError = DsmUnreachable()
-        for url in self.urls:
+        for index, url in enumerate(self.urls):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                last = DsmTimeout()
+                break
+            share = remaining / (len(self.urls) - index)
             try:
-                return await self._request(url, method, path, body)
+                data = None if body is None else body(share)
+                return await self._request(url, method, path, data, timeout_s=share)
             except (DsmUnreachable, DsmTimeout) as exc:
                 last = exc
         raise last
 
-    def _with_budget(self, call: ForwardedCall) -> dict[str, Any]:
-        # Each node gets the whole timeout (fail-over), so each gets the same budget.
+    def _with_budget(self, call: ForwardedCall, timeout_s: float) -> dict[str, Any]:
+        """The call as sent to a node the proxy waits ``timeout_s`` for: the node gets a deadline a
+        margin shorter, so its refusal (and audit row) is committed before the proxy gives up."""
         body = call.to_json()
-        body["budget_ms"] = self._budget_ms
+        body["budget_ms"] = budget_for(int(timeout_s * 1000))
         return body
 
     async def prefixes(self) -> dict[str, str]:
@@ -109,11 +134,14 @@ class DsmClient:
         return {str(k): str(v) for k, v in table.items()}
 
     async def call(self, call: ForwardedCall) -> dict[str, Any]:
-        return _outcome(await self._first("POST", CALL_PATH, self._with_budget(call)))
+        return _outcome(
+            await self._first("POST", CALL_PATH, lambda timeout_s: self._with_budget(call, timeout_s))
+        )
 
     async def call_each(self, call: ForwardedCall) -> list[NodeAnswer]:
-        """The same call on every node at once (health: each node reports itself)."""
-        body = self._with_budget(call)
+        """The same call on every node at once (health: each node reports itself), each with the whole
+        timeout, since they run side by side."""
+        body = self._with_budget(call, self._timeout_s)
 
         async def one(url: str) -> NodeAnswer:
             try:

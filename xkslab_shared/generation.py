@@ -104,7 +104,7 @@ class Generation:
         self.poll_s = poll_s
         self._value = -1
         self._read_started = -float("inf")  # the START of the last read: what it saw is at least that new
-        self._reading: asyncio.Future[int] | None = None
+        self._reading: asyncio.Task[int] | None = None
         self.reads = 0
 
     def expire(self) -> None:
@@ -114,28 +114,36 @@ class Generation:
     async def current(self) -> int:
         if time.monotonic() - self._read_started < self.poll_s:
             return self._value
-        if self._reading is not None:  # one read at a time, however many requests ask
-            return await asyncio.shield(self._reading)
-        self._reading = asyncio.get_running_loop().create_future()
+        reading = self._reading
+        if reading is None:  # one read at a time, however many requests ask
+            reading = self._reading = asyncio.create_task(self._read(), name="cache-generation-read")
+            reading.add_done_callback(_retrieve)
+        # The read is a task of its own and each caller only waits for it: a request that is cancelled
+        # (its client went away) stops waiting, and the read goes on for every other caller.
+        return await asyncio.shield(reading)
+
+    async def _read(self) -> int:
         started = time.monotonic()
         try:
             async with self._sessions() as session:
                 value = await session.scalar(
                     select(cache_generation.c.value).where(cache_generation.c.id == 1)
                 )
-        except BaseException as exc:
-            self._reading.set_exception(exc)
-            self._reading.exception()  # retrieved: the waiters (if any) re-raise it
-            raise
         finally:
-            reading, self._reading = self._reading, None
+            self._reading = None
         self.reads += 1
         # A row that is not there (a database restored from before migration 0004 cannot start, so only
         # by hand) counts as a new generation on every read: caching stops rather than going stale.
         self._value = self._value + 1 if value is None else value
         self._read_started = started
-        reading.set_result(self._value)
         return self._value
+
+
+def _retrieve(task: asyncio.Task[int]) -> None:
+    """Mark a failed read's exception as seen: its callers re-raise it, and if every caller was
+    cancelled meanwhile, nobody is left to (and asyncio would log it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(slots=True)

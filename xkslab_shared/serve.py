@@ -31,7 +31,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from xkslab_shared import tls
+from xkslab_shared import parent, tls
 from xkslab_shared.config import Settings
 
 T = TypeVar("T")
@@ -245,6 +245,7 @@ async def wait_for_signal() -> None:
     # shutdown is absorbed instead of interrupting it.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    parent.watch_parent(stop.set)  # a supervised service also stops when its supervisor dies
     await stop.wait()
 
 
@@ -260,6 +261,7 @@ async def serve(
 ) -> None:
     """Serve until SIGINT or SIGTERM. With ``ready_file``, write ``{"pid", "urls"}`` there once every
     listener is bound (the ports really bound: a supervisor that asked for port 0 learns them here)."""
+    parent.die_with_parent()
     async with AsyncExitStack() as stack:
         urls: list[str] = []
         for listener in listeners:

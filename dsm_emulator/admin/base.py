@@ -11,6 +11,7 @@ credentials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dsm_emulator import secrets as creds
 from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import Principal
-from dsm_emulator.errors import AccessDenied, AuthFailed, Conflict, NotFound, TooManyAttempts
+from dsm_emulator.errors import AccessDenied, AuthFailed, Conflict, NotFound, Sealed, TooManyAttempts
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.logins import ANY_IDENTITY, LoginLimiter
 from dsm_emulator.models import App, AppGroup, Group, is_uuid
@@ -129,6 +130,9 @@ class AdminBase:
         if creds.is_scrypt(encoded):
             return await self._verify(secret, encoded)
         term = creds.keyed_term(encoded or "")
+        if term is not None and term not in self._keyring.terms:
+            with contextlib.suppress(Sealed):  # hashed under a term another process rotated to
+                await self._keyring.ensure_term(term)
         if term is None or term not in self._keyring.terms:
             creds.verify_keyed(secret, self._hash_app_secret(""), self._secret_key(self._keyring.active_term))
             return False

@@ -110,7 +110,7 @@ class CredentialsMixin(AdminBase):
         if _kind(app) == "secret":
             row = by_status.get("current")
             secret = (
-                self._keyring.open(row.sealed_secret, secret_context(app.app_id)).decode()
+                (await self._keyring.open(row.sealed_secret, secret_context(app.app_id))).decode()
                 if row is not None and row.sealed_secret is not None
                 else None
             )
@@ -120,7 +120,7 @@ class CredentialsMixin(AdminBase):
             for status, key in (("current", "awsxks"), ("previous", "previous")):
                 row = by_status.get(status)
                 if row is not None:
-                    pair = self._open_awsxks(row)
+                    pair = await self._open_awsxks(row)
                     view = {"access_key_id": pair[0], "secret_key": pair[1]}
                     result[key] = view if key == "awsxks" else {"awsxks": view}
             result.setdefault("awsxks", None)
@@ -136,9 +136,9 @@ class CredentialsMixin(AdminBase):
         )
         return result
 
-    def _open_awsxks(self, row: AppCredential) -> tuple[str, str]:
+    async def _open_awsxks(self, row: AppCredential) -> tuple[str, str]:
         assert row.access_key_id is not None and row.sealed_secret is not None
-        secret = self._keyring.open(row.sealed_secret, awsxks_context(row.app_id, row.access_key_id))
+        secret = await self._keyring.open(row.sealed_secret, awsxks_context(row.app_id, row.access_key_id))
         return row.access_key_id, secret.decode()
 
     async def reset_secret(
@@ -335,7 +335,7 @@ class CredentialsMixin(AdminBase):
                 )
             ).all()
         ordered = sorted(rows, key=lambda row: row.status != "current")
-        return [self._open_awsxks(row) for row in ordered]
+        return [await self._open_awsxks(row) for row in ordered]
 
     async def app_by_access_key_id(self, access_key_id: str) -> App | None:
         """The app that owns this awsxks access key id (current or previous), enabled or not."""

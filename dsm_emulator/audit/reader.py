@@ -8,6 +8,7 @@ writer keeps the fail-closed write path small enough to reason about.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ async def verify(
                 break
             for row in page:
                 values = row._asdict()
+                if values["key_term"] not in keys:
+                    with contextlib.suppress(DsmError):  # a term another process rotated to
+                        await keyring.ensure_term(values["key_term"])
                 reason = _row_problem(values, expected, prev, keyring, keys)
                 if reason is not None:
                     problem = ChainProblem(chain, values["seq"], values["id"], reason)

@@ -230,7 +230,7 @@ class KeyServiceBase:
         await self._audit.record(_with(_about(event, subject), response_time_us=elapsed))
         return result
 
-    def material(self, obj: SecurityObject) -> bytes:
+    async def material(self, obj: SecurityObject) -> bytes:
         """The object's plaintext material; callers have already checked the row."""
         if obj.sealed_material is None:
             raise InvalidState("the key material has been destroyed")
@@ -245,7 +245,7 @@ class KeyServiceBase:
         cached = self._material_cache.get(obj.kid)
         if cached is not None and now - cached[1] < self._material_max_age_s:
             return cached[0]
-        material = self._keyring.open(obj.sealed_material, material_context(obj))
+        material = await self._keyring.open(obj.sealed_material, material_context(obj))
         if self._material_max_age_s > 0:
             self._material_cache[obj.kid] = (material, now)
         return material

@@ -65,10 +65,9 @@ class CryptoMixin(KeyServiceBase):
         async def action(subject: list[SecurityObject]) -> crypto.Ciphertext:
             obj = await self._usable(p, kid, "ENCRYPT", "ENCRYPT", subject)
             _require_aes(obj)
+            material = await self.material(obj)
             return _crypto(
-                lambda: crypto.encrypt(
-                    mode, self.material(obj), plain, iv=iv, aad=aad, tag_len_bits=tag_len_bits
-                )
+                lambda: crypto.encrypt(mode, material, plain, iv=iv, aad=aad, tag_len_bits=tag_len_bits)
             )
 
         return await self._audited(event, action)
@@ -98,7 +97,8 @@ class CryptoMixin(KeyServiceBase):
         async def action(subject: list[SecurityObject]) -> bytes:
             obj = await self._usable(p, kid, "DECRYPT", "DECRYPT", subject)
             _require_aes(obj)
-            return _crypto(lambda: crypto.decrypt(mode, self.material(obj), cipher, iv=iv, aad=aad, tag=tag))
+            material = await self.material(obj)
+            return _crypto(lambda: crypto.decrypt(mode, material, cipher, iv=iv, aad=aad, tag=tag))
 
         return await self._audited(event, action)
 
@@ -125,11 +125,10 @@ class CryptoMixin(KeyServiceBase):
             wrapping = await self._usable(p, wrapping_kid, "WRAPKEY", "WRAPKEY", seen)
             _require_aes(wrapping)
             subject = await self._usable(p, subject_kid, "EXPORT", "EXPORT")
-            material = self.material(subject)
+            material = await self.material(subject)
+            kek = await self.material(wrapping)
             return _crypto(
-                lambda: crypto.encrypt(
-                    mode, self.material(wrapping), material, iv=iv, aad=aad, tag_len_bits=tag_len_bits
-                )
+                lambda: crypto.encrypt(mode, kek, material, iv=iv, aad=aad, tag_len_bits=tag_len_bits)
             )
 
         return await self._audited(event, action)
@@ -157,9 +156,8 @@ class CryptoMixin(KeyServiceBase):
         async def action(seen: list[SecurityObject]) -> bytes:
             wrapping = await self._usable(p, wrapping_kid, "UNWRAPKEY", "UNWRAPKEY", seen)
             _require_aes(wrapping)
-            return _crypto(
-                lambda: crypto.decrypt(mode, self.material(wrapping), wrapped, iv=iv, aad=aad, tag=tag)
-            )
+            kek = await self.material(wrapping)
+            return _crypto(lambda: crypto.decrypt(mode, kek, wrapped, iv=iv, aad=aad, tag=tag))
 
         material = await self._audited(event, action)
         return await self.create(p, spec, value=material)
@@ -176,7 +174,7 @@ class CryptoMixin(KeyServiceBase):
             require_permission(p, "EXPORT", obj.group_id)
             if "EXPORT" not in obj.key_ops:
                 raise InvalidState("this key is not exportable (no EXPORT key operation)")
-            return obj, self.material(obj)
+            return obj, await self.material(obj)
 
         return await self._audited(event, action)
 

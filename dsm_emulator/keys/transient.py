@@ -174,7 +174,8 @@ class TransientMixin(KeyServiceBase):
         malformed, expired) is the same BadRequest, so the answer tells nothing about the token."""
         try:
             sealed = base64.b64decode(token, validate=True)
-            key = TransientKey.from_json(self._keyring.open(sealed, transient_context(p.acct_id)))
+            # Sealed by this process under its own active term: no other process's term to load.
+            key = TransientKey.from_json(self._keyring.open_loaded(sealed, transient_context(p.acct_id)))
         except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, Sealed):
             raise BadRequest(INVALID_TRANSIENT) from None
         if key.acct_id != p.acct_id or key.expiry <= now():

@@ -244,7 +244,7 @@ class XksService(XksPrefixes, XksHealth):
         if isinstance(request, xks_wire.MetadataRequest):
             return key_metadata(named)
         if isinstance(request, xks_wire.EncryptRequest):
-            return self._encrypt(p, named, request)
+            return await self._encrypt(p, named, request)
         assert isinstance(request, xks_wire.DecryptRequest)
         # Authorization, state and usage of the external key come before anything about the
         # ciphertext (its metadata included), in the spec's order.
@@ -255,7 +255,7 @@ class XksService(XksPrefixes, XksHealth):
         version_key = await self._versions.get((named.kid, metadata), lambda: self._version(named, metadata))
         if version_key is not named:
             keys.append(version_key)
-        return self._decrypt(p, named, version_key, request)
+        return await self._decrypt(p, named, version_key, request)
 
     async def _find_key(self, p: Principal, key_id: str) -> SecurityObject:
         async with self._sessions() as session:
@@ -302,14 +302,16 @@ class XksService(XksPrefixes, XksHealth):
                 obj = older
         return obj
 
-    def _encrypt(self, p: Principal, key: SecurityObject, request: xks_wire.EncryptRequest) -> dict[str, Any]:
+    async def _encrypt(
+        self, p: Principal, key: SecurityObject, request: xks_wire.EncryptRequest
+    ) -> dict[str, Any]:
         require_permission(p, "ENCRYPT", key.group_id)
         _require_usable(key, "ENCRYPT", PROTECT_STATES)
         _require_usage(key, "ENCRYPT")
         if request.cdiv_algorithm is not None:
             _require_usage(key, "DECRYPT")  # the verification decrypt must be allowed too
         metadata = version_metadata(key.version)
-        material = self._keys.material(key)
+        material = await self._keys.material(key)
         aad = gcm_aad(request.aad, metadata)
         iv, ciphertext, tag = crypto.aes_gcm_encrypt(material, request.plaintext, aad)
         response = {
@@ -327,17 +329,16 @@ class XksService(XksPrefixes, XksHealth):
                 raise Internal("the verification decrypt failed") from None
         return response
 
-    def _decrypt(
+    async def _decrypt(
         self, p: Principal, named: SecurityObject, key: SecurityObject, request: xks_wire.DecryptRequest
     ) -> dict[str, Any]:
         require_permission(p, "DECRYPT", key.group_id)
         _require_usable(key, "DECRYPT", PROCESS_STATES)
         _require_usage(key, "DECRYPT")
         aad = gcm_aad(request.aad, request.ciphertext_metadata)
+        material = await self._keys.material(key)
         try:
-            plaintext = crypto.aes_gcm_decrypt(
-                self._keys.material(key), request.iv, request.ciphertext, request.tag, aad
-            )
+            plaintext = crypto.aes_gcm_decrypt(material, request.iv, request.ciphertext, request.tag, aad)
         except crypto.CryptoError:
             raise IntegrityFailure(_BAD_CIPHERTEXT) from None
         return {"plaintext": _b64(plaintext)}

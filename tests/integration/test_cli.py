@@ -274,7 +274,7 @@ def _generated_materials(data_dir: Path) -> list[bytes]:
         "    async with await DsmCore.open(load_settings(sys.argv[1])) as core:\n"
         "        async with core.sessions() as s:\n"
         "            objs=(await s.scalars(select(SecurityObject).where(SecurityObject.origin=='FortanixHSM'))).all()\n"
-        "        for o in objs: print(core.keys.material(o).hex())\n"
+        "        for o in objs: print((await core.keys.material(o)).hex())\n"
         "asyncio.run(main())\n"
     )
     proc = subprocess.run(

@@ -989,7 +989,7 @@ def test_moving_metadata_into_the_aad_changes_the_gcm_aad() -> None:
 @pytest.mark.parametrize("iv_bytes", [12, 16])
 async def test_decrypt_accepts_ivs_of_12_and_16_bytes(xks_env: XksEnv, iv_bytes: int) -> None:
     obj = await xks_env.core.keys.get(xks_env.system, kid=xks_env.kek_id)
-    material = xks_env.core.keys.material(obj)
+    material = await xks_env.core.keys.material(obj)
     iv, aad = os.urandom(iv_bytes), b"context"
     sealed = AESGCM(material).encrypt(iv, b"made outside the proxy", gcm_aad(aad, SPEC_METADATA))
     enc = {

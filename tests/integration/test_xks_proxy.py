@@ -45,7 +45,7 @@ async def test_the_spec_aad_construction_is_what_the_key_uses(xks_env: XksEnv) -
     status, enc = await xks_env.encrypt(b"secret data", additionalAuthenticatedData=b64(aad))
     assert status == 200
     obj = await xks_env.core.keys.get(xks_env.system, kid=xks_env.kek_id)
-    material = xks_env.core.keys.material(obj)
+    material = await xks_env.core.keys.material(obj)
     cm = unb64(enc["ciphertextMetadata"])
     gcm_aad = len(aad).to_bytes(2, "big") + aad + len(cm).to_bytes(1, "big") + cm
     plain = AESGCM(material).decrypt(

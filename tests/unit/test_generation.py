@@ -136,6 +136,24 @@ async def test_every_flush_of_an_invalidating_session_raises_the_generation(
         await engine.dispose()
 
 
+async def test_a_cancelled_reader_does_not_cancel_the_callers_sharing_its_read(sessions: Sessions) -> None:
+    """The request that started the read goes away (its client hung up): the others still get the value."""
+    generation = Generation(sessions, poll_s=3600.0)
+    first = asyncio.create_task(generation.current())
+    await asyncio.sleep(0)  # the first caller starts the read
+    others = [asyncio.create_task(generation.current()) for _ in range(5)]
+    await asyncio.sleep(0)  # the others wait on it
+    assert not first.done()  # still reading the database
+    first.cancel()
+    values = await asyncio.gather(*others)
+    assert len(set(values)) == 1 and values[0] >= 0
+    assert generation.reads == 1
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await generation.current() == values[0]  # the read stands: no second one
+    assert generation.reads == 1
+
+
 async def test_concurrent_misses_of_one_key_share_one_load(sessions: Sessions) -> None:
     """An entry that ages out under load is loaded once, not once per request in flight."""
     generation = Generation(sessions, poll_s=3600.0)

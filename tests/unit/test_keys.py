@@ -22,6 +22,7 @@ from dsm_emulator.audit import AuditLog
 from dsm_emulator.authz import Principal
 from dsm_emulator.errors import AccessDenied, BadRequest, Conflict, IntegrityFailure, InvalidState, NotFound
 from dsm_emulator.keyring import Keyring
+from dsm_emulator.keyring_admin import KeyringAdmin
 from dsm_emulator.keys import KeyService, KeySpec, effective_state
 from dsm_emulator.models import Account, AuditRow, Group, SecurityObject
 from dsm_emulator.sealing import Sealer, open_sealer
@@ -141,7 +142,7 @@ async def test_generate_aes(env: Env, bits: int) -> None:
     assert obj.version == 1 and obj.replaced_kid is None and obj.replacement_kid is None
     assert obj.activation_date is not None
 
-    material = env.keys.material(obj)
+    material = await env.keys.material(obj)
     assert len(material) == bits // 8
     assert obj.kcv is not None and len(obj.kcv) == 6
     assert obj.kcv == crypto.kcv(material)
@@ -151,10 +152,10 @@ async def test_generate_aes(env: Env, bits: int) -> None:
     assert material not in stored.sealed_material
     assert material.hex().encode() not in stored.sealed_material
     # A service without a cache opens the stored blob to the same material.
-    assert KeyService(env.sessions, env.keyring, env.audit).material(stored) == material
+    assert await KeyService(env.sessions, env.keyring, env.audit).material(stored) == material
 
     other = await env.aes(f"aes-{bits}-2", bits)
-    assert env.keys.material(other) != material
+    assert await env.keys.material(other) != material
     with pytest.raises(InvalidState, match="not exportable"):
         await env.keys.export(env.admin, kid=obj.kid)
 
@@ -191,13 +192,15 @@ async def test_generate_hmac_and_secret(env: Env) -> None:
     assert hmac.obj_type == "HMAC" and hmac.key_size == 256
     assert set(hmac.key_ops) == {"MACGENERATE", "MACVERIFY", "APPMANAGEABLE"}
     assert hmac.kcv is None
-    assert len(env.keys.material(hmac)) == 32
+    assert len(await env.keys.material(hmac)) == 32
 
     secret = await env.keys.create(env.admin, KeySpec(name="secret", obj_type="SECRET", key_size=512))
     assert secret.obj_type == "SECRET" and secret.key_size == 512
     assert set(secret.key_ops) == {"DERIVEKEY", "APPMANAGEABLE"}
-    assert len(env.keys.material(secret)) == 64
-    assert secret.sealed_material is not None and env.keys.material(secret) not in secret.sealed_material
+    assert len(await env.keys.material(secret)) == 64
+    assert (
+        secret.sealed_material is not None and await env.keys.material(secret) not in secret.sealed_material
+    )
 
     with pytest.raises(InvalidState):
         await env.keys.encrypt(env.admin, hmac.kid, "GCM", PLAINTEXT)
@@ -287,7 +290,7 @@ async def test_gcm_with_aad(env: Env, tag_len: int) -> None:
     plain = await env.keys.decrypt(env.admin, key.kid, "GCM", ct.cipher, iv=ct.iv, aad=aad, tag=ct.tag)
     assert plain == PLAINTEXT
     # It is the key's own material that was used.
-    material = env.keys.material(key)
+    material = await env.keys.material(key)
     assert crypto.decrypt("GCM", material, ct.cipher, iv=ct.iv, aad=aad, tag=ct.tag) == PLAINTEXT
 
     with pytest.raises(IntegrityFailure):
@@ -314,13 +317,13 @@ async def test_block_modes_round_trip(env: Env, mode: str) -> None:
     assert ct.cipher != plain
     assert len(ct.cipher) == (64 if mode == "CBC" else 48)
     assert await env.keys.decrypt(env.admin, key.kid, mode, ct.cipher, iv=ct.iv) == plain
-    assert crypto.decrypt(mode, env.keys.material(key), ct.cipher, iv=ct.iv) == plain
+    assert crypto.decrypt(mode, await env.keys.material(key), ct.cipher, iv=ct.iv) == plain
 
     iv = bytes(range(16))
     if mode != "ECB":
         fixed = await env.keys.encrypt(env.admin, key.kid, mode, plain, iv=iv)
         assert fixed.iv == iv
-        assert fixed.cipher == crypto.encrypt(mode, env.keys.material(key), plain, iv=iv).cipher
+        assert fixed.cipher == crypto.encrypt(mode, await env.keys.material(key), plain, iv=iv).cipher
     if mode in ("CBCNOPAD", "ECB"):
         with pytest.raises(BadRequest):
             await env.keys.encrypt(env.admin, key.kid, mode, b"not aligned")
@@ -481,7 +484,7 @@ async def test_destroy(env: Env) -> None:
     with pytest.raises(InvalidState):
         await env.keys.decrypt(env.admin, key.kid, "GCM", ct.cipher, iv=ct.iv, tag=ct.tag)
     with pytest.raises(InvalidState):
-        env.keys.material(stored)
+        await env.keys.material(stored)
     # A fresh service (no cache) refuses too.
     fresh = KeyService(env.sessions, env.keyring, env.audit)
     with pytest.raises(InvalidState):
@@ -535,8 +538,8 @@ async def test_rekey_by_name(env: Env) -> None:
     assert sorted(new.key_ops) == sorted(old.key_ops)
     assert new.group_id == old.group_id
     assert new.custom_metadata == {"team": "crypto"} and new.description == "d"
-    assert env.keys.material(new) != env.keys.material(old)
-    assert new.kcv == crypto.kcv(env.keys.material(new))
+    assert await env.keys.material(new) != await env.keys.material(old)
+    assert new.kcv == crypto.kcv(await env.keys.material(new))
 
     rotated = await env.keys.get(env.admin, kid=old.kid)
     assert rotated.name.startswith("rotating (rotated at ") and rotated.name.endswith(")")
@@ -811,8 +814,8 @@ async def test_audit_never_contains_plaintext_or_key_material(env: Env) -> None:
     rekeyed = await env.keys.rekey(env.admin, kid=generated.kid)
     await env.keys.encrypt(env.admin, rekeyed.kid, "ECB", PLAINTEXT[:32])
 
-    secrets_ = [PLAINTEXT, value, env.keys.material(generated), env.keys.material(rekeyed)]
-    secrets_.append(env.keys.material(unwrapped))
+    secrets_ = [PLAINTEXT, value, await env.keys.material(generated), await env.keys.material(rekeyed)]
+    secrets_.append(await env.keys.material(unwrapped))
     needles: set[str] = set()
     for secret in secrets_:
         needles |= {
@@ -862,11 +865,11 @@ async def test_keys_survive_a_restart(db_url: str, sealer: Sealer, seal_config: 
             gcm = await keys.encrypt(admin, gen.kid, "GCM", PLAINTEXT, aad=b"ctx")
             cbc = await keys.encrypt(admin, imp.kid, "CBC", PLAINTEXT)
             # A keyring rotation in between: blobs of both terms must open after the restart.
-            assert await keyring.rotate() == 2
+            assert await KeyringAdmin(keyring, audit).rotate() == 2
             late = await keys.create(admin, KeySpec(name="late", obj_type="AES", key_size=128))
             ctr = await keys.encrypt(admin, late.kid, "CTR", PLAINTEXT)
             hmac = await keys.create(admin, KeySpec(name="mac", obj_type="HMAC", key_size=256))
-            hmac_material = keys.material(hmac)
+            hmac_material = await keys.material(hmac)
             rotated_new = await keys.rekey(admin, kid=gen.kid)
             rotated_ct = await keys.encrypt(admin, rotated_new.kid, "GCM", PLAINTEXT)
             rows_before = len(await audit_rows(sessions, actor_id=admin.id))
@@ -900,9 +903,9 @@ async def test_keys_survive_a_restart(db_url: str, sealer: Sealer, seal_config: 
             _, exported = await keys.export(admin, kid=imp.kid)
             assert exported == value
             reloaded_hmac = await keys.get(admin, kid=hmac.kid)
-            assert keys.material(reloaded_hmac) == hmac_material
+            assert await keys.material(reloaded_hmac) == hmac_material
             reloaded_gen = await keys.get(admin, kid=gen.kid)
-            assert reloaded_gen.kcv == gen.kcv == crypto.kcv(keys.material(reloaded_gen))
+            assert reloaded_gen.kcv == gen.kcv == crypto.kcv(await keys.material(reloaded_gen))
             assert reloaded_gen.replacement_kid == rotated_new.kid
             # New work after the restart, and its audit rows continue the trail.
             fresh = await keys.encrypt(admin, late.kid, "GCM", PLAINTEXT)
@@ -924,7 +927,7 @@ async def test_delete(env: Env) -> None:
     key = await env.aes("deleted")
     keep = await env.aes("kept")
     ct = await env.keys.encrypt(env.admin, key.kid, "GCM", PLAINTEXT)
-    assert env.keys.material(key)  # cached
+    assert await env.keys.material(key)  # cached
     await env.keys.delete(env.admin, key.kid)
     with pytest.raises(NotFound):
         await env.keys.get(env.admin, kid=key.kid)

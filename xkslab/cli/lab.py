@@ -59,18 +59,20 @@ def _lab_dir() -> Path:
 
 @click.command("down")
 def down() -> None:
-    """Stop the lab running on the data directory (whoever started it) and wait until its processes are
-    gone. Nothing running is not an error."""
+    """Stop the lab running on the data directory (whoever started it), and any service still running
+    on it without its lab, and wait until their processes are gone. Nothing running is not an error."""
     data_dir = _lab_dir()
     try:
-        pid = stop_lab(data_dir)
+        stopped = stop_lab(data_dir)
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(
-        f"stopped the xkslab lab on {data_dir} (pid {pid})"
-        if pid
-        else f"no xkslab lab is running on {data_dir}"
-    )
+    if stopped.lab is not None:
+        click.echo(f"stopped the xkslab lab on {data_dir} (pid {stopped.lab})")
+    if stopped.services:
+        pids = ", ".join(map(str, stopped.services))
+        click.echo(f"stopped xkslab service(s) left running on {data_dir} without their lab (pid {pids})")
+    if stopped.lab is None and not stopped.services:
+        click.echo(f"no xkslab lab is running on {data_dir}")
 
 
 @click.command("wait")

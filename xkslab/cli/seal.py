@@ -38,7 +38,7 @@ async def seal_status(core: Any, _p: Any, as_json: bool) -> None:
 @with_core
 async def seal_rotate(core: Any, _p: Any, as_json: bool) -> None:
     """Start a new keyring term: new material is sealed under it; old material stays readable."""
-    term = await core.keyring.rotate()
+    term = await core.keyring_admin.rotate()
     emit({"active_term": term}, as_json, lambda d: f"keyring rotated: active term {d['active_term']}")
 
 
@@ -55,7 +55,7 @@ def seal_rewrap(settings: Settings, target: str, as_json: bool) -> None:
         async with await DsmCore.open(settings) as core:
             new_sealer = open_configured_sealer(settings, target)
             try:
-                count = await core.keyring.rewrap(new_sealer)
+                count = await core.keyring_admin.rewrap(new_sealer)
             finally:
                 new_sealer.close()
         return count

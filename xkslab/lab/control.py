@@ -110,7 +110,11 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 def lab_holder(data_dir: Path) -> int | None:
     """The pid of the ``up`` that holds the data directory's lock, or None when no lab runs on it."""
-    path = data_dir / LOCK_FILE
+    return _lock_holder(data_dir / LOCK_FILE)
+
+
+def _lock_holder(path: Path) -> int | None:
+    """The pid written in ``path`` by the process that holds its flock; None when nobody holds it."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -133,6 +137,42 @@ def lab_holder(data_dir: Path) -> int | None:
             time.sleep(POLL_S)
     finally:
         os.close(fd)
+
+
+def running_services(data_dir: Path) -> list[int]:
+    """The service processes (``xkslab dsm|xks|kms serve``) running on ``data_dir``, with or without an
+    ``up`` above them: the holders of the per-service locks (``run/<service>.lock``, an embedded data
+    directory) and the writers of live ready files (``run/<service>.json``, which up's services write on
+    PostgreSQL too) whose command line names this data directory, so a reused pid is left alone."""
+    data_dir = data_dir.resolve()
+    run_dir = data_dir / RUN_DIR
+    found: set[int] = set()
+    for lock in sorted(run_dir.glob("*.lock")):
+        try:
+            pid = _lock_holder(lock)
+        except LabError:
+            continue
+        if pid is not None and is_xkslab(pid):
+            found.add(pid)
+    for ready in sorted(run_dir.glob("*.json")):
+        try:
+            pid = json.loads(ready.read_text()).get("pid")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(pid, int) and is_xkslab(pid) and _names(pid, data_dir):
+            found.add(pid)
+    return sorted(found)
+
+
+def _names(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid``'s command line names ``data_dir`` (up passes it to every service it starts)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc: the ready file is all there is
+    except OSError:
+        return False
+    return str(data_dir).encode() in argv
 
 
 def read_up_json(data_dir: Path) -> dict[str, Any] | None:

@@ -6,7 +6,8 @@ once that child has written ``up.json``. A start that fails leaves nothing behin
 group (the child leads it, its services are in it) is stopped before the error is reported.
 
 ``down`` finds the lab through the data directory's lock (control.py), so it stops a lab whoever started
-it, and waits, bounded, until the ``up`` and every service below it are gone.
+it, and waits, bounded, until the ``up`` and every service below it are gone; then it stops any service
+still running on the data directory without an ``up`` (the per-service locks and ready files name them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from xkslab.lab.bootstrap import LabError
@@ -32,12 +34,13 @@ from xkslab.lab.control import (
     pid_file,
     read_up_json,
     ready_settings,
+    running_services,
     signal_pid,
     wait_gone,
 )
 from xkslab.lab.up import UP_FILE
 
-__all__ = ["start_detached", "stop_lab"]
+__all__ = ["Stopped", "start_detached", "stop_lab"]
 
 
 def group_members(pgid: int) -> list[int]:
@@ -154,15 +157,33 @@ def _write_pid(path: Path, pid: int) -> None:
     tmp.replace(path)
 
 
-def stop_lab(data_dir: Path) -> int | None:
-    """Stop the lab running on ``data_dir`` and wait until its processes are gone; its pid, or None when
-    no lab was running (then only stale files are tidied)."""
+@dataclass(frozen=True)
+class Stopped:
+    """What ``down`` stopped: the ``up`` holding the lab (None: none ran) and the services that ran on
+    the data directory without one (left by an ``up`` that was killed, or started by hand)."""
+
+    lab: int | None
+    services: list[int]
+
+
+def stop_lab(data_dir: Path) -> Stopped:
+    """Stop the lab running on ``data_dir`` and every service still running on it, and wait until their
+    processes are gone (when no lab was running, stale files are tidied)."""
     holder = lab_holder(data_dir)
     if holder is None:
         pid_file(data_dir).unlink(missing_ok=True)
         if read_up_json(data_dir) is not None and ready_settings(data_dir) is None:
             (data_dir / UP_FILE).unlink(missing_ok=True)  # left by a lab that was killed
-        return None
+    else:
+        _stop_holder(data_dir, holder)
+    # Services without their up: what the data directory's locks and ready files name. Children of a
+    # killed up stop by themselves (xkslab_shared/parent.py); these are whatever did not.
+    services = running_services(data_dir)
+    _finish(services)
+    return Stopped(holder, services)
+
+
+def _stop_holder(data_dir: Path, holder: int) -> None:
     data = read_up_json(data_dir) or {}
     # Collected before the signal: once up has exited, its services (if any survived) have a new parent.
     pids = [holder, *descendants(holder)]
@@ -183,4 +204,3 @@ def stop_lab(data_dir: Path) -> int | None:
     if (read_up_json(data_dir) or {}).get("pid") == holder:
         # up removes it as it stops; not when it had to be killed.
         (data_dir / UP_FILE).unlink(missing_ok=True)
-    return holder

@@ -4,7 +4,8 @@ makes a data directory belong to one running lab.
 
 Each child is told where to write its ready file; the supervisor learns from it the ports really bound
 (any port setting may be 0), and a child that exits before it is ready, or while the lab runs, stops the
-whole lab with its exit status.
+whole lab with its exit status. The other way round, each child stops when the supervisor dies, even by
+SIGKILL (xkslab_shared/parent.py), so a killed ``up`` leaves no service behind.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from xkslab.lab.bootstrap import LabError
+from xkslab_shared.parent import ParentLink
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -90,13 +92,20 @@ class Supervisor:
         self._echo = echo
         self._run_dir = self._data_dir / "run"
         self._children: list[tuple[str, asyncio.subprocess.Process]] = []
+        self._link: ParentLink | None = None
 
     async def __aenter__(self) -> Supervisor:
         self._run_dir.mkdir(mode=0o700, exist_ok=True)
+        self._link = ParentLink()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        try:
+            await self.stop()
+        finally:
+            if self._link is not None:
+                self._link.close()
+                self._link = None
 
     async def start(self, service: str, extra: dict[str, str] | None = None) -> list[str]:
         """Start ``xkslab <service> serve`` and return the URLs it serves once it is listening."""
@@ -104,6 +113,7 @@ class Supervisor:
         ready.unlink(missing_ok=True)
         settings = {**self._overrides, **(extra or {})}
         sets = [arg for name, value in settings.items() for arg in ("--set", f"{name}={value}")]
+        assert self._link is not None, "use the Supervisor as an async context manager"
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -116,6 +126,8 @@ class Supervisor:
             "--ready-file",
             str(ready),
             stdin=asyncio.subprocess.DEVNULL,
+            env=self._link.child_env(),
+            pass_fds=self._link.pass_fds,
         )
         self._children.append((service, process))
         loop = asyncio.get_running_loop()
