@@ -69,8 +69,12 @@ def sobject_view(obj: SecurityObject, *, value: bytes | None = None) -> dict[str
     return view
 
 
+# The group columns a GroupRequest sets (dsm_emulator/api/admin.py GROUP_FIELDS), shown when set.
+GROUP_SETTINGS = ("cryptographic_policy", "key_metadata_policy", "export_policy", "custom_metadata")
+
+
 def group_view(group: Group) -> dict[str, Any]:
-    return {
+    view: dict[str, Any] = {
         "group_id": group.group_id,
         "name": group.name,
         "description": group.description,
@@ -78,6 +82,11 @@ def group_view(group: Group) -> dict[str, Any]:
         "creator": _creator(group.creator_type, group.creator_id),
         "created_at": fortanix_time(group.created_at),
     }
+    for column in GROUP_SETTINGS:
+        value = getattr(group, column)
+        if value is not None:
+            view[column] = value
+    return view
 
 
 def app_view(app: App, groups: dict[str, frozenset[str]] | None = None) -> dict[str, Any]:

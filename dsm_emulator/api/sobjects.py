@@ -177,7 +177,7 @@ async def export_key_ex(request: web.Request) -> web.Response:
     p = principal_of(request)
     kid, name, token = _any_descriptor(await read_json(request), "request body")
     if token is not None:
-        view, _value = core_of(request).keys.export_transient(p, token)
+        view, _value = await core_of(request).keys.export_transient(p, token)
         return json_response(view)
     obj, value = await core_of(request).keys.export(p, kid=kid, name=name)
     return json_response(sobject_view(obj, value=value))
@@ -190,7 +190,10 @@ async def rekey(request: web.Request) -> web.Response:
     if (kid is None) == (name is None):
         raise BadRequest("identify the object to rekey by exactly one of name or kid")
     deactivate = bool(field(body, "deactivate_rotated_key", bool))
-    obj = await core_of(request).keys.rekey(p, name=name, kid=kid, deactivate_rotated_key=deactivate)
+    value = b64_field(body, "value")  # sdkms-cli rotate-secret sends the new secret
+    obj = await core_of(request).keys.rekey(
+        p, name=name, kid=kid, deactivate_rotated_key=deactivate, value=value
+    )
     return json_response(sobject_view(obj))
 
 
