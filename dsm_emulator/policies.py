@@ -98,7 +98,7 @@ def _legacy(value: Any, path: str) -> str:
     # what the lab does (the policy is checked when keys are made or changed). "prohibited" and
     # "unprotect_only" would need a check on every crypto call, the XKS path included.
     if value == "allowed":
-        return value
+        return "allowed"
     if value in ("prohibited", "unprotect_only"):
         raise not_implemented(f"{path} {value!r}", "existing keys stay usable: only 'allowed'")
     raise BadRequest(f"{path} must be one of allowed, prohibited, unprotect_only")

@@ -17,9 +17,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator import crypto
@@ -195,7 +195,7 @@ class KeyServiceBase:
         pending, self._unwritten_use = self._unwritten_use, {}
         if not pending:
             return 0
-        table = SecurityObject.__table__
+        table = cast(Table, SecurityObject.__table__)
         stmt = (
             update(table)
             .where(

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -37,7 +37,8 @@ def b64(data: bytes) -> str:
 
 @pytest.fixture
 async def client(env: SimpleNamespace, aiohttp_client: Any) -> Client:
-    return await api_harness.route_client(env, aiohttp_client, admin.routes, sobjects.routes, crypto.routes)
+    routes = (admin.routes, sobjects.routes, crypto.routes)
+    return cast(Client, await api_harness.route_client(env, aiohttp_client, *routes))
 
 
 @pytest.fixture
@@ -58,9 +59,8 @@ async def db_env(empty_db_url: str, tmp_path: Path) -> AsyncIterator[SimpleNames
 
 @pytest.fixture
 async def db_client(db_env: SimpleNamespace, aiohttp_client: Any) -> Client:
-    return await api_harness.route_client(
-        db_env, aiohttp_client, admin.routes, sobjects.routes, crypto.routes
-    )
+    routes = (admin.routes, sobjects.routes, crypto.routes)
+    return cast(Client, await api_harness.route_client(db_env, aiohttp_client, *routes))
 
 
 async def call(client: Client, method: str, path: str, body: Any = None, status: int = 200) -> Any:
@@ -138,7 +138,7 @@ async def _cryptographic_policy(client: Client, env: SimpleNamespace) -> None:
 
 
 async def _key_metadata_policy(client: Client, env: SimpleNamespace) -> None:
-    policy = {"base": {"custom_metadata": {"owner": {"required": {}}}}, "for_obj_type": {}}
+    policy: dict[str, Any] = {"base": {"custom_metadata": {"owner": {"required": {}}}}}
     gid = await group(client, "metadata", key_metadata_policy=policy)
     await key(client, gid, "no-owner", status=400)
     await key(client, gid, "owned", custom_metadata={"owner": "team-a"})
@@ -219,7 +219,7 @@ async def test_cryptographic_policy_on_create_import_update_and_rotate(
     db_client: Client, db_env: SimpleNamespace
 ) -> None:
     client = db_client
-    policy = {
+    policy: dict[str, Any] = {
         "aes": {"key_sizes": [256]},
         "hmac": {"minimum_key_length": 256},
         "key_ops": ["ENCRYPT", "DECRYPT", "MACGENERATE", "MACVERIFY", "APPMANAGEABLE", "EXPORT"],
@@ -296,7 +296,7 @@ async def test_cryptographic_policy_allowing_types_the_lab_lacks_is_kept(client:
 
 async def test_key_metadata_policy_on_create_update_and_rotate(db_client: Client) -> None:
     client = db_client
-    policy = {
+    policy: dict[str, Any] = {
         "base": {
             "custom_metadata": {
                 "owner": {"required": {"non_empty_after_trim": True}},
@@ -313,7 +313,7 @@ async def test_key_metadata_policy_on_create_update_and_rotate(db_client: Client
     assert (await call(client, "GET", f"/sys/v1/groups/{gid}"))["key_metadata_policy"]["base"][
         "description"
     ] == {"required": {}}
-    good = {"custom_metadata": {"owner": "a", "env": "dev"}, "description": "d"}
+    good: dict[str, Any] = {"custom_metadata": {"owner": "a", "env": "dev"}, "description": "d"}
     assert "owner" in (await key(client, gid, "k1", status=400))["message"]
     await key(client, gid, "k2", status=400, custom_metadata={"owner": "  ", "env": "dev"}, description="d")
     await key(client, gid, "k3", status=400, custom_metadata={"owner": "a", "env": "qa"}, description="d")
