@@ -30,7 +30,11 @@ def _creator(kind: str, ident: str) -> dict[str, str]:
     return {"app": ident} if kind == "app" else {"user": ident}
 
 
-def sobject_view(obj: SecurityObject, *, value: bytes | None = None) -> dict[str, Any]:
+def sobject_view(
+    obj: SecurityObject, *, value: bytes | None = None, compliant: bool = True
+) -> dict[str, Any]:
+    """``compliant``: whether the object meets its group's policies today (KeyService.noncompliant);
+    objects just made or changed met them, or they would not have been."""
     links: dict[str, str] = {}
     if obj.replacement_kid:
         links["replacement"] = obj.replacement_kid
@@ -62,7 +66,7 @@ def sobject_view(obj: SecurityObject, *, value: bytes | None = None) -> dict[str
         "version": obj.version,
         "never_exportable": "EXPORT" not in obj.key_ops,
         "public_only": False,
-        "compliant_with_policies": True,
+        "compliant_with_policies": compliant,
     }
     if value is not None:
         view["value"] = b64(value)

@@ -214,6 +214,10 @@ class KeyServiceBase:
             raise
         return len(pending)
 
+    def note_use(self, obj: SecurityObject) -> None:
+        """A successful use of the key (lastused_at), noted in memory only: see USAGE_FLUSH_S."""
+        self._unwritten_use[obj.kid] = datetime.now(UTC)
+
     def with_last_use(self, obj: SecurityObject) -> SecurityObject:
         """``obj`` (a row read for a view) with the last use this node has not written yet."""
         pending = self._unwritten_use.get(obj.kid)
@@ -304,15 +308,15 @@ class KeyServiceBase:
             await self._audit.record(_about(event, subject).refused(exc))
             raise
         elapsed = int((now() - started).total_seconds() * 1e6)
+        for obj in subject:
+            self.note_use(obj)
         await self._audit.record(_with(_about(event, subject), response_time_us=elapsed))
         return result
 
     def material(self, obj: SecurityObject) -> bytes:
-        """The object's plaintext material; callers have already checked the row. Asking for it is a use
-        of the key (lastused_at), noted in memory: see USAGE_FLUSH_S."""
+        """The object's plaintext material; callers have already checked the row."""
         if obj.sealed_material is None:
             raise InvalidState("the key material has been destroyed")
-        self._unwritten_use[obj.kid] = datetime.now(UTC)
         now = time.monotonic()
         if now - self._material_swept >= self._material_max_age_s:
             self._material_cache = {

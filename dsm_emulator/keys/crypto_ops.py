@@ -126,11 +126,13 @@ class CryptoMixin(KeyServiceBase):
                 policies = await self._policies(session, subject.group_id)
             policies.check_wrap(wrapping.kid, wrapping.name)
             material = self.material(subject)
-            return _crypto(
+            wrapped = _crypto(
                 lambda: crypto.encrypt(
                     mode, self.material(wrapping), material, iv=iv, aad=aad, tag_len_bits=tag_len_bits
                 )
             )
+            self.note_use(subject)  # the wrapping key's use is noted with the audit row
+            return wrapped
 
         return await self._audited(event, action)
 

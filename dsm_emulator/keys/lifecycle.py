@@ -27,8 +27,8 @@ from dsm_emulator.keys.base import (
     material_context,
     now,
 )
-from dsm_emulator.models import SecurityObject
-from dsm_emulator.policies import KeyFacts
+from dsm_emulator.models import Group, SecurityObject
+from dsm_emulator.policies import GroupPolicies, KeyFacts
 
 
 class LifecycleMixin(KeyServiceBase):
@@ -229,6 +229,27 @@ class LifecycleMixin(KeyServiceBase):
         async with self._sessions() as session:
             return [self.with_last_use(obj) for obj in (await session.scalars(stmt)).all()]
 
+    async def noncompliant(self, objs: Iterable[SecurityObject]) -> frozenset[str]:
+        """The kids of ``objs`` that break their group's policies as they are now: keys made before a
+        policy was set or tightened (for ``compliant_with_policies``)."""
+        objs = list(objs)
+        group_ids = {obj.group_id for obj in objs}
+        if not group_ids:
+            return frozenset()
+        async with self._sessions() as session:
+            groups = (await session.scalars(select(Group).where(Group.group_id.in_(group_ids)))).all()
+        policies = {group.group_id: GroupPolicies.of(group) for group in groups}
+        broken = set()
+        for obj in objs:
+            group_policies = policies.get(obj.group_id)
+            if group_policies is None:
+                continue
+            try:
+                group_policies.check_key(_facts(obj))
+            except BadRequest:
+                broken.add(obj.kid)
+        return frozenset(broken)
+
     # ------------------------------------------------------------------------------ lifecycle
 
     async def update(
@@ -270,19 +291,7 @@ class LifecycleMixin(KeyServiceBase):
                 obj.enabled = enabled
             if deactivation_date is not None:
                 obj.deactivation_date = deactivation_date
-            policies = await self._policies(session, obj.group_id)
-            policies.check_key(
-                KeyFacts(
-                    obj_type=obj.obj_type,
-                    key_size=obj.key_size,
-                    key_ops=frozenset(obj.key_ops),
-                    description=obj.description,
-                    custom_metadata=obj.custom_metadata,
-                    activation_date=None,
-                    deactivation_date=obj.deactivation_date,
-                    judged_dates=frozenset({"deactivation_date"}),
-                )
-            )
+            (await self._policies(session, obj.group_id)).check_key(_facts(obj))
 
         what = {True: "Enabled", False: "Disabled", None: "Updated"}[enabled]
         return await self._mutate(p, kid, "MANAGE", "key.update", what, change)
@@ -336,6 +345,21 @@ class LifecycleMixin(KeyServiceBase):
             await session.delete(obj)
 
         await self._mutate(p, kid, "MANAGE", "key.delete", "Deleted", change)
+
+
+def _facts(obj: SecurityObject) -> KeyFacts:
+    """A stored object as the policies see it: its activation date was filled in by the lab (or came
+    with its creation), so only the deactivation date, which an update can set, is judged."""
+    return KeyFacts(
+        obj_type=obj.obj_type,
+        key_size=obj.key_size,
+        key_ops=frozenset(obj.key_ops),
+        description=obj.description,
+        custom_metadata=obj.custom_metadata,
+        activation_date=None,
+        deactivation_date=obj.deactivation_date,
+        judged_dates=frozenset({"deactivation_date"}),
+    )
 
 
 async def _rotated_name(session: AsyncSession, acct_id: str, name: str, stamp: datetime) -> str:

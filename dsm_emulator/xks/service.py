@@ -325,6 +325,7 @@ class XksService(XksPrefixes, XksHealth):
                 crypto.aes_gcm_decrypt(material, iv, ciphertext, tag, aad)
             except crypto.CryptoError:
                 raise Internal("the verification decrypt failed") from None
+        self._keys.note_use(key)
         return response
 
     def _decrypt(
@@ -340,6 +341,7 @@ class XksService(XksPrefixes, XksHealth):
             )
         except crypto.CryptoError:
             raise IntegrityFailure(_BAD_CIPHERTEXT) from None
+        self._keys.note_use(key)
         return {"plaintext": _b64(plaintext)}
 
 

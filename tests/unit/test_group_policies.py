@@ -251,7 +251,13 @@ async def test_cryptographic_policy_on_create_import_update_and_rotate(
     # A key made before the policy keeps working (legacy "allowed") but cannot be rotated into breach.
     old_gid = await group(client, "later")
     old = await key(client, old_gid, "old-128", key_size=128)
+    assert (await call(client, "GET", f"/crypto/v1/keys/{old['kid']}"))["compliant_with_policies"] is True
     await call(client, "PATCH", f"/sys/v1/groups/{old_gid}", {"cryptographic_policy": policy})
+    assert (await call(client, "GET", f"/crypto/v1/keys/{old['kid']}"))["compliant_with_policies"] is False
+    listed = await call(client, "GET", f"/crypto/v1/keys?group_id={old_gid}")
+    assert [k["compliant_with_policies"] for k in listed] == [False]
+    info = await call(client, "POST", "/crypto/v1/keys/info", {"kid": old["kid"]})
+    assert info["compliant_with_policies"] is False
     plain = {"alg": "AES", "mode": "CBC", "plain": b64(b"x" * 16)}
     await call(client, "POST", f"/crypto/v1/keys/{old['kid']}/encrypt", plain)
     assert (
@@ -260,6 +266,7 @@ async def test_cryptographic_policy_on_create_import_update_and_rotate(
     )
     await call(client, "PATCH", f"/sys/v1/groups/{old_gid}", {"cryptographic_policy": "remove"})
     assert "cryptographic_policy" not in await call(client, "GET", f"/sys/v1/groups/{old_gid}")
+    assert (await call(client, "GET", f"/crypto/v1/keys/{old['kid']}"))["compliant_with_policies"] is True
     await call(client, "POST", "/crypto/v1/keys/rekey", {"kid": old["kid"]})
 
 
@@ -405,3 +412,20 @@ async def test_export_policy_shapes_are_checked(client: Client) -> None:
         {"$type": "Wrapped", "by": {"$type": "Only", "keys": []}},
     ):
         await refused(client, "POST", "/sys/v1/groups", {"name": "g", "export_policy": bad}, "export_policy")
+
+
+async def test_rekey_takes_a_value_and_refuses_fields_it_would_drop(
+    client: Client, env: SimpleNamespace
+) -> None:
+    gid = await group(client, "secrets")
+    body = {"name": "api-token", "obj_type": "SECRET", "value": b64(b"first"), "group_id": gid}
+    old = await call(client, "PUT", "/crypto/v1/keys", body, status=201)
+    new = await call(client, "POST", "/crypto/v1/keys/rekey", {"name": "api-token", "value": b64(b"second!")})
+    assert new["kid"] != old["kid"] and new["key_size"] == 56 and new["origin"] == "External"
+    assert (await call(client, "GET", f"/crypto/v1/keys/{new['kid']}/export"))["value"] == b64(b"second!")
+    message = await refused(
+        client, "POST", "/crypto/v1/keys/rekey", {"name": "api-token", "key_ops": ["EXPORT"]}, "key_ops"
+    )
+    assert "not implemented by xkslab" in message
+    aes = (await key(client, gid, "aes"))["kid"]
+    await refused(client, "POST", "/crypto/v1/keys/rekey", {"kid": aes, "value": b64(bytes(7))}, "56 bits")
