@@ -37,7 +37,7 @@ def _by_route(name: str, value: Any) -> Any:
 def _refused(why: str) -> GroupField:
     def refuse(name: str, value: Any) -> Any:
         # A value that asks for nothing the lab lacks (an empty list, false, "remove") is not a yes.
-        if value in (False, [], {}, "remove"):
+        if value is False or value in ([], {}, "remove"):
             return _NOTHING
         raise not_implemented(name, why)
 
