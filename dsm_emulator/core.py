@@ -11,6 +11,7 @@ disables a key returns only once every running lab honours it (xkslab_shared/gen
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -36,6 +37,8 @@ from dsm_emulator.sealing import (
 from dsm_emulator.xks import XksService
 from xkslab_shared.config import Settings
 from xkslab_shared.generation import Generation
+
+log = logging.getLogger("dsm_emulator.core")
 
 
 def seal_config(settings: Settings, backend: str | None = None) -> SealConfig:
@@ -106,6 +109,7 @@ class DsmCore:
                 await writer_engine.dispose()
             raise
         keys = KeyService(sessions, keyring, audit, max_age_s=db.cache_max_age_s, generation=generation)
+        keys.start_usage_writer()
         limiter = LoginLimiter(
             settings.dsm.login_max_failures,
             settings.dsm.login_window_s,
@@ -142,6 +146,10 @@ class DsmCore:
 
     async def close(self) -> None:
         try:
+            try:
+                await self.keys.close_usage_writer()
+            except Exception:
+                log.exception("could not write the last-use times of keys at close")
             await self.audit.close()
             if self.audit.last_mutation is not None:
                 loop = asyncio.get_running_loop()

@@ -85,6 +85,11 @@ class Group(Base):
     creator_type: Mapped[str] = mapped_column(String(8))
     creator_id: Mapped[str] = mapped_column(Uuid)
     created_at: Mapped[datetime]
+    # Fortanix's policy documents as the lab parsed them (dsm_emulator/policies.py); NULL: no policy.
+    cryptographic_policy: Mapped[dict[str, Any] | None]
+    key_metadata_policy: Mapped[dict[str, Any] | None]
+    export_policy: Mapped[dict[str, Any] | None]
+    custom_metadata: Mapped[dict[str, Any] | None]
 
 
 class App(Base):

@@ -30,7 +30,11 @@ def _creator(kind: str, ident: str) -> dict[str, str]:
     return {"app": ident} if kind == "app" else {"user": ident}
 
 
-def sobject_view(obj: SecurityObject, *, value: bytes | None = None) -> dict[str, Any]:
+def sobject_view(
+    obj: SecurityObject, *, value: bytes | None = None, compliant: bool = True
+) -> dict[str, Any]:
+    """``compliant``: whether the object meets its group's policies today (KeyService.noncompliant);
+    objects just made or changed met them, or they would not have been."""
     links: dict[str, str] = {}
     if obj.replacement_kid:
         links["replacement"] = obj.replacement_kid
@@ -62,15 +66,19 @@ def sobject_view(obj: SecurityObject, *, value: bytes | None = None) -> dict[str
         "version": obj.version,
         "never_exportable": "EXPORT" not in obj.key_ops,
         "public_only": False,
-        "compliant_with_policies": True,
+        "compliant_with_policies": compliant,
     }
     if value is not None:
         view["value"] = b64(value)
     return view
 
 
+# The group columns a GroupRequest sets (dsm_emulator/api/admin.py GROUP_FIELDS), shown when set.
+GROUP_SETTINGS = ("cryptographic_policy", "key_metadata_policy", "export_policy", "custom_metadata")
+
+
 def group_view(group: Group) -> dict[str, Any]:
-    return {
+    view: dict[str, Any] = {
         "group_id": group.group_id,
         "name": group.name,
         "description": group.description,
@@ -78,6 +86,11 @@ def group_view(group: Group) -> dict[str, Any]:
         "creator": _creator(group.creator_type, group.creator_id),
         "created_at": fortanix_time(group.created_at),
     }
+    for column in GROUP_SETTINGS:
+        value = getattr(group, column)
+        if value is not None:
+            view[column] = value
+    return view
 
 
 def app_view(app: App, groups: dict[str, frozenset[str]] | None = None) -> dict[str, Any]:

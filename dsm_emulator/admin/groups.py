@@ -6,6 +6,8 @@ it holds objects or is some app's only group -- so they are kept in one place, a
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,7 +21,14 @@ from dsm_emulator.models import App, AppGroup, Group, SecurityObject, is_uuid
 
 
 class GroupsMixin(AdminBase):
-    async def create_group(self, p: Principal, name: str, description: str | None = None) -> Group:
+    async def create_group(
+        self,
+        p: Principal,
+        name: str,
+        description: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> Group:
+        """``settings``: group columns (policies, custom_metadata) to their parsed values."""
         name = _name(name, "name")
         description = _description(description)
         group_id = str(uuid.uuid4())
@@ -36,10 +45,14 @@ class GroupsMixin(AdminBase):
                 creator_id=p.id or p.acct_id,
                 created_at=now(),
             )
+            for column, value in (settings or {}).items():
+                setattr(group, column, value)
             session.add(group)
             await _flush(session, "group already exists")
+            policies = sorted(column for column, value in (settings or {}).items() if value is not None)
+            what = f" with {', '.join(policies)}" if policies else ""
             return group, self._event(
-                p, "group.create", f"Created group {name}", object_id=group_id, group_ids=(group_id,)
+                p, "group.create", f"Created group {name}{what}", object_id=group_id, group_ids=(group_id,)
             )
 
         return await self._admin_apply(p, refusal, work)
@@ -67,9 +80,15 @@ class GroupsMixin(AdminBase):
         return group
 
     async def update_group(
-        self, p: Principal, group_id: str, name: str | None = None, description: str | None = None
+        self,
+        p: Principal,
+        group_id: str,
+        name: str | None = None,
+        description: str | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> Group:
-        """Rename and/or redescribe (None: unchanged; an empty description clears it)."""
+        """Rename and/or redescribe (None: unchanged; an empty description clears it); ``settings``: group
+        columns (policies, custom_metadata) to their new parsed values (None clears one)."""
         name = None if name is None else _name(name, "name")
         description = None if description is None else _description(description)
         refusal = self._event(p, "group.update", f"Update group {_ref(group_id)}", object_id=_id(group_id))
@@ -84,6 +103,10 @@ class GroupsMixin(AdminBase):
             if description is not None:
                 group.description = description or None
                 changes.append("description changed")
+            for column, value in (settings or {}).items():
+                if getattr(group, column) != value:
+                    setattr(group, column, value)
+                    changes.append(f"{column} {'set' if value is not None else 'removed'}")
             await _flush(session, "group already exists")
             what = f" ({', '.join(changes)})" if changes else ""
             return group, self._event(

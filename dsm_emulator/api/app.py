@@ -13,6 +13,7 @@ from dsm_emulator.api.context import CORE_KEY, json_response
 from dsm_emulator.api.metrics import METRICS_KEY, DsmMetrics, metrics_middleware, metrics_page
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import BadRequest, DsmError, TooManyAttempts
+from dsm_emulator.models import is_uuid
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.proxy_link import INTERNAL_PREFIX, read_token
@@ -54,6 +55,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if isinstance(exc, web.HTTPMethodNotAllowed) and _names_no_object(request):
+            return json_response({"message": "not found: no such endpoint"}, status=404)
         response = json_response({"message": exc.reason}, status=exc.status)
         for name, value in exc.headers.items():
             if name.lower() not in {"content-type", "content-length"}:
@@ -62,6 +65,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return json_response({"message": "internal error"}, status=500)
+
+
+def _names_no_object(request: web.Request) -> bool:
+    """Whether the path is ``<collection>/<word>`` where ``<collection>/{id}`` is a route and the word is
+    no id. ``/crypto/v1/keys/{kid}`` serves GET, PATCH and DELETE for any word, so an operation the lab
+    lacks (``POST /crypto/v1/keys/<word>``) would be "method not allowed"; DSM says 404: no such thing."""
+    head, _, word = request.path.rpartition("/")
+    if is_uuid(word):
+        return False
+    depth = head.count("/") + 1
+    return any(
+        resource.canonical.startswith(head + "/{")
+        and resource.canonical.endswith("}")
+        and resource.canonical.count("/") == depth
+        for resource in request.app.router.resources()
+    )
 
 
 @web.middleware

@@ -124,7 +124,16 @@ LOGS_QUERY = {
     "object_id": string(),
     "severity": string(),
 }
-GROUP_BODY = obj(name=string(1, 4096), description=string())
+# The GroupRequest fields the lab enforces; any other non-null field is refused with a 400 naming it.
+GROUP_BODY = obj(
+    name=string(1, 4096),
+    description=string(),
+    acct_id=string(),
+    cryptographic_policy={"oneOf": [ANY_OBJECT, {"type": "string", "enum": ["remove"]}]},
+    key_metadata_policy={"oneOf": [ANY_OBJECT, {"type": "string", "enum": ["remove"]}]},
+    export_policy=ANY_OBJECT,
+    custom_metadata={"type": "object", "additionalProperties": string()},
+)
 APP_BODY = obj(
     name=string(1, 4096),
     description=string(),

@@ -315,6 +315,8 @@ def _account_view(account: Account) -> dict[str, Any]:
         "acct_id": account.acct_id,
         "name": account.name,
         "enabled": account.enabled,
+        # sdkms-cli list-accounts prints state.name (Fortanix AccountState); without it the CLI crashes.
+        "state": "Activated" if account.enabled else "Disabled",
         "auth_type": "Password",
         "created_at": fortanix_time(account.created_at),
     }

@@ -25,6 +25,8 @@ from dsm_emulator.api.context import (
 )
 from dsm_emulator.errors import BadRequest
 from dsm_emulator.keys import KeySpec
+from dsm_emulator.models import SecurityObject
+from dsm_emulator.policies import not_implemented
 from dsm_emulator.views import sobject_view
 
 routes = web.RouteTableDef()
@@ -160,7 +162,14 @@ async def list_keys(request: web.Request) -> web.Response:
         start=q.get("start") or None,
         show_destroyed=_query_bool(request, "show_destroyed"),
     )
-    return json_response([sobject_view(obj) for obj in objs])
+    broken = await core_of(request).keys.noncompliant(objs)
+    return json_response([sobject_view(obj, compliant=obj.kid not in broken) for obj in objs])
+
+
+async def _stored_view(request: web.Request, obj: SecurityObject) -> dict[str, Any]:
+    """The view of a stored object as it is read (not just made): compliance is worked out."""
+    compliant = obj.kid not in await core_of(request).keys.noncompliant([obj])
+    return sobject_view(obj, compliant=compliant)
 
 
 @routes.post("/crypto/v1/keys/info")
@@ -169,7 +178,7 @@ async def key_info(request: web.Request) -> web.Response:
     kid, name, token = _any_descriptor(await read_json(request), "request body")
     if token is not None:
         return json_response(core_of(request).keys.transient_info(p, token))
-    return json_response(sobject_view(await core_of(request).keys.get(p, kid=kid, name=name)))
+    return json_response(await _stored_view(request, await core_of(request).keys.get(p, kid=kid, name=name)))
 
 
 @routes.post("/crypto/v1/keys/export")
@@ -177,10 +186,13 @@ async def export_key_ex(request: web.Request) -> web.Response:
     p = principal_of(request)
     kid, name, token = _any_descriptor(await read_json(request), "request body")
     if token is not None:
-        view, _value = core_of(request).keys.export_transient(p, token)
+        view, _value = await core_of(request).keys.export_transient(p, token)
         return json_response(view)
     obj, value = await core_of(request).keys.export(p, kid=kid, name=name)
     return json_response(sobject_view(obj, value=value))
+
+
+_REKEY_FIELDS = frozenset({"kid", "name", "value", "deactivate_rotated_key"})
 
 
 @routes.post("/crypto/v1/keys/rekey")
@@ -189,8 +201,14 @@ async def rekey(request: web.Request) -> web.Response:
     kid, name = field(body, "kid", str), field(body, "name", str)
     if (kid is None) == (name is None):
         raise BadRequest("identify the object to rekey by exactly one of name or kid")
+    others = sorted(k for k, v in body.items() if v is not None and k not in _REKEY_FIELDS)
+    if others:
+        raise not_implemented(f"{others[0][:64]} on rekey", "the new key copies the old one's metadata")
     deactivate = bool(field(body, "deactivate_rotated_key", bool))
-    obj = await core_of(request).keys.rekey(p, name=name, kid=kid, deactivate_rotated_key=deactivate)
+    value = b64_field(body, "value")  # sdkms-cli rotate-secret sends the new secret
+    obj = await core_of(request).keys.rekey(
+        p, name=name, kid=kid, deactivate_rotated_key=deactivate, value=value
+    )
     return json_response(sobject_view(obj))
 
 
@@ -201,7 +219,7 @@ async def rekey(request: web.Request) -> web.Response:
 async def get_key(request: web.Request) -> web.Response:
     p = principal_of(request)
     obj = await core_of(request).keys.get(p, kid=request.match_info["kid"])
-    return json_response(sobject_view(obj))
+    return json_response(await _stored_view(request, obj))
 
 
 @routes.patch("/crypto/v1/keys/{kid}")

@@ -125,11 +125,16 @@ class CryptoMixin(KeyServiceBase):
             wrapping = await self._usable(p, wrapping_kid, "WRAPKEY", "WRAPKEY", seen)
             _require_aes(wrapping)
             subject = await self._usable(p, subject_kid, "EXPORT", "EXPORT")
+            async with self._sessions() as session:
+                policies = await self._policies(session, subject.group_id)
+            policies.check_wrap(wrapping.kid, wrapping.name)
             material = await self.material(subject)
             kek = await self.material(wrapping)
-            return _crypto(
+            wrapped = _crypto(
                 lambda: crypto.encrypt(mode, kek, material, iv=iv, aad=aad, tag_len_bits=tag_len_bits)
             )
+            self.note_use(subject)  # the wrapping key's use is noted with the audit row
+            return wrapped
 
         return await self._audited(event, action)
 
@@ -170,10 +175,11 @@ class CryptoMixin(KeyServiceBase):
         async def action(subject: list[SecurityObject]) -> tuple[SecurityObject, bytes]:
             async with self._sessions() as session:
                 obj = await self._find(session, p, kid=kid, name=name)
-            subject.append(obj)
-            require_permission(p, "EXPORT", obj.group_id)
-            if "EXPORT" not in obj.key_ops:
-                raise InvalidState("this key is not exportable (no EXPORT key operation)")
+                subject.append(obj)
+                require_permission(p, "EXPORT", obj.group_id)
+                if "EXPORT" not in obj.key_ops:
+                    raise InvalidState("this key is not exportable (no EXPORT key operation)")
+                (await self._policies(session, obj.group_id)).check_plain_export()
             return obj, await self.material(obj)
 
         return await self._audited(event, action)

@@ -19,6 +19,7 @@ from dsm_emulator.authz import KEY_OPS, Principal, require_permission
 from dsm_emulator.errors import BadRequest, Conflict, InvalidState
 from dsm_emulator.keys.base import (
     MAX_NAME_LENGTH,
+    OBJECT_TYPES,
     REVOCATION_CODES,
     KeyServiceBase,
     KeySpec,
@@ -26,7 +27,8 @@ from dsm_emulator.keys.base import (
     material_context,
     now,
 )
-from dsm_emulator.models import SecurityObject
+from dsm_emulator.models import Group, SecurityObject
+from dsm_emulator.policies import GroupPolicies, KeyFacts
 
 
 class LifecycleMixin(KeyServiceBase):
@@ -43,6 +45,20 @@ class LifecycleMixin(KeyServiceBase):
             size, ops = self._validate(spec, value)
             group_id = await self._resolve_group(session, p, spec.group_id)
             require_permission(p, "MANAGE", group_id)
+            policies = await self._policies(session, group_id)
+            if spec.key_ops is None:
+                ops = policies.default_key_ops(ops)
+            policies.check_key(
+                KeyFacts(
+                    obj_type=spec.obj_type,
+                    key_size=size,
+                    key_ops=ops,
+                    description=spec.description,
+                    custom_metadata=spec.custom_metadata or {},
+                    activation_date=spec.activation_date,
+                    deactivation_date=spec.deactivation_date,
+                )
+            )
             taken = await session.scalar(
                 select(SecurityObject.kid).where(
                     SecurityObject.acct_id == p.acct_id, SecurityObject.name == spec.name
@@ -96,9 +112,11 @@ class LifecycleMixin(KeyServiceBase):
         name: str | None = None,
         kid: str | None = None,
         deactivate_rotated_key: bool = False,
+        value: bytes | None = None,
     ) -> SecurityObject:
-        """Replace an object with a new one of the same type, size, key_ops and group. The new object takes
-        the name; the old one is renamed "<name> (rotated at <timestamp>)"; links go both ways."""
+        """Replace an object with a new one of the same type, size, key_ops and group: new random material,
+        or ``value`` (sdkms-cli rotate-secret), which may differ in size. The new object takes the name;
+        the old one is renamed "<name> (rotated at <timestamp>)"; links go both ways."""
         refusal = self._event(p, "key.rekey", f"Rekeyed {name or kid}", object_id=kid)
 
         async def work(session: AsyncSession) -> tuple[SecurityObject, AuditEvent]:
@@ -108,8 +126,25 @@ class LifecycleMixin(KeyServiceBase):
                 raise InvalidState("this object is not app-manageable")
             if old.replacement_kid is not None:
                 raise InvalidState("this object has already been rotated")
-            if old.sealed_material is None or old.obj_type not in ("AES", "HMAC", "SECRET"):
+            rotatable = ("AES", "HMAC", "SECRET") if value is None else tuple(OBJECT_TYPES)
+            if old.sealed_material is None or old.obj_type not in rotatable:
                 raise InvalidState(f"a {old.obj_type} object in state {old.state} cannot be rekeyed")
+            assert old.key_size is not None
+            size = old.key_size if value is None else len(value) * 8
+            if value is not None and not OBJECT_TYPES[old.obj_type].sizes(size):
+                raise BadRequest(f"a value of {size} bits is not valid for {old.obj_type}")
+            policies = await self._policies(session, old.group_id)
+            policies.check_key(
+                KeyFacts(
+                    obj_type=old.obj_type,
+                    key_size=size,
+                    key_ops=frozenset(old.key_ops),
+                    description=old.description,
+                    custom_metadata=old.custom_metadata,
+                    activation_date=None,
+                    deactivation_date=None,
+                )
+            )
             stamp = now()
             original_name = old.name
             old.name = await _rotated_name(session, old.acct_id, original_name, stamp)
@@ -121,11 +156,11 @@ class LifecycleMixin(KeyServiceBase):
                 name=original_name,
                 description=old.description,
                 obj_type=old.obj_type,
-                key_size=old.key_size,
+                key_size=size,
                 key_ops=list(old.key_ops),
                 enabled=old.enabled,
                 state="Active",
-                origin="FortanixHSM",
+                origin="FortanixHSM" if value is None else "External",
                 activation_date=stamp,
                 deactivation_date=None,
                 compromise_date=None,
@@ -139,8 +174,7 @@ class LifecycleMixin(KeyServiceBase):
                 created_at=stamp,
                 lastused_at=None,
             )
-            assert old.key_size is not None
-            material = crypto.random_bytes(old.key_size // 8)
+            material = crypto.random_bytes(size // 8) if value is None else value
             new.kcv = crypto.kcv(material) if new.obj_type == "AES" else None
             new.sealed_material = self._keyring.seal(material, material_context(new))
             old.replacement_kid = new.kid
@@ -156,7 +190,7 @@ class LifecycleMixin(KeyServiceBase):
 
     async def get(self, p: Principal, *, kid: str | None = None, name: str | None = None) -> SecurityObject:
         async with self._sessions() as session:
-            return await self._find(session, p, kid=kid, name=name)
+            return self.with_last_use(await self._find(session, p, kid=kid, name=name))
 
     async def list(
         self,
@@ -193,7 +227,28 @@ class LifecycleMixin(KeyServiceBase):
             stmt = stmt.where(column < start if descending else column > start)
         stmt = stmt.order_by(column.desc() if descending else column.asc()).limit(limit).offset(offset)
         async with self._sessions() as session:
-            return list((await session.scalars(stmt)).all())
+            return [self.with_last_use(obj) for obj in (await session.scalars(stmt)).all()]
+
+    async def noncompliant(self, objs: Iterable[SecurityObject]) -> frozenset[str]:
+        """The kids of ``objs`` that break their group's policies as they are now: keys made before a
+        policy was set or tightened (for ``compliant_with_policies``)."""
+        objs = list(objs)
+        group_ids = {obj.group_id for obj in objs}
+        if not group_ids:
+            return frozenset()
+        async with self._sessions() as session:
+            groups = (await session.scalars(select(Group).where(Group.group_id.in_(group_ids)))).all()
+        policies = {group.group_id: GroupPolicies.of(group) for group in groups}
+        broken = set()
+        for obj in objs:
+            group_policies = policies.get(obj.group_id)
+            if group_policies is None:
+                continue
+            try:
+                group_policies.check_key(_facts(obj))
+            except BadRequest:
+                broken.add(obj.kid)
+        return frozenset(broken)
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -236,6 +291,7 @@ class LifecycleMixin(KeyServiceBase):
                 obj.enabled = enabled
             if deactivation_date is not None:
                 obj.deactivation_date = deactivation_date
+            (await self._policies(session, obj.group_id)).check_key(_facts(obj))
 
         what = {True: "Enabled", False: "Disabled", None: "Updated"}[enabled]
         return await self._mutate(p, kid, "MANAGE", "key.update", what, change)
@@ -289,6 +345,21 @@ class LifecycleMixin(KeyServiceBase):
             await session.delete(obj)
 
         await self._mutate(p, kid, "MANAGE", "key.delete", "Deleted", change)
+
+
+def _facts(obj: SecurityObject) -> KeyFacts:
+    """A stored object as the policies see it: its activation date was filled in by the lab (or came
+    with its creation), so only the deactivation date, which an update can set, is judged."""
+    return KeyFacts(
+        obj_type=obj.obj_type,
+        key_size=obj.key_size,
+        key_ops=frozenset(obj.key_ops),
+        description=obj.description,
+        custom_metadata=obj.custom_metadata,
+        activation_date=None,
+        deactivation_date=obj.deactivation_date,
+        judged_dates=frozenset({"deactivation_date"}),
+    )
 
 
 async def _rotated_name(session: AsyncSession, acct_id: str, name: str, stamp: datetime) -> str:

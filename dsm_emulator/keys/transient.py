@@ -19,6 +19,7 @@ from dsm_emulator.authz import Principal, require_permission
 from dsm_emulator.errors import AccessDenied, BadRequest, InvalidState, Sealed
 from dsm_emulator.keys.base import KeyServiceBase, KeySpec, now
 from dsm_emulator.keys.crypto_ops import _crypto, _require_aes_type
+from dsm_emulator.policies import KeyFacts
 
 TRANSIENT_LIFETIME = timedelta(hours=24)
 TRANSIENT_TYPES = ("AES", "HMAC", "SECRET")
@@ -146,8 +147,22 @@ class TransientMixin(KeyServiceBase):
             raise BadRequest(f"transient keys must be one of {', '.join(TRANSIENT_TYPES)}")
         async with self._sessions() as session:
             group_id = await self._resolve_group(session, p, spec.group_id)
+            policies = await self._policies(session, group_id)
         if not p.is_admin and not p.group_permissions.get(group_id):
             raise AccessDenied("app has no permission in the group of this object")
+        if spec.key_ops is None:
+            ops = policies.default_key_ops(ops)
+        policies.check_key(
+            KeyFacts(
+                obj_type=spec.obj_type,
+                key_size=size,
+                key_ops=ops,
+                description=spec.description,
+                custom_metadata=spec.custom_metadata or {},
+                activation_date=spec.activation_date,
+                deactivation_date=spec.deactivation_date,
+            )
+        )
         created = now()
         key = TransientKey(
             material=crypto.random_bytes(size // 8),
@@ -231,11 +246,13 @@ class TransientMixin(KeyServiceBase):
         _require_aes_type(key.obj_type)
         return _crypto(lambda: crypto.decrypt(mode, key.material, cipher, iv=iv, aad=aad, tag=tag))
 
-    def export_transient(self, p: Principal, token: str) -> tuple[dict[str, Any], bytes]:
+    async def export_transient(self, p: Principal, token: str) -> tuple[dict[str, Any], bytes]:
         key = self.open_transient(p, token)
         if not p.is_admin and key.group_id not in p.group_permissions:
             raise AccessDenied("the object is in a group this app is not a member of")
         require_permission(p, "EXPORT", key.group_id)
         if "EXPORT" not in key.key_ops:
             raise InvalidState("this key is not exportable (no EXPORT key operation)")
+        async with self._sessions() as session:
+            (await self._policies(session, key.group_id)).check_plain_export()
         return key.view(token, value=key.material), key.material

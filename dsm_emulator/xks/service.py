@@ -327,6 +327,7 @@ class XksService(XksPrefixes, XksHealth):
                 crypto.aes_gcm_decrypt(material, iv, ciphertext, tag, aad)
             except crypto.CryptoError:
                 raise Internal("the verification decrypt failed") from None
+        self._keys.note_use(key)
         return response
 
     async def _decrypt(
@@ -341,6 +342,7 @@ class XksService(XksPrefixes, XksHealth):
             plaintext = crypto.aes_gcm_decrypt(material, request.iv, request.ciphertext, request.tag, aad)
         except crypto.CryptoError:
             raise IntegrityFailure(_BAD_CIPHERTEXT) from None
+        self._keys.note_use(key)
         return {"plaintext": _b64(plaintext)}
 
 

@@ -99,7 +99,9 @@ async def key_list(core: Any, p: Any, group_id: str | None, show_destroyed: bool
     objs = await core.keys.list(
         p, group_id=group_id, show_destroyed=show_destroyed, limit=1000, sort="name:asc"
     )
-    emit([sobject_view(o) for o in objs], as_json, lambda vs: "\n".join(map(_key_line, vs)))
+    broken = await core.keys.noncompliant(objs)
+    views = [sobject_view(o, compliant=o.kid not in broken) for o in objs]
+    emit(views, as_json, lambda vs: "\n".join(map(_key_line, vs)))
 
 
 def _ident(ident: str) -> dict[str, str]:
@@ -113,7 +115,9 @@ def _ident(ident: str) -> dict[str, str]:
 @with_core
 async def key_show(core: Any, p: Any, ident: str, as_json: bool) -> None:
 
-    emit(sobject_view(await core.keys.get(p, **_ident(ident))), as_json, details)
+    obj = await core.keys.get(p, **_ident(ident))
+    compliant = obj.kid not in await core.keys.noncompliant([obj])
+    emit(sobject_view(obj, compliant=compliant), as_json, details)
 
 
 def _key_action(name: str, help_text: str, act: Callable[[Any, Any, str], Awaitable[Any]]) -> None:
