@@ -27,7 +27,9 @@ async def create_group(request: web.Request) -> web.Response:
     body = await read_json(request)
     name = field(body, "name", str, required=True)
     description = field(body, "description", str)
-    group = await core_of(request).admin.create_group(principal_of(request), name, description)
+    group = await core_of(request).admin.create_group(
+        principal_of(request), name, description, approval_policy=field(body, "approval_policy", dict)
+    )
     return json_response(group_view(group))
 
 
@@ -49,7 +51,11 @@ async def update_group(request: web.Request) -> web.Response:
     name = field(body, "name", str)
     description = field(body, "description", str)
     group = await core_of(request).admin.update_group(
-        principal_of(request), request.match_info["group_id"], name=name, description=description
+        principal_of(request),
+        request.match_info["group_id"],
+        name=name,
+        description=description,
+        approval_policy=field(body, "approval_policy", (dict, str)),
     )
     return json_response(group_view(group))
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 from dsm_emulator import crypto
+from dsm_emulator.approvals.gate import Touch
+from dsm_emulator.approvals.policy import CRYPTO, EXPORT
 from dsm_emulator.authz import Principal, require_key_op, require_permission
 from dsm_emulator.errors import BadRequest, IntegrityFailure, InvalidState
 from dsm_emulator.keys.base import KeyServiceBase, KeySpec, effective_state
@@ -63,6 +65,7 @@ class CryptoMixin(KeyServiceBase):
         async def action(subject: list[SecurityObject]) -> crypto.Ciphertext:
             obj = await self._usable(p, kid, "ENCRYPT", "ENCRYPT", subject)
             _require_aes(obj)
+            await self._held(p, obj, CRYPTO)
             return _crypto(
                 lambda: crypto.encrypt(
                     mode, self.material(obj), plain, iv=iv, aad=aad, tag_len_bits=tag_len_bits
@@ -95,6 +98,7 @@ class CryptoMixin(KeyServiceBase):
         async def action(subject: list[SecurityObject]) -> bytes:
             obj = await self._usable(p, kid, "DECRYPT", "DECRYPT", subject)
             _require_aes(obj)
+            await self._held(p, obj, CRYPTO)
             return _crypto(lambda: crypto.decrypt(mode, self.material(obj), cipher, iv=iv, aad=aad, tag=tag))
 
         return await self._audited(event, action)
@@ -122,6 +126,8 @@ class CryptoMixin(KeyServiceBase):
             wrapping = await self._usable(p, wrapping_kid, "WRAPKEY", "WRAPKEY", seen)
             _require_aes(wrapping)
             subject = await self._usable(p, subject_kid, "EXPORT", "EXPORT")
+            # Wrapping reveals the subject key: an export of it, held like one.
+            await self.gate.check(p, [Touch.sobject(wrapping, CRYPTO), Touch.sobject(subject, EXPORT)])
             material = self.material(subject)
             return _crypto(
                 lambda: crypto.encrypt(
@@ -154,6 +160,7 @@ class CryptoMixin(KeyServiceBase):
         async def action(seen: list[SecurityObject]) -> bytes:
             wrapping = await self._usable(p, wrapping_kid, "UNWRAPKEY", "UNWRAPKEY", seen)
             _require_aes(wrapping)
+            await self._held(p, wrapping, CRYPTO)
             return _crypto(
                 lambda: crypto.decrypt(mode, self.material(wrapping), wrapped, iv=iv, aad=aad, tag=tag)
             )
@@ -173,6 +180,7 @@ class CryptoMixin(KeyServiceBase):
             require_permission(p, "EXPORT", obj.group_id)
             if "EXPORT" not in obj.key_ops:
                 raise InvalidState("this key is not exportable (no EXPORT key operation)")
+            await self._held(p, obj, EXPORT)
             return obj, self.material(obj)
 
         return await self._audited(event, action)

@@ -108,6 +108,7 @@ class LifecycleMixin(KeyServiceBase):
                 raise InvalidState("this object is not app-manageable")
             if old.replacement_kid is not None:
                 raise InvalidState("this object has already been rotated")
+            await self._held(p, old, "ROTATE_SOBJECTS")
             if old.sealed_material is None or old.obj_type not in ("AES", "HMAC", "SECRET"):
                 raise InvalidState(f"a {old.obj_type} object in state {old.state} cannot be rekeyed")
             stamp = now()
@@ -238,7 +239,16 @@ class LifecycleMixin(KeyServiceBase):
                 obj.deactivation_date = deactivation_date
 
         what = {True: "Enabled", False: "Disabled", None: "Updated"}[enabled]
-        return await self._mutate(p, kid, "MANAGE", "key.update", what, change)
+        held = [
+            category
+            for category, changed in (
+                ("UPDATE_SOBJECTS_PROFILE", (name, description, custom_metadata)),
+                ("UPDATE_SOBJECTS_ENABLED_STATE", (enabled, deactivation_date)),
+                ("UPDATE_KEY_OPS", (key_ops,)),
+            )
+            if any(value is not None for value in changed)
+        ]
+        return await self._mutate(p, kid, "MANAGE", "key.update", what, change, held)
 
     async def activate(self, p: Principal, kid: str) -> SecurityObject:
         def change(_: AsyncSession, obj: SecurityObject) -> None:
@@ -248,7 +258,9 @@ class LifecycleMixin(KeyServiceBase):
                 )
             obj.state, obj.activation_date = "Active", now()
 
-        return await self._mutate(p, kid, "MANAGE", "key.activate", "Activated", change)
+        return await self._mutate(
+            p, kid, "MANAGE", "key.activate", "Activated", change, ("ACTIVATE_SOBJECTS",)
+        )
 
     async def revoke(
         self,
@@ -270,7 +282,7 @@ class LifecycleMixin(KeyServiceBase):
             obj.compromise_date = (compromise_date or stamp) if compromised else None
             obj.revocation_reason = {"code": code, "message": message}
 
-        return await self._mutate(p, kid, "MANAGE", "key.revoke", "Revoked", change)
+        return await self._mutate(p, kid, "MANAGE", "key.revoke", "Revoked", change, ("REVOKE_SOBJECTS",))
 
     async def destroy(self, p: Principal, kid: str) -> SecurityObject:
         def change(_: AsyncSession, obj: SecurityObject) -> None:
@@ -281,14 +293,14 @@ class LifecycleMixin(KeyServiceBase):
             obj.state, obj.destruction_date, obj.sealed_material = "Destroyed", now(), None
             self._material_cache.pop(obj.kid, None)
 
-        return await self._mutate(p, kid, "MANAGE", "key.destroy", "Destroyed", change)
+        return await self._mutate(p, kid, "MANAGE", "key.destroy", "Destroyed", change, ("DESTROY_SOBJECTS",))
 
     async def delete(self, p: Principal, kid: str) -> None:
         async def change(session: AsyncSession, obj: SecurityObject) -> None:
             self._material_cache.pop(obj.kid, None)
             await session.delete(obj)
 
-        await self._mutate(p, kid, "MANAGE", "key.delete", "Deleted", change)
+        await self._mutate(p, kid, "MANAGE", "key.delete", "Deleted", change, ("DELETE_SOBJECTS",))
 
 
 async def _rotated_name(session: AsyncSession, acct_id: str, name: str, stamp: datetime) -> str:
