@@ -126,18 +126,26 @@ class AccountsMixin(AdminBase):
 
         return await self._admin_apply(p, refusal, work)
 
-    async def user_by_email(self, p: Principal, email: str) -> User:
-        """A user of ``p``'s account by email (NotFound otherwise)."""
-        normalized = email.strip().lower() if isinstance(email, str) else ""
+    async def user_by_email(self, p: Principal, email: str | None) -> User:
+        """A user of ``p``'s account by email (None: the account's only administrator); NotFound
+        otherwise."""
+        normalized = email.strip().lower() if isinstance(email, str) else None
+        stmt = (
+            select(User, AccountMember)
+            .join(AccountMember, AccountMember.user_id == User.user_id)
+            .where(AccountMember.acct_id == p.acct_id)
+        )
         async with self._sessions() as session:
-            user = await session.scalar(
-                select(User)
-                .join(AccountMember, AccountMember.user_id == User.user_id)
-                .where(AccountMember.acct_id == p.acct_id, User.email == normalized)
-            )
-        if user is None:
-            raise NotFound("user does not exist")
-        return user
+            rows = (await session.execute(stmt)).all()
+        users = [
+            user
+            for user, member in rows
+            if (normalized is None and ACCOUNT_ADMINISTRATOR in member.roles) or user.email == normalized
+        ]
+        if len(users) != 1:
+            what = "user does not exist" if normalized is not None else "expected one administrator"
+            raise NotFound(what)
+        return users[0]
 
     async def check_user_password(self, user_id: str, password: object) -> bool:
         """Whether ``password`` is this user's (constant work when the user is unknown)."""

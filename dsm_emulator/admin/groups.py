@@ -37,6 +37,7 @@ def _policy_arg(value: Any) -> dict[str, Any] | None:
 async def check_policy(session: AsyncSession, acct_id: str, group_id: str, policy: dict[str, Any]) -> None:
     """Every member names a user or app of the account, and no awsxks app is held up by the policy."""
     for kind, ident in sorted(members_of(policy["quorum"])):
+        found: AccountMember | App | None
         if kind == "user":
             found = await session.get(AccountMember, (ident, acct_id))
         else:
