@@ -14,11 +14,10 @@ policies hold the operation, read as they are now (a member removed from a polic
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -26,6 +25,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator.approvals.gate import ApprovalProbe
 from dsm_emulator.approvals.policy import members_of, requires_password, satisfied
+from dsm_emulator.approvals.records import (
+    Entity,
+    body_context,
+    effective_status,
+    entity_dict,
+    entity_key,
+    entity_of,
+    expired,
+    now,
+    request_view,
+)
 from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import Principal
 from dsm_emulator.errors import AccessDenied, BadRequest, Conflict, NotFound
@@ -40,46 +50,6 @@ MAX_DESCRIPTION = 4096
 
 if TYPE_CHECKING:
     from dsm_emulator.admin import AdminService
-
-Entity = tuple[str, str]  # ("user" | "app", id)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-def body_context(request_id: str) -> bytes:
-    return f"approval|{request_id}".encode()
-
-
-def entity_of(p: Principal) -> Entity:
-    if p.kind not in ("user", "app") or p.id is None:
-        raise AccessDenied("approval requests are made and reviewed by users and apps")
-    return (p.kind, p.id)
-
-
-def _entity_dict(entity: Entity) -> dict[str, str]:
-    return {entity[0]: entity[1]}
-
-
-def _entity_key(value: Any) -> Entity:
-    ((kind, ident),) = value.items()
-    return (str(kind), str(ident))
-
-
-def effective_status(row: ApprovalRequest, at: datetime | None = None) -> str:
-    """The status as callers see it: an expired request that never ran has FAILED."""
-    if (
-        row.status in ("PENDING", "APPROVED")
-        and not row.result_viewed
-        and (at or _now()) >= _aware(row.expiry)
-    ):
-        return "FAILED"
-    return row.status
 
 
 @dataclass(frozen=True)
@@ -134,30 +104,7 @@ class ApprovalService:
         return who == (row.requester_type, row.requester_id) or who in reviewers
 
     def view(self, row: ApprovalRequest, reviewers: set[Entity]) -> dict[str, Any]:
-        """Fortanix's ``ApprovalRequest`` (times as ``YYYYMMDDTHHMMSSZ``)."""
-        body = None
-        if row.sealed_body is not None:
-            body = json.loads(self._keyring.open(row.sealed_body, body_context(row.request_id)))
-        view: dict[str, Any] = {
-            "request_id": row.request_id,
-            "requester": _entity_dict((row.requester_type, row.requester_id)),
-            "created_at": _aware(row.created_at).strftime("%Y%m%dT%H%M%SZ"),
-            "expiry": _aware(row.expiry).strftime("%Y%m%dT%H%M%SZ"),
-            "acct_id": row.acct_id,
-            "operation": row.operation,
-            "method": row.method,
-            "body": body,
-            "approvers": list(row.approvers),
-            "status": effective_status(row),
-            "reviewers": [_entity_dict(e) for e in sorted(reviewers)],
-            "subjects": list(row.subjects),
-            "result_viewed": row.result_viewed,
-        }
-        if row.denier is not None:
-            view["denier"] = row.denier
-        if row.description is not None:
-            view["description"] = row.description
-        return view
+        return request_view(self._keyring, row, reviewers)
 
     async def _row(
         self, session: AsyncSession, p: Principal, request_id: str, *, lock: bool = False
@@ -249,7 +196,7 @@ class ApprovalService:
             if {"group": group_id} not in subjects:
                 subjects.append({"group": group_id})
         sealed = None if body is None else self._keyring.seal(body, body_context(request_id))
-        created = _now()
+        created = now()
 
         async def work(session: AsyncSession) -> tuple[dict[str, Any], AuditEvent]:
             row = ApprovalRequest(
@@ -319,11 +266,11 @@ class ApprovalService:
                 raise AccessDenied(f"only a member of the approval policy's quorum may {verb} this request")
             status = effective_status(row)
             if status != "PENDING":
-                raise Conflict(f"the approval request is {status}{' (expired)' if _expired(row) else ''}")
+                raise Conflict(f"the approval request is {status}{' (expired)' if expired(row) else ''}")
             policies = await self._policies(session, row.group_ids)
             detail = ""
             if verb == "deny":
-                row.status, row.denier = "DENIED", _entity_dict(who)
+                row.status, row.denier = "DENIED", entity_dict(who)
             else:
                 if any(requires_password(policy["quorum"]) for policy in policies.values()):
                     if who[0] != "user":
@@ -332,11 +279,11 @@ class ApprovalService:
                         raise BadRequest("this approval policy requires the approver's password")
                     if not password_ok:
                         raise AccessDenied("the password is not correct")
-                approvers = [_entity_key(a) for a in row.approvers]
+                approvers = [entity_key(a) for a in row.approvers]
                 if who in approvers:
                     raise Conflict("you have already approved this request")
                 approvers.append(who)
-                row.approvers = [_entity_dict(a) for a in approvers]
+                row.approvers = [entity_dict(a) for a in approvers]
                 if policies and all(satisfied(policy["quorum"], approvers) for policy in policies.values()):
                     row.status = "APPROVED"
                     detail = "; the quorum is met"
@@ -374,7 +321,7 @@ class ApprovalService:
             status = effective_status(row)
             if status != "APPROVED":
                 raise Conflict(
-                    f"the approval request is {status}{' (expired)' if _expired(row) else ''}; "
+                    f"the approval request is {status}{' (expired)' if expired(row) else ''}; "
                     "only an APPROVED request has a result"
                 )
             row.result_viewed = True
@@ -417,10 +364,6 @@ class ApprovalService:
             return None, event
 
         await self._audit.apply(work)
-
-
-def _expired(row: ApprovalRequest) -> bool:
-    return _now() >= _aware(row.expiry)
 
 
 def _id(value: str) -> str | None:
