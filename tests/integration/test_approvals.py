@@ -240,6 +240,29 @@ async def test_crypto_operations_and_password(lab: Lab) -> None:
     result = await lab.call(ADMIN, "POST", f"/sys/v1/approval_requests/{rid}/result")
     assert result["status"] == 200 and result["body"]["kid"] == kid and result["body"]["cipher"]
 
+    # Each item of a batch is held like a direct call.
+    batch = [{"kid": kid, "request": {"alg": "AES", "mode": "GCM", "plain": plain}}]
+    items = await lab.call(ADMIN, "POST", "/crypto/v1/keys/batch/encrypt", batch)
+    assert items[0]["status"] == 403 and "requires quorum approval" in items[0]["error"]
+
+    # Wrapping a key of the group (an export of it) goes through a request too.
+    other = await new_key(lab, gid, "k2")
+    wrap = {"key": {"kid": other}, "subject": {"kid": kid}, "alg": "AES", "mode": "KW"}
+    await lab.call(ADMIN, "POST", "/crypto/v1/wrapkey", wrap, status=403)
+    req = await lab.call(
+        ADMIN,
+        "POST",
+        "/sys/v1/approval_requests",
+        {"operation": "/crypto/v1/wrapkey", "body": wrap},
+        status=201,
+    )
+    assert {"sobject": kid} in req["subjects"] and {"sobject": other} in req["subjects"]
+    await lab.call(
+        BOB, "POST", f"/sys/v1/approval_requests/{req['request_id']}/approve", {"password": BOB_PW}
+    )
+    wrapped = await lab.call(ADMIN, "POST", f"/sys/v1/approval_requests/{req['request_id']}/result")
+    assert wrapped["status"] == 200 and len(base64.b64decode(wrapped["body"]["wrapped_key"])) == 40
+
     # The plaintext is sealed in the database, not stored in the clear.
     async with lab.core.sessions() as session:
         row = await session.get(ApprovalRequest, rid)

@@ -43,6 +43,7 @@ async def approval_list(
     subject: str | None,
     as_json: bool,
 ) -> None:
+    """Approval requests of the account, newest first."""
     views = await core.approvals.list(
         p, requester=requester, reviewer=reviewer, subject=subject, status=status
     )
@@ -54,6 +55,7 @@ async def approval_list(
 @json_option
 @with_core
 async def approval_show(core: Any, p: Any, request_id: str, as_json: bool) -> None:
+    """One request: its operation, body, reviewers, approvers and status."""
     emit(await core.approvals.get(p, request_id), as_json, details)
 
 
@@ -84,6 +86,7 @@ async def _reviewer(core: Any, p: Any, email: str | None) -> Any:
 async def approval_approve(
     core: Any, p: Any, request_id: str, email: str | None, password: str | None, as_json: bool
 ) -> None:
+    """Approve a request as a member of its quorum."""
     view = await core.approvals.approve(await _reviewer(core, p, email), request_id, password)
     emit(view, as_json, _line)
 
@@ -94,5 +97,6 @@ async def approval_approve(
 @json_option
 @with_core
 async def approval_deny(core: Any, p: Any, request_id: str, email: str | None, as_json: bool) -> None:
+    """Deny a request as a member of its quorum: it will never run."""
     view = await core.approvals.deny(await _reviewer(core, p, email), request_id)
     emit(view, as_json, _line)

@@ -23,6 +23,7 @@ def user() -> None:
 @json_option
 @with_core
 async def user_create(core: Any, p: Any, email: str, password: str, role: str, as_json: bool) -> None:
+    """A user of the account, who can log in at once."""
     created = await core.admin.create_user(p, email, password, role)
     view = {"user_id": created.user_id, "user_email": created.email, "role": role}
     emit(view, as_json, lambda v: f"{v['user_id']}  {v['user_email']}  {v['role']}")
