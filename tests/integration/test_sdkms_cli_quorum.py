@@ -142,3 +142,12 @@ def test_quorum_with_sdkms_cli(dsm_https: tuple[str, Path], tmp_path: Path) -> N
     assert json.loads(cli("task-result", "--request-id", rid2))["status"] == "DENIED"
     key = api((ADMIN, ADMIN_PW), "GET", f"/crypto/v1/keys/{kid}").json()
     assert key["description"] != "changed"
+
+    # The same change approved from the administrator's command line, by both members: it runs.
+    out = cli("update-object", "--kid", kid, "--description", "changed", "--quorum")
+    rid3 = re.search(r"request_id: ([0-9a-f-]{36})", out).group(1)  # type: ignore[union-attr]
+    assert "PENDING" in xkslab(data_dir, "approval", "approve", rid3)  # the administrator, by default
+    assert "APPROVED" in xkslab(data_dir, "approval", "approve", rid3, "--as", BOB)
+    assert json.loads(cli("task-result", "--request-id", rid3))["status"] == 200
+    key = api((ADMIN, ADMIN_PW), "GET", f"/crypto/v1/keys/{kid}").json()
+    assert key["description"] == "changed"
