@@ -5,6 +5,7 @@ would hold their crypto operations. The flows that touch storage run on SQLite a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -195,11 +196,18 @@ async def test_denied_or_expired_request_never_runs(lab: Lab) -> None:
         r["request_id"] for r in await lab.call(ADMIN, "GET", "/sys/v1/approval_requests?status=FAILED")
     ] == [rid]
 
-    # Approved and fetched: the delete runs (204 inside the result) and the key is gone.
+    # Approved and fetched: the delete runs (204 inside the result) and the key is gone. Two fetches at
+    # once: one runs it, the other is refused (the claim is taken under the row's lock).
     ok = await lab.call(ADMIN, "POST", "/sys/v1/approval_requests", body, status=201)
     await lab.call(BOB, "POST", f"/sys/v1/approval_requests/{ok['request_id']}/approve", {})
-    result = await lab.call(ADMIN, "POST", f"/sys/v1/approval_requests/{ok['request_id']}/result")
-    assert result == {"status": 204, "body": None}
+    path = f"/sys/v1/approval_requests/{ok['request_id']}/result"
+    headers = {"Authorization": f"Bearer {lab.tokens[ADMIN]}"}
+    first, second = await asyncio.gather(
+        lab.client.post(path, headers=headers), lab.client.post(path, headers=headers)
+    )
+    answers = sorted([(first.status, await first.json()), (second.status, await second.json())])
+    assert answers[0] == (200, {"status": 204, "body": None})
+    assert answers[1][0] == 409
     await lab.call(ADMIN, "GET", f"/crypto/v1/keys/{kid}", status=404)
 
     # The requester withdraws a request; it is gone.
