@@ -70,6 +70,11 @@ class Principal:
     group_permissions: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     # "xks-proxy" when the proxy acts for the app
     via: str | None = None
+    # The kids an approved request lets this call touch past their groups' approval policies (set only
+    # while the request's operation runs, for its requester).
+    approved: frozenset[str] = frozenset()
+    # Creating an approval request: operations stop at the quorum gate and report what they would touch.
+    probe: bool = False
 
     @property
     def actor_type(self) -> str:

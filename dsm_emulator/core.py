@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dsm_emulator import store
 from dsm_emulator.admin import AdminService
+from dsm_emulator.approvals.gate import QuorumGate
+from dsm_emulator.approvals.service import ApprovalService
 from dsm_emulator.audit import AuditLog
 from dsm_emulator.errors import Sealed
 from dsm_emulator.keyring import Keyring
@@ -78,6 +80,7 @@ class DsmCore:
     admin: AdminService
     xks: XksService
     revocations: SessionRevocations
+    approvals: ApprovalService
 
     @classmethod
     async def open(cls, settings: Settings) -> DsmCore:
@@ -108,14 +111,17 @@ class DsmCore:
             if writer_engine is not None:
                 await writer_engine.dispose()
             raise
-        keys = KeyService(sessions, keyring, audit, max_age_s=db.cache_max_age_s, generation=generation)
+        gate = QuorumGate(sessions, generation, db.cache_max_age_s)
+        keys = KeyService(
+            sessions, keyring, audit, max_age_s=db.cache_max_age_s, generation=generation, gate=gate
+        )
         keys.start_usage_writer()
         limiter = LoginLimiter(
             settings.dsm.login_max_failures,
             settings.dsm.login_window_s,
             max_failures_per_source=settings.dsm.login_max_failures_per_source,
         )
-        admin = AdminService(sessions, keyring, audit, limiter)
+        admin = AdminService(sessions, keyring, audit, limiter, gate)
         xks = XksService(
             sessions,
             keyring,
@@ -142,6 +148,7 @@ class DsmCore:
             admin=admin,
             xks=xks,
             revocations=SessionRevocations(sessions, settings.dsm.revocation_refresh_ms),
+            approvals=ApprovalService(sessions, keyring, audit, admin),
         )
 
     async def close(self) -> None:

@@ -90,6 +90,8 @@ class Group(Base):
     key_metadata_policy: Mapped[dict[str, Any] | None]
     export_policy: Mapped[dict[str, Any] | None]
     custom_metadata: Mapped[dict[str, Any] | None]
+    # The normalised GroupApprovalPolicy (dsm_emulator.approvals.policy); NULL: none.
+    approval_policy: Mapped[dict[str, Any] | None]
 
 
 class App(Base):
@@ -237,3 +239,33 @@ class SessionRevocation(Base):
     sid: Mapped[str] = mapped_column(Uuid, primary_key=True)
     revoked_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+
+
+class ApprovalRequest(Base):
+    """A request for a quorum to approve one protected operation (Fortanix ``ApprovalRequest``). The
+    operation's body may hold plaintext or key material, so it is kept sealed by the keyring (bound to the
+    request id); the operation's result is never stored: it is produced once, for the requester, when the
+    result is fetched."""
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (Index("ix_approval_requests_acct_status", "acct_id", "status"),)
+    request_id: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    acct_id: Mapped[str] = mapped_column(ForeignKey("accounts.acct_id", ondelete="CASCADE"))
+    requester_type: Mapped[str] = mapped_column(String(8))  # user | app
+    requester_id: Mapped[str] = mapped_column(Uuid, index=True)
+    method: Mapped[str] = mapped_column(String(8))
+    operation: Mapped[str] = mapped_column(String(1024))
+    sealed_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    description: Mapped[str | None] = mapped_column(Text)
+    # PENDING | APPROVED | DENIED | FAILED (Fortanix ApprovalStatus)
+    status: Mapped[str] = mapped_column(String(16))
+    # [{"sobject": kid} | {"group": group_id}]: what the operation touches, and the groups whose policy
+    # holds it (their quorums are the reviewers).
+    subjects: Mapped[list[Any]] = mapped_column(JSON)
+    group_ids: Mapped[list[str]]
+    # [{"user": id} | {"app": id}] in the order they approved; the denier likewise.
+    approvers: Mapped[list[Any]] = mapped_column(JSON)
+    denier: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime]
+    expiry: Mapped[datetime]
+    result_viewed: Mapped[bool] = mapped_column(Boolean, default=False)

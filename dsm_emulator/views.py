@@ -85,6 +85,7 @@ def group_view(group: Group) -> dict[str, Any]:
         "acct_id": group.acct_id,
         "creator": _creator(group.creator_type, group.creator_id),
         "created_at": fortanix_time(group.created_at),
+        **({"approval_policy": group.approval_policy} if group.approval_policy is not None else {}),
     }
     for column in GROUP_SETTINGS:
         value = getattr(group, column)

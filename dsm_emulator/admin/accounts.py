@@ -16,7 +16,7 @@ from dsm_emulator.admin.base import INVALID_CREDENTIALS, AdminBase, _flush, now
 from dsm_emulator.admin.validation import MAX_EMAIL, _email, _name, _password
 from dsm_emulator.audit import AuditEvent
 from dsm_emulator.authz import Principal
-from dsm_emulator.errors import AccessDenied, AuthFailed, Conflict, NotFound
+from dsm_emulator.errors import AccessDenied, AuthFailed, BadRequest, Conflict, NotFound
 from dsm_emulator.models import Account, AccountMember, Group, User, is_uuid
 
 ACCOUNT_ADMINISTRATOR = "ACCOUNTADMINISTRATOR"
@@ -95,6 +95,66 @@ class AccountsMixin(AdminBase):
             return (account, user, group), event
 
         return await self._audit.apply(work, refusal.refused)
+
+    async def create_user(self, p: Principal, email: str, password: str, role: str = "ACCOUNTMEMBER") -> User:
+        """A new user of ``p``'s account with ``role`` (one of ACCOUNT_ROLES), as its administrator. The
+        lab has no invitations or e-mail: the user can log in with this password at once."""
+        email = _email(email, "user_email")
+        password = _password(password, "password")
+        if role not in ACCOUNT_ROLES:
+            raise BadRequest(f"role must be one of {', '.join(sorted(ACCOUNT_ROLES))}")
+        password_hash = await self._hash(password)
+        user_id = str(uuid.uuid4())
+        refusal = AuditEvent.by(p, "user.create", f"Create user {email}")
+
+        async def work(session: AsyncSession) -> tuple[User, AuditEvent]:
+            if await session.scalar(select(User.user_id).where(User.email == email)) is not None:
+                raise Conflict("user already exists")
+            user = User(
+                user_id=user_id,
+                email=email,
+                password_hash=password_hash,
+                created_at=now(),
+                last_logged_in_at=None,
+            )
+            session.add(user)
+            await _flush(session, "user already exists")
+            session.add(AccountMember(user_id=user_id, acct_id=p.acct_id, roles=[role]))
+            await _flush(session, "user already exists")
+            message = f"Created user {email} ({role})"
+            return user, AuditEvent.by(p, "user.create", message, object_id=user_id)
+
+        return await self._admin_apply(p, refusal, work)
+
+    async def user_by_email(self, p: Principal, email: str | None) -> User:
+        """A user of ``p``'s account by email (None: the account's only administrator); NotFound
+        otherwise."""
+        normalized = email.strip().lower() if isinstance(email, str) else None
+        stmt = (
+            select(User, AccountMember)
+            .join(AccountMember, AccountMember.user_id == User.user_id)
+            .where(AccountMember.acct_id == p.acct_id)
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(stmt)).all()
+        users = [
+            user
+            for user, member in rows
+            if (normalized is None and ACCOUNT_ADMINISTRATOR in member.roles) or user.email == normalized
+        ]
+        if len(users) != 1:
+            what = "user does not exist" if normalized is not None else "expected one administrator"
+            raise NotFound(what)
+        return users[0]
+
+    async def check_user_password(self, user_id: str, password: object) -> bool:
+        """Whether ``password`` is this user's (constant work when the user is unknown)."""
+        async with self._sessions() as session:
+            user = await session.get(User, user_id) if is_uuid(user_id) else None
+        if not isinstance(password, str) or not password:
+            return False
+        ok = await self._verify(password, user.password_hash if user is not None else None)
+        return ok and user is not None
 
     async def authenticate_user(self, email: str, password: str, source: str | None = None) -> User:
         """The user with this email and password; AuthFailed("invalid credentials") otherwise (same

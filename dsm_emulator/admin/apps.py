@@ -20,6 +20,7 @@ from dsm_emulator.admin.credentials import (
     CredentialsMixin,
     _access_key_id_free,
 )
+from dsm_emulator.admin.groups import refuse_xks_hold
 from dsm_emulator.admin.validation import MAX_APP_TYPE, _description, _name, _parse_groups
 from dsm_emulator.audit import AuditEvent
 from dsm_emulator.authz import Principal
@@ -66,6 +67,8 @@ class AppsMixin(CredentialsMixin):
 
         async def work(session: AsyncSession) -> tuple[App, AuditEvent]:
             await self._require_groups(session, p.acct_id, group_map)
+            if credential_kind == "awsxks":
+                await refuse_xks_hold(session, group_map)
             await _name_free(session, App, p.acct_id, name, "app already exists")
             if credential.access_key_id is not None:
                 await _access_key_id_free(session, credential.access_key_id)
@@ -185,6 +188,8 @@ class AppsMixin(CredentialsMixin):
                 if gid not in current and gid not in adds:
                     raise BadRequest(f"mod_groups: the app is not in group {gid}")
             await self._require_groups(session, p.acct_id, adds)
+            if app.auth_type == AUTH_TYPES["awsxks"]:
+                await refuse_xks_hold(session, adds)
             remaining = (set(current) - dels) | set(adds)
             if not remaining:
                 raise BadRequest("del_groups: an app must stay in at least one group")

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator import secrets as creds
+from dsm_emulator.approvals.gate import QuorumGate
 from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import Principal
 from dsm_emulator.errors import AccessDenied, AuthFailed, Conflict, NotFound, Sealed, TooManyAttempts
@@ -45,8 +46,10 @@ class AdminBase:
         keyring: Keyring,
         audit: AuditLog,
         limiter: LoginLimiter | None = None,
+        gate: QuorumGate | None = None,
     ):
         self._sessions = sessions
+        self.gate = gate if gate is not None else QuorumGate(sessions, None, 0.0)
         self._keyring = keyring
         self._audit = audit
         self._dummy_hash: str | None = None

@@ -69,7 +69,7 @@ GROUP_FIELDS: Mapping[str, GroupField] = {
     "key_metadata_policy": _policy(policies.parse_key_metadata_policy),
     "export_policy": _policy(policies.parse_export_policy),
     "custom_metadata": _custom_metadata,
-    "approval_policy": _refused("quorum approval"),
+    "approval_policy": _by_route,  # parsed and checked by the groups service (dsm_emulator/approvals)
     "key_undo_policy": _refused("key history and undo"),
     "key_history_policy": _refused("key history and undo"),
     "custodian_policy": _refused("it governs import and export by key components, which xkslab lacks"),
@@ -123,7 +123,13 @@ async def create_group(request: web.Request) -> web.Response:
     name = field(body, "name", str, required=True)
     description = field(body, "description", str)
     settings = _group_settings(request, body)
-    group = await core_of(request).admin.create_group(principal_of(request), name, description, settings)
+    group = await core_of(request).admin.create_group(
+        principal_of(request),
+        name,
+        description,
+        settings,
+        approval_policy=field(body, "approval_policy", dict),
+    )
     return json_response(group_view(group))
 
 
@@ -147,7 +153,12 @@ async def update_group(request: web.Request) -> web.Response:
     group_id = request.match_info["group_id"]
     settings = _group_settings(request, body, group_id)
     group = await core_of(request).admin.update_group(
-        principal_of(request), group_id, name=name, description=description, settings=settings
+        principal_of(request),
+        group_id,
+        name=name,
+        description=description,
+        settings=settings,
+        approval_policy=field(body, "approval_policy", (dict, str)),
     )
     return json_response(group_view(group))
 

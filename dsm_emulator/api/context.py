@@ -18,6 +18,9 @@ CORE_KEY: web.AppKey[DsmCore] = web.AppKey("dsm_core", DsmCore)
 # Set by the authentication middleware for every route that is not public. A RequestKey, not a plain
 # string: aiohttp 3.14 warns on string request keys (and the test suite makes warnings errors).
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("xkslab.principal", Principal)
+# The body of an operation dispatched for an approval request (dsm_emulator.api.approvals): its handler
+# reads this instead of the HTTP body of the request that carried the approval call.
+DISPATCHED_BODY: web.RequestKey[bytes] = web.RequestKey("xkslab.dispatched_body", bytes)
 
 
 def core_of(request: web.Request) -> DsmCore:
@@ -35,7 +38,8 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
     """The parsed body. Clients send junk fields and explicit nulls (sdkms-cli does), so callers treat
     a None value as absent; anything that is not JSON, or JSON no service accepts (json_body), is a 400
     with a message."""
-    raw = await request.read()
+    dispatched = request.get(DISPATCHED_BODY)
+    raw = dispatched if dispatched is not None else await request.read()
     if not raw.strip():
         if allow_empty:
             return {}

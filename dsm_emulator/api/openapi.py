@@ -65,6 +65,24 @@ SCHEMAS: dict[str, Schema] = {
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
     "WrapRequest": obj(key=DESCRIPTOR, subject=DESCRIPTOR, kid=string(), wrapped_key=BLOB, **CRYPT_FIELDS),
     "Account": obj(["acct_id"], acct_id=string(), name=string()),
+    "ApprovalRequest": obj(
+        ["request_id", "status", "method", "operation"],
+        request_id=string(),
+        requester=ANY_OBJECT,
+        acct_id=string(),
+        method=string(),
+        operation=string(),
+        body={},
+        description=string(),
+        status={"enum": ["PENDING", "APPROVED", "DENIED", "FAILED"]},
+        approvers=array(ANY_OBJECT),
+        denier=ANY_OBJECT,
+        reviewers=array(ANY_OBJECT),
+        subjects=array(ANY_OBJECT),
+        created_at=string(),
+        expiry=string(),
+        result_viewed={"type": "boolean"},
+    ),
 }
 JSON_ERROR = {
     "description": '`{"message"}`: 400, 401, 403, 404, 409, 413, 429 …',
@@ -132,8 +150,11 @@ GROUP_BODY = obj(
     cryptographic_policy={"oneOf": [ANY_OBJECT, {"type": "string", "enum": ["remove"]}]},
     key_metadata_policy={"oneOf": [ANY_OBJECT, {"type": "string", "enum": ["remove"]}]},
     export_policy=ANY_OBJECT,
+    approval_policy={"oneOf": [ANY_OBJECT, {"type": "string", "enum": ["remove"]}]},
     custom_metadata={"type": "object", "additionalProperties": string()},
 )
+APPROVAL = ref("ApprovalRequest")
+APPROVALS_QUERY = {"requester": string(), "reviewer": string(), "subject": string(), "status": string()}
 APP_BODY = obj(
     name=string(1, 4096),
     description=string(),
@@ -188,6 +209,30 @@ def _paths() -> dict[str, dict[str, Any]]:
         },
         "/sys/v1/apps/{app_id}/credential": {"get": op("getAppCredential", ANY_OBJECT)},
         "/sys/v1/apps/{app_id}/reset_secret": {"post": op("resetAppSecret", ref("App"), ANY_OBJECT)},
+        "/sys/v1/approval_requests": {
+            "post": op(
+                "createApprovalRequest",
+                APPROVAL,
+                obj(["operation"], method=string(), operation=string(), body={}, description=string()),
+                "201",
+            ),
+            "get": op("listApprovalRequests", array(APPROVAL), query=APPROVALS_QUERY),
+        },
+        "/sys/v1/approval_requests/{request_id}": {
+            "get": op("getApprovalRequest", APPROVAL),
+            "delete": op("deleteApprovalRequest", None),
+        },
+        "/sys/v1/approval_requests/{request_id}/approve": {
+            "post": op("approve", APPROVAL, obj(password=string()))
+        },
+        "/sys/v1/approval_requests/{request_id}/deny": {"post": op("deny", APPROVAL)},
+        "/sys/v1/approval_requests/{request_id}/result": {
+            "post": op(
+                "approvalResult",
+                obj(["status", "body"], status={"type": "integer"}, body={}),
+                summary="runs the approved operation once, for its requester",
+            )
+        },
         "/sys/v1/logs": {"get": op("auditLogs", obj(["hits"], hits=array(ANY_OBJECT)), query=LOGS_QUERY)},
         "/crypto/v1/keys": {
             "post": op("generateKey", KEY, ref("KeyRequest"), "201"),

@@ -23,6 +23,7 @@ from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator import crypto
+from dsm_emulator.approvals.gate import QuorumGate, Touch
 from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import KEY_OPS, Principal, require_permission, require_visible
 from dsm_emulator.errors import BadRequest, DsmError, InvalidState, NotFound
@@ -146,8 +147,10 @@ class KeyServiceBase:
         max_age_s: float = 30.0,
         generation: Generation | None = None,
         usage_flush_s: float = USAGE_FLUSH_S,
+        gate: QuorumGate | None = None,
     ):
         self._sessions = sessions
+        self.gate = gate if gate is not None else QuorumGate(sessions, generation, max_age_s)
         self._keyring = keyring
         self._audit = audit
         # kid -> the object, for crypto calls (which only read it); None: read on every call.
@@ -272,6 +275,10 @@ class KeyServiceBase:
         require_visible(p, obj)
         return obj
 
+    async def _held(self, p: Principal, obj: SecurityObject, *categories: str) -> None:
+        """Ask the quorum gate about one object (see dsm_emulator.approvals.gate)."""
+        await self.gate.check(p, [Touch.sobject(obj, *categories)])
+
     async def _mutate(
         self,
         p: Principal,
@@ -280,6 +287,7 @@ class KeyServiceBase:
         operation: str,
         message: str,
         change: Callable[[AsyncSession, SecurityObject], Awaitable[None] | None],
+        held: Iterable[str] = (),
     ) -> SecurityObject:
         refusal = self._event(p, operation, message, object_id=kid)
 
@@ -288,6 +296,7 @@ class KeyServiceBase:
             require_permission(p, permission, obj.group_id)
             if p.kind == "app" and "APPMANAGEABLE" not in obj.key_ops:
                 raise InvalidState("this object is not app-manageable")
+            await self._held(p, obj, *held)
             result = change(session, obj)
             if result is not None:
                 await result

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dsm_emulator import crypto
+from dsm_emulator.approvals.gate import Touch
+from dsm_emulator.approvals.policy import CRYPTO, EXPORT
 from dsm_emulator.authz import Principal, require_key_op, require_permission
 from dsm_emulator.errors import BadRequest, IntegrityFailure, InvalidState
 from dsm_emulator.keys.base import KeyServiceBase, KeySpec, effective_state
@@ -65,6 +67,7 @@ class CryptoMixin(KeyServiceBase):
         async def action(subject: list[SecurityObject]) -> crypto.Ciphertext:
             obj = await self._usable(p, kid, "ENCRYPT", "ENCRYPT", subject)
             _require_aes(obj)
+            await self._held(p, obj, CRYPTO)
             material = await self.material(obj)
             return _crypto(
                 lambda: crypto.encrypt(mode, material, plain, iv=iv, aad=aad, tag_len_bits=tag_len_bits)
@@ -97,6 +100,7 @@ class CryptoMixin(KeyServiceBase):
         async def action(subject: list[SecurityObject]) -> bytes:
             obj = await self._usable(p, kid, "DECRYPT", "DECRYPT", subject)
             _require_aes(obj)
+            await self._held(p, obj, CRYPTO)
             material = await self.material(obj)
             return _crypto(lambda: crypto.decrypt(mode, material, cipher, iv=iv, aad=aad, tag=tag))
 
@@ -128,6 +132,8 @@ class CryptoMixin(KeyServiceBase):
             async with self._sessions() as session:
                 policies = await self._policies(session, subject.group_id)
             policies.check_wrap(wrapping.kid, wrapping.name)
+            # Wrapping reveals the subject key: an export of it, held like one.
+            await self.gate.check(p, [Touch.sobject(wrapping, CRYPTO), Touch.sobject(subject, EXPORT)])
             material = await self.material(subject)
             kek = await self.material(wrapping)
             wrapped = _crypto(
@@ -161,6 +167,7 @@ class CryptoMixin(KeyServiceBase):
         async def action(seen: list[SecurityObject]) -> bytes:
             wrapping = await self._usable(p, wrapping_kid, "UNWRAPKEY", "UNWRAPKEY", seen)
             _require_aes(wrapping)
+            await self._held(p, wrapping, CRYPTO)
             kek = await self.material(wrapping)
             return _crypto(lambda: crypto.decrypt(mode, kek, wrapped, iv=iv, aad=aad, tag=tag))
 
@@ -180,6 +187,7 @@ class CryptoMixin(KeyServiceBase):
                 if "EXPORT" not in obj.key_ops:
                     raise InvalidState("this key is not exportable (no EXPORT key operation)")
                 (await self._policies(session, obj.group_id)).check_plain_export()
+            await self._held(p, obj, EXPORT)
             return obj, await self.material(obj)
 
         return await self._audited(event, action)

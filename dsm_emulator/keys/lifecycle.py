@@ -126,6 +126,7 @@ class LifecycleMixin(KeyServiceBase):
                 raise InvalidState("this object is not app-manageable")
             if old.replacement_kid is not None:
                 raise InvalidState("this object has already been rotated")
+            await self._held(p, old, "ROTATE_SOBJECTS")
             rotatable = ("AES", "HMAC", "SECRET") if value is None else tuple(OBJECT_TYPES)
             if old.sealed_material is None or old.obj_type not in rotatable:
                 raise InvalidState(f"a {old.obj_type} object in state {old.state} cannot be rekeyed")
@@ -294,7 +295,16 @@ class LifecycleMixin(KeyServiceBase):
             (await self._policies(session, obj.group_id)).check_key(_facts(obj))
 
         what = {True: "Enabled", False: "Disabled", None: "Updated"}[enabled]
-        return await self._mutate(p, kid, "MANAGE", "key.update", what, change)
+        held = [
+            category
+            for category, changed in (
+                ("UPDATE_SOBJECTS_PROFILE", (name, description, custom_metadata)),
+                ("UPDATE_SOBJECTS_ENABLED_STATE", (enabled, deactivation_date)),
+                ("UPDATE_KEY_OPS", (key_ops,)),
+            )
+            if any(value is not None for value in changed)
+        ]
+        return await self._mutate(p, kid, "MANAGE", "key.update", what, change, held)
 
     async def activate(self, p: Principal, kid: str) -> SecurityObject:
         def change(_: AsyncSession, obj: SecurityObject) -> None:
@@ -304,7 +314,9 @@ class LifecycleMixin(KeyServiceBase):
                 )
             obj.state, obj.activation_date = "Active", now()
 
-        return await self._mutate(p, kid, "MANAGE", "key.activate", "Activated", change)
+        return await self._mutate(
+            p, kid, "MANAGE", "key.activate", "Activated", change, ("ACTIVATE_SOBJECTS",)
+        )
 
     async def revoke(
         self,
@@ -326,7 +338,7 @@ class LifecycleMixin(KeyServiceBase):
             obj.compromise_date = (compromise_date or stamp) if compromised else None
             obj.revocation_reason = {"code": code, "message": message}
 
-        return await self._mutate(p, kid, "MANAGE", "key.revoke", "Revoked", change)
+        return await self._mutate(p, kid, "MANAGE", "key.revoke", "Revoked", change, ("REVOKE_SOBJECTS",))
 
     async def destroy(self, p: Principal, kid: str) -> SecurityObject:
         def change(_: AsyncSession, obj: SecurityObject) -> None:
@@ -337,14 +349,14 @@ class LifecycleMixin(KeyServiceBase):
             obj.state, obj.destruction_date, obj.sealed_material = "Destroyed", now(), None
             self._material_cache.pop(obj.kid, None)
 
-        return await self._mutate(p, kid, "MANAGE", "key.destroy", "Destroyed", change)
+        return await self._mutate(p, kid, "MANAGE", "key.destroy", "Destroyed", change, ("DESTROY_SOBJECTS",))
 
     async def delete(self, p: Principal, kid: str) -> None:
         async def change(session: AsyncSession, obj: SecurityObject) -> None:
             self._material_cache.pop(obj.kid, None)
             await session.delete(obj)
 
-        await self._mutate(p, kid, "MANAGE", "key.delete", "Deleted", change)
+        await self._mutate(p, kid, "MANAGE", "key.delete", "Deleted", change, ("DELETE_SOBJECTS",))
 
 
 def _facts(obj: SecurityObject) -> KeyFacts:

@@ -1,6 +1,6 @@
 """group policies the lab enforces: cryptographic, key metadata and export policies, and custom metadata
 
-Revision ID: 0007_group_policies
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-07 04:30:00
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_group_policies"
+revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

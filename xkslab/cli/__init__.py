@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import click
 
+from xkslab.cli.approvals import approval
 from xkslab.cli.apps import app
 from xkslab.cli.audit import audit
 from xkslab.cli.bench import bench
@@ -26,6 +27,7 @@ from xkslab.cli.keys import key
 from xkslab.cli.kms import kms
 from xkslab.cli.lab import demo, down, env, up, wait
 from xkslab.cli.seal import seal
+from xkslab.cli.users import user
 from xkslab.cli.xks import xks
 
 
@@ -37,7 +39,7 @@ def main() -> None:
     (exit status 1); XKSLAB_DEBUG=1 shows the traceback of an unexpected one."""
 
 
-ADMIN = (init, db, seal, audit, group, app, key)
+ADMIN = (init, db, seal, audit, group, app, key, user, approval)
 LAB = (up, down, wait, env, demo)
 for command in (*ADMIN, dsm, xks, kms, *LAB, faults, certs_command, bench):
     main.add_command(command)

@@ -1,0 +1,153 @@
+"""Quorum approval with Fortanix's own ``sdkms-cli``, unchanged, against ``xkslab dsm serve`` over HTTPS:
+``create-group --add-quorum-policy``, a protected ``export-object`` refused, the same with ``--quorum``
+making a request, approvals through the REST API by the requester and a second user, and ``task-result``
+fetching the exported key. A denied request never runs, and ``xkslab approval`` lists and denies."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from tests.integration.test_sdkms_cli import REPO, dsm_https
+
+__all__ = ["dsm_https"]  # the server fixture, shared with the other sdkms-cli tests
+
+ADMIN, ADMIN_PW = "admin@example.com", "s3cret-pass"
+BOB, BOB_PW = "bob@example.com", "bob-s3cret-pass"
+
+
+def xkslab(data_dir: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"xkslab {args}: {proc.stdout} {proc.stderr}"
+    return proc.stdout
+
+
+def test_quorum_with_sdkms_cli(dsm_https: tuple[str, Path], tmp_path: Path) -> None:
+    endpoint, ca = dsm_https
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "SDKMS_CLI_TOKEN_FILE": str(tmp_path / "tokens"), "HOME": str(tmp_path)}
+    env.pop("FORTANIX_API_KEY", None)
+    env.pop("SDKMS_API_KEY", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sdkms-cli", "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def cli(*args: str) -> str:
+        proc = run(*args)
+        assert proc.returncode == 0, f"sdkms-cli {args}: {proc.stdout} {proc.stderr}"
+        return proc.stdout
+
+    def api(who: tuple[str, str], method: str, path: str, body: object = None) -> requests.Response:
+        auth = requests.post(f"{endpoint}/sys/v1/session/auth", auth=who, verify=str(ca), timeout=30)
+        assert auth.status_code == 200, auth.text
+        headers = {"Authorization": f"Bearer {auth.json()['access_token']}"}
+        return requests.request(
+            method, endpoint + path, json=body, headers=headers, verify=str(ca), timeout=30
+        )
+
+    bob_id = json.loads(xkslab(data_dir, "user", "create", BOB, "--password", BOB_PW, "--json"))["user_id"]
+    cli("user-login", "--username", ADMIN, "--password", ADMIN_PW)
+    users = {
+        email: uid for uid, email in (line.split() for line in cli("list-users").splitlines() if line.strip())
+    }
+    admin_id = users[ADMIN]
+    assert users[BOB] == bob_id
+
+    group_id = (
+        cli(
+            "create-group",
+            "--name",
+            "vault",
+            "--add-quorum-policy",
+            "--n",
+            "2",
+            "--users",
+            f"{admin_id},{bob_id}",
+        )
+        .strip()
+        .split()[-1]
+    )
+    policy = api((ADMIN, ADMIN_PW), "GET", f"/sys/v1/groups/{group_id}").json()["approval_policy"]
+    assert policy["quorum"]["n"] == 2 and {"user": bob_id} in policy["quorum"]["members"]
+    kid = (
+        cli(
+            "create-key",
+            "--obj-type",
+            "AES",
+            "--key-size",
+            "256",
+            "--name",
+            "qk",
+            "--group-id",
+            group_id,
+            "--exportable",
+            "-f",
+        )
+        .strip()
+        .split()[-1]
+    )
+
+    # Called directly, the export and the delete are refused, and say why.
+    refused = run("export-object", "--kid", kid)
+    assert refused.returncode != 0 and "requires quorum approval" in refused.stdout + refused.stderr
+    assert run("delete-key", "--kid", kid).returncode != 0
+
+    out = cli("export-object", "--kid", kid, "--quorum")
+    match = re.search(r"request_id: ([0-9a-f-]{36}) Status: PENDING", out)
+    assert match, out
+    rid = match.group(1)
+    assert json.loads(cli("task-result", "--request-id", rid))["status"] == "PENDING"
+
+    # The requester's own approval is one of the two.
+    mine = api((ADMIN, ADMIN_PW), "POST", f"/sys/v1/approval_requests/{rid}/approve", {})
+    assert mine.status_code == 200 and mine.json()["status"] == "PENDING"
+    theirs = api((BOB, BOB_PW), "POST", f"/sys/v1/approval_requests/{rid}/approve", {})
+    assert theirs.status_code == 200 and theirs.json()["status"] == "APPROVED"
+
+    shown = cli("task-result", "--request-id", rid, "--out", str(tmp_path / "key.bin"))
+    assert json.loads(shown)["status"] == 200
+    value = (tmp_path / "key.bin").read_bytes()
+    assert len(value) == 32
+    assert base64.b64decode(json.loads(shown)["body"]["value"]) == value
+    assert run("task-result", "--request-id", rid).returncode != 0  # runs once
+
+    # update-object --quorum; denied by the administrator's CLI as bob: it never runs.
+    out = cli("update-object", "--kid", kid, "--description", "changed", "--quorum")
+    rid2 = re.search(r"request_id: ([0-9a-f-]{36})", out).group(1)  # type: ignore[union-attr]
+    pending = xkslab(data_dir, "approval", "list", "--status", "PENDING")
+    assert rid2 in pending and rid not in pending
+    assert "PATCH" in xkslab(data_dir, "approval", "show", rid2)
+    assert "DENIED" in xkslab(data_dir, "approval", "deny", rid2, "--as", BOB)
+    assert json.loads(cli("task-result", "--request-id", rid2))["status"] == "DENIED"
+    key = api((ADMIN, ADMIN_PW), "GET", f"/crypto/v1/keys/{kid}").json()
+    assert key["description"] != "changed"
+
+    # The same change approved from the administrator's command line, by both members: it runs.
+    out = cli("update-object", "--kid", kid, "--description", "changed", "--quorum")
+    rid3 = re.search(r"request_id: ([0-9a-f-]{36})", out).group(1)  # type: ignore[union-attr]
+    assert "PENDING" in xkslab(data_dir, "approval", "approve", rid3)  # the administrator, by default
+    assert "APPROVED" in xkslab(data_dir, "approval", "approve", rid3, "--as", BOB)
+    assert json.loads(cli("task-result", "--request-id", rid3))["status"] == 200
+    key = api((ADMIN, ADMIN_PW), "GET", f"/crypto/v1/keys/{kid}").json()
+    assert key["description"] == "changed"
