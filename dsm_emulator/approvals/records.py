@@ -54,11 +54,11 @@ def expired(row: ApprovalRequest) -> bool:
     return now() >= aware(row.expiry)
 
 
-def request_view(keyring: Keyring, row: ApprovalRequest, reviewers: set[Entity]) -> dict[str, Any]:
+async def request_view(keyring: Keyring, row: ApprovalRequest, reviewers: set[Entity]) -> dict[str, Any]:
     """Fortanix's ``ApprovalRequest`` (times as ``YYYYMMDDTHHMMSSZ``)."""
     body = None
     if row.sealed_body is not None:
-        body = json.loads(keyring.open(row.sealed_body, body_context(row.request_id)))
+        body = json.loads(await keyring.open(row.sealed_body, body_context(row.request_id)))
     view: dict[str, Any] = {
         "request_id": row.request_id,
         "requester": entity_dict((row.requester_type, row.requester_id)),

@@ -103,8 +103,8 @@ class ApprovalService:
         who = (p.kind, p.id or "")
         return who == (row.requester_type, row.requester_id) or who in reviewers
 
-    def view(self, row: ApprovalRequest, reviewers: set[Entity]) -> dict[str, Any]:
-        return request_view(self._keyring, row, reviewers)
+    async def view(self, row: ApprovalRequest, reviewers: set[Entity]) -> dict[str, Any]:
+        return await request_view(self._keyring, row, reviewers)
 
     async def _row(
         self, session: AsyncSession, p: Principal, request_id: str, *, lock: bool = False
@@ -121,7 +121,7 @@ class ApprovalService:
     async def get(self, p: Principal, request_id: str) -> dict[str, Any]:
         async with self._sessions() as session:
             row, reviewers = await self._row(session, p, request_id)
-            return self.view(row, reviewers)
+            return await self.view(row, reviewers)
 
     async def list(
         self,
@@ -160,7 +160,7 @@ class ApprovalService:
                     continue
                 if status is not None and effective_status(row) != status:
                     continue
-                views.append(self.view(row, reviewers))
+                views.append(await self.view(row, reviewers))
         return views
 
     # ------------------------------------------------------------------------------ mutations
@@ -227,7 +227,7 @@ class ApprovalService:
                 object_id=request_id,
                 group_ids=tuple(sorted(probe.held)),
             )
-            return self.view(row, await self.reviewers(session, row)), event
+            return await self.view(row, await self.reviewers(session, row)), event
 
         return await self._audit.apply(work, refusal.refused)
 
@@ -297,7 +297,7 @@ class ApprovalService:
                 object_id=row.request_id,
                 group_ids=tuple(row.group_ids),
             )
-            return self.view(row, reviewers), event
+            return await self.view(row, reviewers), event
 
         return await self._audit.apply(work, refusal.refused)
 
@@ -329,7 +329,7 @@ class ApprovalService:
             body = (
                 None
                 if row.sealed_body is None
-                else self._keyring.open(row.sealed_body, body_context(row.request_id))
+                else await self._keyring.open(row.sealed_body, body_context(row.request_id))
             )
             ids = frozenset(ident for item in row.subjects for ident in item.values())
             event = AuditEvent.by(
