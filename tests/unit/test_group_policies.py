@@ -97,7 +97,6 @@ HMG = {
 }
 # A value of each refused field that asks for something (what a Fortanix client would send).
 REFUSED = {
-    "approval_policy": {"quorum": {"n": 2, "members": [{"user": USER}], "require_password": True}},
     "key_undo_policy": {"undo_time_window": 604800},
     "key_history_policy": {"undo_time_window": 604800},
     "custodian_policy": {"quorum": {"n": 2, "members": [{"user": USER}, {"user": str(uuid.uuid4())}]}},
@@ -156,6 +155,14 @@ async def _custom_metadata(client: Client, env: SimpleNamespace) -> None:
     await refused(client, "POST", "/sys/v1/groups", {"name": "bad", "custom_metadata": {"n": 1}}, "custom")
 
 
+async def _approval_policy(client: Client, env: SimpleNamespace) -> None:
+    app = await call(client, "POST", "/sys/v1/apps", {"name": "approver", "add_groups": [env.group_id]})
+    policy = {"quorum": {"n": 1, "members": [{"app": app["app_id"]}]}}
+    gid = await group(client, "held", approval_policy=policy)
+    kid = (await key(client, gid, "held-key", key_ops=["EXPORT", "ENCRYPT"]))["kid"]
+    await call(client, "GET", f"/crypto/v1/keys/{kid}/export", status=403)  # only through a request
+
+
 ENFORCED: dict[str, Callable[[Client, SimpleNamespace], Awaitable[None]]] = {
     "name": _name,
     "description": _description,
@@ -164,6 +171,7 @@ ENFORCED: dict[str, Callable[[Client, SimpleNamespace], Awaitable[None]]] = {
     "key_metadata_policy": _key_metadata_policy,
     "export_policy": _export_policy,
     "custom_metadata": _custom_metadata,
+    "approval_policy": _approval_policy,
 }
 
 
