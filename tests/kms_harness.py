@@ -21,6 +21,7 @@ from aiohttp import web
 from botocore.exceptions import ClientError
 
 from kms_emulator.app import create_app
+from tests import deadlines
 from tests.xks_harness import start_runner
 from xkslab_shared.config import load_settings
 
@@ -88,7 +89,9 @@ def boto_client(url: str) -> Any:
 
 
 async def start_kms(data_dir: Path, overrides: Mapping[str, Any] | None = None) -> KmsEnv:
-    settings = load_settings(data_dir, overrides=overrides, environ={})
+    """A KMS on ``data_dir`` with the tests' generous deadline to XKS proxies (tests/deadlines.py) unless
+    ``overrides`` sets another (the tests about KMS's timeout)."""
+    settings = load_settings(data_dir, overrides={**deadlines.GENEROUS, **(overrides or {})}, environ={})
     runner, port = await start_runner(create_app(settings))
     url = f"http://127.0.0.1:{port}"
     return KmsEnv(data_dir, url, boto_client(url), aiohttp.ClientSession(), runner)

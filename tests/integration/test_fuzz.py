@@ -150,7 +150,7 @@ def fill(template: str, ident: str) -> str:
 
 
 def dsm_app(env: XksEnv) -> web.Application:
-    return env.runners[1].app  # make_env starts the proxy, then the key manager
+    return env.runners[1].app  # make_env lists the proxy's runner first, the key manager's second
 
 
 def xks_app(env: XksEnv) -> web.Application:
