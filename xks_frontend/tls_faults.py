@@ -78,10 +78,6 @@ class TlsFaults:
         validity = (not_after - _LIFETIME, not_after)
         return certs.make_faulty_server_cert(directory, ca_cert, ca_key, kind, hosts, validity)
 
-    @property
-    def installed(self) -> bool:
-        return self._server_tls is not None
-
     def install(self, server_tls: tls.ServerTls) -> None:
         """Hook the HTTPS listener's TLS (called once it is built)."""
         server_tls.divert(self._choose)
