@@ -209,7 +209,12 @@ def create_app(settings: Settings) -> web.Application:
             await db.check_schema(engine)
             sealer = KmsSealer.open(settings.path(settings.kms.seal_key_file))
             client = XksProxyClient(
-                timeout_s=settings.kms.xks_timeout_ms / 1000, ca_file=xks_ca_file(settings)
+                timeout_s=settings.kms.xks_timeout_ms / 1000,
+                ca_file=xks_ca_file(settings),
+                client_cert=(
+                    settings.path(settings.kms.xks_client_cert),
+                    settings.path(settings.kms.xks_client_key),
+                ),
             )
             client.observer = metrics.observe_proxy_call
             await client.open()

@@ -133,11 +133,22 @@ class ProxyCall:
 class XksProxyClient:
     """One pooled aiohttp session for every proxy of every key store, as KMS keeps connections warm."""
 
-    def __init__(self, *, timeout_s: float = 0.25, ca_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 0.25,
+        ca_file: Path | None = None,
+        client_cert: tuple[Path, Path] | None = None,
+    ) -> None:
         """``ca_file``: the CA bundle trusted for https endpoints; None trusts the system store, as real
-        KMS trusts the public CAs. ``timeout_s`` bounds connect, TLS handshake and answer together."""
+        KMS trusts the public CAs. ``client_cert``: the (certificate, key) files presented to every https
+        proxy, as KMS presents ``cks.kms.<region>.amazonaws.com`` (spec 1.10), when both exist; reread
+        when they change, for new connections. ``timeout_s`` bounds connect, TLS handshake and answer
+        together."""
         self.timeout_s = timeout_s
         self.ca_file = ca_file
+        self.client_cert = client_cert
+        self._certificate: tls.ClientCertificate | None = None
         self._session: aiohttp.ClientSession | None = None
         # Told about every call once it ends (the KMS metrics); must not raise.
         self.observer: Callable[[ProxyCall], None] | None = None
@@ -145,7 +156,10 @@ class XksProxyClient:
     async def open(self) -> None:
         if self._session is not None:
             return
-        connector = aiohttp.TCPConnector(ssl=tls.client_context(self.ca_file))
+        context = tls.client_context(self.ca_file)
+        if self.client_cert is not None:
+            self._certificate = tls.ClientCertificate(context, *self.client_cert)
+        connector = aiohttp.TCPConnector(ssl=context)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
         )
@@ -309,6 +323,8 @@ class XksProxyClient:
         )
         SigV4Auth(Credentials(cfg.access_key_id, cfg.secret), SERVICE, cfg.region).add_auth(request)
         headers = dict(request.headers.items())
+        if self._certificate is not None and url.startswith("https:"):
+            self._certificate.refresh()  # a reissued client certificate goes out on the next connection
         try:
             # encoded=True: send the path byte for byte as signed (it holds only unreserved characters).
             async with self._session.post(

@@ -121,8 +121,12 @@ def transport_error(exc: BaseException) -> XksProxyError:
     errors are also connection errors."""
     kind = type(exc).__name__
     if is_tls_failure(exc):
+        # OpenSSL's reason names the alert or the check that failed (TLSV13_ALERT_CERTIFICATE_REQUIRED:
+        # the proxy wants a client certificate; CERTIFICATE_VERIFY_FAILED: its own was not trusted).
+        reason = _tls_reason(exc)
         return XksProxyError(
-            Code.XKS_PROXY_INVALID_TLS_CONFIGURATION, f"the TLS handshake with the XKS proxy failed ({kind})"
+            Code.XKS_PROXY_INVALID_TLS_CONFIGURATION,
+            f"the TLS handshake with the XKS proxy failed ({kind}{': ' + reason if reason else ''})",
         )
     if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
         return XksProxyError(Code.XKS_PROXY_INVALID_RESPONSE, f"the XKS proxy's answer is not HTTP ({kind})")
@@ -140,6 +144,18 @@ def is_tls_failure(exc: BaseException | None) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+def _tls_reason(exc: BaseException | None) -> str | None:
+    seen = 0
+    while exc is not None and seen < 8:
+        errors = [exc, getattr(exc, "os_error", None)]
+        for error in errors:
+            reason = getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
+            if isinstance(reason, str) and reason.isprintable():
+                return reason[:80]
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def error_answer(operation: str, status: int, raw: bytes) -> XksProxyError:

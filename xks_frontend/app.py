@@ -38,8 +38,9 @@ def create_app(settings: Settings) -> web.Application:
     xks = settings.xks
     limits = xks_wire.Limits(xks.max_plaintext_bytes, xks.max_aad_bytes)
     policy = PolicyFile(settings.path(Path(xks.policy_file))) if xks.policy_file else None
-    client_subject = xks.client_subject
-    mtls = bool(xks.client_ca)
+    client_ca = settings.xks_client_ca()
+    client_subject = settings.xks_client_subject()
+    mtls = client_ca is not None
 
     @web.middleware
     async def client_certificate(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -76,7 +77,6 @@ def create_app(settings: Settings) -> web.Application:
         faults=FaultBook(metrics.registry),
     )
     app[EDGE_KEY] = edge
-    client_ca = settings.path(Path(xks.client_ca)) if mtls else None
     tls_faults = TlsFaults(edge.faults, settings.path(xks.tls_cert), settings.path(xks.tls_key), client_ca)
     app[TLS_FAULTS_KEY] = tls_faults
     app.middlewares.append(tls_faults.middleware)
@@ -116,8 +116,8 @@ def _refuse(message: str) -> web.Response:
 
 
 def listener(settings: Settings, app: web.Application | None = None) -> Listener:
-    """The proxy on xks.host:xks.port, and on xks.https_port (mTLS when xks.client_ca is set) when its
-    certificate exists; the HTTPS listener's context is hooked for TLS faults (tls_faults.py)."""
+    """The proxy on xks.host:xks.port, and on xks.https_port (mTLS with xks.client_ca or xks.mtls) when
+    its certificate exists; the HTTPS listener's TLS is hooked for TLS faults (tls_faults.py)."""
     xks = settings.xks
     app = app if app is not None else create_app(settings)
     return Listener(
@@ -128,7 +128,7 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         xks.https_port,
         settings.path(xks.tls_cert),
         settings.path(xks.tls_key),
-        client_ca=settings.path(Path(xks.client_ca)) if xks.client_ca else None,
+        client_ca=settings.xks_client_ca(),
         limits=HttpLimits.of(settings),
         tls_setup=tls_faults.install if (tls_faults := app.get(TLS_FAULTS_KEY)) is not None else None,
     )

@@ -2,15 +2,17 @@
 proxy's HTTPS listener gets a certificate from the lab CA that has expired, or that names only
 ``wrong-host.invalid``, instead of the proxy's own.
 
-How: the listener's server context gets an ``sni_callback``, which OpenSSL runs on every ClientHello,
-with or without SNI (a client connecting to 127.0.0.1 sends none; the callback then sees ``None``). When
-the fault book says a TLS fault applies, the callback moves the connection to a second context that
-holds the faulty certificate (and the same client-certificate rules), so nothing shared is changed and a
-clear takes effect on the very next handshake.
+How: the listener's TLS (``tls.ServerTls``) asks :meth:`TlsFaults._choose` first on every ClientHello
+(its ``sni_callback`` runs with or without SNI; a client connecting to 127.0.0.1 sends none). When the
+fault book says a TLS fault applies, the handshake moves to a second context that holds the faulty
+certificate (and the same client-certificate rules), so nothing shared is changed and a clear takes
+effect on the very next handshake.
 
 Connections made before the fault keep the certificate they verified. So that a client soon makes a new
 one, a request on such a connection is answered with ``Connection: close`` while a TLS fault is in force
-(:meth:`TlsFaults.middleware`): it is served, and its connection is not kept alive.
+(:meth:`TlsFaults.middleware`): it is served, and its connection is not kept alive. The same holds for a
+connection made with a certificate that was reissued since (``xkslab certs rotate``), so that KMS soon
+verifies the new one (and its XksProxyCertificateDaysToExpire follows).
 
 The certificates are made when a TLS fault is first set (so a proxy without the lab CA refuses the fault
 at once), under ``<tls dir>/faults/``, from ``ca.crt`` and ``ca.key`` beside the proxy's certificate.
@@ -45,14 +47,14 @@ class TlsFaults:
         self._key = key
         self._client_ca = client_ca
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self.installed = False
+        self._server_tls: tls.ServerTls | None = None
 
     def prepare(self, faults: list[Fault]) -> None:
         """Make the certificates the TLS faults among ``faults`` need; ValueError when they cannot be."""
         for kind in dict.fromkeys(f.kind for f in faults if f.kind in TLS_KINDS):
             if kind in self._contexts:
                 continue
-            if not self.installed:
+            if self._server_tls is None:
                 raise ValueError(
                     f"a {kind} fault needs the proxy's HTTPS listener (xks.tls_cert), not running"
                 )
@@ -76,26 +78,24 @@ class TlsFaults:
         validity = (not_after - _LIFETIME, not_after)
         return certs.make_faulty_server_cert(directory, ca_cert, ca_key, kind, hosts, validity)
 
-    def install(self, context: ssl.SSLContext) -> None:
-        """Hook the HTTPS listener's server context (called once it is built)."""
-        context.sni_callback = self._on_hello
-        self.installed = True
+    def install(self, server_tls: tls.ServerTls) -> None:
+        """Hook the HTTPS listener's TLS (called once it is built)."""
+        server_tls.divert(self._choose)
+        self._server_tls = server_tls
 
-    def _on_hello(
-        self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
-    ) -> None:
-        # Runs inside the handshake: an exception here would fail it with an alert, so none escapes.
-        try:
-            kind = self._book.handshake()
-            faulty = None if kind is None else self._contexts.get(kind)
-            if faulty is not None:
-                conn.context = faulty
-        except Exception:  # never break a handshake over a fault's bookkeeping
-            log.exception("TLS fault not applied")
+    def _choose(self) -> ssl.SSLContext | None:
+        # Runs inside the handshake (ServerTls catches what escapes, so a handshake never breaks on it).
+        kind = self._book.handshake()
+        return None if kind is None else self._contexts.get(kind)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
-        if request.secure and self._book.tls_active():
+        if request.secure and (self._book.tls_active() or not self._on_current_certificate(request)):
             response.force_close()  # the next request needs a new connection, and so a new handshake
         return response
+
+    def _on_current_certificate(self, request: web.Request) -> bool:
+        if self._server_tls is None or request.transport is None:
+            return True
+        return self._server_tls.is_current(request.transport.get_extra_info("ssl_object"))

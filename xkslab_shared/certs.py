@@ -2,8 +2,10 @@
 client certificates for mTLS. Everything is EC P-256; private keys are written mode 0600.
 
 ``xkslab certs`` (xkslab/cli/certs.py) writes ``ca.crt``/``ca.key``,
-``dsm.crt``/``dsm.key`` and ``xks.crt``/``xks.key`` under
-``<data-dir>/tls`` (or ``--out``), reusing an existing CA so certificates already trusted stay valid.
+``dsm.crt``/``dsm.key``, ``xks.crt``/``xks.key`` and the client certificate KMS presents to proxies,
+``kms-client.crt``/``kms-client.key``, under ``<data-dir>/tls`` (or ``--out``), reusing an existing CA so
+certificates already trusted stay valid. ``xkslab certs rotate`` reissues the three leaves (:func:`rotate`)
+under the same CA; the running services pick them up from their next handshake.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ CA_NAME = "xkslab local CA"
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest validity Apple platforms accept for a TLS server certificate
 DEFAULT_HOSTS = ("localhost",)
+SERVER_NAMES = ("dsm", "xks")
+KMS_CLIENT_NAME = "kms-client"
 LOOPBACK_IPS = ("127.0.0.1", "::1")
 
 
@@ -116,13 +120,14 @@ def _leaf(
     usage: x509.ObjectIdentifier,
     san: list[x509.GeneralName] | None,
     validity: tuple[dt.datetime, dt.datetime] | None = None,
+    days: int = LEAF_DAYS,
 ) -> tuple[Path, Path]:
     issuer, issuer_key = _load_ca(Path(ca_cert), Path(ca_key))
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     not_before, not_after = validity or (
         now - dt.timedelta(minutes=5),
-        min(now + dt.timedelta(days=LEAF_DAYS), issuer.not_valid_after_utc),
+        min(now + dt.timedelta(days=days), issuer.not_valid_after_utc),
     )
     builder = (
         x509.CertificateBuilder()
@@ -171,17 +176,18 @@ def _general_name(host: str) -> x509.GeneralName:
 
 
 def make_server_cert(
-    directory: Path, ca_cert: Path, ca_key: Path, name: str, hosts: list[str]
+    directory: Path, ca_cert: Path, ca_key: Path, name: str, hosts: list[str], *, days: int = LEAF_DAYS
 ) -> tuple[Path, Path]:
     """``directory/<name>.crt`` and ``.key`` for a TLS server: SANs DNS localhost, the given ``hosts``
-    (DNS names or IP addresses) and IP 127.0.0.1 and ::1; serverAuth only; 825 days."""
+    (DNS names or IP addresses) and IP 127.0.0.1 and ::1; serverAuth only; 825 days by default."""
     san: list[x509.GeneralName] = []
     for host in [*DEFAULT_HOSTS, *hosts, *LOOPBACK_IPS]:
         host = host.strip()
         if host and (entry := _general_name(host)) not in san:
             san.append(entry)
     common_name = next((h.strip() for h in hosts if h.strip()), "localhost")
-    return _leaf(directory, ca_cert, ca_key, name, common_name[:64], ExtendedKeyUsageOID.SERVER_AUTH, san)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH
+    return _leaf(directory, ca_cert, ca_key, name, common_name[:64], usage, san, days=days)
 
 
 def make_faulty_server_cert(
@@ -215,8 +221,53 @@ def server_names(cert: Path) -> list[str]:
 
 
 def make_client_cert(
-    directory: Path, ca_cert: Path, ca_key: Path, name: str, common_name: str
+    directory: Path, ca_cert: Path, ca_key: Path, name: str, common_name: str, *, days: int = LEAF_DAYS
 ) -> tuple[Path, Path]:
     """``directory/<name>.crt`` and ``.key`` for a TLS client (mTLS): subject CN ``common_name``,
-    clientAuth only; 825 days."""
-    return _leaf(directory, ca_cert, ca_key, name, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, None)
+    clientAuth only; 825 days by default."""
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH
+    return _leaf(directory, ca_cert, ca_key, name, common_name, usage, None, days=days)
+
+
+def common_name(cert: Path) -> str | None:
+    """The subject CN of a PEM certificate (None without one)."""
+    loaded = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    names = loaded.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
+def not_after(cert: Path) -> dt.datetime:
+    """A PEM certificate's notAfter (UTC)."""
+    return x509.load_pem_x509_certificate(Path(cert).read_bytes()).not_valid_after_utc
+
+
+def ensure_kms_client_cert(directory: Path, ca_cert: Path, ca_key: Path, subject: str) -> tuple[Path, Path]:
+    """``directory/kms-client.crt`` and ``.key``, the certificate KMS presents to XKS proxies, for
+    ``subject`` (``cks.kms.<region>.amazonaws.com``): kept when it exists and names that subject, made
+    otherwise (a changed region gets a certificate for its own name)."""
+    cert, key = directory / f"{KMS_CLIENT_NAME}.crt", directory / f"{KMS_CLIENT_NAME}.key"
+    if cert.is_file() and key.is_file() and common_name(cert) == subject:
+        return cert, key
+    return make_client_cert(directory, ca_cert, ca_key, KMS_CLIENT_NAME, subject)
+
+
+def rotate(directory: Path, kms_subject: str, *, days: int = LEAF_DAYS) -> dict[str, tuple[Path, Path]]:
+    """Reissue the lab's leaves under its existing CA (``ca.crt``/``ca.key`` in ``directory``): the DSM's
+    and the proxy's server certificates with the names they had (``localhost`` and loopback for one
+    that is missing), and KMS's client certificate for ``kms_subject``, each with a new key, valid for
+    ``days``. Each key is written before its certificate, each file replaced atomically: a service that
+    reads the pair between the two writes finds them unmatched and keeps its previous pair until the
+    next handshake (xkslab_shared.tls)."""
+    directory = Path(directory)
+    ca_cert, ca_key = directory / "ca.crt", directory / "ca.key"
+    if not (ca_cert.is_file() and ca_key.is_file()):
+        raise ValueError(f"no local CA in {directory} (ca.crt, ca.key): run `xkslab certs` first")
+    made: dict[str, tuple[Path, Path]] = {}
+    for name in SERVER_NAMES:
+        old = directory / f"{name}.crt"
+        hosts = [*filter(None, [common_name(old)]), *server_names(old)] if old.is_file() else []
+        made[name] = make_server_cert(directory, ca_cert, ca_key, name, hosts, days=days)
+    made[KMS_CLIENT_NAME] = make_client_cert(
+        directory, ca_cert, ca_key, KMS_CLIENT_NAME, kms_subject, days=days
+    )
+    return made

@@ -126,6 +126,9 @@ class XksSettings:
     client_ca: str = ""
     # ... whose subject CN or a DNS SAN equals this name (empty: any certificate from client_ca).
     client_subject: str = ""
+    # mTLS as KMS does it: client_ca defaults to the lab CA (tls/ca.crt) and client_subject to the name
+    # KMS presents, cks.kms.<kms.region>.amazonaws.com (`xkslab up --mtls`).
+    mtls: bool = False
     # The key manager: comma-separated base URLs, one per DSM node (health reports each one).
     dsm_urls: str = "http://127.0.0.1:8500"
     dsm_token_file: Path = Path("proxy.token")
@@ -162,6 +165,10 @@ class KmsSettings:
     # CA bundle KMS trusts for https:// XKS proxy endpoints (empty: tls/ca.crt when it exists, else the
     # system store), as real KMS trusts the public CAs.
     xks_ca: str = ""
+    # The client certificate KMS presents to every https:// proxy (mTLS), when both files exist; `xkslab
+    # certs` and `xkslab up` make it for cks.kms.<region>.amazonaws.com. Reread when the files change.
+    xks_client_cert: Path = Path("tls/kms-client.crt")
+    xks_client_key: Path = Path("tls/kms-client.key")
     # KMS gives an XKS proxy 250 ms per call (connect, TLS handshake and answer).
     xks_timeout_ms: int = 250
     # Consecutive store-level proxy failures (data calls and health checks) that turn a CONNECTED key
@@ -174,6 +181,11 @@ class KmsSettings:
     # Check callers' SigV4 signatures against the access keys of `xkslab kms access-key create` (off, as
     # in moto: any credentials work and the access key id only names the caller).
     verify_sigv4: bool = False
+
+
+def kms_client_subject(region: str) -> str:
+    """The name KMS presents to XKS proxies in a region (spec 1.10): ``cks.kms.<region>.amazonaws.com``."""
+    return f"cks.kms.{region}.amazonaws.com"
 
 
 @dataclass(frozen=True)
@@ -198,6 +210,19 @@ class Settings:
     def path(self, relative: Path) -> Path:
         """Resolve a path setting against the data directory."""
         return relative if relative.is_absolute() else self.data_dir / relative
+
+    def xks_client_ca(self) -> Path | None:
+        """The CA the proxy requires client certificates from: xks.client_ca, else the lab CA with
+        xks.mtls, else None (no mTLS)."""
+        if self.xks.client_ca:
+            return self.path(Path(self.xks.client_ca))
+        return self.data_dir / "tls" / "ca.crt" if self.xks.mtls else None
+
+    def xks_client_subject(self) -> str:
+        """The subject the proxy accepts: xks.client_subject, else KMS's own name with xks.mtls."""
+        if self.xks.client_subject or not self.xks.mtls:
+            return self.xks.client_subject
+        return kms_client_subject(self.kms.region)
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain data with secrets masked, for printing and logs."""

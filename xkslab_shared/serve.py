@@ -70,18 +70,19 @@ class Listener:
     tls_key: Path | None = None
     client_ca: Path | None = None
     limits: HttpLimits = HttpLimits()
-    # Told about the HTTPS listener's server context once it is built (the proxy's TLS faults hook it).
-    tls_setup: Callable[[ssl.SSLContext], None] | None = None
+    # Told about the HTTPS listener's TLS once it is built (the proxy's TLS faults hook it).
+    tls_setup: Callable[[tls.ServerTls], None] | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
+        """The HTTPS listener's context; its certificate is reread when the files change (ServerTls)."""
         if self.https_port is None or self.tls_cert is None or self.tls_key is None:
             return None
         if not (self.tls_cert.is_file() and self.tls_key.is_file()):
             return None
-        context = tls.server_context(self.tls_cert, self.tls_key, client_ca=self.client_ca)
+        server_tls = tls.ServerTls(self.tls_cert, self.tls_key, client_ca=self.client_ca)
         if self.tls_setup is not None:
-            self.tls_setup(context)
-        return context
+            self.tls_setup(server_tls)
+        return server_tls.context
 
 
 class HideMalformedRequests(logging.Filter):

@@ -145,3 +145,32 @@ def test_certs_command(tmp_path: Path) -> None:
     # running again reuses the CA
     assert CliRunner().invoke(certs_command, [], obj=settings).exit_code == 0
     assert load(out / "ca.crt").serial_number == ca_serial
+
+
+def test_certs_makes_kms_client_certificate_and_rotate_reissues_the_leaves(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    out = tmp_path / "data" / "tls"
+    refused = CliRunner().invoke(certs_command, ["rotate"], obj=settings)
+    assert refused.exit_code == 1 and "no local CA" in refused.output
+
+    made = CliRunner().invoke(certs_command, ["--hosts", "proxy.test"], obj=settings)
+    assert made.exit_code == 0, made.output
+    client = load(out / "kms-client.crt")
+    assert client.subject.rfc4514_string() == "CN=cks.kms.us-east-1.amazonaws.com"
+    assert mode(out / "kms-client.key") == 0o600 and str(out / "kms-client.crt") in made.output
+    before = {name: load(out / f"{name}.crt") for name in ("ca", "dsm", "xks", "kms-client")}
+
+    rotated = CliRunner().invoke(certs_command, ["rotate", "--days", "30", "--json"], obj=settings)
+    assert rotated.exit_code == 0, rotated.output
+    after = {name: load(out / f"{name}.crt") for name in before}
+    assert after["ca"] == before["ca"]  # the CA stays: everything it signed stays trusted
+    for name in ("dsm", "xks", "kms-client"):
+        assert after[name].serial_number != before[name].serial_number
+        assert after[name].public_key() != before[name].public_key()  # a new key, too
+        assert after[name].subject == before[name].subject and after[name].issuer == before["ca"].subject
+        assert 29 <= (after[name].not_valid_after_utc - after[name].not_valid_before_utc).days <= 30
+        assert mode(out / f"{name}.key") == 0o600
+    names = after["xks"].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "proxy.test" in names.get_values_for_type(x509.DNSName)  # the names it had are kept
+    too_long = CliRunner().invoke(certs_command, ["rotate", "--days", "900"], obj=settings)
+    assert too_long.exit_code == 2

@@ -82,3 +82,21 @@ def test_every_setting_has_an_environment_variable_and_round_trips_through_toml(
     s = load_settings(tmp_path, environ={})
     assert (s.seal.backend, s.audit.flush_interval_ms, s.dsm.port) == ("pkcs11", 2.5, 8600)
     assert "seal.pkcs11.pin" in LEAF_SPECS
+
+
+def test_xks_mtls_defaults_the_client_ca_and_subject_to_kms_own(tmp_path: Path) -> None:
+    plain = load_settings(tmp_path, environ={})
+    assert (plain.xks_client_ca(), plain.xks_client_subject()) == (None, "")
+    mtls = load_settings(tmp_path, {"xks.mtls": "true", "kms.region": "eu-west-1"}, environ={})
+    assert mtls.xks_client_ca() == tmp_path / "tls" / "ca.crt"
+    assert mtls.xks_client_subject() == "cks.kms.eu-west-1.amazonaws.com"
+    assert mtls.kms.xks_client_cert == Path("tls/kms-client.crt")
+    explicit = load_settings(
+        tmp_path,
+        {"xks.mtls": "yes", "xks.client_ca": "/etc/other-ca.pem", "xks.client_subject": "CN=x"},
+        environ={},
+    )
+    assert (explicit.xks_client_ca(), explicit.xks_client_subject()) == (Path("/etc/other-ca.pem"), "CN=x")
+    # xks.client_ca alone is mTLS as before, with any subject from that CA
+    alone = load_settings(tmp_path, environ={"XKSLAB_XKS_CLIENT_CA": "ca.pem"})
+    assert (alone.xks_client_ca(), alone.xks_client_subject()) == (tmp_path / "ca.pem", "")

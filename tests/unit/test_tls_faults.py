@@ -62,9 +62,9 @@ async def test_handshakes_get_the_faulty_certificate_while_in_force(
     ca, cert, key = lab_tls
     book = FaultBook(CollectorRegistry())
     faults = TlsFaults(book, cert, key, None)
-    context = tls.server_context(cert, key)
-    faults.install(context)
-    async with served(context) as port:
+    server_tls = tls.ServerTls(cert, key)
+    faults.install(server_tls)
+    async with served(server_tls.context) as port:
         assert (await handshake(port, ca, host)).startswith("ok localhost")
         expired = [parse_fault({"kind": "tls_expired", "count": 1})]
         faults.prepare(expired)
@@ -90,7 +90,7 @@ def test_prepare_refuses_without_https_or_lab_ca(tmp_path: Path, lab_tls: tuple[
     faults = TlsFaults(FaultBook(CollectorRegistry()), cert, key, None)
     with pytest.raises(ValueError, match="HTTPS listener"):
         faults.prepare(fault)
-    faults.install(tls.server_context(cert, key))
+    faults.install(tls.ServerTls(cert, key))
     faults.prepare([parse_fault({"kind": "drop"})])  # nothing to make for other kinds
     (tmp_path / "ca.key").unlink()
     with pytest.raises(ValueError, match="lab CA"):
@@ -100,7 +100,7 @@ def test_prepare_refuses_without_https_or_lab_ca(tmp_path: Path, lab_tls: tuple[
 def test_the_expired_certificate_keeps_the_proxys_names(lab_tls: tuple[Path, Path, Path]) -> None:
     _, cert, key = lab_tls
     faults = TlsFaults(FaultBook(CollectorRegistry()), cert, key, None)
-    faults.install(tls.server_context(cert, key))
+    faults.install(tls.ServerTls(cert, key))
     faults.prepare([parse_fault({"kind": "tls_expired"}), parse_fault({"kind": "tls_wrong_host"})])
     made = cert.parent / "faults"
     assert certs.server_names(made / "tls_expired.crt") == certs.server_names(cert)

@@ -1,47 +1,61 @@
-"""``xkslab certs``: a local CA and the HTTPS certificates of the DSM and the proxy."""
+"""``xkslab certs``: a local CA, the HTTPS certificates of the DSM and the proxy, and the client certificate
+the KMS presents to proxies (mTLS); ``xkslab certs rotate`` reissues the three under the same CA."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from xkslab.cli.common import pass_settings_creating
-from xkslab_shared.certs import make_local_ca, make_server_cert
+from xkslab.cli.common import json_option, pass_settings_creating
+from xkslab_shared import certs
+from xkslab_shared.config import Settings, kms_client_subject
 
 
-@click.command("certs")
-@click.option(
-    "--hosts",
-    default="",
-    help="Extra DNS names or IP addresses for the server certificates, comma-separated "
-    "(localhost, 127.0.0.1 and ::1 are always included).",
-)
-@click.option(
+def _tls_dir(settings: Settings, out: Path | None) -> Path:
+    return out if out is not None else settings.data_dir / "tls"
+
+
+out_option = click.option(
     "--out",
     "out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Output directory [default: <data-dir>/tls].",
 )
+
+
+@click.group("certs", invoke_without_command=True)
+@click.option(
+    "--hosts",
+    default="",
+    help="Extra DNS names or IP addresses for the server certificates, comma-separated "
+    "(localhost, 127.0.0.1 and ::1 are always included).",
+)
+@out_option
+@click.pass_context
+def certs_command(ctx: click.Context, hosts: str, out: Path | None) -> None:
+    """Create a local CA (reused if present), HTTPS certificates for the DSM and XKS endpoints, and the
+    client certificate KMS presents to proxies (cks.kms.<region>.amazonaws.com)."""
+    if ctx.invoked_subcommand is None:
+        _make(hosts, out)
+
+
 @pass_settings_creating
-def certs_command(settings: object, hosts: str, out: Path | None) -> None:
-    """Create a local CA (reused if present) and HTTPS certificates for the DSM and XKS endpoints."""
-    if out is None:
-        # obj is xkslab_shared.config.Settings under the main CLI (a bare Path is accepted too)
-        data_dir = settings if isinstance(settings, Path) else getattr(settings, "data_dir", None)
-        if data_dir is None:
-            raise click.UsageError("--out is required when no data directory is configured")
-        out = Path(data_dir) / "tls"
+def _make(settings: Settings, hosts: str, out: Path | None) -> None:
+    out = _tls_dir(settings, out)
     names = [h.strip() for h in hosts.split(",") if h.strip()]
     try:
-        ca_cert, ca_key = make_local_ca(out)
-        dsm = make_server_cert(out, ca_cert, ca_key, "dsm", names)
-        xks = make_server_cert(out, ca_cert, ca_key, "xks", names)
+        ca_cert, ca_key = certs.make_local_ca(out)
+        dsm = certs.make_server_cert(out, ca_cert, ca_key, "dsm", names)
+        xks = certs.make_server_cert(out, ca_cert, ca_key, "xks", names)
+        client = certs.ensure_kms_client_cert(out, ca_cert, ca_key, kms_client_subject(settings.kms.region))
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    for label, (crt, key) in (("CA", (ca_cert, ca_key)), ("DSM", dsm), ("XKS", xks)):
-        click.echo(f"{label + ':':5} {crt}  (key {key})")
+    made = (("CA", (ca_cert, ca_key)), ("DSM", dsm), ("XKS", xks), ("KMS client", client))
+    for label, (crt, key) in made:
+        click.echo(f"{label + ':':12} {crt}  (key {key})")
     ca = ca_cert.resolve()
     click.echo("")
     click.echo("Trust the CA (never install ca.key anywhere else):")
@@ -49,3 +63,34 @@ def certs_command(settings: object, hosts: str, out: Path | None) -> None:
     click.echo(f"  export REQUESTS_CA_BUNDLE={ca}     # requests (sdkms, boto3)")
     click.echo(f"  sdkms-cli --ssl-ca-cert {ca} ...")
     click.echo(f"  curl --cacert {ca} https://localhost:<port>/...")
+
+
+@certs_command.command("rotate")
+@click.option(
+    "--days",
+    type=click.IntRange(1, certs.LEAF_DAYS),
+    default=certs.LEAF_DAYS,
+    show_default=True,
+    help="Validity of the new certificates (a short one rehearses expiry).",
+)
+@out_option
+@json_option
+@pass_settings_creating
+def rotate(settings: Settings, days: int, out: Path | None, as_json: bool) -> None:
+    """Reissue the DSM's and the proxy's server certificates and KMS's client certificate under the same
+    CA, with new keys. Running services use them from their next TLS handshake, without a restart."""
+    directory = _tls_dir(settings, out)
+    try:
+        made = certs.rotate(directory, kms_client_subject(settings.kms.region), days=days)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    rows = {
+        name: {"cert": str(crt), "key": str(key), "not_after": certs.not_after(crt).isoformat()}
+        for name, (crt, key) in made.items()
+    }
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    for name, row in rows.items():
+        click.echo(f"{name + ':':12} {row['cert']}  (key {row['key']}), valid until {row['not_after']}")
+    click.echo("Running services present the new certificates from their next TLS handshake.")

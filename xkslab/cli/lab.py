@@ -4,16 +4,17 @@ for scripts and CI ``up --detach``, ``down``, ``wait`` and ``env``."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from xkslab.cli.common import data_dir_of, json_option, overrides_of, pass_settings_creating, run
+from xkslab.cli.common import data_dir_of, json_option, overrides_of, pass_settings_creating, run, settings_of
 from xkslab.lab.control import log_file, require_ready, wait_ready
 from xkslab.lab.demo import DemoError, run_demo
 from xkslab.lab.detach import start_detached, stop_lab
 from xkslab.lab.envfmt import FORMATS, format_env
-from xkslab.lab.up import LabError, run_up
+from xkslab.lab.up import LabError, lab_env, run_up
 from xkslab_shared.config import Settings
 
 
@@ -31,13 +32,24 @@ from xkslab_shared.config import Settings
     help="Run in the background (output in <data-dir>/run/up.log, pid in run/up.pid); return once the "
     "lab is ready and print the path of up.json. `xkslab down` stops it.",
 )
-@pass_settings_creating
-def up(settings: Settings, admin_password: str | None, detach: bool) -> None:
+@click.option(
+    "--mtls",
+    is_flag=True,
+    help="Mutual TLS as AWS recommends (the setting xks.mtls): the proxy requires the client certificate "
+    "KMS presents, cks.kms.<region>.amazonaws.com from the local CA (tls/kms-client.crt).",
+)
+@click.pass_context
+def up(ctx: click.Context, admin_password: str | None, detach: bool, mtls: bool) -> None:
     """Start the DSM, the XKS proxy and the KMS emulator on embedded defaults (SQLite, software sealing,
     loopback ports), bootstrap them on first start, print the settings to paste and write them to
     <data-dir>/up.json. A second start reuses the data directory; Ctrl-C stops all three."""
     try:
-        overrides = overrides_of(click.get_current_context())
+        settings = settings_of(ctx)
+        overrides = overrides_of(ctx)
+        if mtls:
+            # Passed on as a setting like any other, so each service's process (and a detached up) has it.
+            overrides["xks.mtls"] = "true"
+            settings = replace(settings, xks=replace(settings.xks, mtls=True))
         if detach:
             path, pid = start_detached(settings.data_dir, overrides, admin_password)
             log = log_file(path.parent)
@@ -96,7 +108,7 @@ def env(fmt: str) -> None:
         data = require_ready(_lab_dir())
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(format_env(data["aws_env"], fmt))
+    click.echo(format_env(lab_env(data), fmt))
 
 
 @click.command("demo")

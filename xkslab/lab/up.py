@@ -32,10 +32,10 @@ from xkslab.lab.credentials import lab_credentials
 from xkslab.lab.datadir import init_data_dir, write_config_if_missing
 from xkslab.lab.envfmt import format_env
 from xkslab.lab.supervisor import Supervisor, hold_data_dir
-from xkslab_shared.certs import make_local_ca, make_server_cert
-from xkslab_shared.config import Settings
+from xkslab_shared.certs import ensure_kms_client_cert, make_local_ca, make_server_cert
+from xkslab_shared.config import Settings, kms_client_subject
 
-__all__ = ["LabError", "run_up", "up_file"]
+__all__ = ["LabError", "lab_env", "run_up", "up_file"]
 
 UP_FILE = "up.json"
 PASSWORD_FILE = "admin.password"
@@ -47,13 +47,44 @@ def up_file(settings: Settings) -> Path:
 
 
 def ensure_certificates(settings: Settings) -> Path:
-    """The local CA and the DSM and proxy server certificates (kept when present)."""
+    """The local CA, the DSM and proxy server certificates and the client certificate KMS presents
+    (``cks.kms.<region>.amazonaws.com``), each kept when present."""
     tls_dir = settings.data_dir / "tls"
     ca_crt, ca_key = make_local_ca(tls_dir)
     for name in ("dsm", "xks"):
         if not (tls_dir / f"{name}.crt").exists():
             make_server_cert(tls_dir, ca_crt, ca_key, name, ["localhost"])
+    ensure_kms_client_cert(tls_dir, ca_crt, ca_key, kms_client_subject(settings.kms.region))
     return ca_crt
+
+
+def mtls_facts(settings: Settings) -> dict[str, Any] | None:
+    """With mTLS on the proxy, what a client of the proxy needs (the files KMS presents, the subject the
+    proxy accepts), for up.json and ``xkslab env``; None without mTLS."""
+    client_ca = settings.xks_client_ca()
+    if client_ca is None:
+        return None
+    return {
+        "client_ca": str(client_ca.absolute()),
+        "client_subject": settings.xks_client_subject() or None,
+        "client_cert": str(settings.path(settings.kms.xks_client_cert).absolute()),
+        "client_key": str(settings.path(settings.kms.xks_client_key).absolute()),
+    }
+
+
+# `xkslab env` and the banner name the files with mTLS. Not setting names (XKSLAB_<SECTION>_<NAME>), so
+# exporting them changes no xkslab command's settings.
+MTLS_ENV = {
+    "client_ca": "XKSLAB_MTLS_CA_FILE",
+    "client_cert": "XKSLAB_MTLS_CLIENT_CERT",
+    "client_key": "XKSLAB_MTLS_CLIENT_KEY",
+}
+
+
+def lab_env(data: dict[str, Any]) -> dict[str, str]:
+    """What ``xkslab env`` prints: ``aws_env``, and with mTLS the client certificate files."""
+    mtls = data.get("mtls") or {}
+    return {**data["aws_env"], **{var: mtls[key] for key, var in MTLS_ENV.items() if mtls.get(key)}}
 
 
 def lab_settings(
@@ -89,6 +120,7 @@ def lab_settings(
             "alias": facts["kms_alias"],
         },
         "ca_file": facts["ca_file"],
+        "mtls": mtls_facts(settings),
         "aws_env": {
             "AWS_ENDPOINT_URL_KMS": kms_url,
             "AWS_ACCESS_KEY_ID": credentials.access_key_id,
@@ -132,7 +164,7 @@ def save_password(settings: Settings, password: str) -> None:
 
 
 def render(data: dict[str, Any], path: Path) -> str:
-    env = format_env(data["aws_env"], "shell")  # what `xkslab env` prints, quoted the same way
+    env = format_env(lab_env(data), "shell")  # what `xkslab env` prints, quoted the same way
     dsm, xks, kms = data["dsm"], data["xks"], data["kms"]
     admin = f"{dsm['admin_email']} / {dsm['admin_password']}" if dsm["admin_password"] else dsm["admin_email"]
     return f"""
@@ -149,7 +181,7 @@ xkslab is up. Settings (also in {path}):
   KMS endpoint      {kms["endpoint_url"]}   (region {kms["region"]})
     key store       {kms["custom_key_store_id"]} (CONNECTED)
     KMS key         {kms["key_id"]}  ({kms["alias"]})
-  local CA          {data["ca_file"]}
+  local CA          {data["ca_file"]}{_mtls_lines(data.get("mtls"))}
 
 {env}
 
@@ -159,6 +191,15 @@ print(kms.encrypt(KeyId="{kms["alias"]}", Plaintext=b"hello")["CiphertextBlob"])
 
 Ctrl-C stops all three services.
 """
+
+
+def _mtls_lines(mtls: dict[str, Any] | None) -> str:
+    if not mtls:
+        return ""
+    subject = mtls["client_subject"] or "any"
+    return f"""
+  mTLS              the proxy requires a client certificate from {mtls["client_ca"]} (subject {subject})
+    KMS presents    {mtls["client_cert"]}  (key {mtls["client_key"]})"""
 
 
 def prepare(settings: Settings) -> str:
