@@ -109,6 +109,9 @@ class HttpSettings:
     body_timeout_ms: int = 10_000
     # An idle connection (none sent yet, or between requests) is closed after this.
     keepalive_timeout_s: float = 15.0
+    # Open connections from one client address; past it that client's new ones get 503, so one client's
+    # idle sockets cannot take every slot. Above the XKS proxy's pool to the DSM (256 connections).
+    max_connections_per_client: int = 300
 
 
 @dataclass(frozen=True)
@@ -350,6 +353,7 @@ _POSITIVE = {
     "http.max_connections",
     "http.body_timeout_ms",
     "http.keepalive_timeout_s",
+    "http.max_connections_per_client",
 }
 _PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
 # The XKS spec's minimums: a proxy must accept at least this much (xks-proxy-api.md 1.5).

@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from dsm_emulator.api import admin, crypto, logs, openapi, session, sobjects, xks
-from dsm_emulator.api.context import CORE_KEY, json_response
+from dsm_emulator.api.context import ACCEPTED_ENCODINGS, CORE_KEY, json_response
 from dsm_emulator.api.metrics import METRICS_KEY, DsmMetrics, metrics_middleware, metrics_page
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import BadRequest, DsmError, TooManyAttempts
+from xkslab_shared import body_encoding
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.proxy_link import INTERNAL_PREFIX, read_token
-from xkslab_shared.serve import MALFORMED_MESSAGE, MALFORMED_REQUEST_KEY, HttpLimits, Listener
+from xkslab_shared.serve import MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
 
 log = logging.getLogger("dsm_emulator.api")
 
@@ -78,7 +79,10 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[metrics_middleware, error_middleware, auth_middleware],
     )
     app[METRICS_KEY] = DsmMetrics(app)
-    app[MALFORMED_REQUEST_KEY] = lambda status: json_response({"message": MALFORMED_MESSAGE}, status=status)
+    body_encoding.install(app)
+    app[MALFORMED_REQUEST_KEY] = lambda status: json_response(
+        {"message": refusal_message(status, ACCEPTED_ENCODINGS)}, status=status
+    )
     app[session.SESSION_STATE_KEY] = session.SessionState()
     app[xks.PROXY_TOKEN_KEY] = read_token(settings.path(settings.dsm.proxy_token_file), create=True)
 

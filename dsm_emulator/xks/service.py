@@ -63,6 +63,9 @@ from xkslab_shared import sigv4, xks_wire
 from xkslab_shared.generation import Generation, GenerationCache
 
 VIA_PROXY = "xks-proxy"
+# SigV4 failures a credential rotated elsewhere could explain; the others (no or a malformed header, a
+# wrong scope, a skewed clock) fail whatever the credentials are.
+_CREDENTIAL_FAILURES = frozenset({sigv4.UNKNOWN_KEY, sigv4.MISMATCH})
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ class XksService(XksPrefixes, XksHealth):
 
     async def _app_auth(self, app_id: str, *, fresh: bool = False) -> _AppAuth | None:
         """The app's awsxks credentials and permissions (cached: see the module's docstring; ``fresh``
-        reads them again, for a signature that the cached credentials do not verify)."""
+        reads them again if older than the poll interval, for a signature the cached ones do not verify)."""
         return await self._apps.get(app_id, lambda: self._load_app_auth(app_id), fresh=fresh)
 
     async def _load_app_auth(self, app_id: str) -> _AppAuth | None:
@@ -211,8 +214,12 @@ class XksService(XksPrefixes, XksHealth):
                 raise sigv4.SigV4Error("the signed path does not match the forwarded request")
             try:
                 sigv4.verify(call.signed, auth.credentials, now=datetime.now(UTC))
-            except sigv4.SigV4Error:
-                # A credential rotated on another replica is not in the cache yet: look once more.
+            except sigv4.SigV4Error as exc:
+                # A credential rotated in another process may not be in the cache yet: look once more, but
+                # only when a credential could be what failed, and at most once per poll interval for all
+                # requests (the cache's fresh load): a refusal must not cost more than an answer.
+                if exc.kind not in _CREDENTIAL_FAILURES:
+                    raise
                 fresh = await self._app_auth(call.app_id, fresh=True)
                 if fresh is None:
                     raise
