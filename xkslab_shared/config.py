@@ -97,6 +97,10 @@ class DsmSettings:
     # Failed logins from one client address within a window over all identities; past them, every login
     # from it gets 429 before any look-up or hashing (0: no limit per address).
     login_max_failures_per_source: int = 50
+    # Password hashes per window over all client addresses for logins not known to be good (an unknown
+    # email, an identity that failed in the window); past them such a login gets 429 before hashing, so
+    # a spray from many addresses never queues ahead of a good login (0: no global budget).
+    login_max_failing_hashes: int = 100
 
 
 @dataclass(frozen=True)
@@ -382,6 +386,8 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
         raise fail("dsm.health_cache_s", "must be 0 to 60 seconds (the XKS spec's limit)")
     if not 0 <= values["dsm.login_max_failures_per_source"] <= 1_000_000:
         raise fail("dsm.login_max_failures_per_source", "must be 0 (no limit) to 1000000")
+    if not 0 <= values["dsm.login_max_failing_hashes"] <= 1_000_000:
+        raise fail("dsm.login_max_failing_hashes", "must be 0 (no limit) to 1000000")
     if not 0 <= values["database.cache_poll_ms"] <= 10_000:
         raise fail("database.cache_poll_ms", "must be 0 to 10000 milliseconds")
     if not 0 <= values["database.cache_max_age_s"] <= 3600:
