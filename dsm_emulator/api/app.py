@@ -100,6 +100,7 @@ def create_app(settings: Settings) -> web.Application:
                 pass
             try:
                 await core.admin.flush_login_summaries(everything=True)
+                await core.xks.flush_refusal_summaries(everything=True)
             finally:
                 await core.close()
 
@@ -116,13 +117,14 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _login_summaries(core: DsmCore) -> None:
-    """Write the summary rows of failed-login bursts as their windows end. A failed round is logged and
-    does not stop the next one."""
+    """Write the summary rows of failed-login and refused-XKS bursts as their windows end. A failed
+    round is logged and does not stop the next one."""
     interval = min(1.0, core.settings.dsm.login_window_s / 4)
     while True:
         await asyncio.sleep(interval)
         try:
             await core.admin.flush_login_summaries()
+            await core.xks.flush_refusal_summaries()
         except Exception:
             log.exception("could not write the failed-login summary rows")
 
