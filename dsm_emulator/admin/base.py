@@ -109,10 +109,11 @@ class AdminBase:
         else:
             known = True
         first = True
-        if login is not None and login[2] is not None:
+        source = login[2] if login is not None else None
+        if login is not None and source is not None:
             # A login not known to be good spends the global budget of doubtful hashes (429 past it),
             # so that a spray from many addresses cannot queue ahead of the ones that will succeed.
-            kind, identity, source = login
+            kind, identity, _ = login
             limiter = self.login_limiter
             first = limiter.known_good(identity, source, known=known)
             if not first and not limiter.take_failing_hash(kind, source):
