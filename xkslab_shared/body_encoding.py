@@ -55,6 +55,11 @@ async def read(request: web.Request, accepted: frozenset[str]) -> bytes:
         return await request.read()
     except (PayloadEncodingError, web.RequestPayloadError):  # the latter wraps the former in read()
         raise _refused(request, 400, f"the request body is not valid {encoding} data") from None
+    except web.HTTPRequestEntityTooLarge:
+        # Too large once decompressed: the rest is not decompressed after the answer either (aiohttp
+        # would read, and so inflate, what is left for up to its lingering time).
+        _refused(request, 413, "")
+        raise
 
 
 def install(app: web.Application) -> None:

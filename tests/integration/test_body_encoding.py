@@ -56,6 +56,7 @@ async def served(xks_template: tuple[Path, dict[str, Any]], tmp_path: Path) -> A
             "kms.port": 0,
             "xks.dsm_urls": env.dsm_url,
             "xks.prefix_cache_s": 0.0,
+            "xks.dsm_timeout_ms": 5000,  # generous: shared machines stall
         },
         environ={},
     )
