@@ -67,7 +67,7 @@ SCHEMAS: dict[str, Schema] = {
     "Account": obj(["acct_id"], acct_id=string(), name=string()),
 }
 JSON_ERROR = {
-    "description": '`{"message"}`: 400, 401, 403, 404, 409, 413, 429 …',
+    "description": '`{"message"}`: 400, 401, 403, 404, 409, 413, 415, 429 …',
     "content": content(ref("Error")),
 }
 NO_CONTENT = {"204": {"description": "done"}}
