@@ -100,7 +100,7 @@ def create_app(settings: Settings) -> web.Application:
                 pass
             try:
                 await core.admin.flush_login_summaries(everything=True)
-                await core.xks.flush_refusal_summaries(everything=True)
+                await core.xks.refusals.flush(everything=True)
             finally:
                 await core.close()
 
@@ -124,7 +124,7 @@ async def _login_summaries(core: DsmCore) -> None:
         await asyncio.sleep(interval)
         try:
             await core.admin.flush_login_summaries()
-            await core.xks.flush_refusal_summaries()
+            await core.xks.refusals.flush()
         except Exception:
             log.exception("could not write the failed-login summary rows")
 

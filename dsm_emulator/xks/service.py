@@ -20,7 +20,7 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +51,7 @@ from dsm_emulator.keys import KeyService, effective_state
 from dsm_emulator.models import App, SecurityObject, XksPathPrefix, is_uuid
 from dsm_emulator.xks.health import NodeHealth, XksHealth
 from dsm_emulator.xks.prefixes import XksPrefixes
+from dsm_emulator.xks.refusals import CREDENTIAL_FAILURES, RefusalBursts
 from dsm_emulator.xks.wire import (
     _VERSION_METADATA,
     canonical_prefix,
@@ -63,63 +64,6 @@ from xkslab_shared import sigv4, xks_wire
 from xkslab_shared.generation import Generation, GenerationCache
 
 VIA_PROXY = "xks-proxy"
-# Refused authentications of one app audited one by one per window; the further ones are counted into one
-# summary row when the window ends. A flood of bad signatures wrote a row each, and so cost the key
-# manager as much as the calls it refused (scripts/login_flood.py --kinds bad-signature).
-AUDITED_REFUSALS_PER_WINDOW = 20
-REFUSAL_WINDOW_S = 60.0
-# SigV4 failures a credential rotated elsewhere could explain; the others (no or a malformed header, a
-# wrong scope, a skewed clock) fail whatever the credentials are.
-_CREDENTIAL_FAILURES = frozenset({sigv4.UNKNOWN_KEY, sigv4.MISMATCH})
-
-
-@dataclass
-class _RefusalWindow:
-    started: float
-    principal: Principal
-    audited: int = 0
-    suppressed: int = 0
-
-
-class RefusalBursts:
-    """Per app: which refused authentications get an audit row of their own (the first
-    AUDITED_REFUSALS_PER_WINDOW of a window), and the count of the others, for one summary row."""
-
-    def __init__(
-        self,
-        window_s: float = REFUSAL_WINDOW_S,
-        audited: int = AUDITED_REFUSALS_PER_WINDOW,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._window_s = window_s
-        self._audited = audited
-        self._clock = clock
-        self._windows: dict[str, _RefusalWindow] = {}  # only apps the proxy resolved: bounded by them
-        self._pending: list[tuple[Principal, int]] = []
-
-    def audit_one(self, app_id: str, principal: Principal) -> bool:
-        now = self._clock()
-        window = self._windows.get(app_id)
-        if window is None or now - window.started >= self._window_s:
-            if window is not None and window.suppressed:
-                self._pending.append((window.principal, window.suppressed))
-            window = self._windows[app_id] = _RefusalWindow(now, principal)
-        if window.audited < self._audited:
-            window.audited += 1
-            return True
-        window.suppressed += 1
-        return False
-
-    def due(self, *, everything: bool = False) -> list[tuple[Principal, int]]:
-        """(app principal, refusals not audited one by one) of the windows that have ended."""
-        now = self._clock()
-        for app_id, window in list(self._windows.items()):
-            if everything or now - window.started >= self._window_s:
-                del self._windows[app_id]
-                if window.suppressed:
-                    self._pending.append((window.principal, window.suppressed))
-        due, self._pending = self._pending, []
-        return due
 
 
 @dataclass(frozen=True)
@@ -178,7 +122,7 @@ class XksService(XksPrefixes, XksHealth):
         self._health_cache_s = health_cache_s
         self._health: tuple[float, NodeHealth] | None = None
         self._apps: GenerationCache[str, _AppAuth | None] = GenerationCache(generation, cache_max_age_s)
-        self.refusals = RefusalBursts()
+        self.refusals = RefusalBursts(audit)
         # (account, groups, externalKeyId) -> the newest key of its chain; (kid, metadata) -> a version
         self._keys_by_name: GenerationCache[Hashable, SecurityObject] = GenerationCache(
             generation, cache_max_age_s
@@ -250,21 +194,6 @@ class XksService(XksPrefixes, XksHealth):
             prefixes = frozenset({canonical_prefix(app_id), *aliases.all()})
         return _AppAuth(tuple(credentials), principal, prefixes)
 
-    async def flush_refusal_summaries(self, *, everything: bool = False) -> int:
-        """One audit row per app whose window of refused authentications ended with refusals not
-        audited one by one. Returns the number of rows."""
-        due = self.refusals.due(everything=everything)
-        for principal, count in due:
-            event = AuditEvent.by(
-                principal,
-                "xks.authenticate",
-                f"{count} further XKS requests refused at authentication (SigV4) within "
-                f"{REFUSAL_WINDOW_S:g} s were not audited one by one",
-                action_type="AUTH",
-            )
-            await self._audit.record(replace(event, severity="WARNING", outcome="refused"))
-        return len(due)
-
     async def _authenticate(self, call: XksCall) -> Principal:
         auth = await self._app_auth(call.app_id)
         if auth is None:
@@ -285,10 +214,8 @@ class XksService(XksPrefixes, XksHealth):
             try:
                 sigv4.verify(call.signed, auth.credentials, now=datetime.now(UTC))
             except sigv4.SigV4Error as exc:
-                # A credential rotated in another process may not be in the cache yet: look once more, but
-                # only when a credential could be what failed, and at most once per poll interval for all
-                # requests (the cache's fresh load): a refusal must not cost more than an answer.
-                if exc.kind not in _CREDENTIAL_FAILURES:
+                # A credential rotated elsewhere may not be cached yet: look again (see CREDENTIAL_FAILURES).
+                if exc.kind not in CREDENTIAL_FAILURES:
                     raise
                 fresh = await self._app_auth(call.app_id, fresh=True)
                 if fresh is None:
@@ -297,12 +224,13 @@ class XksService(XksPrefixes, XksHealth):
                 sigv4.verify(call.signed, fresh.credentials, now=datetime.now(UTC))
         except sigv4.SigV4Error as exc:
             refusal = AuthFailed(f"SigV4 verification failed: {exc}")
-            if self.refusals.audit_one(call.app_id, principal):
-                metadata = xks_wire.parse_metadata_only(call.body)
+            if self.refusals.audit_one(call.app_id, principal):  # else counted for its summary row
                 event = AuditEvent.by(
                     principal, f"xks.{call.operation}", "XKS request authentication", action_type="AUTH"
                 )
-                await self._audit.record(_with_metadata(event, metadata).refused(refusal))
+                await self._audit.record(
+                    _with_metadata(event, xks_wire.parse_metadata_only(call.body)).refused(refusal)
+                )
             raise refusal from None
         return principal
 

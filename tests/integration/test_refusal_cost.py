@@ -117,7 +117,7 @@ async def test_only_credential_failures_reload_and_concurrent_ones_share_one_loa
 async def test_a_burst_of_refusals_is_audited_as_its_first_rows_and_one_summary(slow_poll: XksEnv) -> None:
     """Past the first refusals of a window, a refusal writes no audit row of its own: a flood of bad
     signatures no longer costs a database write each, and the summary still counts every one."""
-    from dsm_emulator.xks.service import AUDITED_REFUSALS_PER_WINDOW
+    from dsm_emulator.xks.refusals import AUDITED_REFUSALS_PER_WINDOW
 
     env = slow_poll
     mismatch = refusals(env)["mismatch"]
@@ -127,8 +127,8 @@ async def test_a_burst_of_refusals_is_audited_as_its_first_rows_and_one_summary(
         assert status == 401
     rows = [r for r in await env.audit_rows() if r["outcome"] == "refused"]
     assert len(rows) == AUDITED_REFUSALS_PER_WINDOW, [r["message"] for r in rows]
-    assert await env.core.xks.flush_refusal_summaries() == 0  # the window has not ended
-    assert await env.core.xks.flush_refusal_summaries(everything=True) == 1
+    assert await env.core.xks.refusals.flush() == 0  # the window has not ended
+    assert await env.core.xks.refusals.flush(everything=True) == 1
     summaries = [r for r in await env.audit_rows("xks.authenticate")]
     assert len(summaries) == 1 and summaries[0]["message"].startswith(f"{extra} further XKS requests")
     assert summaries[0]["actor_id"] == env.app_id and summaries[0]["severity"] == "WARNING"
