@@ -179,8 +179,9 @@ async def _bind(
 class _Gate:
     """Who may open a connection to one server (its HTTP and HTTPS listeners together): at most
     ``limit`` open connections, and at most ``per_client`` from one client address, so that one client's
-    idle sockets cannot shut every other client out. A refused connection is answered 503 in the
-    service's shape, and refusals are logged as one counted line per ``REFUSAL_LOG_INTERVAL_S``."""
+    idle sockets cannot shut every other client out. A refused connection is answered at once in the
+    service's shape (MALFORMED_REQUEST_KEY's answer to 503), and refusals are logged as one counted line
+    per ``REFUSAL_LOG_INTERVAL_S``."""
 
     def __init__(self, name: str, limit: int, per_client: int) -> None:
         self._name = name
