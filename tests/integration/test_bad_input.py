@@ -296,4 +296,5 @@ async def test_an_integer_query_parameter_past_64_bits_is_a_400_naming_it(lab: X
             if name in ("offset", "from"):
                 async with http.get(f"{lab.dsm_url}{path}?{name}={2**63 - 1}", headers=headers) as r:
                     assert r.status == 200, (path, await r.text())
-                    assert await r.json() == [] if path == "/crypto/v1/keys" else True
+                    answer = await r.json()
+                    assert (answer if path == "/crypto/v1/keys" else answer["hits"]) == [], answer
