@@ -120,6 +120,7 @@ class DsmCore:
             settings.dsm.login_max_failures,
             settings.dsm.login_window_s,
             max_failures_per_source=settings.dsm.login_max_failures_per_source,
+            max_failing_hashes=settings.dsm.login_max_failing_hashes,
         )
         admin = AdminService(sessions, keyring, audit, limiter, gate)
         xks = XksService(

@@ -90,6 +90,12 @@ class Conflict(DsmError):
     status = 409
 
 
+class UnsupportedMediaType(DsmError):
+    """A body in a Content-Encoding the API does not take (xkslab_shared/body_encoding.py)."""
+
+    status = 415
+
+
 class TooManyAttempts(DsmError):
     """Refused before any check: this identity failed to log in too often from this address."""
 

@@ -21,6 +21,14 @@ fixed windows of ``window_s``:
   password hashes at once and the rest spread over the window, while a test suite's occasional burst of
   wrong logins still gets its 401s.
 
+* all sources together may have ``max_failing_hashes`` password hashes per window for logins that are
+  not known to be good (an unknown email, an identity that failed from any address in the window), on
+  average: a bucket of ``failing_hash_burst``. Past it such a login is refused with 429 before it is
+  hashed. The per-source limits alone let a spray from 250 addresses have 2,500 hashes queued, and the
+  administrator's own login waited seconds behind them. A login known to be good (its identity and
+  source succeeded within ``good_for_s``, or a known identity with no failure in the window) spends no
+  budget, and :class:`HashSlot` hashes it before any waiting doubtful one.
+
 Memory is bounded: at most ``max_entries`` entries, the least recently used evicted first (its counts are
 folded into its source's summary, so nothing is lost from the audit). A success clears its entry (and
 hands back its pending summary). State is per process, like the Basic-auth cache: each replica counts
@@ -29,10 +37,13 @@ its own failures.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 ANY_IDENTITY = "*"
 
@@ -91,6 +102,9 @@ class LoginLimiter:
         max_audited_per_source: int = 20,
         max_failures_per_source: int = 50,
         source_burst: int | None = None,
+        max_failing_hashes: int = 100,
+        failing_hash_burst: int | None = None,
+        good_for_s: float = 86_400.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_failures = max_failures
@@ -101,7 +115,17 @@ class LoginLimiter:
         self.source_burst = (
             source_burst if source_burst is not None else max(max_failures, max_failures_per_source // 5)
         )
+        self.max_failing_hashes = max_failing_hashes
+        self.failing_hash_burst = (
+            failing_hash_burst
+            if failing_hash_burst is not None
+            else max(2 * self.source_burst, max_failing_hashes // 5)
+        )
+        self.good_for_s = good_for_s
         self._clock = clock
+        self._hashes = _Bucket(float(self.failing_hash_burst), clock())
+        self._failing: OrderedDict[str, float] = OrderedDict()  # identity -> time of its last failure
+        self._good: OrderedDict[tuple[str, str], float] = OrderedDict()  # (identity, source) -> success
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
@@ -144,6 +168,40 @@ class LoginLimiter:
         self._suppress(entry, source, refused=True)
         return False
 
+    def known_good(self, identity: str, source: str, *, known: bool) -> bool:
+        """Whether a login's password hash may skip the global budget (and go first): this identity
+        succeeded from this source within ``good_for_s``, or it is a ``known`` identity that has not
+        failed from any source within the window."""
+        now = self._clock()
+        succeeded = self._good.get((identity, source))
+        if succeeded is not None and now - succeeded < self.good_for_s:
+            return True
+        failed = self._failing.get(identity)
+        return known and (failed is None or now - failed >= self.window_s)
+
+    def take_failing_hash(self, kind: str, source: str) -> bool:
+        """Spend one of the global budget's hashes for a login not known to be good; False (and counted
+        on the source's summary as refused) when it is used up."""
+        if self.max_failing_hashes <= 0:
+            return True
+        now = self._clock()
+        rate = self.max_failing_hashes / self.window_s
+        bucket = self._hashes
+        bucket.tokens = min(float(self.failing_hash_burst), bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return True
+        catch_all = self._entries.get((ANY_IDENTITY, source)) or self._new_catch_all(kind, source)
+        catch_all.suppressed += 1
+        catch_all.refused += 1
+        return False
+
+    def failing_hash_retry_after(self) -> int:
+        """Whole seconds until the global budget has a hash again (at least 1)."""
+        rate = self.max_failing_hashes / self.window_s
+        return max(1, int((1.0 - self._hashes.tokens) / rate + 0.999)) if rate > 0 else 1
+
     def retry_after(self, identity: str, source: str) -> int:
         """Whole seconds until this identity and source may try again (at least 1)."""
         now = self._clock()
@@ -165,6 +223,8 @@ class LoginLimiter:
         entry.label, entry.actor_id = label, actor_id
         entry.failures += 1
         self._spend(source)
+        self._remember(self._failing, identity)
+        self._good.pop((identity, source), None)
         if entry.failures == 1:
             if self._take_audit_slot(source):
                 return True
@@ -177,6 +237,7 @@ class LoginLimiter:
         entry = self._entries.pop((identity, source), None)
         if entry is not None:
             self._close((identity, source), entry)
+        self._remember(self._good, (identity, source))
 
     def due(self, *, everything: bool = False) -> list[Summary]:
         """Summaries of the windows that have ended (all of them with ``everything``, at shutdown)."""
@@ -195,6 +256,12 @@ class LoginLimiter:
         return summaries
 
     # ----------------------------------------------------------------------------------- internal
+
+    def _remember(self, table: OrderedDict[Any, float], key: Any) -> None:
+        table[key] = self._clock()
+        table.move_to_end(key)
+        while len(table) > self.max_entries:
+            table.popitem(last=False)
 
     def _suppress(self, entry: _Entry, source: str, *, refused: bool) -> None:
         target = entry
@@ -276,3 +343,40 @@ class LoginLimiter:
         catch_all = self._entries.get((ANY_IDENTITY, source)) or self._new_catch_all(entry.kind, source)
         catch_all.suppressed += entry.suppressed
         catch_all.refused += entry.refused
+
+
+class HashSlot:
+    """One password hash at a time (at most one core, whatever the burst), and a login known to be good
+    goes before every doubtful one waiting: it waits at most for the hash already running."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._first: deque[asyncio.Future[None]] = deque()
+        self._others: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def hold(self, *, first: bool) -> AsyncIterator[None]:
+        if self._busy:
+            turn = asyncio.get_running_loop().create_future()
+            (self._first if first else self._others).append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():  # handed the slot as it was cancelled
+                    self._release()
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for waiting in (self._first, self._others):
+            while waiting:
+                turn = waiting.popleft()
+                if not turn.done():  # a cancelled waiter is skipped
+                    turn.set_result(None)  # handed over: the slot stays busy
+                    return
+        self._busy = False

@@ -43,11 +43,11 @@ from kms_emulator.params import Params
 from kms_emulator.sealing import KmsSealer
 from kms_emulator.store_health import StoreWatch
 from kms_emulator.xks_client import XksProxyClient
-from xkslab_shared import db, json_body, sigv4
+from xkslab_shared import body_encoding, db, json_body, sigv4
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.generation import GenerationCache, invalidating_sessions
-from xkslab_shared.serve import MALFORMED_MESSAGE, MALFORMED_REQUEST_KEY, HttpLimits, Listener
+from xkslab_shared.serve import MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
 
 log = logging.getLogger("kms_emulator")
 
@@ -102,7 +102,9 @@ def xks_ca_file(settings: Settings) -> Path | None:
 
 async def _read_raw(request: web.Request) -> bytes:
     try:
-        return await request.read()
+        return await body_encoding.read(request, body_encoding.NONE)
+    except body_encoding.BodyEncodingError as exc:
+        raise SerializationError(_sentence(exc.message)) from None
     except web.HTTPRequestEntityTooLarge:
         raise ValidationError(f"The request body is larger than {MAX_BODY} bytes.") from None
 
@@ -119,6 +121,16 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise SerializationError("The request body must be a JSON object.")
     return body
+
+
+def _refusal(status: int) -> KmsError:
+    """A request refused before it reached the dispatcher; a refused connection is AWS KMS's own
+    ThrottlingException (HTTP 400), which the AWS SDKs retry with backoff."""
+    if status == 503:
+        return KmsError(_sentence(refusal_message(status, body_encoding.NONE)), "ThrottlingException")
+    if status == 415:
+        return SerializationError(_sentence(refusal_message(status, body_encoding.NONE)))
+    return ValidationError(refusal_message(status, body_encoding.NONE))
 
 
 def _sentence(message: str) -> str:
@@ -194,9 +206,8 @@ async def metrics_page(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
-    app[MALFORMED_REQUEST_KEY] = lambda status: error_response(
-        ValidationError(MALFORMED_MESSAGE), str(uuid.uuid4())
-    )
+    body_encoding.install(app)
+    app[MALFORMED_REQUEST_KEY] = lambda status: error_response(_refusal(status), str(uuid.uuid4()))
     metrics = KmsMetrics()
     app[METRICS_KEY] = metrics
 

@@ -7,6 +7,7 @@ shapes real AWS KMS answers (all HTTP 400):
     not a well-formed AWS4-HMAC-SHA256 header     IncompleteSignatureException
     an access key this KMS does not know         UnrecognizedClientException
     wrong scope, wrong signature, expired        InvalidSignatureException
+    X-Amz-Target not among the signed headers    InvalidSignatureException
 
 The access keys are read once per cache generation (all of them, unsealed, in memory only), so a check
 costs no database read; a key made or deleted in another process is seen within the cache poll interval.
@@ -34,6 +35,8 @@ _MISMATCH = (
     "The request signature we calculated does not match the signature you provided. Check your AWS "
     "Secret Access Key and signing method. Consult the service documentation for details."
 )
+# The header that names the operation: unsigned, a signed DescribeKey could be resent as DisableKey.
+_MUST_SIGN = frozenset({"x-amz-target"})
 _UNRECOGNIZED = "The security token included in the request is invalid."
 
 
@@ -65,7 +68,14 @@ class CallerCheck:
         caller = callers.get(access_key_id)
         credentials = [(access_key_id, caller.secret)] if caller is not None else []
         try:
-            sigv4.verify(signed, credentials, now=now, service=SERVICE, region=self._settings.region)
+            sigv4.verify(
+                signed,
+                credentials,
+                now=now,
+                service=SERVICE,
+                region=self._settings.region,
+                signed_if_present=_MUST_SIGN,
+            )
         except sigv4.SigV4Error as exc:
             raise self._refusal(exc, signed.headers, now) from None
         assert caller is not None  # verify() returned, so the access key was among the credentials
@@ -96,6 +106,8 @@ class CallerCheck:
             return f"Credential should be scoped to correct service: '{SERVICE}'."
         if "host" not in auth.signed_headers:
             return "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
+        if "x-amz-target" in headers and "x-amz-target" not in auth.signed_headers:
+            return "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization."
         amz_date = headers.get("x-amz-date", "")
         return (
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "

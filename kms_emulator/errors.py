@@ -90,6 +90,8 @@ KNOWN_CODES = frozenset(
         "IncompleteSignatureException",
         "UnrecognizedClientException",
         "InvalidSignatureException",
+        # A connection refused past http.max_connections(_per_client), as AWS KMS answers throttling.
+        "ThrottlingException",
     }
 )
 STATUS = {"KMSInternalException": 500}

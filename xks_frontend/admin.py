@@ -10,7 +10,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from xks_frontend.faults import FaultBook
-from xkslab_shared import json_body
+from xkslab_shared import body_encoding, json_body
 from xkslab_shared.faults_wire import FAULTS_PATH, Fault, FaultSpecError, parse_faults
 
 
@@ -45,7 +45,10 @@ def add_routes(
     async def set_faults(request: web.Request) -> web.Response:
         if not authorized(request):
             return refused()
-        raw = await request.read()  # bounded by the app's client_max_size
+        try:
+            raw = await body_encoding.read(request, body_encoding.NONE)  # bounded by client_max_size
+        except body_encoding.BodyEncodingError as exc:
+            return reply({"error": exc.message}, exc.status)
         try:
             faults = parse_faults(json_body.loads(raw))
             if prepare is not None:

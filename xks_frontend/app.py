@@ -17,12 +17,12 @@ from xks_frontend.handlers import Edge, Handler, PrefixQuota, PrefixTable, dispa
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile
 from xks_frontend.tls_faults import TlsFaults
+from xkslab_shared import body_encoding, tls, xks_wire
 from xkslab_shared import openapi as openapi_doc
-from xkslab_shared import tls, xks_wire
 from xkslab_shared.config import Settings
 from xkslab_shared.faults_wire import FAULTS_PATH
 from xkslab_shared.proxy_link import read_token
-from xkslab_shared.serve import MALFORMED_MESSAGE, MALFORMED_REQUEST_KEY, HttpLimits, Listener
+from xkslab_shared.serve import MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
 
 EDGE_KEY: web.AppKey[Edge] = web.AppKey("xks_edge", Edge)
 TLS_FAULTS_KEY: web.AppKey[TlsFaults] = web.AppKey("xks_tls_faults", TlsFaults)
@@ -56,8 +56,13 @@ def create_app(settings: Settings) -> web.Application:
         return await handler(request)
 
     app = web.Application(client_max_size=body_limit(limits), middlewares=[client_certificate])
+    body_encoding.install(app)
+    # A refused connection is the spec's ThrottlingException (429), which KMS passes on as throttling.
     app[MALFORMED_REQUEST_KEY] = lambda status: error_response(
-        XksError("ValidationException", MALFORMED_MESSAGE)
+        XksError(
+            "ThrottlingException" if status == 503 else "ValidationException",
+            refusal_message(status, body_encoding.NONE),
+        )
     )
     dsm_ca = settings.path(Path(xks.dsm_ca)) if xks.dsm_ca else None
     client = DsmClient(

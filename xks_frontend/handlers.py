@@ -25,7 +25,7 @@ from xks_frontend.dsm_client import DsmClient, DsmTimeout, DsmUnreachable
 from xks_frontend.errors import XksError, error_response
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile, RequestFacts
-from xkslab_shared import json_body, sigv4, xks_wire
+from xkslab_shared import body_encoding, json_body, sigv4, xks_wire
 from xkslab_shared.proxy_link import ForwardedCall
 
 log = logging.getLogger("xks_frontend")
@@ -193,7 +193,9 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
 
 async def _read_body(request: web.Request) -> bytes:
     try:
-        return await request.read()
+        return await body_encoding.read(request, body_encoding.NONE)
+    except body_encoding.BodyEncodingError as exc:
+        raise XksError("ValidationException", exc.message) from None
     except web.HTTPRequestEntityTooLarge:
         raise XksError("UnsupportedOperationException", "the request body is larger than supported") from None
 

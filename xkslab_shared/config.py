@@ -100,6 +100,10 @@ class DsmSettings:
     # Failed logins from one client address within a window over all identities; past them, every login
     # from it gets 429 before any look-up or hashing (0: no limit per address).
     login_max_failures_per_source: int = 50
+    # Password hashes per window over all client addresses for logins not known to be good (an unknown
+    # email, an identity that failed in the window); past them such a login gets 429 before hashing, so
+    # a spray from many addresses never queues ahead of a good login (0: no global budget).
+    login_max_failing_hashes: int = 100
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ class HttpSettings:
     body_timeout_ms: int = 10_000
     # An idle connection (none sent yet, or between requests) is closed after this.
     keepalive_timeout_s: float = 15.0
+    # Open connections from one client address; past it that client's new ones get 503, so one client's
+    # idle sockets cannot take every slot. Above the XKS proxy's pool to the DSM (256 connections).
+    max_connections_per_client: int = 300
 
 
 @dataclass(frozen=True)
@@ -378,6 +385,7 @@ _POSITIVE = {
     "http.max_connections",
     "http.body_timeout_ms",
     "http.keepalive_timeout_s",
+    "http.max_connections_per_client",
 }
 _PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
 # The XKS spec's minimums: a proxy must accept at least this much (xks-proxy-api.md 1.5).
@@ -406,6 +414,8 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
         raise fail("dsm.health_cache_s", "must be 0 to 60 seconds (the XKS spec's limit)")
     if not 0 <= values["dsm.login_max_failures_per_source"] <= 1_000_000:
         raise fail("dsm.login_max_failures_per_source", "must be 0 (no limit) to 1000000")
+    if not 0 <= values["dsm.login_max_failing_hashes"] <= 1_000_000:
+        raise fail("dsm.login_max_failing_hashes", "must be 0 (no limit) to 1000000")
     if not 0 <= values["database.cache_poll_ms"] <= 10_000:
         raise fail("database.cache_poll_ms", "must be 0 to 10000 milliseconds")
     if not 0 <= values["database.cache_max_age_s"] <= 3600:

@@ -171,15 +171,24 @@ class GenerationCache(Generic[K, V]):
         self.shared_loads = 0
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]], *, fresh: bool = False) -> V:
-        """The cached value for ``key``, or ``load()``'s (stored unless it raised); ``fresh`` loads."""
+        """The cached value for ``key``, or ``load()``'s (stored unless it raised).
+
+        ``fresh``: the caller suspects the entry (a signature the cached credentials do not verify may be
+        from a credential rotated in another process since). It is loaded again only if older than the
+        generation's poll interval, since a newer load already saw every change committed before the
+        suspicion, and concurrent callers share that one load: a flood of bad signatures costs one load
+        per poll interval, not one per request."""
         generation = await self._generation.current()  # before loading: a change meanwhile reloads next time
         now = time.monotonic()
-        entry = None if fresh else self._entries.get(key)
-        if entry is not None and entry.generation == generation and now - entry.loaded_at < self._max_age_s:
+        entry = self._entries.get(key)
+        # With no poll interval the generation just read is the database's own: nothing to suspect.
+        poll_s = self._generation.poll_s
+        max_age = min(self._max_age_s, poll_s) if fresh and poll_s > 0 else self._max_age_s
+        if entry is not None and entry.generation == generation and now - entry.loaded_at < max_age:
             self.hits += 1
             return entry.value
         flight = (key, generation)
-        pending = None if fresh else self._loading.get(flight)
+        pending = self._loading.get(flight)
         if pending is not None:
             try:
                 value = await asyncio.shield(pending)
@@ -191,8 +200,7 @@ class GenerationCache(Generic[K, V]):
                 self.shared_loads += 1
                 return value
         future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        if not fresh:
-            self._loading[flight] = future
+        self._loading[flight] = future
         try:
             value = await load()
         except Exception as exc:

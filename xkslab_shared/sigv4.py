@@ -177,9 +177,14 @@ def verify(
     service: str = SERVICE,
     region: str | None = None,
     max_skew_s: int = MAX_SKEW_S,
+    signed_if_present: frozenset[str] = frozenset(),
 ) -> str:
     """Return the access key id that signed the request. `credentials` are (access_key_id, secret) pairs,
     e.g. an app's current and previous credential; raise SigV4Error for every failure.
+
+    `signed_if_present` names headers that choose what the request does (KMS's X-Amz-Target): when the
+    request carries one, the signature must cover it, or a captured request could be replayed as
+    another operation.
 
     `now` must be timezone-aware (a naive datetime is a caller bug and raises ValueError)."""
     if now.tzinfo is None or now.utcoffset() is None:
@@ -194,6 +199,8 @@ def verify(
         raise SigV4Error("the credential scope region is not the expected region", SCOPE)
     if "host" not in auth.signed_headers:
         raise SigV4Error("the host header is not signed", SCOPE)
+    if any(name in request.headers and name not in auth.signed_headers for name in signed_if_present):
+        raise SigV4Error("a header that must be signed is not signed", SCOPE)
     amz_date, when = _request_time(request, auth)
     if any(name not in request.headers for name in auth.signed_headers):
         raise SigV4Error("a header listed in SignedHeaders is missing from the request", MISMATCH)

@@ -27,7 +27,7 @@ from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import Principal
 from dsm_emulator.errors import AccessDenied, AuthFailed, Conflict, NotFound, Sealed, TooManyAttempts
 from dsm_emulator.keyring import Keyring
-from dsm_emulator.logins import ANY_IDENTITY, LoginLimiter
+from dsm_emulator.logins import ANY_IDENTITY, HashSlot, LoginLimiter
 from dsm_emulator.models import App, AppGroup, Group, is_uuid
 
 T = TypeVar("T")
@@ -54,8 +54,8 @@ class AdminBase:
         self._audit = audit
         self._dummy_hash: str | None = None
         # Password hashing takes at most one core: a burst of password logins queues here instead of
-        # taking the cores the XKS path runs on.
-        self._kdf_slot = asyncio.Semaphore(1)
+        # taking the cores the XKS path runs on, and a login known to be good goes first.
+        self._kdf_slot = HashSlot()
         self._secret_keys: dict[int, bytes] = {}
         self.login_limiter = limiter if limiter is not None else LoginLimiter()
 
@@ -96,7 +96,7 @@ class AdminBase:
         return await self._audit.apply(guarded, refusal.refused)
 
     async def _hash(self, secret: str) -> str:
-        async with self._kdf_slot:
+        async with self._kdf_slot.hold(first=True):
             return await asyncio.to_thread(creds.hash_secret, secret)
 
     async def _verify(
@@ -104,14 +104,27 @@ class AdminBase:
     ) -> bool:
         """Constant work whether or not there is a hash to check against. With ``login`` (kind,
         identity, source), the login limits are checked again once it is this call's turn to hash:
-        attempts that were already waiting when the limit tripped are refused (429) instead of hashed."""
+        attempts that were already waiting when the limit tripped are refused (429) instead of hashed;
+        and a login not known to be good needs a hash of the global budget (LoginLimiter)."""
         if encoded is None:
             if self._dummy_hash is None:
                 self._dummy_hash = await self._hash(creds.new_app_secret())
             encoded, known = self._dummy_hash, False
         else:
             known = True
-        async with self._kdf_slot:
+        first = True
+        source = login[2] if login is not None else None
+        if login is not None and source is not None:
+            # A login not known to be good spends the global budget of doubtful hashes (429 past it),
+            # so that a spray from many addresses cannot queue ahead of the ones that will succeed.
+            kind, identity, _ = login
+            limiter = self.login_limiter
+            first = limiter.known_good(identity, source, known=known)
+            if not first and not limiter.take_failing_hash(kind, source):
+                raise TooManyAttempts(
+                    "too many failed logins: try again later", limiter.failing_hash_retry_after()
+                )
+        async with self._kdf_slot.hold(first=first):
             if login is not None:
                 self._check_login_rate(*login)
             ok = await asyncio.to_thread(creds.verify_secret, secret, encoded)

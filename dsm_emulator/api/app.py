@@ -9,15 +9,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from dsm_emulator.api import admin, approvals, crypto, logs, openapi, session, sobjects, xks
-from dsm_emulator.api.context import CORE_KEY, json_response
+from dsm_emulator.api.context import ACCEPTED_ENCODINGS, CORE_KEY, json_response
 from dsm_emulator.api.metrics import METRICS_KEY, DsmMetrics, metrics_middleware, metrics_page
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import BadRequest, DsmError, TooManyAttempts
 from dsm_emulator.models import is_uuid
+from xkslab_shared import body_encoding
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.proxy_link import INTERNAL_PREFIX, read_token
-from xkslab_shared.serve import MALFORMED_MESSAGE, MALFORMED_REQUEST_KEY, HttpLimits, Listener
+from xkslab_shared.serve import MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
 
 log = logging.getLogger("dsm_emulator.api")
 
@@ -97,7 +98,10 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[metrics_middleware, error_middleware, auth_middleware],
     )
     app[METRICS_KEY] = DsmMetrics(app)
-    app[MALFORMED_REQUEST_KEY] = lambda status: json_response({"message": MALFORMED_MESSAGE}, status=status)
+    body_encoding.install(app)
+    app[MALFORMED_REQUEST_KEY] = lambda status: json_response(
+        {"message": refusal_message(status, ACCEPTED_ENCODINGS)}, status=status
+    )
     app[session.SESSION_STATE_KEY] = session.SessionState()
     app[xks.PROXY_TOKEN_KEY] = read_token(settings.path(settings.dsm.proxy_token_file), create=True)
 
@@ -115,6 +119,7 @@ def create_app(settings: Settings) -> web.Application:
                 pass
             try:
                 await core.admin.flush_login_summaries(everything=True)
+                await core.xks.refusals.flush(everything=True)
             finally:
                 await core.close()
 
@@ -132,13 +137,14 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _login_summaries(core: DsmCore) -> None:
-    """Write the summary rows of failed-login bursts as their windows end. A failed round is logged and
-    does not stop the next one."""
+    """Write the summary rows of failed-login and refused-XKS bursts as their windows end. A failed
+    round is logged and does not stop the next one."""
     interval = min(1.0, core.settings.dsm.login_window_s / 4)
     while True:
         await asyncio.sleep(interval)
         try:
             await core.admin.flush_login_summaries()
+            await core.xks.refusals.flush()
         except Exception:
             log.exception("could not write the failed-login summary rows")
 

@@ -11,8 +11,11 @@ from aiohttp import web
 
 from dsm_emulator.authz import Principal
 from dsm_emulator.core import DsmCore
-from dsm_emulator.errors import AuthFailed, BadRequest
-from xkslab_shared import json_body
+from dsm_emulator.errors import AuthFailed, BadRequest, UnsupportedMediaType
+from xkslab_shared import body_encoding, json_body
+
+# Fortanix's API is plain HTTP: a gzip or deflate body is decompressed (within dsm.max_body_bytes).
+ACCEPTED_ENCODINGS = body_encoding.GZIP_OR_DEFLATE
 
 CORE_KEY: web.AppKey[DsmCore] = web.AppKey("dsm_core", DsmCore)
 # Set by the authentication middleware for every route that is not public. A RequestKey, not a plain
@@ -39,7 +42,13 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
     a None value as absent; anything that is not JSON, or JSON no service accepts (json_body), is a 400
     with a message."""
     dispatched = request.get(DISPATCHED_BODY)
-    raw = dispatched if dispatched is not None else await request.read()
+    if dispatched is not None:  # an approved request's body, run again for its requester
+        raw = dispatched
+    else:
+        try:
+            raw = await body_encoding.read(request, ACCEPTED_ENCODINGS)
+        except body_encoding.BodyEncodingError as exc:
+            raise (UnsupportedMediaType if exc.status == 415 else BadRequest)(exc.message) from None
     if not raw.strip():
         if allow_empty:
             return {}
@@ -48,6 +57,24 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
         return json_body.loads(raw)
     except json_body.JsonBodyError as exc:
         raise BadRequest(exc.message) from None
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int = json_body.INT_MAX) -> int:
+    """An integer query parameter of any DSM route, within [low, high]; the ceiling is at most what a
+    BIGINT holds, since past it both databases fail deep in the driver (a 500). Every integer query
+    parameter of the three services is read here: XKS and KMS take theirs in JSON bodies."""
+    raw = request.query.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip()
+    digits = text.lstrip("+-")
+    if not (digits.isascii() and digits.isdigit()) or len(text) - len(digits) > 1:
+        raise BadRequest(f"query parameter {name} must be an integer")
+    # Judged on the digits first: a 5,000-digit value never reaches int() (which refuses past 4,300).
+    value = int(text) if len(digits) <= len(str(json_body.INT_MAX)) else None
+    if value is None or not low <= value <= high:
+        raise BadRequest(f"query parameter {name} must be between {low} and {high}")
+    return value
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

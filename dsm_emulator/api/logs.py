@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import ColumnElement, and_, or_, select
 
-from dsm_emulator.api.context import core_of, json_response, principal_of
+from dsm_emulator.api.context import core_of, json_response, principal_of, query_int
 from dsm_emulator.errors import BadRequest, redact_hidden
 from dsm_emulator.models import AuditRow
 
@@ -41,20 +41,6 @@ _ORDER = (AuditRow.time.desc(), AuditRow.chain.desc(), AuditRow.seq.desc())
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes (the UTC wall clock that was written); PostgreSQL aware ones.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int | None) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise BadRequest(f"query parameter {name} must be an integer") from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise BadRequest(f"query parameter {name} must be {bound}")
-    return value
 
 
 def _epoch_param(request: web.Request, name: str) -> float | None:
@@ -137,8 +123,8 @@ def hit(row: AuditRow, *, admin: bool = True) -> dict[str, Any]:
 async def get_logs(request: web.Request) -> web.Response:
     principal = principal_of(request)
     core = core_of(request)
-    size = _int_param(request, "size", DEFAULT_SIZE, 1, MAX_SIZE)
-    offset = _int_param(request, "from", 0, 0, None)
+    size = query_int(request, "size", DEFAULT_SIZE, 1, MAX_SIZE)
+    offset = query_int(request, "from", 0, 0)
     previous_id = _uuid_param(request, "previous_id")
     range_from = _epoch_param(request, "range_from")
     range_to = _epoch_param(request, "range_to")

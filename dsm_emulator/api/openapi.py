@@ -85,7 +85,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
 }
 JSON_ERROR = {
-    "description": '`{"message"}`: 400, 401, 403, 404, 409, 413, 429 …',
+    "description": '`{"message"}`: 400, 401, 403, 404, 409, 413, 415, 429 …',
     "content": content(ref("Error")),
 }
 NO_CONTENT = {"204": {"description": "done"}}

@@ -21,6 +21,7 @@ from dsm_emulator.api.context import (
     json_response,
     no_content,
     principal_of,
+    query_int,
     read_json,
 )
 from dsm_emulator.errors import BadRequest
@@ -103,16 +104,6 @@ def _spec(body: dict[str, Any], *, with_size: bool) -> KeySpec:
     )
 
 
-def _query_int(request: web.Request, name: str, default: int) -> int:
-    text = request.query.get(name)
-    if text is None or text == "":
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise BadRequest(f"query parameter {name} must be an integer") from None
-
-
 def _query_bool(request: web.Request, name: str) -> bool:
     text = request.query.get(name)
     if text is None or text == "":
@@ -156,8 +147,8 @@ async def list_keys(request: web.Request) -> web.Response:
         name=q.get("name") or None,
         group_id=q.get("group_id") or None,
         obj_type=q.get("obj_type") or None,
-        limit=_query_int(request, "limit", 100),
-        offset=_query_int(request, "offset", 0),
+        limit=query_int(request, "limit", 100, 1, 1000),
+        offset=query_int(request, "offset", 0, 0),
         sort=q.get("sort") or "kid:asc",
         start=q.get("start") or None,
         show_destroyed=_query_bool(request, "show_destroyed"),

@@ -51,6 +51,7 @@ from dsm_emulator.keys import KeyService, effective_state
 from dsm_emulator.models import App, SecurityObject, XksPathPrefix, is_uuid
 from dsm_emulator.xks.health import NodeHealth, XksHealth
 from dsm_emulator.xks.prefixes import XksPrefixes
+from dsm_emulator.xks.refusals import CREDENTIAL_FAILURES, RefusalBursts
 from dsm_emulator.xks.wire import (
     _VERSION_METADATA,
     canonical_prefix,
@@ -121,6 +122,7 @@ class XksService(XksPrefixes, XksHealth):
         self._health_cache_s = health_cache_s
         self._health: tuple[float, NodeHealth] | None = None
         self._apps: GenerationCache[str, _AppAuth | None] = GenerationCache(generation, cache_max_age_s)
+        self.refusals = RefusalBursts(audit)
         # (account, groups, externalKeyId) -> the newest key of its chain; (kid, metadata) -> a version
         self._keys_by_name: GenerationCache[Hashable, SecurityObject] = GenerationCache(
             generation, cache_max_age_s
@@ -173,7 +175,7 @@ class XksService(XksPrefixes, XksHealth):
 
     async def _app_auth(self, app_id: str, *, fresh: bool = False) -> _AppAuth | None:
         """The app's awsxks credentials and permissions (cached: see the module's docstring; ``fresh``
-        reads them again, for a signature that the cached credentials do not verify)."""
+        reads them again if older than the poll interval, for a signature the cached ones do not verify)."""
         return await self._apps.get(app_id, lambda: self._load_app_auth(app_id), fresh=fresh)
 
     async def _load_app_auth(self, app_id: str) -> _AppAuth | None:
@@ -211,8 +213,10 @@ class XksService(XksPrefixes, XksHealth):
                 raise sigv4.SigV4Error("the signed path does not match the forwarded request")
             try:
                 sigv4.verify(call.signed, auth.credentials, now=datetime.now(UTC))
-            except sigv4.SigV4Error:
-                # A credential rotated on another replica is not in the cache yet: look once more.
+            except sigv4.SigV4Error as exc:
+                # A credential rotated elsewhere may not be cached yet: look again (see CREDENTIAL_FAILURES).
+                if exc.kind not in CREDENTIAL_FAILURES:
+                    raise
                 fresh = await self._app_auth(call.app_id, fresh=True)
                 if fresh is None:
                     raise
@@ -220,11 +224,13 @@ class XksService(XksPrefixes, XksHealth):
                 sigv4.verify(call.signed, fresh.credentials, now=datetime.now(UTC))
         except sigv4.SigV4Error as exc:
             refusal = AuthFailed(f"SigV4 verification failed: {exc}")
-            metadata = xks_wire.parse_metadata_only(call.body)
-            event = AuditEvent.by(
-                principal, f"xks.{call.operation}", "XKS request authentication", action_type="AUTH"
-            )
-            await self._audit.record(_with_metadata(event, metadata).refused(refusal))
+            if self.refusals.audit_one(call.app_id, principal):  # else counted for its summary row
+                event = AuditEvent.by(
+                    principal, f"xks.{call.operation}", "XKS request authentication", action_type="AUTH"
+                )
+                await self._audit.record(
+                    _with_metadata(event, xks_wire.parse_metadata_only(call.body)).refused(refusal)
+                )
             raise refusal from None
         return principal
 

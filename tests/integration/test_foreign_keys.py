@@ -150,3 +150,45 @@ async def test_a_foreign_key_answers_as_a_missing_one(client: Any) -> None:
     assert not any("hidden" in m for m in own)
     assert generic(own, theirs["kid"], "their-key") == generic(own, missing_kid, missing_name)
     assert len(generic(own, missing_kid, missing_name)) == 8
+
+
+async def test_a_name_taken_in_another_group_is_all_an_app_learns_of_it(client: Any) -> None:
+    """Fortanix names are unique per account, so creating (or renaming a key to) a name taken in a group
+    the app cannot see answers 409, as Fortanix does: that the name is in use is the one thing an app
+    with MANAGE in some group can learn of another group's key. Nothing else about it comes back, in the
+    answer or in the app's own audit rows: not its kid, its group, its type or its state."""
+    env = await setup(client)
+    theirs = env["keys"]["their-key"]
+    mine_group = env["keys"]["mine-key"]["group_id"]
+    manager = await ok(
+        await client.post(
+            "/sys/v1/apps",
+            headers=env["admin"],
+            json={"name": "mgr", "add_groups": {mine_group: ["MANAGE"]}, "default_group": mine_group},
+        )
+    )
+    cred = await ok(await client.get(f"/sys/v1/apps/{manager['app_id']}/credential", headers=env["admin"]))
+    app = {
+        "Authorization": "Basic "
+        + base64.b64encode(f"{manager['app_id']}:{cred['credential']['secret']}".encode()).decode()
+    }
+    create = {"obj_type": "AES", "key_size": 256}
+    taken = await answer(client, app, "POST", "/crypto/v1/keys", {"name": "their-key", **create})
+    assert taken == (409, {"message": "sobject already exists"})
+    # The same answer as for a name taken in the app's own group: it tells which, nothing more.
+    assert await answer(client, app, "POST", "/crypto/v1/keys", {"name": "mine-key", **create}) == taken
+    own = await ok(await client.post("/crypto/v1/keys", headers=app, json={"name": "fresh", **create}), 201)
+    assert await answer(client, app, "PATCH", f"/crypto/v1/keys/{own['kid']}", {"name": "their-key"}) == taken
+    # Found by name it is not: listing, reading and naming it in a body answer as for a missing key.
+    listed = await ok(await client.get("/crypto/v1/keys?name=their-key", headers=app))
+    assert listed == []
+    assert await answer(client, app, "POST", "/crypto/v1/keys/info", {"name": "their-key"}) == (
+        404,
+        {"message": "sobject does not exist"},
+    )
+    # Nothing of the other key is in the app's own audit rows of those refusals.
+    own_hits = (await ok(await client.get("/sys/v1/logs?size=1000", headers=app)))["hits"]
+    text = " ".join(str(h["_source"]) for h in own_hits)
+    assert theirs["kid"] not in text and theirs["group_id"] not in text
+    stored = await ok(await client.get(f"/crypto/v1/keys/{theirs['kid']}", headers=env["admin"]))
+    assert stored["name"] == "their-key" and stored["enabled"] is True

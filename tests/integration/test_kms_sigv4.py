@@ -19,6 +19,9 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests import deadlines
@@ -159,6 +162,44 @@ async def test_signatures_are_checked_with_boto3(verifying: tuple[KmsEnv, str, s
         "TrentService.ListKeys", b"{}", signed_headers(env, akid, secret, now, b"{}")
     )
     assert status == 200 and "Keys" in body
+
+
+def botocore_signed(env: KmsEnv, akid: str, secret: str, body: bytes, target: str | None) -> dict[str, str]:
+    """The headers botocore's own signer sends; with target None, X-Amz-Target is left out of the
+    signature (as an attacker who adds it afterwards would have it)."""
+    headers = {"Content-Type": "application/x-amz-json-1.1"}
+    if target is not None:
+        headers["X-Amz-Target"] = target
+    request = AWSRequest(method="POST", url=env.url + "/", data=body, headers=headers)
+    SigV4Auth(Credentials(akid, secret), "kms", REGION).add_auth(request)
+    return dict(request.headers.items())
+
+
+async def test_the_operation_header_must_be_signed(verifying: tuple[KmsEnv, str, str]) -> None:
+    env, akid, secret = verifying
+    alice = client(env, akid, secret)
+    key = (await asyncio.to_thread(alice.create_key))["KeyMetadata"]["KeyId"]
+    alice.close()
+    body = json.dumps({"KeyId": key}).encode()
+    describe = botocore_signed(env, akid, secret, body, "TrentService.DescribeKey")
+    assert "x-amz-target" in describe["Authorization"]
+    status, answer, _ = await env.raw(None, body, describe)
+    assert status == 200 and answer["KeyMetadata"]["Enabled"], answer
+    # The same signed DescribeKey with another operation named: the signature covers the header.
+    status, answer, _ = await env.raw("TrentService.DisableKey", body, describe)
+    assert status == 400 and answer["__type"] == "InvalidSignatureException", answer
+    # Signed without X-Amz-Target, the operation added afterwards: refused, as AWS refuses it.
+    unsigned = botocore_signed(env, akid, secret, body, None)
+    assert "x-amz-target" not in unsigned["Authorization"]
+    for target in ("TrentService.DisableKey", "TrentService.DescribeKey"):
+        status, answer, _ = await env.raw(target, body, unsigned)
+        assert status == 400, (target, answer)
+        assert answer == {
+            "__type": "InvalidSignatureException",
+            "message": "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.",
+        }, answer
+    status, answer, _ = await env.raw(None, body, describe)
+    assert status == 200 and answer["KeyMetadata"]["Enabled"], "the refused DisableKey disabled the key"
 
 
 async def test_the_aws_cli_and_deleting_a_key(verifying: tuple[KmsEnv, str, str], tmp_path: Path) -> None:

@@ -98,7 +98,8 @@ async def test_entries_age_out_and_failed_loads_are_not_cached(sessions: Session
     assert len(cache) == 0
     assert await cache.get("gone", load) == "v1"
     assert await cache.get("gone", missing) == "v1"  # now cached
-    assert await cache.get("gone", load, fresh=True) == "v1" and load.calls == 4
+    # Loaded within the poll interval (an hour here): a suspicious caller is not worth another load.
+    assert await cache.get("gone", load, fresh=True) == "v1" and load.calls == 3
 
 
 async def test_the_cache_stays_bounded(sessions: Sessions) -> None:

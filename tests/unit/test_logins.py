@@ -3,12 +3,13 @@ audited failure per burst plus a summary, bounded memory, and app-secret hashing
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import pytest
 
 from dsm_emulator import secrets as creds
-from dsm_emulator.logins import ANY_IDENTITY, LoginLimiter
+from dsm_emulator.logins import ANY_IDENTITY, HashSlot, LoginLimiter
 
 
 class Clock:
@@ -125,3 +126,49 @@ def test_no_limit_per_source_when_it_is_zero() -> None:
     for i in range(500):
         limiter.failed("app", f"id-{i}", "s")
     assert limiter.allow("app", "id-new", "s")
+
+
+def test_the_global_budget_of_doubtful_hashes_refills_and_spares_known_good_logins() -> None:
+    clock = Clock()
+    limiter = LoginLimiter(max_failing_hashes=60, failing_hash_burst=3, window_s=60.0, clock=clock)
+    assert [limiter.take_failing_hash("user", f"10.0.0.{n}") for n in range(5)] == [True] * 3 + [False] * 2
+    assert limiter.failing_hash_retry_after() == 1
+    clock.now += 2.0  # one a second
+    assert limiter.take_failing_hash("user", "10.0.0.9") and limiter.take_failing_hash("user", "10.0.0.9")
+    assert not limiter.take_failing_hash("user", "10.0.0.9")
+    # The refusals are counted on each address's summary, as refused.
+    summaries = {s.source: s for s in limiter.due(everything=True)}
+    assert summaries["10.0.0.3"].refused == 1 and summaries["10.0.0.9"].refused == 1
+    # Known good: a known identity with no failure in the window, or one that succeeded from there.
+    assert limiter.known_good("a@x", "s1", known=True) and not limiter.known_good("b@x", "s1", known=False)
+    limiter.succeeded("a@x", "s1")
+    limiter.failed("user", "a@x", "s2")
+    assert limiter.known_good("a@x", "s1", known=True) and not limiter.known_good("a@x", "s3", known=True)
+    clock.now += 61.0
+    assert limiter.known_good("a@x", "s3", known=True)
+    assert LoginLimiter(max_failing_hashes=0).take_failing_hash("user", "s")  # 0: no budget
+
+
+async def test_the_hash_slot_serves_good_logins_first_and_survives_cancellation() -> None:
+    slot, order = HashSlot(), []
+    release = asyncio.Event()
+
+    async def hold(name: str, first: bool) -> None:
+        async with slot.hold(first=first):
+            order.append(name)
+            if name == "running":
+                await release.wait()
+
+    running = asyncio.create_task(hold("running", False))
+    await asyncio.sleep(0)
+    doubtful = [asyncio.create_task(hold(f"doubtful-{n}", False)) for n in range(3)]
+    cancelled = asyncio.create_task(hold("cancelled", True))
+    good = asyncio.create_task(hold("good", True))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    release.set()
+    await asyncio.gather(running, good, *doubtful)
+    assert order == ["running", "good", "doubtful-0", "doubtful-1", "doubtful-2"]
+    assert cancelled.cancelled()
+    async with slot.hold(first=False):  # free again
+        pass

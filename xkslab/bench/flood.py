@@ -1,4 +1,5 @@
-"""A paced flood of wrong logins, sent by wrk (scripts/login_flood.py measures the XKS path beside it).
+"""A paced flood of wrong logins, or of XKS calls with a bad signature, sent by wrk
+(scripts/login_flood.py measures the XKS path beside it).
 
 The flooding client shares the machine's cores with the lab, so it must cost little itself: an aiohttp
 client sending 1,000 logins a second took a quarter of a core on the 2-core machines, which the lab
@@ -20,16 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xkslab.bench.wrk import wrk_binary
+from xkslab.bench.wrk import Request, lua_string, wrk_binary
+from xkslab_shared.xks_wire import ERROR_STATUS
 
 AUTH_PATH = "/sys/v1/session/auth"
-# What the flood sends, all to the DSM's login endpoint with Basic credentials:
+# What the flood sends: logins to the DSM's login endpoint with Basic credentials, or XKS calls to the
+# proxy (the kinds in XKS_KINDS, whose requests are made beforehand and given in Flood.requests):
 KINDS = {
     "wrong-key": "one app's id with a new wrong API key each time",
     "password": "the administrator's email with a wrong password",
     "app-spray": "a new made-up app id each time",
     "user-spray": "a new made-up email each time (each one would cost a password hash)",
+    "bad-signature": "XKS Encrypt calls of the lab's app signed with a wrong secret (a signature mismatch)",
 }
+XKS_KINDS = frozenset({"bad-signature"})
 
 _LUA = string.Template(
     r"""
@@ -62,6 +67,7 @@ local function b64(data)
 end
 
 local KIND, IDENTITY, INTERVAL_MS, POOL = $kind, $identity, $interval_ms, $pool
+local GIVEN = $given  -- prepared requests {path, headers, body}, for the XKS kinds
 -- thread_id is set by setup(): a global of each thread's Lua state.
 thread_id = 0
 local pool, i, next_slot = {}, 0, nil
@@ -74,6 +80,11 @@ end
 
 -- Formatted once, so that sending costs wrk no Lua work beyond picking the next one.
 init = function(args)
+  if #GIVEN > 0 then
+    for n, r in ipairs(GIVEN) do pool[n] = wrk.format("POST", r[1], r[2], r[3]) end
+    POOL = #GIVEN
+    return
+  end
   for n = 1, POOL do
     local user
     if KIND == "app-spray" then
@@ -121,12 +132,23 @@ class Flood:
     duration_s: float
     connections: int = 32
     threads: int = 1
+    # The requests an XKS kind sends, in turn (made and signed beforehand: wrk only sends them).
+    requests: tuple[Request, ...] = ()
 
 
 def script(flood: Flood) -> str:
     if flood.kind not in KINDS:
         raise ValueError(f"unknown flood kind {flood.kind!r}: one of {', '.join(KINDS)}")
+    if (flood.kind in XKS_KINDS) != bool(flood.requests):
+        raise ValueError(f"flood kind {flood.kind!r}: requests are given for the XKS kinds, and only them")
+    given = ",\n".join(
+        f"  {{{lua_string(r.path)}, {{"
+        + ", ".join(f"[{lua_string(k)}] = {lua_string(v)}" for k, v in r.headers.items())
+        + f"}}, {lua_string(r.body)}}}"
+        for r in flood.requests
+    )
     return _LUA.substitute(
+        given="{\n" + given + "\n}",
         kind=_lua(flood.kind),
         identity=_lua(flood.identity),
         interval_ms=repr(1000.0 * flood.threads / flood.rate),
@@ -200,6 +222,22 @@ def login_statuses(dsm_url: str) -> dict[str, int]:
         if line.startswith("dsm_requests_total{") and f'route="{AUTH_PATH}"' in line:
             labels, value = line.rsplit(" ", 1)
             status = labels.split('status="', 1)[1].split('"', 1)[0]
+            counts[status] = counts.get(status, 0) + int(float(value))
+    return counts
+
+
+def xks_refusals(xks_url: str) -> dict[str, int]:
+    """The proxy's count of refused XKS requests so far, by HTTP status (from its ``/metrics``)."""
+    import urllib.request
+
+    with urllib.request.urlopen(xks_url + "/metrics", timeout=30) as response:  # noqa: S310 (loopback)
+        text = response.read().decode()
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("xks_proxy_requests_total{") and 'outcome="success"' not in line:
+            labels, value = line.rsplit(" ", 1)
+            outcome = labels.split('outcome="', 1)[1].split('"', 1)[0]
+            status = str(ERROR_STATUS.get(outcome, 500))
             counts[status] = counts.get(status, 0) + int(float(value))
     return counts
 

@@ -49,7 +49,9 @@ def _xks_url(lab: dict[str, Any], operation: str) -> str:
     return f"{xks['url']}{xks['uri_path']}/keys/{lab['dsm']['root_kek_id']}/{operation}"
 
 
-def _xks_signed(lab: dict[str, Any], operation: str, payload: dict[str, Any]) -> Request:
+def _xks_signed(
+    lab: dict[str, Any], operation: str, payload: dict[str, Any], secret: str | None = None
+) -> Request:
     xks = lab["xks"]
     body = json.dumps(payload, separators=(",", ":")).encode()
     return _signed(
@@ -57,7 +59,7 @@ def _xks_signed(lab: dict[str, Any], operation: str, payload: dict[str, Any]) ->
         body,
         {"Content-Type": "application/json"},
         xks["access_key_id"],
-        xks["secret_access_key"],
+        secret if secret is not None else xks["secret_access_key"],
         "kms-xks-proxy",
         lab["kms"]["region"],
     )
@@ -85,6 +87,13 @@ def _xks_encrypt_payload(lab: dict[str, Any]) -> dict[str, Any]:
 def xks_encrypt(lab: dict[str, Any], size: int) -> list[Request]:
     """XKS Encrypt: 32-byte plaintext, 64-byte AAD, CDIV asked."""
     return [_xks_signed(lab, "encrypt", _xks_encrypt_payload(lab)) for _ in range(size)]
+
+
+def xks_encrypt_bad_signature(lab: dict[str, Any], size: int) -> list[Request]:
+    """XKS Encrypt as above, by the lab's access key id signed with a wrong secret: each one is refused
+    with a signature mismatch, the refusal that may send the key manager back to its database."""
+    wrong = "W" + lab["xks"]["secret_access_key"][1:]
+    return [_xks_signed(lab, "encrypt", _xks_encrypt_payload(lab), wrong) for _ in range(size)]
 
 
 def xks_decrypt(lab: dict[str, Any], size: int) -> list[Request]:

@@ -28,7 +28,7 @@ class WrkSettings:
     timeout_s: float = 2.0
 
 
-def _lua_string(value: str | bytes) -> str:
+def lua_string(value: str | bytes) -> str:
     text = value.decode("latin-1") if isinstance(value, bytes) else value
     out = []
     for ch in text:
@@ -56,8 +56,8 @@ def lua_script(pool: list[Request]) -> str:
     """A wrk script that cycles through ``pool``; each thread starts at a different place in it."""
     items = []
     for r in pool:
-        headers = ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in r.headers.items())
-        items.append(f"  {{{_lua_string(r.path)}, {{{headers}}}, {_lua_string(r.body)}}},")
+        headers = ", ".join(f"[{lua_string(k)}] = {lua_string(v)}" for k, v in r.headers.items())
+        items.append(f"  {{{lua_string(r.path)}, {{{headers}}}, {lua_string(r.body)}}},")
     return (
         "local pool = {\n"
         + "\n".join(items)
