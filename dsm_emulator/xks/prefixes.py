@@ -9,7 +9,7 @@ service's app cache so that the next request sees it.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,6 @@ from dsm_emulator.models import App, XksPathPrefix
 from dsm_emulator.xks.wire import canonical_prefix
 
 if TYPE_CHECKING:
-    from dsm_emulator.xks.service import _AppAuth
     from xkslab_shared.generation import GenerationCache
 
 # An alias prefix: the XKS URI path before "/kms/xks/v1", from the characters the spec allows.
@@ -33,13 +32,22 @@ _URI_SUFFIX = "/kms/xks/v1"
 _MAX_URI_PATH = 128
 
 
+@dataclass(frozen=True)
+class AppAuth:
+    """What the request path keeps per awsxks app: its credentials, who it acts as, and its prefixes."""
+
+    credentials: tuple[tuple[str, str], ...] = field(repr=False)
+    principal: Principal
+    prefixes: frozenset[str]  # the URI path prefixes this app is served under
+
+
 class XksPrefixes:
     """The alias-table part of XksService (which sets these attributes in its __init__)."""
 
     _sessions: async_sessionmaker[AsyncSession]
     _audit: AuditLog
     _admin: AdminService
-    _apps: GenerationCache[str, _AppAuth | None]  # the request path's app cache, emptied on every change
+    _apps: GenerationCache[str, AppAuth | None]  # the request path's app cache, emptied on every change
 
     async def prefixes(self) -> dict[str, str]:
         """Every URI path prefix the proxy should serve -> app id: the canonical prefix of each enabled

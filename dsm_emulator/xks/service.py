@@ -21,7 +21,7 @@ import base64
 import time
 import uuid
 from collections.abc import Hashable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,7 +50,7 @@ from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys import KeyService, effective_state
 from dsm_emulator.models import App, SecurityObject, XksPathPrefix, is_uuid
 from dsm_emulator.xks.health import NodeHealth, XksHealth
-from dsm_emulator.xks.prefixes import XksPrefixes
+from dsm_emulator.xks.prefixes import AppAuth, XksPrefixes
 from dsm_emulator.xks.refusals import CREDENTIAL_FAILURES, RefusalBursts
 from dsm_emulator.xks.wire import (
     _VERSION_METADATA,
@@ -87,13 +87,6 @@ class XksCall:
     deadline: float | None = None  # event-loop time after which the caller no longer waits
 
 
-@dataclass(frozen=True)
-class _AppAuth:
-    credentials: tuple[tuple[str, str], ...] = field(repr=False)
-    principal: Principal
-    prefixes: frozenset[str]  # the URI path prefixes this app is served under
-
-
 class XksService(XksPrefixes, XksHealth):
     """The XKS operations of one node: the alias table (XksPrefixes), deep health (XksHealth) and the
     request path (here)."""
@@ -121,7 +114,7 @@ class XksService(XksPrefixes, XksHealth):
         self._model = model
         self._health_cache_s = health_cache_s
         self._health: tuple[float, NodeHealth] | None = None
-        self._apps: GenerationCache[str, _AppAuth | None] = GenerationCache(generation, cache_max_age_s)
+        self._apps: GenerationCache[str, AppAuth | None] = GenerationCache(generation, cache_max_age_s)
         self.refusals = RefusalBursts(audit)
         # (account, groups, externalKeyId) -> the newest key of its chain; (kid, metadata) -> a version
         self._keys_by_name: GenerationCache[Hashable, SecurityObject] = GenerationCache(
@@ -173,12 +166,12 @@ class XksService(XksPrefixes, XksHealth):
         )
         return result
 
-    async def _app_auth(self, app_id: str, *, fresh: bool = False) -> _AppAuth | None:
+    async def _app_auth(self, app_id: str, *, fresh: bool = False) -> AppAuth | None:
         """The app's awsxks credentials and permissions (cached: see the module's docstring; ``fresh``
         reads them again if older than the poll interval, for a signature the cached ones do not verify)."""
         return await self._apps.get(app_id, lambda: self._load_app_auth(app_id), fresh=fresh)
 
-    async def _load_app_auth(self, app_id: str) -> _AppAuth | None:
+    async def _load_app_auth(self, app_id: str) -> AppAuth | None:
         credentials = await self._admin.awsxks_secrets(app_id)
         if not credentials:
             return None
@@ -192,7 +185,7 @@ class XksService(XksPrefixes, XksHealth):
                 select(XksPathPrefix.prefix).where(XksPathPrefix.app_id == app_id)
             )
             prefixes = frozenset({canonical_prefix(app_id), *aliases.all()})
-        return _AppAuth(tuple(credentials), principal, prefixes)
+        return AppAuth(tuple(credentials), principal, prefixes)
 
     async def _authenticate(self, call: XksCall) -> Principal:
         auth = await self._app_auth(call.app_id)
