@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dsm_emulator.keys import effective_state
-from dsm_emulator.models import App, Group, SecurityObject
+from dsm_emulator.models import App, Group, KeyHistoryItem, SecurityObject
 
 
 def fortanix_time(value: datetime | None) -> str | None:
@@ -30,7 +30,10 @@ def _creator(kind: str, ident: str) -> dict[str, str]:
     return {"app": ident} if kind == "app" else {"user": ident}
 
 
-def sobject_view(obj: SecurityObject, *, value: bytes | None = None) -> dict[str, Any]:
+def sobject_view(
+    obj: SecurityObject, *, value: bytes | None = None, history: list[KeyHistoryItem] | None = None
+) -> dict[str, Any]:
+    """The KeyObject; ``history`` (KeyService.history) for a key under a history policy."""
     links: dict[str, str] = {}
     if obj.replacement_kid:
         links["replacement"] = obj.replacement_kid
@@ -55,6 +58,7 @@ def sobject_view(obj: SecurityObject, *, value: bytes | None = None) -> dict[str
         "deactivation_date": fortanix_time(obj.deactivation_date),
         "compromise_date": fortanix_time(obj.compromise_date),
         "destruction_date": fortanix_time(obj.destruction_date),
+        "deletion_date": fortanix_time(obj.deletion_date),
         "revocation_reason": obj.revocation_reason,
         "custom_metadata": dict(obj.custom_metadata),
         "kcv": obj.kcv,
@@ -66,11 +70,35 @@ def sobject_view(obj: SecurityObject, *, value: bytes | None = None) -> dict[str
     }
     if value is not None:
         view["value"] = b64(value)
+    if history is not None:
+        view["history"] = [history_view(item) for item in history]
     return view
 
 
-def group_view(group: Group) -> dict[str, Any]:
+def history_view(item: KeyHistoryItem) -> dict[str, Any]:
+    """A Fortanix HistoryItem. ``revocation_reason`` is the code alone, as HistoryItemState types it."""
+    state = dict(item.state)
+    for name in (
+        "activation_date",
+        "deactivation_date",
+        "compromise_date",
+        "destruction_date",
+        "deletion_date",
+    ):
+        text = state.get(name)
+        state[name] = fortanix_time(datetime.fromisoformat(text)) if isinstance(text, str) else None
+    reason = state.get("revocation_reason")
+    state["revocation_reason"] = reason.get("code") if isinstance(reason, dict) else None
     return {
+        "id": item.id,
+        "state": state,
+        "created_at": fortanix_time(item.created_at),
+        "expiry": fortanix_time(item.expiry),
+    }
+
+
+def group_view(group: Group) -> dict[str, Any]:
+    view: dict[str, Any] = {
         "group_id": group.group_id,
         "name": group.name,
         "description": group.description,
@@ -78,6 +106,12 @@ def group_view(group: Group) -> dict[str, Any]:
         "creator": _creator(group.creator_type, group.creator_id),
         "created_at": fortanix_time(group.created_at),
     }
+    if group.key_history_window_s is not None:
+        # One policy under both of Fortanix's names: the SDK's and the 2026 API's.
+        policy = {"undo_time_window": group.key_history_window_s}
+        view["key_undo_policy"] = policy
+        view["key_history_policy"] = dict(policy)
+    return view
 
 
 def app_view(app: App, groups: dict[str, frozenset[str]] | None = None) -> dict[str, Any]:

@@ -19,7 +19,16 @@ from dsm_emulator.models import App, AppGroup, Group, SecurityObject, is_uuid
 
 
 class GroupsMixin(AdminBase):
-    async def create_group(self, p: Principal, name: str, description: str | None = None) -> Group:
+    async def create_group(
+        self,
+        p: Principal,
+        name: str,
+        description: str | None = None,
+        *,
+        history_window_s: int | None = None,
+    ) -> Group:
+        """A new group; ``history_window_s``: its keys keep a history revertible for that long (a window
+        already checked by ``dsm_emulator.keys.undo_window``)."""
         name = _name(name, "name")
         description = _description(description)
         group_id = str(uuid.uuid4())
@@ -35,11 +44,13 @@ class GroupsMixin(AdminBase):
                 creator_type=_creator_type(p),
                 creator_id=p.id or p.acct_id,
                 created_at=now(),
+                key_history_window_s=history_window_s,
             )
             session.add(group)
             await _flush(session, "group already exists")
+            policy = "" if history_window_s is None else f" (key history window {history_window_s} s)"
             return group, self._event(
-                p, "group.create", f"Created group {name}", object_id=group_id, group_ids=(group_id,)
+                p, "group.create", f"Created group {name}{policy}", object_id=group_id, group_ids=(group_id,)
             )
 
         return await self._admin_apply(p, refusal, work)
@@ -67,9 +78,17 @@ class GroupsMixin(AdminBase):
         return group
 
     async def update_group(
-        self, p: Principal, group_id: str, name: str | None = None, description: str | None = None
+        self,
+        p: Principal,
+        group_id: str,
+        name: str | None = None,
+        description: str | None = None,
+        *,
+        history_window_s: int | None = None,
+        remove_history_policy: bool = False,
     ) -> Group:
-        """Rename and/or redescribe (None: unchanged; an empty description clears it)."""
+        """Rename, redescribe, set or remove the key history window (None: unchanged; an empty
+        description clears it). Items already recorded keep their windows."""
         name = None if name is None else _name(name, "name")
         description = None if description is None else _description(description)
         refusal = self._event(p, "group.update", f"Update group {_ref(group_id)}", object_id=_id(group_id))
@@ -84,6 +103,12 @@ class GroupsMixin(AdminBase):
             if description is not None:
                 group.description = description or None
                 changes.append("description changed")
+            if history_window_s is not None and history_window_s != group.key_history_window_s:
+                group.key_history_window_s = history_window_s
+                changes.append(f"key history window {history_window_s} s")
+            if remove_history_policy and group.key_history_window_s is not None:
+                group.key_history_window_s = None
+                changes.append("key history policy removed")
             await _flush(session, "group already exists")
             what = f" ({', '.join(changes)})" if changes else ""
             return group, self._event(

@@ -1,4 +1,8 @@
-"""DSM REST API: groups and apps (``GroupsApi``, ``AppsApi``). Unknown fields and nulls are ignored."""
+"""DSM REST API: groups and apps (``GroupsApi``, ``AppsApi``). Unknown fields and nulls are ignored.
+
+A group's key history policy arrives under either of Fortanix's names, ``key_undo_policy`` (sdkms 5.6)
+or ``key_history_policy`` (the 2026 API, which may also be ``"remove"``), and is checked here.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from dsm_emulator.api.context import (
     read_json,
 )
 from dsm_emulator.errors import BadRequest
+from dsm_emulator.keys import undo_window
 from dsm_emulator.views import app_view, group_view
 
 routes = web.RouteTableDef()
@@ -22,12 +27,30 @@ routes = web.RouteTableDef()
 # ------------------------------------------------------------------------------------ groups
 
 
+def _history_policy(body: Any) -> tuple[bool, int | None]:
+    """(given, window) from ``key_undo_policy`` (the SDK's name) and/or ``key_history_policy`` (2026's,
+    which may also be ``"remove"``): window None with given True removes the policy."""
+    given: dict[str, int | None] = {}
+    for name in ("key_undo_policy", "key_history_policy"):
+        value = body.get(name) if isinstance(body, dict) else None
+        if value is not None:
+            given[name] = undo_window(value, name)
+    if not given:
+        return False, None
+    if len(set(given.values())) > 1:
+        raise BadRequest("key_undo_policy and key_history_policy disagree: send one of them")
+    return True, next(iter(given.values()))
+
+
 @routes.post("/sys/v1/groups")
 async def create_group(request: web.Request) -> web.Response:
     body = await read_json(request)
     name = field(body, "name", str, required=True)
     description = field(body, "description", str)
-    group = await core_of(request).admin.create_group(principal_of(request), name, description)
+    _, window = _history_policy(body)
+    group = await core_of(request).admin.create_group(
+        principal_of(request), name, description, history_window_s=window
+    )
     return json_response(group_view(group))
 
 
@@ -48,8 +71,14 @@ async def update_group(request: web.Request) -> web.Response:
     body = await read_json(request, allow_empty=True)
     name = field(body, "name", str)
     description = field(body, "description", str)
+    given, window = _history_policy(body)
     group = await core_of(request).admin.update_group(
-        principal_of(request), request.match_info["group_id"], name=name, description=description
+        principal_of(request),
+        request.match_info["group_id"],
+        name=name,
+        description=description,
+        history_window_s=window,
+        remove_history_policy=given and window is None,
     )
     return json_response(group_view(group))
 

@@ -39,6 +39,7 @@ SCHEMAS: dict[str, Schema] = {
         custom_metadata=ANY_OBJECT,
         value=BLOB,
         transient_key=string(),
+        history=array(ANY_OBJECT),
     ),
     "KeyRequest": obj(
         name=string(1, 4096),
@@ -111,6 +112,7 @@ KEYS_QUERY = {
     "sort": string(),
     "start": string(),
     "show_destroyed": {"type": "boolean"},
+    "show_deleted": {"type": "boolean"},
 }
 LOGS_QUERY = {
     "size": {"type": "integer", "minimum": 1, "maximum": 1000},
@@ -124,7 +126,15 @@ LOGS_QUERY = {
     "object_id": string(),
     "severity": string(),
 }
-GROUP_BODY = obj(name=string(1, 4096), description=string())
+UNDO_POLICY = obj(
+    ["undo_time_window"], undo_time_window={"type": "integer", "minimum": 604800, "maximum": 15552000}
+)
+GROUP_BODY = obj(
+    name=string(1, 4096),
+    description=string(),
+    key_undo_policy=UNDO_POLICY,
+    key_history_policy={"oneOf": [UNDO_POLICY, {"const": "remove"}]},
+)
 APP_BODY = obj(
     name=string(1, 4096),
     description=string(),
@@ -189,7 +199,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/keys/export": {"post": op("exportKey", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/rekey": {"post": op("rekey", KEY, ref("KeyRequest"))},
         keyed: {
-            "get": op("getKey", KEY),
+            "get": op("getKey", KEY, query={"show_deleted": {"type": "boolean"}}),
             "patch": op("updateKey", KEY, ref("KeyRequest")),
             "delete": op("deleteKey", None),
         },
@@ -197,6 +207,9 @@ def _paths() -> dict[str, dict[str, Any]]:
         f"{keyed}/activate": {"post": op("activateKey", None)},
         f"{keyed}/revoke": {"post": op("revokeKey", None, ANY_OBJECT)},
         f"{keyed}/destroy": {"post": op("destroyKey", None)},
+        f"{keyed}/revert": {
+            "put": op("revertKey", None, obj(["ids"], ids=array(string(), minItems=1, maxItems=1)))
+        },
         f"{keyed}/encrypt": {"post": op("encryptWithKid", ref("CryptResponse"), ref("CryptRequest"))},
         f"{keyed}/decrypt": {"post": op("decryptWithKid", ref("CryptResponse"), ref("CryptRequest"))},
         f"{keyed}/wrapkey": {"post": op("wrapWithKid", ANY_OBJECT, ref("WrapRequest"))},

@@ -1,5 +1,6 @@
 """DSM REST API: the security objects themselves (``/crypto/v1/keys...``): generate, import, list, info,
-export, rekey and the per-key lifecycle paths. They are kept apart from the crypto endpoints
+export, rekey and the per-key lifecycle paths (a PATCH with a new ``group_id`` moves the key; ``revert``
+undoes a change recorded in its history). They are kept apart from the crypto endpoints
 (``dsm_emulator.api.crypto``) because these manage objects rather than use them; the request parsing both
 need (JSON objects, SobjectDescriptors, a SobjectRequest as a KeySpec) lives here, where the objects are
 described. Each handler parses and type-checks its input, makes one KeyService call and serialises the
@@ -25,6 +26,7 @@ from dsm_emulator.api.context import (
 )
 from dsm_emulator.errors import BadRequest
 from dsm_emulator.keys import KeySpec
+from dsm_emulator.models import SecurityObject
 from dsm_emulator.views import sobject_view
 
 routes = web.RouteTableDef()
@@ -101,6 +103,12 @@ def _spec(body: dict[str, Any], *, with_size: bool) -> KeySpec:
     )
 
 
+async def _views(request: web.Request, objs: list[SecurityObject]) -> list[dict[str, Any]]:
+    """KeyObjects, with ``history`` for the keys under a history policy."""
+    history = await core_of(request).keys.history(objs)
+    return [sobject_view(obj, history=history.get(obj.kid)) for obj in objs]
+
+
 def _query_int(request: web.Request, name: str, default: int) -> int:
     text = request.query.get(name)
     if text is None or text == "":
@@ -159,8 +167,9 @@ async def list_keys(request: web.Request) -> web.Response:
         sort=q.get("sort") or "kid:asc",
         start=q.get("start") or None,
         show_destroyed=_query_bool(request, "show_destroyed"),
+        show_deleted=_query_bool(request, "show_deleted"),
     )
-    return json_response([sobject_view(obj) for obj in objs])
+    return json_response(await _views(request, objs))
 
 
 @routes.post("/crypto/v1/keys/info")
@@ -169,7 +178,8 @@ async def key_info(request: web.Request) -> web.Response:
     kid, name, token = _any_descriptor(await read_json(request), "request body")
     if token is not None:
         return json_response(core_of(request).keys.transient_info(p, token))
-    return json_response(sobject_view(await core_of(request).keys.get(p, kid=kid, name=name)))
+    (view,) = await _views(request, [await core_of(request).keys.get(p, kid=kid, name=name)])
+    return json_response(view)
 
 
 @routes.post("/crypto/v1/keys/export")
@@ -199,9 +209,10 @@ async def rekey(request: web.Request) -> web.Response:
 
 @routes.get("/crypto/v1/keys/{kid}")
 async def get_key(request: web.Request) -> web.Response:
-    p = principal_of(request)
-    obj = await core_of(request).keys.get(p, kid=request.match_info["kid"])
-    return json_response(sobject_view(obj))
+    p, keys, kid = principal_of(request), core_of(request).keys, request.match_info["kid"]
+    obj = await (keys.get_deleted(p, kid) if _query_bool(request, "show_deleted") else keys.get(p, kid=kid))
+    (view,) = await _views(request, [obj])
+    return json_response(view)
 
 
 @routes.patch("/crypto/v1/keys/{kid}")
@@ -216,8 +227,10 @@ async def update_key(request: web.Request) -> web.Response:
         key_ops=_str_list(body, "key_ops"),
         custom_metadata=_str_map(body, "custom_metadata"),
         deactivation_date=_time(body, "deactivation_date"),
+        group_id=field(body, "group_id", str),
     )
-    return json_response(sobject_view(obj))
+    (view,) = await _views(request, [obj])
+    return json_response(view)
 
 
 @routes.delete("/crypto/v1/keys/{kid}")
@@ -255,4 +268,14 @@ async def revoke_key(request: web.Request) -> web.Response:
 @routes.post("/crypto/v1/keys/{kid}/destroy")
 async def destroy_key(request: web.Request) -> web.Response:
     await core_of(request).keys.destroy(principal_of(request), request.match_info["kid"])
+    return no_content()
+
+
+@routes.put("/crypto/v1/keys/{kid}/revert")
+async def revert_key(request: web.Request) -> web.Response:
+    p, body = principal_of(request), _object(await read_json(request))
+    ids = _str_list(body, "ids")
+    if ids is None:
+        raise BadRequest("missing required field ids")
+    await core_of(request).keys.revert(p, request.match_info["kid"], ids)
     return no_content()
