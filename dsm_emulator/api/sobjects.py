@@ -142,7 +142,8 @@ async def generate_key(request: web.Request) -> web.Response:
         view, _token = await core_of(request).keys.create_transient(p, _spec(body, with_size=True))
         return json_response(view, status=201)
     obj = await core_of(request).keys.create(p, _spec(body, with_size=True))
-    return json_response(sobject_view(obj), status=201)
+    (view,) = await _views(request, [obj])
+    return json_response(view, status=201)
 
 
 @routes.put("/crypto/v1/keys")
@@ -151,7 +152,8 @@ async def import_key(request: web.Request) -> web.Response:
     _no_transient(body)
     value = b64_field(body, "value", required=True)
     obj = await core_of(request).keys.create(p, _spec(body, with_size=True), value)
-    return json_response(sobject_view(obj), status=201)
+    (view,) = await _views(request, [obj])
+    return json_response(view, status=201)
 
 
 @routes.get("/crypto/v1/keys")
@@ -201,7 +203,8 @@ async def rekey(request: web.Request) -> web.Response:
         raise BadRequest("identify the object to rekey by exactly one of name or kid")
     deactivate = bool(field(body, "deactivate_rotated_key", bool))
     obj = await core_of(request).keys.rekey(p, name=name, kid=kid, deactivate_rotated_key=deactivate)
-    return json_response(sobject_view(obj))
+    (view,) = await _views(request, [obj])
+    return json_response(view)
 
 
 # --------------------------------------------------------------------------- per-key paths
