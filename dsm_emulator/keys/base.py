@@ -108,10 +108,12 @@ def material_context(obj: SecurityObject) -> bytes:
 
 @dataclass(frozen=True)
 class Detail:
-    """What a change adds to its audit row: text after the object's name, and other groups it touched."""
+    """What a change adds to its audit row: text after the object's name, other groups it touched, and
+    a verb for what it turned out to be (a PATCH that moved the key: "Moved")."""
 
     text: str = ""
     groups: tuple[str, ...] = ()
+    verb: str | None = None
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ class KeyServiceBase:
             await session.flush()
             detail = detail or Detail()
             groups = tuple(dict.fromkeys((source_group, obj.group_id, *detail.groups)))
-            event = self._event(p, operation, f"{message} {obj.name}{detail.text}", obj)
+            event = self._event(p, operation, f"{detail.verb or message} {obj.name}{detail.text}", obj)
             return obj, _with(event, group_ids=groups)
 
         return await self._audit.apply(work, refusal.refused)

@@ -195,13 +195,13 @@ class HistoryMixin(KeyServiceBase):
     async def revert(self, p: Principal, kid: str, ids: Sequence[str]) -> SecurityObject:
         """Put the key back as history item ``ids[0]`` recorded it (one item per call), within its window.
         The revert is itself recorded, so it can be undone in turn."""
-        if len(ids) != 1:
-            raise BadRequest("ids must name exactly one history item: the lab reverts one at a time")
-        (item_id,) = ids
         if is_uuid(kid):
             await self.sweep_history(kid=kid)  # an item whose window has closed is erased, not reverted
 
         async def change(session: AsyncSession, obj: SecurityObject) -> Detail:
+            if len(ids) != 1:  # checked here so that the refusal is audited
+                raise BadRequest("ids must name exactly one history item: the lab reverts one at a time")
+            (item_id,) = ids
             stamp = now()
             target = await session.get(KeyHistoryItem, item_id) if is_uuid(item_id) else None
             if target is None or target.kid != obj.kid or _aware(target.expiry) <= stamp:

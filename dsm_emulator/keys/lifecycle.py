@@ -217,6 +217,7 @@ class LifecycleMixin(HistoryMixin):
     ) -> SecurityObject:
         """Change what is given (None: unchanged). A new ``group_id`` moves the key: the caller needs
         MANAGE in the source group (checked with the object) and in the destination."""
+        what = {True: "Enabled", False: "Disabled", None: "Updated"}[enabled]
 
         async def change(session: AsyncSession, obj: SecurityObject) -> Detail | None:
             stamp = now()
@@ -259,11 +260,9 @@ class LifecycleMixin(HistoryMixin):
             if destination is None:
                 return None
             source, obj.group_id = obj.group_id, destination
-            return Detail(f" from group {source} to group {destination}", (destination,))
+            verb = "Moved" if enabled is None else f"{what} and moved"
+            return Detail(f" from group {source} to group {destination}", (destination,), verb)
 
-        what = {True: "Enabled", False: "Disabled", None: "Updated"}[enabled]
-        if group_id is not None:
-            what = "Moved" if enabled is None else f"{what} and moved"
         return await self._mutate(p, kid, "MANAGE", "key.update", what, change)
 
     async def activate(self, p: Principal, kid: str) -> SecurityObject:

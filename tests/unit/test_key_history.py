@@ -240,7 +240,10 @@ async def test_revert_ids_are_checked(env: Env) -> None:
         with pytest.raises(BadRequest, match=error):
             await env.keys.revert(env.admin, key.kid, ids)
     refused = await env.rows(operation="key.revert", outcome="refused")
-    assert len(refused) == 3  # the ones that reached the object; the malformed list is refused first
+    assert len(refused) == 5 and all(r.object_id == key.kid for r in refused)
+    # A PATCH that names the group the key is already in moves nothing and says so.
+    await env.keys.update(env.admin, key.kid, group_id=env.group_id)
+    assert (await env.rows(operation="key.update"))[-1].message == "Updated one"
 
 
 # ---------------------------------------------------------------------------------------- move
