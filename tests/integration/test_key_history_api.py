@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from aiohttp import web
 from sqlalchemy import select, update
 
 from dsm_emulator import store
+from dsm_emulator.api import app as dsm_app
 from dsm_emulator.api.app import create_app
 from dsm_emulator.keys import UNDO_WINDOW_MAX_S, UNDO_WINDOW_MIN_S
 from dsm_emulator.models import AuditRow, KeyHistoryItem, SecurityObject
@@ -262,3 +264,27 @@ async def test_group_history_policy_over_http(dsm: Dsm) -> None:
         assert status == 404 and error["message"] == "sobject does not exist"
         assert (await call("GET", f"/crypto/v1/keys/{kid}?show_deleted=true"))[0] == 404
         assert not in_dump(blob, await asyncio.to_thread(stored_bytes, dsm.db_url))
+
+
+async def test_every_dsm_process_sweeps_in_the_background_and_survives_a_failed_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rounds: list[str] = []
+    done = asyncio.Event()
+
+    async def sweep_history() -> int:
+        rounds.append("round")
+        if len(rounds) == 1:
+            raise RuntimeError("the database went away for a moment")
+        done.set()
+        return 0
+
+    monkeypatch.setattr(dsm_app, "HISTORY_SWEEP_INTERVAL_S", 0.0)
+    task = asyncio.create_task(
+        dsm_app._history_sweeps(SimpleNamespace(keys=SimpleNamespace(sweep_history=sweep_history)))
+    )  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(done.wait(), 60)
+    finally:
+        task.cancel()
+    assert len(rounds) >= 2  # the failed first round did not end the loop
