@@ -248,6 +248,7 @@ async def test_group_history_policy_over_http(dsm: Dsm) -> None:
             k["kid"] for k in (await call("GET", "/crypto/v1/keys"))[1]
         ]
 
+        assert (await call("DELETE", f"/sys/v1/groups/{gid}"))[0] == 409  # it still holds the deleted key
         status, group = await call("PATCH", f"/sys/v1/groups/{gid}", {"key_history_policy": "remove"})
         assert status == 200 and "key_history_policy" not in group and "key_undo_policy" not in group
         for bad in ({}, {"ids": "x"}, {"ids": []}, {"ids": [item["id"], item["id"]]}):
