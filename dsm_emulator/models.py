@@ -92,6 +92,8 @@ class Group(Base):
     custom_metadata: Mapped[dict[str, Any] | None]
     # The normalised GroupApprovalPolicy (dsm_emulator.approvals.policy); NULL: none.
     approval_policy: Mapped[dict[str, Any] | None]
+    # The undo window of its keys' history (Fortanix key_history_policy / key_undo_policy); None: no history.
+    key_history_window_s: Mapped[int | None] = mapped_column(Integer)
 
 
 class App(Base):
@@ -150,13 +152,15 @@ class SecurityObject(Base):
     key_size: Mapped[int | None] = mapped_column(Integer)
     key_ops: Mapped[list[str]]
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    # PreActive, Active, Deactivated, Compromised, Destroyed
+    # PreActive, Active, Deactivated, Compromised, Destroyed, and Deleted: a key deleted under a history
+    # policy, kept (hidden) until the undo windows of its history items close.
     state: Mapped[str] = mapped_column(String(16))
     origin: Mapped[str] = mapped_column(String(16))  # FortanixHSM (generated) | External (imported)
     activation_date: Mapped[datetime | None]
     deactivation_date: Mapped[datetime | None]
     compromise_date: Mapped[datetime | None]
     destruction_date: Mapped[datetime | None]
+    deletion_date: Mapped[datetime | None]
     revocation_reason: Mapped[dict[str, Any] | None]
     custom_metadata: Mapped[dict[str, Any]]
     # Generation within a rekey lineage: 1 for a new key, old.version + 1 for the key that replaces it.
@@ -170,6 +174,21 @@ class SecurityObject(Base):
     creator_id: Mapped[str] = mapped_column(Uuid)
     created_at: Mapped[datetime]
     lastused_at: Mapped[datetime | None]
+
+
+class KeyHistoryItem(Base):
+    """What a key was just before a reversible change (Fortanix HistoryItem), revertible until ``expiry``.
+    ``sealed_material`` is the key's keyring blob when the change took it from the key (destroy, delete):
+    the blob lives in exactly one place, and this row (with the blob) is erased once ``expiry`` passes."""
+
+    __tablename__ = "key_history"
+    id: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    kid: Mapped[str] = mapped_column(ForeignKey("security_objects.kid", ondelete="CASCADE"), index=True)
+    operation: Mapped[str] = mapped_column(String(32))  # the change it precedes: key.destroy, key.update ...
+    state: Mapped[dict[str, Any]]
+    sealed_material: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    expiry: Mapped[datetime] = mapped_column(Timestamp, index=True)
 
 
 class KeyringTerm(Base):

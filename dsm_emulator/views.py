@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dsm_emulator.keys import effective_state
-from dsm_emulator.models import App, Group, SecurityObject
+from dsm_emulator.models import App, Group, KeyHistoryItem, SecurityObject
 
 
 def fortanix_time(value: datetime | None) -> str | None:
@@ -31,10 +31,15 @@ def _creator(kind: str, ident: str) -> dict[str, str]:
 
 
 def sobject_view(
-    obj: SecurityObject, *, value: bytes | None = None, compliant: bool = True
+    obj: SecurityObject,
+    *,
+    value: bytes | None = None,
+    compliant: bool = True,
+    history: list[KeyHistoryItem] | None = None,
 ) -> dict[str, Any]:
-    """``compliant``: whether the object meets its group's policies today (KeyService.noncompliant);
-    objects just made or changed met them, or they would not have been."""
+    """The KeyObject. ``compliant``: whether the object meets its group's policies today
+    (KeyService.noncompliant); objects just made or changed met them, or they would not have been.
+    ``history`` (KeyService.history) for a key under a history policy."""
     links: dict[str, str] = {}
     if obj.replacement_kid:
         links["replacement"] = obj.replacement_kid
@@ -59,6 +64,7 @@ def sobject_view(
         "deactivation_date": fortanix_time(obj.deactivation_date),
         "compromise_date": fortanix_time(obj.compromise_date),
         "destruction_date": fortanix_time(obj.destruction_date),
+        "deletion_date": fortanix_time(obj.deletion_date),
         "revocation_reason": obj.revocation_reason,
         "custom_metadata": dict(obj.custom_metadata),
         "kcv": obj.kcv,
@@ -70,11 +76,35 @@ def sobject_view(
     }
     if value is not None:
         view["value"] = b64(value)
+    if history is not None:
+        view["history"] = [history_view(item) for item in history]
     return view
 
 
 # The group columns a GroupRequest sets (dsm_emulator/api/admin.py GROUP_FIELDS), shown when set.
 GROUP_SETTINGS = ("cryptographic_policy", "key_metadata_policy", "export_policy", "custom_metadata")
+
+
+def history_view(item: KeyHistoryItem) -> dict[str, Any]:
+    """A Fortanix HistoryItem. ``revocation_reason`` is the code alone, as HistoryItemState types it."""
+    state = dict(item.state)
+    for name in (
+        "activation_date",
+        "deactivation_date",
+        "compromise_date",
+        "destruction_date",
+        "deletion_date",
+    ):
+        text = state.get(name)
+        state[name] = fortanix_time(datetime.fromisoformat(text)) if isinstance(text, str) else None
+    reason = state.get("revocation_reason")
+    state["revocation_reason"] = reason.get("code") if isinstance(reason, dict) else None
+    return {
+        "id": item.id,
+        "state": state,
+        "created_at": fortanix_time(item.created_at),
+        "expiry": fortanix_time(item.expiry),
+    }
 
 
 def group_view(group: Group) -> dict[str, Any]:
@@ -91,6 +121,11 @@ def group_view(group: Group) -> dict[str, Any]:
         value = getattr(group, column)
         if value is not None:
             view[column] = value
+    if group.key_history_window_s is not None:
+        # One policy under both of Fortanix's names: the SDK's and the 2026 API's.
+        policy = {"undo_time_window": group.key_history_window_s}
+        view["key_undo_policy"] = policy
+        view["key_history_policy"] = dict(policy)
     return view
 
 

@@ -73,6 +73,9 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Deleted content (destroyed key material, erased history) is overwritten with zeros rather than
+        # left in free space, where a raw read of the file would still find it.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     return on_connect

@@ -76,9 +76,13 @@ class GroupsMixin(AdminBase):
         description: str | None = None,
         settings: Mapping[str, Any] | None = None,
         approval_policy: Any = None,
+        *,
+        history_window_s: int | None = None,
     ) -> Group:
         """``settings``: group columns (policies, custom_metadata) to their parsed values;
-        ``approval_policy``: the GroupApprovalPolicy as sent (parsed and checked here)."""
+        ``approval_policy``: the GroupApprovalPolicy as sent (parsed and checked here);
+        ``history_window_s``: its keys keep a history revertible for that long (a window already checked
+        by ``dsm_emulator.keys.undo_window``)."""
         name = _name(name, "name")
         description = _description(description)
         policy = _policy_arg(approval_policy)
@@ -98,6 +102,7 @@ class GroupsMixin(AdminBase):
                 creator_id=p.id or p.acct_id,
                 created_at=now(),
                 approval_policy=policy,
+                key_history_window_s=history_window_s,
             )
             for column, value in (settings or {}).items():
                 setattr(group, column, value)
@@ -105,6 +110,8 @@ class GroupsMixin(AdminBase):
             await _flush(session, "group already exists")
             policies = sorted(column for column, value in (settings or {}).items() if value is not None)
             policies += ["approval_policy"] if policy is not None else []
+            if history_window_s is not None:
+                policies.append(f"key history window {history_window_s} s")
             what = f" with {', '.join(policies)}" if policies else ""
             return group, self._event(
                 p, "group.create", f"Created group {name}{what}", object_id=group_id, group_ids=(group_id,)
@@ -142,11 +149,15 @@ class GroupsMixin(AdminBase):
         description: str | None = None,
         settings: Mapping[str, Any] | None = None,
         approval_policy: Any = None,
+        *,
+        history_window_s: int | None = None,
+        remove_history_policy: bool = False,
     ) -> Group:
         """Rename, redescribe (None: unchanged; an empty description clears it), set ``settings`` (group
         columns: policies, custom_metadata, to their new parsed values; None clears one), set or remove
-        (``"remove"``) the approval policy. A group that has an approval policy changes only with a
-        quorum's approval (an approval request for this PATCH)."""
+        (``"remove"``) the approval policy, set or remove the key history window (items already recorded
+        keep their windows). A group that has an approval policy changes only with a quorum's approval
+        (an approval request for this PATCH)."""
         name = None if name is None else _name(name, "name")
         description = None if description is None else _description(description)
         remove = approval_policy == REMOVE_POLICY
@@ -175,6 +186,12 @@ class GroupsMixin(AdminBase):
                 if getattr(group, column) != value:
                     setattr(group, column, value)
                     changes.append(f"{column} {'set' if value is not None else 'removed'}")
+            if history_window_s is not None and history_window_s != group.key_history_window_s:
+                group.key_history_window_s = history_window_s
+                changes.append(f"key history window {history_window_s} s")
+            if remove_history_policy and group.key_history_window_s is not None:
+                group.key_history_window_s = None
+                changes.append("key history policy removed")
             await _flush(session, "group already exists")
             what = f" ({', '.join(changes)})" if changes else ""
             return group, self._event(

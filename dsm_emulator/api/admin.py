@@ -1,5 +1,9 @@
 """DSM REST API: groups and apps (``GroupsApi``, ``AppsApi``). A group field is enforced or refused
-(GROUP_FIELDS); nulls are absent. App requests still ignore fields they do not know."""
+(GROUP_FIELDS); nulls are absent. App requests still ignore fields they do not know.
+
+A group's key history policy arrives under either of Fortanix's names, ``key_undo_policy`` (sdkms 5.6)
+or ``key_history_policy`` (the 2026 API, which may also be ``"remove"``), and is checked here.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from dsm_emulator.api.context import (
     read_json,
 )
 from dsm_emulator.errors import BadRequest
+from dsm_emulator.keys import undo_window
 from dsm_emulator.policies import not_implemented
 from dsm_emulator.views import app_view, group_view
 
@@ -70,8 +75,8 @@ GROUP_FIELDS: Mapping[str, GroupField] = {
     "export_policy": _policy(policies.parse_export_policy),
     "custom_metadata": _custom_metadata,
     "approval_policy": _by_route,  # parsed and checked by the groups service (dsm_emulator/approvals)
-    "key_undo_policy": _refused("key history and undo"),
-    "key_history_policy": _refused("key history and undo"),
+    "key_undo_policy": _by_route,  # the SDK's name of the key history window (_history_policy)
+    "key_history_policy": _by_route,  # the 2026 API's name of it
     "custodian_policy": _refused("it governs import and export by key components, which xkslab lacks"),
     "add_hmg": _refused("xkslab keeps every key itself; no external HSM or KMS backs a group"),
     "mod_hmg": _refused("xkslab keeps every key itself; no external HSM or KMS backs a group"),
@@ -117,18 +122,35 @@ def _group_settings(request: web.Request, body: Any, group_id: str | None = None
     return settings
 
 
+def _history_policy(body: Any) -> tuple[bool, int | None]:
+    """(given, window) from ``key_undo_policy`` (the SDK's name) and/or ``key_history_policy`` (2026's,
+    which may also be ``"remove"``): window None with given True removes the policy."""
+    given: dict[str, int | None] = {}
+    for name in ("key_undo_policy", "key_history_policy"):
+        value = body.get(name) if isinstance(body, dict) else None
+        if value is not None:
+            given[name] = undo_window(value, name)
+    if not given:
+        return False, None
+    if len(set(given.values())) > 1:
+        raise BadRequest("key_undo_policy and key_history_policy disagree: send one of them")
+    return True, next(iter(given.values()))
+
+
 @routes.post("/sys/v1/groups")
 async def create_group(request: web.Request) -> web.Response:
     body = await read_json(request)
     name = field(body, "name", str, required=True)
     description = field(body, "description", str)
     settings = _group_settings(request, body)
+    _, window = _history_policy(body)
     group = await core_of(request).admin.create_group(
         principal_of(request),
         name,
         description,
         settings,
         approval_policy=field(body, "approval_policy", dict),
+        history_window_s=window,
     )
     return json_response(group_view(group))
 
@@ -152,6 +174,7 @@ async def update_group(request: web.Request) -> web.Response:
     description = field(body, "description", str)
     group_id = request.match_info["group_id"]
     settings = _group_settings(request, body, group_id)
+    given, window = _history_policy(body)
     group = await core_of(request).admin.update_group(
         principal_of(request),
         group_id,
@@ -159,6 +182,8 @@ async def update_group(request: web.Request) -> web.Response:
         description=description,
         settings=settings,
         approval_policy=field(body, "approval_policy", (dict, str)),
+        history_window_s=window,
+        remove_history_policy=given and window is None,
     )
     return json_response(group_view(group))
 

@@ -109,14 +109,16 @@ def create_app(settings: Settings) -> web.Application:
         core = await DsmCore.open(settings)
         app[CORE_KEY] = core
         summaries = asyncio.create_task(_login_summaries(core))
+        sweeps = asyncio.create_task(_history_sweeps(core))
         try:
             yield
         finally:
-            summaries.cancel()
-            try:
-                await summaries
-            except asyncio.CancelledError:
-                pass
+            for task in (summaries, sweeps):
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
             try:
                 await core.admin.flush_login_summaries(everything=True)
                 await core.xks.refusals.flush(everything=True)
@@ -147,6 +149,23 @@ async def _login_summaries(core: DsmCore) -> None:
             await core.xks.refusals.flush()
         except Exception:
             log.exception("could not write the failed-login summary rows")
+
+
+# How often a DSM process erases the key history whose undo window has closed. Windows are days long,
+# so a minute late is nothing; a revert sweeps its own key first and never restores an expired item.
+HISTORY_SWEEP_INTERVAL_S = 60.0
+
+
+async def _history_sweeps(core: DsmCore) -> None:
+    """Erase expired key history (and the material it kept) in the background; a failed round is
+    logged and the next one tries again. Several replicas may sweep at once: each key is swept under
+    its row lock, and a key already swept is skipped."""
+    while True:
+        try:
+            await core.keys.sweep_history()
+        except Exception:
+            log.exception("could not erase expired key history")
+        await asyncio.sleep(HISTORY_SWEEP_INTERVAL_S)
 
 
 def listener(settings: Settings, app: web.Application | None = None) -> Listener:

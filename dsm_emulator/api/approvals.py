@@ -46,6 +46,7 @@ APPROVABLE = frozenset(
         ("POST", "/crypto/v1/keys/{kid}/activate"),
         ("POST", "/crypto/v1/keys/{kid}/revoke"),
         ("POST", "/crypto/v1/keys/{kid}/destroy"),
+        ("PUT", "/crypto/v1/keys/{kid}/revert"),
         ("POST", "/crypto/v1/keys/rekey"),
         ("POST", "/crypto/v1/encrypt"),
         ("POST", "/crypto/v1/decrypt"),

@@ -39,6 +39,7 @@ SCHEMAS: dict[str, Schema] = {
         custom_metadata=ANY_OBJECT,
         value=BLOB,
         transient_key=string(),
+        history=array(ANY_OBJECT),
     ),
     "KeyRequest": obj(
         name=string(1, 4096),
@@ -129,6 +130,7 @@ KEYS_QUERY = {
     "sort": string(),
     "start": string(),
     "show_destroyed": {"type": "boolean"},
+    "show_deleted": {"type": "boolean"},
 }
 LOGS_QUERY = {
     "size": {"type": "integer", "minimum": 1, "maximum": 1000},
@@ -142,6 +144,9 @@ LOGS_QUERY = {
     "object_id": string(),
     "severity": string(),
 }
+UNDO_POLICY = obj(
+    ["undo_time_window"], undo_time_window={"type": "integer", "minimum": 604800, "maximum": 15552000}
+)
 # The GroupRequest fields the lab enforces; any other non-null field is refused with a 400 naming it.
 GROUP_BODY = obj(
     name=string(1, 4096),
@@ -151,6 +156,8 @@ GROUP_BODY = obj(
     key_metadata_policy={"oneOf": [ANY_OBJECT, {"type": "string", "enum": ["remove"]}]},
     export_policy=ANY_OBJECT,
     approval_policy={"oneOf": [ANY_OBJECT, {"type": "string", "enum": ["remove"]}]},
+    key_undo_policy=UNDO_POLICY,
+    key_history_policy={"oneOf": [UNDO_POLICY, {"const": "remove"}]},
     custom_metadata={"type": "object", "additionalProperties": string()},
 )
 APPROVAL = ref("ApprovalRequest")
@@ -243,7 +250,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/keys/export": {"post": op("exportKey", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/rekey": {"post": op("rekey", KEY, ref("KeyRequest"))},
         keyed: {
-            "get": op("getKey", KEY),
+            "get": op("getKey", KEY, query={"show_deleted": {"type": "boolean"}}),
             "patch": op("updateKey", KEY, ref("KeyRequest")),
             "delete": op("deleteKey", None),
         },
@@ -251,6 +258,9 @@ def _paths() -> dict[str, dict[str, Any]]:
         f"{keyed}/activate": {"post": op("activateKey", None)},
         f"{keyed}/revoke": {"post": op("revokeKey", None, ANY_OBJECT)},
         f"{keyed}/destroy": {"post": op("destroyKey", None)},
+        f"{keyed}/revert": {
+            "put": op("revertKey", None, obj(["ids"], ids=array(string(), minItems=1, maxItems=1)))
+        },
         f"{keyed}/encrypt": {"post": op("encryptWithKid", ref("CryptResponse"), ref("CryptRequest"))},
         f"{keyed}/decrypt": {"post": op("decryptWithKid", ref("CryptResponse"), ref("CryptRequest"))},
         f"{keyed}/wrapkey": {"post": op("wrapWithKid", ANY_OBJECT, ref("WrapRequest"))},

@@ -1,5 +1,6 @@
 """DSM REST API: the security objects themselves (``/crypto/v1/keys...``): generate, import, list, info,
-export, rekey and the per-key lifecycle paths. They are kept apart from the crypto endpoints
+export, rekey and the per-key lifecycle paths (a PATCH with a new ``group_id`` moves the key; ``revert``
+undoes a change recorded in its history). They are kept apart from the crypto endpoints
 (``dsm_emulator.api.crypto``) because these manage objects rather than use them; the request parsing both
 need (JSON objects, SobjectDescriptors, a SobjectRequest as a KeySpec) lives here, where the objects are
 described. Each handler parses and type-checks its input, makes one KeyService call and serialises the
@@ -104,6 +105,20 @@ def _spec(body: dict[str, Any], *, with_size: bool) -> KeySpec:
     )
 
 
+async def _views(request: web.Request, objs: list[SecurityObject]) -> list[dict[str, Any]]:
+    """KeyObjects as they are read (not just made): compliance with their groups' policies worked out,
+    and ``history`` for the keys under a history policy."""
+    keys = core_of(request).keys
+    history = await keys.history(objs)
+    broken = await keys.noncompliant(objs)
+    return [sobject_view(obj, compliant=obj.kid not in broken, history=history.get(obj.kid)) for obj in objs]
+
+
+async def _stored_view(request: web.Request, obj: SecurityObject) -> dict[str, Any]:
+    (view,) = await _views(request, [obj])
+    return view
+
+
 def _query_bool(request: web.Request, name: str) -> bool:
     text = request.query.get(name)
     if text is None or text == "":
@@ -127,7 +142,8 @@ async def generate_key(request: web.Request) -> web.Response:
         view, _token = await core_of(request).keys.create_transient(p, _spec(body, with_size=True))
         return json_response(view, status=201)
     obj = await core_of(request).keys.create(p, _spec(body, with_size=True))
-    return json_response(sobject_view(obj), status=201)
+    (view,) = await _views(request, [obj])
+    return json_response(view, status=201)
 
 
 @routes.put("/crypto/v1/keys")
@@ -136,7 +152,8 @@ async def import_key(request: web.Request) -> web.Response:
     _no_transient(body)
     value = b64_field(body, "value", required=True)
     obj = await core_of(request).keys.create(p, _spec(body, with_size=True), value)
-    return json_response(sobject_view(obj), status=201)
+    (view,) = await _views(request, [obj])
+    return json_response(view, status=201)
 
 
 @routes.get("/crypto/v1/keys")
@@ -152,15 +169,9 @@ async def list_keys(request: web.Request) -> web.Response:
         sort=q.get("sort") or "kid:asc",
         start=q.get("start") or None,
         show_destroyed=_query_bool(request, "show_destroyed"),
+        show_deleted=_query_bool(request, "show_deleted"),
     )
-    broken = await core_of(request).keys.noncompliant(objs)
-    return json_response([sobject_view(obj, compliant=obj.kid not in broken) for obj in objs])
-
-
-async def _stored_view(request: web.Request, obj: SecurityObject) -> dict[str, Any]:
-    """The view of a stored object as it is read (not just made): compliance is worked out."""
-    compliant = obj.kid not in await core_of(request).keys.noncompliant([obj])
-    return sobject_view(obj, compliant=compliant)
+    return json_response(await _views(request, objs))
 
 
 @routes.post("/crypto/v1/keys/info")
@@ -200,7 +211,7 @@ async def rekey(request: web.Request) -> web.Response:
     obj = await core_of(request).keys.rekey(
         p, name=name, kid=kid, deactivate_rotated_key=deactivate, value=value
     )
-    return json_response(sobject_view(obj))
+    return json_response(await _stored_view(request, obj))
 
 
 # --------------------------------------------------------------------------- per-key paths
@@ -208,8 +219,8 @@ async def rekey(request: web.Request) -> web.Response:
 
 @routes.get("/crypto/v1/keys/{kid}")
 async def get_key(request: web.Request) -> web.Response:
-    p = principal_of(request)
-    obj = await core_of(request).keys.get(p, kid=request.match_info["kid"])
+    p, keys, kid = principal_of(request), core_of(request).keys, request.match_info["kid"]
+    obj = await (keys.get_deleted(p, kid) if _query_bool(request, "show_deleted") else keys.get(p, kid=kid))
     return json_response(await _stored_view(request, obj))
 
 
@@ -225,8 +236,10 @@ async def update_key(request: web.Request) -> web.Response:
         key_ops=_str_list(body, "key_ops"),
         custom_metadata=_str_map(body, "custom_metadata"),
         deactivation_date=_time(body, "deactivation_date"),
+        group_id=field(body, "group_id", str),
     )
-    return json_response(sobject_view(obj))
+    (view,) = await _views(request, [obj])
+    return json_response(view)
 
 
 @routes.delete("/crypto/v1/keys/{kid}")
@@ -264,4 +277,14 @@ async def revoke_key(request: web.Request) -> web.Response:
 @routes.post("/crypto/v1/keys/{kid}/destroy")
 async def destroy_key(request: web.Request) -> web.Response:
     await core_of(request).keys.destroy(principal_of(request), request.match_info["kid"])
+    return no_content()
+
+
+@routes.put("/crypto/v1/keys/{kid}/revert")
+async def revert_key(request: web.Request) -> web.Response:
+    p, body = principal_of(request), _object(await read_json(request))
+    ids = _str_list(body, "ids")
+    if ids is None:
+        raise BadRequest("missing required field ids")
+    await core_of(request).keys.revert(p, request.match_info["kid"], ids)
     return no_content()

@@ -41,15 +41,15 @@ ENFORCED_PERMISSIONS = frozenset(
         "UPDATE_SOBJECTS_ENABLED_STATE",
         "UPDATE_KEY_OPS",
         "ACTIVATE_SOBJECTS",
+        "MOVE_SOBJECTS",
+        "REVERT_SOBJECTS",
     }
 )
 # In Fortanix's model, but nothing here could be held for them: refused by name.
 UNENFORCED_PERMISSIONS = frozenset(
     {
         "GET_SOBJECTS",
-        "REVERT_SOBJECTS",
         "DELETE_KEY_MATERIAL",
-        "MOVE_SOBJECTS",
         "CREATE_SOBJECTS",
         "UPDATE_SOBJECT_POLICIES",
     }

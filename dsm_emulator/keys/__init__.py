@@ -7,14 +7,16 @@ kid's material never changes, and a destroyed or deleted object is refused by it
 consulted. Mutations commit together with their audit row (``AuditLog.apply``); crypto operations answer
 only after their audit row is committed (``AuditLog.record``); refusals are audited the same way.
 
-KeyService is assembled here from one mixin per concern: ``lifecycle`` (rows that change), ``crypto_ops``
-(uses of stored material), ``transient`` (keys that live only in their token), all on ``base`` (the
-shared core). Everything other code imports from ``dsm_emulator.keys`` is re-exported from here.
+KeyService is assembled here from one mixin per concern: ``lifecycle`` (rows that change) on ``history``
+(what a reversible change records, reverts, and the sweep that erases it when its window closes),
+``crypto_ops`` (uses of stored material), ``transient`` (keys that live only in their token), all on
+``base`` (the shared core). Everything other code imports from ``dsm_emulator.keys`` is re-exported from here.
 """
 
 from __future__ import annotations
 
 from dsm_emulator.keys.base import (
+    DELETED,
     MAX_NAME_LENGTH,
     OBJECT_TYPES,
     REVOCATION_CODES,
@@ -27,6 +29,7 @@ from dsm_emulator.keys.base import (
     now,
 )
 from dsm_emulator.keys.crypto_ops import CryptoMixin
+from dsm_emulator.keys.history import UNDO_WINDOW_MAX_S, UNDO_WINDOW_MIN_S, undo_window
 from dsm_emulator.keys.lifecycle import LifecycleMixin
 from dsm_emulator.keys.transient import (
     INVALID_TRANSIENT,
@@ -38,6 +41,7 @@ from dsm_emulator.keys.transient import (
 )
 
 __all__ = [
+    "DELETED",
     "INVALID_TRANSIENT",
     "MAX_NAME_LENGTH",
     "OBJECT_TYPES",
@@ -45,6 +49,8 @@ __all__ = [
     "STATES",
     "TRANSIENT_LIFETIME",
     "TRANSIENT_TYPES",
+    "UNDO_WINDOW_MAX_S",
+    "UNDO_WINDOW_MIN_S",
     "KeyService",
     "KeySpec",
     "ObjectTypeRule",
@@ -53,6 +59,7 @@ __all__ = [
     "material_context",
     "now",
     "transient_context",
+    "undo_window",
 ]
 
 

@@ -42,6 +42,8 @@ log = logging.getLogger("dsm_emulator.keys")
 USAGE_FLUSH_S = 10.0
 
 STATES = ("PreActive", "Active", "Deactivated", "Compromised", "Destroyed")
+# A key deleted under a history policy: hidden from everything but its revert until its windows close.
+DELETED = "Deleted"
 REVOCATION_CODES = frozenset(
     {
         "Unspecified",
@@ -116,6 +118,16 @@ def effective_state(obj: SecurityObject, at: datetime | None = None) -> str:
 
 def material_context(obj: SecurityObject) -> bytes:
     return f"sobject|{obj.kid}|{obj.version}".encode()
+
+
+@dataclass(frozen=True)
+class Detail:
+    """What a change adds to its audit row: text after the object's name, other groups it touched, and
+    a verb for what it turned out to be (a PATCH that moved the key: "Moved")."""
+
+    text: str = ""
+    groups: tuple[str, ...] = ()
+    verb: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,13 +259,21 @@ class KeyServiceBase:
         )
 
     async def _load(
-        self, session: AsyncSession, p: Principal, kid: str, *, for_update: bool = False
+        self,
+        session: AsyncSession,
+        p: Principal,
+        kid: str,
+        *,
+        for_update: bool = False,
+        include_deleted: bool = False,
     ) -> SecurityObject:
+        """The visible object; a key deleted under a history policy only when ``include_deleted`` (its
+        revert, ``show_deleted``): for everything else it is gone."""
         stmt = select(SecurityObject).where(SecurityObject.kid == kid)
         if for_update:
             stmt = stmt.with_for_update()
         obj = await session.scalar(stmt) if is_uuid(kid) else None
-        if obj is None:
+        if obj is None or (obj.state == DELETED and not include_deleted):
             raise NotFound("sobject does not exist")
         require_visible(p, obj)
         return obj
@@ -267,7 +287,7 @@ class KeyServiceBase:
         async def load() -> SecurityObject:
             async with self._sessions() as session:
                 obj = await session.scalar(select(SecurityObject).where(SecurityObject.kid == kid))
-            if obj is None:
+            if obj is None or obj.state == DELETED:
                 raise NotFound("sobject does not exist")
             return obj
 
@@ -286,22 +306,29 @@ class KeyServiceBase:
         permission: str,
         operation: str,
         message: str,
-        change: Callable[[AsyncSession, SecurityObject], Awaitable[None] | None],
+        change: Callable[[AsyncSession, SecurityObject], Awaitable[Detail | None] | Detail | None],
         held: Iterable[str] = (),
+        *,
+        include_deleted: bool = False,
     ) -> SecurityObject:
+        """Change one object under its row lock, audited together with the change. ``change`` may return a
+        Detail: more for the audit message, and other groups the change touched (a move's destination)."""
         refusal = self._event(p, operation, message, object_id=kid)
 
         async def work(session: AsyncSession) -> tuple[SecurityObject, AuditEvent]:
-            obj = await self._load(session, p, kid, for_update=True)
+            obj = await self._load(session, p, kid, for_update=True, include_deleted=include_deleted)
             require_permission(p, permission, obj.group_id)
             if p.kind == "app" and "APPMANAGEABLE" not in obj.key_ops:
                 raise InvalidState("this object is not app-manageable")
             await self._held(p, obj, *held)
+            source_group = obj.group_id
             result = change(session, obj)
-            if result is not None:
-                await result
+            detail = await result if isinstance(result, Awaitable) else result
             await session.flush()
-            return obj, self._event(p, operation, f"{message} {obj.name}", obj)
+            detail = detail or Detail()
+            groups = tuple(dict.fromkeys((source_group, obj.group_id, *detail.groups)))
+            event = self._event(p, operation, f"{detail.verb or message} {obj.name}{detail.text}", obj)
+            return obj, _with(event, group_ids=groups)
 
         return await self._audit.apply(work, refusal.refused)
 
@@ -411,7 +438,7 @@ class KeyServiceBase:
         if for_update:
             stmt = stmt.with_for_update()
         obj = await session.scalar(stmt)
-        if obj is None:
+        if obj is None or obj.state == DELETED:
             raise NotFound("sobject does not exist")
         require_visible(p, obj)
         return obj

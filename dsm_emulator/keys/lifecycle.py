@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dsm_emulator import crypto
@@ -18,20 +18,22 @@ from dsm_emulator.audit import AuditEvent
 from dsm_emulator.authz import KEY_OPS, Principal, require_permission
 from dsm_emulator.errors import BadRequest, Conflict, InvalidState
 from dsm_emulator.keys.base import (
+    DELETED,
     MAX_NAME_LENGTH,
     OBJECT_TYPES,
     REVOCATION_CODES,
-    KeyServiceBase,
+    Detail,
     KeySpec,
     effective_state,
     material_context,
     now,
 )
-from dsm_emulator.models import Group, SecurityObject
+from dsm_emulator.keys.history import HistoryMixin
+from dsm_emulator.models import Group, KeyHistoryItem, SecurityObject
 from dsm_emulator.policies import GroupPolicies, KeyFacts
 
 
-class LifecycleMixin(KeyServiceBase):
+class LifecycleMixin(HistoryMixin):
     # ------------------------------------------------------------------------------- creation
 
     async def create(self, p: Principal, spec: KeySpec, value: bytes | None = None) -> SecurityObject:
@@ -205,6 +207,7 @@ class LifecycleMixin(KeyServiceBase):
         sort: str = "kid:asc",
         start: str | None = None,
         show_destroyed: bool = False,
+        show_deleted: bool = False,
     ) -> list[SecurityObject]:
         field_name, _, direction = sort.partition(":")
         if field_name not in ("kid", "name") or direction not in ("asc", "desc", ""):
@@ -223,6 +226,8 @@ class LifecycleMixin(KeyServiceBase):
             stmt = stmt.where(SecurityObject.obj_type == obj_type)
         if not show_destroyed:
             stmt = stmt.where(SecurityObject.state != "Destroyed")
+        if not show_deleted:
+            stmt = stmt.where(SecurityObject.state != DELETED)
         descending = direction == "desc"
         if start is not None:
             stmt = stmt.where(column < start if descending else column > start)
@@ -264,8 +269,27 @@ class LifecycleMixin(KeyServiceBase):
         key_ops: Iterable[str] | None = None,
         custom_metadata: Mapping[str, str] | None = None,
         deactivation_date: datetime | None = None,
+        group_id: str | None = None,
     ) -> SecurityObject:
-        async def change(session: AsyncSession, obj: SecurityObject) -> None:
+        """Change what is given (None: unchanged). A new ``group_id`` moves the key: the caller needs
+        MANAGE in the source group (checked with the object) and in the destination."""
+        what = {True: "Enabled", False: "Disabled", None: "Updated"}[enabled]
+
+        async def change(session: AsyncSession, obj: SecurityObject) -> Detail | None:
+            stamp = now()
+            destination = None
+            if group_id is not None and group_id != obj.group_id:
+                destination = await self._destination(session, p, obj, group_id)
+            new_ops = None
+            if key_ops is not None:
+                new_ops = frozenset(key_ops)
+                if new_ops - KEY_OPS:
+                    raise BadRequest(f"unknown key_ops: {', '.join(sorted(new_ops - KEY_OPS))}")
+                if new_ops == frozenset(obj.key_ops):
+                    new_ops = None
+            if destination is not None or new_ops is not None:
+                # Before anything changes: the item records the key as it was.
+                await self._record_history(session, obj, "key.update", stamp)
             if name is not None and name != obj.name:
                 if not name or len(name) > MAX_NAME_LENGTH:
                     raise BadRequest(f"name must be 1 to {MAX_NAME_LENGTH} characters")
@@ -277,11 +301,8 @@ class LifecycleMixin(KeyServiceBase):
                 if taken is not None:
                     raise Conflict("sobject already exists")
                 obj.name = name
-            if key_ops is not None:
-                ops = frozenset(key_ops)
-                if ops - KEY_OPS:
-                    raise BadRequest(f"unknown key_ops: {', '.join(sorted(ops - KEY_OPS))}")
-                obj.key_ops = sorted(ops)
+            if new_ops is not None:
+                obj.key_ops = sorted(new_ops)
             if custom_metadata is not None:
                 if not all(isinstance(k, str) and isinstance(v, str) for k, v in custom_metadata.items()):
                     raise BadRequest("custom_metadata must map strings to strings")
@@ -292,9 +313,15 @@ class LifecycleMixin(KeyServiceBase):
                 obj.enabled = enabled
             if deactivation_date is not None:
                 obj.deactivation_date = deactivation_date
+            detail = None
+            if destination is not None:
+                source, obj.group_id = obj.group_id, destination
+                verb = "Moved" if enabled is None else f"{what} and moved"
+                detail = Detail(f" from group {source} to group {destination}", (destination,), verb)
+            # The policies of the group the key ends up in (a move's destination).
             (await self._policies(session, obj.group_id)).check_key(_facts(obj))
+            return detail
 
-        what = {True: "Enabled", False: "Disabled", None: "Updated"}[enabled]
         held = [
             category
             for category, changed in (
@@ -307,12 +334,14 @@ class LifecycleMixin(KeyServiceBase):
         return await self._mutate(p, kid, "MANAGE", "key.update", what, change, held)
 
     async def activate(self, p: Principal, kid: str) -> SecurityObject:
-        def change(_: AsyncSession, obj: SecurityObject) -> None:
+        async def change(session: AsyncSession, obj: SecurityObject) -> None:
             if effective_state(obj) != "PreActive":
                 raise InvalidState(
                     f"only a PreActive object can be activated; this one is {effective_state(obj)}"
                 )
-            obj.state, obj.activation_date = "Active", now()
+            stamp = now()
+            await self._record_history(session, obj, "key.activate", stamp)
+            obj.state, obj.activation_date = "Active", stamp
 
         return await self._mutate(
             p, kid, "MANAGE", "key.activate", "Activated", change, ("ACTIVATE_SOBJECTS",)
@@ -326,12 +355,13 @@ class LifecycleMixin(KeyServiceBase):
         message: str | None = None,
         compromise_date: datetime | None = None,
     ) -> SecurityObject:
-        def change(_: AsyncSession, obj: SecurityObject) -> None:
+        async def change(session: AsyncSession, obj: SecurityObject) -> None:
             if code not in REVOCATION_CODES:  # checked here so that the refusal is audited
                 raise BadRequest(f"code must be one of {', '.join(sorted(REVOCATION_CODES))}")
             if effective_state(obj) not in ("PreActive", "Active", "Deactivated"):
                 raise InvalidState(f"an object in state {obj.state} cannot be revoked")
             stamp = now()
+            await self._record_history(session, obj, "key.revoke", stamp)
             compromised = code in ("KeyCompromise", "CACompromise")
             obj.state = "Compromised" if compromised else "Deactivated"
             obj.deactivation_date = obj.deactivation_date or stamp
@@ -341,20 +371,36 @@ class LifecycleMixin(KeyServiceBase):
         return await self._mutate(p, kid, "MANAGE", "key.revoke", "Revoked", change, ("REVOKE_SOBJECTS",))
 
     async def destroy(self, p: Principal, kid: str) -> SecurityObject:
-        def change(_: AsyncSession, obj: SecurityObject) -> None:
+        """Destroy the material. Under a history policy the sealed blob moves into the history item and
+        is erased when its window closes (``HistoryMixin.sweep_history``); otherwise it is gone now."""
+
+        async def change(session: AsyncSession, obj: SecurityObject) -> Detail | None:
             if obj.state == "Destroyed":
                 raise InvalidState("the object is already destroyed")
             if effective_state(obj) == "Active":
                 raise InvalidState("an Active object must be revoked before it is destroyed")
-            obj.state, obj.destruction_date, obj.sealed_material = "Destroyed", now(), None
+            stamp = now()
+            item = await self._record_history(session, obj, "key.destroy", stamp, take_material=True)
+            obj.state, obj.destruction_date, obj.sealed_material = "Destroyed", stamp, None
             self._material_cache.pop(obj.kid, None)
+            return None if item is None else Detail(f" (revertible until {_stamp(item.expiry)})")
 
         return await self._mutate(p, kid, "MANAGE", "key.destroy", "Destroyed", change, ("DESTROY_SOBJECTS",))
 
     async def delete(self, p: Principal, kid: str) -> None:
-        async def change(session: AsyncSession, obj: SecurityObject) -> None:
+        """Delete the object. Under a history policy it becomes a hidden Deleted key, revertible until
+        its window closes, with its material kept sealed in the history item until then."""
+
+        async def change(session: AsyncSession, obj: SecurityObject) -> Detail | None:
             self._material_cache.pop(obj.kid, None)
-            await session.delete(obj)
+            stamp = now()
+            item = await self._record_history(session, obj, "key.delete", stamp, take_material=True)
+            if item is None:
+                await session.execute(delete(KeyHistoryItem).where(KeyHistoryItem.kid == obj.kid))
+                await session.delete(obj)
+                return None
+            obj.state, obj.deletion_date, obj.sealed_material = DELETED, stamp, None
+            return Detail(f" (revertible until {_stamp(item.expiry)})")
 
         await self._mutate(p, kid, "MANAGE", "key.delete", "Deleted", change, ("DELETE_SOBJECTS",))
 
@@ -372,6 +418,10 @@ def _facts(obj: SecurityObject) -> KeyFacts:
         deactivation_date=obj.deactivation_date,
         judged_dates=frozenset({"deactivation_date"}),
     )
+
+
+def _stamp(value: datetime) -> str:
+    return value.strftime("%Y%m%dT%H%M%SZ")
 
 
 async def _rotated_name(session: AsyncSession, acct_id: str, name: str, stamp: datetime) -> str:

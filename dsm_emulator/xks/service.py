@@ -47,7 +47,7 @@ from dsm_emulator.errors import (
     Unsupported,
 )
 from dsm_emulator.keyring import Keyring
-from dsm_emulator.keys import KeyService, effective_state
+from dsm_emulator.keys import DELETED, KeyService, effective_state
 from dsm_emulator.models import App, SecurityObject, XksPathPrefix, is_uuid
 from dsm_emulator.xks.health import NodeHealth, XksHealth
 from dsm_emulator.xks.prefixes import AppAuth, XksPrefixes
@@ -264,7 +264,10 @@ class XksService(XksPrefixes, XksHealth):
         """The externalKeyId is the key's kid, or its name; only the app's groups are searched, and a key
         outside them is 'not found' (the audit row, not the caller, learns that it exists). A rotated key
         stands for the newest key of its chain."""
-        account = select(SecurityObject).where(SecurityObject.acct_id == p.acct_id)
+        # A key deleted under a history policy is kept only for its revert: here it does not exist.
+        account = select(SecurityObject).where(
+            SecurityObject.acct_id == p.acct_id, SecurityObject.state != DELETED
+        )
         obj = await _lookup(session, account.where(SecurityObject.group_id.in_(p.groups())), key_id)
         if obj is None:
             # Only on this error path: is it missing, or in someone else's group?

@@ -410,3 +410,32 @@ async def test_awsxks_app_never_in_a_group_that_holds_crypto(lab: Lab) -> None:
         ADMIN, "PATCH", f"/sys/v1/groups/{free['group_id']}", {"approval_policy": quorum(1, bob)}
     )
     assert ok["approval_policy"]["protect_crypto_operations"] is False
+
+
+async def test_a_move_out_and_a_revert_are_held_like_the_other_key_changes(lab: Lab) -> None:
+    """A group_id change would carry a key past every operation its group's policy holds, and a revert
+    can bring back a destroyed key: both wait for the quorum (MOVE_SOBJECTS, REVERT_SOBJECTS), and run
+    once approved."""
+    admin, bob = lab.ids[ADMIN], lab.ids[BOB]
+    policy = {**quorum(2, admin, bob), "protect_permissions": ["MOVE_SOBJECTS", "REVERT_SOBJECTS"]}
+    vault = await lab.call(
+        ADMIN,
+        "POST",
+        "/sys/v1/groups",
+        {"name": "vault", "approval_policy": policy, "key_history_policy": {"undo_time_window": 604800}},
+    )
+    kid = await new_key(lab, vault["group_id"])
+    await lab.call(ADMIN, "POST", f"/crypto/v1/keys/{kid}/revoke", {"reason": {"code": "Unspecified"}}, 204)
+    await lab.call(ADMIN, "PATCH", f"/crypto/v1/keys/{kid}", {"group_id": lab.group_id}, status=403)
+    item = (await lab.call(ADMIN, "GET", f"/crypto/v1/keys/{kid}"))["history"][-1]["id"]
+    revert = {"ids": [item]}
+    await lab.call(ADMIN, "PUT", f"/crypto/v1/keys/{kid}/revert", revert, status=403)
+    key = await lab.call(ADMIN, "GET", f"/crypto/v1/keys/{kid}")
+    assert (key["group_id"], key["state"]) == (vault["group_id"], "Deactivated")
+    ask = {"method": "PUT", "operation": f"/crypto/v1/keys/{kid}/revert", "body": revert}
+    rid = (await lab.call(ADMIN, "POST", "/sys/v1/approval_requests", ask, status=201))["request_id"]
+    await lab.call(ADMIN, "POST", f"/sys/v1/approval_requests/{rid}/approve", {})
+    await lab.call(BOB, "POST", f"/sys/v1/approval_requests/{rid}/approve", {})
+    result = await lab.call(ADMIN, "POST", f"/sys/v1/approval_requests/{rid}/result")
+    assert result["status"] == 204
+    assert (await lab.call(ADMIN, "GET", f"/crypto/v1/keys/{kid}"))["state"] == "Active"

@@ -66,8 +66,8 @@ def test_password_requirement_is_seen_in_nested_quorums() -> None:
         ({"quorum": {"n": 1, "members": [{"user": A, "app": B}]}}, "exactly one"),
         ({"quorum": {"n": 1, "members": []}}, "non-empty"),
         (
-            {"quorum": {"n": 1, "members": [{"user": A}]}, "protect_permissions": ["MOVE_SOBJECTS"]},
-            "MOVE_SOBJECTS",
+            {"quorum": {"n": 1, "members": [{"user": A}]}, "protect_permissions": ["GET_SOBJECTS"]},
+            "GET_SOBJECTS",
         ),
         ({"quorum": {"n": 1, "members": [{"user": A}]}, "custodian": 1}, "custodian"),
     ],
