@@ -115,7 +115,7 @@ class DsmCore:
         keys = KeyService(
             sessions, keyring, audit, max_age_s=db.cache_max_age_s, generation=generation, gate=gate
         )
-        keys.start_usage_writer()
+        keys.usage.start()
         limiter = LoginLimiter(
             settings.dsm.login_max_failures,
             settings.dsm.login_window_s,
@@ -155,7 +155,7 @@ class DsmCore:
     async def close(self) -> None:
         try:
             try:
-                await self.keys.close_usage_writer()
+                await self.keys.usage.close()
             except Exception:
                 log.exception("could not write the last-use times of keys at close")
             await self.audit.close()

@@ -10,16 +10,15 @@ consulted.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator import crypto
@@ -28,6 +27,7 @@ from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import KEY_OPS, Principal, require_permission, require_visible
 from dsm_emulator.errors import BadRequest, DsmError, InvalidState, NotFound
 from dsm_emulator.keyring import Keyring
+from dsm_emulator.keys.usage import USAGE_FLUSH_S, KeyUsage
 from dsm_emulator.models import Group, SecurityObject, is_uuid
 from dsm_emulator.policies import GroupPolicies
 from xkslab_shared.generation import Generation, GenerationCache
@@ -35,11 +35,6 @@ from xkslab_shared.generation import Generation, GenerationCache
 T = TypeVar("T")
 
 log = logging.getLogger("dsm_emulator.keys")
-
-# How long a key's last use may wait, in memory, before it is written: lastused_at in the database (what
-# another node or a CLI command reads) lags the truth by at most this, and all keys used in an interval
-# cost one UPDATE batch, however many requests used them.
-USAGE_FLUSH_S = 10.0
 
 STATES = ("PreActive", "Active", "Deactivated", "Compromised", "Destroyed")
 # A key deleted under a history policy: hidden from everything but its revert until its windows close.
@@ -173,73 +168,7 @@ class KeyServiceBase:
         self._material_cache: dict[str, tuple[bytes, float]] = {}
         self._material_max_age_s = max_age_s
         self._material_swept = time.monotonic()
-        # kid -> time of its last use not yet written (see USAGE_FLUSH_S)
-        self._unwritten_use: dict[str, datetime] = {}
-        self._usage_flush_s = usage_flush_s
-        self._usage_writer: asyncio.Task[None] | None = None
-
-    # ------------------------------------------------------------------------------ last use
-
-    def start_usage_writer(self) -> None:
-        """Write the last uses of keys every ``usage_flush_s`` until ``close_usage_writer``."""
-        if self._usage_writer is None:
-            self._usage_writer = asyncio.create_task(self._write_usage_forever())
-
-    async def close_usage_writer(self) -> None:
-        """Stop the writer and write what is pending."""
-        writer, self._usage_writer = self._usage_writer, None
-        if writer is not None:
-            writer.cancel()
-            try:
-                await writer
-            except asyncio.CancelledError:
-                pass
-        await self.flush_usage()
-
-    async def _write_usage_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._usage_flush_s)
-            try:
-                await self.flush_usage()
-            except Exception:
-                log.exception("could not write the last-use times of keys; they are kept for the next try")
-
-    async def flush_usage(self) -> int:
-        """Write the pending last uses in one transaction; returns how many keys it covered. A time is
-        only moved forward, so nodes flushing in any order keep the latest."""
-        pending, self._unwritten_use = self._unwritten_use, {}
-        if not pending:
-            return 0
-        table = cast(Table, SecurityObject.__table__)
-        stmt = (
-            update(table)
-            .where(
-                table.c.kid == bindparam("b_kid"),
-                or_(table.c.lastused_at.is_(None), table.c.lastused_at < bindparam("b_at")),
-            )
-            .values(lastused_at=bindparam("b_at"))
-        )
-        try:
-            async with self._sessions() as session, session.begin():
-                await session.execute(stmt, [{"b_kid": kid, "b_at": at} for kid, at in pending.items()])
-        except BaseException:
-            for kid, at in pending.items():
-                if at > self._unwritten_use.get(kid, at - _TICK):
-                    self._unwritten_use[kid] = at
-            raise
-        return len(pending)
-
-    def note_use(self, obj: SecurityObject) -> None:
-        """A successful use of the key (lastused_at), noted in memory only: see USAGE_FLUSH_S."""
-        self._unwritten_use[obj.kid] = datetime.now(UTC)
-
-    def with_last_use(self, obj: SecurityObject) -> SecurityObject:
-        """``obj`` (a row read for a view) with the last use this node has not written yet."""
-        pending = self._unwritten_use.get(obj.kid)
-        stored = _aware(obj.lastused_at)
-        if pending is not None and (stored is None or pending > stored):
-            obj.lastused_at = pending
-        return obj
+        self.usage = KeyUsage(sessions, usage_flush_s)
 
     # ------------------------------------------------------------------------------- helpers
 
@@ -345,7 +274,7 @@ class KeyServiceBase:
             raise
         elapsed = int((now() - started).total_seconds() * 1e6)
         for obj in subject:
-            self.note_use(obj)
+            self.usage.note(obj)
         await self._audit.record(_with(_about(event, subject), response_time_us=elapsed))
         return result
 

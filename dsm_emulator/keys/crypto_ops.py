@@ -139,7 +139,7 @@ class CryptoMixin(KeyServiceBase):
             wrapped = _crypto(
                 lambda: crypto.encrypt(mode, kek, material, iv=iv, aad=aad, tag_len_bits=tag_len_bits)
             )
-            self.note_use(subject)  # the wrapping key's use is noted with the audit row
+            self.usage.note(subject)  # the wrapping key's use is noted with the audit row
             return wrapped
 
         return await self._audited(event, action)

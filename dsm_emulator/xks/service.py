@@ -329,7 +329,7 @@ class XksService(XksPrefixes, XksHealth):
                 crypto.aes_gcm_decrypt(material, iv, ciphertext, tag, aad)
             except crypto.CryptoError:
                 raise Internal("the verification decrypt failed") from None
-        self._keys.note_use(key)
+        self._keys.usage.note(key)
         return response
 
     async def _decrypt(
@@ -344,7 +344,7 @@ class XksService(XksPrefixes, XksHealth):
             plaintext = crypto.aes_gcm_decrypt(material, request.iv, request.ciphertext, request.tag, aad)
         except crypto.CryptoError:
             raise IntegrityFailure(_BAD_CIPHERTEXT) from None
-        self._keys.note_use(key)
+        self._keys.usage.note(key)
         return {"plaintext": _b64(plaintext)}
 
 

@@ -425,7 +425,7 @@ async def test_a_move_out_and_a_revert_are_held_like_the_other_key_changes(lab: 
         {"name": "vault", "approval_policy": policy, "key_history_policy": {"undo_time_window": 604800}},
     )
     kid = await new_key(lab, vault["group_id"])
-    await lab.call(ADMIN, "POST", f"/crypto/v1/keys/{kid}/revoke", {"reason": {"code": "Unspecified"}}, 204)
+    await lab.call(ADMIN, "POST", f"/crypto/v1/keys/{kid}/revoke", {"code": "Unspecified"}, 204)
     await lab.call(ADMIN, "PATCH", f"/crypto/v1/keys/{kid}", {"group_id": lab.group_id}, status=403)
     item = (await lab.call(ADMIN, "GET", f"/crypto/v1/keys/{kid}"))["history"][-1]["id"]
     revert = {"ids": [item]}

@@ -78,7 +78,7 @@ def test_sdkms_cli_list_accounts_without_detail(cli: Any) -> None:
 
 async def test_last_use_is_the_time_of_last_use_without_a_write_per_request(db_env: XksEnv) -> None:
     env, keys = db_env, db_env.core.keys
-    await keys.close_usage_writer()  # this test writes by hand: no timer decides what it sees
+    await keys.usage.close()  # this test writes by hand: no timer decides what it sees
 
     async def stored() -> datetime | None:
         async with env.core.sessions() as session:
@@ -106,18 +106,18 @@ async def test_last_use_is_the_time_of_last_use_without_a_write_per_request(db_e
         used = datetime.strptime(shown, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         assert before <= used <= datetime.now(UTC)
 
-        assert await keys.flush_usage() == 1
+        assert await keys.usage.flush() == 1
         assert len(updates) == 1
         written = await stored()
         assert written is not None
         assert abs(written.replace(tzinfo=UTC) - used) < timedelta(seconds=1)
-        assert await keys.flush_usage() == 0 and len(updates) == 1  # nothing new: no statement
+        assert await keys.usage.flush() == 0 and len(updates) == 1  # nothing new: no statement
     finally:
         event.remove(engine, "before_cursor_execute", count)
 
     # An older time from another node never moves the stored one back.
     keys._unwritten_use[env.kek_id] = used - timedelta(days=1)
-    await keys.flush_usage()
+    await keys.usage.flush()
     assert (await stored()).replace(tzinfo=UTC) >= used  # type: ignore[union-attr]
 
 
@@ -126,7 +126,7 @@ async def test_last_use_is_written_when_the_core_closes(db_env: XksEnv) -> None:
     env = db_env
     kid = await env.create_key("crypto-api-key")
     await env.core.keys.encrypt(env.system, kid, "GCM", b"used through the crypto API")
-    await env.core.keys.close_usage_writer()
+    await env.core.keys.usage.close()
     async with env.core.sessions() as session:
         assert (await session.get(SecurityObject, kid)).lastused_at is not None  # type: ignore[union-attr]
 

@@ -97,8 +97,6 @@ HMG = {
 }
 # A value of each refused field that asks for something (what a Fortanix client would send).
 REFUSED = {
-    "key_undo_policy": {"undo_time_window": 604800},
-    "key_history_policy": {"undo_time_window": 604800},
     "custodian_policy": {"quorum": {"n": 2, "members": [{"user": USER}, {"user": str(uuid.uuid4())}]}},
     "add_hmg": [HMG],
     "mod_hmg": {str(uuid.uuid4()): HMG},
@@ -163,6 +161,25 @@ async def _approval_policy(client: Client, env: SimpleNamespace) -> None:
     await call(client, "GET", f"/crypto/v1/keys/{kid}/export", status=403)  # only through a request
 
 
+async def _history_policy(client: Client, env: SimpleNamespace, name: str) -> None:
+    gid = await group(client, f"undo-{name}", **{name: {"undo_time_window": 604800}})
+    kid = (await key(client, gid, f"kept-{name}"))["kid"]
+    await call(client, "POST", f"/crypto/v1/keys/{kid}/revoke", {"code": "Unspecified"}, status=204)
+    await call(client, "POST", f"/crypto/v1/keys/{kid}/destroy", status=204)
+    history = (await call(client, "GET", f"/crypto/v1/keys/{kid}"))["history"]
+    await call(client, "PUT", f"/crypto/v1/keys/{kid}/revert", {"ids": [history[-1]["id"]]}, status=204)
+    assert (await call(client, "GET", f"/crypto/v1/keys/{kid}"))["state"] == "Deactivated"
+    await refused(client, "POST", "/sys/v1/groups", {"name": "short", name: {"undo_time_window": 60}}, name)
+
+
+async def _key_undo_policy(client: Client, env: SimpleNamespace) -> None:
+    await _history_policy(client, env, "key_undo_policy")
+
+
+async def _key_history_policy(client: Client, env: SimpleNamespace) -> None:
+    await _history_policy(client, env, "key_history_policy")
+
+
 ENFORCED: dict[str, Callable[[Client, SimpleNamespace], Awaitable[None]]] = {
     "name": _name,
     "description": _description,
@@ -172,6 +189,8 @@ ENFORCED: dict[str, Callable[[Client, SimpleNamespace], Awaitable[None]]] = {
     "export_policy": _export_policy,
     "custom_metadata": _custom_metadata,
     "approval_policy": _approval_policy,
+    "key_undo_policy": _key_undo_policy,
+    "key_history_policy": _key_history_policy,
 }
 
 
