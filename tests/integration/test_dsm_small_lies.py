@@ -116,7 +116,7 @@ async def test_last_use_is_the_time_of_last_use_without_a_write_per_request(db_e
         event.remove(engine, "before_cursor_execute", count)
 
     # An older time from another node never moves the stored one back.
-    keys._unwritten_use[env.kek_id] = used - timedelta(days=1)
+    keys.usage._unwritten[env.kek_id] = used - timedelta(days=1)
     await keys.usage.flush()
     assert (await stored()).replace(tzinfo=UTC) >= used  # type: ignore[union-attr]
 
