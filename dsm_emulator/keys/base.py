@@ -29,7 +29,7 @@ from dsm_emulator.errors import BadRequest, DsmError, InvalidState, NotFound
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys.usage import USAGE_FLUSH_S, KeyUsage
 from dsm_emulator.models import Group, SecurityObject, is_uuid
-from dsm_emulator.policies import GroupPolicies
+from dsm_emulator.policies import GroupPolicies, KeyFacts
 from xkslab_shared.generation import Generation, GenerationCache
 
 T = TypeVar("T")
@@ -140,6 +140,25 @@ class KeySpec:
     state: str | None = None
     activation_date: datetime | None = None
     deactivation_date: datetime | None = None
+
+
+def checked_ops(policies: GroupPolicies, spec: KeySpec, size: int, ops: frozenset[str]) -> frozenset[str]:
+    """The key_ops a new key gets under its group's policies (defaults narrowed to them when the spec
+    names none), once the spec has been checked against them."""
+    if spec.key_ops is None:
+        ops = policies.default_key_ops(ops)
+    policies.check_key(
+        KeyFacts(
+            obj_type=spec.obj_type,
+            key_size=size,
+            key_ops=ops,
+            description=spec.description,
+            custom_metadata=spec.custom_metadata or {},
+            activation_date=spec.activation_date,
+            deactivation_date=spec.deactivation_date,
+        )
+    )
+    return ops
 
 
 class KeyServiceBase:

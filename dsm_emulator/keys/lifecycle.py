@@ -24,6 +24,7 @@ from dsm_emulator.keys.base import (
     REVOCATION_CODES,
     Detail,
     KeySpec,
+    checked_ops,
     effective_state,
     material_context,
     now,
@@ -49,19 +50,7 @@ class LifecycleMixin(HistoryMixin):
             group_id = await self._resolve_group(session, p, spec.group_id)
             require_permission(p, "MANAGE", group_id)
             policies = await self._policies(session, group_id)
-            if spec.key_ops is None:
-                ops = policies.default_key_ops(ops)
-            policies.check_key(
-                KeyFacts(
-                    obj_type=spec.obj_type,
-                    key_size=size,
-                    key_ops=ops,
-                    description=spec.description,
-                    custom_metadata=spec.custom_metadata or {},
-                    activation_date=spec.activation_date,
-                    deactivation_date=spec.deactivation_date,
-                )
-            )
+            ops = checked_ops(policies, spec, size, ops)
             taken = await session.scalar(
                 select(SecurityObject.kid).where(
                     SecurityObject.acct_id == p.acct_id, SecurityObject.name == spec.name

@@ -17,9 +17,8 @@ from typing import Any
 from dsm_emulator import crypto
 from dsm_emulator.authz import Principal, require_permission
 from dsm_emulator.errors import AccessDenied, BadRequest, InvalidState, Sealed
-from dsm_emulator.keys.base import KeyServiceBase, KeySpec, now
+from dsm_emulator.keys.base import KeyServiceBase, KeySpec, checked_ops, now
 from dsm_emulator.keys.crypto_ops import _crypto, _require_aes_type
-from dsm_emulator.policies import KeyFacts
 
 TRANSIENT_LIFETIME = timedelta(hours=24)
 TRANSIENT_TYPES = ("AES", "HMAC", "SECRET")
@@ -150,19 +149,7 @@ class TransientMixin(KeyServiceBase):
             policies = await self._policies(session, group_id)
         if not p.is_admin and not p.group_permissions.get(group_id):
             raise AccessDenied("app has no permission in the group of this object")
-        if spec.key_ops is None:
-            ops = policies.default_key_ops(ops)
-        policies.check_key(
-            KeyFacts(
-                obj_type=spec.obj_type,
-                key_size=size,
-                key_ops=ops,
-                description=spec.description,
-                custom_metadata=spec.custom_metadata or {},
-                activation_date=spec.activation_date,
-                deactivation_date=spec.deactivation_date,
-            )
-        )
+        ops = checked_ops(policies, spec, size, ops)
         created = now()
         key = TransientKey(
             material=crypto.random_bytes(size // 8),
