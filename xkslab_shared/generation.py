@@ -151,6 +151,7 @@ class _Entry(Generic[V]):
     value: V
     generation: int
     loaded_at: float
+    suspected: bool = False  # loaded because a caller suspected the entry before it (get's ``fresh``)
 
 
 class GenerationCache(Generic[K, V]):
@@ -174,16 +175,19 @@ class GenerationCache(Generic[K, V]):
         """The cached value for ``key``, or ``load()``'s (stored unless it raised).
 
         ``fresh``: the caller suspects the entry (a signature the cached credentials do not verify may be
-        from a credential rotated in another process since). It is loaded again only if older than the
-        generation's poll interval, since a newer load already saw every change committed before the
-        suspicion, and concurrent callers share that one load: a flood of bad signatures costs one load
-        per poll interval, not one per request."""
+        from a credential rotated in another process since). The first suspicion loads it again at once,
+        so a credential rotated elsewhere works at its first use; an entry that a suspicion loaded is
+        trusted for the generation's poll interval (a change after that load is seen by the poll within
+        the same bound), and concurrent callers share the one load: a flood of bad signatures costs one
+        load per poll interval, not one per request."""
         generation = await self._generation.current()  # before loading: a change meanwhile reloads next time
         now = time.monotonic()
         entry = self._entries.get(key)
         # With no poll interval the generation just read is the database's own: nothing to suspect.
         poll_s = self._generation.poll_s
-        max_age = min(self._max_age_s, poll_s) if fresh and poll_s > 0 else self._max_age_s
+        max_age = self._max_age_s
+        if fresh and poll_s > 0:
+            max_age = min(max_age, poll_s) if entry is not None and entry.suspected else 0.0
         if entry is not None and entry.generation == generation and now - entry.loaded_at < max_age:
             self.hits += 1
             return entry.value
@@ -219,7 +223,7 @@ class GenerationCache(Generic[K, V]):
             return value
         if len(self._entries) >= self._max_entries:
             self._evict(now)
-        self._entries[key] = _Entry(value, generation, now)
+        self._entries[key] = _Entry(value, generation, now, fresh)
         return value
 
     def clear(self) -> None:

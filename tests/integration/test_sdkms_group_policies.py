@@ -1,7 +1,7 @@
 """Group policies as the real Fortanix ``sdkms`` SDK meets them on a listening DSM: a group made with a
 cryptographic policy (AES-256 only) and a key metadata policy (an ``owner`` attribute) refuses AES-128 and
 an unowned key with an ``ApiException`` 400 whose body is the DSM's ``{"message"}``; the SDK's own
-``key_undo_policy`` is refused, naming it; and a key the app just used shows that use in ``lastused_at``."""
+``key_undo_policy`` is kept, and a field the lab does not emulate (``del_hmg``) is refused, naming it; and a key the app just used shows that use in ``lastused_at``."""
 
 from __future__ import annotations
 
@@ -68,10 +68,14 @@ def policy_flow(url: str) -> dict[str, Any]:
             key_ops=["ENCRYPT", "DECRYPT"],
         )
     )
-    out["undo"] = refusal(
+    out["undo"] = groups.update_group(
+        group.group_id,
+        sdk.GroupRequest(name="governed", key_undo_policy=sdk.KeyUndoPolicy(undo_time_window=604800)),
+    ).key_undo_policy.undo_time_window
+    out["hmg"] = refusal(
         lambda: groups.update_group(
             group.group_id,
-            sdk.GroupRequest(name="governed", key_undo_policy=sdk.KeyUndoPolicy(undo_time_window=604800)),
+            sdk.GroupRequest(name="governed", del_hmg=["4c2f5b0e-1d3a-4e8b-9f6c-7a5d2e1b0c9f"]),
         )
     )
     out["before_use"] = keys.get_security_object(key.kid).lastused_at
@@ -90,8 +94,9 @@ async def test_sdkms_sdk_meets_group_policies(server_url: str) -> None:
     assert status == 400 and "cryptographic_policy" in message and "128" in message
     status, message = r["unowned"]
     assert status == 400 and "key_metadata_policy" in message and "owner" in message
-    status, message = r["undo"]
-    assert status == 400 and message.startswith("key_undo_policy is not implemented by xkslab")
+    assert r["undo"] == 604800
+    status, message = r["hmg"]
+    assert status == 400 and message.startswith("del_hmg is not implemented by xkslab")
     assert r["before_use"] == "19700101T000000Z"
     used = datetime.strptime(r["after_use"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     assert started <= used <= datetime.now(UTC)
