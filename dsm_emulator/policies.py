@@ -148,14 +148,22 @@ def parse_cryptographic_policy(value: Any, path: str = "cryptographic_policy") -
     return policy
 
 
-def _string_constraint(value: Any, path: str) -> dict[str, Any]:
+def _required(value: Any, path: str) -> dict[str, Any] | None:
+    """The ``required`` body of a ``{"forbidden": {}}`` or ``{"required": {...}}`` constraint; None when
+    it forbids."""
     body = _object(value, path)
     if len(body) != 1 or next(iter(body)) not in ("forbidden", "required"):
         raise BadRequest(f'{path} must be {{"forbidden": {{}}}} or {{"required": {{...}}}}')
     if "forbidden" in body:
         _only(_object(body["forbidden"], f"{path}.forbidden"), f"{path}.forbidden", set())
+        return None
+    return _object(body["required"], f"{path}.required")
+
+
+def _string_constraint(value: Any, path: str) -> dict[str, Any]:
+    required = _required(value, path)
+    if required is None:
         return {"forbidden": {}}
-    required = _object(body["required"], f"{path}.required")
     _only(required, f"{path}.required", {"non_empty_after_trim", "allowed_values"})
     kept: dict[str, Any] = {}
     if "non_empty_after_trim" in required:
@@ -168,13 +176,9 @@ def _string_constraint(value: Any, path: str) -> dict[str, Any]:
 
 
 def _duration_constraint(value: Any, path: str) -> dict[str, Any]:
-    body = _object(value, path)
-    if len(body) != 1 or next(iter(body)) not in ("forbidden", "required"):
-        raise BadRequest(f'{path} must be {{"forbidden": {{}}}} or {{"required": {{...}}}}')
-    if "forbidden" in body:
-        _only(_object(body["forbidden"], f"{path}.forbidden"), f"{path}.forbidden", set())
+    required = _required(value, path)
+    if required is None:
         return {"forbidden": {}}
-    required = _object(body["required"], f"{path}.required")
     if "allowed_values" in required:
         # Fortanix documents no reference point for the durations (creation? activation?): not guessed.
         raise not_implemented(f"{path}.required.allowed_values", "a date may be required or forbidden")
