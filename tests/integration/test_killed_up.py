@@ -18,28 +18,12 @@ from typing import Any
 
 import pytest
 
+from tests.integration.test_detach import running, xkslab
 from tests.net import refused
 
 PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
 FREE_PORTS = [arg for name in PORTS for arg in ("--set", f"{name}=0")]
 HANG_S = 300
-
-
-def xkslab(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=HANG_S,
-    )
-
-
-def running(pid: int) -> bool:
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
 
 
 def gone(pids: list[int]) -> bool:
