@@ -15,6 +15,7 @@ import botocore.exceptions
 import pytest
 
 from dsm_emulator.keys import UNDO_WINDOW_MIN_S
+from tests import deadlines
 from xkslab.lab.inprocess import run_lab
 
 PASSWORD = "history lab password"
@@ -29,7 +30,7 @@ def kms_error(call: Any, **kwargs: Any) -> str:
 async def test_a_destroyed_xks_key_reverted_in_the_dsm_decrypts_old_ciphertexts_through_kms(
     tmp_path: Path,
 ) -> None:
-    async with run_lab(tmp_path / "lab", admin_password=PASSWORD) as lab:
+    async with run_lab(tmp_path / "lab", deadlines.GENEROUS, admin_password=PASSWORD) as lab:
         dsm = lab.data["dsm"]
         group, kid = dsm["group_id"], dsm["root_kek_id"]
         basic = base64.b64encode(f"{dsm['admin_email']}:{PASSWORD}".encode()).decode()
