@@ -6,6 +6,8 @@ turn the key store FAILED; after each test the faults are cleared and the store 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import urllib.error
@@ -20,6 +22,7 @@ from click.testing import CliRunner
 
 from tests import deadlines
 from xkslab.cli import main
+from xkslab.lab.bootstrap import bootstrap_kms
 from xkslab.lab.inprocess import LabInfo, lab_in_thread
 from xkslab_shared.faults_wire import FAULTS_PATH
 
@@ -315,3 +318,41 @@ def test_tls_faults_take_no_filters_and_count_handshakes(lab: LabInfo, kms: Any)
     assert admin(lab, "GET")[1]["faults"] == []
     assert injected(lab, "tls_wrong_host") == before + 1
     assert reconnect(kms, lab.custom_key_store_id)["ConnectionState"] == "CONNECTED"
+
+
+def test_the_lab_start_tries_again_when_the_proxy_outlives_kms_budget(lab: LabInfo, kms: Any) -> None:
+    """What `up` and the fixtures do on start, on a proxy that stalls past KMS's 250 ms once in each call
+    that reaches it (as a busy machine does): ConnectCustomKeyStore ends FAILED and CreateKey is refused
+    once each, and the start goes on to a connected store and a new key."""
+    kms.disconnect_custom_key_store(CustomKeyStoreId=lab.custom_key_store_id)
+    kms.delete_alias(AliasName=lab.data["kms"]["alias"])  # so the start makes its key again
+    before = injected(lab, "latency")
+    inject(lab, kind="latency", latency_ms=600, kms_operation="ConnectCustomKeyStore", count=1)
+    inject(lab, kind="latency", latency_ms=600, kms_operation="CreateKey", count=1)
+    # A key of its own for the new KMS key: an external key backs one KMS key only.
+    dsm = {**lab.data["dsm"], "xks_uri_path": lab.xks_uri_path, "root_kek_id": dsm_key(lab)}
+    try:
+        facts = asyncio.run(bootstrap_kms(lab.settings, dsm, lab.kms_endpoint, lab.xks_uri_endpoint))
+        assert injected(lab, "latency") == before + 2  # each stalled call was made, and made again
+        assert facts["custom_key_store_id"] == lab.custom_key_store_id
+        assert store(kms, lab.custom_key_store_id)["ConnectionState"] == "CONNECTED"
+        assert facts["kms_key_id"] != lab.key_id
+        assert kms.encrypt(KeyId=facts["kms_key_id"], Plaintext=b"a key made on the second try")
+    finally:
+        with contextlib.suppress(kms.exceptions.NotFoundException):  # the start may have failed before it
+            kms.delete_alias(AliasName=lab.data["kms"]["alias"])
+        kms.create_alias(AliasName=lab.data["kms"]["alias"], TargetKeyId=lab.key_id)
+
+
+def dsm_key(lab: LabInfo) -> str:
+    """A new AES-256 key in the lab's group, made by the lab's client app."""
+
+    def call(path: str, auth: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(lab.dsm_url + path, data=data, headers={"Authorization": auth})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    token = call("/sys/v1/session/auth", f"Basic {lab.api_key}", {})["access_token"]
+    spec = {"name": "second try", "obj_type": "AES", "key_size": 256, "key_ops": ["ENCRYPT", "DECRYPT"]}
+    return str(call("/crypto/v1/keys", f"Bearer {token}", spec)["kid"])

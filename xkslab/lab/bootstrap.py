@@ -5,8 +5,10 @@ that stopped half-way is resumed, and later starts find and reuse all of it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,12 @@ ALIAS = "alias/xkslab-demo"
 # (xkslab.lab.credentials).
 AWS_ACCESS_KEY_ID = "AKIAXKSLABEXAMPLE000"
 AWS_SECRET_ACCESS_KEY = "xkslab-local-secret-not-checked"
+# What KMS answers when the proxy was slow or not there yet, and the pauses before each new try.
+_UNREACHABLE = "XksProxyUriUnreachableException"
+_SLOW_PROXY_CODES = frozenset({"XKS_PROXY_TIMED_OUT", "XKS_PROXY_NOT_REACHABLE"})
+_UNREACHABLE_RETRY_S = (0.2, 0.5, 1.0)
+
+log = logging.getLogger("xkslab.lab")
 
 
 class LabError(RuntimeError):
@@ -85,12 +93,19 @@ class KmsCaller:
 
     async def __call__(self, operation: str, **params: Any) -> dict[str, Any]:
         body = json.dumps(params).encode()
-        headers = self._headers(operation, body)
-        async with self._session.post(self._endpoint + "/", data=body, headers=headers) as response:
-            data = await response.json(content_type=None)
-            if response.status != 200:
+        # A call that reaches the proxy (CreateCustomKeyStore, CreateKey) gets KMS's 250 ms, and the lab's
+        # first start on a busy machine can stall past it: the proxy is up, only slow, so try again.
+        for delay_s in (*_UNREACHABLE_RETRY_S, None):
+            headers = self._headers(operation, body)
+            async with self._session.post(self._endpoint + "/", data=body, headers=headers) as response:
+                data = await response.json(content_type=None)
+                if response.status == 200:
+                    return dict(data)
+            if data.get("__type") != _UNREACHABLE or delay_s is None:
                 raise LabError(f"KMS {operation}: {data.get('__type')}: {data.get('message')}")
-            return dict(data)
+            log.info("KMS %s: the XKS proxy did not answer in time; trying again", operation)
+            await asyncio.sleep(delay_s)
+        raise AssertionError("unreachable")  # the loop's last round returns or raises
 
 
 async def set_admin_password(settings: Settings, password: str) -> bool:
@@ -190,12 +205,18 @@ async def bootstrap_kms(
                     },
                 )
             )["CustomKeyStoreId"]
-        await kms("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
-        described = await kms("DescribeCustomKeyStores", CustomKeyStoreId=store_id)
-        store_state = described["CustomKeyStores"][0]["ConnectionState"]
-        if store_state != "CONNECTED":
-            code = described["CustomKeyStores"][0].get("ConnectionErrorCode")
-            raise LabError(f"the external key store did not connect: {store_state} ({code})")
+        for delay_s in (*_UNREACHABLE_RETRY_S, None):
+            await kms("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+            found = await kms("DescribeCustomKeyStores", CustomKeyStoreId=store_id)
+            described = found["CustomKeyStores"][0]
+            store_state, code = described["ConnectionState"], described.get("ConnectionErrorCode")
+            if store_state == "CONNECTED":
+                break
+            if code not in _SLOW_PROXY_CODES or delay_s is None:
+                raise LabError(f"the external key store did not connect: {store_state} ({code})")
+            log.info("the external key store did not connect (%s); trying again", code)
+            await kms("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+            await asyncio.sleep(delay_s)
         aliases = {a["AliasName"]: a for a in (await kms("ListAliases")).get("Aliases", [])}
         if ALIAS in aliases:
             key_id = aliases[ALIAS]["TargetKeyId"]
