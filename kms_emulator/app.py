@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from kms_emulator import aliases, data, keys, keystores, openapi, proxy
+from kms_emulator import aliases, data, grants, keys, keystores, openapi, policies, proxy, rotation
 from kms_emulator.callers import CallerCheck
 from kms_emulator.context import Call, KmsContext, aware, principal_arn
 from kms_emulator.errors import (
@@ -72,7 +72,19 @@ OPERATIONS: dict[str, Operation] = {
     "ScheduleKeyDeletion": keys.schedule_key_deletion,
     "CancelKeyDeletion": keys.cancel_key_deletion,
     "UpdateKeyDescription": keys.update_key_description,
-    "GetKeyRotationStatus": keys.get_key_rotation_status,
+    "GetKeyPolicy": policies.get_key_policy,
+    "PutKeyPolicy": policies.put_key_policy,
+    "ListKeyPolicies": policies.list_key_policies,
+    "CreateGrant": grants.create_grant,
+    "ListGrants": grants.list_grants,
+    "ListRetirableGrants": grants.list_retirable_grants,
+    "RetireGrant": grants.retire_grant,
+    "RevokeGrant": grants.revoke_grant,
+    "EnableKeyRotation": rotation.enable_key_rotation,
+    "DisableKeyRotation": rotation.disable_key_rotation,
+    "GetKeyRotationStatus": rotation.get_key_rotation_status,
+    "RotateKeyOnDemand": rotation.rotate_key_on_demand,
+    "ListKeyRotations": rotation.list_key_rotations,
     "TagResource": keys.tag_resource,
     "UntagResource": keys.untag_resource,
     "ListResourceTags": keys.list_resource_tags,
