@@ -42,6 +42,7 @@ from kms_emulator.models import CustomKeyStore
 from kms_emulator.params import Params
 from kms_emulator.sealing import KmsSealer
 from kms_emulator.store_health import StoreWatch
+from kms_emulator.throttle import StoreThrottle
 from kms_emulator.xks_client import XksProxyClient
 from xkslab_shared import body_encoding, db, json_body, sigv4
 from xkslab_shared import openapi as openapi_doc
@@ -252,7 +253,10 @@ def create_app(settings: Settings) -> web.Application:
                     else None
                 )
                 watch = StoreWatch(settings.kms.xks_failure_threshold)
-                ctx = KmsContext(settings.kms, sessions, sealer, client, usable_keys, metrics, watch, callers)
+                throttle = StoreThrottle(settings.kms.xks_store_rps)
+                ctx = KmsContext(
+                    settings.kms, sessions, sealer, client, usable_keys, metrics, watch, callers, throttle
+                )
                 app[CONTEXT_KEY] = ctx
                 interval = settings.kms.xks_health_check_s
                 checker = (

@@ -199,7 +199,7 @@ async def create_grant(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]
         if (count or 0) >= MAX_GRANTS_PER_KEY:
             raise KmsError.named(
                 "LimitExceededException",
-                f"{ctx.key_arn(key.key_id)} already has {MAX_GRANTS_PER_KEY} grants, the most a key can have.",
+                f"{ctx.key_arn(key.key_id)} already has {MAX_GRANTS_PER_KEY} grants (the limit).",
             )
         _dry_run(p)
         session.add(wanted)
