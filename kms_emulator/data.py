@@ -181,7 +181,13 @@ async def decrypt(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
     _refuse_unsupported(p)
     assert blob is not None
     if p.boolean("DryRun"):
-        parse_blob(blob)
+        # Everything a real call would check before the cryptography: the blob, the key and its state.
+        parsed = parse_blob(blob)
+        if ref is not None:
+            async with ctx.sessions() as session:
+                if await resolve_key_id(ctx, session, ref, allow_alias=True) != parsed.key_id:
+                    raise IncorrectKey(f"The ciphertext was not encrypted under {ref}.")
+        await usable_key(ctx, parsed.key_id, allow_alias=False)
         _dry_run(p)
     usable, plaintext = await open_blob(ctx, call, blob, ref, context)
     return {

@@ -330,3 +330,25 @@ async def test_the_aws_cli_with_key_policies_and_grants(kms_env: KmsEnv, tmp_pat
     assert [g["GrantId"] for g in listed["Grants"]] == [grant["GrantId"]]
     await aws(kms_env, tmp_path, "revoke-grant", "--key-id", key_id, "--grant-id", grant["GrantId"])
     assert (await aws(kms_env, tmp_path, "list-grants", "--key-id", key_id))["Grants"] == []
+
+
+async def test_dry_run_on_data_operations(kms_env: KmsEnv) -> None:
+    key_id = await new_key(kms_env)
+    blob = (await kms_env.call("encrypt", KeyId=key_id, Plaintext=b"p"))["CiphertextBlob"]
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("encrypt", {"KeyId": key_id, "Plaintext": b"p"}),
+        ("decrypt", {"CiphertextBlob": blob}),
+        ("re_encrypt", {"CiphertextBlob": blob, "DestinationKeyId": key_id}),
+        ("generate_data_key", {"KeyId": key_id, "NumberOfBytes": 32}),
+        ("generate_data_key_without_plaintext", {"KeyId": key_id, "KeySpec": "AES_256"}),
+    ]
+    for method, params in calls:
+        assert code(await kms_env.error(method, DryRun=True, **params)) == "DryRunOperationException", method
+    await kms_env.call("disable_key", KeyId=key_id)
+    for method, params in calls:
+        assert code(await kms_env.error(method, DryRun=True, **params)) == "DisabledException", method
+    other = await new_key(kms_env)
+    error = await kms_env.error("decrypt", CiphertextBlob=blob, KeyId=other, DryRun=True)
+    assert code(error) == "IncorrectKeyException"
+    error = await kms_env.error("decrypt", CiphertextBlob=b"\x01garbage", DryRun=True)
+    assert code(error) == "InvalidCiphertextException"
