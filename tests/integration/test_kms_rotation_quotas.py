@@ -343,3 +343,22 @@ async def test_vpc_endpoint_service_owner(kms_env: KmsEnv, healthy_proxy: str) -
         0
     ]
     assert "VpcEndpointServiceOwner" not in config["XksProxyConfiguration"]
+
+
+async def test_a_deleted_key_takes_its_grants_and_material_with_it(kms_db_env: KmsEnv, db_url: str) -> None:
+    kms = kms_db_env
+    key_id = await new_key(kms)
+    await kms.call("create_grant", KeyId=key_id, GranteePrincipal="s.example.com", Operations=["Encrypt"])
+    await kms.call("rotate_key_on_demand", KeyId=key_id)
+    await kms.call("schedule_key_deletion", KeyId=key_id, PendingWindowInDays=7)
+    engine = db.create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            past = datetime.now(UTC) - timedelta(minutes=1)
+            await conn.execute(update(KmsKey).where(KmsKey.key_id == key_id).values(deletion_date=past))
+        assert (await kms.call("list_keys"))["Keys"] == []  # the listing purges keys past their date
+        async with engine.connect() as conn:
+            for table in ("kms_keys", "kms_grants", "kms_key_materials"):
+                assert (await conn.exec_driver_sql(f"SELECT count(*) FROM {table}")).scalar() == 0, table
+    finally:
+        await engine.dispose()
