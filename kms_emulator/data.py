@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from kms_emulator import materials, proxy
+from kms_emulator import grants, materials, proxy
 from kms_emulator.context import Call, KmsContext
 from kms_emulator.envelope import (
     KIND_AWS_KMS,
@@ -162,6 +162,7 @@ async def encrypt(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
     plaintext = p.blob("Plaintext", required=True, max_len=MAX_PLAINTEXT)
     context = p.string_map("EncryptionContext")
     algorithm = _algorithm(p)
+    grants.check_grant_tokens(ctx, p)
     assert ref is not None and plaintext is not None
     usable = await usable_key(ctx, ref)
     _dry_run(p)
@@ -179,6 +180,7 @@ async def decrypt(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
     ref = p.key_id(required=False)
     algorithm = _algorithm(p)
     _refuse_unsupported(p)
+    grants.check_grant_tokens(ctx, p)
     assert blob is not None
     if p.boolean("DryRun"):
         # Everything a real call would check before the cryptography: the blob, the key and its state.
@@ -205,6 +207,7 @@ async def re_encrypt(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
     destination_context = p.string_map("DestinationEncryptionContext")
     source_algorithm = _algorithm(p, "SourceEncryptionAlgorithm")
     destination_algorithm = _algorithm(p, "DestinationEncryptionAlgorithm")
+    grants.check_grant_tokens(ctx, p)
     assert blob is not None and destination_ref is not None
     destination = await usable_key(ctx, destination_ref)
     _dry_run(p)
@@ -232,6 +235,7 @@ async def _generate_data_key(ctx: KmsContext, call: Call, p: Params) -> tuple[Us
     context = p.string_map("EncryptionContext")
     size = _data_key_size(p)
     _refuse_unsupported(p)
+    grants.check_grant_tokens(ctx, p)
     assert ref is not None
     usable = await usable_key(ctx, ref)
     _dry_run(p)

@@ -71,7 +71,9 @@ def open_token(ctx: KmsContext, token: str) -> str:
     return grant_id
 
 
-def _grant_tokens(ctx: KmsContext, p: Params) -> None:
+def check_grant_tokens(ctx: KmsContext, p: Params) -> None:
+    """GrantTokens of any operation that takes them: at most 10, each one this KMS issued (grants are
+    not evaluated, so a valid token changes nothing else)."""
     tokens = p.string_list("GrantTokens") or []
     if len(tokens) > MAX_GRANT_TOKENS:
         raise constraint_error(
@@ -169,7 +171,7 @@ async def create_grant(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]
     operations = _operations(p)
     constraints = _constraints(p)
     name = p.string("Name", min_len=1, max_len=256, pattern=GRANT_NAME)
-    _grant_tokens(ctx, p)
+    check_grant_tokens(ctx, p)
     if (grantee is None) == (grantee_service is None):
         raise ValidationError("Specify exactly one of GranteePrincipal and GranteeServicePrincipal.")
     if retiring is not None and retiring_service is not None:

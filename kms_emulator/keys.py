@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from kms_emulator import policies, proxy
+from kms_emulator import grants, policies, proxy
 from kms_emulator.context import Call, KmsContext, epoch, utcnow
 from kms_emulator.envelope import new_backing_key
 from kms_emulator.errors import (
@@ -193,6 +193,7 @@ async def _usable_store(ctx: KmsContext, store_id: str, xks_key_id: str | None) 
 
 async def describe_key(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
     ref = p.key_id()
+    grants.check_grant_tokens(ctx, p)
     assert ref is not None
     async with ctx.sessions() as session:
         key, store = await find_key(ctx, session, ref, allow_alias=True)

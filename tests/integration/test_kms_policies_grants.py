@@ -352,3 +352,28 @@ async def test_dry_run_on_data_operations(kms_env: KmsEnv) -> None:
     assert code(error) == "IncorrectKeyException"
     error = await kms_env.error("decrypt", CiphertextBlob=b"\x01garbage", DryRun=True)
     assert code(error) == "InvalidCiphertextException"
+
+
+async def test_grant_tokens_on_the_operations_that_take_them(kms_env: KmsEnv) -> None:
+    key_id = await new_key(kms_env)
+    token = (
+        await kms_env.call(
+            "create_grant", KeyId=key_id, GranteePrincipal="s.example.com", Operations=["Encrypt", "Decrypt"]
+        )
+    )["GrantToken"]
+    blob = (await kms_env.call("encrypt", KeyId=key_id, Plaintext=b"p", GrantTokens=[token]))[
+        "CiphertextBlob"
+    ]
+    assert (await kms_env.call("decrypt", CiphertextBlob=blob, GrantTokens=[token]))["Plaintext"] == b"p"
+    assert (await kms_env.call("describe_key", KeyId=key_id, GrantTokens=[token]))["KeyMetadata"][
+        "KeyId"
+    ] == key_id
+    for method, params in (
+        ("encrypt", {"KeyId": key_id, "Plaintext": b"p"}),
+        ("decrypt", {"CiphertextBlob": blob}),
+        ("re_encrypt", {"CiphertextBlob": blob, "DestinationKeyId": key_id}),
+        ("generate_data_key", {"KeyId": key_id, "NumberOfBytes": 16}),
+        ("describe_key", {"KeyId": key_id}),
+    ):
+        error = await kms_env.error(method, GrantTokens=[token, "not-a-token"], **params)
+        assert code(error) == "InvalidGrantTokenException", method
