@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from kms_emulator import aliases, data, keys, keystores, openapi, proxy
+from kms_emulator import aliases, data, grants, keys, keystores, openapi, policies, proxy, rotation
 from kms_emulator.callers import CallerCheck
 from kms_emulator.context import Call, KmsContext, aware, principal_arn
 from kms_emulator.errors import (
@@ -42,6 +42,7 @@ from kms_emulator.models import CustomKeyStore
 from kms_emulator.params import Params
 from kms_emulator.sealing import KmsSealer
 from kms_emulator.store_health import StoreWatch
+from kms_emulator.throttle import StoreThrottle
 from kms_emulator.xks_client import XksProxyClient
 from xkslab_shared import body_encoding, db, json_body, sigv4
 from xkslab_shared import openapi as openapi_doc
@@ -72,7 +73,19 @@ OPERATIONS: dict[str, Operation] = {
     "ScheduleKeyDeletion": keys.schedule_key_deletion,
     "CancelKeyDeletion": keys.cancel_key_deletion,
     "UpdateKeyDescription": keys.update_key_description,
-    "GetKeyRotationStatus": keys.get_key_rotation_status,
+    "GetKeyPolicy": policies.get_key_policy,
+    "PutKeyPolicy": policies.put_key_policy,
+    "ListKeyPolicies": policies.list_key_policies,
+    "CreateGrant": grants.create_grant,
+    "ListGrants": grants.list_grants,
+    "ListRetirableGrants": grants.list_retirable_grants,
+    "RetireGrant": grants.retire_grant,
+    "RevokeGrant": grants.revoke_grant,
+    "EnableKeyRotation": rotation.enable_key_rotation,
+    "DisableKeyRotation": rotation.disable_key_rotation,
+    "GetKeyRotationStatus": rotation.get_key_rotation_status,
+    "RotateKeyOnDemand": rotation.rotate_key_on_demand,
+    "ListKeyRotations": rotation.list_key_rotations,
     "TagResource": keys.tag_resource,
     "UntagResource": keys.untag_resource,
     "ListResourceTags": keys.list_resource_tags,
@@ -240,7 +253,10 @@ def create_app(settings: Settings) -> web.Application:
                     else None
                 )
                 watch = StoreWatch(settings.kms.xks_failure_threshold)
-                ctx = KmsContext(settings.kms, sessions, sealer, client, usable_keys, metrics, watch, callers)
+                throttle = StoreThrottle(settings.kms.xks_store_rps)
+                ctx = KmsContext(
+                    settings.kms, sessions, sealer, client, usable_keys, metrics, watch, callers, throttle
+                )
                 app[CONTEXT_KEY] = ctx
                 interval = settings.kms.xks_health_check_s
                 checker = (

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from kms_emulator.callers import CallerCheck
     from kms_emulator.metrics import KmsMetrics
     from kms_emulator.store_health import StoreWatch
+    from kms_emulator.throttle import StoreThrottle
     from kms_emulator.xks_client import XksProxyClient
 
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]{1,128})/")
@@ -39,6 +40,8 @@ class KmsContext:
     watch: StoreWatch
     # kms.verify_sigv4: who signed each request (None: the setting is off, nothing is checked).
     callers: CallerCheck | None = None
+    # kms.xks_store_rps: AWS's per-external-key-store request quota (None: no quota).
+    throttle: StoreThrottle | None = None
 
     @property
     def arn_prefix(self) -> str:

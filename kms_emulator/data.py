@@ -15,15 +15,17 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from kms_emulator import proxy
+from kms_emulator import grants, materials, proxy
 from kms_emulator.context import Call, KmsContext
 from kms_emulator.envelope import (
     KIND_AWS_KMS,
+    KIND_AWS_KMS_ROTATED,
     KIND_XKS,
     aws_kms_blob,
     inner_decrypt,
     inner_encrypt,
     parse_blob,
+    rotated_blob,
     xks_blob,
 )
 from kms_emulator.errors import IncorrectKey, InvalidCiphertext, KmsError, ValidationError
@@ -43,7 +45,11 @@ DATA_KEY_BYTES = {"AES_256": 32, "AES_128": 16}
 class UsableKey:
     key: KmsKey
     store: CustomKeyStore | None
-    backing_key: bytes
+    backing_key: bytes  # the current key material
+    material_id: str | None = None  # None: the key's first material
+
+
+_NOT_THIS_KEY = "The ciphertext was not produced by a key of this key's origin."
 
 
 def b64(data: bytes) -> str:
@@ -56,8 +62,13 @@ async def usable_key(ctx: KmsContext, ref: str, *, allow_alias: bool = True) -> 
     async def load() -> UsableKey:
         async with ctx.sessions() as session:
             key, store = await find_key(ctx, session, ref, allow_alias=allow_alias)
-        backing_key = ctx.sealer.unseal(key.sealed_backing_key, purpose=BACKING_KEY, row_id=key.key_id)
-        return UsableKey(key, store, backing_key)
+            if key.origin == ORIGIN_XKS:
+                backing = ctx.sealer.unseal(key.sealed_backing_key, purpose=BACKING_KEY, row_id=key.key_id)
+                return UsableKey(key, store, backing)
+            if await materials.catch_up(ctx, session, key):
+                await session.commit()
+            material = await materials.current(ctx, session, key)
+        return UsableKey(key, store, material.key, material.material_id)
 
     usable: UsableKey = await ctx.usable_keys.get((ref, allow_alias), load)
     require_present(ctx, usable.key)  # a deletion date may pass while the entry is cached
@@ -70,6 +81,8 @@ async def seal(
 ) -> bytes:
     inner = inner_encrypt(usable.backing_key, plaintext, context)
     if usable.key.origin != ORIGIN_XKS:
+        if usable.material_id is not None:
+            return rotated_blob(usable.key.key_id, usable.material_id, inner)
         return aws_kms_blob(usable.key.key_id, inner)
     assert usable.store is not None
     outer = await proxy.outer_encrypt(ctx, call, usable.store, usable.key, inner)
@@ -88,16 +101,39 @@ async def open_blob(
                 f"The ciphertext was encrypted under {ctx.key_arn(parsed.key_id)}, not under {key_ref}."
             )
     usable = await usable_key(ctx, parsed.key_id, allow_alias=False)
-    expected = KIND_XKS if usable.key.origin == ORIGIN_XKS else KIND_AWS_KMS
-    if parsed.kind != expected:
-        raise InvalidCiphertext("The ciphertext was not produced by a key of this key's origin.")
+    expected = {KIND_XKS} if usable.key.origin == ORIGIN_XKS else {KIND_AWS_KMS, KIND_AWS_KMS_ROTATED}
+    if parsed.kind not in expected:
+        raise InvalidCiphertext(_NOT_THIS_KEY)
+    backing_key = usable.backing_key
+    if parsed.kind == KIND_AWS_KMS and usable.material_id is not None:
+        backing_key = await _material(ctx, usable.key.key_id, None)
+    elif parsed.material_id is not None and parsed.material_id != usable.material_id:
+        backing_key = await _material(ctx, usable.key.key_id, parsed.material_id)
     if parsed.outer is not None:
         assert usable.store is not None
         inner = await proxy.outer_decrypt(ctx, call, usable.store, usable.key, parsed.outer)
     else:
         assert parsed.inner is not None
         inner = parsed.inner
-    return usable, inner_decrypt(usable.backing_key, inner, context)
+    return usable, inner_decrypt(backing_key, inner, context)
+
+
+async def _material(ctx: KmsContext, key_id: str, material_id: str | None) -> bytes:
+    """Older key material of ``key_id`` (None: its first), for a ciphertext made before a rotation."""
+
+    async def load() -> bytes:
+        async with ctx.sessions() as session:
+            if material_id is None:
+                key = await session.get(KmsKey, key_id)
+                assert key is not None
+                return ctx.sealer.unseal(key.sealed_backing_key, purpose=BACKING_KEY, row_id=key_id)
+            found = await materials.by_id(ctx, session, key_id, material_id)
+        if found is None:
+            raise InvalidCiphertext(_NOT_THIS_KEY)
+        return found.key
+
+    material: bytes = await ctx.usable_keys.get(("material", key_id, material_id), load)
+    return material
 
 
 def _algorithm(p: Params, name: str = "EncryptionAlgorithm") -> str:
@@ -126,6 +162,7 @@ async def encrypt(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
     plaintext = p.blob("Plaintext", required=True, max_len=MAX_PLAINTEXT)
     context = p.string_map("EncryptionContext")
     algorithm = _algorithm(p)
+    grants.check_grant_tokens(ctx, p)
     assert ref is not None and plaintext is not None
     usable = await usable_key(ctx, ref)
     _dry_run(p)
@@ -143,9 +180,16 @@ async def decrypt(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
     ref = p.key_id(required=False)
     algorithm = _algorithm(p)
     _refuse_unsupported(p)
+    grants.check_grant_tokens(ctx, p)
     assert blob is not None
     if p.boolean("DryRun"):
-        parse_blob(blob)
+        # Everything a real call would check before the cryptography: the blob, the key and its state.
+        parsed = parse_blob(blob)
+        if ref is not None:
+            async with ctx.sessions() as session:
+                if await resolve_key_id(ctx, session, ref, allow_alias=True) != parsed.key_id:
+                    raise IncorrectKey(f"The ciphertext was not encrypted under {ref}.")
+        await usable_key(ctx, parsed.key_id, allow_alias=False)
         _dry_run(p)
     usable, plaintext = await open_blob(ctx, call, blob, ref, context)
     return {
@@ -163,6 +207,7 @@ async def re_encrypt(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
     destination_context = p.string_map("DestinationEncryptionContext")
     source_algorithm = _algorithm(p, "SourceEncryptionAlgorithm")
     destination_algorithm = _algorithm(p, "DestinationEncryptionAlgorithm")
+    grants.check_grant_tokens(ctx, p)
     assert blob is not None and destination_ref is not None
     destination = await usable_key(ctx, destination_ref)
     _dry_run(p)
@@ -190,6 +235,7 @@ async def _generate_data_key(ctx: KmsContext, call: Call, p: Params) -> tuple[Us
     context = p.string_map("EncryptionContext")
     size = _data_key_size(p)
     _refuse_unsupported(p)
+    grants.check_grant_tokens(ctx, p)
     assert ref is not None
     usable = await usable_key(ctx, ref)
     _dry_run(p)

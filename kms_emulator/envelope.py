@@ -23,7 +23,9 @@ from kms_emulator.errors import InvalidCiphertext
 VERSION = 1
 KIND_AWS_KMS = 1
 KIND_XKS = 2
-_KIND_FIELDS = {KIND_AWS_KMS: 1, KIND_XKS: 4}
+KIND_AWS_KMS_ROTATED = 3
+_KIND_FIELDS = {KIND_AWS_KMS: 1, KIND_XKS: 4, KIND_AWS_KMS_ROTATED: 2}
+MATERIAL_ID_LEN = 32
 _HEADER = struct.Struct(">BB16s")
 _LENGTH = struct.Struct(">H")
 
@@ -48,8 +50,9 @@ class OuterLayer:
 class ParsedBlob:
     key_id: str
     kind: int
-    inner: bytes | None  # KIND_AWS_KMS
+    inner: bytes | None  # KIND_AWS_KMS and KIND_AWS_KMS_ROTATED
     outer: OuterLayer | None  # KIND_XKS
+    material_id: str | None = None  # KIND_AWS_KMS_ROTATED: the rotated material, 64 hex digits
 
 
 def build_blob(key_id: str, kind: int, fields: list[bytes]) -> bytes:
@@ -64,6 +67,8 @@ def build_blob(key_id: str, kind: int, fields: list[bytes]) -> bytes:
         kind 1 AWS_KMS: one field   inner = IV (12) || ciphertext || tag (16)
         kind 2 XKS:     four fields the proxy's ciphertext, IV, tag, ciphertextMetadata
                                     (a zero-length ciphertextMetadata means the proxy sent none)
+        kind 3 AWS_KMS, rotated: two fields   material id (32) and inner, under key material that a
+                                    rotation made current (kind 1 is the key's first material)
 
     The blob ends after the last field; trailing bytes, an unknown version or an unknown kind make it
     invalid (InvalidCiphertextException), so a future layout can never be misread as this one.
@@ -79,6 +84,10 @@ def build_blob(key_id: str, kind: int, fields: list[bytes]) -> bytes:
 
 def aws_kms_blob(key_id: str, inner: bytes) -> bytes:
     return build_blob(key_id, KIND_AWS_KMS, [inner])
+
+
+def rotated_blob(key_id: str, material_id: str, inner: bytes) -> bytes:
+    return build_blob(key_id, KIND_AWS_KMS_ROTATED, [bytes.fromhex(material_id), inner])
 
 
 def xks_blob(key_id: str, outer: OuterLayer) -> bytes:
@@ -109,6 +118,11 @@ def parse_blob(data: bytes) -> ParsedBlob:
         if len(fields[0]) < INNER_IV_LEN + INNER_TAG_LEN:
             raise InvalidCiphertext(_CORRUPT)
         return ParsedBlob(key_id, kind, fields[0], None)
+    if kind == KIND_AWS_KMS_ROTATED:
+        material, inner = fields
+        if len(material) != MATERIAL_ID_LEN or len(inner) < INNER_IV_LEN + INNER_TAG_LEN:
+            raise InvalidCiphertext(_CORRUPT)
+        return ParsedBlob(key_id, kind, inner, None, material.hex())
     ciphertext, iv, tag, metadata = fields
     return ParsedBlob(key_id, kind, None, OuterLayer(ciphertext, iv, tag, metadata or None))
 

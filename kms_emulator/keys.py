@@ -1,5 +1,6 @@
 """KMS key lifecycle: CreateKey (AWS_KMS and EXTERNAL_KEY_STORE), DescribeKey, ListKeys, Enable/Disable,
-ScheduleKeyDeletion/CancelKeyDeletion, UpdateKeyDescription, GetKeyRotationStatus and tags.
+ScheduleKeyDeletion/CancelKeyDeletion, UpdateKeyDescription and tags
+(key policies: policies.py; rotation: rotation.py).
 
 Every key is SYMMETRIC_DEFAULT / ENCRYPT_DECRYPT with its own random AES-256 backing key (the inner
 envelope layer), sealed before it is stored. An XKS key is created only after the proxy's GetKeyMetadata
@@ -15,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from kms_emulator import proxy
+from kms_emulator import grants, policies, proxy
 from kms_emulator.context import Call, KmsContext, epoch, utcnow
 from kms_emulator.envelope import new_backing_key
 from kms_emulator.errors import (
@@ -40,6 +41,7 @@ from kms_emulator.lookup import (
 )
 from kms_emulator.models import CustomKeyStore, KmsKey
 from kms_emulator.params import Params, constraint_error
+from kms_emulator.policy_document import default_policy
 from kms_emulator.sealing import BACKING_KEY
 
 SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
@@ -116,8 +118,6 @@ async def create_key(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
     origin = p.string("Origin", enum=ORIGINS) or ORIGIN_AWS_KMS
     store_id = p.string("CustomKeyStoreId", min_len=1, max_len=64)
     xks_key_id = p.string("XksKeyId", min_len=1, max_len=128, pattern=XKS_KEY_ID)
-    p.string("Policy", min_len=1, max_len=131072)  # accepted; key policies are not evaluated here
-    p.boolean("BypassPolicyLockoutSafetyCheck")
     tags = read_tags(p)
     if p.has("KeySpec") and p.has("CustomerMasterKeySpec"):
         raise ValidationError("Specify KeySpec or CustomerMasterKeySpec, not both.")
@@ -129,6 +129,7 @@ async def create_key(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
         raise UnsupportedOperation(f"Keys with Origin {origin} are not emulated.")
     if len(tags) > MAX_TAGS:
         raise KmsError.named("LimitExceededException", f"A KMS key can have at most {MAX_TAGS} tags.")
+    policy = policies.read_policy(ctx, call, p, required=False)
     key_id = str(uuid.uuid4())
     store = None
     if origin == ORIGIN_AWS_KMS:
@@ -153,6 +154,9 @@ async def create_key(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
         deletion_date=None,
         pending_window_days=None,
         tags=tags,
+        policy=policy if policy is not None else default_policy(ctx.settings.account_id),
+        rotation_period_days=None,
+        next_rotation_date=None,
     )
     try:
         async with ctx.sessions.begin() as session:
@@ -189,6 +193,7 @@ async def _usable_store(ctx: KmsContext, store_id: str, xks_key_id: str | None) 
 
 async def describe_key(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
     ref = p.key_id()
+    grants.check_grant_tokens(ctx, p)
     assert ref is not None
     async with ctx.sessions() as session:
         key, store = await find_key(ctx, session, ref, allow_alias=True)
@@ -280,16 +285,6 @@ async def update_key_description(ctx: KmsContext, call: Call, p: Params) -> dict
         require_not_pending_deletion(ctx, key)
         key.description = description
     return {}
-
-
-async def get_key_rotation_status(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:
-    """Always false: AWS_KMS keys here never rotate, and XKS keys rotate only in the external key
-    manager, which KMS does not see."""
-    ref = p.key_id()
-    assert ref is not None
-    async with ctx.sessions() as session:
-        key, _store = await find_key(ctx, session, ref, allow_alias=False)
-    return {"KeyRotationEnabled": False, "KeyId": ctx.key_arn(key.key_id)}
 
 
 async def tag_resource(ctx: KmsContext, call: Call, p: Params) -> dict[str, Any]:

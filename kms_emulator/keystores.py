@@ -48,6 +48,8 @@ RAW_SECRET = r"^[a-zA-Z0-9\/+=]+$"
 VPC_SERVICE_NAME = r"^(com|eu)\.amazonaws\.vpce\.([a-z]+-){2,3}\d+\.vpce-svc-[0-9a-z]+$"
 ACCOUNT_ID = r"[0-9]{12}"
 _CLOUDHSM_MEMBERS = ("CloudHsmClusterId", "TrustAnchorCertificate", "KeyStorePassword")
+# AWS's quota: custom key stores per account and Region (not adjustable).
+MAX_CUSTOM_KEY_STORES = 10
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,16 @@ async def _check_unique(
             )
 
 
+async def _check_store_limit(ctx: KmsContext, session: AsyncSession) -> None:
+    stores = await session.scalar(select(func.count()).select_from(CustomKeyStore))
+    if (stores or 0) >= MAX_CUSTOM_KEY_STORES:
+        raise KmsError.named(
+            "LimitExceededException",
+            f"This account already has {MAX_CUSTOM_KEY_STORES} custom key stores in {ctx.settings.region}, "
+            "the most AWS KMS allows per account and Region.",
+        )
+
+
 def _store_id(p: Params) -> str:
     value = p.string("CustomKeyStoreId", required=True, min_len=1, max_len=64)
     assert value is not None
@@ -196,6 +208,7 @@ async def create_custom_key_store(ctx: KmsContext, call: Call, p: Params) -> dic
     assert name is not None
     async with ctx.sessions.begin() as session:
         await _check_unique(session, name, settings.uri_endpoint, settings.uri_path, None)
+        await _check_store_limit(ctx, session)
     store_id = _new_store_id()
     await proxy.health_check(ctx, call, settings.config(ctx.settings.region, store_id))
     store = CustomKeyStore(
@@ -214,6 +227,7 @@ async def create_custom_key_store(ctx: KmsContext, call: Call, p: Params) -> dic
     )
     try:
         async with ctx.sessions.begin() as session:
+            await _check_store_limit(ctx, session)  # again: others may have been made meanwhile
             session.add(store)
     except IntegrityError:
         # Another request took the name or the URI during the health check: say which.

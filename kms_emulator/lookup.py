@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kms_emulator.context import KmsContext, aware, utcnow
 from kms_emulator.errors import DisabledError, InvalidState, NotFound
-from kms_emulator.models import CustomKeyStore, KmsAlias, KmsKey
+from kms_emulator.models import CustomKeyStore, KmsAlias, KmsGrant, KmsKey, KmsKeyMaterial
 
 ENABLED = "Enabled"
 DISABLED = "Disabled"
@@ -88,11 +88,13 @@ def require_present(ctx: KmsContext, key: KmsKey) -> None:
 
 
 async def purge_expired(session: AsyncSession) -> None:
-    """Delete the keys whose waiting period is over (their aliases go with them)."""
+    """Delete the keys whose waiting period is over (their aliases, grants and material go with them)."""
     # Every stored time is UTC, so the comparison also holds for SQLite's zone-less text timestamps.
     gone = (await session.scalars(select(KmsKey.key_id).where(KmsKey.deletion_date <= utcnow()))).all()
     if gone:
         await session.execute(delete(KmsAlias).where(KmsAlias.target_key_id.in_(gone)))
+        await session.execute(delete(KmsGrant).where(KmsGrant.key_id.in_(gone)))
+        await session.execute(delete(KmsKeyMaterial).where(KmsKeyMaterial.key_id.in_(gone)))
         await session.execute(delete(KmsKey).where(KmsKey.key_id.in_(gone)))
 
 

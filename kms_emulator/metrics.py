@@ -90,8 +90,8 @@ class KmsMetrics:
         )
         self.throttle = Counter(
             "kms_external_key_store_throttle",
-            "ExternalKeyStoreThrottle: KMS requests on an external key store refused as throttled (here: the "
-            "proxy answered ThrottlingException).",
+            "ExternalKeyStoreThrottle: KMS requests on an external key store refused as throttled: past the "
+            "store's request quota (kms.xks_store_rps), or the proxy answered ThrottlingException.",
             ["key_store_id", "kms_operation"],
             registry=r,
         )

@@ -1,5 +1,6 @@
-"""The AWS KMS side's tables: custom key stores, KMS keys, aliases and callers' access keys. Alembic
-migrations in ``migrations/`` are the only way they are created (revisions 0003 and 0006).
+"""The AWS KMS side's tables: custom key stores, KMS keys (with their key policy and rotation schedule),
+rotated key material, grants, aliases and callers' access keys. Alembic migrations in ``migrations/`` are
+the only way they are created (revisions 0003, 0006 and 0010).
 
 The KMS emulator owns its own metadata (it never imports the key manager's models) but follows the same
 naming convention, so constraint names read alike across the schema. Nothing here holds a secret in the
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -78,6 +80,47 @@ class KmsKey(Base):
     pending_window_days: Mapped[int | None] = mapped_column(Integer)
     # [{"TagKey": ..., "TagValue": ...}] in the order they were first set.
     tags: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # The key policy document exactly as given (or AWS's default one); None only for keys made before
+    # revision 0010, which read as the default policy.
+    policy: Mapped[str | None] = mapped_column(Text)
+    # Automatic rotation: the period while enabled (None: disabled) and when it next falls due.
+    rotation_period_days: Mapped[int | None] = mapped_column(Integer)
+    next_rotation_date: Mapped[datetime | None]
+
+
+class KmsKeyMaterial(Base):
+    """Key material that a rotation made current (the key's first material is its ``sealed_backing_key``).
+    Older material stays, so ciphertexts made under it still decrypt. ``sequence`` orders a key's
+    rotations: the highest is current."""
+
+    __tablename__ = "kms_key_materials"
+    __table_args__ = (PrimaryKeyConstraint("key_id", "sequence"),)
+    key_id: Mapped[str] = mapped_column(ForeignKey("kms_keys.key_id", ondelete="CASCADE"))
+    sequence: Mapped[int] = mapped_column(Integer)
+    material_id: Mapped[str] = mapped_column(String(64), unique=True)  # 64 hex digits, as AWS's
+    # The AES-256 material, sealed with AAD (material id, purpose).
+    sealed_material: Mapped[bytes] = mapped_column(LargeBinary)
+    rotation_date: Mapped[datetime]
+    rotation_type: Mapped[str] = mapped_column(String(16))  # AUTOMATIC | ON_DEMAND
+
+
+class KmsGrant(Base):
+    """A grant on a KMS key, as CreateGrant made it. Grant tokens are not stored: a token is the grant id
+    sealed under the KMS sealing key, so any token this KMS issued opens and names its grant."""
+
+    __tablename__ = "kms_grants"
+    grant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("kms_keys.key_id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    grantee_principal: Mapped[str | None] = mapped_column(String(256))
+    grantee_service_principal: Mapped[str | None] = mapped_column(String(128))
+    retiring_principal: Mapped[str | None] = mapped_column(String(256), index=True)
+    retiring_service_principal: Mapped[str | None] = mapped_column(String(128))
+    issuing_account: Mapped[str] = mapped_column(String(256))
+    operations: Mapped[list[str]] = mapped_column(JSON)
+    # {"EncryptionContextSubset": {...}} or {"EncryptionContextEquals": {...}}, and/or "SourceArn".
+    constraints: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    creation_date: Mapped[datetime]
 
 
 class KmsAlias(Base):

@@ -26,11 +26,22 @@ CONNECTIVITY = {"type": "string", "enum": ["PUBLIC_ENDPOINT", "VPC_ENDPOINT_SERV
 DATA_KEY_SPEC = {"type": "string", "enum": ["AES_256", "AES_128"]}
 EMPTY = obj()
 PAGED = {"Truncated": {"type": "boolean"}, "NextMarker": string()}
+BOOLEAN = {"type": "boolean"}
+POLICY = string(1, 131072)
+POLICY_NAME = string(1, 128, pattern="^[\\w]+$")
+PRINCIPAL = string(1, 256)
+SERVICE_PRINCIPAL = string(1, 128)
+GRANT_ID = string(1, 128)
+GRANT_TOKEN = string(1, 8192)
+GRANT_CONSTRAINTS = obj(
+    EncryptionContextSubset=CONTEXT, EncryptionContextEquals=CONTEXT, SourceArn=string(20, 512)
+)
 
 STORE_SETTINGS: dict[str, Schema] = {
     "XksProxyUriEndpoint": string(1, 128),
     "XksProxyUriPath": string(10, 128),
     "XksProxyVpcEndpointServiceName": string(20, 64),
+    "XksProxyVpcEndpointServiceOwner": string(12, 12, pattern="^[0-9]{12}$"),
     "XksProxyAuthenticationCredential": XKS_CREDENTIAL,
     "XksProxyConnectivity": CONNECTIVITY,
 }
@@ -70,7 +81,8 @@ OPERATION_SHAPES: dict[str, tuple[Schema, Schema]] = {
             Origin={"type": "string", "enum": ["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"]},
             CustomKeyStoreId=STORE_ID,
             XksKeyId=string(1, 128, pattern="^[a-zA-Z0-9-_.]+$"),
-            Policy=string(1, 131072),
+            Policy=POLICY,
+            BypassPolicyLockoutSafetyCheck=BOOLEAN,
             Tags=TAGS,
             MultiRegion={"type": "boolean"},
         ),
@@ -94,9 +106,94 @@ OPERATION_SHAPES: dict[str, tuple[Schema, Schema]] = {
     ),
     "CancelKeyDeletion": (obj(["KeyId"], KeyId=KEY_ID), obj(KeyId=string())),
     "UpdateKeyDescription": (obj(["KeyId", "Description"], KeyId=KEY_ID, Description=string(0, 8192)), EMPTY),
+    "GetKeyPolicy": (
+        obj(["KeyId"], KeyId=KEY_ID, PolicyName=POLICY_NAME),
+        obj(Policy=POLICY, PolicyName=POLICY_NAME),
+    ),
+    "PutKeyPolicy": (
+        obj(
+            ["KeyId", "Policy"],
+            KeyId=KEY_ID,
+            PolicyName=POLICY_NAME,
+            Policy=POLICY,
+            BypassPolicyLockoutSafetyCheck=BOOLEAN,
+        ),
+        EMPTY,
+    ),
+    "ListKeyPolicies": (
+        obj(["KeyId"], KeyId=KEY_ID, Limit=LIMIT, Marker=MARKER),
+        obj(PolicyNames=array(POLICY_NAME), **PAGED),
+    ),
+    "CreateGrant": (
+        obj(
+            ["KeyId", "Operations"],
+            KeyId=KEY_ID,
+            GranteePrincipal=PRINCIPAL,
+            GranteeServicePrincipal=SERVICE_PRINCIPAL,
+            RetiringPrincipal=PRINCIPAL,
+            RetiringServicePrincipal=SERVICE_PRINCIPAL,
+            Operations=array(string()),
+            Constraints=GRANT_CONSTRAINTS,
+            GrantTokens=array(GRANT_TOKEN),
+            Name=string(1, 256),
+            DryRun=BOOLEAN,
+        ),
+        obj(GrantToken=GRANT_TOKEN, GrantId=GRANT_ID),
+    ),
+    "ListGrants": (
+        obj(
+            ["KeyId"],
+            KeyId=KEY_ID,
+            Limit=LIMIT,
+            Marker=MARKER,
+            GrantId=GRANT_ID,
+            GranteePrincipal=PRINCIPAL,
+            GranteeServicePrincipal=SERVICE_PRINCIPAL,
+        ),
+        obj(Grants=array(ref("Grant")), **PAGED),
+    ),
+    "ListRetirableGrants": (
+        obj(
+            Limit=LIMIT,
+            Marker=MARKER,
+            RetiringPrincipal=PRINCIPAL,
+            RetiringServicePrincipal=SERVICE_PRINCIPAL,
+        ),
+        obj(Grants=array(ref("Grant")), **PAGED),
+    ),
+    "RetireGrant": (
+        obj(GrantToken=GRANT_TOKEN, KeyId=KEY_ID, GrantId=GRANT_ID, DryRun=BOOLEAN),
+        EMPTY,
+    ),
+    "RevokeGrant": (obj(["KeyId", "GrantId"], KeyId=KEY_ID, GrantId=GRANT_ID, DryRun=BOOLEAN), EMPTY),
+    "EnableKeyRotation": (
+        obj(
+            ["KeyId"],
+            KeyId=KEY_ID,
+            RotationPeriodInDays={"type": "integer", "minimum": 90, "maximum": 2560},
+        ),
+        EMPTY,
+    ),
+    "DisableKeyRotation": (obj(["KeyId"], KeyId=KEY_ID), EMPTY),
     "GetKeyRotationStatus": (
         obj(["KeyId"], KeyId=KEY_ID),
-        obj(KeyRotationEnabled={"type": "boolean"}, KeyId=string()),
+        obj(
+            KeyRotationEnabled=BOOLEAN,
+            KeyId=string(),
+            RotationPeriodInDays={"type": "integer"},
+            NextRotationDate={"type": "number"},
+        ),
+    ),
+    "RotateKeyOnDemand": (obj(["KeyId"], KeyId=KEY_ID), obj(KeyId=string())),
+    "ListKeyRotations": (
+        obj(
+            ["KeyId"],
+            KeyId=KEY_ID,
+            IncludeKeyMaterial={"type": "string", "enum": ["ALL_KEY_MATERIAL", "ROTATIONS_ONLY"]},
+            Limit=LIMIT,
+            Marker=MARKER,
+        ),
+        obj(Rotations=array(ref("Rotation")), **PAGED),
     ),
     "TagResource": (obj(["KeyId", "Tags"], KeyId=KEY_ID, Tags=TAGS), EMPTY),
     "UntagResource": (obj(["KeyId", "TagKeys"], KeyId=KEY_ID, TagKeys=array(string(1, 128))), EMPTY),
@@ -187,8 +284,35 @@ COMPONENTS: dict[str, Any] = {
             ConnectionErrorCode=string(),
             CreationDate={"type": "number"},
             XksProxyConfiguration=obj(
-                Connectivity=string(), AccessKeyId=string(), UriEndpoint=string(), UriPath=string()
+                Connectivity=string(),
+                AccessKeyId=string(),
+                UriEndpoint=string(),
+                UriPath=string(),
+                VpcEndpointServiceName=string(),
+                VpcEndpointServiceOwner=string(),
             ),
+        ),
+        "Grant": obj(
+            ["KeyId", "GrantId"],
+            KeyId=string(),
+            GrantId=string(),
+            Name=string(),
+            CreationDate={"type": "number"},
+            GranteePrincipal=string(),
+            GranteeServicePrincipal=string(),
+            RetiringPrincipal=string(),
+            RetiringServicePrincipal=string(),
+            IssuingAccount=string(),
+            Operations=array(string()),
+            Constraints=GRANT_CONSTRAINTS,
+        ),
+        "Rotation": obj(
+            ["KeyId", "KeyMaterialId"],
+            KeyId=string(),
+            KeyMaterialId=string(64, 64),
+            KeyMaterialState=string(),
+            RotationDate={"type": "number"},
+            RotationType={"type": "string", "enum": ["AUTOMATIC", "ON_DEMAND"]},
         ),
         "Alias": obj(["AliasName", "AliasArn"], AliasName=string(), AliasArn=string(), TargetKeyId=string()),
     },

@@ -24,6 +24,7 @@ from kms_emulator.envelope import OuterLayer
 from kms_emulator.errors import InvalidState, KmsError
 from kms_emulator.models import CustomKeyStore, KmsKey
 from kms_emulator.sealing import PROXY_SECRET
+from kms_emulator.throttle import THROTTLED
 from kms_emulator.xks_client import (
     EncryptResult,
     XksProxyConfig,
@@ -195,10 +196,19 @@ def _metadata(ctx: KmsContext, call: Call, key: KmsKey) -> dict[str, str]:
     )
 
 
+def _within_quota(ctx: KmsContext, call: Call, store: CustomKeyStore) -> None:
+    """AWS's per-external-key-store quota (kms.xks_store_rps): past it, ThrottlingException and no
+    proxy call."""
+    if ctx.throttle is not None and not ctx.throttle.take(store.id):
+        ctx.metrics.throttle.labels(store.id, call.operation).inc()
+        raise KmsError.named("ThrottlingException", THROTTLED)
+
+
 async def outer_encrypt(
     ctx: KmsContext, call: Call, store: CustomKeyStore, key: KmsKey, inner: bytes
 ) -> OuterLayer:
     assert key.xks_key_id is not None
+    _within_quota(ctx, call, store)
     aad = ctx.key_arn(key.key_id).encode()
     try:
         result = await ctx.xks.encrypt(
@@ -215,6 +225,7 @@ async def outer_decrypt(
     ctx: KmsContext, call: Call, store: CustomKeyStore, key: KmsKey, outer: OuterLayer
 ) -> bytes:
     assert key.xks_key_id is not None
+    _within_quota(ctx, call, store)
     aad = ctx.key_arn(key.key_id).encode()
     sent = EncryptResult(
         ciphertext=outer.ciphertext, iv=outer.iv, tag=outer.tag, ciphertext_metadata=outer.metadata

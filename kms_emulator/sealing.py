@@ -20,6 +20,8 @@ KEY_LEN = 32
 AAD_LABEL = b"xkslab-kms-seal/v1"
 
 BACKING_KEY = "backing-key"
+KEY_MATERIAL = "key-material"  # rotated material; row id: the material id
+GRANT_TOKEN = "grant-token"  # row id: GRANT_TOKEN_ROW, so any token this KMS issued opens
 PROXY_SECRET = "xks-proxy-secret"
 ACCESS_KEY_SECRET = "access-key-secret"
 KEY_FILE = "the KMS sealing key file"

@@ -159,3 +159,16 @@ async def aws(
     status, out, err = await run_aws(kms, tmp_path, *args, credentials=credentials)
     assert status == 0, err
     return json.loads(out) if out.strip() else None
+
+
+@pytest.fixture
+async def kms_db_env(kms_template: Path, tmp_path: Path, db_url: str) -> AsyncIterator[KmsEnv]:
+    """``kms_env`` on SQLite or PostgreSQL (the ``db_backend`` matrix): the KMS tables live in ``db_url``,
+    migrated to head."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(kms_template, data_dir)
+    env = await start_kms(data_dir, {"database.url": db_url})
+    try:
+        yield env
+    finally:
+        await stop_kms(env)

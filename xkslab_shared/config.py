@@ -188,6 +188,9 @@ class KmsSettings:
     # Check callers' SigV4 signatures against the access keys of `xkslab kms access-key create` (off, as
     # in moto: any credentials work and the access key id only names the caller).
     verify_sigv4: bool = False
+    # AWS's quota on cryptographic operations with the keys of one external key store (requests per
+    # second, a token bucket per store and process); past it, ThrottlingException. 0: no quota.
+    xks_store_rps: int = 1800
 
 
 def kms_client_subject(region: str) -> str:

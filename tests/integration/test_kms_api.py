@@ -332,7 +332,7 @@ async def test_unknown_operations_are_unsupported(kms_env: KmsEnv) -> None:
     status, body, _ = await kms_env.raw("OtherService.Encrypt", b"{}")
     assert status == 400 and body["__type"] == "UnsupportedOperationException"
     # A real KMS operation this emulator does not serve, through botocore's own error parsing.
-    error = await kms_env.error("list_grants", KeyId=str(uuid.uuid4()))
+    error = await kms_env.error("get_public_key", KeyId=str(uuid.uuid4()))
     assert isinstance(error, kms_env.kms.exceptions.UnsupportedOperationException)
 
 
