@@ -211,9 +211,14 @@ class XksService(XksPrefixes, XksHealth):
                 if exc.kind not in CREDENTIAL_FAILURES:
                     raise
                 fresh = await self._app_auth(call.app_id, fresh=True)
+                # Within a poll interval the look again gives back what was just tried (the load is
+                # shared, at most one per interval): verifying against it again would only repeat the
+                # refusal's work. Both sides of == are the key manager's own credentials, not input.
                 if fresh is None:
                     raise
                 principal = fresh.principal
+                if fresh.credentials == auth.credentials:
+                    raise
                 sigv4.verify(call.signed, fresh.credentials, now=datetime.now(UTC))
         except sigv4.SigV4Error as exc:
             refusal = AuthFailed(f"SigV4 verification failed: {exc}")
