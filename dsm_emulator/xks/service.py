@@ -211,9 +211,7 @@ class XksService(XksPrefixes, XksHealth):
                 if exc.kind not in CREDENTIAL_FAILURES:
                     raise
                 fresh = await self._app_auth(call.app_id, fresh=True)
-                # Within a poll interval the look again gives back what was just tried (the load is
-                # shared, at most one per interval): verifying against it again would only repeat the
-                # refusal's work. Both sides of == are the key manager's own credentials, not input.
+                # The same credentials back (no rotation elsewhere): verifying again would only repeat.
                 if fresh is None:
                     raise
                 principal = fresh.principal
