@@ -7,10 +7,15 @@ administrator, made-up app ids, made-up emails, XKS Encrypt calls signed with a 
 fresh ``xkslab up`` each so that no kind meets the limits another one tripped: wrk's XKS Encrypt
 scenario alone, then beside wrk sending the flood (wrong ``Basic`` logins to the DSM, or bad signatures
 to the XKS proxy) at ``--rate`` per second, then alone again, and the ratio of the run beside the flood
-to the mean of the two alone. Prints a table and, with
+to the mean of the two alone; with ``--rounds N``, N runs beside the flood, each between two alone
+and compared with them (pair by pair), the median ratio reported. It also reports the CPU of the proxy
+and the key manager per Encrypt and per flood request, and the flooding wrk's own (it shares the cores),
+and with ``--ceiling`` the same load beside the same flood sent to a bare two-hop aiohttp chain: what
+any request forwarded between two Python processes costs the machine. Prints a table and, with
 ``--json``, the figures. Usage::
 
     PYTHONPATH=. python scripts/login_flood.py [--duration 10] [--rate 1000] [--kinds wrong-key,...]
+    PYTHONPATH=. python scripts/login_flood.py --kinds bad-signature --rounds 3 --flood-connections 128 --ceiling
 """
 
 from __future__ import annotations
