@@ -15,7 +15,8 @@ any request forwarded between two Python processes costs the machine. Prints a t
 ``--json``, the figures. Usage::
 
     PYTHONPATH=. python scripts/login_flood.py [--duration 10] [--rate 1000] [--kinds wrong-key,...]
-    PYTHONPATH=. python scripts/login_flood.py --kinds bad-signature --rounds 3 --flood-connections 128 --ceiling
+    PYTHONPATH=. python scripts/login_flood.py --kinds bad-signature --rounds 3 \
+        --flood-connections 128 --ceiling
 """
 
 from __future__ import annotations
