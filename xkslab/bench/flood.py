@@ -18,6 +18,7 @@ import os
 import string
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,8 +195,14 @@ class FloodProcess:
         try:
             # wrk ends itself after its duration (-d); reaped here with wait4 for its own CPU time, so
             # that what the flooding client costs the shared cores is reported beside what it sent.
-            err = self._process.stderr.read()
-            _, status, usage = os.wait4(self._process.pid, 0)
+            # (A wrk that outlives its duration by a minute is killed, as communicate's timeout did.)
+            guard = threading.Timer(self.flood.duration_s + 60, self._process.kill)
+            guard.start()
+            try:
+                err = self._process.stderr.read()
+                _, status, usage = os.wait4(self._process.pid, 0)
+            finally:
+                guard.cancel()
             self._process.returncode = os.waitstatus_to_exitcode(status)
         finally:
             self._tmp.cleanup()
