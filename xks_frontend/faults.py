@@ -112,6 +112,11 @@ class FaultBook:
             registry=registry,
         )
 
+    @property
+    def set_any(self) -> bool:
+        """Whether any fault is set (finished ones included until plan() forgets them)."""
+        return bool(self._entries)
+
     def add(self, faults: list[Fault]) -> list[str]:
         self._forget_done()
         if len(self._entries) + len(faults) > MAX_FAULTS:

@@ -139,7 +139,13 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
         if not edge.quota.take(match["prefix"]):
             raise XksError("ThrottlingException", "the request quota of this URI path prefix is exceeded")
         body = await _read_body(request)
-        metadata = xks_wire.parse_metadata_only(body)
+        # The metadata only serves the policy, the faults and the log line: without them the body is
+        # parsed once, by the key manager, and a refused request is not parsed here at all.
+        metadata = (
+            xks_wire.parse_metadata_only(body)
+            if edge.policy is not None or edge.faults.set_any or log.isEnabledFor(logging.INFO)
+            else None
+        )
         request_id = metadata.kms_request_id if metadata else None
         facts = faults.Facts(
             match["prefix"], match["key"], operation, metadata.kms_operation if metadata else None

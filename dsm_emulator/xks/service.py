@@ -211,9 +211,12 @@ class XksService(XksPrefixes, XksHealth):
                 if exc.kind not in CREDENTIAL_FAILURES:
                     raise
                 fresh = await self._app_auth(call.app_id, fresh=True)
+                # The same credentials back (no rotation elsewhere): verifying again would only repeat.
                 if fresh is None:
                     raise
                 principal = fresh.principal
+                if fresh.credentials == auth.credentials:
+                    raise
                 sigv4.verify(call.signed, fresh.credentials, now=datetime.now(UTC))
         except sigv4.SigV4Error as exc:
             refusal = AuthFailed(f"SigV4 verification failed: {exc}")

@@ -175,3 +175,24 @@ async def test_a_flood_of_refusals_costs_fewer_sql_statements_than_the_same_numb
     finally:
         for engine in engines:
             event.remove(engine.sync_engine, "before_cursor_execute", counted)
+
+
+async def test_a_refusal_verifies_the_signature_once_when_the_reload_brings_nothing_new(
+    slow_poll: XksEnv,
+) -> None:
+    """A signature mismatch sends the key manager back for the app's credentials; when they are the
+    ones it just tried (no rotation elsewhere), it refuses without verifying the same signature again.
+    The rotation case (a new credential works at its first use) is test_xks_proxy's."""
+    from xkslab_shared import sigv4
+
+    env = slow_poll
+    status, _ = await env.post(env.url("health"), {"requestMetadata": metadata("KmsHealthCheck")})
+    assert status == 200
+    with mock.patch.object(sigv4, "verify", wraps=sigv4.verify) as verify:
+        for kind in ("mismatch", "wrong-secret", "unknown-key"):
+            headers = refusals(env)[kind]
+            for _ in range(3):
+                verify.reset_mock()
+                status, answer = await send(env, headers)
+                assert status == 401 and answer["errorName"] == "AuthenticationFailedException", kind
+                assert verify.call_count == 1, (kind, verify.call_count)

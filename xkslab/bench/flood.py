@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import string
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,8 +191,19 @@ class FloodProcess:
         return self._process.pid
 
     def result(self) -> dict[str, Any]:
+        assert self._process.stderr is not None
         try:
-            _, err = self._process.communicate(timeout=self.flood.duration_s + 60)
+            # wrk ends itself after its duration (-d); reaped here with wait4 for its own CPU time, so
+            # that what the flooding client costs the shared cores is reported beside what it sent.
+            # (A wrk that outlives its duration by a minute is killed, as communicate's timeout did.)
+            guard = threading.Timer(self.flood.duration_s + 60, self._process.kill)
+            guard.start()
+            try:
+                err = self._process.stderr.read()
+                _, status, usage = os.wait4(self._process.pid, 0)
+            finally:
+                guard.cancel()
+            self._process.returncode = os.waitstatus_to_exitcode(status)
         finally:
             self._tmp.cleanup()
         lines = [line for line in err.splitlines() if line.startswith("{")]
@@ -203,6 +216,7 @@ class FloodProcess:
             "sent": raw["requests"],
             "per_s": round(raw["requests"] / seconds, 1) if seconds else 0.0,
             "socket_errors": raw["socket_errors"],
+            "client_cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
         }
 
 
