@@ -136,4 +136,6 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         client_ca=settings.xks_client_ca(),
         limits=HttpLimits.of(settings),
         tls_setup=tls_faults.install if (tls_faults := app.get(TLS_FAULTS_KEY)) is not None else None,
+        service="xks",
+        access_log=settings.log.access,
     )

@@ -25,7 +25,7 @@ from xks_frontend.dsm_client import DsmClient, DsmTimeout, DsmUnreachable
 from xks_frontend.errors import XksError, error_response
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile, RequestFacts
-from xkslab_shared import body_encoding, json_body, sigv4, xks_wire
+from xkslab_shared import body_encoding, json_body, logs, sigv4, xks_wire
 from xkslab_shared.proxy_link import ForwardedCall
 
 log = logging.getLogger("xks_frontend")
@@ -40,6 +40,12 @@ XKS_OPERATION = {
     "metadata": "GetKeyMetadata",
     "encrypt": "Encrypt",
     "decrypt": "Decrypt",
+}
+# The path templates of the access log (and of the OpenAPI document): neither a prefix nor a key id is
+# written to the log.
+ROUTE_TEMPLATE = {
+    op: f"/{{uriPathPrefix}}/kms/xks/v1/{'health' if op == 'health' else f'keys/{{externalKeyId}}/{op}'}"
+    for op in XKS_OPERATION
 }
 VENDOR = "xkslab"
 PROXY_MODEL = "xkslab XKS proxy 0.1"
@@ -125,7 +131,7 @@ class Edge:
 
 async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    operation, error_name, request_id = "Unknown", None, None
+    operation, error_name, request_id, route = "Unknown", None, None, logs.NO_ROUTE
     try:
         raw_path, _, query = request.raw_path.partition("?")
         match = PATH.fullmatch(raw_path)
@@ -133,7 +139,7 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
         if match is None or app_id is None:
             raise XksError("InvalidUriPathException", "no XKS operation at this URI path")
         op = "health" if match["health"] else match["op"]
-        operation = XKS_OPERATION[op]
+        operation, route = XKS_OPERATION[op], ROUTE_TEMPLATE[op]
         if request.method != "POST":
             return web.Response(status=405, headers={"Allow": "POST"})
         if not edge.quota.take(match["prefix"]):
@@ -179,16 +185,10 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
     finally:
         seconds = time.perf_counter() - started
         edge.metrics.observe(operation, error_name, seconds)
-        if log.isEnabledFor(logging.INFO):  # the line is built only when someone reads it
-            line = {
-                "event": "xks_request",
-                "operation": operation,
-                "path": request.path,
-                "kmsRequestId": request_id,
-                "outcome": error_name or "success",
-                "ms": round(seconds * 1000, 3),
-            }
-            log.info("%s", json.dumps(line))
+        if logs.access_enabled():  # the request's one log line, written by the server (xkslab_shared.logs)
+            logs.access(request).update(
+                route=route, operation=operation, kmsRequestId=request_id, error=error_name
+            )
 
 
 async def _read_body(request: web.Request) -> bytes:

@@ -806,8 +806,8 @@ def test_cli_dsm_and_xks_serve_answer_and_stop_cleanly_on_sigint(cli_lab: CliLab
         codes = [proc.wait(timeout=HANG_S) for proc in reversed(procs)]
         assert codes == [0, 0], {name: path.read_text() for name, path in logs.items()}
         xks_log, dsm_log = logs["xks"].read_text(), logs["dsm"].read_text()
-        assert f"XKS proxy on http://127.0.0.1:{xks_port}" in xks_log and "stopping" in xks_log
-        assert f"DSM REST API on http://127.0.0.1:{dsm_port}" in dsm_log and "stopping" in dsm_log
+        assert f"xks: listening on http://127.0.0.1:{xks_port}" in xks_log and "xks: stopped" in xks_log
+        assert f"dsm: listening on http://127.0.0.1:{dsm_port}" in dsm_log and "dsm: stopped" in dsm_log
         assert "Traceback" not in xks_log + dsm_log
     finally:
         for proc in procs:
