@@ -43,7 +43,7 @@ from kms_emulator.params import Params
 from kms_emulator.sealing import KmsSealer
 from kms_emulator.store_health import StoreWatch
 from kms_emulator.xks_client import XksProxyClient
-from xkslab_shared import body_encoding, db, json_body, logs, sigv4
+from xkslab_shared import body_encoding, db, health, json_body, logs, sigv4
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.generation import GenerationCache, invalidating_sessions
@@ -266,9 +266,14 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.router.add_post("/", handle)
     app.router.add_get("/metrics", metrics_page)
+    app.router.add_get(health.HEALTH_PATH, health.handler("kms", {"database": _database}))
     app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
     app.router.add_route("*", "/{tail:[\\s\\S]*}", not_served)
     return app
+
+
+async def _database(request: web.Request) -> None:
+    await db.ping(request.app[CONTEXT_KEY].sessions)
 
 
 def listener(settings: Settings, app: web.Application | None = None) -> Listener:

@@ -118,3 +118,24 @@ def described_routes(doc: Mapping[str, Any]) -> dict[tuple[str, str], set[tuple[
             route_method, route_path = route.split(" ", 1)
             found.setdefault((route_method, route_path), set()).add((method.upper(), path))
     return found
+
+
+def health_path() -> dict[str, Any]:
+    """``GET /health`` (xkslab_shared.health), the same on every service."""
+    status = obj(
+        ["service", "status", "checks"],
+        service=string(),
+        status={"enum": ["ok", "unavailable"]},
+        checks={"type": "object", "additionalProperties": string()},
+    )
+    return {
+        "get": {
+            "operationId": "labHealth",
+            "summary": "200 while the service can serve; 503 when a dependency it needs is down",
+            "security": [],
+            "responses": {
+                "200": {"description": "healthy", "content": content(status)},
+                "503": {"description": "a dependency is down", "content": content(status)},
+            },
+        }
+    }

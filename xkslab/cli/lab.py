@@ -111,7 +111,12 @@ def down() -> None:
 
 @click.command("wait")
 @click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True, help="Seconds.")
-@click.option("--health", is_flag=True, help="Also wait until the DSM, the proxy and the KMS answer HTTP.")
+@click.option(
+    "--health",
+    is_flag=True,
+    help="Also wait until GET /health of the DSM, the proxy and the KMS answers 200 (each service and "
+    "what it needs: the database, the key manager).",
+)
 def wait(timeout: float, health: bool) -> None:
     """Wait until a lab started elsewhere on the data directory is ready (up.json written by a running
     `xkslab up`); exit status 1 on timeout."""
