@@ -132,6 +132,8 @@ def configure(level: str, fmt: Format, service: str) -> None:
     handler.setFormatter(LineFormatter(fmt, service))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Alembic tells every schema check at info ("Context impl SQLiteImpl."): below the service's lines.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     hide_malformed_requests()
 
 
