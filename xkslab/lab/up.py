@@ -34,6 +34,7 @@ from xkslab.lab.envfmt import format_env
 from xkslab.lab.supervisor import Supervisor, hold_data_dir
 from xkslab_shared.certs import ensure_kms_client_cert, make_local_ca, make_server_cert
 from xkslab_shared.config import Settings, kms_client_subject
+from xkslab_shared.logs import announcer
 
 __all__ = ["LabError", "lab_env", "run_up", "up_file"]
 
@@ -278,6 +279,7 @@ async def _run_up(
     overrides: dict[str, str],
     log_dir: Path | None,
 ) -> None:
+    announce = announcer("lab")  # a log line, as the services' own start and stop
     ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
     async with Supervisor(settings.data_dir, overrides, echo, log_dir) as services:
         # The KMS needs nothing from the others to start, so it starts beside them (each service is a
@@ -302,5 +304,5 @@ async def _run_up(
         await asyncio.to_thread(write_up_file, path, data)
         echo(render(data, path))
         await services.wait()
-        echo("lab: stopping")
-    echo("lab: stopped")
+        announce("stopping")
+    announce("stopped")
