@@ -19,6 +19,7 @@ from tests.conftest import PG_ADMIN_DSN
 from tests.kms_harness import KmsEnv, start_kms, stop_kms
 from tests.xks_harness import XksEnv, db_env, start_runner
 from xks_frontend.app import create_app as create_xks_app
+from xkslab.lab.control import healthy
 from xkslab_shared.config import load_settings
 
 __all__ = ["db_env"]  # a fixture, used by name
@@ -54,7 +55,7 @@ async def test_each_service_answers_get_health(db_env: XksEnv, kms: KmsEnv) -> N
         assert (await response.json(content_type=None))["__type"] == "UnsupportedOperationException"
 
 
-async def test_the_proxy_is_unavailable_without_its_key_manager(db_env: XksEnv) -> None:
+async def test_the_proxy_is_unavailable_without_its_key_manager(db_env: XksEnv, kms: KmsEnv) -> None:
     # Port 1 on loopback: nothing listens there, so every call to this "key manager" is refused.
     settings = load_settings(
         db_env.data_dir,
@@ -62,8 +63,12 @@ async def test_the_proxy_is_unavailable_without_its_key_manager(db_env: XksEnv) 
         environ={},
     )
     runner, port = await start_runner(create_xks_app(settings))
+    lab = {"dsm": {"url": db_env.dsm_url}, "kms": {"endpoint_url": kms.url}}
     try:
         status, answer = await health(db_env.http, f"http://127.0.0.1:{port}")
+        # What `xkslab wait --health` asks: all three healthy, which this proxy is not.
+        assert not await asyncio.to_thread(healthy, {**lab, "xks": {"url": f"http://127.0.0.1:{port}"}})
+        assert await asyncio.to_thread(healthy, {**lab, "xks": {"url": db_env.proxy_url}})
     finally:
         await runner.cleanup()
     assert status == 503
