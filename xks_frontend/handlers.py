@@ -10,7 +10,6 @@ Injected faults (faults.py), when any are set, act just before the key manager c
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -165,7 +164,7 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
             body=body,
             max_plaintext_bytes=edge.limits.max_plaintext_bytes,
             max_aad_bytes=edge.limits.max_aad_bytes,
-            **_verdict(edge.policy, op, match, metadata),
+            **_verdict(request, edge.policy, op, match, metadata),
         )
         if op == "health":
             result = faults.shape_health(plan, await _health(edge, call), MAX_FLEET)
@@ -211,7 +210,11 @@ def _signed_headers(request: web.Request) -> dict[str, str]:
 
 
 def _verdict(
-    policy: PolicyFile | None, op: str, match: re.Match[str], metadata: xks_wire.RequestMetadata | None
+    request: web.Request,
+    policy: PolicyFile | None,
+    op: str,
+    match: re.Match[str],
+    metadata: xks_wire.RequestMetadata | None,
 ) -> dict[str, Any]:
     """The policy's decision, forwarded so that the DSM applies it after the key lookup (the spec's
     order) and audits it; never for health. A body without readable metadata is refused by the DSM
@@ -219,12 +222,8 @@ def _verdict(
     if policy is None or op == "health" or metadata is None:
         return {}
     decision = policy.decide(RequestFacts(match["prefix"], match["key"], metadata.as_dict()))
-    log.info(
-        "%s",
-        json.dumps(
-            {"event": "xks_policy", "kmsRequestId": metadata.kms_request_id, "decision": decision.describe()}
-        ),
-    )
+    if logs.access_enabled():  # on the request's access line, not a line of its own
+        logs.access(request)["policy"] = decision.describe()
     return {"policy_allowed": decision.allowed, "policy_rule": decision.rule}
 
 
