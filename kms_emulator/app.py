@@ -44,7 +44,7 @@ from kms_emulator.sealing import KmsSealer
 from kms_emulator.store_health import StoreWatch
 from kms_emulator.throttle import StoreThrottle
 from kms_emulator.xks_client import XksProxyClient
-from xkslab_shared import body_encoding, db, json_body, sigv4
+from xkslab_shared import body_encoding, db, health, json_body, logs, sigv4
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.generation import GenerationCache, invalidating_sessions
@@ -184,14 +184,19 @@ async def handle(request: web.Request) -> web.Response:
     target = request.headers.get("X-Amz-Target", "")
     operation = target[len(TARGET_PREFIX) :] if target[len(TARGET_PREFIX) :] in OPERATIONS else "unsupported"
     metrics = request.app[METRICS_KEY]
+    # Its request id is also the kmsRequestId of the XKS calls it makes: one id finds both log lines.
+    line = logs.access(request) if logs.access_enabled() else {}
+    line.update(operation=operation, kmsRequestId=request_id)
     try:
         result = await _dispatch(request, request_id)
     except KmsError as exc:
         metrics.observe_request(operation, exc.code, time.perf_counter() - started)
+        line["error"] = exc.code
         return error_response(exc, request_id)
     except Exception:
         log.exception("KMS request %s failed unexpectedly", request_id)
         metrics.observe_request(operation, "KMSInternalException", time.perf_counter() - started)
+        line["error"] = "KMSInternalException"
         return error_response(InternalError("The request failed inside KMS."), request_id)
     metrics.observe_request(operation, None, time.perf_counter() - started)
     response = web.Response(body=json_body.dumps(result))
@@ -277,9 +282,14 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.router.add_post("/", handle)
     app.router.add_get("/metrics", metrics_page)
+    app.router.add_get(health.HEALTH_PATH, health.handler("kms", {"database": _database}))
     app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
     app.router.add_route("*", "/{tail:[\\s\\S]*}", not_served)
     return app
+
+
+async def _database(request: web.Request) -> None:
+    await db.ping(request.app[CONTEXT_KEY].sessions)
 
 
 def listener(settings: Settings, app: web.Application | None = None) -> Listener:
@@ -290,4 +300,6 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         settings.kms.host,
         settings.kms.port,
         limits=HttpLimits.of(settings),
+        service="kms",
+        access_log=settings.log.access,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xkslab_shared.openapi import Schema, array, content, document, obj, ref, string
+from xkslab_shared.openapi import Schema, array, content, document, health_path, obj, ref, string
 
 MEDIA = "application/x-amz-json-1.1"
 TARGET = "TrentService."
@@ -363,6 +363,7 @@ def build() -> dict[str, Any]:
             },
         }
     }
+    paths["/health"] = health_path()
     paths["/openapi.json"] = {
         "get": {
             "operationId": "openapi",

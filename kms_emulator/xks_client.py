@@ -296,21 +296,23 @@ class XksProxyClient:
                         states,
                     )
                 )
-            log.info(
-                "%s",
-                json.dumps(
-                    {
-                        "event": "xks_proxy_call",
-                        "operation": operation,
-                        "endpoint": cfg.uri_endpoint,
-                        "uriPath": cfg.uri_path,
-                        "kmsOperation": meta.get("kmsOperation"),
-                        "kmsRequestId": meta.get("kmsRequestId"),
-                        "outcome": outcome,
-                        "ms": round((time.perf_counter() - started) * 1000, 3),
-                    }
-                ),
-            )
+            # At debug: the request's own access line (info) carries its kmsRequestId and outcome.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s",
+                    json.dumps(
+                        {
+                            "event": "xks_proxy_call",
+                            "operation": operation,
+                            "endpoint": cfg.uri_endpoint,
+                            "uriPath": cfg.uri_path,
+                            "kmsOperation": meta.get("kmsOperation"),
+                            "kmsRequestId": meta.get("kmsRequestId"),
+                            "outcome": outcome,
+                            "ms": round((time.perf_counter() - started) * 1000, 3),
+                        }
+                    ),
+                )
 
     async def _post(
         self, cfg: XksProxyConfig, url: str, payload: bytes, not_after: list[float]

@@ -17,7 +17,7 @@ from xks_frontend.handlers import Edge, Handler, PrefixQuota, PrefixTable, dispa
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile
 from xks_frontend.tls_faults import TlsFaults
-from xkslab_shared import body_encoding, tls, xks_wire
+from xkslab_shared import body_encoding, health, tls, xks_wire
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.faults_wire import FAULTS_PATH
@@ -26,7 +26,7 @@ from xkslab_shared.serve import MALFORMED_REQUEST_KEY, HttpLimits, Listener, ref
 
 EDGE_KEY: web.AppKey[Edge] = web.AppKey("xks_edge", Edge)
 TLS_FAULTS_KEY: web.AppKey[TlsFaults] = web.AppKey("xks_tls_faults", TlsFaults)
-_OPEN_PATHS = frozenset({"/ping", "/metrics", openapi_doc.OPENAPI_PATH})
+_OPEN_PATHS = frozenset({"/ping", health.HEALTH_PATH, "/metrics", openapi_doc.OPENAPI_PATH})
 
 
 def body_limit(limits: xks_wire.Limits) -> int:
@@ -107,6 +107,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(dsm_client_ctx)
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics_route)
+    # The key manager answers the proxy's own call (the URI path prefix table), token and all.
+    app.router.add_get(health.HEALTH_PATH, health.handler("xks", {"dsm": lambda _: client.prefixes()}))
     app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
     token = read_token(settings.path(xks.admin_token_file), create=True)
     admin.add_routes(app, edge.faults, token, prepare=tls_faults.prepare)
@@ -136,4 +138,6 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         client_ca=settings.xks_client_ca(),
         limits=HttpLimits.of(settings),
         tls_setup=tls_faults.install if (tls_faults := app.get(TLS_FAULTS_KEY)) is not None else None,
+        service="xks",
+        access_log=settings.log.access,
     )

@@ -10,7 +10,6 @@ Injected faults (faults.py), when any are set, act just before the key manager c
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -25,7 +24,7 @@ from xks_frontend.dsm_client import DsmClient, DsmTimeout, DsmUnreachable
 from xks_frontend.errors import XksError, error_response
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile, RequestFacts
-from xkslab_shared import body_encoding, json_body, sigv4, xks_wire
+from xkslab_shared import body_encoding, json_body, logs, sigv4, xks_wire
 from xkslab_shared.proxy_link import ForwardedCall
 
 log = logging.getLogger("xks_frontend")
@@ -40,6 +39,12 @@ XKS_OPERATION = {
     "metadata": "GetKeyMetadata",
     "encrypt": "Encrypt",
     "decrypt": "Decrypt",
+}
+# The path templates of the access log (and of the OpenAPI document): neither a prefix nor a key id is
+# written to the log.
+ROUTE_TEMPLATE = {
+    op: f"/{{uriPathPrefix}}/kms/xks/v1/{'health' if op == 'health' else f'keys/{{externalKeyId}}/{op}'}"
+    for op in XKS_OPERATION
 }
 VENDOR = "xkslab"
 PROXY_MODEL = "xkslab XKS proxy 0.1"
@@ -125,7 +130,7 @@ class Edge:
 
 async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    operation, error_name, request_id = "Unknown", None, None
+    operation, error_name, request_id, route = "Unknown", None, None, logs.NO_ROUTE
     try:
         raw_path, _, query = request.raw_path.partition("?")
         match = PATH.fullmatch(raw_path)
@@ -133,7 +138,7 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
         if match is None or app_id is None:
             raise XksError("InvalidUriPathException", "no XKS operation at this URI path")
         op = "health" if match["health"] else match["op"]
-        operation = XKS_OPERATION[op]
+        operation, route = XKS_OPERATION[op], ROUTE_TEMPLATE[op]
         if request.method != "POST":
             return web.Response(status=405, headers={"Allow": "POST"})
         if not edge.quota.take(match["prefix"]):
@@ -165,7 +170,7 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
             body=body,
             max_plaintext_bytes=edge.limits.max_plaintext_bytes,
             max_aad_bytes=edge.limits.max_aad_bytes,
-            **_verdict(edge.policy, op, match, metadata),
+            **_verdict(request, edge.policy, op, match, metadata),
         )
         if op == "health":
             result = faults.shape_health(plan, await _health(edge, call), MAX_FLEET)
@@ -185,16 +190,10 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
     finally:
         seconds = time.perf_counter() - started
         edge.metrics.observe(operation, error_name, seconds)
-        if log.isEnabledFor(logging.INFO):  # the line is built only when someone reads it
-            line = {
-                "event": "xks_request",
-                "operation": operation,
-                "path": request.path,
-                "kmsRequestId": request_id,
-                "outcome": error_name or "success",
-                "ms": round(seconds * 1000, 3),
-            }
-            log.info("%s", json.dumps(line))
+        if logs.access_enabled():  # the request's one log line, written by the server (xkslab_shared.logs)
+            logs.access(request).update(
+                route=route, operation=operation, kmsRequestId=request_id, error=error_name
+            )
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -217,7 +216,11 @@ def _signed_headers(request: web.Request) -> dict[str, str]:
 
 
 def _verdict(
-    policy: PolicyFile | None, op: str, match: re.Match[str], metadata: xks_wire.RequestMetadata | None
+    request: web.Request,
+    policy: PolicyFile | None,
+    op: str,
+    match: re.Match[str],
+    metadata: xks_wire.RequestMetadata | None,
 ) -> dict[str, Any]:
     """The policy's decision, forwarded so that the DSM applies it after the key lookup (the spec's
     order) and audits it; never for health. A body without readable metadata is refused by the DSM
@@ -225,12 +228,8 @@ def _verdict(
     if policy is None or op == "health" or metadata is None:
         return {}
     decision = policy.decide(RequestFacts(match["prefix"], match["key"], metadata.as_dict()))
-    log.info(
-        "%s",
-        json.dumps(
-            {"event": "xks_policy", "kmsRequestId": metadata.kms_request_id, "decision": decision.describe()}
-        ),
-    )
+    if logs.access_enabled():  # on the request's access line, not a line of its own
+        logs.access(request)["policy"] = decision.describe()
     return {"policy_allowed": decision.allowed, "policy_rule": decision.rule}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from xkslab_shared.faults_wire import FAULTS_PATH
-from xkslab_shared.openapi import Schema, array, content, document, obj, ref, string
+from xkslab_shared.openapi import Schema, array, content, document, health_path, obj, ref, string
 
 PREFIX = "/crypto/v1/apps/{appId}/aws/kms/xks/v1"
 CATCH_ALL = "* /{tail}"
@@ -151,6 +151,7 @@ def build() -> dict[str, Any]:
             key=True,
         ),
         "/ping": _plain("ping", "text/plain", string(), "Liveness for load balancers"),
+        "/health": health_path(),
         "/metrics": _plain("metrics", "text/plain", string(), "Prometheus text exposition"),
         "/openapi.json": _plain("openapi", "application/json", obj(), "This document"),
         FAULTS_PATH: {

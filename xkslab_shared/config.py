@@ -122,6 +122,17 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """What each service writes to stderr (a detached lab's to run/<service>.log)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    # One line per request per service (method, route template, status, duration, kmsRequestId); off, a
+    # service logs only its start, stop, warnings and errors.
+    access: bool = True
+
+
+@dataclass(frozen=True)
 class XksSettings:
     host: str = "127.0.0.1"
     port: int = 8600
@@ -208,6 +219,7 @@ class Settings:
     xks: XksSettings = field(default_factory=XksSettings)
     kms: KmsSettings = field(default_factory=KmsSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
     @property
     def config_file(self) -> Path:

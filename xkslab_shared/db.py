@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -134,3 +134,9 @@ async def check_schema(engine: AsyncEngine) -> None:
         raise SchemaMismatch(
             f"database has {where}, this xkslab needs revision {head}: run 'xkslab db upgrade'"
         )
+
+
+async def ping(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """One round trip to the database (the health endpoints): raises when it cannot be reached."""
+    async with sessions() as session:
+        await session.execute(text("SELECT 1"))

@@ -10,6 +10,7 @@ conversions) through ``POST /``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from aiohttp import web
 OPENAPI_PATH = "/openapi.json"
 METHODS = ("get", "put", "post", "patch", "delete")
 Schema = dict[str, Any]
+_TEMPLATE_NAME = re.compile(r"\{([^{}/]+)\}")
 
 
 def obj(required: Iterable[str] = (), **properties: Schema) -> Schema:
@@ -61,9 +63,27 @@ def document(
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": "0.1.0", "description": description},
-        "paths": dict(paths),
+        "paths": {path: with_path_parameters(path, item) for path, item in paths.items()},
         "components": dict(components),
     }
+
+
+def with_path_parameters(path: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    """The path item with every ``{name}`` of its template declared as a required string path parameter
+    (OpenAPI requires each to be declared; an undeclared one makes the document invalid). Declared once,
+    on the path item, so that no operation can forget it; one the item or its operations declare
+    already is left as it is."""
+    declared = {(p["name"], p["in"]) for p in item.get("parameters", [])}
+    operations = [item[method] for method in METHODS if method in item]
+    if operations:
+        declared |= set.intersection(
+            *({(p["name"], p["in"]) for p in operation.get("parameters", [])} for operation in operations)
+        )
+    missing = [name for name in _TEMPLATE_NAME.findall(path) if (name, "path") not in declared]
+    if not missing:
+        return dict(item)
+    added = [{"name": name, "in": "path", "required": True, "schema": string()} for name in missing]
+    return {**item, "parameters": [*item.get("parameters", []), *added]}
 
 
 def handler(doc: Mapping[str, Any]) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -98,3 +118,24 @@ def described_routes(doc: Mapping[str, Any]) -> dict[tuple[str, str], set[tuple[
             route_method, route_path = route.split(" ", 1)
             found.setdefault((route_method, route_path), set()).add((method.upper(), path))
     return found
+
+
+def health_path() -> dict[str, Any]:
+    """``GET /health`` (xkslab_shared.health), the same on every service."""
+    status = obj(
+        ["service", "status", "checks"],
+        service=string(),
+        status={"enum": ["ok", "unavailable"]},
+        checks={"type": "object", "additionalProperties": string()},
+    )
+    return {
+        "get": {
+            "operationId": "labHealth",
+            "summary": "200 while the service can serve; 503 when a dependency it needs is down",
+            "security": [],
+            "responses": {
+                "200": {"description": "healthy", "content": content(status)},
+                "503": {"description": "a dependency is down", "content": content(status)},
+            },
+        }
+    }

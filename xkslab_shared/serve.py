@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestHandler
 
-from xkslab_shared import body_encoding, parent, tls
+from xkslab_shared import body_encoding, logs, parent, tls
 from xkslab_shared.config import Settings
 
 T = TypeVar("T")
@@ -100,6 +100,10 @@ class Listener:
     limits: HttpLimits = HttpLimits()
     # Told about the HTTPS listener's TLS once it is built (the proxy's TLS faults hook it).
     tls_setup: Callable[[tls.ServerTls], None] | None = None
+    # The service's short name in its log lines ("dsm", "xks", "kms"), and whether it writes an access
+    # line per request (log.access).
+    service: str = "lab"
+    access_log: bool = True
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The HTTPS listener's context; its certificate is reread when the files change (ServerTls)."""
@@ -113,32 +117,11 @@ class Listener:
         return server_tls.context
 
 
-class HideMalformedRequests(logging.Filter):
-    """aiohttp logs a request it cannot parse with the parser's exception, whose message quotes the
-    offending line (a header line whole, an overlong one by its first 100 bytes): an Authorization
-    header with one stray byte put its API key in the log. Such records keep their message and the
-    exception's class name, never its text or traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg = f"{record.msg} ({type(exc).__name__}: the request line and headers are not logged)"
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def hide_malformed_requests() -> None:
-    """Install HideMalformedRequests on aiohttp's server logger, once per process."""
-    logger = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, HideMalformedRequests) for f in logger.filters):
-        logger.addFilter(HideMalformedRequests())
-
-
 async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str], None]) -> list[str]:
     """Start one listener; its runner is cleaned up when ``stack`` closes. Returns the URLs it serves,
-    with the ports really bound (a port setting of 0 takes a free port from the system)."""
-    hide_malformed_requests()
+    with the ports really bound (a port setting of 0 takes a free port from the system), each told to
+    ``echo`` as "listening on <url>"."""
+    logs.hide_malformed_requests()
     context = listener.tls_context()
     limits = listener.limits
     if body_deadline not in listener.app.middlewares:
@@ -146,7 +129,12 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
         listener.app.middlewares.append(body_deadline)
     listener.app[BODY_TIMEOUT_KEY] = limits.body_timeout_s
     runner = web.AppRunner(
-        listener.app, handle_signals=False, access_log=None, keepalive_timeout=limits.keepalive_timeout_s
+        listener.app,
+        handle_signals=False,
+        access_log=logs.ACCESS_LOGGER if listener.access_log else None,
+        access_log_class=logs.AccessLine,
+        access_log_format=listener.service,
+        keepalive_timeout=limits.keepalive_timeout_s,
     )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
@@ -159,7 +147,7 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
         port = await _bind(stack, capped, listener.host, listener.https_port, context)
         urls.append(f"https://{listener.host}:{port}")
     for url in urls:
-        echo(f"{listener.name} on {url}")
+        echo(f"listening on {url} ({listener.name})")
     return urls
 
 
@@ -396,8 +384,9 @@ def write_ready_file(path: Path, data: dict[str, object]) -> None:
 async def serve(
     listeners: list[Listener], echo: Callable[[str], None], ready_file: Path | None = None
 ) -> None:
-    """Serve until SIGINT or SIGTERM. With ``ready_file``, write ``{"pid", "urls"}`` there once every
-    listener is bound (the ports really bound: a supervisor that asked for port 0 learns them here)."""
+    """Serve until SIGINT or SIGTERM, telling ``echo`` when it is listening, stopping and stopped. With
+    ``ready_file``, write ``{"pid", "urls"}`` there once every listener is bound (the ports really bound:
+    a supervisor that asked for port 0 learns them here)."""
     parent.die_with_parent()
     async with AsyncExitStack() as stack:
         urls: list[str] = []
@@ -407,6 +396,7 @@ async def serve(
             write_ready_file(ready_file, {"pid": os.getpid(), "urls": urls})
         await wait_for_signal()
         echo("stopping")
+    echo("stopped")
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from dsm_emulator.api import admin, approvals, crypto, logs, openapi, session, sobjects, xks
-from dsm_emulator.api.context import ACCEPTED_ENCODINGS, CORE_KEY, json_response
+from dsm_emulator.api.context import ACCEPTED_ENCODINGS, CORE_KEY, core_of, json_response
 from dsm_emulator.api.metrics import METRICS_KEY, DsmMetrics, metrics_middleware, metrics_page
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import BadRequest, DsmError, TooManyAttempts
 from dsm_emulator.models import is_uuid
-from xkslab_shared import body_encoding
+from xkslab_shared import body_encoding, db, health
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.proxy_link import INTERNAL_PREFIX, read_token
@@ -28,6 +28,8 @@ PUBLIC = frozenset(
     {
         ("GET", "/sys/v1/health"),
         ("HEAD", "/sys/v1/health"),
+        ("GET", health.HEALTH_PATH),
+        ("HEAD", health.HEALTH_PATH),
         ("GET", "/sys/v1/version"),
         ("HEAD", "/sys/v1/version"),
         ("POST", "/sys/v1/session/auth"),
@@ -134,8 +136,13 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(approvals.routes)
     app.add_routes(xks.routes)
     app.router.add_get("/metrics", metrics_page)
+    app.router.add_get(health.HEALTH_PATH, health.handler("dsm", {"database": _database}))
     app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
     return app
+
+
+async def _database(request: web.Request) -> None:
+    await db.ping(core_of(request).sessions)
 
 
 async def _login_summaries(core: DsmCore) -> None:
@@ -180,4 +187,6 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         settings.path(dsm.tls_cert),
         settings.path(dsm.tls_key),
         limits=HttpLimits.of(settings),
+        service="dsm",
+        access_log=settings.log.access,
     )

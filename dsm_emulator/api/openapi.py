@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xkslab_shared.openapi import Schema, array, content, document, nullable, obj, ref, string
+from xkslab_shared.openapi import Schema, array, content, document, health_path, nullable, obj, ref, string
 
 ANY_OBJECT: Schema = {"type": "object"}
 BLOB = string(contentEncoding="base64")
@@ -178,6 +178,7 @@ def _paths() -> dict[str, dict[str, Any]]:
     keyed = "/crypto/v1/keys/{kid}"
     return {
         "/sys/v1/health": {"get": op("health", None, public=True, summary="204 while serving")},
+        "/health": health_path(),
         "/sys/v1/version": {"get": op("version", obj(["version"], version=string()), public=True)},
         "/sys/v1/session/auth": {
             "post": {

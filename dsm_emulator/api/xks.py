@@ -15,7 +15,7 @@ from aiohttp import web
 from dsm_emulator.api.context import core_of, json_response, read_json
 from dsm_emulator.errors import AuthFailed, BadRequest, DsmError
 from dsm_emulator.xks import PolicyVerdict, XksCall
-from xkslab_shared import sigv4, xks_wire
+from xkslab_shared import logs, sigv4, xks_wire
 from xkslab_shared.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,14 @@ async def call(request: web.Request) -> web.Response:
         if forwarded.budget_ms is None
         else asyncio.get_running_loop().time() + forwarded.budget_ms / 1000,
     )
+    line = logs.access(request) if logs.access_enabled() else None
+    if line is not None:  # the metadata is read a second time only for a log line someone reads
+        metadata = xks_wire.parse_metadata_only(forwarded.body)
+        line.update(operation=forwarded.operation, kmsRequestId=metadata and metadata.kms_request_id)
     try:
         result = await core_of(request).xks.call(xks_call)
     except DsmError as exc:
+        if line is not None:
+            line["error"] = exc.public_name
         return json_response({"error": {"code": exc.public_name, "message": exc.message}})
     return json_response({"result": result})

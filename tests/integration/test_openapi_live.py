@@ -158,9 +158,9 @@ def test_xks_proxy_matches_its_document(lab: LabInfo) -> None:
         )
 
     done = run(load(xks["url"]), xks["url"], strategy, lambda op: {"auth": auth}, set())
-    assert (
-        len(done) == 11
-    )  # the four XKS operations, ping, metrics, this document and the fault endpoint's four
+    # The four XKS operations, ping, health, metrics, this document and the fault endpoint's four.
+    assert len(done) == 12
+    assert done["GET /health"] == {200}, done
     # Without the admin token, the fault endpoint refuses every case.
     assert all(done[op] == {401} for op in done if "/xkslab/v1/faults" in op), done
     # Signed right, health succeeds (random key-operation bodies rarely carry valid metadata and base64).

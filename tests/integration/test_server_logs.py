@@ -26,7 +26,7 @@ from dsm_emulator.authz import system_principal
 from kms_emulator.app import create_app as create_kms_app
 from tests.xks_harness import xks_template
 from xks_frontend.app import create_app as create_xks_app
-from xkslab_shared import serve
+from xkslab_shared import logs, serve
 from xkslab_shared.config import Settings, load_settings
 from xkslab_shared.proxy_link import read_token
 
@@ -127,5 +127,5 @@ def test_the_filter_keeps_other_records_whole() -> None:
         raise ValueError("kept")
     except ValueError as exc:
         record.exc_info = (type(exc), exc, exc.__traceback__)
-    assert serve.HideMalformedRequests().filter(record)
+    assert logs.HideMalformedRequests().filter(record)
     assert record.exc_info is not None and record.getMessage() == "boom x"

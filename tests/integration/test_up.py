@@ -90,7 +90,7 @@ def test_up_demo_sigint_and_restart(lab_dir: Path, tmp_path: Path) -> None:
     try:
         data = wait_for_settings(proc, lab_dir / "up.json", log)
         assert stat.S_IMODE((lab_dir / "up.json").stat().st_mode) == 0o600
-        assert f"AWS KMS on {data['kms']['endpoint_url']}" in log.read_text()
+        assert f"kms: listening on {data['kms']['endpoint_url']}" in log.read_text()
         assert not data["kms"]["endpoint_url"].endswith(":0")
         # Each service runs in its own process, under up.
         assert sorted(data["service_pids"]) == ["dsm", "kms", "xks"]
@@ -144,7 +144,10 @@ def test_up_demo_sigint_and_restart(lab_dir: Path, tmp_path: Path) -> None:
     finally:
         code = stop(proc)
     assert code == 0, log.read_text()
-    assert "stopping" in log.read_text() and "Traceback" not in log.read_text()
+    assert "Traceback" not in log.read_text()
+    # Each stop is named (it used to be "stopping" four times, naming no service).
+    stops = [line.split(" ", 2)[-1] for line in log.read_text().splitlines() if line.endswith("stopped")]
+    assert sorted(stops) == ["dsm: stopped", "kms: stopped", "lab: stopped", "xks: stopped"], stops
     assert not (lab_dir / "up.json").exists()  # up.json means a ready lab, and this one has stopped
     for pid in data["service_pids"].values():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()

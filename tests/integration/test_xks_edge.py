@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -44,7 +46,7 @@ from tests.xks_harness import (
     xks_template,
 )
 from xks_frontend.app import create_app as create_xks_app
-from xkslab_shared import certs, tls
+from xkslab_shared import certs, logs, serve, tls
 from xkslab_shared.config import load_settings
 
 __all__ = ["xks_env", "xks_template"]  # fixtures used by name
@@ -385,6 +387,35 @@ async def test_policy_denies_and_allows_by_the_first_matching_rule(xks_env: XksE
     body = encrypt_body(kmsRequestId="pol-other-acct", awsPrincipalArn="arn:aws:iam::999999999999:user/Alice")
     status, err = await xks_env.post(encrypt_url, body)
     assert status == 403
+
+
+async def test_the_access_line_carries_the_policys_decision(
+    xks_env: XksEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    (xks_env.data_dir / "policy.toml").write_text(POLICY)
+    settings = load_settings(
+        xks_env.data_dir,
+        overrides={
+            "xks.dsm_urls": xks_env.dsm_url,
+            "xks.policy_file": "policy.toml",
+            "xks.dsm_timeout_ms": 5000,
+        },
+        environ={},
+    )
+    caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER.name)
+    listener = serve.Listener("XKS proxy", create_xks_app(settings), "127.0.0.1", 0, service="xks")
+    async with contextlib.AsyncExitStack() as stack:
+        (base,) = await serve.start(stack, listener, lambda _: None)
+        body = encrypt_body(
+            kmsRequestId="pol-line", awsPrincipalArn="arn:aws:iam::123456789012:user/Mallory2"
+        )
+        status, _ = await xks_env.post(xks_url(base, xks_env.prefix, "encrypt", xks_env.kek_id), body)
+    assert status == 403
+    (line,) = [r.access for r in caplog.records if getattr(r, "access", {}).get("kmsRequestId") == "pol-line"]
+    assert line["policy"] == 'denied by rule "deny-mallory"' and line["error"] == "AccessDeniedException"
+    assert (
+        line["status"] == 403 and line["route"] == "/{uriPathPrefix}/kms/xks/v1/keys/{externalKeyId}/encrypt"
+    )
 
 
 async def test_policy_rules_on_keys_and_prefixes(xks_env: XksEnv) -> None:
@@ -806,8 +837,8 @@ def test_cli_dsm_and_xks_serve_answer_and_stop_cleanly_on_sigint(cli_lab: CliLab
         codes = [proc.wait(timeout=HANG_S) for proc in reversed(procs)]
         assert codes == [0, 0], {name: path.read_text() for name, path in logs.items()}
         xks_log, dsm_log = logs["xks"].read_text(), logs["dsm"].read_text()
-        assert f"XKS proxy on http://127.0.0.1:{xks_port}" in xks_log and "stopping" in xks_log
-        assert f"DSM REST API on http://127.0.0.1:{dsm_port}" in dsm_log and "stopping" in dsm_log
+        assert f"xks: listening on http://127.0.0.1:{xks_port}" in xks_log and "xks: stopped" in xks_log
+        assert f"dsm: listening on http://127.0.0.1:{dsm_port}" in dsm_log and "dsm: stopped" in dsm_log
         assert "Traceback" not in xks_log + dsm_log
     finally:
         for proc in procs:

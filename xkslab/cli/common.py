@@ -24,7 +24,7 @@ from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import DsmError
 from dsm_emulator.models import Account
 from dsm_emulator.sealing import SealError
-from xkslab_shared import serve
+from xkslab_shared import logs, serve
 from xkslab_shared.config import ConfigError, Settings, load_settings
 
 ready_file_option = click.option(
@@ -189,6 +189,44 @@ def _settings_passer(*, existing: bool) -> Callable[[Callable[..., T]], Callable
 # directory that exists; ``up``, ``certs`` and ``demo`` make it or explain its absence themselves.
 pass_settings = _settings_passer(existing=True)
 pass_settings_creating = _settings_passer(existing=False)
+
+
+def _as_setting(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """A flag that is a shortcut for ``--set NAME=VALUE``: recorded with the --set flags, so the settings
+    see it (a later --set of the same name, or a later flag, wins) and ``up`` passes it to its services."""
+
+    def record(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            state = ctx.find_root().meta.setdefault(GLOBALS, {"data_dir": Path(".xkslab"), "sets": []})
+            state["sets"].append(f"{name}={value}")
+
+    return record
+
+
+def log_options(fn: Callable[..., T]) -> Callable[..., T]:
+    """``--log-level`` and ``--log-format``: the settings log.level and log.format."""
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(logs.FORMATS),
+        default=None,
+        expose_value=False,
+        callback=_as_setting("log.format"),
+        help="Log lines as text or JSON (the setting log.format; default text).",
+    )(fn)
+    return click.option(
+        "--log-level",
+        type=click.Choice(logs.LEVELS),
+        default=None,
+        expose_value=False,
+        callback=_as_setting("log.level"),
+        help="The lowest level logged (the setting log.level; default info, which logs each request).",
+    )(fn)
+
+
+def start_logging(settings: Settings, service: str) -> Callable[[str], None]:
+    """Log as the settings say, for ``service``; what tells the service's start and stop."""
+    logs.configure(settings.log.level, settings.log.format, service)
+    return logs.announcer(service)
 
 
 # ------------------------------------------------------------------------------ one-line errors

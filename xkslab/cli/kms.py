@@ -13,7 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kms_emulator import access_keys
 from kms_emulator.app import listener
 from kms_emulator.sealing import KmsSealer, SealError
-from xkslab.cli.common import emit, json_option, pass_settings, ready_file_option, run
+from xkslab.cli.common import (
+    emit,
+    json_option,
+    log_options,
+    pass_settings,
+    ready_file_option,
+    run,
+    start_logging,
+)
 from xkslab.lab.supervisor import hold_service
 from xkslab_shared.config import Settings
 from xkslab_shared.serve import serve
@@ -29,12 +37,13 @@ def kms() -> None:
 
 @kms.command("serve")
 @ready_file_option
+@log_options
 @pass_settings
 def kms_serve(settings: Settings, ready_file: Path | None) -> None:
     """Serve AWS KMS on kms.host:kms.port (plain HTTP, as `--endpoint-url http://...` expects); XKS proxies
     are called on the endpoints of the custom key stores. Stops cleanly on SIGINT or SIGTERM."""
     with hold_service(settings.data_dir, "kms", embedded=settings.database_url.startswith("sqlite")):
-        run(serve([listener(settings)], click.echo, ready_file), server=True)
+        run(serve([listener(settings)], start_logging(settings, "kms"), ready_file), server=True)
 
 
 def _run_on_tables(settings: Settings, fn: Callable[[Sessions, KmsSealer], Awaitable[T]]) -> T:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import click
 
-from xkslab.cli.common import data_dir_of, json_option, overrides_of, pass_settings_creating, run, settings_of
+from xkslab.cli.common import (
+    data_dir_of,
+    json_option,
+    log_options,
+    overrides_of,
+    pass_settings_creating,
+    run,
+    settings_of,
+    start_logging,
+)
 from xkslab.lab.control import log_file, require_ready, wait_ready
 from xkslab.lab.demo import DemoError, run_demo
 from xkslab.lab.detach import start_detached, stop_lab
@@ -29,8 +38,9 @@ from xkslab_shared.config import Settings
 @click.option(
     "--detach",
     is_flag=True,
-    help="Run in the background (output in <data-dir>/run/up.log, pid in run/up.pid); return once the "
-    "lab is ready and print the path of up.json. `xkslab down` stops it.",
+    help="Run in the background (output in <data-dir>/run/up.log, each service's log in "
+    "run/<service>.log, pid in run/up.pid); return once the lab is ready and print the path of "
+    "up.json. `xkslab down` stops it.",
 )
 @click.option(
     "--mtls",
@@ -38,8 +48,17 @@ from xkslab_shared.config import Settings
     help="Mutual TLS as AWS recommends (the setting xks.mtls): the proxy requires the client certificate "
     "KMS presents, cks.kms.<region>.amazonaws.com from the local CA (tls/kms-client.crt).",
 )
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write each service's log to DIR/<service>.log instead of this terminal (--detach: <data-dir>/run).",
+)
+@log_options
 @click.pass_context
-def up(ctx: click.Context, admin_password: str | None, detach: bool, mtls: bool) -> None:
+def up(
+    ctx: click.Context, admin_password: str | None, detach: bool, mtls: bool, log_dir: Path | None
+) -> None:
     """Start the DSM, the XKS proxy and the KMS emulator on embedded defaults (SQLite, software sealing,
     loopback ports), bootstrap them on first start, print the settings to paste and write them to
     <data-dir>/up.json. A second start reuses the data directory; Ctrl-C stops all three."""
@@ -51,12 +70,15 @@ def up(ctx: click.Context, admin_password: str | None, detach: bool, mtls: bool)
             overrides["xks.mtls"] = "true"
             settings = replace(settings, xks=replace(settings.xks, mtls=True))
         if detach:
-            path, pid = start_detached(settings.data_dir, overrides, admin_password)
+            path, pid = start_detached(settings.data_dir, overrides, admin_password, log_dir)
             log = log_file(path.parent)
             click.echo(f"xkslab up is running (pid {pid}, log {log}); `xkslab down` stops it", err=True)
             click.echo(str(path))
             return
-        run(run_up(settings, admin_password, click.echo, overrides))
+        if log_dir is not None:
+            log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        start_logging(settings, "lab")
+        run(run_up(settings, admin_password, click.echo, overrides, log_dir))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -89,7 +111,12 @@ def down() -> None:
 
 @click.command("wait")
 @click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True, help="Seconds.")
-@click.option("--health", is_flag=True, help="Also wait until the DSM, the proxy and the KMS answer HTTP.")
+@click.option(
+    "--health",
+    is_flag=True,
+    help="Also wait until GET /health of the DSM, the proxy and the KMS answers 200 (each service and "
+    "what it needs: the database, the key manager).",
+)
 def wait(timeout: float, health: bool) -> None:
     """Wait until a lab started elsewhere on the data directory is ready (up.json written by a running
     `xkslab up`); exit status 1 on timeout."""

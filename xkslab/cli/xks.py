@@ -10,7 +10,16 @@ import click
 
 from dsm_emulator.xks import canonical_prefix
 from xks_frontend.app import listener
-from xkslab.cli.common import emit, json_option, pass_settings, ready_file_option, run, with_core
+from xkslab.cli.common import (
+    emit,
+    json_option,
+    log_options,
+    pass_settings,
+    ready_file_option,
+    run,
+    start_logging,
+    with_core,
+)
 from xkslab.lab.supervisor import hold_service
 from xkslab_shared.config import Settings
 from xkslab_shared.serve import serve
@@ -23,12 +32,13 @@ def xks() -> None:
 
 @xks.command("serve")
 @ready_file_option
+@log_options
 @pass_settings
 def xks_serve(settings: Settings, ready_file: Path | None) -> None:
     """Serve the XKS proxy on xks.host:xks.port (HTTP), and on xks.https_port too when xks.tls_cert and
     xks.tls_key exist (mTLS when xks.client_ca is set); the DSM must be running (xks.dsm_urls)."""
     with hold_service(settings.data_dir, "xks", embedded=settings.database_url.startswith("sqlite")):
-        run(serve([listener(settings)], click.echo, ready_file), server=True)
+        run(serve([listener(settings)], start_logging(settings, "xks"), ready_file), server=True)
 
 
 @xks.group("alias")

@@ -100,9 +100,11 @@ def start_detached(
     data_dir: Path,
     overrides: dict[str, str],
     admin_password: str | None,
+    log_dir: Path | None = None,
     timeout: float = START_TIMEOUT_S,
 ) -> tuple[Path, int]:
-    """Start ``xkslab up`` in the background on ``data_dir`` and wait until it is ready; (up.json, pid)."""
+    """Start ``xkslab up`` in the background on ``data_dir`` and wait until it is ready; (up.json, pid).
+    Each service logs to <log_dir>/<service>.log, by default beside up.log in the run directory."""
     data_dir = data_dir.resolve()
     # Checked here, before the log is opened: a second start must not truncate the running lab's log.
     holder = lab_holder(data_dir)
@@ -111,6 +113,7 @@ def start_detached(
     log = log_file(data_dir)
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     sets = [arg for name, value in overrides.items() for arg in ("--set", f"{name}={value}")]
+    services_log = str((log_dir or log.parent).resolve())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows the banner as it is printed
     env.pop("XKSLAB_ADMIN_PASSWORD", None)
     if admin_password is not None:
@@ -120,7 +123,17 @@ def start_detached(
     os.fchmod(fd, 0o600)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *sets, "up"],
+            [
+                sys.executable,
+                "-m",
+                "xkslab",
+                "--data-dir",
+                str(data_dir),
+                *sets,
+                "up",
+                "--log-dir",
+                services_log,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=subprocess.STDOUT,

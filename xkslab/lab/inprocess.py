@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -28,11 +27,10 @@ from xkslab.lab.info import FREE_PORTS, START_TIMEOUT_S, STOP_TIMEOUT_S, LabInfo
 from xkslab.lab.supervisor import hold_data_dir, hold_service
 from xkslab.lab.up import initialize, lab_settings, read_password, up_file, write_up_file
 from xkslab_shared.config import load_settings
+from xkslab_shared.logs import announcer
 from xkslab_shared.serve import start
 
 __all__ = ["FREE_PORTS", "LabInfo", "lab_in_thread", "run_lab"]
-
-log = logging.getLogger("xkslab.lab")
 
 
 @contextlib.asynccontextmanager
@@ -56,11 +54,11 @@ async def run_lab(
                 embedded = settings.database_url.startswith("sqlite")
                 for service in ("dsm", "xks", "kms"):  # as `up`'s service processes hold them
                     stack.enter_context(hold_service(settings.data_dir, service, embedded=embedded))
-                urls = {"dsm": await start(stack, dsm_listener(settings), log.info)}
+                urls = {"dsm": await start(stack, dsm_listener(settings), announcer("dsm"))}
                 # As `up` does: the proxy talks to this lab's key manager, on whatever port it got.
                 to_dsm = replace(settings, xks=replace(settings.xks, dsm_urls=urls["dsm"][0]))
-                urls["xks"] = await start(stack, xks_listener(to_dsm), log.info)
-                urls["kms"] = await start(stack, kms_listener(settings), log.info)
+                urls["xks"] = await start(stack, xks_listener(to_dsm), announcer("xks"))
+                urls["kms"] = await start(stack, kms_listener(settings), announcer("kms"))
                 xks_https = next(u for u in urls["xks"] if u.startswith("https"))
                 kms_facts = await bootstrap_kms(
                     settings, dsm_facts, urls["kms"][0], xks_https.replace("127.0.0.1", "localhost")

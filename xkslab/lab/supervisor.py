@@ -86,8 +86,16 @@ class Supervisor:
     """Starts the services in order and stops them in reverse; ``wait()`` returns on SIGINT/SIGTERM and
     raises LabError when a service exits on its own."""
 
-    def __init__(self, data_dir: Path, overrides: dict[str, str], echo: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        overrides: dict[str, str],
+        echo: Callable[[str], None],
+        log_dir: Path | None = None,
+    ) -> None:
         self._data_dir = data_dir.resolve()
+        # None: the services log to up's own stderr; else each to <log_dir>/<service>.log.
+        self._log_dir = log_dir
         self._overrides = overrides
         self._echo = echo
         self._run_dir = self._data_dir / "run"
@@ -114,7 +122,35 @@ class Supervisor:
         settings = {**self._overrides, **(extra or {})}
         sets = [arg for name, value in settings.items() for arg in ("--set", f"{name}={value}")]
         assert self._link is not None, "use the Supervisor as an async context manager"
-        process = await asyncio.create_subprocess_exec(
+        log = None if self._log_dir is None else _open_log(self._log_dir / f"{service}.log")
+        try:
+            process = await self._spawn(service, sets, ready, log)
+        finally:
+            if log is not None:
+                os.close(log)
+        self._children.append((service, process))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT_S
+        while loop.time() < deadline:
+            if process.returncode is not None:
+                raise LabError(
+                    f"the {service} service exited with status {process.returncode} while starting"
+                    f"{self._reason(service)}"
+                )
+            data = _read_json(ready)
+            if data and data.get("pid") == process.pid:
+                return [str(url) for url in data["urls"]]
+            try:
+                await asyncio.wait_for(process.wait(), 0.05)
+            except TimeoutError:
+                pass
+        raise LabError(f"the {service} service did not start within {READY_TIMEOUT_S:g} s")
+
+    async def _spawn(
+        self, service: str, sets: list[str], ready: Path, log: int | None
+    ) -> asyncio.subprocess.Process:
+        assert self._link is not None
+        return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "xkslab",
@@ -128,23 +164,21 @@ class Supervisor:
             stdin=asyncio.subprocess.DEVNULL,
             env=self._link.child_env(),
             pass_fds=self._link.pass_fds,
+            stdout=log,
+            stderr=log,
         )
-        self._children.append((service, process))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + READY_TIMEOUT_S
-        while loop.time() < deadline:
-            if process.returncode is not None:
-                raise LabError(
-                    f"the {service} service exited with status {process.returncode} while starting"
-                )
-            data = _read_json(ready)
-            if data and data.get("pid") == process.pid:
-                return [str(url) for url in data["urls"]]
-            try:
-                await asyncio.wait_for(process.wait(), 0.05)
-            except TimeoutError:
-                pass
-        raise LabError(f"the {service} service did not start within {READY_TIMEOUT_S:g} s")
+
+    def _reason(self, service: str) -> str:
+        """Why a service logging to a file failed, from its one-line errors (on a terminal the user has
+        read them already): ": <error>", or nothing."""
+        if self._log_dir is None:
+            return ""
+        try:
+            text = (self._log_dir / f"{service}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        errors = [line.removeprefix("Error: ") for line in text.splitlines() if line.startswith("Error: ")]
+        return f": {'; '.join(errors)}" if errors else f" (log: {self._log_dir / f'{service}.log'})"
 
     @property
     def pids(self) -> dict[str, int]:
@@ -181,6 +215,13 @@ class Supervisor:
                     await process.wait()
             (self._run_dir / f"{service}.json").unlink(missing_ok=True)
         self._children.clear()
+
+
+def _open_log(path: Path) -> int:
+    """A service's log file, new for each start; 0600 like the rest of the run directory."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from xkslab.lab.envfmt import format_env
 from xkslab.lab.supervisor import Supervisor, hold_data_dir
 from xkslab_shared.certs import ensure_kms_client_cert, make_local_ca, make_server_cert
 from xkslab_shared.config import Settings, kms_client_subject
+from xkslab_shared.logs import announcer
 
 __all__ = ["LabError", "lab_env", "run_up", "up_file"]
 
@@ -241,9 +242,10 @@ async def run_up(
     admin_password: str | None,
     echo: Callable[[str], None],
     overrides: dict[str, str] | None = None,
+    log_dir: Path | None = None,
 ) -> None:
     """Start the lab and serve until SIGINT/SIGTERM. ``overrides`` are the command's ``--set`` flags,
-    passed on to each service's process."""
+    passed on to each service's process; with ``log_dir``, each service logs to <log_dir>/<service>.log."""
     with hold_data_dir(settings.data_dir):
         path = up_file(settings)
         known = read_password(settings)
@@ -260,7 +262,7 @@ async def run_up(
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         try:
-            await _run_up(settings, admin_password, known, echo, overrides or {})
+            await _run_up(settings, admin_password, known, echo, overrides or {}, log_dir)
         except asyncio.CancelledError:
             if not terminated.is_set():
                 raise
@@ -275,9 +277,11 @@ async def _run_up(
     known: str | None,
     echo: Callable[[str], None],
     overrides: dict[str, str],
+    log_dir: Path | None,
 ) -> None:
+    announce = announcer("lab")  # a log line, as the services' own start and stop
     ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
-    async with Supervisor(settings.data_dir, overrides, echo) as services:
+    async with Supervisor(settings.data_dir, overrides, echo, log_dir) as services:
         # The KMS needs nothing from the others to start, so it starts beside them (each service is a
         # Python process whose imports take most of a second); the proxy needs the key manager's port.
         kms_start = asyncio.create_task(services.start("kms"))
@@ -300,4 +304,5 @@ async def _run_up(
         await asyncio.to_thread(write_up_file, path, data)
         echo(render(data, path))
         await services.wait()
-        echo("stopping")
+        announce("stopping")
+    announce("stopped")

@@ -1,0 +1,94 @@
+"""The access line on a real server (xkslab_shared.serve on loopback), in both formats: the route's
+template and never the raw path (no route: a placeholder), a client's string quoted so it cannot forge
+fields or lines, and no line at all with ``log.access`` off."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from xkslab_shared import logs, serve
+
+RAW_ID = "3f0c9a54-secret-looking-id"
+
+
+async def item(request: web.Request) -> web.Response:
+    logs.access(request).update(operation="GetItem", kmsRequestId='two words\nand "a line"')
+    return web.json_response({"id": request.match_info["item_id"]})
+
+
+def make_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/items/{item_id}", item)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def server(*, access_log: bool) -> AsyncIterator[str]:
+    listener = serve.Listener("test", make_app(), "127.0.0.1", 0, service="svc", access_log=access_log)
+    async with contextlib.AsyncExitStack() as stack:
+        (url,) = await serve.start(stack, listener, lambda _: None)
+        yield url
+
+
+def lines(caplog: pytest.LogCaptureFixture, fmt: logs.Format) -> list[str]:
+    formatter = logs.LineFormatter(fmt, "default")
+    return [formatter.format(r) for r in caplog.records if r.name == logs.ACCESS_LOGGER.name]
+
+
+async def test_one_line_per_request_with_the_template_in_either_format(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER.name)
+    async with server(access_log=True) as url, aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/items/{RAW_ID}") as response:
+            assert response.status == 200
+        async with http.get(f"{url}/nothing/{RAW_ID}") as response:
+            assert response.status == 404
+    found = [json.loads(line) for line in lines(caplog, "json")]
+    assert [(f["method"], f["route"], f["status"]) for f in found[:2]] == [
+        ("GET", "/items/{item_id}", 200),
+        ("GET", logs.NO_ROUTE, 404),
+    ]
+    assert found[0]["service"] == "svc" and found[0]["operation"] == "GetItem" and found[0]["ms"] >= 0
+    assert found[0]["kmsRequestId"] == 'two words\nand "a line"'
+    assert len(found) == 2
+    text = lines(caplog, "text")
+    assert all("\n" not in line for line in text)
+    assert " svc: GET /items/{item_id} 200 " in text[0]
+    assert 'operation=GetItem kmsRequestId="two words\\nand \\"a line\\""' in text[0]
+    assert all(RAW_ID not in line for line in text)
+
+
+async def test_no_access_line_when_log_access_is_off(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER.name)
+    async with server(access_log=False) as url, aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/items/{RAW_ID}") as response:
+            assert response.status == 200
+    assert lines(caplog, "json") == []
+
+
+def test_a_plain_record_names_its_service_and_keeps_its_traceback_on_one_json_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        record = logging.LogRecord(
+            "x.y", logging.ERROR, __file__, 1, "failed %s", ("here",), (ValueError, exc, None)
+        )
+    record.service = "dsm"
+    line = json.loads(logs.LineFormatter("json", "default").format(record))
+    assert (line["service"], line["level"], line["logger"], line["message"]) == (
+        "dsm",
+        "error",
+        "x.y",
+        "failed here",
+    )
+    assert "ValueError: boom" in line["traceback"]
+    text = logs.LineFormatter("text", "default").format(record)
+    assert text.split("\n")[0].endswith(" ERROR dsm: failed here")

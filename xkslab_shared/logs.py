@@ -1,0 +1,168 @@
+"""What the services write to their logs, and how: one line per request per service (the access line),
+a named line when a service starts and stops, and whatever else they log, as text or JSON lines on
+stderr at the level asked for (``log.level``, ``log.format``, ``log.access``; ``--log-level`` and
+``--log-format`` on ``up`` and every ``serve``).
+
+The access line is aiohttp's own access-log hook (``AccessLine``): aiohttp calls it once per answered
+request, and reads the clock for it only while the access logger is enabled, so a lab that does not log
+requests pays nothing for them. It holds the route's path template, never the raw path (a key id, an
+app id or a prefix stays out of it), and no header or body value: what a handler wants added
+(operation, kmsRequestId, the error's name) it puts in ``request[ACCESS]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+
+# A request's item that handlers fill with what the access line adds: "operation", "kmsRequestId",
+# "error", and "route" where the aiohttp route is a catch-all (the XKS proxy's).
+ACCESS: web.RequestKey[dict[str, Any]] = web.RequestKey("xkslab_access", dict)
+ACCESS_LOGGER = logging.getLogger("xkslab.access")
+SERVICE_LOGGER = logging.getLogger("xkslab.service")
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("text", "json")
+Format = Literal["text", "json"]
+NO_ROUTE = "(no route)"
+
+
+def access(request: web.BaseRequest) -> dict[str, Any]:
+    """The request's access-line extras, made on first use."""
+    found = request.get(ACCESS)
+    if found is None:
+        found = request[ACCESS] = {}
+    return found
+
+
+def access_enabled() -> bool:
+    """Whether access lines are written, so that a handler does work for its line only then."""
+    return ACCESS_LOGGER.isEnabledFor(logging.INFO)
+
+
+class AccessLine(AbstractAccessLogger):
+    """aiohttp's access logger for one service: ``log_format`` carries the service's name."""
+
+    __slots__ = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        extra = request.get(ACCESS) or {}
+        fields = {
+            "method": request.method,
+            "route": extra.get("route") or _template(request),
+            "status": response.status,
+            "ms": round(time * 1000, 3),
+        }
+        fields.update((k, v) for k, v in extra.items() if k != "route" and v is not None)
+        self.logger.info("request", extra={"access": fields, "service": self.log_format})
+
+
+def _template(request: web.BaseRequest) -> str:
+    match_info = getattr(request, "match_info", None)  # a request the parser refused has none
+    route = getattr(match_info, "route", None)
+    resource = getattr(route, "resource", None)
+    return resource.canonical if resource is not None else NO_ROUTE
+
+
+class LineFormatter(logging.Formatter):
+    """One line per record: ``<time> <LEVEL> <service>: <message>``, or a JSON object with ``time``,
+    ``level``, ``service`` and either the access line's fields (``event: "request"``) or ``logger`` and
+    ``message``. A traceback is one escaped string in JSON, so every line parses."""
+
+    def __init__(self, fmt: Format, service: str) -> None:
+        super().__init__()
+        self._json = fmt == "json"
+        self._service = service
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{seconds}.{int(record.msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = self.formatTime(record)
+        service = getattr(record, "service", self._service)
+        fields: dict[str, Any] | None = getattr(record, "access", None)
+        failure = self.formatException(record.exc_info) if record.exc_info else None
+        if self._json:
+            line: dict[str, Any] = {"time": when, "level": record.levelname.lower(), "service": service}
+            if fields is not None:
+                line.update(event="request", **fields)
+            else:
+                line.update(logger=record.name, message=record.getMessage())
+            if failure:
+                line["traceback"] = failure
+            return json.dumps(line, default=str)
+        if fields is not None:
+            rest = "".join(f" {k}={_word(v)}" for k, v in fields.items() if k not in _TEXT_HEAD)
+            message = f"{fields['method']} {fields['route']} {fields['status']} {fields['ms']}ms{rest}"
+        else:
+            message = record.getMessage()
+        text = f"{when} {record.levelname} {service}: {message}"
+        return f"{text}\n{failure}" if failure else text
+
+
+_TEXT_HEAD = frozenset({"method", "route", "status", "ms"})
+
+
+def _word(value: Any) -> str:
+    """A value as one word of a text line: a client's string (a kmsRequestId is one) with a space or a
+    control character is quoted, so that it cannot pass for more fields or another line."""
+    text = str(value)
+    return text if text.isprintable() and " " not in text and text else json.dumps(text)
+
+
+def configure(level: str, fmt: Format, service: str) -> None:
+    """Send this process's log records to stderr, one line each, from ``level`` up. Replaces what an
+    earlier call set, so each serve command may call it once its settings are known."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h.formatter, LineFormatter)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LineFormatter(fmt, service))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Alembic tells every schema check at info ("Context impl SQLiteImpl."): below the service's lines.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    hide_malformed_requests()
+
+
+def announcer(service: str) -> Callable[[str], None]:
+    """What a service says as it starts and stops (``dsm: listening on ...``, ``dsm: stopped``)."""
+
+    def announce(message: str) -> None:
+        SERVICE_LOGGER.info("%s", message, extra={"service": service})
+
+    return announce
+
+
+class HideMalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse with the parser's exception, whose message quotes the
+    offending line (a header line whole, an overlong one by its first 100 bytes): an Authorization
+    header with one stray byte put its API key in the log. Such records keep their message and the
+    exception's class name, never its text or traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg} ({type(exc).__name__}: the request line and headers are not logged)"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def hide_malformed_requests() -> None:
+    """Install HideMalformedRequests on aiohttp's server logger, once per process."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, HideMalformedRequests) for f in logger.filters):
+        logger.addFilter(HideMalformedRequests())
