@@ -47,8 +47,7 @@ from dsm_emulator.errors import AccessDenied, BadRequest, Conflict, NotFound
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import ApprovalRequest, Group, is_uuid
 
-# How long a request may wait for its quorum and then for its result. Fortanix's default is not
-# documented; a day keeps a forgotten request from being run much later.
+# How long a request may wait for its quorum and then for its result (setting dsm.approval_expiry_s).
 DEFAULT_EXPIRY = timedelta(hours=24)
 STATUSES = ("PENDING", "APPROVED", "DENIED", "FAILED")
 MAX_DESCRIPTION = 4096
