@@ -97,6 +97,8 @@ class Listener:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    # With client_ca: the name a client certificate must carry, checked in the handshake.
+    client_subject: str = ""
     limits: HttpLimits = HttpLimits()
     # Told about the HTTPS listener's TLS once it is built (the proxy's TLS faults hook it).
     tls_setup: Callable[[tls.ServerTls], None] | None = None
@@ -107,7 +109,9 @@ class Listener:
             return None
         if not (self.tls_cert.is_file() and self.tls_key.is_file()):
             return None
-        server_tls = tls.ServerTls(self.tls_cert, self.tls_key, client_ca=self.client_ca)
+        server_tls = tls.ServerTls(
+            self.tls_cert, self.tls_key, client_ca=self.client_ca, client_subject=self.client_subject
+        )
         if self.tls_setup is not None:
             self.tls_setup(server_tls)
         return server_tls.context
