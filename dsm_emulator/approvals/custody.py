@@ -40,16 +40,29 @@ def own_component(answer: dict[str, Any], who: Entity) -> dict[str, Any]:
 
 async def claim_component(
     keyring: Keyring, row: ApprovalRequest, p: Principal, custodians: list[Entity]
-) -> tuple[Approved, AuditEvent]:
+) -> tuple[Approved | None, AuditEvent]:
     """One custodian's fetch, under the request's row lock: the first runs the export (and the REST edge
     hands its answer to :meth:`Custody.keep`); each later one gets its component from the sealed split,
-    which is erased once the last custodian has fetched theirs."""
+    which is erased once the last custodian has fetched theirs. Past the request's expiry the split is
+    erased instead and the request FAILED: None (the caller refuses the fetch once that is committed)."""
     who = entity_of(p)
     if who not in custodians:
         raise AccessDenied("only the key custodians the request names fetch its components")
     viewers = [entity_key(v) for v in row.result_viewers or []]
     if who in viewers:
         raise Conflict("you have already fetched your component of this request")
+    if row.result_viewed and expired(row):
+        row.sealed_result, row.status = None, "FAILED"
+        event = AuditEvent.by(
+            p,
+            "approval.result",
+            f"Approved request {row.request_id} expired before every custodian fetched their component: "
+            "the rest of the split is erased",
+            object_id=row.request_id,
+            group_ids=tuple(row.group_ids),
+            severity="WARNING",
+        )
+        return None, event
     status = effective_status(row)
     if status != "APPROVED":
         raise Conflict(

@@ -324,7 +324,7 @@ class ApprovalService:
         Only after this commits does the operation run, so two concurrent fetches cannot both run it."""
         refusal = self._event(p, "approval.result", "Fetch approval request result", _id(request_id))
 
-        async def work(session: AsyncSession) -> tuple[Approved, AuditEvent]:
+        async def work(session: AsyncSession) -> tuple[Approved | None, AuditEvent]:
             row, _ = await self._row(session, p, request_id, lock=True)
             if row.method == "POST" and row.operation == EXPORT_COMPONENTS:
                 return await claim_component(self._keyring, row, p, await self._custodians(row))
@@ -355,7 +355,10 @@ class ApprovalService:
             )
             return Approved(row.method, row.operation, body, ids), event
 
-        return await self._audit.apply(work, refusal.refused)
+        claimed = await self._audit.apply(work, refusal.refused)
+        if claimed is None:
+            raise Conflict("the approval request is FAILED (expired): the rest of its components are erased")
+        return claimed
 
     async def finish_result(self, p: Principal, request_id: str, status: int) -> None:
         """Record how the approved operation ended; a failure marks the request FAILED."""
