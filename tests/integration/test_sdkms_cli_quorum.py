@@ -35,36 +35,45 @@ def xkslab(data_dir: Path, *args: str) -> str:
     return proc.stdout
 
 
-def test_quorum_with_sdkms_cli(dsm_https: tuple[str, Path], tmp_path: Path) -> None:
-    endpoint, ca = dsm_https
-    data_dir = tmp_path / "data"
-    env = {**os.environ, "SDKMS_CLI_TOKEN_FILE": str(tmp_path / "tokens"), "HOME": str(tmp_path)}
-    env.pop("FORTANIX_API_KEY", None)
-    env.pop("SDKMS_API_KEY", None)
+class SdkmsCli:
+    """The real sdkms-cli against the HTTPS DSM, with its own token file, and the REST API beside it."""
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
+    def __init__(self, dsm_https: tuple[str, Path], tmp_path: Path) -> None:
+        self.endpoint, self.ca, self.cwd = dsm_https[0], dsm_https[1], tmp_path
+        self.env = {**os.environ, "SDKMS_CLI_TOKEN_FILE": str(tmp_path / "tokens"), "HOME": str(tmp_path)}
+        self.env.pop("FORTANIX_API_KEY", None)
+        self.env.pop("SDKMS_API_KEY", None)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["sdkms-cli", "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
+            ["sdkms-cli", "--api-endpoint", self.endpoint, "--ssl-ca-cert", str(self.ca), *args],
             capture_output=True,
             text=True,
-            env=env,
-            cwd=tmp_path,
+            env=self.env,
+            cwd=self.cwd,
             timeout=60,
             stdin=subprocess.DEVNULL,
         )
 
-    def cli(*args: str) -> str:
-        proc = run(*args)
+    def cli(self, *args: str) -> str:
+        proc = self.run(*args)
         assert proc.returncode == 0, f"sdkms-cli {args}: {proc.stdout} {proc.stderr}"
         return proc.stdout
 
-    def api(who: tuple[str, str], method: str, path: str, body: object = None) -> requests.Response:
-        auth = requests.post(f"{endpoint}/sys/v1/session/auth", auth=who, verify=str(ca), timeout=30)
+    def api(self, who: tuple[str, str], method: str, path: str, body: object = None) -> requests.Response:
+        ca = str(self.ca)
+        auth = requests.post(f"{self.endpoint}/sys/v1/session/auth", auth=who, verify=ca, timeout=30)
         assert auth.status_code == 200, auth.text
         headers = {"Authorization": f"Bearer {auth.json()['access_token']}"}
         return requests.request(
-            method, endpoint + path, json=body, headers=headers, verify=str(ca), timeout=30
+            method, self.endpoint + path, json=body, headers=headers, verify=ca, timeout=30
         )
+
+
+def test_quorum_with_sdkms_cli(dsm_https: tuple[str, Path], tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    sdkms = SdkmsCli(dsm_https, tmp_path)
+    run, cli, api = sdkms.run, sdkms.cli, sdkms.api
 
     bob_id = json.loads(xkslab(data_dir, "user", "create", BOB, "--password", BOB_PW, "--json"))["user_id"]
     cli("user-login", "--username", ADMIN, "--password", ADMIN_PW)
@@ -159,35 +168,9 @@ def test_wrap_and_unwrap_key_with_quorum_through_sdkms_cli(
     """``wrap-key --quorum`` and ``unwrap-key --quorum``, each approved by the requester and a second user
     through the REST API and fetched with ``task-result``: the wrapped key lands in ``--out`` and unwraps
     into a key with the original's KCV; called without ``--quorum`` both are refused."""
-    endpoint, ca = dsm_https
     data_dir = tmp_path / "data"
-    env = {**os.environ, "SDKMS_CLI_TOKEN_FILE": str(tmp_path / "tokens"), "HOME": str(tmp_path)}
-    env.pop("FORTANIX_API_KEY", None)
-    env.pop("SDKMS_API_KEY", None)
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["sdkms-cli", "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def cli(*args: str) -> str:
-        proc = run(*args)
-        assert proc.returncode == 0, f"sdkms-cli {args}: {proc.stdout} {proc.stderr}"
-        return proc.stdout
-
-    def api(who: tuple[str, str], method: str, path: str, body: object = None) -> requests.Response:
-        auth = requests.post(f"{endpoint}/sys/v1/session/auth", auth=who, verify=str(ca), timeout=30)
-        assert auth.status_code == 200, auth.text
-        headers = {"Authorization": f"Bearer {auth.json()['access_token']}"}
-        return requests.request(
-            method, endpoint + path, json=body, headers=headers, verify=str(ca), timeout=30
-        )
+    sdkms = SdkmsCli(dsm_https, tmp_path)
+    run, cli, api = sdkms.run, sdkms.cli, sdkms.api
 
     def approved_by_both(out: str) -> str:
         match = re.search(r"request_id: ([0-9a-f-]{36}) Status: PENDING", out)
