@@ -10,6 +10,8 @@ The operation itself is not run here: the REST edge dispatches it through the ap
 very handler a direct call reaches), once, for the requester, after :meth:`ApprovalService.claim_result`
 has marked the result as viewed. The reviewers are the members of the quorums of the groups whose
 policies hold the operation, read as they are now (a member removed from a policy no longer counts).
+A request by key components is also reviewed by every custodian it names, is approved only once each of
+them has approved, and an export's result is fetched by those custodians instead (``custody``).
 """
 
 from __future__ import annotations
