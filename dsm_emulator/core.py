@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -149,7 +150,9 @@ class DsmCore:
             admin=admin,
             xks=xks,
             revocations=SessionRevocations(sessions, settings.dsm.revocation_refresh_ms),
-            approvals=ApprovalService(sessions, keyring, audit, admin),
+            approvals=ApprovalService(
+                sessions, keyring, audit, admin, expiry=timedelta(seconds=settings.dsm.approval_expiry_s)
+            ),
         )
 
     async def close(self) -> None:

@@ -92,6 +92,9 @@ class Group(Base):
     custom_metadata: Mapped[dict[str, Any] | None]
     # The normalised GroupApprovalPolicy (dsm_emulator.approvals.policy); NULL: none.
     approval_policy: Mapped[dict[str, Any] | None]
+    # The group's key custodians (approvals.policy.parse_custodian_policy); NULL: no export or import by
+    # key components in this group.
+    custodian_policy: Mapped[dict[str, Any] | None]
     # The undo window of its keys' history (Fortanix key_history_policy / key_undo_policy); None: no history.
     key_history_window_s: Mapped[int | None] = mapped_column(Integer)
 
@@ -264,7 +267,9 @@ class ApprovalRequest(Base):
     """A request for a quorum to approve one protected operation (Fortanix ``ApprovalRequest``). The
     operation's body may hold plaintext or key material, so it is kept sealed by the keyring (bound to the
     request id); the operation's result is never stored: it is produced once, for the requester, when the
-    result is fetched."""
+    result is fetched. The one exception is an export by key components, whose custodians each fetch their
+    own component: the split is made once, at the first fetch, and kept sealed (``sealed_result``) only
+    until the last custodian has fetched theirs."""
 
     __tablename__ = "approval_requests"
     __table_args__ = (Index("ix_approval_requests_acct_status", "acct_id", "status"),)
@@ -288,3 +293,6 @@ class ApprovalRequest(Base):
     created_at: Mapped[datetime]
     expiry: Mapped[datetime]
     result_viewed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Export by components: the whole answer sealed by the keyring, and the custodians who fetched theirs.
+    sealed_result: Mapped[bytes | None] = mapped_column(LargeBinary)
+    result_viewers: Mapped[list[Any] | None] = mapped_column(JSON)

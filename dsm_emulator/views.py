@@ -82,7 +82,13 @@ def sobject_view(
 
 
 # The group columns a GroupRequest sets (dsm_emulator/api/admin.py GROUP_FIELDS), shown when set.
-GROUP_SETTINGS = ("cryptographic_policy", "key_metadata_policy", "export_policy", "custom_metadata")
+GROUP_SETTINGS = (
+    "cryptographic_policy",
+    "key_metadata_policy",
+    "export_policy",
+    "custodian_policy",
+    "custom_metadata",
+)
 
 
 def history_view(item: KeyHistoryItem) -> dict[str, Any]:

@@ -44,8 +44,9 @@ def create_app(settings: Settings) -> web.Application:
 
     @web.middleware
     async def client_certificate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # Python's ssl checks the client's chain during the handshake but has no hook for its subject,
-        # so the subject is checked here, before anything else; plain HTTP cannot satisfy mTLS at all.
+        # The handshake refused a client certificate from another CA or for another name (a TLS alert);
+        # the exact subject rule (no wildcards, CN= for the CN alone) is checked here, before anything
+        # else, for what OpenSSL's host-name rule let by; plain HTTP cannot satisfy mTLS at all.
         # The admin endpoint has a token of its own, so `xkslab faults` can use the plain HTTP listener.
         if mtls and request.path not in _OPEN_PATHS and not request.path.startswith(FAULTS_PATH):
             peercert = request.transport.get_extra_info("peercert") if request.transport else None
@@ -82,7 +83,9 @@ def create_app(settings: Settings) -> web.Application:
         faults=FaultBook(metrics.registry),
     )
     app[EDGE_KEY] = edge
-    tls_faults = TlsFaults(edge.faults, settings.path(xks.tls_cert), settings.path(xks.tls_key), client_ca)
+    tls_faults = TlsFaults(
+        edge.faults, settings.path(xks.tls_cert), settings.path(xks.tls_key), client_ca, client_subject
+    )
     app[TLS_FAULTS_KEY] = tls_faults
     app.middlewares.append(tls_faults.middleware)
 
@@ -136,6 +139,7 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         settings.path(xks.tls_cert),
         settings.path(xks.tls_key),
         client_ca=settings.xks_client_ca(),
+        client_subject=settings.xks_client_subject(),
         limits=HttpLimits.of(settings),
         tls_setup=tls_faults.install if (tls_faults := app.get(TLS_FAULTS_KEY)) is not None else None,
         service="xks",

@@ -41,11 +41,14 @@ _LIFETIME = dt.timedelta(days=30)
 class TlsFaults:
     """The faulty certificates and their contexts, and the hooks that use them."""
 
-    def __init__(self, book: FaultBook, cert: Path, key: Path, client_ca: Path | None) -> None:
+    def __init__(
+        self, book: FaultBook, cert: Path, key: Path, client_ca: Path | None, client_subject: str = ""
+    ) -> None:
         self._book = book
         self._cert = cert
         self._key = key
         self._client_ca = client_ca
+        self._client_subject = client_subject
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._server_tls: tls.ServerTls | None = None
 
@@ -64,7 +67,9 @@ class TlsFaults:
                 raise ValueError(f"a {kind} fault needs the lab CA (ca.crt, ca.key) in {directory}")
             try:
                 made = self._make(kind, directory / "faults", ca_cert, ca_key)
-                self._contexts[kind] = tls.server_context(*made, client_ca=self._client_ca)
+                self._contexts[kind] = tls.server_context(
+                    *made, client_ca=self._client_ca, client_subject=self._client_subject
+                )
             except (OSError, ValueError, ssl.SSLError) as exc:
                 raise ValueError(f"cannot make the {kind} certificate: {exc}") from None
             log.info("made the certificate for %s faults: %s", kind, made[0])

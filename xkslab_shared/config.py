@@ -104,6 +104,9 @@ class DsmSettings:
     # email, an identity that failed in the window); past them such a login gets 429 before hashing, so
     # a spray from many addresses never queues ahead of a good login (0: no global budget).
     login_max_failing_hashes: int = 100
+    # How long an approval request may wait for its quorum and then for its result fetch (Fortanix's
+    # default is not documented; a day keeps a forgotten request from running much later).
+    approval_expiry_s: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -397,6 +400,7 @@ _POSITIVE = {
     "kms.xks_timeout_ms",
     "dsm.login_max_failures",
     "dsm.login_window_s",
+    "dsm.approval_expiry_s",
     "http.max_connections",
     "http.body_timeout_ms",
     "http.keepalive_timeout_s",

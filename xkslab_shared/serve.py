@@ -97,6 +97,7 @@ class Listener:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    client_subject: str = ""  # with client_ca: the name a client certificate must carry (in the handshake)
     limits: HttpLimits = HttpLimits()
     # Told about the HTTPS listener's TLS once it is built (the proxy's TLS faults hook it).
     tls_setup: Callable[[tls.ServerTls], None] | None = None
@@ -107,11 +108,10 @@ class Listener:
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The HTTPS listener's context; its certificate is reread when the files change (ServerTls)."""
-        if self.https_port is None or self.tls_cert is None or self.tls_key is None:
+        cert, key = self.tls_cert, self.tls_key
+        if self.https_port is None or cert is None or key is None or not (cert.is_file() and key.is_file()):
             return None
-        if not (self.tls_cert.is_file() and self.tls_key.is_file()):
-            return None
-        server_tls = tls.ServerTls(self.tls_cert, self.tls_key, client_ca=self.client_ca)
+        server_tls = tls.ServerTls(cert, key, client_ca=self.client_ca, client_subject=self.client_subject)
         if self.tls_setup is not None:
             self.tls_setup(server_tls)
         return server_tls.context

@@ -5,9 +5,13 @@ TLS_CHACHA20_POLY1305_SHA256 (TLS 1.3), or ECDHE-RSA/ECDSA-AES256-GCM-SHA384 (TL
 refuse anything below 1.2 and offer only those two suites on 1.2. Python has no API for the TLS 1.3 suite
 list, but OpenSSL's default puts TLS_AES_256_GCM_SHA384 first and the server's order wins.
 
-§1.10 (mTLS): the client chain is checked during the handshake against the configured CA only. Python's
-``ssl`` has no per-connection verify callback, so the subject is checked after the handshake with
-:func:`subject_matches` on ``transport.get_extra_info("peercert")``, and the connection is then refused.
+§1.10 (mTLS): the client chain is checked during the handshake against the configured CA only, and so is
+the client's name: Python's ``ssl`` has no verify callback, but a server-side connection wrapped with a
+``server_hostname`` while its context has ``check_hostname`` makes OpenSSL check the *client's* certificate
+against that name (``X509_VERIFY_PARAM_set1_host``) in the handshake, so a certificate from the right CA
+with the wrong name gets a TLS alert (bad certificate) like any other refused certificate. OpenSSL's rule
+is a host name's: the DNS SANs, else the subject CN. :func:`subject_matches` (the exact identity rule: no
+wildcards, ``CN=name`` for the CN alone) still runs after the handshake for what OpenSSL's rule lets by.
 
 A refused client certificate (none, another CA, expired) must reach the client as a TLS alert, as from
 any TLS server. asyncio and uvloop drop the alert OpenSSL wrote: on a failed handshake they close the
@@ -36,12 +40,15 @@ XKS_TLS12_CIPHERS = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
 
 
-def server_context(cert: Path, key: Path, *, client_ca: Path | None = None) -> ssl.SSLContext:
+def server_context(
+    cert: Path, key: Path, *, client_ca: Path | None = None, client_subject: str = ""
+) -> ssl.SSLContext:
     """A TLS >= 1.2 server context that offers only the spec's suites on TLS 1.2.
 
     With ``client_ca`` it is mTLS: a client certificate is required and must chain to that CA alone (the
-    system store is not loaded), so a certificate from any other CA, or none, fails the handshake. The
-    subject is not checked here; see :func:`subject_matches`.
+    system store is not loaded), so a certificate from any other CA, or none, fails the handshake. With
+    ``client_subject`` too, a certificate that does not name it fails the handshake as well (see the
+    module's docstring; :func:`subject_matches` is the exact check after it).
     """
     ctx = _AlertingContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_VERSION
@@ -52,6 +59,12 @@ def server_context(cert: Path, key: Path, *, client_ca: Path | None = None) -> s
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.verify_flags |= ssl.VERIFY_X509_STRICT
         ctx.load_verify_locations(cafile=client_ca)
+        name = client_subject.strip()
+        name = name[3:].strip() if name[:3].upper() == "CN=" else name
+        if name:
+            ctx.hostname_checks_common_name = True  # KMS's certificate names itself in its CN
+            ctx.check_hostname = True
+            ctx.client_name = name
     return ctx
 
 
@@ -81,6 +94,8 @@ class _AlertingContext(ssl.SSLContext):
     """A server context whose refused handshakes send their TLS alert on asyncio and uvloop alike."""
 
     sslobject_class = _AlertSendingObject
+    # The name a client certificate must carry, checked by OpenSSL in the handshake (mTLS).
+    client_name: str | None = None
 
     def wrap_bio(
         self,
@@ -90,6 +105,8 @@ class _AlertingContext(ssl.SSLContext):
         server_hostname: str | bytes | None = None,
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLObject:
+        if server_side and self.client_name is not None:
+            server_hostname = self.client_name
         obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
         if isinstance(obj, _AlertSendingObject) and server_side:
             obj._outgoing = outgoing
@@ -116,10 +133,13 @@ class ServerTls:
     yet) keeps the previous one and is tried again on the next handshake. ``divert`` lets the proxy's
     TLS faults pick another context for a handshake first."""
 
-    def __init__(self, cert: Path, key: Path, *, client_ca: Path | None = None) -> None:
+    def __init__(
+        self, cert: Path, key: Path, *, client_ca: Path | None = None, client_subject: str = ""
+    ) -> None:
         self._cert, self._key, self._client_ca = cert, key, client_ca
+        self._client_subject = client_subject
         self._stamp = _stamp(cert, key)
-        self.context = server_context(cert, key, client_ca=client_ca)
+        self.context = server_context(cert, key, client_ca=client_ca, client_subject=client_subject)
         self._current = self.context
         self._divert: Callable[[], ssl.SSLContext | None] | None = None
         self.context.sni_callback = self._on_hello
@@ -133,7 +153,9 @@ class ServerTls:
         stamp = _stamp(self._cert, self._key)
         if stamp is not None and stamp != self._stamp:
             try:
-                fresh = server_context(self._cert, self._key, client_ca=self._client_ca)
+                fresh = server_context(
+                    self._cert, self._key, client_ca=self._client_ca, client_subject=self._client_subject
+                )
             except (OSError, ValueError, ssl.SSLError) as exc:
                 log.warning(
                     "%s does not load yet (%s); still serving the previous certificate", self._cert, exc

@@ -58,6 +58,22 @@ async def check_policy(session: AsyncSession, acct_id: str, group_id: str, polic
             )
 
 
+async def check_custodians(session: AsyncSession, group: Group) -> None:
+    """A custodian policy works only beside an approval policy (Fortanix: a quorum approval policy must be
+    set up first), and names users of the account."""
+    policy = group.custodian_policy
+    if policy is None:
+        return
+    if group.approval_policy is None:
+        raise BadRequest(
+            "custodian_policy needs the group's approval_policy: exports and imports by key components "
+            "run only through approval requests"
+        )
+    for _kind, ident in sorted(members_of(policy["quorum"])):
+        if await session.get(AccountMember, (ident, group.acct_id)) is None:
+            raise BadRequest(f"custodian_policy.quorum: user {ident} is not a user of this account")
+
+
 async def refuse_xks_hold(session: AsyncSession, group_ids: Iterable[str]) -> None:
     """BadRequest if any of ``group_ids`` (being granted to an awsxks app) protects crypto operations."""
     for group_id in sorted(set(group_ids)):
@@ -106,6 +122,7 @@ class GroupsMixin(AdminBase):
             )
             for column, value in (settings or {}).items():
                 setattr(group, column, value)
+            await check_custodians(session, group)
             session.add(group)
             await _flush(session, "group already exists")
             policies = sorted(column for column, value in (settings or {}).items() if value is not None)
@@ -192,6 +209,7 @@ class GroupsMixin(AdminBase):
             if remove_history_policy and group.key_history_window_s is not None:
                 group.key_history_window_s = None
                 changes.append("key history policy removed")
+            await check_custodians(session, group)
             await _flush(session, "group already exists")
             what = f" ({', '.join(changes)})" if changes else ""
             return group, self._event(

@@ -21,6 +21,7 @@ from dsm_emulator.api.context import (
     principal_of,
     read_json,
 )
+from dsm_emulator.approvals.policy import parse_custodian_policy
 from dsm_emulator.errors import BadRequest
 from dsm_emulator.keys import undo_window
 from dsm_emulator.policies import not_implemented
@@ -77,7 +78,7 @@ GROUP_FIELDS: Mapping[str, GroupField] = {
     "approval_policy": _by_route,  # parsed and checked by the groups service (dsm_emulator/approvals)
     "key_undo_policy": _by_route,  # the SDK's name of the key history window (_history_policy)
     "key_history_policy": _by_route,  # the 2026 API's name of it
-    "custodian_policy": _refused("it governs import and export by key components, which xkslab lacks"),
+    "custodian_policy": _policy(parse_custodian_policy),  # checked against the members by the groups service
     "add_hmg": _refused("xkslab keeps every key itself; no external HSM or KMS backs a group"),
     "mod_hmg": _refused("xkslab keeps every key itself; no external HSM or KMS backs a group"),
     "del_hmg": _refused("xkslab keeps every key itself; no external HSM or KMS backs a group"),

@@ -5,7 +5,8 @@ to its own handler, as the requester, with a probing principal, so the handler p
 names, checks permissions and stops at the quorum gate, which reports what the operation would touch
 (``ApprovalProbe``); nothing runs. Fetching the result of an approved request dispatches it the same way,
 once, with the requester's principal allowed past the gate for exactly the objects the request named, and
-answers Fortanix's ``ApprovableResult {status, body}`` with the handler's own status and JSON.
+answers Fortanix's ``ApprovableResult {status, body}`` with the handler's own status and JSON. An export
+by key components is fetched by each of its custodians instead, and each sees only their own component.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ APPROVABLE = frozenset(
     {
         ("GET", "/crypto/v1/keys/{kid}/export"),
         ("POST", "/crypto/v1/keys/export"),
+        ("POST", "/crypto/v1/keys/components/export"),
+        ("POST", "/crypto/v1/keys/components/import"),
         ("PATCH", "/crypto/v1/keys/{kid}"),
         ("DELETE", "/crypto/v1/keys/{kid}"),
         ("POST", "/crypto/v1/keys/{kid}/activate"),
@@ -170,7 +173,12 @@ async def result(request: web.Request) -> web.Response:
     request_id = request.match_info["request_id"]
     approvals = core_of(request).approvals
     approved = await approvals.claim_result(p, request_id)
-    runner = dataclasses.replace(p, approved=approved.approved_ids)
+    if approved.stored is not None:  # a custodian's component from the split an earlier fetch made
+        return json_response({"status": 200, "body": approved.stored})
+    runs_as = p
+    if approved.requester is not None:
+        runs_as = await approvals.custody.requester_principal(p.acct_id, approved.requester)
+    runner = dataclasses.replace(runs_as, approved=approved.approved_ids)
     try:
         response = await _dispatch(template, approved.method, approved.operation, approved.body, runner)
         status = response.status
@@ -183,5 +191,7 @@ async def result(request: web.Request) -> web.Response:
     except Exception:
         log.exception("approved request %s failed", request_id)
         status, answer = 500, {"message": "internal error"}
+    if approved.custodian and status < 400 and isinstance(answer, dict):
+        answer = await approvals.custody.keep(p, request_id, answer)
     await approvals.finish_result(p, request_id, status)
     return json_response({"status": status, "body": answer})

@@ -21,6 +21,22 @@ CRYPT_FIELDS: dict[str, Schema] = {
     "tag_len": {"type": "integer"},
 }
 DESCRIPTOR = obj(kid=string(), name=string(), transient_key=string())
+CUSTODIAN = obj(["user"], user=string())
+COMPONENT = obj(["component", "custodian"], component=BLOB, component_kcv=string(), custodian=CUSTODIAN)
+COMPONENTS_EXPORT = obj(
+    ["key", "custodians"], key=DESCRIPTOR, custodians=array(CUSTODIAN), method=string(), description=string()
+)
+COMPONENTS_ANSWER = obj(
+    ["components", "key_kcv"], components=array(COMPONENT), key_kcv=BLOB, description=string()
+)
+COMPONENTS_IMPORT = obj(
+    ["key", "custodians", "components"],
+    key=ref("KeyRequest"),
+    custodians=array(CUSTODIAN),
+    components=array(COMPONENT),
+    method=string(),
+    description=string(),
+)
 SCHEMAS: dict[str, Schema] = {
     "Error": obj(["message"], message=string()),
     "KeyObject": obj(
@@ -250,6 +266,23 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/keys/info": {"post": op("keyInfo", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/export": {"post": op("exportKey", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/rekey": {"post": op("rekey", KEY, ref("KeyRequest"))},
+        "/crypto/v1/keys/components/export": {
+            "post": op(
+                "exportComponents",
+                COMPONENTS_ANSWER,
+                COMPONENTS_EXPORT,
+                summary="only through an approval request; each custodian fetches their own component",
+            )
+        },
+        "/crypto/v1/keys/components/import": {
+            "post": op(
+                "importComponents",
+                KEY,
+                COMPONENTS_IMPORT,
+                "201",
+                summary="only through an approval request approved by every custodian it names",
+            )
+        },
         keyed: {
             "get": op("getKey", KEY, query={"show_deleted": {"type": "boolean"}}),
             "patch": op("updateKey", KEY, ref("KeyRequest")),

@@ -26,6 +26,9 @@ from dsm_emulator.models import is_uuid
 # Not QuorumGroupPermissions: the lab's names for what is always, or optionally, protected.
 EXPORT = "EXPORT"
 CRYPTO = "CRYPTO_OPERATIONS"
+# Export and import by key components: only ever through an approval request (Fortanix refuses a direct
+# call), approved by the group's quorum and by every custodian the request names.
+COMPONENTS = "KEY_COMPONENTS"
 # Changing or deleting a group that has a policy (its policy included): always held, or the policy
 # could be dropped by one administrator and the quorum would protect nothing.
 GROUP_CHANGE = "GROUP_CHANGE"
@@ -154,6 +157,34 @@ def parse_policy(value: Any) -> dict[str, Any]:
     return policy
 
 
+def parse_custodian_policy(value: Any, path: str = "custodian_policy") -> dict[str, Any] | None:
+    """A group's key custodians (Fortanix ``custodian_policy``, a QuorumPolicy): ``{"quorum": {n, members,
+    require_password}}`` whose members are users of the account (checked by the groups service), at least
+    two of them; ``"remove"`` clears it. The lab's reading: ``n`` is how many custodians an export or import
+    by components must name (each of whom holds one component and approves the request)."""
+    if value == "remove":
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{path} must be an object")
+    for kind in ("user", "app"):
+        if value.get(kind) is not None:
+            raise BadRequest(f"{path}.{kind}: a single custodian cannot split a key; use a quorum of users")
+    _no_unknown(value, {"quorum", "user", "app"}, path)
+    if value.get("quorum") is None:
+        raise BadRequest(f"{path}.quorum is required")
+    quorum = _quorum(value["quorum"], f"{path}.quorum", 1)
+    for index, member in enumerate(quorum["members"]):
+        if "user" not in member:
+            kind = next(iter(member))
+            raise BadRequest(
+                f"{path}.quorum.members[{index}].{kind}: key custodians are users; "
+                f"{'nested quorums' if kind == 'quorum' else 'apps'} are not custodians in the lab"
+            )
+    if len(quorum["members"]) < 2 or quorum["n"] < 2:
+        raise BadRequest(f"{path}.quorum: a key splits between at least 2 custodians (n >= 2)")
+    return {"quorum": quorum}
+
+
 def members_of(quorum: Mapping[str, Any]) -> set[tuple[str, str]]:
     """Every (kind, id) named anywhere in ``quorum``, nested quorums included."""
     found: set[tuple[str, str]] = set()
@@ -171,7 +202,8 @@ def protected(policy: Mapping[str, Any] | None) -> frozenset[str]:
     if not policy:
         return frozenset()
     permissions = policy.get("protect_permissions")
-    held = set(ENFORCED_PERMISSIONS if permissions is None else permissions) | {EXPORT, GROUP_CHANGE}
+    held = set(ENFORCED_PERMISSIONS if permissions is None else permissions)
+    held |= {EXPORT, GROUP_CHANGE, COMPONENTS}
     if policy.get("protect_crypto_operations"):
         held.add(CRYPTO)
     return frozenset(held)

@@ -5,6 +5,7 @@ its readers."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,26 @@ from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import ApprovalRequest
 
 Entity = tuple[str, str]  # ("user" | "app", id)
+
+# Exports and imports by key components: their custodians review them too, and an export's custodians
+# (not its requester) each fetch their own component.
+EXPORT_COMPONENTS = "/crypto/v1/keys/components/export"
+IMPORT_COMPONENTS = "/crypto/v1/keys/components/import"
+
+
+@dataclass(frozen=True)
+class Approved:
+    """What the REST edge needs to run an approved request's operation once."""
+
+    method: str
+    operation: str
+    body: bytes | None
+    approved_ids: frozenset[str]
+    # An export by components fetched by one of its custodians: their component is all they get, from
+    # the split already made (``stored``, the whole answer) or from the one this run makes.
+    custodian: bool = False
+    stored: dict[str, Any] | None = None
+    requester: Entity | None = None  # whom a custodian's fetch runs the export as
 
 
 def now() -> datetime:
@@ -26,6 +47,39 @@ def aware(value: datetime) -> datetime:
 
 def body_context(request_id: str) -> bytes:
     return f"approval|{request_id}".encode()
+
+
+def result_context(request_id: str) -> bytes:
+    return f"approval-result|{request_id}".encode()
+
+
+def is_components(row: ApprovalRequest) -> bool:
+    return row.method == "POST" and row.operation in (EXPORT_COMPONENTS, IMPORT_COMPONENTS)
+
+
+async def open_body(keyring: Keyring, row: ApprovalRequest) -> Any:
+    if row.sealed_body is None:
+        return None
+    return json.loads(await keyring.open(row.sealed_body, body_context(row.request_id)))
+
+
+def custodians_in(body: Any) -> list[Entity]:
+    """The custodians an export or import by components names (its handler checked them at creation)."""
+    custodians = body.get("custodians") if isinstance(body, dict) else None
+    if not isinstance(custodians, list):
+        return []
+    return [("user", str(c["user"])) for c in custodians if isinstance(c, dict) and c.get("user")]
+
+
+def withheld(row: ApprovalRequest, body: Any) -> Any:
+    """The body as reviewers see it: an import's components are the custodians' secrets, never shown."""
+    if row.operation != IMPORT_COMPONENTS or not isinstance(body, dict):
+        return body
+    parts = body.get("components")
+    if not isinstance(parts, list):
+        return body
+    hidden = [{**part, "component": None} if isinstance(part, dict) else None for part in parts]
+    return {**body, "components": hidden}
 
 
 def entity_of(p: Principal) -> Entity:
@@ -56,9 +110,7 @@ def expired(row: ApprovalRequest) -> bool:
 
 async def request_view(keyring: Keyring, row: ApprovalRequest, reviewers: set[Entity]) -> dict[str, Any]:
     """Fortanix's ``ApprovalRequest`` (times as ``YYYYMMDDTHHMMSSZ``)."""
-    body = None
-    if row.sealed_body is not None:
-        body = json.loads(await keyring.open(row.sealed_body, body_context(row.request_id)))
+    body = withheld(row, await open_body(keyring, row))
     view: dict[str, Any] = {
         "request_id": row.request_id,
         "requester": entity_dict((row.requester_type, row.requester_id)),

@@ -10,30 +10,37 @@ The operation itself is not run here: the REST edge dispatches it through the ap
 very handler a direct call reaches), once, for the requester, after :meth:`ApprovalService.claim_result`
 has marked the result as viewed. The reviewers are the members of the quorums of the groups whose
 policies hold the operation, read as they are now (a member removed from a policy no longer counts).
+A request by key components is also reviewed by every custodian it names, is approved only once each of
+them has approved, and an export's result is fetched by those custodians instead (``custody``).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dsm_emulator.approvals.custody import Custody, claim_component
 from dsm_emulator.approvals.gate import ApprovalProbe
 from dsm_emulator.approvals.policy import members_of, requires_password, satisfied
 from dsm_emulator.approvals.records import (
+    EXPORT_COMPONENTS,
+    Approved,
     Entity,
     body_context,
+    custodians_in,
     effective_status,
     entity_dict,
     entity_key,
     entity_of,
     expired,
+    is_components,
     now,
+    open_body,
     request_view,
 )
 from dsm_emulator.audit import AuditEvent, AuditLog
@@ -42,24 +49,13 @@ from dsm_emulator.errors import AccessDenied, BadRequest, Conflict, NotFound
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import ApprovalRequest, Group, is_uuid
 
-# How long a request may wait for its quorum and then for its result. Fortanix's default is not
-# documented; a day keeps a forgotten request from being run much later.
+# How long a request may wait for its quorum and then for its result (setting dsm.approval_expiry_s).
 DEFAULT_EXPIRY = timedelta(hours=24)
 STATUSES = ("PENDING", "APPROVED", "DENIED", "FAILED")
 MAX_DESCRIPTION = 4096
 
 if TYPE_CHECKING:
     from dsm_emulator.admin import AdminService
-
-
-@dataclass(frozen=True)
-class Approved:
-    """What the REST edge needs to run an approved request's operation once."""
-
-    method: str
-    operation: str
-    body: bytes | None
-    approved_ids: frozenset[str]
 
 
 class ApprovalService:
@@ -77,6 +73,7 @@ class ApprovalService:
         self._audit = audit
         self._admin = admin
         self._expiry = expiry
+        self.custody = Custody(sessions, keyring, audit, admin)
 
     # ---------------------------------------------------------------------------------- reads
 
@@ -93,7 +90,16 @@ class ApprovalService:
         found: set[Entity] = set()
         for policy in (await self._policies(session, row.group_ids)).values():
             found |= members_of(policy["quorum"])
-        return found
+        return found | set(await self._custodians(row))
+
+    async def _custodians(self, row: ApprovalRequest) -> list[Entity]:
+        return custodians_in(await open_body(self._keyring, row)) if is_components(row) else []
+
+    @staticmethod
+    async def _custodian_password(session: AsyncSession, group_ids: Iterable[str]) -> bool:
+        stmt = select(Group.custodian_policy).where(Group.group_id.in_(list(group_ids)))
+        rows = await session.scalars(stmt)
+        return any(policy is not None and requires_password(policy["quorum"]) for policy in rows)
 
     def _may_see(self, p: Principal, row: ApprovalRequest, reviewers: set[Entity]) -> bool:
         if p.acct_id != row.acct_id:
@@ -268,11 +274,15 @@ class ApprovalService:
             if status != "PENDING":
                 raise Conflict(f"the approval request is {status}{' (expired)' if expired(row) else ''}")
             policies = await self._policies(session, row.group_ids)
+            custodians = set(await self._custodians(row))
             detail = ""
             if verb == "deny":
                 row.status, row.denier = "DENIED", entity_dict(who)
             else:
-                if any(requires_password(policy["quorum"]) for policy in policies.values()):
+                password_needed = any(requires_password(policy["quorum"]) for policy in policies.values())
+                if who in custodians and await self._custodian_password(session, row.group_ids):
+                    password_needed = True
+                if password_needed:
                     if who[0] != "user":
                         raise AccessDenied("this approval policy requires a password: only users can approve")
                     if password is None:
@@ -284,9 +294,13 @@ class ApprovalService:
                     raise Conflict("you have already approved this request")
                 approvers.append(who)
                 row.approvers = [entity_dict(a) for a in approvers]
-                if policies and all(satisfied(policy["quorum"], approvers) for policy in policies.values()):
+                if (
+                    policies
+                    and all(satisfied(policy["quorum"], approvers) for policy in policies.values())
+                    and custodians <= set(approvers)
+                ):
                     row.status = "APPROVED"
-                    detail = "; the quorum is met"
+                    detail = "; the quorum is met" + (" and every custodian approved" if custodians else "")
             await session.flush()
             past = "denied" if verb == "deny" else "approved"
             event = AuditEvent.by(
@@ -312,8 +326,10 @@ class ApprovalService:
         Only after this commits does the operation run, so two concurrent fetches cannot both run it."""
         refusal = self._event(p, "approval.result", "Fetch approval request result", _id(request_id))
 
-        async def work(session: AsyncSession) -> tuple[Approved, AuditEvent]:
+        async def work(session: AsyncSession) -> tuple[Approved | None, AuditEvent]:
             row, _ = await self._row(session, p, request_id, lock=True)
+            if row.method == "POST" and row.operation == EXPORT_COMPONENTS:
+                return await claim_component(self._keyring, row, p, await self._custodians(row))
             if (p.kind, p.id) != (row.requester_type, row.requester_id):
                 raise AccessDenied("only the requester may fetch the result of an approval request")
             if row.result_viewed:
@@ -341,7 +357,10 @@ class ApprovalService:
             )
             return Approved(row.method, row.operation, body, ids), event
 
-        return await self._audit.apply(work, refusal.refused)
+        claimed = await self._audit.apply(work, refusal.refused)
+        if claimed is None:
+            raise Conflict("the approval request is FAILED (expired): the rest of its components are erased")
+        return claimed
 
     async def finish_result(self, p: Principal, request_id: str, status: int) -> None:
         """Record how the approved operation ended; a failure marks the request FAILED."""

@@ -10,8 +10,9 @@ only after their audit row is committed (``AuditLog.record``); refusals are audi
 KeyService is assembled here from one mixin per concern: ``lifecycle`` (rows that change) on ``history``
 (what a reversible change records, reverts, and the sweep that erases it when its window closes),
 ``reads`` (rows read, and their compliance with their groups' policies), ``crypto_ops`` (uses of stored
-material), ``transient`` (keys that live only in their token), all on
-``base`` (the shared core). Everything other code imports from ``dsm_emulator.keys`` is re-exported from here.
+material), ``components`` (export and import split between key custodians), ``transient`` (keys that
+live only in their token), all on ``base`` (the shared core). Everything other code imports from
+``dsm_emulator.keys`` is re-exported from here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dsm_emulator.keys.base import (
     material_context,
     now,
 )
+from dsm_emulator.keys.components import Component, ComponentsMixin
 from dsm_emulator.keys.crypto_ops import CryptoMixin
 from dsm_emulator.keys.history import UNDO_WINDOW_MAX_S, UNDO_WINDOW_MIN_S, undo_window
 from dsm_emulator.keys.lifecycle import LifecycleMixin
@@ -53,6 +55,7 @@ __all__ = [
     "TRANSIENT_TYPES",
     "UNDO_WINDOW_MAX_S",
     "UNDO_WINDOW_MIN_S",
+    "Component",
     "KeyService",
     "KeySpec",
     "ObjectTypeRule",
@@ -65,6 +68,6 @@ __all__ = [
 ]
 
 
-class KeyService(LifecycleMixin, ReadsMixin, CryptoMixin, TransientMixin, KeyServiceBase):
+class KeyService(LifecycleMixin, ReadsMixin, CryptoMixin, ComponentsMixin, TransientMixin, KeyServiceBase):
     """The security-object service the DSM core holds: lifecycle, crypto and transient keys on one
     shared core (sessions, keyring, audit log, material cache)."""

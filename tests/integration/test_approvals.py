@@ -19,7 +19,7 @@ from dsm_emulator.api.context import CORE_KEY
 from dsm_emulator.authz import system_principal
 from dsm_emulator.models import ApprovalRequest, AuditRow
 from tests.integration.test_cli import init
-from xkslab_shared.config import load_settings
+from xkslab_shared.config import ConfigError, load_settings
 
 ADMIN, ADMIN_PW = "admin@xkslab.local", "correct horse battery"
 BOB, BOB_PW = "bob@xkslab.local", "bob's own password"
@@ -439,3 +439,39 @@ async def test_a_move_out_and_a_revert_are_held_like_the_other_key_changes(lab: 
     result = await lab.call(ADMIN, "POST", f"/sys/v1/approval_requests/{rid}/result")
     assert result["status"] == 204
     assert (await lab.call(ADMIN, "GET", f"/crypto/v1/keys/{kid}"))["state"] == "Active"
+
+
+async def test_expiry_is_a_setting_and_an_expired_request_never_runs(
+    empty_db_url: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """dsm.approval_expiry_s set small: a request approved but fetched after its expiry has FAILED, its
+    result is refused and the operation never runs."""
+    with pytest.raises(ConfigError, match=r"dsm\.approval_expiry_s"):
+        load_settings(tmp_path, environ={"XKSLAB_DSM_APPROVAL_EXPIRY_S": "0"})
+    data_dir = tmp_path / "data"
+    info = init(data_dir, empty_db_url)
+    expiry_s = 0.4
+    settings = load_settings(data_dir, environ={"XKSLAB_DSM_APPROVAL_EXPIRY_S": str(expiry_s)})
+    assert settings.dsm.approval_expiry_s == expiry_s
+    lab = Lab(await aiohttp_client(create_app(settings)), info)
+    await lab.core.admin.create_user(system_principal(lab.acct_id), BOB, BOB_PW)
+    await lab.login(ADMIN, ADMIN_PW)
+    await lab.login(BOB, BOB_PW)
+    gid = await protected_group(lab, quorum(1, lab.ids[BOB]))
+    kid = await new_key(lab, gid)
+    body = {"method": "DELETE", "operation": f"/crypto/v1/keys/{kid}"}
+
+    late = await lab.call(ADMIN, "POST", "/sys/v1/approval_requests", body, status=201)
+    rid = late["request_id"]
+    async with lab.core.sessions() as session:
+        row = await session.get(ApprovalRequest, rid)
+        assert row is not None
+        made, expires = row.created_at, row.expiry
+    assert abs((expires - made).total_seconds() - expiry_s) < 1e-3
+    await lab.call(BOB, "POST", f"/sys/v1/approval_requests/{rid}/approve", {})
+    await asyncio.sleep(expiry_s + 0.2)
+    assert (await lab.call(ADMIN, "GET", f"/sys/v1/approval_requests/{rid}"))["status"] == "FAILED"
+    refused = await lab.call(ADMIN, "POST", f"/sys/v1/approval_requests/{rid}/result", status=409)
+    assert "expired" in refused["message"]
+    await lab.call(BOB, "POST", f"/sys/v1/approval_requests/{rid}/approve", {}, status=409)
+    await lab.call(ADMIN, "GET", f"/crypto/v1/keys/{kid}")  # never deleted

@@ -82,7 +82,9 @@ def https_get(lab: LabInfo, context: ssl.SSLContext, path: str = "/ping") -> byt
             return conn.recv(4096)
 
 
-def test_boto3_generate_data_key_and_decrypt_on_the_external_key_store(lab: LabInfo, kms: Any) -> None:
+def test_boto3_generate_data_key_and_decrypt_on_the_external_key_store(
+    lab: LabInfo, kms: Any, tmp_path: Path
+) -> None:
     mtls = lab.data["mtls"]
     assert mtls["client_subject"] == KMS_SUBJECT
     assert Path(mtls["client_ca"]) == lab.ca_file.absolute()
@@ -104,6 +106,14 @@ def test_boto3_generate_data_key_and_decrypt_on_the_external_key_store(lab: LabI
     with pytest.raises(ssl.SSLError) as caught:
         https_get(lab, tls.client_context(lab.ca_file))
     assert caught.value.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    # The lab's CA, but not KMS's name: refused in the handshake as well, not by an HTTP 403.
+    tls_dir = lab.data_dir / "tls"
+    files = certs.make_client_cert(
+        tmp_path, tls_dir / "ca.crt", tls_dir / "ca.key", "impostor", "cks.kms.eu-west-1.amazonaws.com"
+    )
+    with pytest.raises(ssl.SSLError) as caught:
+        https_get(lab, tls.client_context(lab.ca_file, cert=files[0], key=files[1]))
+    assert caught.value.reason == "SSLV3_ALERT_BAD_CERTIFICATE"
 
 
 @contextlib.asynccontextmanager
@@ -137,6 +147,9 @@ def kms_client_files(lab: LabInfo, tmp_path: Path, case: str) -> dict[str, str]:
     if case == "other-ca":
         other_ca, other_key = certs.make_local_ca(tmp_path / "other")
         cert, key = certs.make_client_cert(tmp_path / "other", other_ca, other_key, "kms", KMS_SUBJECT)
+    elif case == "other-subject":  # the lab's CA, but KMS of another region
+        tls_dir_ca = (tls_dir / "ca.crt", tls_dir / "ca.key")
+        cert, key = certs.make_client_cert(tmp_path, *tls_dir_ca, "kms-eu", "cks.kms.eu-west-1.amazonaws.com")
     elif case == "expired":
         now = dt.datetime.now(dt.UTC)
         cert, key = certs._leaf(
@@ -156,11 +169,12 @@ def kms_client_files(lab: LabInfo, tmp_path: Path, case: str) -> dict[str, str]:
 
 
 @pytest.mark.usefixtures("connected_again")
-@pytest.mark.parametrize("case", ["none", "other-ca", "expired", "other-ca-trusted"])
+@pytest.mark.parametrize("case", ["none", "other-ca", "other-subject", "expired", "other-ca-trusted"])
 async def test_a_kms_the_handshake_refuses_fails_the_store_with_invalid_tls_configuration(
     lab: LabInfo, tmp_path: Path, case: str
 ) -> None:
-    """No client certificate, one from another CA, an expired one (the proxy's alert), or a proxy
+    """No client certificate, one from another CA, one of the lab's CA for another subject, an expired
+    one (the proxy's alert, in the handshake each time), or a proxy
     certificate KMS does not trust: ConnectCustomKeyStore leaves the store FAILED with
     XKS_PROXY_INVALID_TLS_CONFIGURATION, and a data call is KMSInvalidStateException naming TLS."""
     store_id = lab.custom_key_store_id

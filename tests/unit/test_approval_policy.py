@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 
 from dsm_emulator.approvals.policy import (
+    COMPONENTS,
     CRYPTO,
     ENFORCED_PERMISSIONS,
     EXPORT,
     GROUP_CHANGE,
+    parse_custodian_policy,
     parse_policy,
     protected,
     requires_password,
@@ -32,10 +34,10 @@ def test_sdkms_cli_policy_is_normalised_and_holds_the_defaults() -> None:
     }
     policy = parse_policy(raw)
     assert policy["quorum"]["members"] == [{"user": A}, {"user": B}]
-    assert protected(policy) == ENFORCED_PERMISSIONS | {EXPORT, GROUP_CHANGE}
+    assert protected(policy) == ENFORCED_PERMISSIONS | {EXPORT, GROUP_CHANGE, COMPONENTS}
     assert CRYPTO in protected({**policy, "protect_crypto_operations": True})
     only = parse_policy({**raw, "protect_permissions": ["DELETE_SOBJECTS"]})
-    assert protected(only) == {"DELETE_SOBJECTS", EXPORT, GROUP_CHANGE}
+    assert protected(only) == {"DELETE_SOBJECTS", EXPORT, GROUP_CHANGE, COMPONENTS}
     assert protected(None) == frozenset()
 
 
@@ -84,3 +86,36 @@ def test_nesting_is_bounded() -> None:
         q = {"n": 1, "members": [{"quorum": q}]}
     with pytest.raises(BadRequest, match="nest"):
         parse_policy({"quorum": q})
+
+
+def test_custodian_policy_is_a_quorum_of_at_least_two_users() -> None:
+    policy = parse_custodian_policy({"quorum": {"n": 2, "members": [{"user": A}, {"user": B}]}})
+    assert policy == {
+        "quorum": {
+            "n": 2,
+            "members": [{"user": A}, {"user": B}],
+            "require_password": False,
+            "require_2fa": False,
+        }
+    }
+    assert parse_custodian_policy("remove") is None
+
+
+@pytest.mark.parametrize(
+    ("policy", "named"),
+    [
+        ({"user": A}, "custodian_policy.user"),
+        ({"quorum": {"n": 1, "members": [{"user": A}, {"user": B}]}}, "at least 2"),
+        ({"quorum": {"n": 2, "members": [{"user": A}, {"app": B}]}}, "members[1].app"),
+        (
+            {"quorum": {"n": 2, "members": [{"user": A}, {"quorum": {"n": 1, "members": [{"user": B}]}}]}},
+            "nested",
+        ),
+        ({"quorum": {"n": 2, "members": [{"user": A}, {"user": B}], "require_2fa": True}}, "require_2fa"),
+        ({"quorum": {"n": 2, "members": [{"user": A}, {"user": B}]}, "split": "shamir"}, "split"),
+    ],
+)
+def test_custodian_policy_refused_by_name(policy: dict[str, object], named: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_custodian_policy(policy)
+    assert named in caught.value.message

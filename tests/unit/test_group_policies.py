@@ -97,7 +97,6 @@ HMG = {
 }
 # A value of each refused field that asks for something (what a Fortanix client would send).
 REFUSED = {
-    "custodian_policy": {"quorum": {"n": 2, "members": [{"user": USER}, {"user": str(uuid.uuid4())}]}},
     "add_hmg": [HMG],
     "mod_hmg": {str(uuid.uuid4()): HMG},
     "del_hmg": [str(uuid.uuid4())],
@@ -161,6 +160,39 @@ async def _approval_policy(client: Client, env: SimpleNamespace) -> None:
     await call(client, "GET", f"/crypto/v1/keys/{kid}/export", status=403)  # only through a request
 
 
+async def _custodian_policy(client: Client, env: SimpleNamespace) -> None:
+    users = [
+        (await env.core.admin.create_user(env.system, f"custodian{i}@xkslab.local", "pw-custodian")).user_id
+        for i in range(2)
+    ]
+    custodians = {"quorum": {"n": 2, "members": [{"user": u} for u in users]}}
+    approval = {"quorum": {"n": 1, "members": [{"user": users[0]}]}}
+    body = {"name": "no-quorum", "custodian_policy": custodians}
+    await refused(client, "POST", "/sys/v1/groups", body, "custodian_policy", "approval_policy")
+    one = {"quorum": {"n": 1, "members": [{"user": users[0]}]}}
+    body = {"name": "one", "custodian_policy": one, "approval_policy": approval}
+    await refused(client, "POST", "/sys/v1/groups", body, "custodian_policy", "at least 2")
+    stranger = {"quorum": {"n": 2, "members": [{"user": users[0]}, {"user": str(uuid.uuid4())}]}}
+    body = {"name": "stranger", "custodian_policy": stranger, "approval_policy": approval}
+    await refused(client, "POST", "/sys/v1/groups", body, "custodian_policy", "not a user")
+    gid = await group(client, "custody", custodian_policy=custodians, approval_policy=approval)
+    assert (await call(client, "GET", f"/sys/v1/groups/{gid}"))["custodian_policy"] == {
+        "quorum": {
+            "n": 2,
+            "members": [{"user": u} for u in users],
+            "require_password": False,
+            "require_2fa": False,
+        }
+    }
+    kid = (await key(client, gid, "custodied", key_ops=["EXPORT", "ENCRYPT"]))["kid"]
+    export = {"key": {"kid": kid}, "custodians": [{"user": u} for u in users]}
+    # Only through an approval request, as Fortanix has it.
+    await call(client, "POST", "/crypto/v1/keys/components/export", export, status=403)
+    plain = (await key(client, env.group_id, "uncustodied", key_ops=["EXPORT", "ENCRYPT"]))["kid"]
+    export = {"key": {"kid": plain}, "custodians": [{"user": u} for u in users]}
+    await refused(client, "POST", "/crypto/v1/keys/components/export", export, "custodian_policy")
+
+
 async def _history_policy(client: Client, env: SimpleNamespace, name: str) -> None:
     gid = await group(client, f"undo-{name}", **{name: {"undo_time_window": 604800}})
     kid = (await key(client, gid, f"kept-{name}"))["kid"]
@@ -189,6 +221,7 @@ ENFORCED: dict[str, Callable[[Client, SimpleNamespace], Awaitable[None]]] = {
     "export_policy": _export_policy,
     "custom_metadata": _custom_metadata,
     "approval_policy": _approval_policy,
+    "custodian_policy": _custodian_policy,
     "key_undo_policy": _key_undo_policy,
     "key_history_policy": _key_history_policy,
 }

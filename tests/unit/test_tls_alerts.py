@@ -38,6 +38,8 @@ ALERTS = {
     "none": ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE"),
     "other-ca": ("TLSV1_ALERT_UNKNOWN_CA", "TLSV1_ALERT_UNKNOWN_CA"),
     "expired": ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "SSLV3_ALERT_CERTIFICATE_EXPIRED"),
+    # The lab's own CA, but not KMS's name: refused in the handshake too (OpenSSL's name check).
+    "other-subject": ("SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_BAD_CERTIFICATE"),
 }
 
 
@@ -76,6 +78,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
             "none": None,
             "other-ca": certs.make_client_cert(other, other_ca, other_key, "rogue", KMS_CN),
             "expired": expired,
+            "other-subject": certs.make_client_cert(good, ca, ca_key, "impostor", "cks.kms.example.com"),
         },
     )
 
@@ -140,7 +143,8 @@ def test_a_refused_client_certificate_gets_a_tls_alert(
     """Not a bare EOF (the old SSLEOFError "UNEXPECTED_EOF_WHILE_READING", curl's "Empty reply from
     server"): the alert. In TLS 1.3 the client's half of the handshake is over before the server checks
     the certificate, so the alert arrives on the first read; in TLS 1.2 it ends the handshake."""
-    with threaded_server(tls.server_context(*pki.server, client_ca=pki.ca), loop) as port:
+    context = tls.server_context(*pki.server, client_ca=pki.ca, client_subject=KMS_CN)
+    with threaded_server(context, loop) as port:
         assert request(port, client(pki, "good", version)).endswith(b"ok")
         with pytest.raises(ssl.SSLError) as caught:
             request(port, client(pki, refused, version))
@@ -161,6 +165,28 @@ def test_curl_reports_the_alert_not_an_empty_reply(pki: Pki) -> None:
         assert refused.returncode != 0
         assert "alert certificate required" in refused.stderr, refused.stderr
         assert "Empty reply" not in refused.stderr
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("subject", [KMS_CN, f"CN={KMS_CN}"])
+def test_curl_sees_a_wrong_subject_refused_in_the_handshake(pki: Pki, subject: str) -> None:
+    """A client certificate from the right CA that does not name cks.kms.<region>.amazonaws.com: a TLS
+    alert, never an HTTP answer."""
+    context = tls.server_context(*pki.server, client_ca=pki.ca, client_subject=subject)
+    with threaded_server(context, "uvloop") as port:
+        url = f"https://localhost:{port}/"
+        base = ["curl", "-sS", "--cacert", str(pki.ca), "--resolve", f"localhost:{port}:127.0.0.1"]
+        for name in ("good", "other-subject"):
+            files = pki.clients[name]
+            assert files is not None
+            run = subprocess.run(
+                [*base, "--cert", str(files[0]), "--key", str(files[1]), url], capture_output=True, text=True
+            )
+            if name == "good":
+                assert run.returncode == 0 and run.stdout == "ok", run.stderr
+            else:
+                assert run.returncode != 0 and run.stdout == ""
+                assert "alert bad certificate" in run.stderr, run.stderr
 
 
 # --- certificates reissued under running servers and clients ------------------------------------------
