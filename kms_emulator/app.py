@@ -274,4 +274,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         settings.kms.host,
         settings.kms.port,
         limits=HttpLimits.of(settings),
+        section="kms",
     )

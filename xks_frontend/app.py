@@ -135,5 +135,6 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         settings.path(xks.tls_key),
         client_ca=settings.xks_client_ca(),
         limits=HttpLimits.of(settings),
+        section="xks",
         tls_setup=tls_faults.install if (tls_faults := app.get(TLS_FAULTS_KEY)) is not None else None,
     )

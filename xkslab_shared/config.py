@@ -387,7 +387,8 @@ _POSITIVE = {
     "http.keepalive_timeout_s",
     "http.max_connections_per_client",
 }
-_PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
+# Every port setting (each accepts 0: a free port from the system; `--free-ports` sets them all to 0).
+PORT_SETTINGS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
 # The XKS spec's minimums: a proxy must accept at least this much (xks-proxy-api.md 1.5).
 XKS_MIN_PLAINTEXT_BYTES = 4300
 XKS_MIN_AAD_BYTES = 8192
@@ -407,7 +408,7 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
         raise fail("audit.flush_interval_ms", "must not be negative")
     if values["dsm.revocation_refresh_ms"] < 0:
         raise fail("dsm.revocation_refresh_ms", "must not be negative (0 reads the database every call)")
-    for name in _PORTS:
+    for name in PORT_SETTINGS:
         if not 0 <= values[name] < 65536:
             raise fail(name, "must be a TCP port (1-65535), or 0 for a free one")
     if not 0 <= values["dsm.health_cache_s"] <= 60:

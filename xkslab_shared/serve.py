@@ -19,6 +19,7 @@ headers and one body byte used to hold a server's every file descriptor for ever
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -86,6 +87,23 @@ class HttpLimits:
         )
 
 
+class ListenError(Exception):
+    """A listener could not bind its port: the message names the setting to change, for the user."""
+
+    @classmethod
+    def of(cls, exc: OSError, host: str, port: int, setting: str | None) -> ListenError:
+        where = f"{setting} {port}" if setting else f"{host}:{port}"
+        fix = f"set {setting} or use --free-ports" if setting else "choose another port"
+        if exc.errno == errno.EADDRINUSE:
+            return cls(f"{where} is in use ({fix})")
+        if exc.errno == errno.EACCES:
+            return cls(f"{where} needs privileges to listen on ({fix})")
+        # Mostly a host that is not an address of this machine (EADDRNOTAVAIL).
+        return cls(
+            f"cannot listen on {host}:{port}{f' ({setting})' if setting else ''}: {exc.strerror or exc}"
+        )
+
+
 @dataclass(frozen=True)
 class Listener:
     name: str  # "DSM REST API", "XKS proxy"
@@ -100,6 +118,9 @@ class Listener:
     limits: HttpLimits = HttpLimits()
     # Told about the HTTPS listener's TLS once it is built (the proxy's TLS faults hook it).
     tls_setup: Callable[[tls.ServerTls], None] | None = None
+    # The settings section of host, port and https_port ("dsm"), so that a port that cannot be bound is
+    # named by its setting; None: named by host and port only.
+    section: str | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The HTTPS listener's context; its certificate is reread when the files change (ServerTls)."""
@@ -154,9 +175,14 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
     gate = _Gate(listener.name, limits.max_connections, limits.max_connections_per_client)
     stack.callback(gate.close)
     capped = _ConnectionCap(runner.server, gate, listener.app.get(MALFORMED_REQUEST_KEY))
-    urls = [f"http://{listener.host}:{await _bind(stack, capped, listener.host, listener.port)}"]
+    section = listener.section
+    http_port = await _bind(
+        stack, capped, listener.host, listener.port, setting=section and f"{section}.port"
+    )
+    urls = [f"http://{listener.host}:{http_port}"]
     if context is not None and listener.https_port is not None:
-        port = await _bind(stack, capped, listener.host, listener.https_port, context)
+        setting = section and f"{section}.https_port"
+        port = await _bind(stack, capped, listener.host, listener.https_port, context, setting=setting)
         urls.append(f"https://{listener.host}:{port}")
     for url in urls:
         echo(f"{listener.name} on {url}")
@@ -169,8 +195,13 @@ async def _bind(
     host: str,
     port: int,
     context: ssl.SSLContext | None = None,
+    *,
+    setting: str | None = None,
 ) -> int:
-    server = await asyncio.get_running_loop().create_server(factory, host, port, ssl=context, backlog=128)
+    try:
+        server = await asyncio.get_running_loop().create_server(factory, host, port, ssl=context, backlog=128)
+    except OSError as exc:
+        raise ListenError.of(exc, host, port, setting) from None
     # Closed before the runner's cleanup (the stack unwinds in reverse): stop accepting, then drain.
     stack.callback(server.close)
     return int(server.sockets[0].getsockname()[1])

@@ -180,4 +180,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         settings.path(dsm.tls_cert),
         settings.path(dsm.tls_key),
         limits=HttpLimits.of(settings),
+        section="dsm",
     )

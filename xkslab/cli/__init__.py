@@ -32,6 +32,7 @@ from xkslab.cli.xks import xks
 
 
 @click.group(cls=XkslabGroup)
+@click.version_option(package_name="xkslab", prog_name="xkslab")
 def main() -> None:
     """xkslab: AWS KMS External Key Store testing without a cloud account.
 

@@ -9,12 +9,19 @@ from pathlib import Path
 
 import click
 
-from xkslab.cli.common import data_dir_of, json_option, overrides_of, pass_settings_creating, run, settings_of
+from xkslab.cli.common import (
+    data_dir_of,
+    free_ports_option,
+    json_option,
+    overrides_of,
+    pass_settings_creating,
+    run,
+    settings_of,
+)
 from xkslab.lab.control import log_file, require_ready, wait_ready
-from xkslab.lab.demo import DemoError, run_demo
 from xkslab.lab.detach import start_detached, stop_lab
 from xkslab.lab.envfmt import FORMATS, format_env
-from xkslab.lab.up import LabError, lab_env, run_up
+from xkslab.lab.files import LabError, lab_env
 from xkslab_shared.config import Settings
 
 
@@ -38,6 +45,7 @@ from xkslab_shared.config import Settings
     help="Mutual TLS as AWS recommends (the setting xks.mtls): the proxy requires the client certificate "
     "KMS presents, cks.kms.<region>.amazonaws.com from the local CA (tls/kms-client.crt).",
 )
+@free_ports_option
 @click.pass_context
 def up(ctx: click.Context, admin_password: str | None, detach: bool, mtls: bool) -> None:
     """Start the DSM, the XKS proxy and the KMS emulator on embedded defaults (SQLite, software sealing,
@@ -56,6 +64,8 @@ def up(ctx: click.Context, admin_password: str | None, detach: bool, mtls: bool)
             click.echo(f"xkslab up is running (pid {pid}, log {log}); `xkslab down` stops it", err=True)
             click.echo(str(path))
             return
+        from xkslab.lab.up import run_up
+
         run(run_up(settings, admin_password, click.echo, overrides))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
@@ -117,6 +127,8 @@ def env(fmt: str) -> None:
 @pass_settings_creating
 def demo(settings: Settings, input_file: Path | None, as_json: bool) -> None:
     """Run the double-envelope workflow against a running `xkslab up` (same --data-dir) with boto3."""
+    from xkslab.lab.demo import DemoError, run_demo
+
     try:
         result = run_demo(settings, input_file, (lambda _: None) if as_json else click.echo)
     except DemoError as exc:

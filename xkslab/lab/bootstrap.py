@@ -22,6 +22,7 @@ from dsm_emulator.errors import DsmError
 from dsm_emulator.keys import KeySpec
 from dsm_emulator.models import Account
 from dsm_emulator.xks import canonical_prefix
+from xkslab.lab.files import LabError
 from xkslab_shared.config import Settings
 
 XKS_APP = "xkslab-kms-xks"
@@ -34,10 +35,6 @@ ALIAS = "alias/xkslab-demo"
 # (xkslab.lab.credentials).
 AWS_ACCESS_KEY_ID = "AKIAXKSLABEXAMPLE000"
 AWS_SECRET_ACCESS_KEY = "xkslab-local-secret-not-checked"
-
-
-class LabError(RuntimeError):
-    """A start-up step failed; the message says which (the CLI prints it without a traceback)."""
 
 
 @dataclass(frozen=True)

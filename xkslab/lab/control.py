@@ -21,9 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from xkslab.lab.bootstrap import LabError
-from xkslab.lab.supervisor import LOCK_FILE
-from xkslab.lab.up import UP_FILE
+from xkslab.lab.files import LOCK_FILE, UP_FILE, LabError
 
 RUN_DIR = "run"
 PID_FILE = "up.pid"

@@ -1,0 +1,36 @@
+"""What the command line reads of a lab without running one: the error a start-up step raises, and the
+names of the files a lab keeps in its data directory (``up.json``, ``admin.password``) and what
+``xkslab env`` makes of ``up.json``. Kept apart from ``up.py`` so that ``xkslab env``, ``wait`` and
+``down`` import neither the services nor their database and HTTP libraries (a CLI that answers at once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+UP_FILE = "up.json"
+LOCK_FILE = "up.lock"  # held (flock) by the running up: supervisor.py
+PASSWORD_FILE = "admin.password"
+
+
+class LabError(RuntimeError):
+    """A start-up step failed; the message says which (the CLI prints it without a traceback)."""
+
+
+def up_file_in(data_dir: Path) -> Path:
+    return data_dir / UP_FILE
+
+
+# `xkslab env` and the banner name the files with mTLS. Not setting names (XKSLAB_<SECTION>_<NAME>), so
+# exporting them changes no xkslab command's settings.
+MTLS_ENV = {
+    "client_ca": "XKSLAB_MTLS_CA_FILE",
+    "client_cert": "XKSLAB_MTLS_CLIENT_CERT",
+    "client_key": "XKSLAB_MTLS_CLIENT_KEY",
+}
+
+
+def lab_env(data: dict[str, Any]) -> dict[str, str]:
+    """What ``xkslab env`` prints: ``aws_env``, and with mTLS the client certificate files."""
+    mtls = data.get("mtls") or {}
+    return {**data["aws_env"], **{var: mtls[key] for key, var in MTLS_ENV.items() if mtls.get(key)}}
