@@ -31,6 +31,20 @@ MTLS_ENV = {
 
 
 def lab_env(data: dict[str, Any]) -> dict[str, str]:
-    """What ``xkslab env`` prints: ``aws_env``, and with mTLS the client certificate files."""
+    """What ``xkslab env`` prints: ``aws_env`` (boto3, the AWS CLI), what Fortanix's ``sdkms-cli`` reads
+    (FORTANIX_API_ENDPOINT, HTTPS only, as it refuses plain HTTP; FORTANIX_API_KEY, the lab's client
+    app, for ``app-login``), the local CA (XKSLAB_CA_FILE: sdkms-cli reads none from the environment, so
+    it goes to ``--ssl-ca-cert``, and the sdkms SDK to ``Configuration.ssl_ca_cert``), and with mTLS the
+    client certificate files."""
+    dsm = data.get("dsm") or {}
+    fortanix = {
+        "FORTANIX_API_ENDPOINT": dsm.get("https_url") or dsm.get("url"),
+        "FORTANIX_API_KEY": dsm.get("api_key"),
+        "XKSLAB_CA_FILE": data.get("ca_file"),
+    }
     mtls = data.get("mtls") or {}
-    return {**data["aws_env"], **{var: mtls[key] for key, var in MTLS_ENV.items() if mtls.get(key)}}
+    return {
+        **data["aws_env"],
+        **{name: value for name, value in fortanix.items() if value},
+        **{var: mtls[key] for key, var in MTLS_ENV.items() if mtls.get(key)},
+    }
