@@ -252,7 +252,9 @@ def test_a_failed_start_says_why_and_leaves_nothing(tmp_path: Path, cleanup: lis
         started = xkslab(lab, "up", "--detach", *FREE_PORTS, "--set", f"kms.port={port}")
     assert started.returncode == 1 and started.stdout == ""
     [line] = started.stderr.strip().splitlines()
-    assert "failed to start" in line and f"kms.port {port} is in use (set kms.port or use --free-ports)" in line
+    assert (
+        "failed to start" in line and f"kms.port {port} is in use (set kms.port or use --free-ports)" in line
+    )
     assert f"(log: {lab / 'run' / 'up.log'})" in line
     assert lab_processes(lab) == []
     assert not (lab / "run" / "up.pid").exists() and not (lab / "up.json").exists()

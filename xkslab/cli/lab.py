@@ -64,9 +64,10 @@ def up(ctx: click.Context, admin_password: str | None, detach: bool, mtls: bool)
             click.echo(f"xkslab up is running (pid {pid}, log {log}); `xkslab down` stops it", err=True)
             click.echo(str(path))
             return
-        from xkslab.lab.up import run_up
+        from xkslab.lab.up import first_start, run_up
 
-        run(run_up(settings, admin_password, click.echo, overrides))
+        with first_start(settings) as ready:
+            run(run_up(settings, admin_password, click.echo, overrides, ready))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -16,7 +16,8 @@ import os
 import secrets
 import shutil
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -225,14 +226,23 @@ async def run_up(
     admin_password: str | None,
     echo: Callable[[str], None],
     overrides: dict[str, str] | None = None,
+    ready: threading.Event | None = None,
 ) -> None:
     """Start the lab and serve until SIGINT/SIGTERM. ``overrides`` are the command's ``--set`` flags,
-    passed on to each service's process. A first start that does not get as far as ready (a port in use,
-    Ctrl-C) takes back what it made, so the data directory is as it was; a later start keeps everything."""
+    passed on to each service's process; ``ready`` is set once the lab is ready (first_start)."""
+    await _run_up_locked(settings, admin_password, echo, overrides, ready or threading.Event())
+
+
+@contextlib.contextmanager
+def first_start(settings: Settings) -> Iterator[threading.Event]:
+    """Around the whole of a start, the event loop included (so the certificate files a worker thread
+    may still be writing when Ctrl-C cancels the start are written by then): a first start that is not
+    set ready (a port in use, Ctrl-C) takes back what it made, so the data directory is as it was; a
+    later start keeps everything."""
     before = _before_first_start(settings)
-    ready = asyncio.Event()
+    ready = threading.Event()
     try:
-        await _run_up_locked(settings, admin_password, echo, overrides, ready)
+        yield ready
     finally:
         if before is not None and not ready.is_set():
             _take_back(settings.data_dir, before)
@@ -264,7 +274,7 @@ async def _run_up_locked(
     admin_password: str | None,
     echo: Callable[[str], None],
     overrides: dict[str, str] | None,
-    ready: asyncio.Event,
+    ready: threading.Event,
 ) -> None:
     with hold_data_dir(settings.data_dir):
         path = up_file(settings)
@@ -297,7 +307,7 @@ async def _run_up(
     known: str | None,
     echo: Callable[[str], None],
     overrides: dict[str, str],
-    ready: asyncio.Event,
+    ready: threading.Event,
 ) -> None:
     ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
     async with Supervisor(settings.data_dir, overrides, echo) as services:
