@@ -19,7 +19,6 @@ headers and one body byte used to hold a server's every file descriptor for ever
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from xkslab_shared import body_encoding, parent, tls
 from xkslab_shared.config import Settings
+from xkslab_shared.ports import bind
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -84,23 +84,6 @@ class HttpLimits:
             http.body_timeout_ms / 1000,
             http.keepalive_timeout_s,
             http.max_connections_per_client,
-        )
-
-
-class ListenError(Exception):
-    """A listener could not bind its port: the message names the setting to change, for the user."""
-
-    @classmethod
-    def of(cls, exc: OSError, host: str, port: int, setting: str | None) -> ListenError:
-        where = f"{setting} {port}" if setting else f"{host}:{port}"
-        fix = f"set {setting} or use --free-ports" if setting else "choose another port"
-        if exc.errno == errno.EADDRINUSE:
-            return cls(f"{where} is in use ({fix})")
-        if exc.errno == errno.EACCES:
-            return cls(f"{where} needs privileges to listen on ({fix})")
-        # Mostly a host that is not an address of this machine (EADDRNOTAVAIL).
-        return cls(
-            f"cannot listen on {host}:{port}{f' ({setting})' if setting else ''}: {exc.strerror or exc}"
         )
 
 
@@ -176,35 +159,15 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
     stack.callback(gate.close)
     capped = _ConnectionCap(runner.server, gate, listener.app.get(MALFORMED_REQUEST_KEY))
     section = listener.section
-    http_port = await _bind(
-        stack, capped, listener.host, listener.port, setting=section and f"{section}.port"
-    )
+    http_port = await bind(stack, capped, listener.host, listener.port, setting=section and f"{section}.port")
     urls = [f"http://{listener.host}:{http_port}"]
     if context is not None and listener.https_port is not None:
         setting = section and f"{section}.https_port"
-        port = await _bind(stack, capped, listener.host, listener.https_port, context, setting=setting)
+        port = await bind(stack, capped, listener.host, listener.https_port, context, setting=setting)
         urls.append(f"https://{listener.host}:{port}")
     for url in urls:
         echo(f"{listener.name} on {url}")
     return urls
-
-
-async def _bind(
-    stack: AsyncExitStack,
-    factory: Callable[[], asyncio.Protocol],
-    host: str,
-    port: int,
-    context: ssl.SSLContext | None = None,
-    *,
-    setting: str | None = None,
-) -> int:
-    try:
-        server = await asyncio.get_running_loop().create_server(factory, host, port, ssl=context, backlog=128)
-    except OSError as exc:
-        raise ListenError.of(exc, host, port, setting) from None
-    # Closed before the runner's cleanup (the stack unwinds in reverse): stop accepting, then drain.
-    stack.callback(server.close)
-    return int(server.sockets[0].getsockname()[1])
 
 
 class _Gate:

@@ -52,12 +52,13 @@ def run(coro: Coroutine[Any, Any, T], *, server: bool = False) -> T:
     from dsm_emulator.errors import DsmError
     from dsm_emulator.sealing import SealError
     from xkslab_shared import serve
+    from xkslab_shared.ports import ListenError
 
     try:
         return serve.run(coro) if server else asyncio.run(coro)
     except (DsmError, SealError, ConfigError) as exc:
         raise click.ClickException(getattr(exc, "message", str(exc))) from None
-    except serve.ListenError as exc:
+    except ListenError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
