@@ -34,8 +34,8 @@ from pathlib import Path
 XKSLAB = Path(sys.executable).with_name("xkslab")
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(XKSLAB), *args], capture_output=True, text=True, check=check, timeout=900)
+def run(*args: str, check: bool = True, program: str = str(XKSLAB)) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([program, *args], capture_output=True, text=True, check=check, timeout=900)
 
 
 @contextlib.contextmanager
@@ -52,12 +52,12 @@ def lab(data_dir: Path | None) -> Iterator[Path]:
             run("--data-dir", str(started), "down", check=False)
 
 
-def timed(args: list[str], runs: int) -> list[float]:
-    run(*args, check=False)  # the first run fills the page cache; not counted
+def timed(args: list[str], runs: int, program: str = str(XKSLAB)) -> list[float]:
+    run(*args, check=False, program=program)  # the first run fills the page cache; not counted
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        run(*args, check=False)
+        run(*args, check=False, program=program)
         times.append(time.perf_counter() - start)
     return times
 
@@ -84,6 +84,12 @@ def main() -> int:
         }
         print(f"{options.runs} runs each, {XKSLAB}")
         print(f"{'command':32} {'min':>7} {'p50':>7} {'p90':>7} {'max':>7}")
+        # The floor under every command: the interpreter starting and exiting (not held to the target).
+        bare = timed(["-c", "pass"], options.runs, program=sys.executable)
+        print(
+            f"{'python -c pass (the floor)':32} {min(bare):7.3f} {percentile(bare, 50):7.3f} "
+            f"{percentile(bare, 90):7.3f} {max(bare):7.3f}"
+        )
         over = []
         for name, args in commands.items():
             times = timed(args, options.runs)
