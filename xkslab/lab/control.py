@@ -16,8 +16,6 @@ import fcntl
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +198,9 @@ def require_ready(data_dir: Path) -> dict[str, Any]:
 
 def _answers(url: str, path: str, method: str = "GET") -> bool:
     """An HTTP answer of any status: the service is listening and its event loop turns."""
+    import urllib.error  # here: `env` and `down` import this module and need no HTTP client
+    import urllib.request
+
     request = urllib.request.Request(url.rstrip("/") + path, method=method)  # noqa: S310 (the lab's URL)
     try:
         with urllib.request.urlopen(request, timeout=5):  # noqa: S310
