@@ -24,6 +24,7 @@ from tests.integration.test_detach import FREE_PORTS, HANG_S, cleanup, lab_proce
 __all__ = ["cleanup"]  # the fixture, used here by name
 
 POLL_S = 0.02
+XKSLAB = [sys.executable, "-m", "xkslab"]
 
 
 def ports_of(data: dict[str, object]) -> set[int]:
@@ -81,6 +82,25 @@ def test_a_port_in_use_names_its_setting_and_free_ports_avoids_it(
         ]
         assert sorted(p.name for p in lab.iterdir()) == files
         assert lab_processes(lab) == []
+
+        # The same switch on a service alone: its ready file tells the ports really bound.
+        ready, log = tmp_path / "kms.json", tmp_path / "kms.log"
+        serve_args = ["kms", "serve", "--free-ports", "--ready-file", str(ready)]
+        with log.open("wb") as out:
+            alone = subprocess.Popen(
+                [*XKSLAB, "--data-dir", str(lab), "--set", f"kms.port={port}", *serve_args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_until(alone, ready.exists)
+            assert alone.poll() is None, log.read_text()
+            [url] = json.loads(ready.read_text())["urls"]
+            assert urlsplit(url).port not in (port, None)
+        finally:
+            alone.terminate()
+            alone.wait(HANG_S)
 
 
 def _wait_until(up: subprocess.Popen[bytes], condition: Callable[[], bool]) -> None:
