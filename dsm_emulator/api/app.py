@@ -189,4 +189,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         limits=HttpLimits.of(settings),
         service="dsm",
         access_log=settings.log.access,
+        section="dsm",
     )

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from xkslab.lab.bootstrap import LabError
+from xkslab.lab.files import LabError
 from xkslab.lab.info import FREE_PORTS, START_TIMEOUT_S, STOP_TIMEOUT_S, LabInfo
 from xkslab.lab.up import up_file
 from xkslab_shared.config import load_settings
