@@ -163,3 +163,26 @@ def test_ctrl_c_at_any_moment_of_start_up(stage: str, tmp_path: Path, cleanup: l
     assert up.returncode in (130, -signal.SIGINT), stderr
     assert said(stderr) in ([], ["xkslab: interrupted"])
     assert not lab.exists(), f"a first start interrupted at '{stage}' left {sorted(os.listdir(lab))}"
+
+
+def test_up_started_from_a_directory_with_an_xkslab_of_its_own_runs_the_installed_one(
+    tmp_path: Path, cleanup: list[Path]
+) -> None:
+    """A user's checkout or project may hold a directory named ``xkslab``: the services ``up`` starts
+    import the installed package, not the one in the current directory (``python -P``)."""
+    work, lab = tmp_path / "work", tmp_path / "lab"
+    (work / "xkslab").mkdir(parents=True)
+    (work / "xkslab" / "__init__.py").write_text('raise SystemExit("the xkslab of the current directory")\n')
+    (work / "xkslab" / "__main__.py").write_text('raise SystemExit("the xkslab of the current directory")\n')
+    cleanup.append(lab)
+    up = subprocess.run(
+        [sys.executable, "-P", "-m", "xkslab", "--data-dir", str(lab), *FREE_PORTS, "up", "--detach"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=HANG_S,
+    )
+    assert up.returncode == 0, up.stderr
+    assert "the xkslab of the current directory" not in up.stderr + (lab / "run" / "up.log").read_text()
+    assert xkslab(lab, "down").returncode == 0

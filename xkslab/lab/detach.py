@@ -124,6 +124,7 @@ def start_detached(
         process = subprocess.Popen(
             [
                 sys.executable,
+                "-P",  # not the current directory first on the path: its own xkslab/, if any, is not ours
                 "-m",
                 "xkslab",
                 "--data-dir",

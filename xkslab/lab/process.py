@@ -42,7 +42,7 @@ def lab_process(
     sets = [arg for name, value in overrides.items() for arg in ("--set", f"{name}={value}")]
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *sets, "up"],
+            [sys.executable, "-P", "-m", "xkslab", "--data-dir", str(data_dir), *sets, "up"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -156,6 +156,7 @@ class Supervisor:
         assert self._link is not None
         return await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",  # not the current directory first on the path: its own xkslab/, if any, is not ours
             "-m",
             "xkslab",
             "--data-dir",
