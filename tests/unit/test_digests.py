@@ -41,7 +41,12 @@ HMAC_VECTORS = [
         "87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cde"
         "daa833b7d6b8a702038b274eaea3f4e4be9d914eeb61f1702e696c203a126854",
     ),
-    (b"\xaa" * 20, b"\xdd" * 50, "SHA256", "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"),
+    (
+        b"\xaa" * 20,
+        b"\xdd" * 50,
+        "SHA256",
+        "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
+    ),
     (
         b"\xaa" * 20,
         b"\xdd" * 50,
