@@ -313,6 +313,10 @@ def _paths() -> dict[str, dict[str, Any]]:
         f"{keyed}/macverify": {"post": op("macVerifyWithKid", ref("MacVerifyResponse"), ref("MacRequest"))},
         "/crypto/v1/mac": {"post": op("mac", ref("MacResponse"), ref("MacRequest"))},
         "/crypto/v1/macverify": {"post": op("macVerify", ref("MacVerifyResponse"), ref("MacRequest"))},
+        "/crypto/v1/keys/batch/mac": {"post": op("batchMac", array(ANY_OBJECT), array(ref("MacRequest")))},
+        "/crypto/v1/keys/batch/macverify": {
+            "post": op("batchMacVerify", array(ANY_OBJECT), array(ref("MacRequest")))
+        },
         "/crypto/v1/keys/batch/encrypt": {"post": op("batchEncrypt", array(ANY_OBJECT), BATCH)},
         "/crypto/v1/keys/batch/decrypt": {"post": op("batchDecrypt", array(ANY_OBJECT), BATCH)},
         "/internal/xks/v1/prefixes": {

@@ -68,9 +68,24 @@ async def test_hmac_keys_mac_the_rfc_4231_data_to_the_rfc_macs(lab: Lab) -> None
     ex = await lab.call(ADMIN, "POST", "/crypto/v1/macverify", {**good, "key": {"kid": kid}})
     assert ex == {"kid": kid, "result": True}
 
+    missing = {"kid": "00000000-0000-4000-8000-000000000000"}
+    batch = await lab.call(
+        ADMIN,
+        "POST",
+        "/crypto/v1/keys/batch/mac",
+        [{"key": {"name": "verify-me"}, "alg": alg, "data": b64(data)}, {"key": missing, **good}, "x"],
+    )
+    assert [item["status"] for item in batch] == [200, 404, 400]
+    assert base64.b64decode(batch[0]["body"]["mac"]).hex() == expected and "error" in batch[1]
+    checks = [{"key": {"kid": kid}, **good}, {"key": {"kid": kid}, **good, "mac": b64(wrong)}]
+    verified = await lab.call(ADMIN, "POST", "/crypto/v1/keys/batch/macverify", checks)
+    assert [(item["status"], item["body"]["result"]) for item in verified] == [(200, True), (200, False)]
+    await lab.call(ADMIN, "POST", "/crypto/v1/keys/batch/mac", {"not": "a list"}, 400)
+
     rows = await audit_rows(lab, kid)
     ops = [(row.operation, row.outcome, row.action_type) for row in rows]
-    assert ops.count(("crypto.macverify", "success", "CRYPTOOPERATION")) == 6, ops
+    assert ops.count(("crypto.macverify", "success", "CRYPTOOPERATION")) == 8, ops
+    assert ops.count(("crypto.mac", "success", "CRYPTOOPERATION")) == 1, ops
     assert all(expected not in row.message and b64(mac) not in row.message for row in rows)
 
 

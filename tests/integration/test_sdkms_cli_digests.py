@@ -85,7 +85,16 @@ def sdk_flow(url: str) -> dict[str, Any]:
     verify = sdk.MacVerifyRequestEx(key=by_name, alg=alg, data=bytearray(data), mac=mac.mac)
     cmac_data, _ = CMAC_VECTORS[1]
     cmac = api.compute_mac(aes_key.kid, sdk.MacGenerateRequest(data=bytearray(cmac_data)))
+    batch = sdk.BatchMacRequest()
+    batch.append(sdk.MacGenerateRequestEx(key=by_name, alg=alg, data=bytearray(data)))
+    batch.append(
+        sdk.MacGenerateRequestEx(key=sdk.SobjectDescriptor(name="nope"), alg=alg, data=bytearray(data))
+    )
+    batch_answer = [
+        (item.status, bytes(item.body.mac).hex() if item.body else None) for item in api.batch_mac(batch)
+    ]
     return {
+        "batch": batch_answer,
         "kid": hmac_key.kid,
         "mac_kid": mac.kid,
         "mac": bytes(mac.mac).hex(),
@@ -101,4 +110,5 @@ async def test_sdkms_sdk_digest_api(server_url: str) -> None:
     r = await asyncio.to_thread(sdk_flow, server_url)
     assert r["mac"] == HMAC_VECTORS[8][3] and r["mac_kid"] == r["kid"] and r["verified"] is True
     assert r["cmac"] == CMAC_VECTORS[1][1]
+    assert r["batch"] == [(200, HMAC_VECTORS[8][3]), (404, None)]
     assert r["sha3"] == ABC["SHA3_512"]
