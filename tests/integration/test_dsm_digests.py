@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from dsm_emulator.models import AuditRow
-from tests.integration.test_approvals import ADMIN, Lab, lab, quorum
+from tests.integration.test_approvals import ADMIN, BOB, Lab, lab, quorum
 from tests.unit.test_digests import ABC, CMAC_KEY, CMAC_VECTORS, HMAC_VECTORS
 
 __all__ = ["lab"]  # the fixture
@@ -149,17 +149,22 @@ async def test_macs_are_refused_by_key_ops_permissions_types_and_bad_input(lab: 
     assert ok["result"] is True
 
 
-async def test_a_mac_in_a_quorum_group_is_held(lab: Lab) -> None:
-    held_crypto = quorum(1, lab.ids[ADMIN], protect_crypto_operations=True)
-    gid = (await lab.call(ADMIN, "POST", "/sys/v1/groups", {"name": "held", "approval_policy": held_crypto}))[
-        "group_id"
-    ]
-    key, data, alg, _ = HMAC_VECTORS[1]
-    kid = await import_key(lab, "held-hmac", "HMAC", key, group_id=gid)
-    refused = await lab.call(
-        ADMIN, "POST", f"/crypto/v1/keys/{kid}/mac", {"alg": alg, "data": b64(data)}, 403
-    )
-    assert "approval" in refused["message"].lower(), refused
+async def test_a_mac_in_a_quorum_group_is_held_and_runs_once_approved(lab: Lab) -> None:
+    held_crypto = quorum(2, lab.ids[ADMIN], lab.ids[BOB], protect_crypto_operations=True)
+    group = await lab.call(ADMIN, "POST", "/sys/v1/groups", {"name": "held", "approval_policy": held_crypto})
+    key, data, alg, expected = HMAC_VECTORS[1]
+    kid = await import_key(lab, "held-hmac", "HMAC", key, group_id=group["group_id"])
+    body = {"alg": alg, "data": b64(data)}
+    refused = await lab.call(ADMIN, "POST", f"/crypto/v1/keys/{kid}/mac", body, 403)
+    assert "requires quorum approval" in refused["message"], refused
+
+    ask = {"method": "POST", "operation": f"/crypto/v1/keys/{kid}/mac", "body": body}
+    rid = (await lab.call(ADMIN, "POST", "/sys/v1/approval_requests", ask, status=201))["request_id"]
+    await lab.call(ADMIN, "POST", f"/sys/v1/approval_requests/{rid}/approve", {})
+    await lab.call(BOB, "POST", f"/sys/v1/approval_requests/{rid}/approve", {})
+    result = await lab.call(ADMIN, "POST", f"/sys/v1/approval_requests/{rid}/result")
+    assert result["status"] == 200 and base64.b64decode(result["body"]["mac"]).hex() == expected
+    await lab.call(ADMIN, "POST", f"/crypto/v1/keys/{kid}/mac", body, 403)  # the approval covered one MAC
 
 
 async def test_digests_match_fips_vectors_and_unemulated_algorithms_answer_501(lab: Lab) -> None:
