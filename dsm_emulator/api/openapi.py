@@ -81,6 +81,11 @@ SCHEMAS: dict[str, Schema] = {
     "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
     "WrapRequest": obj(key=DESCRIPTOR, subject=DESCRIPTOR, kid=string(), wrapped_key=BLOB, **CRYPT_FIELDS),
+    "DigestRequest": obj(["alg", "data"], alg=string(), data=BLOB),
+    "DigestResponse": obj(["digest"], digest=BLOB),
+    "MacRequest": obj(["data"], key=DESCRIPTOR, alg=string(), data=BLOB, mac=BLOB, digest=BLOB),
+    "MacResponse": obj(["kid", "mac"], kid=string(), mac=BLOB, digest=BLOB),
+    "MacVerifyResponse": obj(["kid", "result"], kid=string(), result={"type": "boolean"}),
     "Account": obj(["acct_id"], acct_id=string(), name=string()),
     "ApprovalRequest": obj(
         ["request_id", "status", "method", "operation"],
@@ -303,6 +308,15 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/decrypt": {"post": op("decrypt", ref("CryptResponse"), ref("CryptRequest"))},
         "/crypto/v1/wrapkey": {"post": op("wrapKey", ANY_OBJECT, ref("WrapRequest"))},
         "/crypto/v1/unwrapkey": {"post": op("unwrapKey", KEY, ref("WrapRequest"))},
+        "/crypto/v1/digest": {"post": op("digest", ref("DigestResponse"), ref("DigestRequest"))},
+        f"{keyed}/mac": {"post": op("macWithKid", ref("MacResponse"), ref("MacRequest"))},
+        f"{keyed}/macverify": {"post": op("macVerifyWithKid", ref("MacVerifyResponse"), ref("MacRequest"))},
+        "/crypto/v1/mac": {"post": op("mac", ref("MacResponse"), ref("MacRequest"))},
+        "/crypto/v1/macverify": {"post": op("macVerify", ref("MacVerifyResponse"), ref("MacRequest"))},
+        "/crypto/v1/keys/batch/mac": {"post": op("batchMac", array(ANY_OBJECT), array(ref("MacRequest")))},
+        "/crypto/v1/keys/batch/macverify": {
+            "post": op("batchMacVerify", array(ANY_OBJECT), array(ref("MacRequest")))
+        },
         "/crypto/v1/keys/batch/encrypt": {"post": op("batchEncrypt", array(ANY_OBJECT), BATCH)},
         "/crypto/v1/keys/batch/decrypt": {"post": op("batchDecrypt", array(ANY_OBJECT), BATCH)},
         "/internal/xks/v1/prefixes": {

@@ -162,7 +162,7 @@ DSM_FIELDS = [
     "kid", "key", "alg", "mode", "plain", "cipher", "iv", "ad", "tag", "tag_len", "wrapped_key",
     "key_format", "batch", "request", "add_groups", "del_groups", "mod_groups", "default_group",
     "credential", "secret_size", "acct_id", "custom_metadata", "activation_date", "deactivation_date",
-    "code", "message", "transient_key", "state", "expires_in",
+    "code", "message", "transient_key", "state", "expires_in", "data", "mac", "digest",
 ]  # fmt: skip
 DSM_QUERY = [
     "name", "group_id", "obj_type", "limit", "offset", "sort", "start", "show_destroyed", "size", "from",
@@ -184,7 +184,7 @@ async def test_the_dsm_rest_api_under_random_requests(
         st.sampled_from(DSM_QUERY) | st.text(max_size=8), ID_TEXT | st.sampled_from(ids)
     )
     known = plausible(
-        *ids, "AES", "HMAC", "SECRET", "OPAQUE", "GCM", "CBC", "CBCNOPAD", "CTR", "ECB", "KW", "KWP", "Raw",
+        *ids, "AES", "HMAC", "SECRET", "OPAQUE", "SHA256", "SHA3_512", "Blake2b256", "GCM", "CBC", "CBCNOPAD", "CTR", "ECB", "KW", "KWP", "Raw",
         ["ENCRYPT", "DECRYPT", "WRAPKEY", "UNWRAPKEY", "EXPORT"], {"kid": env.kek_id}, {"name": "root-kek-1"},
         {env.group_id: ["ENCRYPT"]}, [env.group_id], {"secret": {}}, {"awsxks": {}},
         [{"kid": env.kek_id, "request": {"alg": "AES", "mode": "GCM", "plain": "AAAA"}}],
