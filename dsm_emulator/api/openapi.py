@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsm_emulator.api.not_emulated import NOT_EMULATED, NotEmulated
 from xkslab_shared.openapi import Schema, array, content, document, health_path, nullable, obj, ref, string
 
 ANY_OBJECT: Schema = {"type": "object"}
@@ -329,6 +330,22 @@ def _paths() -> dict[str, dict[str, Any]]:
     }
 
 
+def _not_emulated(entry: NotEmulated) -> dict[str, Any]:
+    operation = op(entry.operation, None, public=entry.public, summary=f"not emulated: {entry.feature}")
+    operation["responses"] = {
+        "501": {"description": entry.message, "content": content(ref("Error"))},
+        "default": JSON_ERROR,
+    }
+    return operation
+
+
+def _all_paths() -> dict[str, dict[str, Any]]:
+    paths = _paths()
+    for entry in NOT_EMULATED:
+        paths.setdefault(entry.path, {})[entry.method.lower()] = _not_emulated(entry)
+    return paths
+
+
 def build() -> dict[str, Any]:
     components = {
         "schemas": SCHEMAS,
@@ -345,6 +362,6 @@ def build() -> dict[str, Any]:
         "xkslab DSM REST API (Fortanix DSM subset)",
         'The Fortanix DSM paths and shapes xkslab serves. Errors are `{"message"}`. `/internal/xks/v1/*` '
         "take the proxy token and are for XKS proxies only.",
-        _paths(),
+        _all_paths(),
         components,
     )
