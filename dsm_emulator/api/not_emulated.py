@@ -26,7 +26,6 @@ KCV = "key check values (KCV)"
 DERIVE = "key derivation"
 AGREE = "key agreement"
 PRIVATE_KEY = "removing the private part of an asymmetric key"
-PERSIST = "persisting a transient key"
 LDAP = "LDAP and single sign-on logins"
 # Not a route of its own: POST /sys/v1/session/auth with an app id and no secret, over mutual TLS.
 CERTIFICATE_LOGIN = "app certificate logins (mutual TLS)"
@@ -82,7 +81,6 @@ NOT_EMULATED: tuple[NotEmulated, ...] = (
     NotEmulated("POST", "/crypto/v1/derive", DERIVE, "deriveKeyEx"),
     NotEmulated("POST", "/crypto/v1/agree", AGREE, "agreeKey"),
     NotEmulated("DELETE", "/crypto/v1/keys/{kid}/private", PRIVATE_KEY, "deletePrivateKey"),
-    NotEmulated("POST", "/crypto/v1/keys/persist", PERSIST, "persistSecurityObject"),
     # sdkms-cli ldap-auth asks this before it logs in, without credentials, as Fortanix allows.
     NotEmulated("POST", "/sys/v1/session/auth/discover", LDAP, "authDiscover", public=True),
 )

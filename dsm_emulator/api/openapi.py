@@ -267,6 +267,24 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/keys/info": {"post": op("keyInfo", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/export": {"post": op("exportKey", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/rekey": {"post": op("rekey", KEY, ref("KeyRequest"))},
+        "/crypto/v1/keys/persist": {
+            "post": op(
+                "persistKey",
+                KEY,
+                obj(
+                    ["name", "transient_key"],
+                    name=string(1, 4096),
+                    transient_key=string(),
+                    group_id=string(),
+                    key_ops=KEY_OPS,
+                    description=string(),
+                    custom_metadata={"type": "object", "additionalProperties": string()},
+                    enabled={"type": "boolean"},
+                ),
+                "201",
+                summary="stores a transient key as a new object; key_ops at most the transient key's",
+            )
+        },
         "/crypto/v1/keys/components/export": {
             "post": op(
                 "exportComponents",
