@@ -6,7 +6,6 @@ is audited."""
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,11 @@ from tests.integration.test_dsm_api import bearer, login
 from xkslab_shared.config import load_settings
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data_dir = tmp_path_factory.mktemp("dsm") / "data"
-    init(data_dir, f"sqlite+aiosqlite:///{data_dir / 'xkslab.db'}")
-    return data_dir
-
-
 @pytest.fixture
-async def client(template: Path, tmp_path: Path, aiohttp_client: Any) -> Any:
+async def client(empty_db_url: str, tmp_path: Path, aiohttp_client: Any) -> Any:
+    """A DSM on SQLite and on PostgreSQL: persisting writes a row under a unique name."""
     data_dir = tmp_path / "data"
-    shutil.copytree(template, data_dir)
+    init(data_dir, empty_db_url)
     return await aiohttp_client(create_app(load_settings(data_dir)))
 
 
