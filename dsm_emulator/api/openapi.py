@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsm_emulator.api.not_emulated import NOT_EMULATED, NotEmulated
 from xkslab_shared.openapi import Schema, array, content, document, health_path, nullable, obj, ref, string
 
 ANY_OBJECT: Schema = {"type": "object"}
@@ -271,6 +272,24 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/keys/info": {"post": op("keyInfo", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/export": {"post": op("exportKey", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/rekey": {"post": op("rekey", KEY, ref("KeyRequest"))},
+        "/crypto/v1/keys/persist": {
+            "post": op(
+                "persistKey",
+                KEY,
+                obj(
+                    ["name", "transient_key"],
+                    name=string(1, 4096),
+                    transient_key=string(),
+                    group_id=string(),
+                    key_ops=KEY_OPS,
+                    description=string(),
+                    custom_metadata={"type": "object", "additionalProperties": string()},
+                    enabled={"type": "boolean"},
+                ),
+                "201",
+                summary="stores a transient key as a new object; key_ops at most the transient key's",
+            )
+        },
         "/crypto/v1/keys/components/export": {
             "post": op(
                 "exportComponents",
@@ -343,6 +362,22 @@ def _paths() -> dict[str, dict[str, Any]]:
     }
 
 
+def _not_emulated(entry: NotEmulated) -> dict[str, Any]:
+    operation = op(entry.operation, None, public=entry.public, summary=f"not emulated: {entry.feature}")
+    operation["responses"] = {
+        "501": {"description": entry.message, "content": content(ref("Error"))},
+        "default": JSON_ERROR,
+    }
+    return operation
+
+
+def _all_paths() -> dict[str, dict[str, Any]]:
+    paths = _paths()
+    for entry in NOT_EMULATED:
+        paths.setdefault(entry.path, {})[entry.method.lower()] = _not_emulated(entry)
+    return paths
+
+
 def build() -> dict[str, Any]:
     components = {
         "schemas": SCHEMAS,
@@ -359,6 +394,6 @@ def build() -> dict[str, Any]:
         "xkslab DSM REST API (Fortanix DSM subset)",
         'The Fortanix DSM paths and shapes xkslab serves. Errors are `{"message"}`. `/internal/xks/v1/*` '
         "take the proxy token and are for XKS proxies only.",
-        _paths(),
+        _all_paths(),
         components,
     )

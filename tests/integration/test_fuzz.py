@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from dsm_emulator.api.app import create_app as create_dsm_app
+from dsm_emulator.api.not_emulated import NOT_EMULATED
 from kms_emulator.app import OPERATIONS
 from tests import xks_harness
 from tests.kms_harness import KmsEnv, start_kms, stop_kms
@@ -170,6 +171,9 @@ DSM_QUERY = [
 ]  # fmt: skip
 
 
+NOT_EMULATED_ROUTES = {(entry.method, entry.path) for entry in NOT_EMULATED}
+
+
 async def test_the_dsm_rest_api_under_random_requests(
     db_env: XksEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -221,7 +225,9 @@ async def test_the_dsm_rest_api_under_random_requests(
             if r.status == 401 and who == "admin":  # the case ended the session (terminate): a new one
                 credentials["admin"] = await token()
             assert_clean(r.status, text, case)
-            assert r.status < 500, (case, r.status, text)
+            # The one 5xx a route may answer: 501 from the table of what the lab does not emulate.
+            not_emulated = r.status == 501 and (method, template) in NOT_EMULATED_ROUTES
+            assert r.status < 500 or not_emulated, (case, r.status, text)
             if r.status >= 400:
                 answer = json.loads(text)
                 assert isinstance(answer, dict) and isinstance(answer.get("message"), str), (case, text)
