@@ -80,6 +80,11 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
+    # Multipart (CBC, CBCNOPAD, CTR): ``state`` is sealed, opaque, good for one next step of one caller.
+    "MultipartRequest": obj(
+        key=DESCRIPTOR, alg=string(), mode=MODE, iv=BLOB, plain=BLOB, cipher=BLOB, state=BLOB
+    ),
+    "MultipartResponse": obj(kid=string(), iv=BLOB, plain=BLOB, cipher=BLOB, state=BLOB),
     "WrapRequest": obj(key=DESCRIPTOR, subject=DESCRIPTOR, kid=string(), wrapped_key=BLOB, **CRYPT_FIELDS),
     "Account": obj(["acct_id"], acct_id=string(), name=string()),
     "ApprovalRequest": obj(
@@ -305,6 +310,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/unwrapkey": {"post": op("unwrapKey", KEY, ref("WrapRequest"))},
         "/crypto/v1/keys/batch/encrypt": {"post": op("batchEncrypt", array(ANY_OBJECT), BATCH)},
         "/crypto/v1/keys/batch/decrypt": {"post": op("batchDecrypt", array(ANY_OBJECT), BATCH)},
+        **_multipart_paths(keyed),
         "/internal/xks/v1/prefixes": {
             "get": {**op("xksPrefixes", ANY_OBJECT, summary="internal: for XKS proxies"), "x-internal": True}
         },
@@ -327,6 +333,18 @@ def _paths() -> dict[str, dict[str, Any]]:
         },
         "/openapi.json": {"get": op("openapi", ANY_OBJECT, public=True, summary="This document")},
     }
+
+
+def _multipart_paths(keyed: str) -> dict[str, dict[str, Any]]:
+    """Both URL styles of each step of multipart encrypt and decrypt (dsm_emulator.api.multipart)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for direction in ("encrypt", "decrypt"):
+        for step in ("init", "update", "final"):
+            name = f"{direction}{step.title()}"
+            answer, body = ref("MultipartResponse"), ref("MultipartRequest")
+            paths[f"{keyed}/{direction}/{step}"] = {"post": op(f"{name}WithKid", answer, body)}
+            paths[f"/crypto/v1/{direction}/{step}"] = {"post": op(name, answer, body)}
+    return paths
 
 
 def build() -> dict[str, Any]:
