@@ -4,8 +4,9 @@
 
 Each handler checks the body's fields (a field the request may not carry is a 400 naming it), makes one
 KeyService call (``dsm_emulator.keys.multipart``) and answers in Fortanix's shapes; the ``state`` is the
-service's sealed token as base64, opaque to the client. Modes: CBC, CBCNOPAD and CTR. Fortanix also offers
-GCM in pieces; xkslab does not emulate that (501), and every other mode is a 400.
+service's sealed token as base64, opaque to the client. Modes: CBC, CBCNOPAD, CTR and GCM (``ad`` at
+init, ``tag_len`` at an encrypt's final, ``tag`` at a decrypt's final), as Fortanix serves them in pieces;
+every other mode is a 400.
 """
 
 from __future__ import annotations
@@ -18,21 +19,19 @@ from aiohttp import web
 from dsm_emulator.api.context import b64, b64_field, core_of, field, json_response, principal_of, read_json
 from dsm_emulator.api.crypto import resolve_key_ref
 from dsm_emulator.crypto_stream import STREAM_MODES
-from dsm_emulator.errors import BadRequest, Unsupported
+from dsm_emulator.errors import BadRequest
 from dsm_emulator.keys import KeyRef
 
 routes = web.RouteTableDef()
 
-NOT_EMULATED_MODES = ("GCM",)
-# The fields each request may carry, besides ``key`` in the Ex style; Fortanix's tag_len, tag and ad
-# belong to GCM and CCM only, which are not served in pieces here.
+# The fields each request may carry, besides ``key`` in the Ex style (ad, tag_len and tag: GCM only).
 _FIELDS = {
-    ("encrypt", "init"): ("alg", "mode", "iv"),
-    ("decrypt", "init"): ("alg", "mode", "iv"),
+    ("encrypt", "init"): ("alg", "mode", "iv", "ad"),
+    ("decrypt", "init"): ("alg", "mode", "iv", "ad"),
     ("encrypt", "update"): ("plain", "state"),
     ("decrypt", "update"): ("cipher", "state"),
-    ("encrypt", "final"): ("state",),
-    ("decrypt", "final"): ("state",),
+    ("encrypt", "final"): ("state", "tag_len"),
+    ("decrypt", "final"): ("state", "tag"),
 }
 
 
@@ -42,10 +41,7 @@ def _body(raw: Any, direction: str, step: str, *, ex: bool) -> dict[str, Any]:
     allowed = set(_FIELDS[direction, step]) | ({"key"} if ex else set())
     extra = sorted(name for name, value in raw.items() if value is not None and name not in allowed)
     if extra:
-        raise BadRequest(
-            f"{direction} {step} does not take {', '.join(name[:40] for name in extra[:5])}"
-            f" (xkslab serves CBC, CBCNOPAD and CTR in pieces)"
-        )
+        raise BadRequest(f"{direction} {step} does not take {', '.join(name[:40] for name in extra[:5])}")
     return raw
 
 
@@ -54,8 +50,6 @@ def _mode(body: dict[str, Any]) -> str:
     if alg != "AES":
         raise BadRequest(f"alg {str(alg)[:40]} is not supported; only AES is")
     mode = str(field(body, "mode", str, required=True))
-    if mode in NOT_EMULATED_MODES:
-        raise Unsupported(f"xkslab does not emulate multipart {mode}; use the single-shot encrypt/decrypt")
     if mode not in STREAM_MODES:
         raise BadRequest(f"mode for multipart must be one of {', '.join(STREAM_MODES)}")
     return mode
@@ -80,10 +74,10 @@ def _kid(key: KeyRef) -> dict[str, str]:
 async def _init(request: web.Request, direction: str, ex: bool) -> web.Response:
     p, keys = principal_of(request), core_of(request).keys
     body = _body(await read_json(request), direction, "init", ex=ex)
-    mode, iv = _mode(body), b64_field(body, "iv")
+    mode, iv, aad = _mode(body), b64_field(body, "iv"), b64_field(body, "ad")
     key = await _key(request, body, ex=ex)
     encrypt = direction == "encrypt"
-    state, used_iv = await keys.multipart_init(p, key, mode, iv, encrypt=encrypt)
+    state, used_iv = await keys.multipart_init(p, key, mode, iv, aad, encrypt=encrypt)
     answer = {**_kid(key), "state": b64(state)}
     if encrypt:
         answer["iv"] = b64(used_iv)
@@ -104,10 +98,14 @@ async def _update(request: web.Request, direction: str, ex: bool) -> web.Respons
 async def _final(request: web.Request, direction: str, ex: bool) -> web.Response:
     p, keys = principal_of(request), core_of(request).keys
     body = _body(await read_json(request), direction, "final", ex=ex)
-    state = _state(body)
+    state, tag_len, tag = _state(body), field(body, "tag_len", int), b64_field(body, "tag")
     key = await _key(request, body, ex=ex)
-    out = await keys.multipart_final(p, key, state, encrypt=direction == "encrypt")
-    return json_response({"cipher" if direction == "encrypt" else "plain": b64(out)})
+    encrypt = direction == "encrypt"
+    out, made = await keys.multipart_final(p, key, state, encrypt=encrypt, tag_len_bits=tag_len, tag=tag)
+    answer = {"cipher" if encrypt else "plain": b64(out)}
+    if made is not None:
+        answer["tag"] = b64(made)
+    return json_response(answer)
 
 
 Step = Callable[[web.Request, str, bool], Awaitable[web.Response]]

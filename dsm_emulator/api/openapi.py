@@ -80,11 +80,20 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
-    # Multipart (CBC, CBCNOPAD, CTR): ``state`` is sealed, opaque, good for one next step of one caller.
+    # Multipart (CBC, CBCNOPAD, CTR, GCM): ``state`` is sealed, opaque, good for one next step of one caller.
     "MultipartRequest": obj(
-        key=DESCRIPTOR, alg=string(), mode=MODE, iv=BLOB, plain=BLOB, cipher=BLOB, state=BLOB
+        key=DESCRIPTOR,
+        alg=string(),
+        mode=MODE,
+        iv=BLOB,
+        ad=BLOB,
+        plain=BLOB,
+        cipher=BLOB,
+        state=BLOB,
+        tag_len={"type": "integer"},
+        tag=BLOB,
     ),
-    "MultipartResponse": obj(kid=string(), iv=BLOB, plain=BLOB, cipher=BLOB, state=BLOB),
+    "MultipartResponse": obj(kid=string(), iv=BLOB, plain=BLOB, cipher=BLOB, state=BLOB, tag=BLOB),
     "WrapRequest": obj(key=DESCRIPTOR, subject=DESCRIPTOR, kid=string(), wrapped_key=BLOB, **CRYPT_FIELDS),
     "Account": obj(["acct_id"], acct_id=string(), name=string()),
     "ApprovalRequest": obj(

@@ -93,6 +93,8 @@ class _State:
                 "block": base64.b64encode(s.block).decode("ascii"),
                 "pending": base64.b64encode(s.pending).decode("ascii"),
                 "offset": s.offset,
+                "ghash": format(s.ghash, "x"),
+                "aad_len": s.aad_len,
             }
         ).encode()
 
@@ -107,6 +109,8 @@ class _State:
             block=base64.b64decode(d["block"], validate=True),
             pending=base64.b64decode(d["pending"], validate=True),
             offset=int(d["offset"]),
+            ghash=int(d["ghash"], 16),
+            aad_len=int(d["aad_len"]),
         )
         return cls(str(d["op"]), int(d["step"]), int(d["born"]), int(d["exp"]), stream)
 
@@ -178,18 +182,20 @@ class MultipartMixin(KeyServiceBase):
         self.multipart_ledger = MultipartLedger()
 
     async def multipart_init(
-        self, p: Principal, key: KeyRef, mode: str, iv: bytes | None, *, encrypt: bool
+        self, p: Principal, key: KeyRef, mode: str, iv: bytes | None, aad: bytes | None, *, encrypt: bool
     ) -> tuple[bytes, bytes]:
         """(the first state token, the IV); nothing is audited unless refused."""
 
         async def action(subject: list[SecurityObject]) -> tuple[bytes, bytes]:
             material = await self._multipart_material(p, key, encrypt, subject)
-            stream = _crypto(lambda: crypto_stream.start(mode, material, iv, encrypt=encrypt))
+            stream, used_iv = _crypto(
+                lambda: crypto_stream.start(mode, material, iv, encrypt=encrypt, aad=aad)
+            )
             at = int(now().timestamp())
             op = secrets.token_hex(16)
             state = _State(op, 1, at, _expiry(at, at), stream)
             self.multipart_ledger.begin(op, state.expiry, at)
-            return self._seal_state(p, key, state), stream.block
+            return self._seal_state(p, key, state), used_iv
 
         return await self._refusals_audited(self._multipart_event(p, key, mode, encrypt), action)
 
@@ -214,17 +220,28 @@ class MultipartMixin(KeyServiceBase):
 
         return await self._refusals_audited(self._multipart_event(p, key, "", encrypt), action)
 
-    async def multipart_final(self, p: Principal, key: KeyRef, token: bytes, *, encrypt: bool) -> bytes:
-        """The last of the output; the operation's one audit row is written here."""
+    async def multipart_final(
+        self,
+        p: Principal,
+        key: KeyRef,
+        token: bytes,
+        *,
+        encrypt: bool,
+        tag_len_bits: int | None = None,
+        tag: bytes | None = None,
+    ) -> tuple[bytes, bytes | None]:
+        """(the last of the output, a GCM encrypt's tag); the operation's one audit row is written here."""
         state: list[_State] = []
 
-        async def action(subject: list[SecurityObject]) -> bytes:
+        async def action(subject: list[SecurityObject]) -> tuple[bytes, bytes | None]:
             state.append(self._open_state(p, key, token, encrypt))
             current = state[0]
             self.multipart_ledger.claim(current.op, current.step, int(now().timestamp()))
             try:
                 material = await self._multipart_material(p, key, encrypt, subject)
-                out = _crypto(lambda: crypto_stream.final(material, current.stream))
+                out = _crypto(
+                    lambda: crypto_stream.final(material, current.stream, tag_len_bits=tag_len_bits, tag=tag)
+                )
             except BaseException:
                 self.multipart_ledger.give_back(current.op, current.step)
                 raise

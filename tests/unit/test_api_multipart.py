@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dsm_emulator.api import crypto, multipart, sobjects
 from dsm_emulator.audit import tail
@@ -212,14 +213,15 @@ async def test_every_step_checks_permission_and_key_ops(client: Client, env: Sim
 @pytest.mark.parametrize(
     ("path", "body", "status", "needle"),
     [
-        ("encrypt/init", {"alg": "AES", "mode": "GCM"}, 501, "multipart GCM"),
-        ("encrypt/init", {"alg": "AES", "mode": "ECB"}, 400, "CBC, CBCNOPAD, CTR"),
+        ("encrypt/init", {"alg": "AES", "mode": "CCM"}, 400, "CBC, CBCNOPAD, CTR, GCM"),
+        ("encrypt/init", {"alg": "AES", "mode": "ECB"}, 400, "CBC, CBCNOPAD, CTR, GCM"),
         ("encrypt/init", {"alg": "DES3", "mode": "CBC"}, 400, "only AES"),
-        ("encrypt/init", {"alg": "AES", "mode": "CBC", "ad": "YWFk"}, 400, "ad"),
+        ("encrypt/init", {"alg": "AES", "mode": "CBC", "ad": "YWFk"}, 400, "(ad)"),
         ("encrypt/init", {"alg": "AES", "mode": "CBC", "iv": b64(b"short")}, 400, "16 bytes"),
+        ("encrypt/init", {"alg": "AES", "mode": "GCM", "iv": b64(b"short")}, 400, "12 or 16 bytes"),
         ("decrypt/init", {"alg": "AES", "mode": "CBC"}, 400, "16 bytes"),
-        ("encrypt/final", {"state": "AAAA", "tag_len": 128}, 400, "tag_len"),
-        ("decrypt/final", {"state": "AAAA", "tag": "AAAA"}, 400, "tag"),
+        ("encrypt/final", {"state": "AAAA", "tag": "AAAA"}, 400, "does not take tag"),
+        ("decrypt/final", {"state": "AAAA", "tag_len": 128}, 400, "does not take tag_len"),
         ("encrypt/update", {"state": "AAAA"}, 400, "plain"),
     ],
 )
@@ -255,3 +257,33 @@ async def test_transient_key_in_pieces(client: Client, env: SimpleNamespace) -> 
     assert len(unb64(step["cipher"])) == 50
     await call(client, "/crypto/v1/encrypt/final", {**key, "state": step["state"]})
     assert len(await tail(env.core.sessions, 10_000)) == before  # transient keys are not audited
+
+
+async def test_gcm_in_pieces_equals_aesgcm(client: Client) -> None:
+    kid = await import_key(client, "mp-key")
+    plain, aad = os.urandom(3000), b"header"
+    base = f"/crypto/v1/keys/{kid}/encrypt"
+    init = {"alg": "AES", "mode": "GCM", "iv": b64(IV[:12]), "ad": b64(aad)}
+    state, cipher = (await call(client, f"{base}/init", init))["state"], b""
+    for at in range(0, len(plain), 999):
+        step = await call(client, f"{base}/update", {"plain": b64(plain[at : at + 999]), "state": state})
+        cipher, state = cipher + unb64(step["cipher"]), step["state"]
+    last = await call(client, f"{base}/final", {"state": state, "tag_len": 128})
+    tag = unb64(last["tag"])
+    assert cipher + unb64(last["cipher"]) + tag == AESGCM(KEY).encrypt(IV[:12], plain, aad)
+
+    async def decrypt(with_tag: bytes) -> tuple[bytes, Any]:
+        base = "/crypto/v1/decrypt"
+        key = {"key": {"kid": kid}}
+        state = (await call(client, f"{base}/init", {**key, **init}))["state"]
+        step = await call(client, f"{base}/update", {**key, "cipher": b64(cipher), "state": state})
+        resp = await client.post(f"{base}/final", json={**key, "state": step["state"], "tag": b64(with_tag)})
+        return unb64(step["plain"]), (resp.status, await resp.json())
+
+    shown, (status, answer) = await decrypt(tag)
+    assert shown == plain and status == 200 and answer == {"plain": ""}
+    _, (status, answer) = await decrypt(bytes(16))
+    assert status == 400 and "tag mismatch" in answer["message"]  # a wrong tag is refused at final
+    cbc = await call(client, f"{base}/init", {"alg": "AES", "mode": "CBC", "iv": b64(IV)})
+    refused = await call(client, f"{base}/final", {"state": cbc["state"], "tag_len": 128}, 400)
+    assert "tag_len" in refused["message"]
