@@ -234,11 +234,9 @@ class MultipartMixin(KeyServiceBase):
         tag: bytes | None = None,
     ) -> tuple[bytes, bytes | None]:
         """(the last of the output, a GCM encrypt's tag); the operation's one audit row is written here."""
-        state: list[_State] = []
 
         async def action(subject: list[SecurityObject]) -> tuple[bytes, bytes | None]:
-            state.append(self._open_state(p, key, token, encrypt))
-            current = state[0]
+            current = self._open_state(p, key, token, encrypt)
             self.multipart_ledger.claim(current.op, current.step, int(now().timestamp()))
             try:
                 material = await self._multipart_material(p, key, encrypt, subject)
