@@ -14,6 +14,7 @@ from dsm_emulator.api import (
     crypto,
     digests,
     logs,
+    multipart,
     not_emulated,
     openapi,
     persist,
@@ -149,6 +150,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(persist.routes)
     app.add_routes(crypto.routes)
     app.add_routes(digests.routes)
+    app.add_routes(multipart.routes)
     app.add_routes(logs.routes)
     app.add_routes(approvals.routes)
     app.add_routes(xks.routes)

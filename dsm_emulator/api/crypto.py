@@ -34,7 +34,7 @@ from dsm_emulator.api.sobjects import (  # the request parsing shared with the o
 )
 from dsm_emulator.authz import Principal
 from dsm_emulator.errors import BadRequest, DsmError
-from dsm_emulator.keys import KeyService, KeySpec
+from dsm_emulator.keys import KeyRef, KeyService, KeySpec
 from dsm_emulator.views import sobject_view
 
 routes = web.RouteTableDef()
@@ -95,6 +95,13 @@ async def _resolve_any(
     if kid is not None:
         return kid, None
     return (await keys.get(p, name=name)).kid, None
+
+
+async def resolve_key_ref(keys: KeyService, p: Principal, body: dict[str, Any], what: str) -> KeyRef:
+    """The key the descriptor ``body[what]`` names: a stored object (a name is looked up) or a
+    transient key."""
+    kid, token = await _resolve_any(keys, p, body, what)
+    return KeyRef(kid=kid, token=token)
 
 
 def _ciphertext_view(kid: str | None, result: crypto.Ciphertext, field_name: str) -> dict[str, Any]:

@@ -81,6 +81,20 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
+    # Multipart (CBC, CBCNOPAD, CTR, GCM): ``state`` is sealed, opaque, good for one next step of one caller.
+    "MultipartRequest": obj(
+        key=DESCRIPTOR,
+        alg=string(),
+        mode=MODE,
+        iv=BLOB,
+        ad=BLOB,
+        plain=BLOB,
+        cipher=BLOB,
+        state=BLOB,
+        tag_len={"type": "integer"},
+        tag=BLOB,
+    ),
+    "MultipartResponse": obj(kid=string(), iv=BLOB, plain=BLOB, cipher=BLOB, state=BLOB, tag=BLOB),
     "WrapRequest": obj(key=DESCRIPTOR, subject=DESCRIPTOR, kid=string(), wrapped_key=BLOB, **CRYPT_FIELDS),
     "DigestRequest": obj(["alg", "data"], alg=string(), data=BLOB),
     "DigestResponse": obj(["digest"], digest=BLOB),
@@ -338,6 +352,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         },
         "/crypto/v1/keys/batch/encrypt": {"post": op("batchEncrypt", array(ANY_OBJECT), BATCH)},
         "/crypto/v1/keys/batch/decrypt": {"post": op("batchDecrypt", array(ANY_OBJECT), BATCH)},
+        **_multipart_paths(keyed),
         "/internal/xks/v1/prefixes": {
             "get": {**op("xksPrefixes", ANY_OBJECT, summary="internal: for XKS proxies"), "x-internal": True}
         },
@@ -375,6 +390,18 @@ def _all_paths() -> dict[str, dict[str, Any]]:
     paths = _paths()
     for entry in NOT_EMULATED:
         paths.setdefault(entry.path, {})[entry.method.lower()] = _not_emulated(entry)
+    return paths
+
+
+def _multipart_paths(keyed: str) -> dict[str, dict[str, Any]]:
+    """Both URL styles of each step of multipart encrypt and decrypt (dsm_emulator.api.multipart)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for direction in ("encrypt", "decrypt"):
+        for step in ("init", "update", "final"):
+            name = f"{direction}{step.title()}"
+            answer, body = ref("MultipartResponse"), ref("MultipartRequest")
+            paths[f"{keyed}/{direction}/{step}"] = {"post": op(f"{name}WithKid", answer, body)}
+            paths[f"/crypto/v1/{direction}/{step}"] = {"post": op(name, answer, body)}
     return paths
 
 

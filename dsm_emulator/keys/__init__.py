@@ -10,9 +10,10 @@ only after their audit row is committed (``AuditLog.record``); refusals are audi
 KeyService is assembled here from one mixin per concern: ``lifecycle`` (rows that change) on ``history``
 (what a reversible change records, reverts, and the sweep that erases it when its window closes),
 ``reads`` (rows read, and their compliance with their groups' policies), ``crypto_ops`` (uses of stored
-material), ``components`` (export and import split between key custodians), ``transient`` (keys that
-live only in their token), all on ``base`` (the shared core). Everything other code imports from
-``dsm_emulator.keys`` is re-exported from here.
+material), ``multipart`` (encrypt and decrypt in pieces, their sealed state), ``components``
+(export and import split between key custodians), ``transient`` (keys that live only in their token),
+all on ``base`` (the shared core). Everything other code imports from ``dsm_emulator.keys`` is
+re-exported from here.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dsm_emulator.keys.components import Component, ComponentsMixin
 from dsm_emulator.keys.crypto_ops import CryptoMixin
 from dsm_emulator.keys.history import UNDO_WINDOW_MAX_S, UNDO_WINDOW_MIN_S, undo_window
 from dsm_emulator.keys.lifecycle import LifecycleMixin
+from dsm_emulator.keys.multipart import INVALID_STATE, KeyRef, MultipartMixin
 from dsm_emulator.keys.reads import ReadsMixin
 from dsm_emulator.keys.transient import (
     INVALID_TRANSIENT,
@@ -46,6 +48,7 @@ from dsm_emulator.keys.transient import (
 
 __all__ = [
     "DELETED",
+    "INVALID_STATE",
     "INVALID_TRANSIENT",
     "MAX_NAME_LENGTH",
     "OBJECT_TYPES",
@@ -56,6 +59,7 @@ __all__ = [
     "UNDO_WINDOW_MAX_S",
     "UNDO_WINDOW_MIN_S",
     "Component",
+    "KeyRef",
     "KeyService",
     "KeySpec",
     "ObjectTypeRule",
@@ -68,6 +72,14 @@ __all__ = [
 ]
 
 
-class KeyService(LifecycleMixin, ReadsMixin, CryptoMixin, ComponentsMixin, TransientMixin, KeyServiceBase):
+class KeyService(
+    LifecycleMixin,
+    ReadsMixin,
+    CryptoMixin,
+    MultipartMixin,
+    ComponentsMixin,
+    TransientMixin,
+    KeyServiceBase,
+):
     """The security-object service the DSM core holds: lifecycle, crypto and transient keys on one
     shared core (sessions, keyring, audit log, material cache)."""

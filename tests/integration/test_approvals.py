@@ -248,6 +248,11 @@ async def test_crypto_operations_and_password(lab: Lab) -> None:
     result = await lab.call(ADMIN, "POST", f"/sys/v1/approval_requests/{rid}/result")
     assert result["status"] == 200 and result["body"]["kid"] == kid and result["body"]["cipher"]
 
+    # So is each step of a multipart operation.
+    init = {"alg": "AES", "mode": "CBC"}
+    held = await lab.call(ADMIN, "POST", f"/crypto/v1/keys/{kid}/encrypt/init", init, status=403)
+    assert "requires quorum approval" in held["message"]
+
     # Each item of a batch is held like a direct call.
     batch = [{"kid": kid, "request": {"alg": "AES", "mode": "GCM", "plain": plain}}]
     items = await lab.call(ADMIN, "POST", "/crypto/v1/keys/batch/encrypt", batch)
