@@ -71,9 +71,13 @@ def sobject_view(
         "links": links,
         "version": obj.version,
         "never_exportable": "EXPORT" not in obj.key_ops,
-        "public_only": False,
+        "public_only": obj.public_only,
         "compliant_with_policies": compliant,
     }
+    if obj.pub_key is not None:
+        view["pub_key"] = b64(obj.pub_key)
+    if obj.elliptic_curve is not None:
+        view["elliptic_curve"] = obj.elliptic_curve
     if value is not None:
         view["value"] = b64(value)
     if history is not None:

@@ -8,7 +8,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from dsm_emulator.api import admin, approvals, crypto, logs, openapi, session, sobjects, xks
+from dsm_emulator.api import (
+    admin,
+    approvals,
+    components,
+    crypto,
+    logs,
+    openapi,
+    session,
+    signing,
+    sobjects,
+    xks,
+)
 from dsm_emulator.api.context import ACCEPTED_ENCODINGS, CORE_KEY, core_of, json_response
 from dsm_emulator.api.metrics import METRICS_KEY, DsmMetrics, metrics_middleware, metrics_page
 from dsm_emulator.core import DsmCore
@@ -130,8 +141,10 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(core_ctx)
     app.add_routes(session.routes)
     app.add_routes(admin.routes)
+    app.add_routes(components.routes)
     app.add_routes(sobjects.routes)
     app.add_routes(crypto.routes)
+    app.add_routes(signing.routes)
     app.add_routes(logs.routes)
     app.add_routes(approvals.routes)
     app.add_routes(xks.routes)

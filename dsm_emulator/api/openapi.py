@@ -20,6 +20,7 @@ CRYPT_FIELDS: dict[str, Schema] = {
     "ad": BLOB,
     "tag_len": {"type": "integer"},
 }
+HASH_ALG = {"enum": ["SHA1", "SHA256", "SHA384", "SHA512"]}
 DESCRIPTOR = obj(kid=string(), name=string(), transient_key=string())
 CUSTODIAN = obj(["user"], user=string())
 COMPONENT = obj(["component", "custodian"], component=BLOB, component_kcv=string(), custodian=CUSTODIAN)
@@ -56,6 +57,9 @@ SCHEMAS: dict[str, Schema] = {
         value=BLOB,
         transient_key=string(),
         history=array(ANY_OBJECT),
+        pub_key=BLOB,
+        elliptic_curve=string(),
+        public_only={"type": "boolean"},
     ),
     "KeyRequest": obj(
         name=string(1, 4096),
@@ -68,7 +72,21 @@ SCHEMAS: dict[str, Schema] = {
         transient={"type": "boolean"},
         value=BLOB,
         custom_metadata={"type": "object", "additionalProperties": string()},
+        elliptic_curve={"enum": ["NistP256", "NistP384", "NistP521"]},
+        pub_exponent={"type": "integer"},
+        rsa=obj(key_size={"type": "integer"}, public_exponent={"type": "integer"}),
     ),
+    "SignRequest": obj(["hash_alg", "hash"], key=DESCRIPTOR, hash_alg=HASH_ALG, hash=BLOB, mode=ANY_OBJECT),
+    "SignResponse": obj(["signature"], kid=string(), signature=BLOB),
+    "VerifyRequest": obj(
+        ["hash_alg", "hash", "signature"],
+        key=DESCRIPTOR,
+        hash_alg=HASH_ALG,
+        hash=BLOB,
+        signature=BLOB,
+        mode=ANY_OBJECT,
+    ),
+    "VerifyResponse": obj(["result"], kid=string(), result={"type": "boolean"}),
     "Group": obj(["group_id", "name"], group_id=string(), name=string(), acct_id=string()),
     "App": obj(["app_id", "name"], app_id=string(), name=string(), acct_id=string(), groups=ANY_OBJECT),
     "Token": obj(
@@ -305,6 +323,14 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/unwrapkey": {"post": op("unwrapKey", KEY, ref("WrapRequest"))},
         "/crypto/v1/keys/batch/encrypt": {"post": op("batchEncrypt", array(ANY_OBJECT), BATCH)},
         "/crypto/v1/keys/batch/decrypt": {"post": op("batchDecrypt", array(ANY_OBJECT), BATCH)},
+        f"{keyed}/sign": {"post": op("signWithKid", ref("SignResponse"), ref("SignRequest"))},
+        f"{keyed}/verify": {"post": op("verifyWithKid", ref("VerifyResponse"), ref("VerifyRequest"))},
+        "/crypto/v1/sign": {"post": op("sign", ref("SignResponse"), ref("SignRequest"))},
+        "/crypto/v1/verify": {"post": op("verify", ref("VerifyResponse"), ref("VerifyRequest"))},
+        "/crypto/v1/keys/batch/sign": {"post": op("batchSign", array(ANY_OBJECT), array(ref("SignRequest")))},
+        "/crypto/v1/keys/batch/verify": {
+            "post": op("batchVerify", array(ANY_OBJECT), array(ref("VerifyRequest")))
+        },
         "/internal/xks/v1/prefixes": {
             "get": {**op("xksPrefixes", ANY_OBJECT, summary="internal: for XKS proxies"), "x-internal": True}
         },

@@ -10,7 +10,8 @@ only after their audit row is committed (``AuditLog.record``); refusals are audi
 KeyService is assembled here from one mixin per concern: ``lifecycle`` (rows that change) on ``history``
 (what a reversible change records, reverts, and the sweep that erases it when its window closes),
 ``reads`` (rows read, and their compliance with their groups' policies), ``crypto_ops`` (uses of stored
-material), ``components`` (export and import split between key custodians), ``transient`` (keys that
+material), ``signing`` (RSA and EC signatures), ``pairs`` (what a new key is checked against),
+``components`` (export and import split between key custodians), ``transient`` (keys that
 live only in their token), all on ``base`` (the shared core). Everything other code imports from
 ``dsm_emulator.keys`` is re-exported from here.
 """
@@ -35,6 +36,7 @@ from dsm_emulator.keys.crypto_ops import CryptoMixin
 from dsm_emulator.keys.history import UNDO_WINDOW_MAX_S, UNDO_WINDOW_MIN_S, undo_window
 from dsm_emulator.keys.lifecycle import LifecycleMixin
 from dsm_emulator.keys.reads import ReadsMixin
+from dsm_emulator.keys.signing import SigningMixin
 from dsm_emulator.keys.transient import (
     INVALID_TRANSIENT,
     TRANSIENT_LIFETIME,
@@ -68,6 +70,8 @@ __all__ = [
 ]
 
 
-class KeyService(LifecycleMixin, ReadsMixin, CryptoMixin, ComponentsMixin, TransientMixin, KeyServiceBase):
+class KeyService(
+    LifecycleMixin, ReadsMixin, SigningMixin, CryptoMixin, ComponentsMixin, TransientMixin, KeyServiceBase
+):
     """The security-object service the DSM core holds: lifecycle, crypto and transient keys on one
     shared core (sessions, keyring, audit log, material cache)."""
