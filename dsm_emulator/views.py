@@ -52,7 +52,8 @@ def sobject_view(
         "acct_id": obj.acct_id,
         "group_id": obj.group_id,
         "obj_type": obj.obj_type,
-        "key_size": obj.key_size,
+        # Fortanix: "not returned for elliptic curves" (sdkms-cli list-keys then prints the curve).
+        "key_size": None if obj.elliptic_curve is not None else obj.key_size,
         "key_ops": list(obj.key_ops),
         "enabled": obj.enabled,
         "state": effective_state(obj),
