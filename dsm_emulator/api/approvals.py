@@ -59,6 +59,10 @@ APPROVABLE = frozenset(
         ("POST", "/crypto/v1/keys/{kid}/decrypt"),
         ("POST", "/crypto/v1/keys/{kid}/wrapkey"),
         ("POST", "/crypto/v1/keys/{kid}/unwrapkey"),
+        ("POST", "/crypto/v1/sign"),
+        ("POST", "/crypto/v1/verify"),
+        ("POST", "/crypto/v1/keys/{kid}/sign"),
+        ("POST", "/crypto/v1/keys/{kid}/verify"),
         ("PATCH", "/sys/v1/groups/{group_id}"),
         ("DELETE", "/sys/v1/groups/{group_id}"),
     }

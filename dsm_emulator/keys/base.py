@@ -29,7 +29,7 @@ from dsm_emulator.errors import BadRequest, DsmError, InvalidState, NotFound
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys.usage import USAGE_FLUSH_S, KeyUsage
 from dsm_emulator.models import Group, SecurityObject, is_uuid
-from dsm_emulator.policies import GroupPolicies
+from dsm_emulator.policies import FORTANIX_OBJECT_TYPES, GroupPolicies
 from xkslab_shared.generation import Generation, GenerationCache
 
 T = TypeVar("T")
@@ -317,7 +317,8 @@ class KeyServiceBase:
     ) -> tuple[int, frozenset[str]]:
         rule = OBJECT_TYPES.get(spec.obj_type)
         if rule is None:
-            raise BadRequest(f"obj_type must be one of {', '.join(OBJECT_TYPES)}")
+            known = "is not supported by xkslab; " if spec.obj_type in FORTANIX_OBJECT_TYPES else ""
+            raise BadRequest(f"obj_type {spec.obj_type[:40]} {known}must be one of {', '.join(OBJECT_TYPES)}")
         if not spec.name or len(spec.name) > MAX_NAME_LENGTH:
             raise BadRequest(f"name must be 1 to {MAX_NAME_LENGTH} characters")
         if value is None and not rule.can_generate:

@@ -373,6 +373,7 @@ async def test_rsa_and_ec_through_the_sdkms_sdk(
                  "ec as rsa import", "curve mismatch", "rekey"):  # fmt: skip
         assert e[what][0] == 400, (what, e[what])
     assert "Ed25519 is not supported by xkslab" in e["curve Ed25519"][1]
+    assert "DES3 is not supported by xkslab" in e["DES3"][1]
     assert "rsa.signature_policy is not implemented" in e["rsa policy"][1]
     assert "data is not implemented" in e["data"][1]
     assert e["no_sign_op"][0] in (400, 403) and "SIGN" in e["no_sign_op"][1]
