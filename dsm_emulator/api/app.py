@@ -13,8 +13,11 @@ from dsm_emulator.api import (
     approvals,
     components,
     crypto,
+    digests,
     logs,
+    not_emulated,
     openapi,
+    persist,
     session,
     signing,
     sobjects,
@@ -35,19 +38,22 @@ log = logging.getLogger("dsm_emulator.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PUBLIC = frozenset(
-    {
-        ("GET", "/sys/v1/health"),
-        ("HEAD", "/sys/v1/health"),
-        ("GET", health.HEALTH_PATH),
-        ("HEAD", health.HEALTH_PATH),
-        ("GET", "/sys/v1/version"),
-        ("HEAD", "/sys/v1/version"),
-        ("POST", "/sys/v1/session/auth"),
-        # Scraped and read without credentials, as the XKS proxy's; neither holds anything secret.
-        ("GET", "/metrics"),
-        ("GET", openapi_doc.OPENAPI_PATH),
-    }
+PUBLIC = (
+    frozenset(
+        {
+            ("GET", "/sys/v1/health"),
+            ("HEAD", "/sys/v1/health"),
+            ("GET", health.HEALTH_PATH),
+            ("HEAD", health.HEALTH_PATH),
+            ("GET", "/sys/v1/version"),
+            ("HEAD", "/sys/v1/version"),
+            ("POST", "/sys/v1/session/auth"),
+            # Scraped and read without credentials, as the XKS proxy's; neither holds anything secret.
+            ("GET", "/metrics"),
+            ("GET", openapi_doc.OPENAPI_PATH),
+        }
+    )
+    | not_emulated.PUBLIC
 )
 
 
@@ -143,11 +149,14 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(admin.routes)
     app.add_routes(components.routes)
     app.add_routes(sobjects.routes)
+    app.add_routes(persist.routes)
     app.add_routes(crypto.routes)
     app.add_routes(signing.routes)
+    app.add_routes(digests.routes)
     app.add_routes(logs.routes)
     app.add_routes(approvals.routes)
     app.add_routes(xks.routes)
+    app.add_routes(not_emulated.routes())
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get(health.HEALTH_PATH, health.handler("dsm", {"database": _database}))
     app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
@@ -202,4 +211,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         limits=HttpLimits.of(settings),
         service="dsm",
         access_log=settings.log.access,
+        section="dsm",
     )

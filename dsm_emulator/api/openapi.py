@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsm_emulator.api.not_emulated import NOT_EMULATED, NotEmulated
 from xkslab_shared.openapi import Schema, array, content, document, health_path, nullable, obj, ref, string
 
 ANY_OBJECT: Schema = {"type": "object"}
@@ -22,6 +23,7 @@ CRYPT_FIELDS: dict[str, Schema] = {
 }
 HASH_ALG = {"enum": ["SHA1", "SHA256", "SHA384", "SHA512"]}
 DESCRIPTOR = obj(kid=string(), name=string(), transient_key=string())
+SIGN_FIELDS: dict[str, Schema] = {"key": DESCRIPTOR, "hash_alg": HASH_ALG, "hash": BLOB, "mode": ANY_OBJECT}
 CUSTODIAN = obj(["user"], user=string())
 COMPONENT = obj(["component", "custodian"], component=BLOB, component_kcv=string(), custodian=CUSTODIAN)
 COMPONENTS_EXPORT = obj(
@@ -76,16 +78,9 @@ SCHEMAS: dict[str, Schema] = {
         pub_exponent={"type": "integer"},
         rsa=obj(key_size={"type": "integer"}, public_exponent={"type": "integer"}),
     ),
-    "SignRequest": obj(["hash_alg", "hash"], key=DESCRIPTOR, hash_alg=HASH_ALG, hash=BLOB, mode=ANY_OBJECT),
+    "SignRequest": obj(["hash_alg", "hash"], **SIGN_FIELDS),
     "SignResponse": obj(["signature"], kid=string(), signature=BLOB),
-    "VerifyRequest": obj(
-        ["hash_alg", "hash", "signature"],
-        key=DESCRIPTOR,
-        hash_alg=HASH_ALG,
-        hash=BLOB,
-        signature=BLOB,
-        mode=ANY_OBJECT,
-    ),
+    "VerifyRequest": obj(["hash_alg", "hash", "signature"], signature=BLOB, **SIGN_FIELDS),
     "VerifyResponse": obj(["result"], kid=string(), result={"type": "boolean"}),
     "Group": obj(["group_id", "name"], group_id=string(), name=string(), acct_id=string()),
     "App": obj(["app_id", "name"], app_id=string(), name=string(), acct_id=string(), groups=ANY_OBJECT),
@@ -99,6 +94,11 @@ SCHEMAS: dict[str, Schema] = {
     "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
     "WrapRequest": obj(key=DESCRIPTOR, subject=DESCRIPTOR, kid=string(), wrapped_key=BLOB, **CRYPT_FIELDS),
+    "DigestRequest": obj(["alg", "data"], alg=string(), data=BLOB),
+    "DigestResponse": obj(["digest"], digest=BLOB),
+    "MacRequest": obj(["data"], key=DESCRIPTOR, alg=string(), data=BLOB, mac=BLOB, digest=BLOB),
+    "MacResponse": obj(["kid", "mac"], kid=string(), mac=BLOB, digest=BLOB),
+    "MacVerifyResponse": obj(["kid", "result"], kid=string(), result={"type": "boolean"}),
     "Account": obj(["acct_id"], acct_id=string(), name=string()),
     "ApprovalRequest": obj(
         ["request_id", "status", "method", "operation"],
@@ -284,6 +284,24 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/keys/info": {"post": op("keyInfo", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/export": {"post": op("exportKey", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/rekey": {"post": op("rekey", KEY, ref("KeyRequest"))},
+        "/crypto/v1/keys/persist": {
+            "post": op(
+                "persistKey",
+                KEY,
+                obj(
+                    ["name", "transient_key"],
+                    name=string(1, 4096),
+                    transient_key=string(),
+                    group_id=string(),
+                    key_ops=KEY_OPS,
+                    description=string(),
+                    custom_metadata={"type": "object", "additionalProperties": string()},
+                    enabled={"type": "boolean"},
+                ),
+                "201",
+                summary="stores a transient key as a new object; key_ops at most the transient key's",
+            )
+        },
         "/crypto/v1/keys/components/export": {
             "post": op(
                 "exportComponents",
@@ -321,6 +339,15 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/decrypt": {"post": op("decrypt", ref("CryptResponse"), ref("CryptRequest"))},
         "/crypto/v1/wrapkey": {"post": op("wrapKey", ANY_OBJECT, ref("WrapRequest"))},
         "/crypto/v1/unwrapkey": {"post": op("unwrapKey", KEY, ref("WrapRequest"))},
+        "/crypto/v1/digest": {"post": op("digest", ref("DigestResponse"), ref("DigestRequest"))},
+        f"{keyed}/mac": {"post": op("macWithKid", ref("MacResponse"), ref("MacRequest"))},
+        f"{keyed}/macverify": {"post": op("macVerifyWithKid", ref("MacVerifyResponse"), ref("MacRequest"))},
+        "/crypto/v1/mac": {"post": op("mac", ref("MacResponse"), ref("MacRequest"))},
+        "/crypto/v1/macverify": {"post": op("macVerify", ref("MacVerifyResponse"), ref("MacRequest"))},
+        "/crypto/v1/keys/batch/mac": {"post": op("batchMac", array(ANY_OBJECT), array(ref("MacRequest")))},
+        "/crypto/v1/keys/batch/macverify": {
+            "post": op("batchMacVerify", array(ANY_OBJECT), array(ref("MacRequest")))
+        },
         "/crypto/v1/keys/batch/encrypt": {"post": op("batchEncrypt", array(ANY_OBJECT), BATCH)},
         "/crypto/v1/keys/batch/decrypt": {"post": op("batchDecrypt", array(ANY_OBJECT), BATCH)},
         f"{keyed}/sign": {"post": op("signWithKid", ref("SignResponse"), ref("SignRequest"))},
@@ -355,6 +382,22 @@ def _paths() -> dict[str, dict[str, Any]]:
     }
 
 
+def _not_emulated(entry: NotEmulated) -> dict[str, Any]:
+    operation = op(entry.operation, None, public=entry.public, summary=f"not emulated: {entry.feature}")
+    operation["responses"] = {
+        "501": {"description": entry.message, "content": content(ref("Error"))},
+        "default": JSON_ERROR,
+    }
+    return operation
+
+
+def _all_paths() -> dict[str, dict[str, Any]]:
+    paths = _paths()
+    for entry in NOT_EMULATED:
+        paths.setdefault(entry.path, {})[entry.method.lower()] = _not_emulated(entry)
+    return paths
+
+
 def build() -> dict[str, Any]:
     components = {
         "schemas": SCHEMAS,
@@ -371,6 +414,6 @@ def build() -> dict[str, Any]:
         "xkslab DSM REST API (Fortanix DSM subset)",
         'The Fortanix DSM paths and shapes xkslab serves. Errors are `{"message"}`. `/internal/xks/v1/*` '
         "take the proxy token and are for XKS proxies only.",
-        _paths(),
+        _all_paths(),
         components,
     )

@@ -43,7 +43,9 @@ def test_rsa_and_ec_keys_through_sdkms_cli(dsm_https: tuple[str, Path], tmp_path
     ).stdout.split()[-1]
     assert re.fullmatch(rb"[0-9a-f-]{36}", rsa_kid) and re.fullmatch(rb"[0-9a-f-]{36}", ec_kid)
     listed = cli("list-keys").stdout.decode()
-    assert re.search(r'"cli-rsa".*RSA 3072', listed) and re.search(r'"cli-ec".*EC EllipticCurve.NistP384', listed), listed
+    assert re.search(r'"cli-rsa".*RSA 3072', listed) and re.search(
+        r'"cli-ec".*EC EllipticCurve.NistP384', listed
+    ), listed
     shown = json.loads(cli("show-sobject", "--kid", ec_kid.decode()).stdout)
     public = serialization.load_der_public_key(__import__("base64").b64decode(shown["pub_key"]))
     assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp384r1"
