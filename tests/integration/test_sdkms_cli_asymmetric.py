@@ -1,11 +1,12 @@
 """RSA and EC keys through Fortanix's own ``sdkms-cli`` 5.6, unchanged, against ``xkslab dsm serve`` over
 HTTPS: ``create-key`` of RSA and EC (the CLI's default key_ops), ``list-keys`` showing the curve,
 ``import-key`` of a PEM PKCS#8 EC key and ``export-object --der`` of it, checked with ``cryptography``.
-(``sdkms-cli sign``/``verify`` first call ``/crypto/v1/digest``, so signatures are tested through the SDK
-with the digest given: tests/integration/test_sdkms_sdk_asymmetric.py.)"""
+``sign`` and ``verify`` (the CLI digests the file through ``/crypto/v1/digest`` first), checked by the
+OpenSSL command line."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -47,7 +48,7 @@ def test_rsa_and_ec_keys_through_sdkms_cli(dsm_https: tuple[str, Path], tmp_path
         r'"cli-ec".*EC EllipticCurve.NistP384', listed
     ), listed
     shown = json.loads(cli("show-sobject", "--kid", ec_kid.decode()).stdout)
-    public = serialization.load_der_public_key(__import__("base64").b64decode(shown["pub_key"]))
+    public = serialization.load_der_public_key(base64.b64decode(shown["pub_key"]))
     assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp384r1"
     rsa_shown = json.loads(cli("show-sobject", "--kid", rsa_kid.decode()).stdout)
     assert set(rsa_shown["key_ops"]) >= {"SIGN", "VERIFY", "ENCRYPT", "DECRYPT"}
@@ -71,3 +72,36 @@ def test_rsa_and_ec_keys_through_sdkms_cli(dsm_https: tuple[str, Path], tmp_path
     wrong = cli("import-key", "--in", str(tmp_path / "ec.pem"), "--obj-type", "RSA", "--name", "x", ok=False)
     assert b"not an RSA key" in wrong.stderr + wrong.stdout
     assert not isinstance(back, rsa.RSAPrivateKey)
+
+    # sign and verify: the CLI digests the file through /crypto/v1/digest, then signs the digest; the
+    # signatures are checked by the OpenSSL command line and by the CLI's own verify.
+    message = tmp_path / "message.txt"
+    message.write_bytes(b"signed by sdkms-cli " * 100)
+    for key_id, name in ((rsa_kid.decode(), "rsa"), (ec_kid.decode(), "ec")):
+        signature = tmp_path / f"{name}.sig"
+        cli("sign", "--kid", key_id, "--hash-alg", "SHA256", "--in", str(message), "--out", str(signature))
+        pub = json.loads(cli("show-sobject", "--kid", key_id).stdout)["pub_key"]
+        (tmp_path / f"{name}.pub.der").write_bytes(base64.b64decode(pub))
+        checked = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-keyform", "DER", "-verify", str(tmp_path / f"{name}.pub.der"),
+             "-signature", str(signature), str(message)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert checked.returncode == 0 and "Verified OK" in checked.stdout, checked.stderr
+        cli(
+            "verify",
+            "--kid",
+            key_id,
+            "--hash-alg",
+            "SHA256",
+            "--in",
+            str(message),
+            "--sig-in",
+            str(signature),
+        )
+        (tmp_path / "other.txt").write_bytes(b"not what was signed")
+        failed = cli(
+            "verify", "--kid", key_id, "--hash-alg", "SHA256", "--in", str(tmp_path / "other.txt"),
+            "--sig-in", str(signature), ok=False,
+        )  # fmt: skip
+        assert b"Signature verification fail" in failed.stderr + failed.stdout
