@@ -98,33 +98,31 @@ def generate(obj_type: str, *, key_size: int | None, curve: str | None, exponent
 
 def load(obj_type: str, value: bytes, *, curve: str | None) -> KeyPair:
     """An imported value: a private key (PKCS#8, or PKCS#1/SEC1 DER) or a public one (SPKI DER)."""
-    public_only = False
-    key: PrivateKeyTypes | PublicKeyTypes
+    private: PrivateKeyTypes | None = None
     try:
-        key = serialization.load_der_private_key(value, password=None)
+        private = serialization.load_der_private_key(value, password=None)
+        public = private.public_key()
     except (ValueError, TypeError):
         try:
-            key = serialization.load_der_public_key(value)
-            public_only = True
+            public = serialization.load_der_public_key(value)
         except (ValueError, TypeError):
             raise CryptoError(
                 f"value must be a DER {obj_type} private key (PKCS#8) or public key (SubjectPublicKeyInfo)"
             ) from None
-    public = key if public_only else key.public_key()  # type: ignore[union-attr]
+    # Stored as PKCS#8 whatever form came in (PKCS#1 and SEC1 too), or as the SPKI when public only.
+    material = _spki(public) if private is None else _pkcs8(private)
     if obj_type == "RSA" and isinstance(public, rsa.RSAPublicKey):
         if public.key_size not in RSA_KEY_SIZES:
             sizes = ", ".join(map(str, RSA_KEY_SIZES))
             raise CryptoError(f"RSA keys of {public.key_size} bits are not supported by xkslab ({sizes})")
-        material = _spki(public) if public_only else _pkcs8(key)  # type: ignore[arg-type]
-        return KeyPair(material, _spki(public), public.key_size, None, public_only)
+        return KeyPair(material, _spki(public), public.key_size, None, private is None)
     if obj_type == "EC" and isinstance(public, ec.EllipticCurvePublicKey):
         name = _CURVE_NAMES.get(public.curve.name)
         if name is None:
             raise CryptoError(f"the curve {public.curve.name} is not supported by xkslab")
         if curve is not None and curve != name:
             raise CryptoError(f"elliptic_curve {curve} does not match the key's curve {name}")
-        material = _spki(public) if public_only else _pkcs8(key)  # type: ignore[arg-type]
-        return KeyPair(material, _spki(public), public.curve.key_size, name, public_only)
+        return KeyPair(material, _spki(public), public.curve.key_size, name, private is None)
     raise CryptoError(f"value is not an {obj_type} key")
 
 

@@ -65,9 +65,10 @@ class LifecycleMixin(HistoryMixin):
             )
             if taken is not None:
                 raise Conflict("sobject already exists")
-            material = value if value is not None else crypto.random_bytes(size // 8)
             if pair is not None:
                 material = pair.material
+            else:
+                material = value if value is not None else crypto.random_bytes(size // 8)
             created = now()
             state = spec.state or (
                 "PreActive"

@@ -99,3 +99,28 @@ async def test_private_key_is_sealed_in_its_row(db_env: SimpleNamespace, aiohttp
     assert row is not None and row.sealed_material is not None
     assert exported not in row.sealed_material and scalar not in row.sealed_material
     assert row.pub_key == base64.b64decode(made["pub_key"]) and row.elliptic_curve == "NistP521"
+
+
+def test_imported_private_keys_are_kept_as_pkcs8_whatever_form_came_in() -> None:
+    from dsm_emulator import asymmetric
+
+    for obj_type, private in (
+        ("RSA", rsa.generate_private_key(65537, 2048)),
+        ("EC", ec.generate_private_key(ec.SECP521R1())),
+    ):
+        spki = private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        pkcs8 = private.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        traditional = private.private_bytes(  # PKCS#1 RSAPrivateKey, SEC1 ECPrivateKey
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        for value in (pkcs8, traditional):
+            pair = asymmetric.load(obj_type, value, curve=None)
+            assert (pair.material, pair.pub_key, pair.public_only) == (pkcs8, spki, False)
+        public = asymmetric.load(obj_type, spki, curve=None)
+        assert (public.material, public.pub_key, public.public_only) == (spki, spki, True)
