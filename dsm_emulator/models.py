@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -171,6 +172,11 @@ class SecurityObject(Base):
     replacement_kid: Mapped[str | None] = mapped_column(Uuid, index=True)
     replaced_kid: Mapped[str | None] = mapped_column(Uuid, index=True)
     kcv: Mapped[str | None] = mapped_column(String(16))
+    # RSA and EC: the public key as DER SubjectPublicKeyInfo (public, so not sealed), the curve of an EC
+    # key (Fortanix EllipticCurve name), and whether only the public half was imported.
+    pub_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    elliptic_curve: Mapped[str | None] = mapped_column(String(16))
+    public_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Keyring blob (version, term, nonce, ciphertext+tag), bound to kid and version; NULL once destroyed.
     sealed_material: Mapped[bytes | None] = mapped_column(LargeBinary)
     creator_type: Mapped[str] = mapped_column(String(8))

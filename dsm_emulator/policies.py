@@ -51,10 +51,20 @@ _ENFORCED_TYPE_FIELDS: Mapping[str, frozenset[str]] = {
     "hmac": frozenset({"minimum_key_length"}),
     "secret": frozenset(),
     "opaque": frozenset(),
+    "rsa": frozenset({"minimum_key_length"}),
+    "ec": frozenset({"elliptic_curves"}),
 }
 # Sub-fields Fortanix defines for the lab's types that the lab does not check (they concern each
 # encryption's parameters, not the key): named in the refusal rather than called unknown.
-_KNOWN_UNENFORCED = {"aes": frozenset({"random_iv", "fpe"})}
+_KNOWN_UNENFORCED = {
+    "aes": frozenset({"random_iv", "fpe"}),
+    "rsa": frozenset({"encryption_policy", "signature_policy"}),
+}
+# Fortanix EllipticCurve names a policy may list.
+_CURVE_NAMES = frozenset(
+    {"SecP192K1", "SecP224K1", "SecP256K1", "NistP192", "NistP224", "NistP256", "NistP384", "NistP521",
+     "Gost256A", "Ed25519", "X25519", "X448"}
+)  # fmt: skip
 
 REMOVE = "remove"
 
@@ -136,6 +146,12 @@ def parse_cryptographic_policy(value: Any, path: str = "cryptographic_policy") -
             if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 0:
                 raise BadRequest(f"{path}.{member}.minimum_key_length must be a non-negative integer")
             kept["minimum_key_length"] = minimum
+        if "elliptic_curves" in options:
+            curves = _str_list(options["elliptic_curves"], f"{path}.{member}.elliptic_curves")
+            unknown_curves = sorted(set(curves) - _CURVE_NAMES)
+            if unknown_curves:
+                raise BadRequest(f"{path}.{member}.elliptic_curves: unknown curve {unknown_curves[0][:40]}")
+            kept["elliptic_curves"] = curves
         policy[member] = kept
     if "key_ops" in body:
         ops = _str_list(body["key_ops"], f"{path}.key_ops")
@@ -266,6 +282,7 @@ class KeyFacts:
     deactivation_date: datetime | None
     # The dates the request could set: an update cannot set an activation date, so it is not judged there.
     judged_dates: frozenset[str] = frozenset({"activation_date", "deactivation_date"})
+    elliptic_curve: str | None = None  # EC keys
 
 
 @dataclass(frozen=True)
@@ -311,6 +328,12 @@ class GroupPolicies:
             raise BadRequest(
                 f"the group's cryptographic_policy requires {facts.obj_type} keys of at least {minimum} "
                 f"bits, not {facts.key_size}"
+            )
+        curves = options.get("elliptic_curves")
+        if curves is not None and facts.elliptic_curve not in curves:
+            raise BadRequest(
+                f"the group's cryptographic_policy allows the elliptic curves {', '.join(curves) or 'none'}, "
+                f"not {facts.elliptic_curve}"
             )
         allowed_ops = policy.get("key_ops")
         if allowed_ops is not None:

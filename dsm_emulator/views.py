@@ -52,7 +52,8 @@ def sobject_view(
         "acct_id": obj.acct_id,
         "group_id": obj.group_id,
         "obj_type": obj.obj_type,
-        "key_size": obj.key_size,
+        # Fortanix: "not returned for elliptic curves" (sdkms-cli list-keys then prints the curve).
+        "key_size": None if obj.elliptic_curve is not None else obj.key_size,
         "key_ops": list(obj.key_ops),
         "enabled": obj.enabled,
         "state": effective_state(obj),
@@ -71,9 +72,13 @@ def sobject_view(
         "links": links,
         "version": obj.version,
         "never_exportable": "EXPORT" not in obj.key_ops,
-        "public_only": False,
+        "public_only": obj.public_only,
         "compliant_with_policies": compliant,
     }
+    if obj.pub_key is not None:
+        view["pub_key"] = b64(obj.pub_key)
+    if obj.elliptic_curve is not None:
+        view["elliptic_curve"] = obj.elliptic_curve
     if value is not None:
         view["value"] = b64(value)
     if history is not None:

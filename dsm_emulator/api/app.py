@@ -11,6 +11,7 @@ from aiohttp import web
 from dsm_emulator.api import (
     admin,
     approvals,
+    components,
     crypto,
     digests,
     logs,
@@ -19,6 +20,7 @@ from dsm_emulator.api import (
     openapi,
     persist,
     session,
+    signing,
     sobjects,
     xks,
 )
@@ -146,9 +148,11 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(core_ctx)
     app.add_routes(session.routes)
     app.add_routes(admin.routes)
+    app.add_routes(components.routes)
     app.add_routes(sobjects.routes)
     app.add_routes(persist.routes)
     app.add_routes(crypto.routes)
+    app.add_routes(signing.routes)
     app.add_routes(digests.routes)
     app.add_routes(multipart.routes)
     app.add_routes(logs.routes)

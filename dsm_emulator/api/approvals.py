@@ -63,6 +63,10 @@ APPROVABLE = frozenset(
         ("POST", "/crypto/v1/macverify"),
         ("POST", "/crypto/v1/keys/{kid}/mac"),
         ("POST", "/crypto/v1/keys/{kid}/macverify"),
+        ("POST", "/crypto/v1/sign"),
+        ("POST", "/crypto/v1/verify"),
+        ("POST", "/crypto/v1/keys/{kid}/sign"),
+        ("POST", "/crypto/v1/keys/{kid}/verify"),
         ("PATCH", "/sys/v1/groups/{group_id}"),
         ("DELETE", "/sys/v1/groups/{group_id}"),
     }

@@ -9,7 +9,7 @@ DsmError subclasses, turned into ``{"message"}`` responses by the error middlewa
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from dsm_emulator.api.sobjects import (  # the request parsing shared with the o
     _object,
     _spec,
 )
+from dsm_emulator.asymmetric import RSA_ENCRYPTION_MODES
 from dsm_emulator.authz import Principal
 from dsm_emulator.errors import BadRequest, DsmError
 from dsm_emulator.keys import KeyRef, KeyService, KeySpec
@@ -46,16 +47,17 @@ MAX_BATCH_ITEMS = 1000
 # ---------------------------------------------------------------------------------- parsing
 
 
-def _alg(body: dict[str, Any], *, required: bool) -> None:
-    alg = field(body, "alg", str, required=required)
-    if alg is not None and alg != "AES":
-        raise BadRequest(f"alg {alg[:40]} is not supported; only AES is")
+def _alg(body: dict[str, Any], *, required: bool, algs: tuple[str, ...] = ("AES",)) -> str | None:
+    alg: str | None = field(body, "alg", str, required=required)
+    if alg is not None and alg not in algs:
+        raise BadRequest(f"alg {alg[:40]} is not supported; only {' and '.join(algs)}")
+    return alg
 
 
-def _mode(body: dict[str, Any]) -> str:
+def _mode(body: dict[str, Any], modes: Collection[str] = crypto.MODES) -> str:
     mode = field(body, "mode", str, required=True)
-    if mode not in crypto.MODES:
-        raise BadRequest(f"mode must be one of {', '.join(sorted(crypto.MODES))}")
+    if mode not in modes:
+        raise BadRequest(f"mode must be one of {', '.join(sorted(modes))}")
     return str(mode)
 
 
@@ -117,8 +119,14 @@ def _ciphertext_view(kid: str | None, result: crypto.Ciphertext, field_name: str
 # ------------------------------------------------------------------------- operation bodies
 
 
+# Encrypt and decrypt also take RSA keys (alg RSA, an RSA padding as the mode); wrap and unwrap do not.
+_CIPHER_ALGS = ("AES", "RSA")
+_CIPHER_MODES = crypto.MODES | frozenset(RSA_ENCRYPTION_MODES)
+
+
 @dataclass(frozen=True)
 class _EncryptArgs:
+    alg: str | None
     mode: str
     plain: bytes
     iv: bytes | None
@@ -128,6 +136,7 @@ class _EncryptArgs:
 
 @dataclass(frozen=True)
 class _DecryptArgs:
+    alg: str | None
     mode: str
     cipher: bytes
     iv: bytes | None
@@ -136,31 +145,38 @@ class _DecryptArgs:
 
 
 def _encrypt_args(body: dict[str, Any]) -> _EncryptArgs:
-    _alg(body, required=True)
-    mode = _mode(body)
+    alg = _alg(body, required=True, algs=_CIPHER_ALGS)
+    mode = _mode(body, _CIPHER_MODES)
     plain = b64_field(body, "plain", required=True)
     assert plain is not None
-    return _EncryptArgs(mode, plain, b64_field(body, "iv"), b64_field(body, "ad"), _tag_len(body))
+    return _EncryptArgs(alg, mode, plain, b64_field(body, "iv"), b64_field(body, "ad"), _tag_len(body))
 
 
 def _decrypt_args(body: dict[str, Any]) -> _DecryptArgs:
-    _alg(body, required=False)
-    mode = _mode(body)
+    alg = _alg(body, required=False, algs=_CIPHER_ALGS)
+    mode = _mode(body, _CIPHER_MODES)
     cipher = b64_field(body, "cipher", required=True)
     assert cipher is not None
-    return _DecryptArgs(mode, cipher, b64_field(body, "iv"), b64_field(body, "ad"), b64_field(body, "tag"))
+    return _DecryptArgs(
+        alg, mode, cipher, b64_field(body, "iv"), b64_field(body, "ad"), b64_field(body, "tag")
+    )
 
 
 async def _encrypt(keys: KeyService, p: Principal, kid: str, body: dict[str, Any]) -> dict[str, Any]:
     a = _encrypt_args(body)
-    result = await keys.encrypt(p, kid, a.mode, a.plain, iv=a.iv, aad=a.ad, tag_len_bits=a.tag_len)
+    result = await keys.encrypt(p, kid, a.mode, a.plain, iv=a.iv, aad=a.ad, tag_len_bits=a.tag_len, alg=a.alg)
     return _ciphertext_view(kid, result, "cipher")
 
 
 async def _decrypt(keys: KeyService, p: Principal, kid: str, body: dict[str, Any]) -> dict[str, Any]:
     a = _decrypt_args(body)
-    plain = await keys.decrypt(p, kid, a.mode, a.cipher, iv=a.iv, aad=a.ad, tag=a.tag)
+    plain = await keys.decrypt(p, kid, a.mode, a.cipher, iv=a.iv, aad=a.ad, tag=a.tag, alg=a.alg)
     return {"kid": kid, "plain": b64(plain)}
+
+
+def _transient_alg(alg: str | None) -> None:
+    if alg not in (None, "AES"):
+        raise BadRequest(f"alg {alg}: transient keys are symmetric")
 
 
 # Transient keys: no kid in the answers, and (as in Fortanix) no audit row; see KeyService.
@@ -168,12 +184,14 @@ async def _decrypt(keys: KeyService, p: Principal, kid: str, body: dict[str, Any
 
 def _encrypt_transient(keys: KeyService, p: Principal, token: str, body: dict[str, Any]) -> dict[str, Any]:
     a = _encrypt_args(body)
+    _transient_alg(a.alg)
     result = keys.encrypt_transient(p, token, a.mode, a.plain, iv=a.iv, aad=a.ad, tag_len_bits=a.tag_len)
     return _ciphertext_view(None, result, "cipher")
 
 
 def _decrypt_transient(keys: KeyService, p: Principal, token: str, body: dict[str, Any]) -> dict[str, Any]:
     a = _decrypt_args(body)
+    _transient_alg(a.alg)
     plain = keys.decrypt_transient(p, token, a.mode, a.cipher, iv=a.iv, aad=a.ad, tag=a.tag)
     return {"plain": b64(plain)}
 

@@ -10,15 +10,12 @@ turned into ``{"message"}`` responses by the error middleware.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from dsm_emulator.api.context import (
-    b64,
     b64_field,
     core_of,
     field,
@@ -31,7 +28,7 @@ from dsm_emulator.api.context import (
     str_map_field,
 )
 from dsm_emulator.errors import BadRequest
-from dsm_emulator.keys import Component, KeySpec
+from dsm_emulator.keys import KeySpec
 from dsm_emulator.models import SecurityObject
 from dsm_emulator.policies import not_implemented
 from dsm_emulator.views import sobject_view
@@ -78,13 +75,40 @@ def _any_descriptor(value: Any, what: str) -> tuple[str | None, str | None, str 
     return kid, name, token
 
 
+_RSA_OPTIONS = frozenset({"key_size", "public_exponent"})
+
+
+def _asymmetric_options(body: dict[str, Any], key_size: int | None) -> tuple[int | None, int | None]:
+    """(key_size, pub_exponent) once ``rsa`` (RsaOptions) has been merged in; its policies, and the
+    options of key types the lab does not have, are refused rather than dropped."""
+    for name in ("dsa", "bls"):
+        if body.get(name) is not None:
+            raise not_implemented(name, f"xkslab has no {name.upper()} keys")
+    if body.get("deterministic_signatures"):
+        raise not_implemented("deterministic_signatures")
+    exponent: int | None = field(body, "pub_exponent", int)
+    rsa = field(body, "rsa", dict)
+    if rsa is None:
+        return key_size, exponent
+    rsa = {k: v for k, v in rsa.items() if v is not None}
+    unknown = sorted(set(rsa) - _RSA_OPTIONS)
+    if unknown:
+        raise not_implemented(f"rsa.{unknown[0][:40]}", "RSA keys allow every padding")
+    for name, given in (("key_size", key_size), ("public_exponent", exponent)):
+        value = field(rsa, name, int)
+        if value is not None and given is not None and value != given:
+            raise BadRequest(f"rsa.{name} does not match the request's {name.replace('public_', 'pub_')}")
+    return key_size or field(rsa, "key_size", int), exponent or field(rsa, "public_exponent", int)
+
+
 def _spec(body: dict[str, Any], *, with_size: bool) -> KeySpec:
     """A KeySpec from a SobjectRequest (or the object part of an UnwrapKeyRequest)."""
     enabled = field(body, "enabled", bool)
+    key_size, exponent = _asymmetric_options(body, field(body, "key_size", int) if with_size else None)
     return KeySpec(
         name=field(body, "name", str, required=True),
         obj_type=field(body, "obj_type", str, required=True),
-        key_size=field(body, "key_size", int) if with_size else None,
+        key_size=key_size,
         group_id=field(body, "group_id", str),
         key_ops=str_list_field(body, "key_ops"),
         description=field(body, "description", str),
@@ -93,6 +117,8 @@ def _spec(body: dict[str, Any], *, with_size: bool) -> KeySpec:
         state=field(body, "state", str) if with_size else None,
         activation_date=_time(body, "activation_date") if with_size else None,
         deactivation_date=_time(body, "deactivation_date") if with_size else None,
+        elliptic_curve=field(body, "elliptic_curve", str),
+        pub_exponent=exponent,
     )
 
 
@@ -279,113 +305,3 @@ async def revert_key(request: web.Request) -> web.Response:
         raise BadRequest("missing required field ids")
     await core_of(request).keys.revert(p, request.match_info["kid"], ids)
     return no_content()
-
-
-# ------------------------------------------------------------------------------ components
-# Fortanix types the KCVs of ExportComponentsResponse and SobjectComponent as bytes (sdkms 5.6 decodes
-# them as base64) and later as text: the lab answers the KCV's 3 bytes in base64 and takes either form.
-
-
-def _known(body: dict[str, Any], allowed: frozenset[str], what: str) -> None:
-    unknown = sorted(k for k, v in body.items() if v is not None and k not in allowed)
-    if unknown:
-        names = ", ".join(k[:40] for k in unknown)
-        raise BadRequest(f"{what}: field(s) {names} are not implemented by the lab")
-
-
-def _user(value: Any, what: str) -> str:
-    present = {k: v for k, v in _object(value, f"field {what}").items() if v is not None}
-    if list(present) != ["user"] or not isinstance(present["user"], str):
-        raise BadRequest(f'{what} must be a user ({{"user": id}}): key custodians are users')
-    return str(present["user"])
-
-
-def _components_request(body: dict[str, Any], allowed: frozenset[str]) -> list[str]:
-    """The custodians of an export or import by components, once its fields are known and its method is
-    XOR (the only SplittingMethod)."""
-    _known(body, allowed, "request body")
-    if field(body, "method", str) not in (None, "XOR"):
-        raise BadRequest("method: XOR is the only splitting method")
-    custodians: list[Any] = field(body, "custodians", list, required=True)
-    return [_user(item, f"custodians[{index}]") for index, item in enumerate(custodians)]
-
-
-def _kcv_text(value: Any, what: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(f"{what} must be a string")
-    if len(value) == 6:  # hex: never a padded base64 string
-        try:
-            return bytes.fromhex(value).hex().upper()
-        except ValueError:
-            raise BadRequest(f"{what} must be hex or base64") from None
-    raw = b64_field({what: value}, what)
-    assert raw is not None
-    return raw.hex().upper()
-
-
-def _kcv_b64(kcv: str) -> str:
-    return base64.b64encode(bytes.fromhex(kcv)).decode("ascii")
-
-
-_EXPORT_COMPONENTS = frozenset({"key", "custodians", "method", "description", "wrap_key_params"})
-_IMPORT_COMPONENTS = frozenset(
-    {"key", "custodians", "components", "method", "description", "unwrap_key_params", "auth_config"}
-)
-
-
-@routes.post("/crypto/v1/keys/components/export")
-async def export_components(request: web.Request) -> web.Response:
-    p, body = principal_of(request), _object(await read_json(request))
-    if body.get("wrap_key_params") is not None:
-        raise not_implemented("wrap_key_params", "components leave only in the clear, to their custodians")
-    custodians = _components_request(body, _EXPORT_COMPONENTS)
-    kid, name, token = _any_descriptor(body.get("key"), "key")
-    if token is not None:
-        raise BadRequest(TRANSIENT_UNSUPPORTED)
-    description = field(body, "description", str)
-    _obj, components, kcv = await core_of(request).keys.export_components(p, custodians, kid=kid, name=name)
-    answer: dict[str, Any] = {
-        "components": [
-            {
-                "component": b64(c.value),
-                "component_kcv": _kcv_b64(c.kcv or ""),
-                "custodian": {"user": c.custodian},
-            }
-            for c in components
-        ],
-        "key_kcv": _kcv_b64(kcv),
-    }
-    if description is not None:
-        answer["description"] = description
-    return json_response(answer)
-
-
-@routes.post("/crypto/v1/keys/components/import")
-async def import_components(request: web.Request) -> web.Response:
-    p, body = principal_of(request), _object(await read_json(request))
-    if body.get("unwrap_key_params") is not None:
-        raise not_implemented("unwrap_key_params", "components arrive only in the clear, from custodians")
-    if body.get("auth_config") is not None:
-        raise not_implemented("auth_config", "approval requests take the group policy's authentication")
-    custodians = _components_request(body, _IMPORT_COMPONENTS)
-    key = _object(body.get("key"), "field key")
-    _no_transient(key)
-    if key.get("value") is not None:
-        raise BadRequest("key.value: an import by components takes the key from its components")
-    spec = _spec(key, with_size=True)
-    if spec.description is None and field(body, "description", str) is not None:
-        spec = dataclasses.replace(spec, description=field(body, "description", str))
-    parts: list[Any] = field(body, "components", list, required=True)
-    components = []
-    for index, item in enumerate(parts):
-        what = f"components[{index}]"
-        part = _object(item, f"field {what}")
-        value = b64_field(part, "component", required=True)
-        assert value is not None
-        kcv = _kcv_text(part.get("component_kcv"), f"{what}.component_kcv")
-        components.append(Component(_user(part.get("custodian"), f"{what}.custodian"), value, kcv))
-    key_kcv = _kcv_text(key.get("kcv"), "key.kcv")
-    obj = await core_of(request).keys.import_components(p, spec, custodians, components, key_kcv)
-    return json_response(await _stored_view(request, obj), status=201)

@@ -10,10 +10,10 @@ only after their audit row is committed (``AuditLog.record``); refusals are audi
 KeyService is assembled here from one mixin per concern: ``lifecycle`` (rows that change) on ``history``
 (what a reversible change records, reverts, and the sweep that erases it when its window closes),
 ``reads`` (rows read, and their compliance with their groups' policies), ``crypto_ops`` (uses of stored
-material), ``multipart`` (encrypt and decrypt in pieces, their sealed state), ``components``
-(export and import split between key custodians), ``transient`` (keys that live only in their token),
-all on ``base`` (the shared core). Everything other code imports from ``dsm_emulator.keys`` is
-re-exported from here.
+material), ``signing`` (RSA and EC signatures), ``pairs`` (what a new key is checked against),
+``multipart`` (encrypt and decrypt in pieces, their sealed state), ``components`` (export and import
+split between key custodians), ``transient`` (keys that live only in their token), all on ``base`` (the
+shared core). Everything other code imports from ``dsm_emulator.keys`` is re-exported from here.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from dsm_emulator.keys.history import UNDO_WINDOW_MAX_S, UNDO_WINDOW_MIN_S, undo
 from dsm_emulator.keys.lifecycle import LifecycleMixin
 from dsm_emulator.keys.multipart import INVALID_STATE, KeyRef, MultipartMixin
 from dsm_emulator.keys.reads import ReadsMixin
+from dsm_emulator.keys.signing import SigningMixin
 from dsm_emulator.keys.transient import (
     INVALID_TRANSIENT,
     TRANSIENT_LIFETIME,
@@ -75,6 +76,7 @@ __all__ = [
 class KeyService(
     LifecycleMixin,
     ReadsMixin,
+    SigningMixin,
     CryptoMixin,
     MultipartMixin,
     ComponentsMixin,

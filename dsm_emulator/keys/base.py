@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dsm_emulator import crypto
+from dsm_emulator import asymmetric, crypto
 from dsm_emulator.approvals.gate import QuorumGate, Touch
 from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import KEY_OPS, Principal, require_permission, require_visible
@@ -29,7 +29,7 @@ from dsm_emulator.errors import BadRequest, DsmError, InvalidState, NotFound
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keys.usage import USAGE_FLUSH_S, KeyUsage
 from dsm_emulator.models import Group, SecurityObject, is_uuid
-from dsm_emulator.policies import GroupPolicies, KeyFacts
+from dsm_emulator.policies import FORTANIX_OBJECT_TYPES, GroupPolicies
 from xkslab_shared.generation import Generation, GenerationCache
 
 T = TypeVar("T")
@@ -74,6 +74,16 @@ OBJECT_TYPES: Mapping[str, ObjectTypeRule] = {
         lambda bits: 8 <= bits <= 65536 and bits % 8 == 0,
         frozenset({"DERIVEKEY", "APPMANAGEABLE"}),
         frozenset({"DERIVEKEY", "EXPORT", "APPMANAGEABLE"}),
+    ),
+    "RSA": ObjectTypeRule(
+        lambda bits: bits in asymmetric.RSA_KEY_SIZES,
+        frozenset({"SIGN", "VERIFY", "ENCRYPT", "DECRYPT", "APPMANAGEABLE"}),
+        frozenset({"SIGN", "VERIFY", "ENCRYPT", "DECRYPT", "EXPORT", "APPMANAGEABLE"}),
+    ),
+    "EC": ObjectTypeRule(
+        lambda bits: bits in (256, 384, 521),
+        frozenset({"SIGN", "VERIFY", "APPMANAGEABLE"}),
+        frozenset({"SIGN", "VERIFY", "EXPORT", "APPMANAGEABLE"}),
     ),
     "OPAQUE": ObjectTypeRule(
         lambda bits: 0 < bits <= 8 * 65536 and bits % 8 == 0,
@@ -140,25 +150,8 @@ class KeySpec:
     state: str | None = None
     activation_date: datetime | None = None
     deactivation_date: datetime | None = None
-
-
-def checked_ops(policies: GroupPolicies, spec: KeySpec, size: int, ops: frozenset[str]) -> frozenset[str]:
-    """The key_ops a new key gets under its group's policies (defaults narrowed to them when the spec
-    names none), once the spec has been checked against them."""
-    if spec.key_ops is None:
-        ops = policies.default_key_ops(ops)
-    policies.check_key(
-        KeyFacts(
-            obj_type=spec.obj_type,
-            key_size=size,
-            key_ops=ops,
-            description=spec.description,
-            custom_metadata=spec.custom_metadata or {},
-            activation_date=spec.activation_date,
-            deactivation_date=spec.deactivation_date,
-        )
-    )
-    return ops
+    elliptic_curve: str | None = None  # EC only
+    pub_exponent: int | None = None  # RSA only, when generated
 
 
 class KeyServiceBase:
@@ -319,15 +312,22 @@ class KeyServiceBase:
 
     # ------------------------------------------------------------------- validation and lookup
 
-    def _validate(self, spec: KeySpec, value: bytes | None) -> tuple[int, frozenset[str]]:
+    def _validate(
+        self, spec: KeySpec, value: bytes | None, pair: asymmetric.KeyPair | None = None
+    ) -> tuple[int, frozenset[str]]:
         rule = OBJECT_TYPES.get(spec.obj_type)
         if rule is None:
-            raise BadRequest(f"obj_type must be one of {', '.join(OBJECT_TYPES)}")
+            known = "is not supported by xkslab; " if spec.obj_type in FORTANIX_OBJECT_TYPES else ""
+            raise BadRequest(f"obj_type {spec.obj_type[:40]} {known}must be one of {', '.join(OBJECT_TYPES)}")
         if not spec.name or len(spec.name) > MAX_NAME_LENGTH:
             raise BadRequest(f"name must be 1 to {MAX_NAME_LENGTH} characters")
         if value is None and not rule.can_generate:
             raise BadRequest(f"{spec.obj_type} objects can only be imported")
-        if value is not None:
+        if pair is not None:
+            if spec.key_size is not None and spec.key_size != pair.key_size:
+                raise BadRequest(f"key_size {spec.key_size} does not match the key ({pair.key_size} bits)")
+            size = pair.key_size
+        elif value is not None:
             if spec.key_size is not None and spec.key_size != len(value) * 8:
                 raise BadRequest("key_size does not match the length of value")
             size = len(value) * 8

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dsm_emulator import crypto, digests
+from dsm_emulator import asymmetric, crypto, digests
 from dsm_emulator.approvals.gate import Touch
 from dsm_emulator.approvals.policy import CRYPTO, EXPORT
 from dsm_emulator.authz import Principal, require_key_op, require_permission
@@ -52,6 +52,7 @@ class CryptoMixin(KeyServiceBase):
         aad: bytes | None = None,
         tag_len_bits: int | None = None,
         context: Mapping[str, str | None] | None = None,
+        alg: str | None = None,
     ) -> crypto.Ciphertext:
         # AuditEvent fields for _event's **extra; typed Any, or mypy matches them against its `obj`.
         audit_fields: dict[str, Any] = dict(context or {})
@@ -66,10 +67,15 @@ class CryptoMixin(KeyServiceBase):
 
         async def action(subject: list[SecurityObject]) -> crypto.Ciphertext:
             obj = await self._usable(p, kid, "ENCRYPT", "ENCRYPT", subject)
-            _require_aes(obj)
+            if obj.obj_type == "RSA":
+                _rsa_only_args(obj, alg, iv=iv, ad=aad, tag_len=tag_len_bits)
+                await self._held(p, obj, CRYPTO)
+                pub_key = obj.pub_key or b""
+                return crypto.Ciphertext(run_crypto(lambda: asymmetric.rsa_encrypt(pub_key, mode, plain)))
+            _require_aes(obj, alg)
             await self._held(p, obj, CRYPTO)
             material = await self.material(obj)
-            return _crypto(
+            return run_crypto(
                 lambda: crypto.encrypt(mode, material, plain, iv=iv, aad=aad, tag_len_bits=tag_len_bits)
             )
 
@@ -86,6 +92,7 @@ class CryptoMixin(KeyServiceBase):
         aad: bytes | None = None,
         tag: bytes | None = None,
         context: Mapping[str, str | None] | None = None,
+        alg: str | None = None,
     ) -> bytes:
         audit_fields: dict[str, Any] = dict(context or {})
         event = self._event(
@@ -99,10 +106,17 @@ class CryptoMixin(KeyServiceBase):
 
         async def action(subject: list[SecurityObject]) -> bytes:
             obj = await self._usable(p, kid, "DECRYPT", "DECRYPT", subject)
-            _require_aes(obj)
+            if obj.obj_type == "RSA":
+                _rsa_only_args(obj, alg, iv=iv, ad=aad, tag=tag)
+                if obj.public_only:
+                    raise BadRequest("this RSA object holds only a public key: it cannot decrypt")
+                await self._held(p, obj, CRYPTO)
+                private = await self.material(obj)
+                return run_crypto(lambda: asymmetric.rsa_decrypt(private, mode, cipher))
+            _require_aes(obj, alg)
             await self._held(p, obj, CRYPTO)
             material = await self.material(obj)
-            return _crypto(lambda: crypto.decrypt(mode, material, cipher, iv=iv, aad=aad, tag=tag))
+            return run_crypto(lambda: crypto.decrypt(mode, material, cipher, iv=iv, aad=aad, tag=tag))
 
         return await self._audited(event, action)
 
@@ -136,7 +150,7 @@ class CryptoMixin(KeyServiceBase):
             await self.gate.check(p, [Touch.sobject(wrapping, CRYPTO), Touch.sobject(subject, EXPORT)])
             material = await self.material(subject)
             kek = await self.material(wrapping)
-            wrapped = _crypto(
+            wrapped = run_crypto(
                 lambda: crypto.encrypt(mode, kek, material, iv=iv, aad=aad, tag_len_bits=tag_len_bits)
             )
             self.usage.note(subject)  # the wrapping key's use is noted with the audit row
@@ -169,7 +183,7 @@ class CryptoMixin(KeyServiceBase):
             _require_aes(wrapping)
             await self._held(p, wrapping, CRYPTO)
             kek = await self.material(wrapping)
-            return _crypto(lambda: crypto.decrypt(mode, kek, wrapped, iv=iv, aad=aad, tag=tag))
+            return run_crypto(lambda: crypto.decrypt(mode, kek, wrapped, iv=iv, aad=aad, tag=tag))
 
         material = await self._audited(event, action)
         return await self.create(p, spec, value=material)
@@ -214,8 +228,8 @@ class CryptoMixin(KeyServiceBase):
         await self._held(p, obj, CRYPTO)
         material = await self.material(obj)
         if alg is None:
-            return _crypto(lambda: digests.cmac_generate(material, data))
-        return _crypto(lambda: digests.hmac_generate(alg, material, data))
+            return run_crypto(lambda: digests.cmac_generate(material, data))
+        return run_crypto(lambda: digests.hmac_generate(alg, material, data))
 
     async def export(
         self, p: Principal, *, kid: str | None = None, name: str | None = None
@@ -227,6 +241,8 @@ class CryptoMixin(KeyServiceBase):
                 obj = await self._find(session, p, kid=kid, name=name)
                 subject.append(obj)
                 require_permission(p, "EXPORT", obj.group_id)
+                if obj.public_only:  # a public key is no secret: its export needs no EXPORT key_op
+                    return obj, await self.material(obj)
                 if "EXPORT" not in obj.key_ops:
                     raise InvalidState("this key is not exportable (no EXPORT key operation)")
                 (await self._policies(session, obj.group_id)).check_plain_export()
@@ -236,8 +252,19 @@ class CryptoMixin(KeyServiceBase):
         return await self._audited(event, action)
 
 
-def _require_aes(obj: SecurityObject) -> None:
+def _require_aes(obj: SecurityObject, alg: str | None = None) -> None:
     _require_aes_type(obj.obj_type)
+    if alg is not None and alg != obj.obj_type:
+        raise BadRequest(f"alg {alg[:40]} does not match the key's type {obj.obj_type}")
+
+
+def _rsa_only_args(obj: SecurityObject, alg: str | None, **symmetric: object) -> None:
+    """An RSA encryption takes no IV, AD or tag: a request that sends one is refused, not ignored."""
+    if alg is not None and alg != "RSA":
+        raise BadRequest(f"alg {alg[:40]} does not match the key's type RSA")
+    given = sorted(name for name, value in symmetric.items() if value is not None)
+    if given:
+        raise BadRequest(f"{given[0]} is not a parameter of RSA encryption")
 
 
 def _require_aes_type(obj_type: str) -> None:
@@ -245,7 +272,7 @@ def _require_aes_type(obj_type: str) -> None:
         raise BadRequest(f"{obj_type} objects cannot be used for this operation")
 
 
-def _crypto(op: Callable[[], T]) -> T:
+def run_crypto(op: Callable[[], T]) -> T:
     try:
         return op()
     except crypto.IntegrityError as exc:

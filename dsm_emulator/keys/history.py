@@ -80,7 +80,7 @@ def snapshot(obj: SecurityObject, at: datetime) -> dict[str, Any]:
     state: dict[str, Any] = {
         "state": effective_state(obj, at),
         "key_ops": sorted(obj.key_ops),
-        "public_only": False,
+        "public_only": obj.public_only,
         "has_key": obj.sealed_material is not None,
         "revocation_reason": obj.revocation_reason,
         "group_id": obj.group_id,

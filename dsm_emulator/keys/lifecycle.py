@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dsm_emulator import crypto
+from dsm_emulator.asymmetric import ASYMMETRIC_TYPES
 from dsm_emulator.audit import AuditEvent
 from dsm_emulator.authz import KEY_OPS, Principal, require_permission
 from dsm_emulator.errors import BadRequest, Conflict, InvalidState
@@ -25,12 +26,12 @@ from dsm_emulator.keys.base import (
     REVOCATION_CODES,
     Detail,
     KeySpec,
-    checked_ops,
     effective_state,
     material_context,
     now,
 )
 from dsm_emulator.keys.history import HistoryMixin
+from dsm_emulator.keys.pairs import checked_ops, key_pair
 from dsm_emulator.keys.reads import key_facts
 from dsm_emulator.keys.transient import TransientKey
 from dsm_emulator.models import KeyHistoryItem, SecurityObject
@@ -51,11 +52,12 @@ class LifecycleMixin(HistoryMixin):
         refusal = self._event(p, operation, f"{verb} {spec.obj_type} key {spec.name[:200]}")
 
         async def work(session: AsyncSession) -> tuple[SecurityObject, AuditEvent]:
-            size, ops = self._validate(spec, value)
+            pair = key_pair(spec, value)
+            size, ops = self._validate(spec, value, pair)
             group_id = await self._resolve_group(session, p, spec.group_id)
             require_permission(p, "MANAGE", group_id)
             policies = await self._policies(session, group_id)
-            ops = checked_ops(policies, spec, size, ops)
+            ops = checked_ops(policies, spec, size, ops, pair.elliptic_curve if pair else None)
             taken = await session.scalar(
                 select(SecurityObject.kid).where(
                     SecurityObject.acct_id == p.acct_id, SecurityObject.name == spec.name
@@ -63,7 +65,10 @@ class LifecycleMixin(HistoryMixin):
             )
             if taken is not None:
                 raise Conflict("sobject already exists")
-            material = value if value is not None else crypto.random_bytes(size // 8)
+            if pair is not None:
+                material = pair.material
+            else:
+                material = value if value is not None else crypto.random_bytes(size // 8)
             created = now()
             state = spec.state or (
                 "PreActive"
@@ -90,6 +95,9 @@ class LifecycleMixin(HistoryMixin):
                 custom_metadata=dict(spec.custom_metadata or {}),
                 version=1,
                 kcv=crypto.kcv(material) if spec.obj_type == "AES" else None,
+                pub_key=pair.pub_key if pair else None,
+                elliptic_curve=pair.elliptic_curve if pair else None,
+                public_only=pair.public_only if pair else False,
                 creator_type=p.kind if p.kind != "system" else "user",
                 creator_id=p.id or p.acct_id,
                 created_at=created,
@@ -133,6 +141,8 @@ class LifecycleMixin(HistoryMixin):
             if old.replacement_kid is not None:
                 raise InvalidState("this object has already been rotated")
             await self._held(p, old, "ROTATE_SOBJECTS")
+            if old.obj_type in ASYMMETRIC_TYPES:
+                raise BadRequest(f"rekey of {old.obj_type} keys is not implemented by xkslab")
             rotatable = ("AES", "HMAC", "SECRET") if value is None else tuple(OBJECT_TYPES)
             if old.sealed_material is None or old.obj_type not in rotatable:
                 raise InvalidState(f"a {old.obj_type} object in state {old.state} cannot be rekeyed")

@@ -39,7 +39,7 @@ from dsm_emulator.authz import Principal
 from dsm_emulator.crypto_stream import Stream
 from dsm_emulator.errors import BadRequest, DsmError, Sealed
 from dsm_emulator.keys.base import KeyServiceBase, _about, now
-from dsm_emulator.keys.crypto_ops import _crypto, _require_aes, _require_aes_type
+from dsm_emulator.keys.crypto_ops import _require_aes, _require_aes_type, run_crypto
 from dsm_emulator.models import SecurityObject
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class MultipartMixin(KeyServiceBase):
 
         async def action(subject: list[SecurityObject]) -> tuple[bytes, bytes]:
             material = await self._multipart_material(p, key, encrypt, subject)
-            stream, used_iv = _crypto(
+            stream, used_iv = run_crypto(
                 lambda: crypto_stream.start(mode, material, iv, encrypt=encrypt, aad=aad)
             )
             at = int(now().timestamp())
@@ -240,7 +240,7 @@ class MultipartMixin(KeyServiceBase):
             self.multipart_ledger.claim(current.op, current.step, int(now().timestamp()))
             try:
                 material = await self._multipart_material(p, key, encrypt, subject)
-                out = _crypto(
+                out = run_crypto(
                     lambda: crypto_stream.final(material, current.stream, tag_len_bits=tag_len_bits, tag=tag)
                 )
             except BaseException:
@@ -318,8 +318,8 @@ async def _stepped(op: Callable[[], tuple[bytes, Stream]], state: _State) -> tup
     # GHASH is pure Python (about 0.1 s per 350 KiB): in a worker thread the interpreter switches back
     # to the event loop every few milliseconds, so XKS calls (250 ms budget) are not held up behind it.
     if state.stream.mode == "GCM":
-        return await asyncio.to_thread(_crypto, op)
-    return _crypto(op)
+        return await asyncio.to_thread(run_crypto, op)
+    return run_crypto(op)
 
 
 def _expiry(born: int, at: int) -> int:

@@ -93,4 +93,5 @@ def key_facts(obj: SecurityObject) -> KeyFacts:
         activation_date=None,
         deactivation_date=obj.deactivation_date,
         judged_dates=frozenset({"deactivation_date"}),
+        elliptic_curve=obj.elliptic_curve,
     )

@@ -17,8 +17,9 @@ from typing import Any
 from dsm_emulator import crypto
 from dsm_emulator.authz import Principal, require_permission
 from dsm_emulator.errors import AccessDenied, BadRequest, InvalidState, Sealed
-from dsm_emulator.keys.base import KeyServiceBase, KeySpec, checked_ops, now
-from dsm_emulator.keys.crypto_ops import _crypto, _require_aes_type
+from dsm_emulator.keys.base import KeyServiceBase, KeySpec, now
+from dsm_emulator.keys.crypto_ops import _require_aes_type, run_crypto
+from dsm_emulator.keys.pairs import checked_ops
 
 TRANSIENT_LIFETIME = timedelta(hours=24)
 TRANSIENT_TYPES = ("AES", "HMAC", "SECRET")
@@ -218,7 +219,7 @@ class TransientMixin(KeyServiceBase):
     ) -> crypto.Ciphertext:
         key = self._usable_transient(p, token, "ENCRYPT", "ENCRYPT")
         _require_aes_type(key.obj_type)
-        return _crypto(
+        return run_crypto(
             lambda: crypto.encrypt(mode, key.material, plain, iv=iv, aad=aad, tag_len_bits=tag_len_bits)
         )
 
@@ -235,7 +236,7 @@ class TransientMixin(KeyServiceBase):
     ) -> bytes:
         key = self._usable_transient(p, token, "DECRYPT", "DECRYPT")
         _require_aes_type(key.obj_type)
-        return _crypto(lambda: crypto.decrypt(mode, key.material, cipher, iv=iv, aad=aad, tag=tag))
+        return run_crypto(lambda: crypto.decrypt(mode, key.material, cipher, iv=iv, aad=aad, tag=tag))
 
     async def export_transient(self, p: Principal, token: str) -> tuple[dict[str, Any], bytes]:
         key = self.visible_transient(p, token)

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from dsm_emulator.api import admin, crypto, sobjects
+from dsm_emulator.api import admin, components, crypto, sobjects
 from dsm_emulator.api.admin import GROUP_FIELDS
 from dsm_emulator.authz import system_principal
 from dsm_emulator.core import DsmCore
@@ -37,7 +37,7 @@ def b64(data: bytes) -> str:
 
 @pytest.fixture
 async def client(env: SimpleNamespace, aiohttp_client: Any) -> Client:
-    routes = (admin.routes, sobjects.routes, crypto.routes)
+    routes = (admin.routes, components.routes, sobjects.routes, crypto.routes)
     return cast(Client, await api_harness.route_client(env, aiohttp_client, *routes))
 
 
@@ -59,7 +59,7 @@ async def db_env(empty_db_url: str, tmp_path: Path) -> AsyncIterator[SimpleNames
 
 @pytest.fixture
 async def db_client(db_env: SimpleNamespace, aiohttp_client: Any) -> Client:
-    routes = (admin.routes, sobjects.routes, crypto.routes)
+    routes = (admin.routes, components.routes, sobjects.routes, crypto.routes)
     return cast(Client, await api_harness.route_client(db_env, aiohttp_client, *routes))
 
 
@@ -335,7 +335,7 @@ async def test_cryptographic_policy_on_create_import_update_and_rotate(
     [
         ({"aes": {"key_sizes": [256], "random_iv": True}}, "cryptographic_policy.aes.random_iv"),
         ({"aes": {"fpe": {"radix": 10}}}, "cryptographic_policy.aes.fpe"),
-        ({"rsa": {"minimum_key_length": 2048}}, "cryptographic_policy.rsa.minimum_key_length"),
+        ({"rsa": {"signature_policy": [{}]}}, "cryptographic_policy.rsa.signature_policy"),
         ({"aes": {}, "legacy_policy": "prohibited"}, "cryptographic_policy.legacy_policy"),
     ],
 )
