@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from dsm_emulator.api import admin, approvals, crypto, logs, openapi, session, sobjects, xks
+from dsm_emulator.api import admin, approvals, crypto, logs, openapi, session, sobjects, users, xks
 from dsm_emulator.api.context import ACCEPTED_ENCODINGS, CORE_KEY, core_of, json_response
 from dsm_emulator.api.metrics import METRICS_KEY, DsmMetrics, metrics_middleware, metrics_page
 from dsm_emulator.core import DsmCore
@@ -129,6 +129,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(core_ctx)
     app.add_routes(session.routes)
+    app.add_routes(users.routes)
     app.add_routes(admin.routes)
     app.add_routes(sobjects.routes)
     app.add_routes(crypto.routes)

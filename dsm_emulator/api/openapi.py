@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsm_emulator.api.openapi_users import USER_SCHEMA, user_paths
 from xkslab_shared.openapi import Schema, array, content, document, health_path, nullable, obj, ref, string
 
 ANY_OBJECT: Schema = {"type": "object"}
@@ -81,7 +82,8 @@ SCHEMAS: dict[str, Schema] = {
     "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
     "WrapRequest": obj(key=DESCRIPTOR, subject=DESCRIPTOR, kid=string(), wrapped_key=BLOB, **CRYPT_FIELDS),
-    "Account": obj(["acct_id"], acct_id=string(), name=string()),
+    "Account": obj(["acct_id"], acct_id=string(), name=string(), description=string(), state=string()),
+    "User": USER_SCHEMA,
     "ApprovalRequest": obj(
         ["request_id", "status", "method", "operation"],
         request_id=string(),
@@ -209,9 +211,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             "post": op("selectAccount", ANY_OBJECT, obj(["acct_id"], acct_id=string()))
         },
         "/sys/v1/users/accounts": {"get": op("userAccounts", ANY_OBJECT)},
-        "/sys/v1/accounts": {"get": op("listAccounts", array(ref("Account")))},
-        "/sys/v1/accounts/{acct_id}": {"get": op("getAccount", ref("Account"))},
-        "/sys/v1/users": {"get": op("listUsers", array(ANY_OBJECT))},
+        **user_paths(op),
         "/sys/v1/plugins": {"get": op("listPlugins", array(ANY_OBJECT))},
         "/sys/v1/groups": {
             "post": op("createGroup", ref("Group"), GROUP_BODY),
