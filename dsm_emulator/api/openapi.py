@@ -82,7 +82,9 @@ SCHEMAS: dict[str, Schema] = {
     "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
     "WrapRequest": obj(key=DESCRIPTOR, subject=DESCRIPTOR, kid=string(), wrapped_key=BLOB, **CRYPT_FIELDS),
-    "Account": obj(["acct_id"], acct_id=string(), name=string(), description=string(), state=string()),
+    "Account": obj(
+        ["acct_id"], acct_id=string(), name=string(), description=nullable(string()), state=string()
+    ),
     "User": USER_SCHEMA,
     "ApprovalRequest": obj(
         ["request_id", "status", "method", "operation"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from dsm_emulator.api.users import EMAIL_ONLY
-from xkslab_shared.openapi import Schema, array, content, obj, ref, string
+from xkslab_shared.openapi import Schema, array, content, nullable, obj, ref, string
 
 
 class OperationBuilder(Protocol):
@@ -19,8 +19,8 @@ USER_SCHEMA = obj(
     ["user_id", "user_email", "account_role"],
     user_id=string(),
     user_email=string(),
-    first_name=string(),
-    last_name=string(),
+    first_name=nullable(string()),
+    last_name=nullable(string()),
     account_role=array(string()),
 )
 

@@ -155,7 +155,9 @@ async def delete_own_user(request: web.Request) -> web.Response:
 @routes.post("/sys/v1/users/change_password")
 async def change_password(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    body = _checked_body(await read_json(request), frozenset({"current_password", "new_password"}), "it", {})
+    body = _checked_body(
+        await read_json(request), frozenset({"current_password", "new_password"}), "a password change", {}
+    )
     source = request.remote or "unknown"
     await core_of(request).admin.change_password(
         principal, body.get("current_password"), body.get("new_password"), source

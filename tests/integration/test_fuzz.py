@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from dsm_emulator.api import openapi as dsm_openapi
 from dsm_emulator.api.app import create_app as create_dsm_app
 from kms_emulator.app import OPERATIONS
 from tests import xks_harness
@@ -170,6 +171,14 @@ DSM_QUERY = [
 ]  # fmt: skip
 
 
+DSM_NOT_EMULATED = {
+    (method.upper(), path)
+    for path, item in dsm_openapi.build()["paths"].items()
+    for method, operation in item.items()
+    if isinstance(operation, dict) and "501" in operation.get("responses", {})
+}
+
+
 async def test_the_dsm_rest_api_under_random_requests(
     db_env: XksEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -221,7 +230,9 @@ async def test_the_dsm_rest_api_under_random_requests(
             if r.status == 401 and who == "admin":  # the case ended the session (terminate): a new one
                 credentials["admin"] = await token()
             assert_clean(r.status, text, case)
-            assert r.status < 500, (case, r.status, text)
+            # The one 5xx a route may answer: the 501 its OpenAPI description documents (not emulated).
+            documented_501 = r.status == 501 and (method, template) in DSM_NOT_EMULATED
+            assert r.status < 500 or documented_501, (case, r.status, text)
             if r.status >= 400:
                 answer = json.loads(text)
                 assert isinstance(answer, dict) and isinstance(answer.get("message"), str), (case, text)

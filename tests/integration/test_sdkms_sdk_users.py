@@ -121,9 +121,8 @@ def users_flow(url: str) -> dict[str, Any]:
     )
     as_bob.change_password(sdk.PasswordChangeRequest(current_password=BOB_PW, new_password=BOB_NEW_PW))
     r["old_password"] = status_of(lambda: login_user(sdk, url, BOB, BOB_PW))
-    r["new_password"] = (
-        sdk.UsersApi(api_client=login_user(sdk, url, BOB, BOB_NEW_PW)).get_user(bob.user_id).user_id
-    )
+    bob_again = sdk.UsersApi(api_client=login_user(sdk, url, BOB, BOB_NEW_PW))
+    r["new_password"] = bob_again.get_user(bob.user_id).user_id
 
     # an app is no user
     group = sdk.GroupsApi(api_client=admin).get_groups()[0]
@@ -174,6 +173,7 @@ def users_flow(url: str) -> dict[str, Any]:
     users.delete_user(bob.user_id)
     r["bob_gone"] = status_of(lambda: users.get_user(bob.user_id))
     r["bob_login"] = status_of(lambda: login_user(sdk, url, BOB, BOB_NEW_PW))
+    r["bob_session"] = status_of(lambda: bob_again.get_users())
     sdk.UsersApi(api_client=login_user(sdk, url, CAROL, CAROL_PW)).delete_user_account()
     r["left"] = sorted(u.user_email for u in users.get_users())
 
@@ -219,7 +219,7 @@ async def test_users_and_account_through_the_sdk(lab: tuple[str, Path], db_backe
     for mail in ("forgot", "resend", "process", "signup"):
         assert r[mail][0] == 501 and "xkslab does not emulate" in r[mail][1], mail
 
-    assert r["bob_gone"][0] == 404 and r["bob_login"][0] == 401
+    assert r["bob_gone"][0] == 404 and r["bob_login"][0] == 401 and r["bob_session"][0] == 401
     assert r["left"] == [EMAIL]
 
     messages = [row["message"] for row in r["audit"]]
