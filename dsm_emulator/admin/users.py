@@ -78,15 +78,30 @@ def person_name(value: object, field: str) -> str | None:
 
 
 class UsersMixin(AdminBase):
+    async def list_users(self, p: Principal) -> list[tuple[User, list[str]]]:
+        """The users of ``p``'s account and their roles there, by email."""
+        await self._users_reader(p, "user.list", "List users")
+        stmt = (
+            select(User, AccountMember.roles)
+            .join(AccountMember, AccountMember.user_id == User.user_id)
+            .where(AccountMember.acct_id == p.acct_id)
+            .order_by(User.email)
+        )
+        async with self._sessions() as session:
+            return [(user, list(roles)) for user, roles in (await session.execute(stmt)).all()]
+
     async def get_user(self, p: Principal, user_id: str) -> tuple[User, list[str]]:
         """A user of ``p``'s account and their roles there."""
-        if p.kind == "app":
-            error = AccessDenied("only users may read users")
-            await self._audit.record(AuditEvent.by(p, "user.get", "Read a user").refused(error))
-            raise error
+        await self._users_reader(p, "user.get", "Read a user")
         async with self._sessions() as session:
             user, member = await _member(session, p.acct_id, user_id)
         return user, list(member.roles)
+
+    async def _users_reader(self, p: Principal, operation: str, message: str) -> None:
+        if p.kind == "app":
+            error = AccessDenied("only users may read users")
+            await self._audit.record(AuditEvent.by(p, operation, message).refused(error))
+            raise error
 
     async def update_user(self, p: Principal, user_id: str, changes: UserChanges) -> tuple[User, list[str]]:
         refusal = AuditEvent.by(p, "user.update", f"Update user {_ref(user_id)}")

@@ -16,8 +16,8 @@ from dsm_emulator.admin import AccountChanges, UserChanges, parse_roles, person_
 from dsm_emulator.api.context import PRINCIPAL, core_of, json_response, no_content, principal_of, read_json
 from dsm_emulator.api.context import field as body_field
 from dsm_emulator.api.session import CLAIMS
-from dsm_emulator.errors import AccessDenied, AuthFailed, BadRequest, NotFound, Unsupported
-from dsm_emulator.models import Account, AccountMember, User
+from dsm_emulator.errors import AuthFailed, BadRequest, NotFound, Unsupported
+from dsm_emulator.models import Account, User
 from dsm_emulator.views import fortanix_time
 
 routes = web.RouteTableDef()
@@ -106,21 +106,11 @@ def _optional_name(body: dict[str, Any], name: str) -> str | None:
 @routes.get("/sys/v1/users")
 async def list_users(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    if principal.kind != "user":
-        raise AccessDenied("only users may list users")
     unsupported = sorted(set(request.query) & {"group_id", "sort", "start", "limit", "offset"})
     if unsupported:
         raise BadRequest(f"{', '.join(unsupported)}: xkslab lists every user of the account at once")
-    async with core_of(request).sessions() as session:
-        rows = (
-            await session.execute(
-                select(User, AccountMember.roles)
-                .join(AccountMember, AccountMember.user_id == User.user_id)
-                .where(AccountMember.acct_id == principal.acct_id)
-                .order_by(User.email)
-            )
-        ).all()
-    return json_response([user_view(user, list(roles), principal.acct_id) for user, roles in rows])
+    rows = await core_of(request).admin.list_users(principal)
+    return json_response([user_view(user, roles, principal.acct_id) for user, roles in rows])
 
 
 @routes.get("/sys/v1/users/{user_id}")

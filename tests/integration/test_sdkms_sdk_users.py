@@ -136,6 +136,7 @@ def users_flow(url: str) -> dict[str, Any]:
     app_client, _ = login_app(sdk, url, base64.b64encode(f"{app.app_id}:{secret}".encode()).decode())
     r["app_reads"] = status_of(lambda: sdk.UsersApi(api_client=app_client).get_user(admin_id))
     r["app_removes"] = status_of(lambda: sdk.UsersApi(api_client=app_client).delete_user(bob.user_id))
+    r["app_lists"] = status_of(lambda: sdk.UsersApi(api_client=app_client).get_users())
 
     # the last administrator stays one
     r["demote_last"] = status_of(
@@ -205,7 +206,7 @@ async def test_users_and_account_through_the_sdk(lab: tuple[str, Path], db_backe
     assert r["wrong_current"][0] == 401
     assert r["old_password"][0] == 401
     assert r["new_password"]
-    assert r["app_reads"][0] == 403 and r["app_removes"][0] == 403
+    assert r["app_reads"][0] == r["app_removes"][0] == r["app_lists"][0] == 403
 
     assert r["demote_last"][0] == 409 and "last administrator" in r["demote_last"][1]
     assert r["remove_last"][0] == 409
@@ -236,6 +237,10 @@ async def test_users_and_account_through_the_sdk(lab: tuple[str, Path], db_backe
     refusals = [m for m in messages if "refused" in m]
     assert any("Update user" in m and "only an account administrator" in m for m in refusals)
     assert any("last administrator" in m for m in refusals)
+    app_refusals = [
+        row for row in r["audit"] if row["actor_type"] == "App" and "only users" in row["message"]
+    ]
+    assert sorted(row["message"].split(":")[0] for row in app_refusals) == ["List users", "Read a user"]
     dumped = json.dumps(r["audit"])
     assert not any(secret in dumped for secret in SECRETS)
     if db_backend == "sqlite":
