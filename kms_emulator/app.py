@@ -302,4 +302,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         limits=HttpLimits.of(settings),
         service="kms",
         access_log=settings.log.access,
+        section="kms",
     )

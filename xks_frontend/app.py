@@ -141,6 +141,7 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         client_ca=settings.xks_client_ca(),
         client_subject=settings.xks_client_subject(),
         limits=HttpLimits.of(settings),
+        section="xks",
         tls_setup=tls_faults.install if (tls_faults := app.get(TLS_FAULTS_KEY)) is not None else None,
         service="xks",
         access_log=settings.log.access,

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +42,7 @@ _sdkms_used = False
 # What the lab's own root KEK allows: what KMS needs of an XKS key (GetKeyMetadata checks ENCRYPT and
 # DECRYPT), and wrapping for tests that use the key as a KEK in the DSM directly.
 KEY_OPS = ["ENCRYPT", "DECRYPT", "WRAPKEY", "UNWRAPKEY", "APPMANAGEABLE"]
+DSM_TIMEOUT_S = 60.0  # a bound for a stalled machine, not a budget
 
 
 class XkslabLab(LabInfo):
@@ -76,12 +80,28 @@ class XkslabLab(LabInfo):
     def new_dsm_key(self, name: str | None = None, key_size: int = 256) -> str:
         """A new AES key made by the client app in the default group (where the proxy's app may use it);
         returns its kid."""
-        import sdkms.v1 as sdk
+        body = {
+            "name": name or f"xkslab-test-{uuid.uuid4().hex}",
+            "obj_type": "AES",
+            "key_size": key_size,
+            "key_ops": KEY_OPS,
+        }
+        return str(self.dsm_call("POST", "/crypto/v1/keys", body)["kid"])
 
-        request = sdk.SobjectRequest(
-            name=name or f"xkslab-test-{uuid.uuid4().hex}", obj_type="AES", key_size=key_size, key_ops=KEY_OPS
+    def dsm_call(self, method: str, path: str, body: Any = None) -> Any:
+        """One call of the DSM REST API as the lab's client app (its API key, session-less), with the
+        standard library: the fixtures that need no ``sdkms`` SDK work where it is not installed (it
+        comes with ``xkslab[pytest]``). Returns the JSON answer (None when empty); an HTTP error raises
+        ``urllib.error.HTTPError``."""
+        request = urllib.request.Request(  # noqa: S310 (the lab's own URL)
+            self.dsm_url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"Basic {self.api_key}", "Content-Type": "application/json"},
         )
-        return str(sdk.SecurityObjectsApi(api_client=self.sdkms).generate_security_object(request).kid)
+        with urllib.request.urlopen(request, timeout=DSM_TIMEOUT_S) as answer:  # noqa: S310
+            raw = answer.read()
+        return json.loads(raw) if raw else None
 
     def new_kms_key(self, description: str = "xkslab test key") -> str:
         """A new KMS key on the lab's external key store, backed by a new DSM key; returns its KeyId."""
@@ -197,13 +217,13 @@ def xkslab_kms_key(xkslab_lab: XkslabLab, request: pytest.FixtureRequest) -> Ite
 def xkslab_dsm_key(xkslab_lab: XkslabLab) -> Iterator[str]:
     """The kid of a new AES-256 key in the lab's DSM (made by the client app, in the default group),
     deleted after the test."""
-    import sdkms.v1 as sdk
-    from sdkms.v1.rest import ApiException
-
     kid = xkslab_lab.new_dsm_key()
     yield kid
-    with contextlib.suppress(ApiException):  # the test may have deleted it already
-        sdk.SecurityObjectsApi(api_client=xkslab_lab.sdkms).delete_security_object(kid)
+    try:
+        xkslab_lab.dsm_call("DELETE", f"/crypto/v1/keys/{kid}")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:  # the test may have deleted it already
+            raise
 
 
 @pytest.fixture

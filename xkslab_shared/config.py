@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -124,12 +124,18 @@ class HttpSettings:
     max_connections_per_client: int = 300
 
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+
+
 @dataclass(frozen=True)
 class LogSettings:
     """What each service writes to stderr (a detached lab's to run/<service>.log)."""
 
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["text", "json"] = "text"
+    level: LogLevel = "info"
+    format: LogFormat = "text"
     # One line per request per service (method, route template, status, duration, kmsRequestId); off, a
     # service logs only its start, stop, warnings and errors.
     access: bool = True
@@ -406,7 +412,8 @@ _POSITIVE = {
     "http.keepalive_timeout_s",
     "http.max_connections_per_client",
 }
-_PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
+# Every port setting (each accepts 0: a free port from the system; `--free-ports` sets them all to 0).
+PORT_SETTINGS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
 # The XKS spec's minimums: a proxy must accept at least this much (xks-proxy-api.md 1.5).
 XKS_MIN_PLAINTEXT_BYTES = 4300
 XKS_MIN_AAD_BYTES = 8192
@@ -426,7 +433,7 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
         raise fail("audit.flush_interval_ms", "must not be negative")
     if values["dsm.revocation_refresh_ms"] < 0:
         raise fail("dsm.revocation_refresh_ms", "must not be negative (0 reads the database every call)")
-    for name in _PORTS:
+    for name in PORT_SETTINGS:
         if not 0 <= values[name] < 65536:
             raise fail(name, "must be a TCP port (1-65535), or 0 for a free one")
     if not 0 <= values["dsm.health_cache_s"] <= 60:

@@ -17,20 +17,22 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+
+from xkslab_shared.config import LOG_FORMATS, LOG_LEVELS, LogFormat
 
 # A request's item that handlers fill with what the access line adds: "operation", "kmsRequestId",
 # "error", and "route" where the aiohttp route is a catch-all (the XKS proxy's).
 ACCESS: web.RequestKey[dict[str, Any]] = web.RequestKey("xkslab_access", dict)
 ACCESS_LOGGER = logging.getLogger("xkslab.access")
 SERVICE_LOGGER = logging.getLogger("xkslab.service")
-LEVELS = ("debug", "info", "warning", "error")
-FORMATS = ("text", "json")
-Format = Literal["text", "json"]
+LEVELS = LOG_LEVELS
+FORMATS = LOG_FORMATS
+Format = LogFormat
 NO_ROUTE = "(no route)"
 
 

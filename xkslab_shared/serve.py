@@ -36,6 +36,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from xkslab_shared import body_encoding, logs, parent, tls
 from xkslab_shared.config import Settings
+from xkslab_shared.ports import bind
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -105,6 +106,9 @@ class Listener:
     # line per request (log.access).
     service: str = "lab"
     access_log: bool = True
+    # The settings section of host, port and https_port ("dsm"), so that a port that cannot be bound is
+    # named by its setting; None: named by host and port only.
+    section: str | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The HTTPS listener's context; its certificate is reread when the files change (ServerTls)."""
@@ -142,26 +146,16 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
     gate = _Gate(listener.name, limits.max_connections, limits.max_connections_per_client)
     stack.callback(gate.close)
     capped = _ConnectionCap(runner.server, gate, listener.app.get(MALFORMED_REQUEST_KEY))
-    urls = [f"http://{listener.host}:{await _bind(stack, capped, listener.host, listener.port)}"]
+    section = listener.section
+    http_port = await bind(stack, capped, listener.host, listener.port, setting=section and f"{section}.port")
+    urls = [f"http://{listener.host}:{http_port}"]
     if context is not None and listener.https_port is not None:
-        port = await _bind(stack, capped, listener.host, listener.https_port, context)
+        setting = section and f"{section}.https_port"
+        port = await bind(stack, capped, listener.host, listener.https_port, context, setting=setting)
         urls.append(f"https://{listener.host}:{port}")
     for url in urls:
         echo(f"listening on {url} ({listener.name})")
     return urls
-
-
-async def _bind(
-    stack: AsyncExitStack,
-    factory: Callable[[], asyncio.Protocol],
-    host: str,
-    port: int,
-    context: ssl.SSLContext | None = None,
-) -> int:
-    server = await asyncio.get_running_loop().create_server(factory, host, port, ssl=context, backlog=128)
-    # Closed before the runner's cleanup (the stack unwinds in reverse): stop accepting, then drain.
-    stack.callback(server.close)
-    return int(server.sockets[0].getsockname()[1])
 
 
 class _Gate:

@@ -8,7 +8,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from dsm_emulator.api import admin, approvals, crypto, logs, openapi, session, sobjects, users, xks
+from dsm_emulator.api import (
+    admin,
+    approvals,
+    crypto,
+    digests,
+    logs,
+    not_emulated,
+    openapi,
+    persist,
+    session,
+    sobjects,
+    users,
+    xks,
+)
 from dsm_emulator.api.context import ACCEPTED_ENCODINGS, CORE_KEY, core_of, json_response
 from dsm_emulator.api.metrics import METRICS_KEY, DsmMetrics, metrics_middleware, metrics_page
 from dsm_emulator.core import DsmCore
@@ -24,19 +37,22 @@ log = logging.getLogger("dsm_emulator.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PUBLIC = frozenset(
-    {
-        ("GET", "/sys/v1/health"),
-        ("HEAD", "/sys/v1/health"),
-        ("GET", health.HEALTH_PATH),
-        ("HEAD", health.HEALTH_PATH),
-        ("GET", "/sys/v1/version"),
-        ("HEAD", "/sys/v1/version"),
-        ("POST", "/sys/v1/session/auth"),
-        # Scraped and read without credentials, as the XKS proxy's; neither holds anything secret.
-        ("GET", "/metrics"),
-        ("GET", openapi_doc.OPENAPI_PATH),
-    }
+PUBLIC = (
+    frozenset(
+        {
+            ("GET", "/sys/v1/health"),
+            ("HEAD", "/sys/v1/health"),
+            ("GET", health.HEALTH_PATH),
+            ("HEAD", health.HEALTH_PATH),
+            ("GET", "/sys/v1/version"),
+            ("HEAD", "/sys/v1/version"),
+            ("POST", "/sys/v1/session/auth"),
+            # Scraped and read without credentials, as the XKS proxy's; neither holds anything secret.
+            ("GET", "/metrics"),
+            ("GET", openapi_doc.OPENAPI_PATH),
+        }
+    )
+    | not_emulated.PUBLIC
 )
 
 
@@ -132,10 +148,13 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(users.routes)
     app.add_routes(admin.routes)
     app.add_routes(sobjects.routes)
+    app.add_routes(persist.routes)
     app.add_routes(crypto.routes)
+    app.add_routes(digests.routes)
     app.add_routes(logs.routes)
     app.add_routes(approvals.routes)
     app.add_routes(xks.routes)
+    app.add_routes(not_emulated.routes())
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get(health.HEALTH_PATH, health.handler("dsm", {"database": _database}))
     app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
@@ -190,4 +209,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         limits=HttpLimits.of(settings),
         service="dsm",
         access_log=settings.log.access,
+        section="dsm",
     )

@@ -59,6 +59,10 @@ APPROVABLE = frozenset(
         ("POST", "/crypto/v1/keys/{kid}/decrypt"),
         ("POST", "/crypto/v1/keys/{kid}/wrapkey"),
         ("POST", "/crypto/v1/keys/{kid}/unwrapkey"),
+        ("POST", "/crypto/v1/mac"),
+        ("POST", "/crypto/v1/macverify"),
+        ("POST", "/crypto/v1/keys/{kid}/mac"),
+        ("POST", "/crypto/v1/keys/{kid}/macverify"),
         ("PATCH", "/sys/v1/groups/{group_id}"),
         ("DELETE", "/sys/v1/groups/{group_id}"),
     }

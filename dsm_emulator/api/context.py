@@ -101,6 +101,22 @@ def field(body: Any, name: str, kind: type | tuple[type, ...], *, required: bool
     return value
 
 
+def str_list_field(body: Any, name: str) -> list[str] | None:
+    """A list-of-strings field (key_ops and the like); None and absent are the same."""
+    value: list[str] | None = field(body, name, list)
+    if value is not None and not all(isinstance(item, str) for item in value):
+        raise BadRequest(f"field {name} has the wrong type")
+    return value
+
+
+def str_map_field(body: Any, name: str) -> dict[str, str] | None:
+    """A string-to-string map field (custom_metadata); None and absent are the same."""
+    value: dict[str, str] | None = field(body, name, dict)
+    if value is not None and not all(isinstance(v, str) for v in value.values()):
+        raise BadRequest(f"field {name} has the wrong type")
+    return value
+
+
 def b64_field(body: Any, name: str, *, required: bool = False) -> bytes | None:
     """A standard, padded base64 field (what every Fortanix client sends); anything else is a 400."""
     text = field(body, name, str, required=required)

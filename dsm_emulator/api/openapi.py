@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsm_emulator.api.not_emulated import NOT_EMULATED, NotEmulated
 from dsm_emulator.api.openapi_users import USER_SCHEMA, user_paths
 from xkslab_shared.openapi import Schema, array, content, document, health_path, nullable, obj, ref, string
 
@@ -82,6 +83,11 @@ SCHEMAS: dict[str, Schema] = {
     "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
     "WrapRequest": obj(key=DESCRIPTOR, subject=DESCRIPTOR, kid=string(), wrapped_key=BLOB, **CRYPT_FIELDS),
+    "DigestRequest": obj(["alg", "data"], alg=string(), data=BLOB),
+    "DigestResponse": obj(["digest"], digest=BLOB),
+    "MacRequest": obj(["data"], key=DESCRIPTOR, alg=string(), data=BLOB, mac=BLOB, digest=BLOB),
+    "MacResponse": obj(["kid", "mac"], kid=string(), mac=BLOB, digest=BLOB),
+    "MacVerifyResponse": obj(["kid", "result"], kid=string(), result={"type": "boolean"}),
     "Account": obj(
         ["acct_id"], acct_id=string(), name=string(), description=nullable(string()), state=string()
     ),
@@ -268,6 +274,24 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/keys/info": {"post": op("keyInfo", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/export": {"post": op("exportKey", KEY, DESCRIPTOR)},
         "/crypto/v1/keys/rekey": {"post": op("rekey", KEY, ref("KeyRequest"))},
+        "/crypto/v1/keys/persist": {
+            "post": op(
+                "persistKey",
+                KEY,
+                obj(
+                    ["name", "transient_key"],
+                    name=string(1, 4096),
+                    transient_key=string(),
+                    group_id=string(),
+                    key_ops=KEY_OPS,
+                    description=string(),
+                    custom_metadata={"type": "object", "additionalProperties": string()},
+                    enabled={"type": "boolean"},
+                ),
+                "201",
+                summary="stores a transient key as a new object; key_ops at most the transient key's",
+            )
+        },
         "/crypto/v1/keys/components/export": {
             "post": op(
                 "exportComponents",
@@ -305,6 +329,15 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/decrypt": {"post": op("decrypt", ref("CryptResponse"), ref("CryptRequest"))},
         "/crypto/v1/wrapkey": {"post": op("wrapKey", ANY_OBJECT, ref("WrapRequest"))},
         "/crypto/v1/unwrapkey": {"post": op("unwrapKey", KEY, ref("WrapRequest"))},
+        "/crypto/v1/digest": {"post": op("digest", ref("DigestResponse"), ref("DigestRequest"))},
+        f"{keyed}/mac": {"post": op("macWithKid", ref("MacResponse"), ref("MacRequest"))},
+        f"{keyed}/macverify": {"post": op("macVerifyWithKid", ref("MacVerifyResponse"), ref("MacRequest"))},
+        "/crypto/v1/mac": {"post": op("mac", ref("MacResponse"), ref("MacRequest"))},
+        "/crypto/v1/macverify": {"post": op("macVerify", ref("MacVerifyResponse"), ref("MacRequest"))},
+        "/crypto/v1/keys/batch/mac": {"post": op("batchMac", array(ANY_OBJECT), array(ref("MacRequest")))},
+        "/crypto/v1/keys/batch/macverify": {
+            "post": op("batchMacVerify", array(ANY_OBJECT), array(ref("MacRequest")))
+        },
         "/crypto/v1/keys/batch/encrypt": {"post": op("batchEncrypt", array(ANY_OBJECT), BATCH)},
         "/crypto/v1/keys/batch/decrypt": {"post": op("batchDecrypt", array(ANY_OBJECT), BATCH)},
         "/internal/xks/v1/prefixes": {
@@ -331,6 +364,22 @@ def _paths() -> dict[str, dict[str, Any]]:
     }
 
 
+def _not_emulated(entry: NotEmulated) -> dict[str, Any]:
+    operation = op(entry.operation, None, public=entry.public, summary=f"not emulated: {entry.feature}")
+    operation["responses"] = {
+        "501": {"description": entry.message, "content": content(ref("Error"))},
+        "default": JSON_ERROR,
+    }
+    return operation
+
+
+def _all_paths() -> dict[str, dict[str, Any]]:
+    paths = _paths()
+    for entry in NOT_EMULATED:
+        paths.setdefault(entry.path, {})[entry.method.lower()] = _not_emulated(entry)
+    return paths
+
+
 def build() -> dict[str, Any]:
     components = {
         "schemas": SCHEMAS,
@@ -347,6 +396,6 @@ def build() -> dict[str, Any]:
         "xkslab DSM REST API (Fortanix DSM subset)",
         'The Fortanix DSM paths and shapes xkslab serves. Errors are `{"message"}`. `/internal/xks/v1/*` '
         "take the proxy token and are for XKS proxies only.",
-        _paths(),
+        _all_paths(),
         components,
     )

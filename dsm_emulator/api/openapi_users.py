@@ -1,12 +1,11 @@
 """OpenAPI shapes of the users and accounts routes (dsm_emulator.api.users), beside the DSM document's
-other paths; the e-mail flows and account creation are described as the 501s they answer."""
+other paths (the e-mail flows and account creation are in the not-emulated table's)."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from dsm_emulator.api.users import EMAIL_ONLY
-from xkslab_shared.openapi import Schema, array, content, nullable, obj, ref, string
+from xkslab_shared.openapi import Schema, array, nullable, obj, ref, string
 
 
 class OperationBuilder(Protocol):
@@ -26,7 +25,7 @@ USER_SCHEMA = obj(
 
 
 def user_paths(op: OperationBuilder) -> dict[str, dict[str, Any]]:
-    """UsersApi and AccountsApi (dsm_emulator.api.users); the e-mail flows and account creation are 501."""
+    """UsersApi and AccountsApi (dsm_emulator.api.users)."""
     user_body = obj(first_name=string(), last_name=string(), account_role=array(string()))
     invite = obj(
         ["user_email", "user_password"],
@@ -36,11 +35,10 @@ def user_paths(op: OperationBuilder) -> dict[str, dict[str, Any]]:
     )
     password = obj(["current_password", "new_password"], current_password=string(), new_password=string())
     account_body = obj(name=string(), description=string(), enabled={"type": "boolean"})
-    paths: dict[str, dict[str, Any]] = {
+    return {
         "/sys/v1/users": {
             "get": op("listUsers", array(ref("User"))),
             "delete": op("deleteOwnUser", None),
-            "post": _not_emulated(op, "createUser"),
         },
         "/sys/v1/users/{user_id}": {
             "get": op("getUser", ref("User")),
@@ -52,21 +50,9 @@ def user_paths(op: OperationBuilder) -> dict[str, dict[str, Any]]:
         "/sys/v1/users/invite": {"post": op("inviteUser", ref("User"), invite)},
         "/sys/v1/accounts": {
             "get": op("listAccounts", array(ref("Account"))),
-            "post": _not_emulated(op, "createAccount"),
         },
         "/sys/v1/accounts/{acct_id}": {
             "get": op("getAccount", ref("Account")),
             "patch": op("updateAccount", ref("Account"), account_body),
-            "delete": _not_emulated(op, "deleteAccount"),
         },
     }
-    for path, _ in EMAIL_ONLY[1:]:
-        name = path.rsplit("/", 1)[-1].title().replace("_", "")
-        paths[path] = {"post": _not_emulated(op, name[0].lower() + name[1:])}
-    return paths
-
-
-def _not_emulated(op: OperationBuilder, name: str) -> dict[str, Any]:
-    operation = op(name, None, summary="not emulated (501): needs e-mail or a system administrator")
-    operation["responses"] = {"501": {"description": "not emulated", "content": content(ref("Error"))}}
-    return operation

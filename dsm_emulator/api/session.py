@@ -33,9 +33,10 @@ from dsm_emulator.api.context import (
 from dsm_emulator.api.context import (
     field as body_field,
 )
+from dsm_emulator.api.not_emulated import CERTIFICATE_LOGIN, is_certificate_login, not_emulated_message
 from dsm_emulator.authz import Principal
 from dsm_emulator.core import DsmCore
-from dsm_emulator.errors import AccessDenied, AuthFailed, BadRequest, NotFound
+from dsm_emulator.errors import AccessDenied, AuthFailed, BadRequest, NotFound, Unsupported
 from dsm_emulator.models import Account, App, User, is_uuid
 from xkslab_shared.generation import GenerationCache
 
@@ -243,6 +244,8 @@ async def auth(request: web.Request) -> web.Response:
     scheme, value = _split_auth(request)
     if scheme != "basic":
         raise AuthFailed("Basic authentication required")
+    if is_certificate_login(value):
+        raise Unsupported(not_emulated_message(CERTIFICATE_LOGIN))
     left, right = _decode_basic(value)
     # The peer address, never a forwarded-for header: a client could name any address it likes there.
     source = request.remote or "unknown"

@@ -27,6 +27,8 @@ from dsm_emulator.api.context import (
     principal_of,
     query_int,
     read_json,
+    str_list_field,
+    str_map_field,
 )
 from dsm_emulator.errors import BadRequest
 from dsm_emulator.keys import Component, KeySpec
@@ -46,20 +48,6 @@ def _object(body: Any, what: str = "request body") -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest(f"{what} must be a JSON object")
     return body
-
-
-def _str_list(body: dict[str, Any], name: str) -> list[str] | None:
-    value: list[str] | None = field(body, name, list)
-    if value is not None and not all(isinstance(item, str) for item in value):
-        raise BadRequest(f"field {name} has the wrong type")
-    return value
-
-
-def _str_map(body: dict[str, Any], name: str) -> dict[str, str] | None:
-    value: dict[str, str] | None = field(body, name, dict)
-    if value is not None and not all(isinstance(v, str) for v in value.values()):
-        raise BadRequest(f"field {name} has the wrong type")
-    return value
 
 
 def _time(body: dict[str, Any], name: str) -> datetime | None:
@@ -98,9 +86,9 @@ def _spec(body: dict[str, Any], *, with_size: bool) -> KeySpec:
         obj_type=field(body, "obj_type", str, required=True),
         key_size=field(body, "key_size", int) if with_size else None,
         group_id=field(body, "group_id", str),
-        key_ops=_str_list(body, "key_ops"),
+        key_ops=str_list_field(body, "key_ops"),
         description=field(body, "description", str),
-        custom_metadata=_str_map(body, "custom_metadata"),
+        custom_metadata=str_map_field(body, "custom_metadata"),
         enabled=True if enabled is None else enabled,
         state=field(body, "state", str) if with_size else None,
         activation_date=_time(body, "activation_date") if with_size else None,
@@ -236,8 +224,8 @@ async def update_key(request: web.Request) -> web.Response:
         name=field(body, "name", str),
         description=field(body, "description", str),
         enabled=field(body, "enabled", bool),
-        key_ops=_str_list(body, "key_ops"),
-        custom_metadata=_str_map(body, "custom_metadata"),
+        key_ops=str_list_field(body, "key_ops"),
+        custom_metadata=str_map_field(body, "custom_metadata"),
         deactivation_date=_time(body, "deactivation_date"),
         group_id=field(body, "group_id", str),
     )
@@ -286,7 +274,7 @@ async def destroy_key(request: web.Request) -> web.Response:
 @routes.put("/crypto/v1/keys/{kid}/revert")
 async def revert_key(request: web.Request) -> web.Response:
     p, body = principal_of(request), _object(await read_json(request))
-    ids = _str_list(body, "ids")
+    ids = str_list_field(body, "ids")
     if ids is None:
         raise BadRequest("missing required field ids")
     await core_of(request).keys.revert(p, request.match_info["kid"], ids)

@@ -1,8 +1,9 @@
 """DSM REST API: the users of an account and the account itself (Fortanix's UsersApi and AccountsApi).
 
-The lab sends no e-mail and has no system administrator, so the calls built on those (sign-up, e-mail
+The lab sends no e-mail and has no system administrator: the calls built on those (sign-up, e-mail
 confirmation, invitation acceptance and resending, password reset by mail, account creation and deletion)
-answer 501 saying so. An invitation creates the user at once, with the password the inviter gives.
+are in the table of what it does not emulate (dsm_emulator.api.not_emulated). An invitation creates the
+user at once, with the password the inviter gives.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from dsm_emulator.admin import AccountChanges, UserChanges, parse_roles, person_
 from dsm_emulator.api.context import PRINCIPAL, core_of, json_response, no_content, principal_of, read_json
 from dsm_emulator.api.context import field as body_field
 from dsm_emulator.api.session import CLAIMS
-from dsm_emulator.errors import AuthFailed, BadRequest, NotFound, Unsupported
+from dsm_emulator.errors import AuthFailed, BadRequest, NotFound
 from dsm_emulator.models import Account, User
 from dsm_emulator.views import fortanix_time
 
 routes = web.RouteTableDef()
 
-NO_MAIL = "xkslab does not emulate {what}: the lab sends no e-mail"
 # UserRequest fields the lab does not model, and why (a 400 that names them, never a silent yes).
 _USER_REFUSED = {
     "user_email": "a user's email is their login name here; invite a new user instead",
@@ -173,27 +173,6 @@ async def invite_user(request: web.Request) -> web.Response:
     return json_response(user_view(user, [changes.role or "ACCOUNTMEMBER"], principal.acct_id))
 
 
-def _no_mail(what: str) -> Any:
-    async def handler(request: web.Request) -> web.Response:
-        raise Unsupported(NO_MAIL.format(what=what))
-
-    return handler
-
-
-EMAIL_ONLY = (
-    ("/sys/v1/users", "self sign-up (e-mail confirmation); an account administrator invites users instead"),
-    ("/sys/v1/users/forgot_password", "password reset by e-mail"),
-    ("/sys/v1/users/process_invite", "accepting invitations (an invited user can log in at once)"),
-    ("/sys/v1/users/{user_id}/resend_invite", "invitation e-mails"),
-    ("/sys/v1/users/{user_id}/confirm_email", "e-mail confirmation"),
-    ("/sys/v1/users/{user_id}/resend_confirm_email", "e-mail confirmation"),
-    ("/sys/v1/users/{user_id}/reset_password", "password reset by e-mail"),
-    ("/sys/v1/users/{user_id}/validate_token", "password reset by e-mail"),
-)
-for _path, _what in EMAIL_ONLY:
-    routes.post(_path)(_no_mail(_what))
-
-
 # ------------------------------------------------------------------------------------ accounts
 
 
@@ -242,19 +221,3 @@ async def update_account(request: web.Request) -> web.Response:
     )
     account = await core_of(request).admin.update_account(principal, acct_id, changes)
     return json_response(account_view(account))
-
-
-NO_SYSADMIN = (
-    "xkslab does not emulate {what}: the lab has one account per data directory (xkslab init) and no "
-    "system administrator"
-)
-
-
-@routes.post("/sys/v1/accounts")
-async def create_account(request: web.Request) -> web.Response:
-    raise Unsupported(NO_SYSADMIN.format(what="creating accounts"))
-
-
-@routes.delete("/sys/v1/accounts/{acct_id}")
-async def delete_account(request: web.Request) -> web.Response:
-    raise Unsupported(NO_SYSADMIN.format(what="deleting accounts"))

@@ -12,7 +12,7 @@ Which operations a policy protects (the lab's reading, see README "Quorum approv
 * key export (``/export``, and wrapping a key, which exports it) always;
 * the management operations ``protect_permissions`` names; when it is absent, every one of them the lab
   enforces (the stricter reading of an unset list);
-* encrypt, decrypt, wrap and unwrap when ``protect_crypto_operations`` is true.
+* encrypt, decrypt, wrap, unwrap, MAC and MAC verify when ``protect_crypto_operations`` is true.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The uses of a stored object's material (encrypt, decrypt, wrap, unwrap, export) never change its row,
+"""The uses of a stored object's material (encrypt, decrypt, wrap, unwrap, MAC, export) never change its row,
 and are checked and audited differently from the lifecycle: the row must allow the operation (key_ops,
 enabled flag, effective state) and each call answers only after its audit row is committed
 (``AuditLog.record`` through ``_audited``), refusals included. How crypto-library errors become DsmErrors
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dsm_emulator import crypto
+from dsm_emulator import crypto, digests
 from dsm_emulator.approvals.gate import Touch
 from dsm_emulator.approvals.policy import CRYPTO, EXPORT
 from dsm_emulator.authz import Principal, require_key_op, require_permission
@@ -173,6 +173,49 @@ class CryptoMixin(KeyServiceBase):
 
         material = await self._audited(event, action)
         return await self.create(p, spec, value=material)
+
+    async def mac(self, p: Principal, kid: str, alg: str | None, data: bytes) -> bytes:
+        """HMAC with an HMAC key (``alg`` names the hash), CMAC with an AES key (no ``alg``)."""
+        event = self._event(
+            p, "crypto.mac", f"Computed a MAC with key {kid}", object_id=kid, action_type="CRYPTOOPERATION"
+        )
+
+        async def action(subject: list[SecurityObject]) -> bytes:
+            obj = await self._usable(p, kid, "MACGENERATE", "MACGENERATE", subject)
+            return await self._mac(p, obj, alg, data)
+
+        return await self._audited(event, action)
+
+    async def mac_verify(self, p: Principal, kid: str, alg: str | None, data: bytes, mac: bytes) -> bool:
+        """Whether ``mac`` is the MAC of ``data``; a mismatch is an answer (False), not an error."""
+        event = self._event(
+            p,
+            "crypto.macverify",
+            f"Verified a MAC with key {kid}",
+            object_id=kid,
+            action_type="CRYPTOOPERATION",
+        )
+
+        async def action(subject: list[SecurityObject]) -> bool:
+            obj = await self._usable(p, kid, "MACVERIFY", "MACVERIFY", subject)
+            return digests.mac_matches(await self._mac(p, obj, alg, data), mac)
+
+        return await self._audited(event, action)
+
+    async def _mac(self, p: Principal, obj: SecurityObject, alg: str | None, data: bytes) -> bytes:
+        if obj.obj_type == "HMAC":
+            if alg is None:
+                raise BadRequest("missing required field alg (the hash of the HMAC)")
+        elif obj.obj_type == "AES":
+            if alg is not None:
+                raise BadRequest("alg does not apply to an AES key's MAC (CMAC); omit it")
+        else:
+            raise BadRequest(f"{obj.obj_type} objects cannot be used for this operation")
+        await self._held(p, obj, CRYPTO)
+        material = await self.material(obj)
+        if alg is None:
+            return _crypto(lambda: digests.cmac_generate(material, data))
+        return _crypto(lambda: digests.hmac_generate(alg, material, data))
 
     async def export(
         self, p: Principal, *, kid: str | None = None, name: str | None = None

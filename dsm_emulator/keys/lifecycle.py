@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import delete, select
@@ -31,6 +32,7 @@ from dsm_emulator.keys.base import (
 )
 from dsm_emulator.keys.history import HistoryMixin
 from dsm_emulator.keys.reads import key_facts
+from dsm_emulator.keys.transient import TransientKey
 from dsm_emulator.models import KeyHistoryItem, SecurityObject
 from dsm_emulator.policies import KeyFacts
 
@@ -38,11 +40,14 @@ from dsm_emulator.policies import KeyFacts
 class LifecycleMixin(HistoryMixin):
     # ------------------------------------------------------------------------------- creation
 
-    async def create(self, p: Principal, spec: KeySpec, value: bytes | None = None) -> SecurityObject:
+    async def create(
+        self, p: Principal, spec: KeySpec, value: bytes | None = None, *, persisted: bool = False
+    ) -> SecurityObject:
         """Generate (value None) or import an object into ``spec.group_id`` (default: the caller's default
-        group, else the account's only/first group)."""
-        operation = "key.import" if value is not None else "key.create"
-        verb = "Imported" if value is not None else "Created"
+        group, else the account's only/first group). ``persisted``: value is a transient key's material,
+        which DSM generated, so the stored key's origin is FortanixHSM, not External."""
+        operation = "key.persist" if persisted else "key.import" if value is not None else "key.create"
+        verb = "Persisted" if persisted else "Imported" if value is not None else "Created"
         refusal = self._event(p, operation, f"{verb} {spec.obj_type} key {spec.name[:200]}")
 
         async def work(session: AsyncSession) -> tuple[SecurityObject, AuditEvent]:
@@ -76,7 +81,7 @@ class LifecycleMixin(HistoryMixin):
                 key_ops=sorted(ops),
                 enabled=spec.enabled,
                 state=state,
-                origin="External" if value is not None else "FortanixHSM",
+                origin="External" if value is not None and not persisted else "FortanixHSM",
                 activation_date=spec.activation_date or (created if state == "Active" else None),
                 deactivation_date=spec.deactivation_date,
                 compromise_date=None,
@@ -96,6 +101,15 @@ class LifecycleMixin(HistoryMixin):
             return obj, self._event(p, operation, f"{verb} {spec.obj_type} key {obj.name}", obj)
 
         return await self._audit.apply(work, refusal.refused)
+
+    async def persist(self, p: Principal, key: TransientKey, spec: KeySpec) -> SecurityObject:
+        """Store a transient key (its material, type and size) as a new object, audited like a create.
+        It keeps at most the key_ops it had: persisting must not make a non-exportable key exportable."""
+        if spec.key_ops is not None and not set(spec.key_ops) <= key.key_ops:
+            raise BadRequest("key_ops must be among the transient key's key_ops")
+        ops = key.key_ops if spec.key_ops is None else spec.key_ops
+        stored = replace(spec, obj_type=key.obj_type, key_size=key.key_size, key_ops=ops)
+        return await self.create(p, stored, key.material, persisted=True)
 
     async def rekey(
         self,

@@ -195,11 +195,15 @@ class TransientMixin(KeyServiceBase):
             raise InvalidState("the key is disabled")
         return key
 
-    def transient_info(self, p: Principal, token: str) -> dict[str, Any]:
+    def visible_transient(self, p: Principal, token: str) -> TransientKey:
+        """The key a token holds, if it is in a group of the caller."""
         key = self.open_transient(p, token)
         if not p.is_admin and key.group_id not in p.group_permissions:
             raise AccessDenied("the object is in a group this app is not a member of")
-        return key.view(token)
+        return key
+
+    def transient_info(self, p: Principal, token: str) -> dict[str, Any]:
+        return self.visible_transient(p, token).view(token)
 
     def encrypt_transient(
         self,
@@ -234,9 +238,7 @@ class TransientMixin(KeyServiceBase):
         return _crypto(lambda: crypto.decrypt(mode, key.material, cipher, iv=iv, aad=aad, tag=tag))
 
     async def export_transient(self, p: Principal, token: str) -> tuple[dict[str, Any], bytes]:
-        key = self.open_transient(p, token)
-        if not p.is_admin and key.group_id not in p.group_permissions:
-            raise AccessDenied("the object is in a group this app is not a member of")
+        key = self.visible_transient(p, token)
         require_permission(p, "EXPORT", key.group_id)
         if "EXPORT" not in key.key_ops:
             raise InvalidState("this key is not exportable (no EXPORT key operation)")

@@ -7,10 +7,13 @@ order with bash, in a temporary directory (so with a data directory of its own),
 - GitLab CI: ``before_script`` and ``script`` in one bash process (so ``eval`` carries), ``after_script`` in
   another; the artifact paths must exist at the end.
 
-The install step becomes nothing (this checkout is installed already; ``xkslab`` and ``python`` are shims
-for this interpreter), and the test step a small boto3 round trip that reads only the environment the
-recipe gave it. Every step must exit 0, and no process of the lab may be left behind. Ports are free ones
-(XKSLAB_*_PORT=0 in the environment), so the recipe runs beside other labs on this machine."""
+The install step runs as written, in a fresh virtual environment (first on PATH, so ``pip``, ``python``
+and ``xkslab`` are its own), from a wheel built from this checkout: the recipe's ``XKSLAB_SOURCE`` (its
+repository's URL) is the one value changed, to that wheel's ``file://`` URL, and pip gets this
+repository's constraints.txt (the dependency versions the suite passed with). The test step becomes a
+small boto3 round trip that reads only the environment the recipe gave it. Every step must exit 0, and no
+process of the lab may be left behind. Ports are free ones (XKSLAB_*_PORT=0 in the environment), so the
+recipe runs beside other labs on this machine."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,8 @@ from tests.integration.test_detach import parse_github_env, running
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "docs" / "ci"
-INSTALL = "pip install xkslab"
+INSTALL = 'pip install "xkslab[pytest] @ ${XKSLAB_SOURCE}"'
+SOURCE = "XKSLAB_SOURCE"
 TESTS = "python -m pytest -q"
 STEP_TIMEOUT_S = 600  # far above any step; only turns a hang into a failure
 FREE_PORTS = {
@@ -65,21 +69,29 @@ def load(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A workspace and a clean environment (nothing of ours but PYTHONPATH); the lab is stopped and checked
-    afterwards, whatever happened."""
-    work, home, shims = tmp_path / "work", tmp_path / "home", tmp_path / "bin"
-    for path in (work, home, shims):
+def workdir(
+    tmp_path: Path, xkslab_wheel: Path, fresh_venv: Callable[[str], Path]
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A workspace, a fresh virtual environment without xkslab, and a clean environment (that venv first
+    on PATH, XKSLAB_SOURCE the wheel of this checkout); the lab is stopped and checked afterwards,
+    whatever happened."""
+    work, home = tmp_path / "work", tmp_path / "home"
+    for path in (work, home):
         path.mkdir()
-    for name, module in (("xkslab", "-m xkslab "), ("python", "")):
-        shim = shims / name
-        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" {module}"$@"\n')
-        shim.chmod(0o755)
+    venv_bin = fresh_venv("venv")
     env = {
-        "PATH": f"{shims}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": str(home),
-        "PYTHONPATH": str(REPO),
         "AWS_EC2_METADATA_DISABLED": "true",
+        SOURCE: xkslab_wheel.as_uri(),
+        "PIP_CONSTRAINT": str(REPO / "constraints.txt"),
+        # This machine's pip settings and cache (HOME is the workspace's own).
+        "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip")),
+        **{
+            name: value
+            for name, value in os.environ.items()
+            if name.startswith("PIP_") and name != "PIP_CONSTRAINT"
+        },
         **FREE_PORTS,
     }
     data_dir = work / ".xkslab"
@@ -112,13 +124,22 @@ def bash(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
 
 
 def local(line: str) -> str:
-    """A recipe's line as it runs here: the install is already done, the tests are the round trip."""
-    return {INSTALL: "true", TESTS: ROUND_TRIP}.get(line.strip(), line)
+    """A recipe's line as it runs here: the tests are the round trip; every other line as written."""
+    return {TESTS: ROUND_TRIP}.get(line.strip(), line)
+
+
+def installed_from_the_wheel(work: Path, env: dict[str, str]) -> None:
+    """The install step put this checkout's xkslab into the workspace's venv, with the pytest extra."""
+    shown = bash("pip show xkslab pytest-xdist sdkms && command -v xkslab", work, env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip().endswith("/venv/bin/xkslab")
+    assert "Location: " in shown.stdout and str(REPO) not in shown.stdout
 
 
 def test_the_github_actions_workflow(workdir: tuple[Path, dict[str, str]]) -> None:
     work, env = workdir
     (job,) = load("github-actions.yml")["jobs"].values()
+    assert job["env"][SOURCE].startswith("git+https://"), "the recipe installs from the repository's URL"
     steps = job["steps"]
     assert [s["uses"].split("@")[0] for s in steps if "uses" in s] == [
         "actions/checkout",
@@ -137,10 +158,18 @@ def test_the_github_actions_workflow(workdir: tuple[Path, dict[str, str]]) -> No
                 assert (work / step["with"]["path"]).is_file(), "the artifact is not there"
             continue
         assert "${{" not in step["run"], "expressions cannot run locally"
-        step_env = {**env, **parse_github_env(github_env.read_text()), "GITHUB_ENV": str(github_env)}
+        # The job's env, but XKSLAB_SOURCE the wheel of this checkout (the workdir fixture's).
+        job_env = {name: value for name, value in job["env"].items() if name != SOURCE}
+        step_env = {
+            **env,
+            **job_env,
+            **parse_github_env(github_env.read_text()),
+            "GITHUB_ENV": str(github_env),
+        }
         done = bash(local(step["run"].strip()), work, step_env)
         assert done.returncode == 0, f"step {step.get('id')}: {done.stderr}"
         outputs.append(done.stdout)
+    installed_from_the_wheel(work, env)
     exported = parse_github_env(github_env.read_text())
     assert exported["AWS_ENDPOINT_URL_KMS"].startswith("http://127.0.0.1:")
     assert "round trip ok" in "".join(outputs)
@@ -150,6 +179,9 @@ def test_the_github_actions_workflow(workdir: tuple[Path, dict[str, str]]) -> No
 def test_the_gitlab_ci_job(workdir: tuple[Path, dict[str, str]]) -> None:
     work, env = workdir
     (job,) = load("gitlab-ci.yml").values()
+    assert job["variables"][SOURCE].startswith("git+https://"), (
+        "the recipe installs from the repository's URL"
+    )
     main = [local(line) for line in [*job["before_script"], *job["script"]]]
     assert job["before_script"][0] == INSTALL and job["script"] == [TESTS]
     assert job["after_script"] == ["xkslab audit export --out audit.jsonl", "xkslab down"]
@@ -158,6 +190,7 @@ def test_the_gitlab_ci_job(workdir: tuple[Path, dict[str, str]]) -> None:
     after = bash("\n".join(job["after_script"]), work, env)  # its own shell, as GitLab runs it
     assert done.returncode == 0, done.stderr
     assert "round trip ok" in done.stdout
+    installed_from_the_wheel(work, env)
     assert after.returncode == 0, after.stderr
     assert job["artifacts"]["when"] == "always"
     for path in job["artifacts"]["paths"]:

@@ -23,6 +23,7 @@ from dotenv import dotenv_values
 
 from tests import deadlines
 from xkslab.lab.envfmt import FORMATS, format_env
+from xkslab.lab.files import lab_env
 
 PORTS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
 # Free ports, and the generous deadlines of a lab in a test (tests/deadlines.py).
@@ -170,11 +171,14 @@ def test_up_detach_wait_env_down(tmp_path: Path, cleanup: list[Path]) -> None:
 
     waited = xkslab(lab, "wait", "--timeout", "600", "--health")
     assert waited.returncode == 0, waited.stderr
-    names = list(data["aws_env"])
+    expected = lab_env(data)  # aws_env, and what sdkms-cli reads
+    assert expected["FORTANIX_API_ENDPOINT"] == data["dsm"]["https_url"]
+    assert expected["FORTANIX_API_KEY"] == data["dsm"]["api_key"]
+    names = list(expected)
     for fmt in FORMATS:
         printed = xkslab(lab, "env", "--format", fmt)
         assert printed.returncode == 0, printed.stderr
-        assert parse(fmt, printed.stdout, names, tmp_path) == data["aws_env"], fmt
+        assert parse(fmt, printed.stdout, names, tmp_path) == expected, fmt
     assert xkslab(lab, "env").stdout == xkslab(lab, "env", "--format", "shell").stdout
 
     down = xkslab(lab, "down")
@@ -248,7 +252,9 @@ def test_a_failed_start_says_why_and_leaves_nothing(tmp_path: Path, cleanup: lis
         started = xkslab(lab, "up", "--detach", *FREE_PORTS, "--set", f"kms.port={port}")
     assert started.returncode == 1 and started.stdout == ""
     [line] = started.stderr.strip().splitlines()
-    assert "failed to start" in line and "address already in use" in line
+    assert (
+        "failed to start" in line and f"kms.port {port} is in use (set kms.port or use --free-ports)" in line
+    )
     assert f"(log: {lab / 'run' / 'up.log'})" in line
     assert lab_processes(lab) == []
     assert not (lab / "run" / "up.pid").exists() and not (lab / "up.json").exists()

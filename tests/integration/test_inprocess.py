@@ -15,7 +15,7 @@ import pytest
 
 from tests import deadlines
 from tests.net import refused
-from xkslab.lab.bootstrap import LabError
+from xkslab.lab.files import LabError
 from xkslab.lab.inprocess import lab_in_thread, run_lab
 from xkslab_shared.config import ConfigError
 

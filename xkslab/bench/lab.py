@@ -85,7 +85,7 @@ class Lab:
 
     def __enter__(self) -> Lab:
         sets = [arg for name, value in self.settings.items() for arg in ("--set", f"{name}={value}")]
-        command = [sys.executable, "-m", "xkslab", "--data-dir", str(self.data_dir), *sets, "up"]
+        command = [sys.executable, "-P", "-m", "xkslab", "--data-dir", str(self.data_dir), *sets, "up"]
         self._log = self.log_file.open("wb")
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -136,7 +136,7 @@ class Anchor:
 
     def _start(self, *args: str) -> int:
         process = subprocess.Popen(
-            [sys.executable, "-m", "xkslab.bench.anchors", *args],
+            [sys.executable, "-P", "-m", "xkslab.bench.anchors", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

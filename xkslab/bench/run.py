@@ -18,19 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from xkslab.bench import pools, wrk
+from xkslab.bench import SCENARIOS, pools, wrk
 from xkslab.bench.lab import Anchor, BenchError, Lab
 
 POOL_SIZE = 64
-SCENARIOS = (
-    "xks-encrypt",
-    "xks-decrypt",
-    "kms-generate-data-key",
-    "kms-decrypt",
-    "dsm-encrypt",
-    "xks-encrypt-postgres",
-    "xks-decrypt-postgres",
-)
 # Which anchor each scenario is compared with: the chain of the same number of HTTP hops.
 CEILING = {
     "xks-encrypt": "two-hop",

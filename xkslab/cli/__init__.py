@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import click
 
+from xkslab import __version__
 from xkslab.cli.approvals import approval
 from xkslab.cli.apps import app
 from xkslab.cli.audit import audit
@@ -32,6 +33,7 @@ from xkslab.cli.xks import xks
 
 
 @click.group(cls=XkslabGroup)
+@click.version_option(__version__, prog_name="xkslab")
 def main() -> None:
     """xkslab: AWS KMS External Key Store testing without a cloud account.
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from dsm_emulator.views import app_view
 from xkslab.cli.common import details, emit, json_option, with_core
 
 
@@ -56,6 +55,12 @@ async def app_create(
     if credential_kind == "secret":
         view["api_key"] = _api_key(created.app_id, secret)
     emit(view, as_json, _app_created_text)
+
+
+def app_view(a: Any, groups: dict[str, frozenset[str]] | None = None) -> dict[str, Any]:
+    from dsm_emulator.views import app_view as view
+
+    return view(a, groups)
 
 
 def _app_created_text(v: dict[str, Any]) -> str:

@@ -8,11 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import func, select
 
-from dsm_emulator import audit as audit_log
-from dsm_emulator.core import DsmCore
-from dsm_emulator.models import AuditRow
 from xkslab.cli.common import emit, json_option, pass_settings, run
 from xkslab_shared.config import Settings
 
@@ -27,6 +23,11 @@ def audit() -> None:
 @pass_settings
 def audit_verify(settings: Settings, as_json: bool) -> None:
     """Walk every hash chain and name the first bad row of each. Exit status 1 when any is bad."""
+    from sqlalchemy import func, select
+
+    from dsm_emulator import audit as audit_log
+    from dsm_emulator.core import DsmCore
+    from dsm_emulator.models import AuditRow
 
     async def verify() -> tuple[int, list[Any]]:
         async with await DsmCore.open(settings) as core:
@@ -64,6 +65,8 @@ def audit_verify(settings: Settings, as_json: bool) -> None:
 @pass_settings
 def audit_export(settings: Settings, out: Path | None) -> None:
     """Write every audit row as JSON lines, oldest first."""
+    from dsm_emulator import audit as audit_log
+    from dsm_emulator.core import DsmCore
 
     async def export() -> int:
         count = 0
@@ -89,6 +92,8 @@ def audit_export(settings: Settings, out: Path | None) -> None:
 @pass_settings
 def audit_tail(settings: Settings, limit: int, as_json: bool) -> None:
     """Show the newest audit rows, newest first."""
+    from dsm_emulator import audit as audit_log
+    from dsm_emulator.core import DsmCore
 
     async def tail() -> list[dict[str, Any]]:
         async with await DsmCore.open(settings) as core:

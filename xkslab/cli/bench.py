@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import click
 
-from xkslab.bench.lab import BenchError
-from xkslab.bench.run import SCENARIOS, BenchOptions, render_table, run_bench
-from xkslab.bench.wrk import WrkSettings
+from xkslab.bench import SCENARIOS
 
 
 @click.command("bench")
@@ -60,6 +59,14 @@ def bench(
     """Drive xkslab with wrk (XKS Encrypt/Decrypt, KMS GenerateDataKey/Decrypt, DSM encrypt, the XKS pair on
     PostgreSQL) beside anchors measured in the same run (bare aiohttp, two- and three-hop aiohttp chains,
     moto_server's GenerateDataKey); print a table and write it as JSON."""
+    if importlib.util.find_spec("moto") is None:  # an anchor of every run, and not a dependency of xkslab's
+        raise click.ClickException(
+            "xkslab bench needs moto (its KMS is the benchmark's anchor): pip install 'xkslab[bench]'"
+        )
+    from xkslab.bench.lab import BenchError
+    from xkslab.bench.run import BenchOptions, render_table, run_bench
+    from xkslab.bench.wrk import WrkSettings
+
     options = BenchOptions(
         wrk=WrkSettings(duration_s=duration, connections=connections, threads=threads),
         scenarios=scenarios or SCENARIOS,

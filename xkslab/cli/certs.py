@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from xkslab.cli.common import json_option, pass_settings_creating
-from xkslab_shared import certs
 from xkslab_shared.config import Settings, kms_client_subject
 
 
@@ -44,6 +43,8 @@ def certs_command(ctx: click.Context, hosts: str, out: Path | None) -> None:
 
 @pass_settings_creating
 def _make(settings: Settings, hosts: str, out: Path | None) -> None:
+    from xkslab_shared import certs
+
     out = _tls_dir(settings, out)
     names = [h.strip() for h in hosts.split(",") if h.strip()]
     try:
@@ -68,17 +69,22 @@ def _make(settings: Settings, hosts: str, out: Path | None) -> None:
 @certs_command.command("rotate")
 @click.option(
     "--days",
-    type=click.IntRange(1, certs.LEAF_DAYS),
-    default=certs.LEAF_DAYS,
-    show_default=True,
-    help="Validity of the new certificates (a short one rehearses expiry).",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Validity of the new certificates (a short one rehearses expiry) [default and most: 825].",
 )
 @out_option
 @json_option
 @pass_settings_creating
-def rotate(settings: Settings, days: int, out: Path | None, as_json: bool) -> None:
+def rotate(settings: Settings, days: int | None, out: Path | None, as_json: bool) -> None:
     """Reissue the DSM's and the proxy's server certificates and KMS's client certificate under the same
     CA, with new keys. Running services use them from their next TLS handshake, without a restart."""
+    from xkslab_shared import certs
+
+    if days is None:
+        days = certs.LEAF_DAYS
+    elif days > certs.LEAF_DAYS:
+        raise click.BadParameter(f"{days} is longer than {certs.LEAF_DAYS} days", param_hint="'--days'")
     directory = _tls_dir(settings, out)
     try:
         made = certs.rotate(directory, kms_client_subject(settings.kms.region), days=days)

@@ -2,30 +2,39 @@
 JSON, the ``--json`` flag, the settings of the global options, and opening the key manager as the
 account's operator. It imports no command module, so each command module can import it without a circle.
 
+Nothing here, and nothing a command module imports at its top, brings in the services, SQLAlchemy or
+aiohttp: each command imports what it uses when it runs, so `xkslab --help`, `env`, `wait` and `down`
+answer in a tenth of the time (scripts/cli_startup measures it; tests/unit/test_cli_imports.py keeps it so).
+
 The global options (``--data-dir``, ``--set``) are accepted on every command and group, not only before the
 subcommand: they are recorded on the root context as they are parsed, and the settings are loaded only
 when a command asks for them, after all of its arguments are known."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from sqlalchemy import select
 
-from dsm_emulator.authz import Principal, system_principal
-from dsm_emulator.core import DsmCore
-from dsm_emulator.errors import DsmError
-from dsm_emulator.models import Account
-from dsm_emulator.sealing import SealError
-from xkslab_shared import logs, serve
-from xkslab_shared.config import ConfigError, Settings, load_settings
+from xkslab.lab.files import LabError
+from xkslab_shared.config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    PORT_SETTINGS,
+    ConfigError,
+    Settings,
+    load_settings,
+)
+
+if TYPE_CHECKING:
+    from dsm_emulator.authz import Principal
+    from dsm_emulator.core import DsmCore
+    from xkslab_shared.serve import Listener
 
 ready_file_option = click.option(
     "--ready-file",
@@ -45,10 +54,19 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 def run(coro: Coroutine[Any, Any, T], *, server: bool = False) -> T:
     """Run one command's coroutine (a server's on uvloop when installed); known failures become one line
     on stderr and exit status 1."""
+    import asyncio
+
+    from dsm_emulator.errors import DsmError
+    from dsm_emulator.sealing import SealError
+    from xkslab_shared import serve
+    from xkslab_shared.ports import ListenError
+
     try:
         return serve.run(coro) if server else asyncio.run(coro)
     except (DsmError, SealError, ConfigError) as exc:
         raise click.ClickException(getattr(exc, "message", str(exc))) from None
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
 
@@ -68,6 +86,8 @@ def with_core(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> T:
         async def main() -> T:
+            from dsm_emulator.core import DsmCore
+
             async with await DsmCore.open(settings) as core:
                 principal = await operator(core)
                 return await fn(core, principal, *args, **kwargs)
@@ -78,6 +98,11 @@ def with_core(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
 
 
 async def operator(core: DsmCore) -> Principal:
+    from sqlalchemy import select
+
+    from dsm_emulator.authz import system_principal
+    from dsm_emulator.models import Account
+
     async with core.sessions() as session:
         accounts = (await session.scalars(select(Account.acct_id))).all()
     if len(accounts) != 1:
@@ -96,6 +121,20 @@ def _record(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         state["data_dir"] = Path(value)
     elif param.name == "overrides":
         state["sets"].extend(value or ())
+    elif param.name == "free_ports" and value:
+        state["free_ports"] = True
+
+
+# On `up` and each `serve`: every port setting 0, whatever the file, the environment or --set say, so
+# the system picks free ports; the ports really bound are in the banner, up.json and `xkslab env`.
+free_ports_option = click.option(
+    "--free-ports",
+    is_flag=True,
+    expose_value=False,
+    callback=_record,
+    help="Let the system choose every port (each port setting 0); the ports bound are printed, and for "
+    "up written to up.json (`xkslab env`).",
+)
 
 
 def global_options(*, root: bool) -> list[click.Option]:
@@ -149,6 +188,8 @@ def overrides_of(ctx: click.Context) -> dict[str, str]:
         if not sep or not name.strip():
             raise click.ClickException(f"--set takes NAME=VALUE, not {item!r}")
         flags[name.strip()] = value
+    if _globals(ctx).get("free_ports"):
+        flags.update(dict.fromkeys(PORT_SETTINGS, "0"))
     return flags
 
 
@@ -207,7 +248,7 @@ def log_options(fn: Callable[..., T]) -> Callable[..., T]:
     """``--log-level`` and ``--log-format``: the settings log.level and log.format."""
     fn = click.option(
         "--log-format",
-        type=click.Choice(logs.FORMATS),
+        type=click.Choice(LOG_FORMATS),
         default=None,
         expose_value=False,
         callback=_as_setting("log.format"),
@@ -215,7 +256,7 @@ def log_options(fn: Callable[..., T]) -> Callable[..., T]:
     )(fn)
     return click.option(
         "--log-level",
-        type=click.Choice(logs.LEVELS),
+        type=click.Choice(LOG_LEVELS),
         default=None,
         expose_value=False,
         callback=_as_setting("log.level"),
@@ -225,8 +266,37 @@ def log_options(fn: Callable[..., T]) -> Callable[..., T]:
 
 def start_logging(settings: Settings, service: str) -> Callable[[str], None]:
     """Log as the settings say, for ``service``; what tells the service's start and stop."""
+    from xkslab_shared import logs
+
     logs.configure(settings.log.level, settings.log.format, service)
     return logs.announcer(service)
+
+
+# ------------------------------------------------------------------------------ serving
+
+
+def serve_service(
+    settings: Settings, service: str, listener: Callable[[Settings], Listener], ready_file: Path | None
+) -> None:
+    """``xkslab <service> serve``: one service until SIGINT or SIGTERM. Under ``up`` (a supervisor that
+    reads ``ready_file``), a start-up failure is written there for ``up`` to report as its own one line,
+    instead of a second line on the terminal."""
+    from xkslab.lab.supervisor import hold_service
+    from xkslab_shared import parent
+    from xkslab_shared.serve import serve, write_ready_file
+
+    supervised = ready_file is not None and parent.PARENT_FD_ENV in os.environ
+    try:
+        with hold_service(settings.data_dir, service, embedded=settings.database_url.startswith("sqlite")):
+            run(serve([listener(settings)], start_logging(settings, service), ready_file), server=True)
+    except (click.ClickException, LabError) as exc:
+        if ready_file is None:
+            raise
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        write_ready_file(ready_file, {"pid": os.getpid(), "error": one_line(message)})
+        if not supervised:
+            raise
+        raise click.exceptions.Exit(1) from None
 
 
 # ------------------------------------------------------------------------------ one-line errors
@@ -251,6 +321,14 @@ class XkslabGroup(click.Group):
             raise click.ClickException(one_line(exc.format_message())) from None
         except (click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C: whatever was running has stopped what it started (each command cleans up in its
+            # finally blocks); one line instead of click's "Aborted!" or a traceback, and the shell's 130.
+            click.echo("xkslab: interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
+        except (LabError, ConfigError) as exc:
+            # Ours, written for the user: the message alone (a class name is no help to anyone).
+            raise click.ClickException(one_line(str(exc))) from None
         except Exception as exc:
             if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
                 raise

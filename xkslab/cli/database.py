@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from dsm_emulator import store
 from xkslab.cli.common import pass_settings, run
 from xkslab_shared.config import Settings
 
@@ -18,6 +17,7 @@ def db() -> None:
 @pass_settings
 def db_upgrade(settings: Settings) -> None:
     """Apply the migrations up to the newest schema."""
+    from dsm_emulator import store
 
     run(store.upgrade_async(settings.database_url))
     click.echo(f"database at revision {store.head_revision()}")
@@ -27,6 +27,7 @@ def db_upgrade(settings: Settings) -> None:
 @pass_settings
 def db_current(settings: Settings) -> None:
     """Print the database's schema revision and the one this xkslab needs."""
+    from dsm_emulator import store
 
     async def current() -> str | None:
         engine = store.create_engine(settings.database_url)

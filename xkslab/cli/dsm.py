@@ -6,11 +6,14 @@ from pathlib import Path
 
 import click
 
-from dsm_emulator.api.app import listener
-from xkslab.cli.common import log_options, pass_settings, ready_file_option, run, start_logging
-from xkslab.lab.supervisor import hold_service
+from xkslab.cli.common import (
+    free_ports_option,
+    log_options,
+    pass_settings,
+    ready_file_option,
+    serve_service,
+)
 from xkslab_shared.config import Settings
-from xkslab_shared.serve import serve
 
 
 @click.group()
@@ -21,9 +24,11 @@ def dsm() -> None:
 @dsm.command("serve")
 @ready_file_option
 @log_options
+@free_ports_option
 @pass_settings
 def dsm_serve(settings: Settings, ready_file: Path | None) -> None:
     """Serve the DSM REST API on dsm.host:dsm.port (HTTP), and on dsm.https_port too when dsm.tls_cert
     and dsm.tls_key exist; stops cleanly on SIGINT or SIGTERM."""
-    with hold_service(settings.data_dir, "dsm", embedded=settings.database_url.startswith("sqlite")):
-        run(serve([listener(settings)], start_logging(settings, "dsm"), ready_file), server=True)
+    from dsm_emulator.api.app import listener
+
+    serve_service(settings, "dsm", listener, ready_file)

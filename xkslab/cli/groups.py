@@ -6,13 +6,18 @@ from typing import Any
 
 import click
 
-from dsm_emulator.views import group_view
 from xkslab.cli.common import details, emit, json_option, with_core
 
 
 @click.group()
 def group() -> None:
     """Groups of security objects and apps."""
+
+
+def group_view(g: Any) -> dict[str, Any]:
+    from dsm_emulator.views import group_view as view
+
+    return view(g)
 
 
 def _group_line(g: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from xkslab.cli.common import data_dir_of, emit, json_option, run
-from xkslab.lab.datadir import init_data_dir, write_config_if_missing
 from xkslab_shared.config import CONFIG_FILE_NAME, ConfigError, load_settings
 
 
@@ -36,6 +35,8 @@ def init(
 ) -> None:
     """Create the data directory, config file, database, sealing key and keyring, the first account,
     its administrator and a default group."""
+    from xkslab.lab.datadir import init_data_dir, write_config_if_missing
+
     # The data directory only: the settings cannot be loaded before the config file exists.
     data_dir = data_dir_of(click.get_current_context())
     values: dict[str, Any] = {"seal.backend": seal_backend or "software"}

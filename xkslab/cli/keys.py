@@ -7,15 +7,18 @@ from typing import Any
 
 import click
 
-from dsm_emulator.keys import KeySpec
-from dsm_emulator.models import is_uuid
-from dsm_emulator.views import sobject_view
 from xkslab.cli.common import details, emit, json_option, with_core
 
 
 @click.group()
 def key() -> None:
     """Security objects: root KEKs and other keys."""
+
+
+def sobject_view(obj: Any, **options: Any) -> dict[str, Any]:
+    from dsm_emulator.views import sobject_view as view
+
+    return view(obj, **options)
 
 
 def _key_line(v: dict[str, Any]) -> str:
@@ -52,6 +55,7 @@ async def key_create(
     as_json: bool,
 ) -> None:
     """Generate a key."""
+    from dsm_emulator.keys import KeySpec
 
     spec = KeySpec(
         name=name,
@@ -84,6 +88,7 @@ async def key_import(
     as_json: bool,
 ) -> None:
     """Import key material from a file of raw bytes."""
+    from dsm_emulator.keys import KeySpec
 
     spec = KeySpec(name=name, obj_type=obj_type, group_id=group_id, key_ops=_ops(key_ops))
     emit(sobject_view(await core.keys.create(p, spec, value=value_file.read())), as_json, _key_line)
@@ -105,6 +110,8 @@ async def key_list(core: Any, p: Any, group_id: str | None, show_destroyed: bool
 
 
 def _ident(ident: str) -> dict[str, str]:
+
+    from dsm_emulator.models import is_uuid
 
     return {"kid": ident} if is_uuid(ident) else {"name": ident}
 

@@ -5,29 +5,30 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kms_emulator import access_keys
-from kms_emulator.app import listener
-from kms_emulator.sealing import KmsSealer, SealError
 from xkslab.cli.common import (
     emit,
+    free_ports_option,
     json_option,
     log_options,
     pass_settings,
     ready_file_option,
     run,
-    start_logging,
+    serve_service,
 )
-from xkslab.lab.supervisor import hold_service
 from xkslab_shared.config import Settings
-from xkslab_shared.serve import serve
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from kms_emulator.sealing import KmsSealer
+
+    Sessions = async_sessionmaker[AsyncSession]
 
 T = TypeVar("T")
-Sessions = async_sessionmaker[AsyncSession]
 
 
 @click.group()
@@ -38,15 +39,20 @@ def kms() -> None:
 @kms.command("serve")
 @ready_file_option
 @log_options
+@free_ports_option
 @pass_settings
 def kms_serve(settings: Settings, ready_file: Path | None) -> None:
     """Serve AWS KMS on kms.host:kms.port (plain HTTP, as `--endpoint-url http://...` expects); XKS proxies
     are called on the endpoints of the custom key stores. Stops cleanly on SIGINT or SIGTERM."""
-    with hold_service(settings.data_dir, "kms", embedded=settings.database_url.startswith("sqlite")):
-        run(serve([listener(settings)], start_logging(settings, "kms"), ready_file), server=True)
+    from kms_emulator.app import listener
+
+    serve_service(settings, "kms", listener, ready_file)
 
 
 def _run_on_tables(settings: Settings, fn: Callable[[Sessions, KmsSealer], Awaitable[T]]) -> T:
+    from kms_emulator import access_keys
+    from kms_emulator.sealing import SealError
+
     async def main() -> T:
         async with access_keys.open_tables(settings) as (sessions, sealer):
             return await fn(sessions, sealer)
@@ -55,6 +61,12 @@ def _run_on_tables(settings: Settings, fn: Callable[[Sessions, KmsSealer], Await
         return run(main())
     except (access_keys.AccessKeyError, SealError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _access_keys() -> Any:
+    from kms_emulator import access_keys
+
+    return access_keys
 
 
 @kms.group("access-key")
@@ -68,7 +80,7 @@ def access_key() -> None:
 @pass_settings
 def access_key_create(settings: Settings, user_name: str, as_json: bool) -> None:
     """A new access key for USER_NAME; its secret is printed this once (stored sealed, never shown again)."""
-    key, secret = _run_on_tables(settings, lambda s, sealer: access_keys.create(s, sealer, user_name))
+    key, secret = _run_on_tables(settings, lambda s, sealer: _access_keys().create(s, sealer, user_name))
     data = {**key.as_dict(), "secret_access_key": secret}
     emit(
         data,
@@ -86,7 +98,7 @@ def access_key_create(settings: Settings, user_name: str, as_json: bool) -> None
 @pass_settings
 def access_key_list(settings: Settings, as_json: bool) -> None:
     """Every access key (never its secret), oldest first."""
-    keys = _run_on_tables(settings, lambda s, _sealer: access_keys.list_all(s))
+    keys = _run_on_tables(settings, lambda s, _sealer: _access_keys().list_all(s))
     emit(
         [key.as_dict() for key in keys],
         as_json,
@@ -99,5 +111,5 @@ def access_key_list(settings: Settings, as_json: bool) -> None:
 @pass_settings
 def access_key_delete(settings: Settings, access_key_id: str) -> None:
     """Delete ACCESS_KEY_ID: its signatures are refused (UnrecognizedClientException) from then on."""
-    _run_on_tables(settings, lambda s, _sealer: access_keys.remove(s, access_key_id))
+    _run_on_tables(settings, lambda s, _sealer: _access_keys().remove(s, access_key_id))
     click.echo(f"deleted {access_key_id}")

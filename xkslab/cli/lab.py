@@ -11,6 +11,7 @@ import click
 
 from xkslab.cli.common import (
     data_dir_of,
+    free_ports_option,
     json_option,
     log_options,
     overrides_of,
@@ -20,10 +21,9 @@ from xkslab.cli.common import (
     start_logging,
 )
 from xkslab.lab.control import log_file, require_ready, wait_ready
-from xkslab.lab.demo import DemoError, run_demo
 from xkslab.lab.detach import start_detached, stop_lab
 from xkslab.lab.envfmt import FORMATS, format_env
-from xkslab.lab.up import LabError, lab_env, run_up
+from xkslab.lab.files import LabError, lab_env
 from xkslab_shared.config import Settings
 
 
@@ -55,6 +55,7 @@ from xkslab_shared.config import Settings
     help="Write each service's log to DIR/<service>.log instead of this terminal (--detach: <data-dir>/run).",
 )
 @log_options
+@free_ports_option
 @click.pass_context
 def up(
     ctx: click.Context, admin_password: str | None, detach: bool, mtls: bool, log_dir: Path | None
@@ -78,7 +79,10 @@ def up(
         if log_dir is not None:
             log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         start_logging(settings, "lab")
-        run(run_up(settings, admin_password, click.echo, overrides, log_dir))
+        from xkslab.lab.up import first_start, run_up
+
+        with first_start(settings) as ready:
+            run(run_up(settings, admin_password, click.echo, overrides, log_dir, ready))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -144,6 +148,8 @@ def env(fmt: str) -> None:
 @pass_settings_creating
 def demo(settings: Settings, input_file: Path | None, as_json: bool) -> None:
     """Run the double-envelope workflow against a running `xkslab up` (same --data-dir) with boto3."""
+    from xkslab.lab.demo import DemoError, run_demo
+
     try:
         result = run_demo(settings, input_file, (lambda _: None) if as_json else click.echo)
     except DemoError as exc:

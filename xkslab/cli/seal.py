@@ -6,9 +6,7 @@ from typing import Any
 
 import click
 
-from dsm_emulator.core import DsmCore, open_configured_sealer, seal_config
 from xkslab.cli.common import emit, json_option, pass_settings, run, with_core
-from xkslab.lab.datadir import create_key_if_absent, set_config_value
 from xkslab_shared.config import Settings
 
 
@@ -49,6 +47,8 @@ async def seal_rotate(core: Any, _p: Any, as_json: bool) -> None:
 def seal_rewrap(settings: Settings, target: str, as_json: bool) -> None:
     """Move the keyring to another sealing backend (creating its key if needed) and record the new backend
     in the config file. Objects are not touched."""
+    from dsm_emulator.core import DsmCore, open_configured_sealer, seal_config
+    from xkslab.lab.datadir import create_key_if_absent, set_config_value
 
     async def rewrap() -> int:
         create_key_if_absent(seal_config(settings, target))

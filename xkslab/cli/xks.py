@@ -8,21 +8,17 @@ from typing import Any
 
 import click
 
-from dsm_emulator.xks import canonical_prefix
-from xks_frontend.app import listener
 from xkslab.cli.common import (
     emit,
+    free_ports_option,
     json_option,
     log_options,
     pass_settings,
     ready_file_option,
-    run,
-    start_logging,
+    serve_service,
     with_core,
 )
-from xkslab.lab.supervisor import hold_service
 from xkslab_shared.config import Settings
-from xkslab_shared.serve import serve
 
 
 @click.group()
@@ -33,12 +29,14 @@ def xks() -> None:
 @xks.command("serve")
 @ready_file_option
 @log_options
+@free_ports_option
 @pass_settings
 def xks_serve(settings: Settings, ready_file: Path | None) -> None:
     """Serve the XKS proxy on xks.host:xks.port (HTTP), and on xks.https_port too when xks.tls_cert and
     xks.tls_key exist (mTLS when xks.client_ca is set); the DSM must be running (xks.dsm_urls)."""
-    with hold_service(settings.data_dir, "xks", embedded=settings.database_url.startswith("sqlite")):
-        run(serve([listener(settings)], start_logging(settings, "xks"), ready_file), server=True)
+    from xks_frontend.app import listener
+
+    serve_service(settings, "xks", listener, ready_file)
 
 
 @xks.group("alias")
@@ -83,6 +81,8 @@ async def keystore(
 ) -> None:
     """What AWS's CreateCustomKeyStore (external key store, public endpoint) asks for, for APP_ID.
     Discloses the app's SigV4 secret, like `app credential`."""
+    from dsm_emulator.xks import canonical_prefix
+
     if prefix is not None and prefix not in await core.xks.aliases(p, app_id):
         raise click.ClickException(f"{prefix} is not an alias prefix of app {app_id}")
     credential = (await core.admin.get_credential(p, app_id)).get("awsxks")

@@ -24,6 +24,7 @@ from dsm_emulator.errors import DsmError
 from dsm_emulator.keys import KeySpec
 from dsm_emulator.models import Account
 from dsm_emulator.xks import canonical_prefix
+from xkslab.lab.files import LabError
 from xkslab_shared.config import Settings
 
 XKS_APP = "xkslab-kms-xks"
@@ -42,10 +43,6 @@ _SLOW_PROXY_CODES = frozenset({"XKS_PROXY_TIMED_OUT", "XKS_PROXY_NOT_REACHABLE"}
 _UNREACHABLE_RETRY_S = (0.2, 0.5, 1.0)
 
 log = logging.getLogger("xkslab.lab")
-
-
-class LabError(RuntimeError):
-    """A start-up step failed; the message says which (the CLI prints it without a traceback)."""
 
 
 @dataclass(frozen=True)

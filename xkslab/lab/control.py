@@ -16,14 +16,10 @@ import fcntl
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from xkslab.lab.bootstrap import LabError
-from xkslab.lab.supervisor import LOCK_FILE
-from xkslab.lab.up import UP_FILE
+from xkslab.lab.files import LOCK_FILE, UP_FILE, LabError
 
 RUN_DIR = "run"
 PID_FILE = "up.pid"
@@ -203,6 +199,8 @@ def require_ready(data_dir: Path) -> dict[str, Any]:
 def _healthy(url: str) -> bool:
     """The service's ``GET /health`` answers 200: it listens, and what it needs (its database, the key
     manager) answers it."""
+    import urllib.request  # here: `env` and `down` import this module and need no HTTP client
+
     request = urllib.request.Request(url.rstrip("/") + "/health")  # noqa: S310 (the lab's URL)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310

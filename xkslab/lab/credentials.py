@@ -19,7 +19,8 @@ from typing import Any
 
 from kms_emulator import access_keys
 from kms_emulator.sealing import SealError
-from xkslab.lab.bootstrap import FIXED_CREDENTIALS, AwsCredentials, LabError
+from xkslab.lab.bootstrap import FIXED_CREDENTIALS, AwsCredentials
+from xkslab.lab.files import LabError
 from xkslab_shared.config import Settings
 
 LAB_USER = "xkslab-lab"

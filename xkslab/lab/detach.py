@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from xkslab.lab.bootstrap import LabError
 from xkslab.lab.control import (
     KILL_TIMEOUT_S,
     POLL_S,
@@ -38,7 +37,7 @@ from xkslab.lab.control import (
     signal_pid,
     wait_gone,
 )
-from xkslab.lab.up import UP_FILE
+from xkslab.lab.files import UP_FILE, LabError
 
 __all__ = ["Stopped", "start_detached", "stop_lab"]
 
@@ -125,6 +124,7 @@ def start_detached(
         process = subprocess.Popen(
             [
                 sys.executable,
+                "-P",  # not the current directory first on the path: its own xkslab/, if any, is not ours
                 "-m",
                 "xkslab",
                 "--data-dir",

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xkslab_shared.faults_wire import FAULTS_PATH, Fault, parse_fault
 from xkslab_shared.proxy_link import read_token
+
+if TYPE_CHECKING:
+    import urllib.error
 
 __all__ = ["FaultsClient", "FaultsError", "applied", "fault_from"]
 
@@ -42,6 +43,9 @@ class FaultsClient:
 
     def call(self, method: str, path: str = "", body: Any = None) -> Any:
         """One call: ``path`` after ``/xkslab/v1/faults``; the decoded JSON answer."""
+        import urllib.error  # here: the CLI imports this module for every command
+        import urllib.request
+
         try:
             token = read_token(self.token_file)
         except (OSError, ValueError) as exc:

@@ -22,7 +22,8 @@ from pathlib import Path
 from dsm_emulator.api.app import listener as dsm_listener
 from kms_emulator.app import listener as kms_listener
 from xks_frontend.app import listener as xks_listener
-from xkslab.lab.bootstrap import LabError, bootstrap_kms
+from xkslab.lab.bootstrap import bootstrap_kms
+from xkslab.lab.files import LabError
 from xkslab.lab.info import FREE_PORTS, START_TIMEOUT_S, STOP_TIMEOUT_S, LabInfo
 from xkslab.lab.supervisor import hold_data_dir, hold_service
 from xkslab.lab.up import initialize, lab_settings, read_password, up_file, write_up_file

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from xkslab.lab.bootstrap import LabError
+from xkslab.lab.files import LabError
 from xkslab.lab.info import FREE_PORTS, START_TIMEOUT_S, STOP_TIMEOUT_S, LabInfo
 from xkslab.lab.up import up_file
 from xkslab_shared.config import load_settings
@@ -42,7 +42,7 @@ def lab_process(
     sets = [arg for name, value in overrides.items() for arg in ("--set", f"{name}={value}")]
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *sets, "up"],
+            [sys.executable, "-P", "-m", "xkslab", "--data-dir", str(data_dir), *sets, "up"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

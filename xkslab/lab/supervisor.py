@@ -21,12 +21,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from xkslab.lab.bootstrap import LabError
+from xkslab.lab.files import LOCK_FILE, LabError
 from xkslab_shared.parent import ParentLink
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
-LOCK_FILE = "up.lock"
 
 
 @contextlib.contextmanager
@@ -132,13 +131,18 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT_S
         while loop.time() < deadline:
-            if process.returncode is not None:
+            exited = process.returncode is not None  # before the read: an error it wrote is then seen
+            data = _read_json(ready)
+            mine = data is not None and data.get("pid") == process.pid
+            if mine and data is not None and "error" in data:
+                await process.wait()
+                raise LabError(str(data["error"]))  # the service's own one line (common.serve_service)
+            if exited:
                 raise LabError(
                     f"the {service} service exited with status {process.returncode} while starting"
                     f"{self._reason(service)}"
                 )
-            data = _read_json(ready)
-            if data and data.get("pid") == process.pid:
+            if mine and data is not None:
                 return [str(url) for url in data["urls"]]
             try:
                 await asyncio.wait_for(process.wait(), 0.05)
@@ -152,6 +156,7 @@ class Supervisor:
         assert self._link is not None
         return await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",  # not the current directory first on the path: its own xkslab/, if any, is not ours
             "-m",
             "xkslab",
             "--data-dir",
@@ -166,6 +171,9 @@ class Supervisor:
             pass_fds=self._link.pass_fds,
             stdout=log,
             stderr=log,
+            # A process group of its own: Ctrl-C in the terminal reaches up alone, which stops the
+            # services in order, instead of every child printing its own interruption at once.
+            process_group=0,
         )
 
     def _reason(self, service: str) -> str:

@@ -14,8 +14,10 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,6 @@ from typing import Any
 from xkslab.lab.bootstrap import (
     FIXED_CREDENTIALS,
     AwsCredentials,
-    LabError,
     bootstrap_dsm,
     bootstrap_kms,
     set_admin_password,
@@ -31,6 +32,7 @@ from xkslab.lab.bootstrap import (
 from xkslab.lab.credentials import lab_credentials
 from xkslab.lab.datadir import init_data_dir, write_config_if_missing
 from xkslab.lab.envfmt import format_env
+from xkslab.lab.files import PASSWORD_FILE, UP_FILE, LabError, lab_env
 from xkslab.lab.supervisor import Supervisor, hold_data_dir
 from xkslab_shared.certs import ensure_kms_client_cert, make_local_ca, make_server_cert
 from xkslab_shared.config import Settings, kms_client_subject
@@ -38,8 +40,6 @@ from xkslab_shared.logs import announcer
 
 __all__ = ["LabError", "lab_env", "run_up", "up_file"]
 
-UP_FILE = "up.json"
-PASSWORD_FILE = "admin.password"
 ADMIN_EMAIL = "admin@xkslab.local"
 
 
@@ -71,21 +71,6 @@ def mtls_facts(settings: Settings) -> dict[str, Any] | None:
         "client_cert": str(settings.path(settings.kms.xks_client_cert).absolute()),
         "client_key": str(settings.path(settings.kms.xks_client_key).absolute()),
     }
-
-
-# `xkslab env` and the banner name the files with mTLS. Not setting names (XKSLAB_<SECTION>_<NAME>), so
-# exporting them changes no xkslab command's settings.
-MTLS_ENV = {
-    "client_ca": "XKSLAB_MTLS_CA_FILE",
-    "client_cert": "XKSLAB_MTLS_CLIENT_CERT",
-    "client_key": "XKSLAB_MTLS_CLIENT_KEY",
-}
-
-
-def lab_env(data: dict[str, Any]) -> dict[str, str]:
-    """What ``xkslab env`` prints: ``aws_env``, and with mTLS the client certificate files."""
-    mtls = data.get("mtls") or {}
-    return {**data["aws_env"], **{var: mtls[key] for key, var in MTLS_ENV.items() if mtls.get(key)}}
 
 
 def lab_settings(
@@ -243,9 +228,58 @@ async def run_up(
     echo: Callable[[str], None],
     overrides: dict[str, str] | None = None,
     log_dir: Path | None = None,
+    ready: threading.Event | None = None,
 ) -> None:
     """Start the lab and serve until SIGINT/SIGTERM. ``overrides`` are the command's ``--set`` flags,
-    passed on to each service's process; with ``log_dir``, each service logs to <log_dir>/<service>.log."""
+    passed on to each service's process; with ``log_dir``, each service logs to <log_dir>/<service>.log;
+    ``ready`` is set once the lab is ready (first_start)."""
+    await _run_up_locked(settings, admin_password, echo, overrides, log_dir, ready or threading.Event())
+
+
+@contextlib.contextmanager
+def first_start(settings: Settings) -> Iterator[threading.Event]:
+    """Around the whole of a start, the event loop included (so the certificate files a worker thread
+    may still be writing when Ctrl-C cancels the start are written by then): a first start that is not
+    set ready (a port in use, Ctrl-C) takes back what it made, so the data directory is as it was; a
+    later start keeps everything."""
+    before = _before_first_start(settings)
+    ready = threading.Event()
+    try:
+        yield ready
+    finally:
+        if before is not None and not ready.is_set():
+            _take_back(settings.data_dir, before)
+
+
+def _before_first_start(settings: Settings) -> set[str] | None:
+    """What the data directory holds before a first start (an empty set: it does not exist), or None
+    when it is not a first start: it has a config file, or its database is not a file inside it."""
+    data_dir = settings.data_dir
+    if settings.config_file.exists() or not settings.database_url.startswith("sqlite"):
+        return None
+    return set(os.listdir(data_dir)) if data_dir.is_dir() else set()
+
+
+def _take_back(data_dir: Path, before: set[str]) -> None:
+    if not before:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        return
+    for name in set(os.listdir(data_dir)) - before:
+        path = data_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+async def _run_up_locked(
+    settings: Settings,
+    admin_password: str | None,
+    echo: Callable[[str], None],
+    overrides: dict[str, str] | None,
+    log_dir: Path | None,
+    ready: threading.Event,
+) -> None:
     with hold_data_dir(settings.data_dir):
         path = up_file(settings)
         known = read_password(settings)
@@ -262,7 +296,7 @@ async def run_up(
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         try:
-            await _run_up(settings, admin_password, known, echo, overrides or {}, log_dir)
+            await _run_up(settings, admin_password, known, echo, overrides or {}, log_dir, ready)
         except asyncio.CancelledError:
             if not terminated.is_set():
                 raise
@@ -278,6 +312,7 @@ async def _run_up(
     echo: Callable[[str], None],
     overrides: dict[str, str],
     log_dir: Path | None,
+    ready: threading.Event,
 ) -> None:
     announce = announcer("lab")  # a log line, as the services' own start and stop
     ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
@@ -302,6 +337,7 @@ async def _run_up(
         data["service_pids"] = services.pids
         path = up_file(settings)
         await asyncio.to_thread(write_up_file, path, data)
+        ready.set()
         echo(render(data, path))
         await services.wait()
         announce("stopping")
