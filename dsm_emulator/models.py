@@ -57,6 +57,7 @@ class Account(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime]
+    description: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class User(Base):
@@ -66,6 +67,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime]
     last_logged_in_at: Mapped[datetime | None]
+    first_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    last_name: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 class AccountMember(Base):

@@ -26,7 +26,8 @@ limit a login is refused with 429 before any look-up or hashing, and a burst of 
 its first row plus one summary row.
 
 The service is one class composed of mixins, one module per concern: ``accounts`` (accounts, users,
-bootstrap, user logins), ``groups``, ``apps`` (apps and their group memberships), ``credentials`` (app
+bootstrap, user logins), ``users`` (an account's users and its own settings, as its principals see
+them), ``groups``, ``apps`` (apps and their group memberships), ``credentials`` (app
 credentials and app logins), on the shared core in ``base`` and the input checks in ``validation``.
 """
 
@@ -43,6 +44,7 @@ from dsm_emulator.admin.credentials import (
     secret_context,
 )
 from dsm_emulator.admin.groups import GroupsMixin
+from dsm_emulator.admin.users import AccountChanges, UserChanges, UsersMixin, parse_roles, person_name
 from dsm_emulator.admin.validation import MAX_APP_TYPE, MAX_DESCRIPTION, MAX_EMAIL, MAX_NAME, MAX_PASSWORD
 
 __all__ = [
@@ -56,13 +58,17 @@ __all__ = [
     "MAX_EMAIL",
     "MAX_NAME",
     "MAX_PASSWORD",
+    "AccountChanges",
     "AdminService",
     "GroupSpec",
+    "UserChanges",
     "awsxks_context",
     "now",
+    "parse_roles",
+    "person_name",
     "secret_context",
 ]
 
 
-class AdminService(AccountsMixin, GroupsMixin, AppsMixin, CredentialsMixin, AdminBase):
+class AdminService(AccountsMixin, UsersMixin, GroupsMixin, AppsMixin, CredentialsMixin, AdminBase):
     """Accounts, users, groups, apps and app credentials of the key manager (see the module docstring)."""

@@ -96,9 +96,17 @@ class AccountsMixin(AdminBase):
 
         return await self._audit.apply(work, refusal.refused)
 
-    async def create_user(self, p: Principal, email: str, password: str, role: str = "ACCOUNTMEMBER") -> User:
-        """A new user of ``p``'s account with ``role`` (one of ACCOUNT_ROLES), as its administrator. The
-        lab has no invitations or e-mail: the user can log in with this password at once."""
+    async def create_user(
+        self,
+        p: Principal,
+        email: str,
+        password: str,
+        role: str = "ACCOUNTMEMBER",
+        names: tuple[str | None, str | None] = (None, None),
+    ) -> User:
+        """A new user of ``p``'s account with ``role`` (one of ACCOUNT_ROLES) and (first, last) ``names``,
+        as its administrator. The lab has no invitations or e-mail: the user can log in with this password
+        at once."""
         email = _email(email, "user_email")
         password = _password(password, "password")
         if role not in ACCOUNT_ROLES:
@@ -116,6 +124,8 @@ class AccountsMixin(AdminBase):
                 password_hash=password_hash,
                 created_at=now(),
                 last_logged_in_at=None,
+                first_name=names[0],
+                last_name=names[1],
             )
             session.add(user)
             await _flush(session, "user already exists")

@@ -22,6 +22,7 @@ from dsm_emulator.api import (
     session,
     signing,
     sobjects,
+    users,
     xks,
 )
 from dsm_emulator.api.context import ACCEPTED_ENCODINGS, CORE_KEY, core_of, json_response
@@ -147,6 +148,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(core_ctx)
     app.add_routes(session.routes)
+    app.add_routes(users.routes)
     app.add_routes(admin.routes)
     app.add_routes(components.routes)
     app.add_routes(sobjects.routes)

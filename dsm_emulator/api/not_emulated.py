@@ -27,6 +27,13 @@ DERIVE = "key derivation"
 AGREE = "key agreement"
 PRIVATE_KEY = "removing the private part of an asymmetric key"
 LDAP = "LDAP and single sign-on logins"
+SIGN_UP = "self sign-up by e-mail (an account administrator invites users, with a password, instead)"
+PASSWORD_RESET = "password reset by e-mail (a user changes their password with the current one instead)"
+INVITATION_MAIL = "invitation e-mails (an invited user can log in at once)"
+EMAIL_CONFIRMATION = "e-mail confirmation"
+SYSTEM_ADMIN = (
+    "system administration (creating and deleting accounts): the lab has one account per data directory"
+)
 # Not a route of its own: POST /sys/v1/session/auth with an app id and no secret, over mutual TLS.
 CERTIFICATE_LOGIN = "app certificate logins (mutual TLS)"
 
@@ -81,6 +88,20 @@ NOT_EMULATED: tuple[NotEmulated, ...] = (
     NotEmulated("POST", "/crypto/v1/derive", DERIVE, "deriveKeyEx"),
     NotEmulated("POST", "/crypto/v1/agree", AGREE, "agreeKey"),
     NotEmulated("DELETE", "/crypto/v1/keys/{kid}/private", PRIVATE_KEY, "deletePrivateKey"),
+    NotEmulated("POST", "/sys/v1/users", SIGN_UP, "createUser", public=True),
+    NotEmulated("POST", "/sys/v1/users/forgot_password", PASSWORD_RESET, "forgotPassword", public=True),
+    NotEmulated("POST", "/sys/v1/users/{user_id}/reset_password", PASSWORD_RESET, "resetPassword"),
+    NotEmulated(
+        "POST", "/sys/v1/users/{user_id}/validate_token", PASSWORD_RESET, "validatePasswordResetToken"
+    ),
+    NotEmulated("POST", "/sys/v1/users/process_invite", INVITATION_MAIL, "processInvitations"),
+    NotEmulated("POST", "/sys/v1/users/{user_id}/resend_invite", INVITATION_MAIL, "resendInvitation"),
+    NotEmulated("POST", "/sys/v1/users/{user_id}/confirm_email", EMAIL_CONFIRMATION, "confirmEmail"),
+    NotEmulated(
+        "POST", "/sys/v1/users/{user_id}/resend_confirm_email", EMAIL_CONFIRMATION, "resendConfirmEmail"
+    ),
+    NotEmulated("POST", "/sys/v1/accounts", SYSTEM_ADMIN, "createAccount"),
+    NotEmulated("DELETE", "/sys/v1/accounts/{acct_id}", SYSTEM_ADMIN, "deleteAccount"),
     # sdkms-cli ldap-auth asks this before it logs in, without credentials, as Fortanix allows.
     NotEmulated("POST", "/sys/v1/session/auth/discover", LDAP, "authDiscover", public=True),
 )

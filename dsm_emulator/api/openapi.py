@@ -17,6 +17,7 @@ from dsm_emulator.api.openapi_schemas import (
     KEY_OPS,
     SCHEMAS,
 )
+from dsm_emulator.api.openapi_users import user_paths
 from xkslab_shared.openapi import Schema, array, content, document, health_path, obj, ref, string
 
 JSON_ERROR = {
@@ -127,9 +128,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             "post": op("selectAccount", ANY_OBJECT, obj(["acct_id"], acct_id=string()))
         },
         "/sys/v1/users/accounts": {"get": op("userAccounts", ANY_OBJECT)},
-        "/sys/v1/accounts": {"get": op("listAccounts", array(ref("Account")))},
-        "/sys/v1/accounts/{acct_id}": {"get": op("getAccount", ref("Account"))},
-        "/sys/v1/users": {"get": op("listUsers", array(ANY_OBJECT))},
+        **user_paths(op),
         "/sys/v1/plugins": {"get": op("listPlugins", array(ANY_OBJECT))},
         "/sys/v1/groups": {
             "post": op("createGroup", ref("Group"), GROUP_BODY),

@@ -3,6 +3,7 @@ serves, and the building blocks its paths reuse."""
 
 from __future__ import annotations
 
+from dsm_emulator.api.openapi_users import USER_SCHEMA
 from xkslab_shared.openapi import Schema, array, nullable, obj, ref, string
 
 ANY_OBJECT: Schema = {"type": "object"}
@@ -108,7 +109,10 @@ SCHEMAS: dict[str, Schema] = {
     "MacRequest": obj(["data"], key=DESCRIPTOR, alg=string(), data=BLOB, mac=BLOB, digest=BLOB),
     "MacResponse": obj(["kid", "mac"], kid=string(), mac=BLOB, digest=BLOB),
     "MacVerifyResponse": obj(["kid", "result"], kid=string(), result={"type": "boolean"}),
-    "Account": obj(["acct_id"], acct_id=string(), name=string()),
+    "Account": obj(
+        ["acct_id"], acct_id=string(), name=string(), description=nullable(string()), state=string()
+    ),
+    "User": USER_SCHEMA,
     "ApprovalRequest": obj(
         ["request_id", "status", "method", "operation"],
         request_id=string(),

@@ -1,4 +1,4 @@
-"""DSM REST API: sessions, accounts, users and the public system endpoints.
+"""DSM REST API: sessions, the caller's accounts and the public system endpoints.
 
 A token is an HS256 JWT signed with ``keyring.derive("session-jwt")`` (claims sub, kind, acct, jti,
 iat, exp, sid, sxp). A login starts a session: ``sid`` names it and ``sxp`` is its absolute expiry
@@ -21,7 +21,6 @@ from typing import Any
 
 import jwt
 from aiohttp import web
-from sqlalchemy import select
 
 from dsm_emulator.api.context import (
     PRINCIPAL,
@@ -38,8 +37,7 @@ from dsm_emulator.api.not_emulated import CERTIFICATE_LOGIN, is_certificate_logi
 from dsm_emulator.authz import Principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import AccessDenied, AuthFailed, BadRequest, NotFound, Unsupported
-from dsm_emulator.models import Account, AccountMember, App, User, is_uuid
-from dsm_emulator.views import fortanix_time
+from dsm_emulator.models import Account, App, User, is_uuid
 from xkslab_shared.generation import GenerationCache
 
 routes = web.RouteTableDef()
@@ -313,28 +311,6 @@ async def select_account(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------------- accounts, users
 
 
-def _account_view(account: Account) -> dict[str, Any]:
-    return {
-        "acct_id": account.acct_id,
-        "name": account.name,
-        "enabled": account.enabled,
-        # sdkms-cli list-accounts prints state.name (Fortanix AccountState); without it the CLI crashes.
-        "state": "Activated" if account.enabled else "Disabled",
-        "auth_type": "Password",
-        "created_at": fortanix_time(account.created_at),
-    }
-
-
-async def _caller_account_ids(request: web.Request) -> list[str]:
-    claims = _claims(request)
-    principal = request.get(PRINCIPAL)
-    if claims is not None and claims["kind"] == "user":
-        return list(await core_of(request).admin.user_accounts(str(claims["sub"])))
-    if principal is not None:
-        return [principal.acct_id]
-    raise AuthFailed("authentication required")
-
-
 @routes.get("/sys/v1/users/accounts")
 async def user_accounts(request: web.Request) -> web.Response:
     claims = _claims(request)
@@ -342,55 +318,6 @@ async def user_accounts(request: web.Request) -> web.Response:
         raise BadRequest("only a user session has accounts")
     accounts = await core_of(request).admin.user_accounts(str(claims["sub"]))
     return json_response({acct: {"roles": roles, "state": "Enabled"} for acct, roles in accounts.items()})
-
-
-@routes.get("/sys/v1/accounts")
-async def list_accounts(request: web.Request) -> web.Response:
-    ids = await _caller_account_ids(request)
-    async with core_of(request).sessions() as session:
-        rows = (await session.scalars(select(Account).where(Account.acct_id.in_(ids)))).all() if ids else []
-    return json_response([_account_view(a) for a in rows])
-
-
-@routes.get("/sys/v1/accounts/{acct_id}")
-async def get_account(request: web.Request) -> web.Response:
-    acct_id = request.match_info["acct_id"]
-    if acct_id not in await _caller_account_ids(request):
-        raise NotFound("account does not exist")
-    async with core_of(request).sessions() as session:
-        account = await session.get(Account, acct_id)
-    if account is None:
-        raise NotFound("account does not exist")
-    return json_response(_account_view(account))
-
-
-@routes.get("/sys/v1/users")
-async def list_users(request: web.Request) -> web.Response:
-    principal = principal_of(request)
-    if principal.kind != "user":
-        raise AccessDenied("only users may list users")
-    async with core_of(request).sessions() as session:
-        rows = (
-            await session.execute(
-                select(User, AccountMember.roles)
-                .join(AccountMember, AccountMember.user_id == User.user_id)
-                .where(AccountMember.acct_id == principal.acct_id)
-                .order_by(User.email)
-            )
-        ).all()
-    return json_response(
-        [
-            {
-                "user_id": user.user_id,
-                "user_email": user.email,
-                "acct_id": principal.acct_id,
-                "account_role": list(roles),
-                "created_at": fortanix_time(user.created_at),
-                "last_logged_in_at": fortanix_time(user.last_logged_in_at),
-            }
-            for user, roles in rows
-        ]
-    )
 
 
 @routes.get("/sys/v1/plugins")
