@@ -19,13 +19,11 @@ from dsm_emulator.sealing import (
     create_sealing_key,
     open_sealer,
 )
-from tests import softhsm
 from tests.softhsm import SoftHsmToken
 
-# Re-exported so pytest finds the shared SoftHSM fixtures here (assignment, not import, keeps ruff's
-# F811 quiet about fixture arguments; pytest_plugins would clash with a conftest that imports them).
-softhsm_dir = softhsm.softhsm_dir
-softhsm_token = softhsm.softhsm_token
+# softhsm_dir and softhsm_token come from tests/conftest.py: bound here again, they would be a second
+# session-scoped token directory, and the first that a process loads SoftHSM with is the only one it
+# reads (tests/softhsm.py), so under pytest-xdist a worker that ran this module first broke the others.
 
 AAD = b"xkslab keyring term 7"
 PLAINTEXT = bytes(range(32))
