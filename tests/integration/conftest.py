@@ -3,10 +3,11 @@ repository installs), and fresh virtual environments to install it in."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,26 @@ def fresh_venv(tmp_path: Path) -> Callable[[str], Path]:
         return where / "bin"
 
     return make
+
+
+@pytest.fixture
+async def dsm_on_a_port(empty_db_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """The DSM REST API on a port of its own (HTTP), on a data directory made by the real ``xkslab
+    init`` on the parametrised database: its URL and the data directory."""
+    from aiohttp import web
+
+    from dsm_emulator.api.app import create_app
+    from tests.integration.test_cli import init
+    from xkslab_shared.config import load_settings
+
+    data_dir = tmp_path / "data"
+    await asyncio.to_thread(init, data_dir, empty_db_url)
+    runner = web.AppRunner(create_app(load_settings(data_dir)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", data_dir
+    finally:
+        await runner.cleanup()

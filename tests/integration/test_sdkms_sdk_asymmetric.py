@@ -12,20 +12,15 @@ import hashlib
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from dsm_emulator.api.app import create_app
-from tests.integration.test_cli import init
 from tests.integration.test_sdkms_sdk import login_admin
-from xkslab_shared.config import load_settings
 
 MESSAGE = b"xkslab signs this message"
 HASHES = {
@@ -37,18 +32,8 @@ HASHES = {
 
 
 @pytest.fixture
-async def lab(empty_db_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    data_dir = tmp_path / "data"
-    await asyncio.to_thread(init, data_dir, empty_db_url)
-    runner = web.AppRunner(create_app(load_settings(data_dir)))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", data_dir
-    finally:
-        await runner.cleanup()
+def lab(dsm_on_a_port: tuple[str, Path]) -> tuple[str, Path]:
+    return dsm_on_a_port
 
 
 def _digest(hash_alg: str, data: bytes = MESSAGE) -> bytearray:

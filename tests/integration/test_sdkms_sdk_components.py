@@ -12,36 +12,21 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from dsm_emulator import crypto
-from dsm_emulator.api.app import create_app
-from tests.integration.test_cli import init
 from tests.integration.test_sdkms_sdk import login_admin
 from tests.integration.test_sdkms_sdk_approvals import login_user
-from xkslab_shared.config import load_settings
 
 CUSTODIANS = {"bob@xkslab.local": "bob's password", "carol@xkslab.local": "carol's password"}
 
 
 @pytest.fixture
-async def lab(empty_db_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    data_dir = tmp_path / "data"
-    await asyncio.to_thread(init, data_dir, empty_db_url)
-    runner = web.AppRunner(create_app(load_settings(data_dir)))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", data_dir
-    finally:
-        await runner.cleanup()
+def lab(dsm_on_a_port: tuple[str, Path]) -> tuple[str, Path]:
+    return dsm_on_a_port
 
 
 class _Raw:

@@ -9,20 +9,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from aiohttp import web
 
-from dsm_emulator.api.app import create_app
-from tests.integration.test_cli import init
 from tests.integration.test_dsm_api import EMAIL, PASSWORD
 from tests.integration.test_sdkms_sdk import login_admin, login_app
 from tests.integration.test_sdkms_sdk_approvals import login_user
-from xkslab_shared.config import load_settings
 
 BOB, BOB_PW, BOB_NEW_PW = "bob@xkslab.local", "bob's first password", "bob's second password"
 CAROL, CAROL_PW = "carol@xkslab.local", "carol's password"
@@ -30,18 +26,8 @@ SECRETS = (PASSWORD, BOB_PW, BOB_NEW_PW, CAROL_PW)
 
 
 @pytest.fixture
-async def lab(empty_db_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    data_dir = tmp_path / "data"
-    await asyncio.to_thread(init, data_dir, empty_db_url)
-    runner = web.AppRunner(create_app(load_settings(data_dir)))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", data_dir
-    finally:
-        await runner.cleanup()
+def lab(dsm_on_a_port: tuple[str, Path]) -> tuple[str, Path]:
+    return dsm_on_a_port
 
 
 def status_of(call: Callable[[], Any]) -> tuple[int, str]:
