@@ -100,6 +100,7 @@ class Supervisor:
         self._run_dir = self._data_dir / "run"
         self._children: list[tuple[str, asyncio.subprocess.Process]] = []
         self._link: ParentLink | None = None
+        self._stop: asyncio.Event | None = None
 
     async def __aenter__(self) -> Supervisor:
         self._run_dir.mkdir(mode=0o700, exist_ok=True)
@@ -192,13 +193,20 @@ class Supervisor:
     def pids(self) -> dict[str, int]:
         return {service: process.pid for service, process in self._children}
 
+    def catch_signals(self) -> None:
+        """From now on SIGINT and SIGTERM stop the lab the normal way (``wait`` returns). Called before
+        the lab says it is ready, so that a Ctrl-C the moment up.json appears is a normal stop."""
+        if self._stop is None:
+            self._stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stop.set)
+
     async def wait(self) -> None:
         """Until SIGINT or SIGTERM (returns), or a service exits by itself (LabError)."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        stopper = asyncio.ensure_future(stop.wait())
+        self.catch_signals()
+        assert self._stop is not None
+        stopper = asyncio.ensure_future(self._stop.wait())
         watchers = {asyncio.ensure_future(process.wait()): service for service, process in self._children}
         try:
             done, _ = await asyncio.wait([stopper, *watchers], return_when=asyncio.FIRST_COMPLETED)

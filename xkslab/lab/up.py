@@ -336,6 +336,7 @@ async def _run_up(
         data["ready"] = datetime.now(UTC).isoformat(timespec="seconds")  # when every service answered
         data["service_pids"] = services.pids
         path = up_file(settings)
+        services.catch_signals()
         await asyncio.to_thread(write_up_file, path, data)
         ready.set()
         echo(render(data, path))
