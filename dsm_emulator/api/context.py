@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aiohttp import web
 
 from dsm_emulator.authz import Principal
 from dsm_emulator.core import DsmCore
-from dsm_emulator.errors import AuthFailed, BadRequest, UnsupportedMediaType
+from dsm_emulator.errors import AuthFailed, BadRequest, DsmError, UnsupportedMediaType
 from xkslab_shared import body_encoding, json_body
+
+if TYPE_CHECKING:
+    from dsm_emulator.keys import KeyService
 
 # Fortanix's API is plain HTTP: a gzip or deflate body is decompressed (within dsm.max_body_bytes).
 ACCEPTED_ENCODINGS = body_encoding.GZIP_OR_DEFLATE
@@ -130,3 +134,28 @@ def b64_field(body: Any, name: str, *, required: bool = False) -> bytes | None:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+# The most items one batch request may hold (batch encrypt, decrypt, MAC, sign, verify).
+MAX_BATCH_ITEMS = 1000
+BatchItem: TypeAlias = "Callable[[KeyService, Principal, dict[str, Any]], Awaitable[dict[str, Any]]]"
+
+
+async def run_batch(request: web.Request, one: BatchItem) -> web.Response:
+    """A batch request: a JSON array of objects, each run by ``one`` and answered with its own
+    ``{"status", "body"}`` or ``{"status", "error"}``, so one refused item does not refuse the others."""
+    p, body = principal_of(request), await read_json(request)
+    if not isinstance(body, list):
+        raise BadRequest("request body must be a JSON array")
+    if len(body) > MAX_BATCH_ITEMS:
+        raise BadRequest(f"a batch holds at most {MAX_BATCH_ITEMS} items")
+    keys = core_of(request).keys
+    results: list[dict[str, Any]] = []
+    for index, item in enumerate(body):
+        try:
+            if not isinstance(item, dict):
+                raise BadRequest(f"batch item {index} must be a JSON object")
+            results.append({"status": 200, "body": await one(keys, p, item)})
+        except DsmError as exc:
+            results.append({"status": exc.status, "error": exc.message})
+    return json_response(results)

@@ -24,6 +24,7 @@ from dsm_emulator.api.context import (
     json_response,
     principal_of,
     read_json,
+    run_batch,
 )
 from dsm_emulator.api.sobjects import (  # the request parsing shared with the object handlers
     TRANSIENT_UNSUPPORTED,
@@ -34,14 +35,13 @@ from dsm_emulator.api.sobjects import (  # the request parsing shared with the o
 )
 from dsm_emulator.asymmetric import RSA_ENCRYPTION_MODES
 from dsm_emulator.authz import Principal
-from dsm_emulator.errors import BadRequest, DsmError
+from dsm_emulator.errors import BadRequest
 from dsm_emulator.keys import KeyRef, KeyService, KeySpec
 from dsm_emulator.views import sobject_view
 
 routes = web.RouteTableDef()
 
 KEY_FORMATS = ("Default",)
-MAX_BATCH_ITEMS = 1000
 
 
 # ---------------------------------------------------------------------------------- parsing
@@ -259,22 +259,11 @@ async def _batch(
     request: web.Request,
     op: Callable[[KeyService, Principal, str, dict[str, Any]], Awaitable[dict[str, Any]]],
 ) -> web.Response:
-    p, body = principal_of(request), await read_json(request)
-    if not isinstance(body, list):
-        raise BadRequest("request body must be a JSON array")
-    if len(body) > MAX_BATCH_ITEMS:
-        raise BadRequest(f"a batch holds at most {MAX_BATCH_ITEMS} items")
-    keys = core_of(request).keys
-    results: list[dict[str, Any]] = []
-    for index, item in enumerate(body):
-        try:
-            item = _object(item, f"batch item {index}")
-            kid = field(item, "kid", str, required=True)
-            inner = _object(field(item, "request", dict, required=True), "field request")
-            results.append({"status": 200, "body": await op(keys, p, kid, inner)})
-        except DsmError as exc:
-            results.append({"status": exc.status, "error": exc.message})
-    return json_response(results)
+    async def one(keys: KeyService, p: Principal, item: dict[str, Any]) -> dict[str, Any]:
+        kid = field(item, "kid", str, required=True)
+        return await op(keys, p, kid, _object(field(item, "request", dict, required=True), "field request"))
+
+    return await run_batch(request, one)
 
 
 @routes.post("/crypto/v1/keys/batch/encrypt")

@@ -14,11 +14,19 @@ from typing import Any
 from aiohttp import web
 
 from dsm_emulator import digests
-from dsm_emulator.api.context import b64, b64_field, core_of, field, json_response, principal_of, read_json
-from dsm_emulator.api.crypto import MAX_BATCH_ITEMS
+from dsm_emulator.api.context import (
+    b64,
+    b64_field,
+    core_of,
+    field,
+    json_response,
+    principal_of,
+    read_json,
+    run_batch,
+)
 from dsm_emulator.api.sobjects import TRANSIENT_UNSUPPORTED, _any_descriptor, _object
 from dsm_emulator.authz import Principal
-from dsm_emulator.errors import BadRequest, DsmError, Unsupported
+from dsm_emulator.errors import BadRequest, Unsupported
 from dsm_emulator.keys import KeyService
 
 routes = web.RouteTableDef()
@@ -88,20 +96,7 @@ async def _one(request: web.Request, op: _MacOp, kid: str | None) -> web.Respons
 
 async def _batch(request: web.Request, op: _MacOp) -> web.Response:
     """A JSON array of Ex requests (each names its key); one status per item, as batch encrypt answers."""
-    p, body = principal_of(request), await read_json(request)
-    if not isinstance(body, list):
-        raise BadRequest("request body must be a JSON array")
-    if len(body) > MAX_BATCH_ITEMS:
-        raise BadRequest(f"a batch holds at most {MAX_BATCH_ITEMS} items")
-    keys = core_of(request).keys
-    results: list[dict[str, Any]] = []
-    for index, item in enumerate(body):
-        try:
-            answer = await op(keys, p, _object(item, f"batch item {index}"), None)
-            results.append({"status": 200, "body": answer})
-        except DsmError as exc:
-            results.append({"status": exc.status, "error": exc.message})
-    return json_response(results)
+    return await run_batch(request, lambda keys, p, item: op(keys, p, item, None))
 
 
 # The batch paths first: /crypto/v1/keys/{kid}/mac would take "batch" for a kid.

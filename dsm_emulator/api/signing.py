@@ -16,11 +16,20 @@ from typing import Any
 
 from aiohttp import web
 
-from dsm_emulator.api.context import b64, b64_field, core_of, field, json_response, principal_of, read_json
-from dsm_emulator.api.crypto import MAX_BATCH_ITEMS, _descriptor
+from dsm_emulator.api.context import (
+    b64,
+    b64_field,
+    core_of,
+    field,
+    json_response,
+    principal_of,
+    read_json,
+    run_batch,
+)
+from dsm_emulator.api.crypto import _descriptor
 from dsm_emulator.api.sobjects import _object
 from dsm_emulator.authz import Principal
-from dsm_emulator.errors import BadRequest, DsmError
+from dsm_emulator.errors import BadRequest
 from dsm_emulator.keys import KeyService
 from dsm_emulator.policies import not_implemented
 
@@ -84,20 +93,12 @@ async def _per_key(request: web.Request, operation: Operation) -> web.Response:
 
 async def _batch(request: web.Request, operation: Operation) -> web.Response:
     """A BatchSignRequest or BatchVerifyRequest: a list of Ex requests, each answered with its own status."""
-    p, body, keys = principal_of(request), await read_json(request), core_of(request).keys
-    if not isinstance(body, list):
-        raise BadRequest("request body must be a JSON array")
-    if len(body) > MAX_BATCH_ITEMS:
-        raise BadRequest(f"a batch holds at most {MAX_BATCH_ITEMS} items")
-    results: list[dict[str, Any]] = []
-    for index, item in enumerate(body):
-        try:
-            item = _object(item, f"batch item {index}")
-            _sign_args(item)
-            results.append({"status": 200, "body": await operation(keys, p, await _kid(keys, p, item), item)})
-        except DsmError as exc:
-            results.append({"status": exc.status, "error": exc.message})
-    return json_response(results)
+
+    async def one(keys: KeyService, p: Principal, item: dict[str, Any]) -> dict[str, Any]:
+        _sign_args(item)
+        return await operation(keys, p, await _kid(keys, p, item), item)
+
+    return await run_batch(request, one)
 
 
 # Batch paths first: /crypto/v1/keys/{kid}/sign would take "batch" as a kid.
