@@ -51,12 +51,6 @@ def xks_store_params(name: str, endpoint: str, path: str = "/kms/xks/v1", **over
     return params
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # ------------------------------------------------------------------------------------ AWS_KMS keys
 
 
@@ -367,7 +361,12 @@ async def test_look_alike_digits_are_refused_not_crashed_on(kms_env: KmsEnv) -> 
 
 
 async def test_create_custom_key_store_validates_its_input(kms_env: KmsEnv) -> None:
-    endpoint = f"http://127.0.0.1:{free_port()}"
+    with socket.socket() as dead:  # bound, never listening: nothing answers there, and nobody else takes it
+        dead.bind(("127.0.0.1", 0))
+        await create_custom_key_store_refuses_bad_input(kms_env, f"http://127.0.0.1:{dead.getsockname()[1]}")
+
+
+async def create_custom_key_store_refuses_bad_input(kms_env: KmsEnv, endpoint: str) -> None:
     credential = xks_store_params("x", endpoint)["XksProxyAuthenticationCredential"]
     cases: list[tuple[dict[str, Any], str]] = [
         ({"XksProxyUriEndpoint": "ftp://proxy.example"}, "ValidationException"),

@@ -183,15 +183,14 @@ async def test_wrong_uri_path_is_invalid_configuration(xks_env: XksEnv, client: 
 
 
 async def test_nothing_listening_is_not_reachable(xks_env: XksEnv, client: XksProxyClient) -> None:
-    with socket.socket() as sock:
+    with socket.socket() as sock:  # bound, never listening: connections are refused, nobody else takes it
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cfg = config(xks_env, uri_endpoint=f"http://127.0.0.1:{port}")
-    error = await failure(client.health(cfg, kms_operation="ConnectCustomKeyStore", kms_request_id="h-4"))
-    assert (error.error_name, error.connection_error_code) == (None, "XKS_PROXY_NOT_REACHABLE")
-    assert key_store_exception(error) == UNREACHABLE
-    error = await failure(client.key_metadata(cfg, "k1", meta("CreateKey")))
-    assert create_key_exception(error) == UNREACHABLE
+        cfg = config(xks_env, uri_endpoint=f"http://127.0.0.1:{sock.getsockname()[1]}")
+        error = await failure(client.health(cfg, kms_operation="ConnectCustomKeyStore", kms_request_id="h-4"))
+        assert (error.error_name, error.connection_error_code) == (None, "XKS_PROXY_NOT_REACHABLE")
+        assert key_store_exception(error) == UNREACHABLE
+        error = await failure(client.key_metadata(cfg, "k1", meta("CreateKey")))
+        assert create_key_exception(error) == UNREACHABLE
 
 
 async def test_secondary_authorization_denial_is_access_denied(

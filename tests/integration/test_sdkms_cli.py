@@ -8,37 +8,17 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.net import port_of, wait_ready
 from xkslab_shared.certs import make_local_ca, make_server_cert
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"port {port} did not open")
 
 
 @pytest.fixture
@@ -66,8 +46,9 @@ def dsm_https(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     ca_crt, ca_key = make_local_ca(tls)
     crt, key = make_server_cert(tls, ca_crt, ca_key, "dsm", ["localhost"])
     assert (crt, key) == (tls / "dsm.crt", tls / "dsm.key")  # where dsm serve looks for them
-    http_port, https_port = free_port(), free_port()
-    log = (tmp_path / "dsm.log").open("w")
+    ready = tmp_path / "dsm.ready"
+    log_path = tmp_path / "dsm.log"
+    log = log_path.open("w")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -75,12 +56,11 @@ def dsm_https(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             "xkslab",
             "--data-dir",
             str(data_dir),
-            "--set",
-            f"dsm.port={http_port}",
-            "--set",
-            f"dsm.https_port={https_port}",
             "dsm",
             "serve",
+            "--free-ports",
+            "--ready-file",
+            str(ready),
         ],
         cwd=REPO,
         stdout=log,
@@ -88,8 +68,8 @@ def dsm_https(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         text=True,
     )
     try:
-        wait_for_port(https_port, proc)
-        yield f"https://localhost:{https_port}", ca_crt
+        https_url = next(url for url in wait_ready(ready, proc, log_path) if url.startswith("https:"))
+        yield f"https://localhost:{port_of(https_url)}", ca_crt
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -16,7 +16,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from dsm_emulator.authz import system_principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import BadRequest, Conflict
 from tests import deadlines
+from tests.net import port_of, wait_ready
 from tests.xks_harness import (
     KEY_ARN,
     PRINCIPAL_ARN,
@@ -88,22 +88,6 @@ def decrypt_body(encrypted: dict[str, Any], **meta: str) -> dict[str, Any]:
 def xks_url(base: str, prefix: str, op: str, key_id: str | None = None) -> str:
     root = f"{base}{prefix}/kms/xks/v1"
     return f"{root}/health" if op == "health" else f"{root}/keys/{key_id}/{op}"
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports free right now (all bound at once, then released)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 # Far above any answer or start on a loaded machine: only turns a hang into a failure.
@@ -776,44 +760,29 @@ def test_cli_alias_add_list_remove_round_trip(cli_lab: CliLab) -> None:
     assert again.returncode == 1 and "no such XKS path prefix" in again.stderr
 
 
-def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = HANG_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url}: the server exited with {proc.returncode}: {log.read_text()}")
-        try:
-            with DIRECT.open(url, timeout=10) as response:
-                if 200 <= response.status < 300:  # the DSM's health answers 204
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} did not come up: {log.read_text()}")
-
-
 def test_cli_dsm_and_xks_serve_answer_and_stop_cleanly_on_sigint(cli_lab: CliLab, tmp_path: Path) -> None:
-    dsm_port, dsm_https, xks_port, xks_https = free_ports(4)
-    common = [
-        sys.executable, "-m", "xkslab", "--data-dir", str(cli_lab.data_dir),
-        "--set", f"dsm.port={dsm_port}", "--set", f"dsm.https_port={dsm_https}",
-        "--set", f"xks.port={xks_port}", "--set", f"xks.https_port={xks_https}",
-        "--set", f"xks.dsm_urls=http://127.0.0.1:{dsm_port}", *deadlines.set_args(),
-    ]  # fmt: skip
+    common = [sys.executable, "-m", "xkslab", "--data-dir", str(cli_lab.data_dir), *deadlines.set_args()]
     env = {k: v for k, v in os.environ.items() if not k.startswith("XKSLAB_")}
     logs = {name: tmp_path / f"{name}.log" for name in ("dsm", "xks")}
     procs: list[subprocess.Popen[bytes]] = []
+    urls: dict[str, str] = {}
     try:
-        for name, ready in (
-            ("dsm", f"http://127.0.0.1:{dsm_port}/sys/v1/health"),
-            ("xks", f"http://127.0.0.1:{xks_port}/ping"),
-        ):
+        for name, extra in (("dsm", []), ("xks", ["--set", "xks.dsm_urls={dsm}"])):
+            ready = tmp_path / f"{name}.ready"
+            args = [arg.format(**urls) for arg in extra]
             with logs[name].open("wb") as log:
                 procs.append(
                     subprocess.Popen(
-                        [*common, name, "serve"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+                        [*common, *args, name, "serve", "--free-ports", "--ready-file", str(ready)],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=REPO,
                     )
                 )
-            wait_until_up(ready, procs[-1], logs[name])
+            bound = wait_ready(ready, procs[-1], logs[name], HANG_S)
+            urls[name] = next(url for url in bound if url.startswith("http:"))
+        dsm_port, xks_port = port_of(urls["dsm"]), port_of(urls["xks"])
 
         url = xks_url(f"http://127.0.0.1:{xks_port}", f"/crypto/v1/apps/{cli_lab.app_id}/aws", "health")
         raw = json.dumps(health_body("cli-serve")).encode()
