@@ -207,11 +207,9 @@ def _ccm_enc(
         iv = random_bytes(_CCM_DEFAULT_NONCE_LEN)
     elif len(iv) not in _CCM_NONCE_LENS:
         raise CryptoError("CCM IV (nonce) must be 7 to 13 bytes")
+    _ccm_fits(plain, iv)
     tag_len = tag_len_bits // 8
-    try:
-        sealed = AESCCM(key, tag_length=tag_len).encrypt(iv, plain, aad or None)
-    except (ValueError, OverflowError):
-        raise CryptoError("CCM data is too long for this nonce length") from None
+    sealed = AESCCM(key, tag_length=tag_len).encrypt(iv, plain, aad or None)
     return Ciphertext(cipher=sealed[:-tag_len], iv=iv, tag=sealed[-tag_len:])
 
 
@@ -223,12 +221,17 @@ def _ccm_dec(key: bytes, cipher: bytes, iv: bytes | None, aad: bytes | None, tag
         raise CryptoError("CCM decryption requires a tag")
     if len(tag) * 8 not in _CCM_TAG_BITS:
         raise CryptoError("CCM tag must be 4 to 16 bytes, in steps of 2")
+    _ccm_fits(cipher, iv)
     try:
         return AESCCM(key, tag_length=len(tag)).decrypt(iv, cipher + tag, aad or None)
     except InvalidTag:
         raise IntegrityError("authentication tag mismatch") from None
-    except (ValueError, OverflowError):
-        raise CryptoError("CCM data is too long for this nonce length") from None
+
+
+def _ccm_fits(data: bytes, nonce: bytes) -> None:
+    """CCM counts the payload's length in the 15 - len(nonce) bytes the nonce leaves."""
+    if len(data) >= 1 << (8 * (15 - len(nonce))):
+        raise CryptoError("CCM data is too long for this nonce length")
 
 
 def _cfb_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:

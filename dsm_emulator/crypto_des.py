@@ -45,7 +45,16 @@ def _cipher(obj_type: str, key: bytes, mode: modes.CBC | modes.ECB) -> Cipher[mo
     if key_size_of(obj_type, len(key)) is None:
         sizes = " or ".join(str(n) for n in KEY_BYTES[obj_type].values())
         raise CryptoError(f"{obj_type} key must be {sizes} bytes")
-    return Cipher(TripleDES(key), mode)
+    return Cipher(TripleDES(_three_keys(key)), mode)
+
+
+def _three_keys(key: bytes) -> bytes:
+    """K1 K2 K3 as TripleDES takes it: single DES is K1 K1 K1, two-key triple DES is K1 K2 K1."""
+    if len(key) == 8:
+        return key * 3
+    if len(key) == 16:
+        return key + key[:8]
+    return key
 
 
 def _iv(iv: bytes | None, mode: str, *, generate: bool) -> bytes:
