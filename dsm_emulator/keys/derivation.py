@@ -83,7 +83,7 @@ class DerivationMixin(KeyServiceBase):
         event = self._event(
             p,
             "crypto.derive",
-            f"Derived a {spec.obj_type} key from key {kid} ({kind})",
+            f"Derived a new {spec.obj_type} key from key {kid} ({kind})",
             object_id=kid,
             action_type="CRYPTOOPERATION",
         )
@@ -108,7 +108,7 @@ class DerivationMixin(KeyServiceBase):
         event = self._event(
             p,
             "crypto.agree",
-            f"Agreed a {spec.obj_type} key from keys {private_kid} and {public_kid} (diffie_hellman)",
+            f"Agreed a new {spec.obj_type} key from keys {private_kid} and {public_kid} (diffie_hellman)",
             object_id=private_kid,
             action_type="CRYPTOOPERATION",
         )
