@@ -163,7 +163,7 @@ class LifecycleMixin(HistoryMixin):
             assert old.key_size is not None
             size = old.key_size if value is None else symmetric.key_size_of(old.obj_type, value)
             if size is None or not OBJECT_TYPES[old.obj_type].sizes(size):
-                raise BadRequest(f"a value of {len(value or b'')} bytes is not valid for {old.obj_type}")
+                raise BadRequest(f"a value of {len(value or b'') * 8} bits is not valid for {old.obj_type}")
             policies = await self._policies(session, old.group_id)
             policies.check_key(
                 KeyFacts(

@@ -1,4 +1,4 @@
-"""Derivation, agreement, DES3 keys and the AES CFB, OFB and CCM modes through Fortanix's own
+"""Derivation, agreement, DES3 keys and the AES CFB, OFB (single-shot and multipart) and CCM modes through Fortanix's own
 ``sdkms-cli`` 5.6, unchanged, against ``xkslab dsm serve`` over HTTPS. Oracles: ``cryptography``, on the
 material the CLI exported (``export-object``) or on the ECDH secret computed from the exported EC keys."""
 
@@ -196,3 +196,15 @@ def test_derive_agree_des3_and_modes_through_sdkms_cli(dsm_https: tuple[str, Pat
         "--tag", f"{out}.tag", "--in", str(out), "--out", str(tmp_path / "ccm.dec"),
     )  # fmt: skip
     assert (tmp_path / "ccm.dec").read_bytes() == message.read_bytes()
+
+    # Files of 350 KiB and more go through multipart encrypt and decrypt: CFB and OFB in pieces.
+    big, stream_iv = tmp_path / "big", bytes(range(16, 32))
+    big.write_bytes(os.urandom(400 * 1024 + 5))
+    for mode, cls in (("CFB", CFB), ("OFB", OFB)):
+        out = tmp_path / f"big.{mode}"
+        common = ("--kid", base, "--alg", "AES", "--mode", mode, "--iv", stream_iv.hex())
+        cli("encrypt", *common, "--in", str(big), "--out", str(out))
+        enc = Cipher(algorithms.AES(base_value), cls(stream_iv)).encryptor()
+        assert out.read_bytes() == enc.update(big.read_bytes()) + enc.finalize()
+        cli("decrypt", *common, "--in", str(out), "--out", str(tmp_path / f"big.{mode}.dec"))
+        assert (tmp_path / f"big.{mode}.dec").read_bytes() == big.read_bytes()
