@@ -130,7 +130,8 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
-    # Multipart (CBC, CBCNOPAD, CTR, CFB, OFB, GCM): ``state`` is sealed, opaque, good for one next step of one caller.
+    # Multipart (CBC, CBCNOPAD, CTR, CFB, OFB, GCM): ``state`` is sealed, opaque, good for one next step
+    # of one caller.
     "MultipartRequest": obj(
         key=DESCRIPTOR,
         alg=string(),
