@@ -460,3 +460,93 @@ async def test_des3_keys_and_aes_cfb_ofb_ccm(env: SimpleNamespace, aiohttp_clien
         iv16 = base64.b64decode(out["iv"])
         dec = Cipher(algorithms.AES(key_value), CFB(iv16) if mode == "CFB" else OFB(iv16)).decryptor()
         assert dec.update(base64.b64decode(out["cipher"])) + dec.finalize() == b"odd length data"
+
+
+MALFORMED = [
+    ("/crypto/v1/derive", []),
+    (
+        "/crypto/v1/derive",
+        {
+            "key": "kid",
+            "name": "n",
+            "key_type": "AES",
+            "key_size": 128,
+            "mechanism": {"hkdf": {"hash_alg": "SHA256"}},
+        },
+    ),
+    (
+        "/crypto/v1/derive",
+        {"key": {"kid": "x"}, "name": "n", "key_type": "AES", "key_size": "128", "mechanism": {}},
+    ),
+    (
+        "/crypto/v1/derive",
+        {"key": {"kid": "x"}, "name": "n", "key_type": "AES", "key_size": 128, "mechanism": []},
+    ),
+    (
+        "/crypto/v1/derive",
+        {"key": {"kid": "x"}, "name": "n", "key_type": "AES", "key_size": 128, "mechanism": {"hkdf": 5}},
+    ),
+    (
+        "/crypto/v1/derive",
+        {"key": {"kid": "x"}, "name": "n", "key_type": 7, "key_size": 128, "mechanism": {"hkdf": {}}},
+    ),
+    (
+        "/crypto/v1/derive",
+        {
+            "key": {"kid": "x"},
+            "name": "n",
+            "key_type": "AES",
+            "key_size": 128,
+            "mechanism": {"encrypt_data": {"alg": "AES", "mode": "ECB", "plain": "%%"}},
+        },
+    ),
+    (
+        "/crypto/v1/derive",
+        {
+            "key": {"kid": "x"},
+            "name": "n",
+            "key_type": "AES",
+            "key_size": True,
+            "mechanism": {"hkdf": {"hash_alg": "SHA256"}},
+        },
+    ),
+    (
+        "/crypto/v1/derive",
+        {
+            "key": {"kid": "x"},
+            "name": "n",
+            "key_type": "AES",
+            "key_size": 128,
+            "transient": "yes",
+            "mechanism": {"hkdf": {"hash_alg": "SHA256"}},
+        },
+    ),
+    (
+        "/crypto/v1/agree",
+        {
+            "mechanism": "diffie_hellman",
+            "name": "n",
+            "key_type": "SECRET",
+            "key_size": 256,
+            "private_key": 1,
+            "public_key": {"kid": "x"},
+        },
+    ),
+    ("/crypto/v1/agree", {"mechanism": ["diffie_hellman"]}),
+    ("/crypto/v1/keys/kcv", {"kid": "x", "name": "y"}),
+    ("/crypto/v1/keys/kcv", "kid"),
+    ("/crypto/v1/keys/kcv", {"transient_key": "not a token"}),
+    ("/crypto/v1/keys/kcv/verify", {"kcv": 5, "value": "AAAA", "obj_type": "AES"}),
+    ("/crypto/v1/keys/kcv/verify", {"kcv": "ZZZZZZ", "value": "AAAA", "obj_type": "AES"}),
+    ("/crypto/v1/keys/kcv/verify", {"kcv": "000000", "value": "AAAA", "obj_type": "DES3"}),
+]
+
+
+async def test_malformed_requests_are_4xx_with_a_message(env: SimpleNamespace, aiohttp_client: Any) -> None:
+    client = await routed(env, aiohttp_client)
+    for path, body in MALFORMED:
+        resp = await client.post(path, json=body)
+        answer = await resp.json()
+        assert 400 <= resp.status < 500 and answer["message"], (path, body, resp.status, answer)
+    resp = await client.post(f"/crypto/v1/keys/{uuid.uuid4()}/derive", data=b"{not json")
+    assert resp.status == 400
