@@ -160,6 +160,36 @@ def test_derive_agree_des3_and_modes_through_sdkms_cli(dsm_https: tuple[str, Pat
     )  # fmt: skip
     assert (tmp_path / "des3.dec").read_bytes() == message.read_bytes()
 
+    # import-key of a hex DES3 key (three-key and two-key), used in ECB.
+    for hex_key, size in (
+        ("0123456789abcdeffedcba987654321089abcdef01234567", 168),
+        ("0123456789abcdeffedcba9876543210", 112),
+    ):
+        (tmp_path / "des3.hex").write_text(hex_key)
+        imported = kid_of(
+            cli(
+                "import-key", "--in", str(tmp_path / "des3.hex"), "--obj-type", "DES3", "--name", f"d3-{size}"
+            )
+        )
+        assert json.loads(cli("show-sobject", "--kid", imported))["key_size"] == size
+        (tmp_path / "eight").write_bytes(b"8 bytes!")
+        cli(
+            "encrypt",
+            "--kid",
+            imported,
+            "--alg",
+            "DES3",
+            "--mode",
+            "ECB",
+            "--in",
+            str(tmp_path / "eight"),
+            "--out",
+            str(tmp_path / "eight.enc"),
+        )
+        raw = bytes.fromhex(hex_key)
+        ecb3 = Cipher(TripleDES(raw if size == 168 else raw + raw[:8]), modes.ECB()).encryptor()
+        assert (tmp_path / "eight.enc").read_bytes() == ecb3.update(b"8 bytes!") + ecb3.finalize()
+
     # AES CFB, OFB (a server-made IV written beside the output) and CCM (nonce, ad and a tag file).
     for mode, cls in (("CFB", CFB), ("OFB", OFB)):
         out = tmp_path / f"{mode}.enc"
