@@ -268,10 +268,23 @@ async def test_agreed_keys_are_the_ecdh_secret(db_env: SimpleNamespace, aiohttp_
     aes_key = await imported(client, "AES", bytes(16), ["AGREEKEY"])
     await refused(400, "public_key: key agreement takes EC keys, not AES", public_key={"kid": aes_key["kid"]})
     await refused(400, "missing required field private_key", private_key=None)
+    # An app needs the AGREEKEY permission in the keys' group.
+    app, _secret = await db_env.core.admin.create_app(
+        db_env.system, "no-agree", groups={db_env.group_id: ["SIGN", "MANAGE", "DERIVEKEY"]}
+    )
+    db_env.apps["no-agree"] = await db_env.core.admin.principal_for_app(app)
+    denied = await call(
+        client,
+        "POST",
+        "/crypto/v1/agree",
+        {**body, "name": "by-app"},
+        status=403,
+        headers={"X-Test-App": "no-agree"},
+    )
+    assert "AGREEKEY" in denied["message"]
     rows = [r for r in await tail(db_env.core.sessions, 200) if r["operation"] == "crypto.agree"]
-    assert [r["outcome"] for r in rows].count("success") == 2 and [r["outcome"] for r in rows].count(
-        "refused"
-    ) == 5
+    outcomes = [r["outcome"] for r in rows]
+    assert outcomes.count("success") == 2 and outcomes.count("refused") == 6
     assert {r["object_id"] for r in rows if r["outcome"] == "success"} == {ours["kid"]}
 
 
