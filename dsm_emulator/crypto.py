@@ -1,7 +1,7 @@
 """Byte-level symmetric primitives for the DSM emulator.
 
-Every AES operation the emulator performs (GCM, CBC, CBCNOPAD, CTR, ECB, RFC 3394 key wrap and
-RFC 5649 key wrap with padding, key check values, sealing) goes through this module, so that
+Every AES operation the emulator performs (GCM, CCM, CBC, CBCNOPAD, CTR, CFB, OFB, ECB, RFC 3394 key
+wrap and RFC 5649 key wrap with padding, key check values, sealing) goes through this module, so that
 parameter validation, error mapping and mode semantics live in exactly one place and can be checked
 against published test vectors.  It is pure: bytes in, bytes out, no I/O, no database, no logging.
 
@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.decrepit.ciphers.modes import CFB, OFB  # where cryptography 47+ keeps them
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 from cryptography.hazmat.primitives.keywrap import (
     InvalidUnwrap,
     aes_key_unwrap,
@@ -33,7 +34,7 @@ class IntegrityError(CryptoError):
     """Authentication failed: GCM tag mismatch, key-wrap integrity check, CBC padding."""
 
 
-MODES: frozenset[str] = frozenset({"GCM", "CBC", "CBCNOPAD", "CTR", "ECB", "KW", "KWP"})
+MODES: frozenset[str] = frozenset({"GCM", "CCM", "CBC", "CBCNOPAD", "CTR", "CFB", "OFB", "ECB", "KW", "KWP"})
 AES_KEY_SIZES: tuple[int, ...] = (128, 192, 256)
 
 _BLOCK = 16
@@ -41,6 +42,11 @@ _GCM_IV_LENS = (12, 16)
 _GCM_DEFAULT_IV_LEN = 12
 _GCM_TAG_BITS = (96, 104, 112, 120, 128)
 _GCM_MIN_TAG = 12
+# CCM (NIST SP 800-38C): a nonce of 7 to 13 bytes (12 when none is given, as for GCM) and a tag of 4 to
+# 16 bytes in steps of 2.
+_CCM_NONCE_LENS = range(7, 14)
+_CCM_DEFAULT_NONCE_LEN = 12
+_CCM_TAG_BITS = (32, 48, 64, 80, 96, 112, 128)
 # ECB is one of the emulated API's modes and is what key check values are defined over.
 _ECB = modes.ECB()  # noqa: S305
 
@@ -88,7 +94,11 @@ def _no_iv(iv: bytes | None, mode: str) -> None:
 
 
 def _run(
-    alg: algorithms.AES, mode: modes.CBC | modes.CTR | modes.ECB, data: bytes, *, encrypt: bool
+    alg: algorithms.AES,
+    mode: modes.CBC | modes.CTR | CFB | OFB | modes.ECB,
+    data: bytes,
+    *,
+    encrypt: bool,
 ) -> bytes:
     cipher = Cipher(alg, mode)
     ctx = cipher.encryptor() if encrypt else cipher.decryptor()
@@ -185,6 +195,69 @@ def _ctr_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
     return _run(alg, modes.CTR(iv), cipher, encrypt=False)
 
 
+def _ccm_enc(
+    key: bytes, plain: bytes, iv: bytes | None, aad: bytes | None, tag_len_bits: int | None
+) -> Ciphertext:
+    _check_aes_key(key)
+    if tag_len_bits is None:
+        tag_len_bits = 128
+    if tag_len_bits not in _CCM_TAG_BITS:
+        raise CryptoError("CCM tag length must be 32, 48, 64, 80, 96, 112 or 128 bits")
+    if iv is None:
+        iv = random_bytes(_CCM_DEFAULT_NONCE_LEN)
+    elif len(iv) not in _CCM_NONCE_LENS:
+        raise CryptoError("CCM IV (nonce) must be 7 to 13 bytes")
+    _ccm_fits(plain, iv)
+    tag_len = tag_len_bits // 8
+    sealed = AESCCM(key, tag_length=tag_len).encrypt(iv, plain, aad or None)
+    return Ciphertext(cipher=sealed[:-tag_len], iv=iv, tag=sealed[-tag_len:])
+
+
+def _ccm_dec(key: bytes, cipher: bytes, iv: bytes | None, aad: bytes | None, tag: bytes | None) -> bytes:
+    _check_aes_key(key)
+    if iv is None or len(iv) not in _CCM_NONCE_LENS:
+        raise CryptoError("CCM IV (nonce) must be 7 to 13 bytes")
+    if tag is None:
+        raise CryptoError("CCM decryption requires a tag")
+    if len(tag) * 8 not in _CCM_TAG_BITS:
+        raise CryptoError("CCM tag must be 4 to 16 bytes, in steps of 2")
+    _ccm_fits(cipher, iv)
+    try:
+        return AESCCM(key, tag_length=len(tag)).decrypt(iv, cipher + tag, aad or None)
+    except InvalidTag:
+        raise IntegrityError("authentication tag mismatch") from None
+
+
+def _ccm_fits(data: bytes, nonce: bytes) -> None:
+    """CCM counts the payload's length in the 15 - len(nonce) bytes the nonce leaves."""
+    if len(data) >= 1 << (8 * (15 - len(nonce))):
+        raise CryptoError("CCM data is too long for this nonce length")
+
+
+def _cfb_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
+    alg = _aes(key)
+    iv = _block_iv(iv, "CFB", generate=True)
+    return Ciphertext(cipher=_run(alg, CFB(iv), plain, encrypt=True), iv=iv)
+
+
+def _cfb_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
+    alg = _aes(key)
+    iv = _block_iv(iv, "CFB", generate=False)
+    return _run(alg, CFB(iv), cipher, encrypt=False)
+
+
+def _ofb_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
+    alg = _aes(key)
+    iv = _block_iv(iv, "OFB", generate=True)
+    return Ciphertext(cipher=_run(alg, OFB(iv), plain, encrypt=True), iv=iv)
+
+
+def _ofb_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
+    alg = _aes(key)
+    iv = _block_iv(iv, "OFB", generate=False)
+    return _run(alg, OFB(iv), cipher, encrypt=False)
+
+
 def _ecb_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
     alg = _aes(key)
     _no_iv(iv, "ECB")
@@ -265,6 +338,9 @@ def _plain_mode(mode: str, enc: _SimpleEnc, dec: _SimpleDec) -> tuple[_EncFn, _D
 
 _TABLE: dict[str, tuple[_EncFn, _DecFn]] = {
     "GCM": (_gcm_enc, _gcm_dec),
+    "CCM": (_ccm_enc, _ccm_dec),
+    "CFB": _plain_mode("CFB", _cfb_enc, _cfb_dec),
+    "OFB": _plain_mode("OFB", _ofb_enc, _ofb_dec),
     "CBC": _plain_mode("CBC", _cbc_enc, _cbc_dec),
     "CBCNOPAD": _plain_mode("CBCNOPAD", _cbcnopad_enc, _cbcnopad_dec),
     "CTR": _plain_mode("CTR", _ctr_enc, _ctr_dec),

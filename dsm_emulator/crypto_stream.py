@@ -9,6 +9,10 @@ not in it; the caller seals the whole state before it leaves the server):
   the PKCS#7 padding can only be checked and removed at ``final``.
 * CTR: ``block`` is the initial counter block and ``offset`` the number of bytes done; every byte is
   answered at once, the keystream position being recomputed from the offset.
+* CFB (CFB-128) and OFB: ``block`` is the feedback register for the current block (the IV, then the
+  last whole ciphertext block for CFB, the last keystream block for OFB) and ``pending`` (CFB) the
+  ciphertext of the current block so far; every byte is answered at once. CCM cannot be done in pieces:
+  its first block encodes the whole length.
 * GCM (NIST SP 800-38D): ``block`` is the pre-counter block J0, ``offset`` the ciphertext length so far,
   ``ghash`` the running GHASH value, ``pending`` the ciphertext not yet a whole GHASH block and
   ``aad_len`` the length of the additional data (hashed at ``start``). The tag is made, or checked in
@@ -25,12 +29,13 @@ import dataclasses
 import hmac
 from dataclasses import dataclass
 
+from cryptography.hazmat.decrepit.ciphers.modes import CFB, OFB
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from dsm_emulator.crypto import CryptoError, IntegrityError, random_bytes
 
-STREAM_MODES = ("CBC", "CBCNOPAD", "CTR", "GCM")
+STREAM_MODES = ("CBC", "CBCNOPAD", "CTR", "GCM", "CFB", "OFB")
 _BLOCK = 16
 _GCM_TAG_BITS = (96, 104, 112, 120, 128)
 _GCM_MAX_BYTES = (1 << 36) - 32  # the plaintext limit of SP 800-38D (2^39 - 256 bits)
@@ -73,6 +78,10 @@ def update(key: bytes, stream: Stream, data: bytes) -> tuple[bytes, Stream]:
         return _gcm_update(key, stream, data)
     if stream.mode == "CTR":
         return _ctr(key, stream, data), dataclasses.replace(stream, offset=stream.offset + len(data))
+    if stream.mode == "OFB":
+        return _ofb(key, stream, data)
+    if stream.mode == "CFB":
+        return _cfb(key, stream, data)
     buffered = stream.pending + data
     whole = len(buffered) - len(buffered) % _BLOCK
     if stream.mode == "CBC" and not stream.encrypt and whole == len(buffered):
@@ -100,7 +109,7 @@ def final(
 
 
 def _final(key: bytes, stream: Stream) -> bytes:
-    if stream.mode == "CTR":
+    if stream.mode in ("CTR", "CFB", "OFB"):
         return b""
     if stream.mode == "CBCNOPAD":
         if stream.pending:
@@ -134,6 +143,41 @@ def _ctr(key: bytes, stream: Stream, data: bytes) -> bytes:
     ctx = Cipher(algorithms.AES(key), modes.CTR(counter.to_bytes(_BLOCK, "big"))).encryptor()
     ctx.update(bytes(skip))
     return ctx.update(data) + ctx.finalize()
+
+
+def _ofb(key: bytes, stream: Stream, data: bytes) -> tuple[bytes, Stream]:
+    # The keystream from the start of the current block (E(register), E(E(register)), ...); the bytes of
+    # it already used are skipped, and the register moves to the last whole keystream block.
+    skip = stream.offset % _BLOCK
+    ctx = Cipher(algorithms.AES(key), OFB(stream.block)).encryptor()
+    stream_bytes = ctx.update(bytes(skip + len(data))) + ctx.finalize()
+    out = bytes(a ^ b for a, b in zip(data, stream_bytes[skip:], strict=True))
+    whole = len(stream_bytes) // _BLOCK
+    register = stream_bytes[(whole - 1) * _BLOCK : whole * _BLOCK] if whole else stream.block
+    return out, dataclasses.replace(stream, block=register, offset=stream.offset + len(data))
+
+
+def _cfb(key: bytes, stream: Stream, data: bytes) -> tuple[bytes, Stream]:
+    # From the start of the current block: the ciphertext already answered (``pending``) is replayed
+    # (an encrypt replays the plaintext that gave it), so the feedback comes out right.
+    skip = len(stream.pending)
+    ctx = Cipher(algorithms.AES(key), CFB(stream.block))
+    if stream.encrypt:
+        pad = _ecb(key, stream.block)[:skip]
+        replayed = bytes(a ^ b for a, b in zip(stream.pending, pad, strict=True))
+        enc = ctx.encryptor()
+        out = (enc.update(replayed + data) + enc.finalize())[skip:]
+        cipher = stream.pending + out
+    else:
+        dec = ctx.decryptor()
+        out = (dec.update(stream.pending + data) + dec.finalize())[skip:]
+        cipher = stream.pending + data
+    whole = len(cipher) // _BLOCK
+    register = cipher[(whole - 1) * _BLOCK : whole * _BLOCK] if whole else stream.block
+    following = dataclasses.replace(
+        stream, block=register, pending=cipher[whole * _BLOCK :], offset=stream.offset + len(data)
+    )
+    return out, following
 
 
 # ------------------------------------------------------------------------------------------ GCM

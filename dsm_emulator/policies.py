@@ -48,6 +48,8 @@ _TYPE_MEMBERS = {
 }  # fmt: skip
 _ENFORCED_TYPE_FIELDS: Mapping[str, frozenset[str]] = {
     "aes": frozenset({"key_sizes"}),
+    "des3": frozenset({"key_sizes"}),
+    "des": frozenset(),
     "hmac": frozenset({"minimum_key_length"}),
     "secret": frozenset(),
     "opaque": frozenset(),

@@ -13,6 +13,7 @@ from dsm_emulator.api import (
     approvals,
     components,
     crypto,
+    derive,
     digests,
     logs,
     multipart,
@@ -154,6 +155,8 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(sobjects.routes)
     app.add_routes(persist.routes)
     app.add_routes(crypto.routes)
+    # Before signing: /crypto/v1/keys/{kid}/verify would take "kcv" for a kid.
+    app.add_routes(derive.routes)
     app.add_routes(signing.routes)
     app.add_routes(digests.routes)
     app.add_routes(multipart.routes)

@@ -67,6 +67,9 @@ APPROVABLE = frozenset(
         ("POST", "/crypto/v1/verify"),
         ("POST", "/crypto/v1/keys/{kid}/sign"),
         ("POST", "/crypto/v1/keys/{kid}/verify"),
+        ("POST", "/crypto/v1/derive"),
+        ("POST", "/crypto/v1/keys/{kid}/derive"),
+        ("POST", "/crypto/v1/agree"),
         ("PATCH", "/sys/v1/groups/{group_id}"),
         ("DELETE", "/sys/v1/groups/{group_id}"),
     }

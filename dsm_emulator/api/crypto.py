@@ -119,8 +119,9 @@ def _ciphertext_view(kid: str | None, result: crypto.Ciphertext, field_name: str
 # ------------------------------------------------------------------------- operation bodies
 
 
-# Encrypt and decrypt also take RSA keys (alg RSA, an RSA padding as the mode); wrap and unwrap do not.
-_CIPHER_ALGS = ("AES", "RSA")
+# Encrypt and decrypt also take DES, DES3 and RSA keys (alg RSA, an RSA padding as the mode); wrap and
+# unwrap do not.
+_CIPHER_ALGS = ("AES", "DES", "DES3", "RSA")
 _CIPHER_MODES = crypto.MODES | frozenset(RSA_ENCRYPTION_MODES)
 
 

@@ -4,9 +4,9 @@
 
 Each handler checks the body's fields (a field the request may not carry is a 400 naming it), makes one
 KeyService call (``dsm_emulator.keys.multipart``) and answers in Fortanix's shapes; the ``state`` is the
-service's sealed token as base64, opaque to the client. Modes: CBC, CBCNOPAD, CTR and GCM (``ad`` at
-init, ``tag_len`` at an encrypt's final, ``tag`` at a decrypt's final), as Fortanix serves them in pieces;
-every other mode is a 400.
+service's sealed token as base64, opaque to the client. Modes: CBC, CBCNOPAD, CTR, CFB, OFB and GCM (``ad``
+at init, ``tag_len`` at an encrypt's final, ``tag`` at a decrypt's final), as Fortanix serves them in
+pieces; every other mode (CCM, whose first block encodes the whole length, ECB, KW, KWP) is a 400.
 """
 
 from __future__ import annotations

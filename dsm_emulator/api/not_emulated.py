@@ -22,9 +22,6 @@ STATS = "usage statistics"
 TWO_FACTOR = "two-factor authentication (U2F, FIDO2, recovery codes)"
 HMG = "hardware security module gateways (HMG, external key vaults)"
 ATTESTATION = "key attestation"
-KCV = "key check values (KCV)"
-DERIVE = "key derivation"
-AGREE = "key agreement"
 PRIVATE_KEY = "removing the private part of an asymmetric key"
 LDAP = "LDAP and single sign-on logins"
 SIGN_UP = "self sign-up by e-mail (an account administrator invites users, with a password, instead)"
@@ -82,11 +79,6 @@ NOT_EMULATED: tuple[NotEmulated, ...] = (
     NotEmulated("POST", "/sys/v1/groups/{group_id}/hmg/check", HMG, "checkGroupHmg"),
     NotEmulated("POST", "/sys/v1/groups/{group_id}/hmg/scan", HMG, "scanHmg"),
     NotEmulated("POST", "/crypto/v1/keys/key_attestation", ATTESTATION, "getKeyAttestation"),
-    NotEmulated("POST", "/crypto/v1/keys/kcv", KCV, "getSecurityObjectKcv"),
-    NotEmulated("POST", "/crypto/v1/keys/kcv/verify", KCV, "verifyKcv"),
-    NotEmulated("POST", "/crypto/v1/keys/{kid}/derive", DERIVE, "deriveKey"),
-    NotEmulated("POST", "/crypto/v1/derive", DERIVE, "deriveKeyEx"),
-    NotEmulated("POST", "/crypto/v1/agree", AGREE, "agreeKey"),
     NotEmulated("DELETE", "/crypto/v1/keys/{kid}/private", PRIVATE_KEY, "deletePrivateKey"),
     NotEmulated("POST", "/sys/v1/users", SIGN_UP, "createUser", public=True),
     NotEmulated("POST", "/sys/v1/users/forgot_password", PASSWORD_RESET, "forgotPassword", public=True),

@@ -250,6 +250,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/crypto/v1/keys/batch/encrypt": {"post": op("batchEncrypt", array(ANY_OBJECT), BATCH)},
         "/crypto/v1/keys/batch/decrypt": {"post": op("batchDecrypt", array(ANY_OBJECT), BATCH)},
         **_multipart_paths(keyed),
+        **_derive_paths(keyed),
         f"{keyed}/sign": {"post": op("signWithKid", ref("SignResponse"), ref("SignRequest"))},
         f"{keyed}/verify": {"post": op("verifyWithKid", ref("VerifyResponse"), ref("VerifyRequest"))},
         "/crypto/v1/sign": {"post": op("sign", ref("SignResponse"), ref("SignRequest"))},
@@ -296,6 +297,24 @@ def _all_paths() -> dict[str, dict[str, Any]]:
     for entry in NOT_EMULATED:
         paths.setdefault(entry.path, {})[entry.method.lower()] = _not_emulated(entry)
     return paths
+
+
+def _derive_paths(keyed: str) -> dict[str, dict[str, Any]]:
+    """Keys made from keys, and KCVs (dsm_emulator.api.derive)."""
+    derive, agree = ref("DeriveRequest"), ref("AgreeRequest")
+    return {
+        f"{keyed}/derive": {"post": op("deriveKey", KEY, derive, summary="mechanism encrypt_data or hkdf")},
+        "/crypto/v1/derive": {"post": op("deriveKeyEx", KEY, derive, summary="the base key in key")},
+        "/crypto/v1/agree": {"post": op("agreeKey", KEY, agree, summary="ECDH of two EC keys")},
+        "/crypto/v1/keys/kcv": {
+            "post": op(
+                "getSecurityObjectKcv", ref("KcvResponse"), DESCRIPTOR, summary="kcv: base64 of 3 bytes"
+            )
+        },
+        "/crypto/v1/keys/kcv/verify": {
+            "post": op("verifyKcv", obj(["verified"], verified={"type": "boolean"}), ref("VerifyKcvRequest"))
+        },
+    }
 
 
 def _multipart_paths(keyed: str) -> dict[str, dict[str, Any]]:

@@ -36,6 +36,29 @@ COMPONENTS_IMPORT = obj(
     method=string(),
     description=string(),
 )
+# The new key of a DeriveKeyRequest or AgreeKeyRequest (its type is key_type, not obj_type).
+NEW_KEY_FIELDS: dict[str, Schema] = {
+    "name": string(1, 4096),
+    "group_id": string(),
+    "key_type": {"enum": ["AES", "DES", "DES3", "HMAC", "SECRET"]},
+    "key_size": {"type": "integer"},
+    "enabled": {"type": "boolean"},
+    "description": string(),
+    "key_ops": KEY_OPS,
+    "custom_metadata": {"type": "object", "additionalProperties": string()},
+    "transient": {"type": "boolean"},
+    "state": string(),
+    "activation_date": string(),
+    "deactivation_date": string(),
+}
+DERIVE_MECHANISM: Schema = {
+    **obj(
+        encrypt_data=obj(["alg", "mode", "plain"], plain=BLOB, **CRYPT_FIELDS),
+        hkdf=obj(["hash_alg"], hash_alg=string(), salt=BLOB, info=BLOB),
+    ),
+    "minProperties": 1,
+    "maxProperties": 1,
+}
 SCHEMAS: dict[str, Schema] = {
     "Error": obj(["message"], message=string()),
     "KeyObject": obj(
@@ -58,6 +81,7 @@ SCHEMAS: dict[str, Schema] = {
         pub_key=BLOB,
         elliptic_curve=string(),
         public_only={"type": "boolean"},
+        kcv=nullable(string()),
     ),
     "KeyRequest": obj(
         name=string(1, 4096),
@@ -74,6 +98,23 @@ SCHEMAS: dict[str, Schema] = {
         pub_exponent={"type": "integer"},
         rsa=obj(key_size={"type": "integer"}, public_exponent={"type": "integer"}),
     ),
+    "DeriveRequest": obj(
+        ["name", "key_type", "key_size", "mechanism"],
+        key=DESCRIPTOR,
+        mechanism=DERIVE_MECHANISM,
+        **NEW_KEY_FIELDS,
+    ),
+    "AgreeRequest": obj(
+        ["private_key", "public_key", "mechanism", "name", "key_type", "key_size"],
+        private_key=DESCRIPTOR,
+        public_key=DESCRIPTOR,
+        mechanism={"enum": ["diffie_hellman"]},
+        **NEW_KEY_FIELDS,
+    ),
+    "KcvResponse": obj(["kcv"], kid=string(), kcv=BLOB),
+    "VerifyKcvRequest": obj(
+        ["kcv", "value", "obj_type"], kcv=string(), value=BLOB, obj_type={"enum": ["AES", "DES", "DES3"]}
+    ),
     "SignRequest": obj(["hash_alg", "hash"], **SIGN_FIELDS),
     "SignResponse": obj(["signature"], kid=string(), signature=BLOB),
     "VerifyRequest": obj(["hash_alg", "hash", "signature"], signature=BLOB, **SIGN_FIELDS),
@@ -89,7 +130,8 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "CryptRequest": obj(key=DESCRIPTOR, plain=BLOB, cipher=BLOB, **CRYPT_FIELDS),
     "CryptResponse": obj(kid=string(), cipher=BLOB, plain=BLOB, iv=BLOB, tag=BLOB),
-    # Multipart (CBC, CBCNOPAD, CTR, GCM): ``state`` is sealed, opaque, good for one next step of one caller.
+    # Multipart (CBC, CBCNOPAD, CTR, CFB, OFB, GCM): ``state`` is sealed, opaque, good for one next step
+    # of one caller.
     "MultipartRequest": obj(
         key=DESCRIPTOR,
         alg=string(),

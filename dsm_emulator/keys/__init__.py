@@ -10,7 +10,8 @@ only after their audit row is committed (``AuditLog.record``); refusals are audi
 KeyService is assembled here from one mixin per concern: ``lifecycle`` (rows that change) on ``history``
 (what a reversible change records, reverts, and the sweep that erases it when its window closes),
 ``reads`` (rows read, and their compliance with their groups' policies), ``crypto_ops`` (uses of stored
-material), ``signing`` (RSA and EC signatures), ``pairs`` (what a new key is checked against),
+material), ``signing`` (RSA and EC signatures), ``derivation`` (keys derived or agreed from stored ones, and
+KCVs), ``pairs`` (what a new key is checked against),
 ``multipart`` (encrypt and decrypt in pieces, their sealed state), ``components`` (export and import
 split between key custodians), ``transient`` (keys that live only in their token), all on ``base`` (the
 shared core). Everything other code imports from ``dsm_emulator.keys`` is re-exported from here.
@@ -33,6 +34,7 @@ from dsm_emulator.keys.base import (
 )
 from dsm_emulator.keys.components import Component, ComponentsMixin
 from dsm_emulator.keys.crypto_ops import CryptoMixin
+from dsm_emulator.keys.derivation import DerivationMixin, Made
 from dsm_emulator.keys.history import UNDO_WINDOW_MAX_S, UNDO_WINDOW_MIN_S, undo_window
 from dsm_emulator.keys.lifecycle import LifecycleMixin
 from dsm_emulator.keys.multipart import INVALID_STATE, KeyRef, MultipartMixin
@@ -63,6 +65,7 @@ __all__ = [
     "KeyRef",
     "KeyService",
     "KeySpec",
+    "Made",
     "ObjectTypeRule",
     "TransientKey",
     "effective_state",
@@ -78,6 +81,7 @@ class KeyService(
     ReadsMixin,
     SigningMixin,
     CryptoMixin,
+    DerivationMixin,
     MultipartMixin,
     ComponentsMixin,
     TransientMixin,

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dsm_emulator import asymmetric, crypto
+from dsm_emulator import asymmetric, crypto, symmetric
 from dsm_emulator.approvals.gate import QuorumGate, Touch
 from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import KEY_OPS, Principal, require_permission, require_visible
@@ -65,6 +65,9 @@ OBJECT_TYPES: Mapping[str, ObjectTypeRule] = {
     "AES": ObjectTypeRule(
         lambda bits: bits in crypto.AES_KEY_SIZES, _SYMMETRIC_OPS, _SYMMETRIC_OPS | {"EXPORT"}
     ),
+    # Fortanix: DES3 is 168 bits, or 112 for two-key triple DES; DES is 56 bits (parity not counted).
+    "DES3": ObjectTypeRule(lambda bits: bits in (112, 168), _SYMMETRIC_OPS, _SYMMETRIC_OPS | {"EXPORT"}),
+    "DES": ObjectTypeRule(lambda bits: bits == 56, _SYMMETRIC_OPS, _SYMMETRIC_OPS | {"EXPORT"}),
     "HMAC": ObjectTypeRule(
         lambda bits: 112 <= bits <= 8192 and bits % 8 == 0,
         frozenset({"MACGENERATE", "MACVERIFY", "APPMANAGEABLE"}),
@@ -313,8 +316,15 @@ class KeyServiceBase:
     # ------------------------------------------------------------------- validation and lookup
 
     def _validate(
-        self, spec: KeySpec, value: bytes | None, pair: asymmetric.KeyPair | None = None
+        self,
+        spec: KeySpec,
+        value: bytes | None,
+        pair: asymmetric.KeyPair | None = None,
+        *,
+        made_inside: bool = False,
     ) -> tuple[int, frozenset[str]]:
+        """The checked size and key_ops of a new object. Default key_ops: a generated key's, unless it is
+        imported (``value`` given and not ``made_inside``, i.e. not derived or agreed inside DSM)."""
         rule = OBJECT_TYPES.get(spec.obj_type)
         if rule is None:
             known = "is not supported by xkslab; " if spec.obj_type in FORTANIX_OBJECT_TYPES else ""
@@ -328,16 +338,19 @@ class KeyServiceBase:
                 raise BadRequest(f"key_size {spec.key_size} does not match the key ({pair.key_size} bits)")
             size = pair.key_size
         elif value is not None:
-            if spec.key_size is not None and spec.key_size != len(value) * 8:
+            found = symmetric.key_size_of(spec.obj_type, value)
+            if found is None:
+                raise BadRequest(f"a value of {len(value)} bytes is not a {spec.obj_type} key")
+            if spec.key_size is not None and spec.key_size != found:
                 raise BadRequest("key_size does not match the length of value")
-            size = len(value) * 8
+            size = found
         elif spec.key_size is None:
             raise BadRequest("key_size is required")
         else:
             size = spec.key_size
         if not rule.sizes(size):
             raise BadRequest(f"key_size {size} is not valid for {spec.obj_type}")
-        default_ops = rule.imported_ops if value is not None else rule.generated_ops
+        default_ops = rule.imported_ops if value is not None and not made_inside else rule.generated_ops
         ops = frozenset(default_ops if spec.key_ops is None else spec.key_ops)
         unknown = ops - KEY_OPS
         if unknown:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dsm_emulator import asymmetric, crypto, digests
+from dsm_emulator import asymmetric, crypto, digests, symmetric
 from dsm_emulator.approvals.gate import Touch
 from dsm_emulator.approvals.policy import CRYPTO, EXPORT
 from dsm_emulator.authz import Principal, require_key_op, require_permission
@@ -72,11 +72,13 @@ class CryptoMixin(KeyServiceBase):
                 await self._held(p, obj, CRYPTO)
                 pub_key = obj.pub_key or b""
                 return crypto.Ciphertext(run_crypto(lambda: asymmetric.rsa_encrypt(pub_key, mode, plain)))
-            _require_aes(obj, alg)
+            _require_symmetric(obj, alg)
             await self._held(p, obj, CRYPTO)
             material = await self.material(obj)
             return run_crypto(
-                lambda: crypto.encrypt(mode, material, plain, iv=iv, aad=aad, tag_len_bits=tag_len_bits)
+                lambda: symmetric.encrypt(
+                    obj.obj_type, mode, material, plain, iv=iv, aad=aad, tag_len_bits=tag_len_bits
+                )
             )
 
         return await self._audited(event, action)
@@ -113,10 +115,12 @@ class CryptoMixin(KeyServiceBase):
                 await self._held(p, obj, CRYPTO)
                 private = await self.material(obj)
                 return run_crypto(lambda: asymmetric.rsa_decrypt(private, mode, cipher))
-            _require_aes(obj, alg)
+            _require_symmetric(obj, alg)
             await self._held(p, obj, CRYPTO)
             material = await self.material(obj)
-            return run_crypto(lambda: crypto.decrypt(mode, material, cipher, iv=iv, aad=aad, tag=tag))
+            return run_crypto(
+                lambda: symmetric.decrypt(obj.obj_type, mode, material, cipher, iv=iv, aad=aad, tag=tag)
+            )
 
         return await self._audited(event, action)
 
@@ -254,6 +258,17 @@ class CryptoMixin(KeyServiceBase):
 
 def _require_aes(obj: SecurityObject, alg: str | None = None) -> None:
     _require_aes_type(obj.obj_type)
+    _alg_matches(obj, alg)
+
+
+def _require_symmetric(obj: SecurityObject, alg: str | None = None) -> None:
+    """Encrypt and decrypt take AES, DES and DES3 keys (wrap and unwrap only AES)."""
+    if obj.obj_type not in symmetric.SYMMETRIC_TYPES:
+        raise BadRequest(f"{obj.obj_type} objects cannot be used for this operation")
+    _alg_matches(obj, alg)
+
+
+def _alg_matches(obj: SecurityObject, alg: str | None) -> None:
     if alg is not None and alg != obj.obj_type:
         raise BadRequest(f"alg {alg[:40]} does not match the key's type {obj.obj_type}")
 

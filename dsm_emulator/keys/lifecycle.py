@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dsm_emulator import crypto
+from dsm_emulator import symmetric
 from dsm_emulator.asymmetric import ASYMMETRIC_TYPES
 from dsm_emulator.audit import AuditEvent
 from dsm_emulator.authz import KEY_OPS, Principal, require_permission
@@ -42,18 +42,32 @@ class LifecycleMixin(HistoryMixin):
     # ------------------------------------------------------------------------------- creation
 
     async def create(
-        self, p: Principal, spec: KeySpec, value: bytes | None = None, *, persisted: bool = False
+        self,
+        p: Principal,
+        spec: KeySpec,
+        value: bytes | None = None,
+        *,
+        persisted: bool = False,
+        derived: bool = False,
     ) -> SecurityObject:
         """Generate (value None) or import an object into ``spec.group_id`` (default: the caller's default
         group, else the account's only/first group). ``persisted``: value is a transient key's material,
-        which DSM generated, so the stored key's origin is FortanixHSM, not External."""
-        operation = "key.persist" if persisted else "key.import" if value is not None else "key.create"
-        verb = "Persisted" if persisted else "Imported" if value is not None else "Created"
+        which DSM generated, so the stored key's origin is FortanixHSM, not External; ``derived``: value
+        was derived or agreed inside DSM (origin FortanixHSM too)."""
+        made_inside = persisted or derived
+        if derived:
+            operation, verb = "key.derive", "Derived"
+        elif persisted:
+            operation, verb = "key.persist", "Persisted"
+        elif value is not None:
+            operation, verb = "key.import", "Imported"
+        else:
+            operation, verb = "key.create", "Created"
         refusal = self._event(p, operation, f"{verb} {spec.obj_type} key {spec.name[:200]}")
 
         async def work(session: AsyncSession) -> tuple[SecurityObject, AuditEvent]:
             pair = key_pair(spec, value)
-            size, ops = self._validate(spec, value, pair)
+            size, ops = self._validate(spec, value, pair, made_inside=derived)
             group_id = await self._resolve_group(session, p, spec.group_id)
             require_permission(p, "MANAGE", group_id)
             policies = await self._policies(session, group_id)
@@ -68,7 +82,7 @@ class LifecycleMixin(HistoryMixin):
             if pair is not None:
                 material = pair.material
             else:
-                material = value if value is not None else crypto.random_bytes(size // 8)
+                material = value if value is not None else symmetric.generate(spec.obj_type, size)
             created = now()
             state = spec.state or (
                 "PreActive"
@@ -86,7 +100,7 @@ class LifecycleMixin(HistoryMixin):
                 key_ops=sorted(ops),
                 enabled=spec.enabled,
                 state=state,
-                origin="External" if value is not None and not persisted else "FortanixHSM",
+                origin="External" if value is not None and not made_inside else "FortanixHSM",
                 activation_date=spec.activation_date or (created if state == "Active" else None),
                 deactivation_date=spec.deactivation_date,
                 compromise_date=None,
@@ -94,7 +108,7 @@ class LifecycleMixin(HistoryMixin):
                 revocation_reason=None,
                 custom_metadata=dict(spec.custom_metadata or {}),
                 version=1,
-                kcv=crypto.kcv(material) if spec.obj_type == "AES" else None,
+                kcv=symmetric.kcv(spec.obj_type, material),
                 pub_key=pair.pub_key if pair else None,
                 elliptic_curve=pair.elliptic_curve if pair else None,
                 public_only=pair.public_only if pair else False,
@@ -143,13 +157,13 @@ class LifecycleMixin(HistoryMixin):
             await self._held(p, old, "ROTATE_SOBJECTS")
             if old.obj_type in ASYMMETRIC_TYPES:
                 raise BadRequest(f"rekey of {old.obj_type} keys is not implemented by xkslab")
-            rotatable = ("AES", "HMAC", "SECRET") if value is None else tuple(OBJECT_TYPES)
+            rotatable = ("AES", "DES", "DES3", "HMAC", "SECRET") if value is None else tuple(OBJECT_TYPES)
             if old.sealed_material is None or old.obj_type not in rotatable:
                 raise InvalidState(f"a {old.obj_type} object in state {old.state} cannot be rekeyed")
             assert old.key_size is not None
-            size = old.key_size if value is None else len(value) * 8
-            if value is not None and not OBJECT_TYPES[old.obj_type].sizes(size):
-                raise BadRequest(f"a value of {size} bits is not valid for {old.obj_type}")
+            size = old.key_size if value is None else symmetric.key_size_of(old.obj_type, value)
+            if size is None or not OBJECT_TYPES[old.obj_type].sizes(size):
+                raise BadRequest(f"a value of {len(value or b'') * 8} bits is not valid for {old.obj_type}")
             policies = await self._policies(session, old.group_id)
             policies.check_key(
                 KeyFacts(
@@ -191,8 +205,8 @@ class LifecycleMixin(HistoryMixin):
                 created_at=stamp,
                 lastused_at=None,
             )
-            material = crypto.random_bytes(size // 8) if value is None else value
-            new.kcv = crypto.kcv(material) if new.obj_type == "AES" else None
+            material = symmetric.generate(old.obj_type, size) if value is None else value
+            new.kcv = symmetric.kcv(new.obj_type, material)
             new.sealed_material = self._keyring.seal(material, material_context(new))
             old.replacement_kid = new.kid
             if deactivate_rotated_key and effective_state(old, stamp) in ("Active", "PreActive"):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dsm_emulator import crypto
+from dsm_emulator import crypto, symmetric
 from dsm_emulator.authz import Principal, require_permission
 from dsm_emulator.errors import AccessDenied, BadRequest, InvalidState, Sealed
 from dsm_emulator.keys.base import KeyServiceBase, KeySpec, now
@@ -115,7 +115,7 @@ class TransientKey:
             "destruction_date": None,
             "revocation_reason": None,
             "custom_metadata": dict(self.custom_metadata),
-            "kcv": crypto.kcv(self.material) if self.obj_type == "AES" else None,
+            "kcv": symmetric.kcv(self.obj_type, self.material),
             "links": {},
             "version": 1,
             "never_exportable": "EXPORT" not in self.key_ops,
@@ -139,10 +139,13 @@ class TransientMixin(KeyServiceBase):
     # the account setting "Transient audit logging" is enabled (which xkslab does not have). Nothing of a
     # transient key (material or metadata) is written to the database; it lives only in its token.
 
-    async def create_transient(self, p: Principal, spec: KeySpec) -> tuple[dict[str, Any], str]:
-        """Generate an AES, HMAC or SECRET key that is not stored; returns (its view, its token). An app
-        needs some permission in the target group; administrators always may."""
-        size, ops = self._validate(spec, None)
+    async def create_transient(
+        self, p: Principal, spec: KeySpec, material: bytes | None = None
+    ) -> tuple[dict[str, Any], str]:
+        """Generate an AES, HMAC or SECRET key that is not stored (or make one of ``material``, derived
+        or agreed by the caller); returns (its view, its token). An app needs some permission in the
+        target group; administrators always may."""
+        size, ops = self._validate(spec, material, made_inside=True)
         if spec.obj_type not in TRANSIENT_TYPES:
             raise BadRequest(f"transient keys must be one of {', '.join(TRANSIENT_TYPES)}")
         async with self._sessions() as session:
@@ -153,7 +156,7 @@ class TransientMixin(KeyServiceBase):
         ops = checked_ops(policies, spec, size, ops)
         created = now()
         key = TransientKey(
-            material=crypto.random_bytes(size // 8),
+            material=crypto.random_bytes(size // 8) if material is None else material,
             obj_type=spec.obj_type,
             key_size=size,
             key_ops=ops,

@@ -8,7 +8,7 @@ import re
 import uuid
 from pathlib import Path
 
-from dsm_emulator.api.not_emulated import AGREE, ATTESTATION, LDAP, PLUGINS
+from dsm_emulator.api.not_emulated import ATTESTATION, LDAP, PLUGINS
 from tests.integration.test_sdkms_cli import dsm_https
 from tests.integration.test_sdkms_cli_quorum import ADMIN, ADMIN_PW, SdkmsCli
 
@@ -45,5 +45,4 @@ def test_sdkms_cli_commands_name_what_xkslab_does_not_emulate(
     assert re.fullmatch(r"[0-9a-f-]{36}", persisted) and persisted != kid
     assert "kept" in cli.cli("list-keys")
     refused(ATTESTATION, "key-attestation", "--kid", kid)
-    refused(AGREE, "agree-key", "--private-key", kid, "--public-key", kid, "--name", "a", "--key-size", "256")
     refused(PLUGINS, "invoke-plugin", "--id", str(uuid.uuid4()))

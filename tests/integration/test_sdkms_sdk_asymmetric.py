@@ -216,7 +216,7 @@ def asymmetric_flow(url: str) -> dict[str, Any]:
     e["rsa 1024"] = status(
         lambda: keys.generate_security_object(sdk.SobjectRequest(name="small", obj_type="RSA", key_size=1024))
     )
-    for kind in ("DES3", "CERTIFICATE", "DSA"):
+    for kind in ("ARIA", "CERTIFICATE", "DSA"):
         e[kind] = status(
             lambda k=kind: keys.generate_security_object(
                 sdk.SobjectRequest(name=f"x-{k}", obj_type=k, key_size=168)
@@ -354,11 +354,11 @@ async def test_rsa_and_ec_through_the_sdkms_sdk(
     e = r["errors"]
     for what in ("public_sign", "short_hash", "data", "blake", "ec_mode", "aes_sign", "aes_as_rsa", "rsa_iv",
                  "rsa_gcm", "ec_encrypt", "bad_cipher", "curve Ed25519", "curve SecP256K1", "curve X25519",
-                 "rsa 1024", "DES3", "CERTIFICATE", "DSA", "rsa policy", "garbage import",
+                 "rsa 1024", "ARIA", "CERTIFICATE", "DSA", "rsa policy", "garbage import",
                  "ec as rsa import", "curve mismatch", "rekey"):  # fmt: skip
         assert e[what][0] == 400, (what, e[what])
     assert "Ed25519 is not supported by xkslab" in e["curve Ed25519"][1]
-    assert "DES3 is not supported by xkslab" in e["DES3"][1]
+    assert "ARIA is not supported by xkslab" in e["ARIA"][1]
     assert "rsa.signature_policy is not implemented" in e["rsa policy"][1]
     assert "data is not implemented" in e["data"][1]
     assert e["no_sign_op"][0] in (400, 403) and "SIGN" in e["no_sign_op"][1]

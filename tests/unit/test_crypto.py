@@ -405,8 +405,8 @@ def test_round_trip_every_mode_and_key_size(mode: str, key_len: int) -> None:
     if mode in {"ECB", "KW", "KWP"}:
         assert out.iv is None
     else:
-        assert out.iv is not None and len(out.iv) == (12 if mode == "GCM" else 16)
-    assert (out.tag is not None) == (mode == "GCM")
+        assert out.iv is not None and len(out.iv) == (12 if mode in ("GCM", "CCM") else 16)
+    assert (out.tag is not None) == (mode in ("GCM", "CCM"))
     assert out.cipher != plain
     assert decrypt(mode, key, out.cipher, iv=out.iv, tag=out.tag) == plain
 
@@ -481,10 +481,11 @@ def test_wrong_key_size(mode: str, key_len: int) -> None:
         encrypt(mode, bytes(key_len), bytes(32))
     assert not isinstance(exc.value, IntegrityError)
     with pytest.raises(CryptoError, match="AES key must be 128, 192 or 256 bits"):
-        decrypt(mode, bytes(key_len), bytes(32), iv=bytes(16), tag=bytes(16) if mode == "GCM" else None)
+        iv = bytes(12) if mode == "CCM" else bytes(16)
+        decrypt(mode, bytes(key_len), bytes(32), iv=iv, tag=bytes(16) if mode in ("GCM", "CCM") else None)
 
 
-@pytest.mark.parametrize("mode", ["gcm", "OFB", "CFB", "", "AES"])
+@pytest.mark.parametrize("mode", ["gcm", "ofb", "CFB8", "XTS", "", "AES"])
 def test_unsupported_mode(mode: str) -> None:
     with pytest.raises(CryptoError, match="unsupported cipher mode"):
         encrypt(mode, bytes(16), bytes(16))
@@ -511,6 +512,10 @@ def test_unsupported_mode(mode: str) -> None:
         ("ECB", bytes(16)),
         ("KW", bytes(8)),
         ("KWP", bytes(4)),
+        ("CFB", bytes(12)),
+        ("OFB", bytes(17)),
+        ("CCM", bytes(6)),
+        ("CCM", bytes(14)),
     ],
 )
 def test_bad_iv(mode: str, iv: bytes) -> None:
@@ -519,14 +524,14 @@ def test_bad_iv(mode: str, iv: bytes) -> None:
         encrypt(mode, bytes(16), plain, iv=iv)
     assert not isinstance(exc.value, IntegrityError)
     with pytest.raises(CryptoError) as exc:
-        decrypt(mode, bytes(16), bytes(32), iv=iv, tag=bytes(16) if mode == "GCM" else None)
+        decrypt(mode, bytes(16), bytes(32), iv=iv, tag=bytes(16) if mode in ("GCM", "CCM") else None)
     assert not isinstance(exc.value, IntegrityError)
 
 
-@pytest.mark.parametrize("mode", ["GCM", "CBC", "CBCNOPAD", "CTR"])
+@pytest.mark.parametrize("mode", ["GCM", "CCM", "CBC", "CBCNOPAD", "CTR", "CFB", "OFB"])
 def test_decrypt_requires_iv(mode: str) -> None:
-    with pytest.raises(CryptoError, match="IV must be"):
-        decrypt(mode, bytes(16), bytes(32), tag=bytes(16) if mode == "GCM" else None)
+    with pytest.raises(CryptoError, match="IV"):
+        decrypt(mode, bytes(16), bytes(32), tag=bytes(16) if mode in ("GCM", "CCM") else None)
 
 
 @pytest.mark.parametrize("tag_bits", [0, 32, 64, 95, 100, 127, 136, 256])
@@ -547,7 +552,7 @@ def test_gcm_decrypt_requires_tag() -> None:
         decrypt("GCM", bytes(16), b"data", iv=bytes(12))
 
 
-@pytest.mark.parametrize("mode", sorted(MODES - {"GCM"}))
+@pytest.mark.parametrize("mode", sorted(MODES - {"GCM", "CCM"}))
 def test_aad_tag_len_and_tag_rejected_outside_gcm(mode: str) -> None:
     key, plain = bytes(16), bytes(32)
     with pytest.raises(CryptoError, match="additional authenticated data"):
@@ -656,6 +661,6 @@ def test_ciphertext_is_frozen() -> None:
 
 
 def test_modes_constant() -> None:
-    assert frozenset({"GCM", "CBC", "CBCNOPAD", "CTR", "ECB", "KW", "KWP"}) == MODES
+    assert frozenset({"GCM", "CCM", "CBC", "CBCNOPAD", "CTR", "CFB", "OFB", "ECB", "KW", "KWP"}) == MODES
     assert AES_KEY_SIZES == (128, 192, 256)
     assert isinstance(crypto.MODES, frozenset)

@@ -1,5 +1,6 @@
 """AES in pieces (dsm_emulator.crypto_stream) against ``cryptography``'s one-shot AES of the same key and
-IV, for splits at every awkward place: empty pieces, pieces shorter than a block, block boundaries."""
+IV, for splits at every awkward place: empty pieces, pieces shorter than a block, block boundaries (CFB
+and OFB too: their feedback crosses the pieces)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import random
 
 import pytest
+from cryptography.hazmat.decrepit.ciphers.modes import CFB, OFB
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -16,8 +18,10 @@ from dsm_emulator.crypto import CryptoError, IntegrityError
 
 
 def oracle(mode: str, key: bytes, iv: bytes, data: bytes, *, encrypt: bool) -> bytes:
-    if mode == "CTR":
-        ctx = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    streaming = {"CTR": modes.CTR, "CFB": CFB, "OFB": OFB}.get(mode)
+    if streaming is not None:
+        whole = Cipher(algorithms.AES(key), streaming(iv))
+        ctx = whole.encryptor() if encrypt else whole.decryptor()
         return ctx.update(data) + ctx.finalize()
     cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
     if encrypt:
@@ -53,7 +57,7 @@ def split(data: bytes, rng: random.Random) -> list[bytes]:
     return pieces
 
 
-@pytest.mark.parametrize("mode", ["CBC", "CBCNOPAD", "CTR"])
+@pytest.mark.parametrize("mode", ["CBC", "CBCNOPAD", "CTR", "CFB", "OFB"])
 @pytest.mark.parametrize("key_bytes", [16, 24, 32])
 @pytest.mark.parametrize("seed", range(5))
 def test_pieces_equal_one_shot(mode: str, key_bytes: int, seed: int) -> None:

@@ -226,7 +226,7 @@ async def test_opaque_import_only(env: Env) -> None:
 @pytest.mark.parametrize(
     ("spec", "value"),
     [
-        (KeySpec(name="k", obj_type="DES3", key_size=168), None),
+        (KeySpec(name="k", obj_type="ARIA", key_size=128), None),
         (KeySpec(name="k", obj_type="aes", key_size=128), None),
         (KeySpec(name="k", obj_type="AES", key_size=100), None),
         (KeySpec(name="k", obj_type="AES"), None),
