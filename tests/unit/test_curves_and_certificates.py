@@ -6,6 +6,7 @@ Signatures are checked by ``cryptography`` and, for one, by the OpenSSL command 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import hashlib
@@ -259,8 +260,10 @@ async def test_certificates_import_show_their_key_and_verify(
         "openssl", "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey", "pub.der",
         "-in", "digest", "-sigfile", "sig",
     ]  # fmt: skip
-    ok = subprocess.run(openssl, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    ok = await asyncio.to_thread(
+        subprocess.run, openssl, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert ok.returncode == 0 and "Signature Verified Successfully" in ok.stdout, ok.stdout + ok.stderr
     (tmp_path / "digest").write_bytes(hashlib.sha256(b"other").digest())
-    bad = subprocess.run(openssl, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    bad = await asyncio.to_thread(subprocess.run, openssl, cwd=tmp_path, capture_output=True, timeout=60)
     assert bad.returncode != 0
