@@ -384,7 +384,9 @@ def test_readme_table_of_commands_says_the_same() -> None:
     """The README's table of sdkms-cli commands gives each the outcome its row expects (rows pending the
     merge count as "works", what they will be)."""
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    documented = dict(re.findall(r"^\| `([a-z0-9-]+)` \| (works|not emulated|fails in sdkms-cli)", text, re.M))
+    documented = dict(
+        re.findall(r"^\| `([a-z0-9-]+)` \| (works|not emulated|fails in sdkms-cli)", text, re.M)
+    )
     expected = {row.command: "works" for row in PENDING_MERGE}
     expected.update({row.command: row.outcome() for row in COMMANDS})
     assert documented == expected
