@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa, utils, x448, x25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from dsm_emulator.crypto import CryptoError
@@ -157,6 +157,10 @@ def load(obj_type: str, value: bytes, *, curve: str | None) -> KeyPair:
         if curve is not None and curve != name:
             raise CryptoError(f"elliptic_curve {curve} does not match the key's curve {name}")
         return KeyPair(material, _spki(public), public.curve.key_size, name, private is None)
+    if obj_type == "EC" and isinstance(
+        public, x25519.X25519PublicKey | x448.X448PublicKey | ed448.Ed448PublicKey
+    ):
+        raise CryptoError(f"the key's curve is not supported by xkslab ({', '.join(CURVE_NAMES)})")
     raise CryptoError(f"value is not an {obj_type} key")
 
 

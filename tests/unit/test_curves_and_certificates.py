@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
@@ -143,6 +143,11 @@ async def test_imports_of_ed25519_and_secp256k1_and_export_in_default_format(
     wrong_curve = {"name": "ed-wrong", "obj_type": "EC", "elliptic_curve": "NistP256", "value": b64(pkcs8)}
     await refused(client, "PUT", KEYS, wrong_curve, "NistP256", "Ed25519")
     await refused(client, "POST", KEYS, {"name": "x", "obj_type": "EC", "elliptic_curve": "X25519"}, "X25519")
+
+    x = x25519.X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    await refused(client, "PUT", KEYS, {"name": "x-in", "obj_type": "EC", "value": b64(x)}, "not supported")
 
     k1 = ec.generate_private_key(ec.SECP256K1())
     sec1 = k1.private_bytes(
