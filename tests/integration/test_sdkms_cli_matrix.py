@@ -34,6 +34,8 @@ from tests.integration.sdkms_cli_lab import (
     IV,
     KEY,
     PLAIN,
+    Args,
+    Check,
     Lab,
     Row,
     both,
@@ -89,7 +91,7 @@ def spare_group(lab: Lab) -> Sequence[str]:
     return ["--group-id", lab["spare"]]
 
 
-def gone(kind: str) -> object:
+def gone(kind: str) -> Check:
     return lambda lab, out: lab.rest("GET", f"/{kind}/{lab['spare']}", status=404)
 
 
@@ -201,7 +203,7 @@ def cli_row(lab: Lab, *args: str) -> Sequence[str]:
     return [arg.format(t=lab.tmp, **lab.ctx) for arg in args]
 
 
-def a(*args: str) -> object:
+def a(*args: str) -> Args:
     return lambda lab: cli_row(lab, *args)
 
 
