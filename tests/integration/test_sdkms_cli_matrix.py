@@ -245,6 +245,8 @@ COMMANDS: tuple[Row, ...] = (
     works("app-login", a("--api-key", "{api_key}"), tokens(has=["app-token", "user-token"])),
     works("create-key", a("--obj-type", "AES", "--key-size", "256", "--name", "mx-aes"),
           both(put("aes"), key_field("aes", "obj_type", "AES"))),
+    works("create-key", a("--obj-type", "EC", "--ec-name", "Ed25519", "--name", "mx-ed25519"),
+          both(put("ed"), key_field("ed", "elliptic_curve", "Ed25519"))),
     works("list-keys", a(), shows("mx-aes", lambda lab: lab["aes"])),
     works("list-objects", a(), shows("mx-aes", lambda lab: lab["aes"])),
     works("show-sobject", a("--kid", "{aes}"), lambda lab, out: eq(json.loads(out)["kid"], lab["aes"])),
