@@ -2,8 +2,9 @@
 
 A key pair is stored as its PKCS#8 PrivateKeyInfo DER (sealed like every other material) and its
 SubjectPublicKeyInfo DER (``pub_key``, public); a public-only object stores the SPKI as its material.
-Inputs are Fortanix's names (``NistP256``, ``SHA256``, ``OAEP_MGF1_SHA256``, ``{"PSS": {...}}``); what the
-lab does not implement is a CryptoError naming it, which the key service answers as a 400.
+Fortanix's EC type covers the Weierstrass curves (ECDSA) and ``Ed25519`` (EdDSA, RFC 8032). Inputs are
+Fortanix's names (``NistP256``, ``SHA256``, ``OAEP_MGF1_SHA256``, ``{"PSS": {...}}``); what the lab does
+not implement is a CryptoError naming it, which the key service answers as a 400.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa, utils, x448, x25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from dsm_emulator.crypto import CryptoError
@@ -26,11 +27,14 @@ CURVES: Mapping[str, ec.EllipticCurve] = {
     "NistP256": ec.SECP256R1(),
     "NistP384": ec.SECP384R1(),
     "NistP521": ec.SECP521R1(),
+    "SecP256K1": ec.SECP256K1(),
 }
 _CURVE_NAMES = {curve.name: name for name, curve in CURVES.items()}
+ED25519 = "Ed25519"  # Fortanix: obj_type EC, elliptic_curve Ed25519; signs EdDSA (no mode, no pre-hash)
+CURVE_NAMES = (*CURVES, ED25519)
 # Fortanix EllipticCurve values the lab knows of but does not implement (named in the refusal).
 UNSUPPORTED_CURVES = frozenset(
-    {"SecP192K1", "SecP224K1", "SecP256K1", "NistP192", "NistP224", "Gost256A", "Ed25519", "X25519", "X448"}
+    {"SecP192K1", "SecP224K1", "NistP192", "NistP224", "Gost256A", "X25519", "X448"}
 )
 HASHES: Mapping[str, type[hashes.HashAlgorithm]] = {
     "SHA1": hashes.SHA1,
@@ -73,13 +77,35 @@ def _pkcs8(key: PrivateKeyTypes) -> bytes:
     )
 
 
-def check_curve(name: str) -> ec.EllipticCurve:
-    curve = CURVES.get(name)
-    if curve is not None:
-        return curve
+def export_form(material: bytes) -> bytes:
+    """A private key as export answers it: Fortanix's ``Default`` KeyFormat (the alternative it names is
+    ``Pkcs8``), i.e. PKCS#1 RSAPrivateKey for RSA and SEC1 ECPrivateKey for ECDSA curves, which is what
+    sdkms-cli's ``RSA PRIVATE KEY``/``EC PRIVATE KEY`` armour (export-object, export-pfx) says it holds.
+    Ed25519 has no such form: PKCS#8. A public key (SPKI) stays as it is."""
+    try:
+        key = serialization.load_der_private_key(material, password=None)
+    except (ValueError, TypeError):
+        return material
+    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        return key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    return material
+
+
+def curve_name(curve: ec.EllipticCurve) -> str | None:
+    """Fortanix's name of a Weierstrass curve the lab has (None for others)."""
+    return _CURVE_NAMES.get(curve.name)
+
+
+def check_curve(name: str) -> None:
+    if name in CURVE_NAMES:
+        return
     if name in UNSUPPORTED_CURVES:
-        raise CryptoError(f"elliptic_curve {name} is not supported by xkslab (NistP256, NistP384, NistP521)")
-    raise CryptoError(f"elliptic_curve must be one of {', '.join(CURVES)}")
+        raise CryptoError(f"elliptic_curve {name} is not supported by xkslab ({', '.join(CURVE_NAMES)})")
+    raise CryptoError(f"elliptic_curve must be one of {', '.join(CURVE_NAMES)}")
 
 
 def generate(obj_type: str, *, key_size: int | None, curve: str | None, exponent: int | None) -> KeyPair:
@@ -92,7 +118,11 @@ def generate(obj_type: str, *, key_size: int | None, curve: str | None, exponent
         return KeyPair(_pkcs8(private), _spki(private.public_key()), key_size, None, False)
     if curve is None:
         raise CryptoError("elliptic_curve is required for an EC key")
-    private = ec.generate_private_key(check_curve(curve))
+    check_curve(curve)
+    if curve == ED25519:
+        edwards = ed25519.Ed25519PrivateKey.generate()
+        return KeyPair(_pkcs8(edwards), _spki(edwards.public_key()), 256, curve, False)
+    private = ec.generate_private_key(CURVES[curve])
     return KeyPair(_pkcs8(private), _spki(private.public_key()), private.curve.key_size, curve, False)
 
 
@@ -116,6 +146,10 @@ def load(obj_type: str, value: bytes, *, curve: str | None) -> KeyPair:
             sizes = ", ".join(map(str, RSA_KEY_SIZES))
             raise CryptoError(f"RSA keys of {public.key_size} bits are not supported by xkslab ({sizes})")
         return KeyPair(material, _spki(public), public.key_size, None, private is None)
+    if obj_type == "EC" and isinstance(public, ed25519.Ed25519PublicKey):
+        if curve is not None and curve != ED25519:
+            raise CryptoError(f"elliptic_curve {curve} does not match the key's curve {ED25519}")
+        return KeyPair(material, _spki(public), 256, ED25519, private is None)
     if obj_type == "EC" and isinstance(public, ec.EllipticCurvePublicKey):
         name = _CURVE_NAMES.get(public.curve.name)
         if name is None:
@@ -123,6 +157,10 @@ def load(obj_type: str, value: bytes, *, curve: str | None) -> KeyPair:
         if curve is not None and curve != name:
             raise CryptoError(f"elliptic_curve {curve} does not match the key's curve {name}")
         return KeyPair(material, _spki(public), public.curve.key_size, name, private is None)
+    if obj_type == "EC" and isinstance(
+        public, x25519.X25519PublicKey | x448.X448PublicKey | ed448.Ed448PublicKey
+    ):
+        raise CryptoError(f"the key's curve is not supported by xkslab ({', '.join(CURVE_NAMES)})")
     raise CryptoError(f"value is not an {obj_type} key")
 
 
@@ -160,17 +198,52 @@ def _rsa_padding(
     return padding.PSS(mgf=padding.MGF1(mgf_hash), salt_length=algorithm.digest_size)
 
 
-def _digest(algorithm: hashes.HashAlgorithm, digest: bytes) -> utils.Prehashed:
+@dataclass(frozen=True)
+class Message:
+    """What a SignRequest signs or a VerifyRequest checks: exactly one of a digest the caller computed
+    (``hash``, with ``hash_alg``) or the data itself (``data``), which the lab digests with ``hash_alg``;
+    an Ed25519 key signs the data itself (pure EdDSA)."""
+
+    hash_alg: str | None
+    digest: bytes | None = None
+    data: bytes | None = None
+
+
+def _prehashed(message: Message) -> tuple[bytes, hashes.HashAlgorithm]:
+    if message.hash_alg is None:
+        raise CryptoError("missing required field hash_alg")
+    algorithm = hash_algorithm(message.hash_alg)
+    if message.data is not None:
+        h = hashes.Hash(algorithm)
+        h.update(message.data)
+        return h.finalize(), algorithm
+    digest = message.digest or b""
     if len(digest) != algorithm.digest_size:
         raise CryptoError(f"hash must be {algorithm.digest_size} bytes for {algorithm.name.upper()}")
-    return utils.Prehashed(algorithm)
+    return digest, algorithm
 
 
-def sign(material: bytes, hash_alg: str, digest: bytes, mode: Mapping[str, Any] | None) -> bytes:
-    """An RSA signature, or an ECDSA one (DER Ecdsa-Sig-Value), over an already computed digest."""
-    algorithm = hash_algorithm(hash_alg)
-    prehashed = _digest(algorithm, digest)
+def _eddsa_data(message: Message, mode: Mapping[str, Any] | None) -> bytes:
+    """Ed25519 signs the message (RFC 8032 pure Ed25519, whose own hash is SHA-512)."""
+    if mode is not None:
+        raise CryptoError("mode is for RSA keys; an Ed25519 key signs with EdDSA")
+    if message.data is None:
+        raise CryptoError(
+            "an Ed25519 key signs data (the message itself); a hash asks for Ed25519ph, which xkslab "
+            "does not emulate"
+        )
+    if message.hash_alg not in (None, "SHA512"):
+        raise CryptoError("hash_alg of an Ed25519 signature must be SHA512 (EdDSA's own hash) or absent")
+    return message.data
+
+
+def sign(material: bytes, message: Message, mode: Mapping[str, Any] | None) -> bytes:
+    """An RSA signature, an ECDSA one (DER Ecdsa-Sig-Value) or an Ed25519 one (64 bytes)."""
     key = serialization.load_der_private_key(material, password=None)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(_eddsa_data(message, mode))
+    digest, algorithm = _prehashed(message)
+    prehashed = utils.Prehashed(algorithm)
     if isinstance(key, rsa.RSAPrivateKey):
         return key.sign(digest, _rsa_padding(mode, algorithm), prehashed)
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -180,13 +253,14 @@ def sign(material: bytes, hash_alg: str, digest: bytes, mode: Mapping[str, Any] 
     raise CryptoError("this key cannot sign")
 
 
-def verify(
-    pub_key: bytes, hash_alg: str, digest: bytes, signature: bytes, mode: Mapping[str, Any] | None
-) -> bool:
-    algorithm = hash_algorithm(hash_alg)
-    prehashed = _digest(algorithm, digest)
+def verify(pub_key: bytes, message: Message, signature: bytes, mode: Mapping[str, Any] | None) -> bool:
     key = serialization.load_der_public_key(pub_key)
     try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, _eddsa_data(message, mode))
+            return True
+        digest, algorithm = _prehashed(message)
+        prehashed = utils.Prehashed(algorithm)
         if isinstance(key, rsa.RSAPublicKey):
             key.verify(signature, digest, _rsa_padding(mode, algorithm), prehashed)
         elif isinstance(key, ec.EllipticCurvePublicKey):

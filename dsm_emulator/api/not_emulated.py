@@ -31,6 +31,10 @@ EMAIL_CONFIRMATION = "e-mail confirmation"
 SYSTEM_ADMIN = (
     "system administration (creating and deleting accounts): the lab has one account per data directory"
 )
+CHILD_ACCOUNTS = "child accounts (the lab has one account per data directory)"
+AWS_KMS_KEYS = "keys backed by AWS KMS through a group's HMG (deletion schedules, key material)"
+STREAMING = "streaming encryption and decryption (/crypto/v1/stream)"
+OBJECT_DIGEST = "digests of a security object's value"
 # Not a route of its own: POST /sys/v1/session/auth with an app id and no secret, over mutual TLS.
 CERTIFICATE_LOGIN = "app certificate logins (mutual TLS)"
 
@@ -94,6 +98,22 @@ NOT_EMULATED: tuple[NotEmulated, ...] = (
     ),
     NotEmulated("POST", "/sys/v1/accounts", SYSTEM_ADMIN, "createAccount"),
     NotEmulated("DELETE", "/sys/v1/accounts/{acct_id}", SYSTEM_ADMIN, "deleteAccount"),
+    NotEmulated("POST", "/sys/v1/accounts/child", CHILD_ACCOUNTS, "createChildAccount"),
+    NotEmulated("GET", "/sys/v1/accounts/{acct_id}/child", CHILD_ACCOUNTS, "getChildAccounts"),
+    NotEmulated("POST", "/sys/v1/users/child_account", CHILD_ACCOUNTS, "createChildAccountUser"),
+    NotEmulated("GET", "/sys/v1/users/child_account/{user_id}", CHILD_ACCOUNTS, "getChildAccountUser"),
+    NotEmulated("PATCH", "/sys/v1/users/child_account/{user_id}", CHILD_ACCOUNTS, "updateChildAccountUser"),
+    NotEmulated("DELETE", "/sys/v1/users/child_account/{user_id}", CHILD_ACCOUNTS, "deleteChildAccountUser"),
+    NotEmulated(
+        "GET", "/sys/v1/users/child_account/{acct_id}/all", CHILD_ACCOUNTS, "getAllChildAccountUsers"
+    ),
+    NotEmulated("POST", "/crypto/v1/keys/{kid}/schedule_deletion", AWS_KMS_KEYS, "scheduleDeletion"),
+    NotEmulated("POST", "/crypto/v1/keys/{kid}/cancel_deletion", AWS_KMS_KEYS, "cancelDeletion"),
+    NotEmulated("POST", "/crypto/v1/keys/{kid}/delete_key_material", AWS_KMS_KEYS, "deleteKeyMaterial"),
+    NotEmulated("POST", "/crypto/v1/keys/{kid}/restore", AWS_KMS_KEYS, "restore"),
+    NotEmulated("POST", "/crypto/v1/stream/encrypt", STREAMING, "streamEncrypt"),
+    NotEmulated("POST", "/crypto/v1/stream/decrypt", STREAMING, "streamDecrypt"),
+    NotEmulated("POST", "/crypto/v1/keys/digest", OBJECT_DIGEST, "getSecurityObjectDigest"),
     # sdkms-cli ldap-auth asks this before it logs in, without credentials, as Fortanix allows.
     NotEmulated("POST", "/sys/v1/session/auth/discover", LDAP, "authDiscover", public=True),
 )

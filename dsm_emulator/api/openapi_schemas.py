@@ -19,7 +19,10 @@ CRYPT_FIELDS: dict[str, Schema] = {
 }
 HASH_ALG = {"enum": ["SHA1", "SHA256", "SHA384", "SHA512"]}
 DESCRIPTOR = obj(kid=string(), name=string(), transient_key=string())
-SIGN_FIELDS: dict[str, Schema] = {"key": DESCRIPTOR, "hash_alg": HASH_ALG, "hash": BLOB, "mode": ANY_OBJECT}
+# Exactly one of hash (with hash_alg) and data (the message; an Ed25519 key signs it as it is).
+SIGN_FIELDS: dict[str, Schema] = {
+    "key": DESCRIPTOR, "hash_alg": HASH_ALG, "hash": BLOB, "data": BLOB, "mode": ANY_OBJECT
+}  # fmt: skip
 CUSTODIAN = obj(["user"], user=string())
 COMPONENT = obj(["component", "custodian"], component=BLOB, component_kcv=string(), custodian=CUSTODIAN)
 COMPONENTS_EXPORT = obj(
@@ -94,7 +97,7 @@ SCHEMAS: dict[str, Schema] = {
         transient={"type": "boolean"},
         value=BLOB,
         custom_metadata={"type": "object", "additionalProperties": string()},
-        elliptic_curve={"enum": ["NistP256", "NistP384", "NistP521"]},
+        elliptic_curve={"enum": ["NistP256", "NistP384", "NistP521", "SecP256K1", "Ed25519"]},
         pub_exponent={"type": "integer"},
         rsa=obj(key_size={"type": "integer"}, public_exponent={"type": "integer"}),
     ),
@@ -115,9 +118,9 @@ SCHEMAS: dict[str, Schema] = {
     "VerifyKcvRequest": obj(
         ["kcv", "value", "obj_type"], kcv=string(), value=BLOB, obj_type={"enum": ["AES", "DES", "DES3"]}
     ),
-    "SignRequest": obj(["hash_alg", "hash"], **SIGN_FIELDS),
+    "SignRequest": obj(**SIGN_FIELDS),
     "SignResponse": obj(["signature"], kid=string(), signature=BLOB),
-    "VerifyRequest": obj(["hash_alg", "hash", "signature"], signature=BLOB, **SIGN_FIELDS),
+    "VerifyRequest": obj(["signature"], signature=BLOB, **SIGN_FIELDS),
     "VerifyResponse": obj(["result"], kid=string(), result={"type": "boolean"}),
     "Group": obj(["group_id", "name"], group_id=string(), name=string(), acct_id=string()),
     "App": obj(["app_id", "name"], app_id=string(), name=string(), acct_id=string(), groups=ANY_OBJECT),

@@ -2,8 +2,9 @@
 uses: the legacy per-key paths (``/crypto/v1/keys/{kid}/sign``), the "Ex" paths that carry a
 SobjectDescriptor in the body (``/crypto/v1/sign``), and their batch forms (a list of Ex requests).
 
-The data to sign is given as a digest (``hash`` with ``hash_alg``), as sdkms-cli sends it; ``data`` (the
-message itself) and ``deterministic_signature`` are refused with a 400 that names them rather than
+The data to sign is given as a digest (``hash`` with ``hash_alg``), as sdkms-cli sends it, or as the
+message itself (``data``, which the lab digests with ``hash_alg``; an Ed25519 key signs it as it is);
+exactly one of the two. ``deterministic_signature`` is refused with a 400 that names it rather than
 ignored. Each handler parses its input before any lookup, makes one KeyService call and answers in
 Fortanix's shapes (bytes as padded base64).
 """
@@ -28,6 +29,7 @@ from dsm_emulator.api.context import (
 )
 from dsm_emulator.api.crypto import _descriptor
 from dsm_emulator.api.sobjects import _object
+from dsm_emulator.asymmetric import Message
 from dsm_emulator.authz import Principal
 from dsm_emulator.errors import BadRequest
 from dsm_emulator.keys import KeyService
@@ -38,21 +40,22 @@ routes = web.RouteTableDef()
 
 @dataclass(frozen=True)
 class _SignArgs:
-    hash_alg: str
-    digest: bytes
+    message: Message
     mode: dict[str, Any] | None
 
 
 def _sign_args(body: dict[str, Any]) -> _SignArgs:
-    if body.get("data") is not None:
-        raise not_implemented("data", "send the digest as hash, with hash_alg")
     if body.get("deterministic_signature"):
         raise not_implemented("deterministic_signature")
-    hash_alg = field(body, "hash_alg", str, required=True)
-    digest = b64_field(body, "hash", required=True)
-    assert digest is not None
+    hash_alg = field(body, "hash_alg", str)
+    digest = b64_field(body, "hash")
+    data = b64_field(body, "data")
+    if (digest is None) == (data is None):
+        raise BadRequest("exactly one of hash and data is required")
+    if digest is not None and hash_alg is None:
+        raise BadRequest("missing required field hash_alg")
     mode = field(body, "mode", dict)
-    return _SignArgs(str(hash_alg), digest, mode)
+    return _SignArgs(Message(hash_alg, digest=digest, data=data), mode)
 
 
 async def _kid(keys: KeyService, p: Principal, body: dict[str, Any]) -> str:
@@ -65,7 +68,7 @@ async def _kid(keys: KeyService, p: Principal, body: dict[str, Any]) -> str:
 
 async def _sign(keys: KeyService, p: Principal, kid: str, body: dict[str, Any]) -> dict[str, Any]:
     a = _sign_args(body)
-    signature = await keys.sign(p, kid, a.hash_alg, a.digest, a.mode)
+    signature = await keys.sign(p, kid, a.message, a.mode)
     return {"kid": kid, "signature": b64(signature)}
 
 
@@ -73,7 +76,7 @@ async def _verify(keys: KeyService, p: Principal, kid: str, body: dict[str, Any]
     a = _sign_args(body)
     signature = b64_field(body, "signature", required=True)
     assert signature is not None
-    result = await keys.verify(p, kid, a.hash_alg, a.digest, signature, a.mode)
+    result = await keys.verify(p, kid, a.message, signature, a.mode)
     return {"kid": kid, "result": result}
 
 

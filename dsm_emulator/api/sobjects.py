@@ -10,6 +10,7 @@ turned into ``{"message"}`` responses by the error middleware.
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,7 +133,12 @@ async def _views(request: web.Request, objs: list[SecurityObject]) -> list[dict[
 
 
 async def _stored_view(request: web.Request, obj: SecurityObject) -> dict[str, Any]:
+    """One object as read by kid or name. A certificate shows its ``value`` (the DER certificate), as
+    Fortanix always returns an OPAQUE's or CERTIFICATE's value; listings leave it out (no unsealing per
+    row)."""
     (view,) = await _views(request, [obj])
+    if obj.obj_type == "CERTIFICATE" and obj.sealed_material is not None:
+        view["value"] = base64.b64encode(await core_of(request).keys.material(obj)).decode("ascii")
     return view
 
 

@@ -84,7 +84,7 @@ OBJECT_TYPES: Mapping[str, ObjectTypeRule] = {
         frozenset({"SIGN", "VERIFY", "ENCRYPT", "DECRYPT", "EXPORT", "APPMANAGEABLE"}),
     ),
     "EC": ObjectTypeRule(
-        lambda bits: bits in (256, 384, 521),
+        lambda bits: bits in (256, 384, 521),  # Ed25519 and SecP256K1 keys are 256 bits
         frozenset({"SIGN", "VERIFY", "APPMANAGEABLE"}),
         frozenset({"SIGN", "VERIFY", "EXPORT", "APPMANAGEABLE"}),
     ),
@@ -92,6 +92,13 @@ OBJECT_TYPES: Mapping[str, ObjectTypeRule] = {
         lambda bits: 0 < bits <= 8 * 65536 and bits % 8 == 0,
         frozenset({"EXPORT", "APPMANAGEABLE"}),
         frozenset({"EXPORT", "APPMANAGEABLE"}),
+        can_generate=False,
+    ),
+    # An X.509 certificate (imported only): it verifies with its subject's public key and always exports.
+    "CERTIFICATE": ObjectTypeRule(
+        lambda bits: bits > 0,
+        frozenset({"VERIFY", "APPMANAGEABLE"}),
+        frozenset({"VERIFY", "EXPORT", "APPMANAGEABLE"}),
         can_generate=False,
     ),
 }

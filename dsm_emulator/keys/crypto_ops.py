@@ -152,7 +152,7 @@ class CryptoMixin(KeyServiceBase):
             policies.check_wrap(wrapping.kid, wrapping.name)
             # Wrapping reveals the subject key: an export of it, held like one.
             await self.gate.check(p, [Touch.sobject(wrapping, CRYPTO), Touch.sobject(subject, EXPORT)])
-            material = await self.material(subject)
+            material = _exported(subject, await self.material(subject))
             kek = await self.material(wrapping)
             wrapped = run_crypto(
                 lambda: crypto.encrypt(mode, kek, material, iv=iv, aad=aad, tag_len_bits=tag_len_bits)
@@ -251,9 +251,16 @@ class CryptoMixin(KeyServiceBase):
                     raise InvalidState("this key is not exportable (no EXPORT key operation)")
                 (await self._policies(session, obj.group_id)).check_plain_export()
             await self._held(p, obj, EXPORT)
-            return obj, await self.material(obj)
+            return obj, _exported(obj, await self.material(obj))
 
         return await self._audited(event, action)
+
+
+def _exported(obj: SecurityObject, material: bytes) -> bytes:
+    """Material as it leaves the DSM (export, wrap): a private key in Fortanix's Default format."""
+    if obj.obj_type in asymmetric.ASYMMETRIC_TYPES and not obj.public_only:
+        return asymmetric.export_form(material)
+    return material
 
 
 def _require_aes(obj: SecurityObject, alg: str | None = None) -> None:

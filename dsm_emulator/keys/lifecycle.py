@@ -155,8 +155,8 @@ class LifecycleMixin(HistoryMixin):
             if old.replacement_kid is not None:
                 raise InvalidState("this object has already been rotated")
             await self._held(p, old, "ROTATE_SOBJECTS")
-            if old.obj_type in ASYMMETRIC_TYPES:
-                raise BadRequest(f"rekey of {old.obj_type} keys is not implemented by xkslab")
+            if old.obj_type in (*ASYMMETRIC_TYPES, "CERTIFICATE"):
+                raise BadRequest(f"rekey of {old.obj_type} objects is not implemented by xkslab")
             rotatable = ("AES", "DES", "DES3", "HMAC", "SECRET") if value is None else tuple(OBJECT_TYPES)
             if old.sealed_material is None or old.obj_type not in rotatable:
                 raise InvalidState(f"a {old.obj_type} object in state {old.state} cannot be rekeyed")

@@ -1,17 +1,25 @@
 """What a new object is checked against before it is stored: the key pair an RSA or EC SobjectRequest
-generates or imports (checked against the request's type-specific options), and the key_ops a new key gets
-under its group's policies."""
+generates or imports (checked against the request's type-specific options), or the public key of an
+imported certificate, and the key_ops a new key gets under its group's policies."""
 
 from __future__ import annotations
 
-from dsm_emulator import asymmetric, crypto
+from dsm_emulator import asymmetric, certificates, crypto
 from dsm_emulator.errors import BadRequest
 from dsm_emulator.keys.base import KeySpec
 from dsm_emulator.policies import GroupPolicies, KeyFacts
 
 
 def key_pair(spec: KeySpec, value: bytes | None) -> asymmetric.KeyPair | None:
-    """The RSA or EC key pair a spec generates or imports (None for other types)."""
+    """The RSA or EC key pair a spec generates or imports, or what a certificate holds (None for other
+    types)."""
+    if spec.obj_type == certificates.CERTIFICATE and value is not None:
+        if spec.elliptic_curve is not None or spec.pub_exponent is not None:
+            raise BadRequest("elliptic_curve and pub_exponent are the certificate's own: omit them")
+        try:
+            return certificates.load(value)
+        except crypto.CryptoError as exc:
+            raise BadRequest(str(exc)) from None
     if spec.obj_type not in asymmetric.ASYMMETRIC_TYPES:
         if spec.elliptic_curve is not None or spec.pub_exponent is not None:
             raise BadRequest(f"elliptic_curve and pub_exponent are not options of {spec.obj_type} objects")
