@@ -1,0 +1,94 @@
+// Keys: groups, their keys and each key's state, the KMS keys on the lab's key store that use it; create,
+// enable/disable, rotate (rekey), revoke, destroy, and "use in KMS" (a KMS key on the lab's key store).
+import { call } from "../api.js";
+import { act, button, h, notice, short, table } from "../ui.js";
+
+export const title = "Keys";
+
+const KEY_OPS = ["ENCRYPT", "DECRYPT", "WRAPKEY", "UNWRAPKEY", "APPMANAGEABLE"];
+
+export function render(root) {
+  const status = notice();
+  const groupSelect = h("select", { id: "group", "aria-label": "Group" });
+  const name = h("input", { id: "key-name", name: "name", required: true, placeholder: "e.g. payroll-kek" });
+  const size = h("select", { id: "key-size", "aria-label": "Key size" }, [256, 192, 128].map((s) => h("option", { value: s }, `AES-${s}`)));
+  const list = h("div", {});
+  const form = h(
+    "form",
+    { class: "card row", "aria-label": "Create a key" },
+    h("label", { for: "group" }, "Group"),
+    groupSelect,
+    h("label", { for: "key-name" }, "New key"),
+    name,
+    size,
+    h("button", { type: "submit", class: "primary" }, "Create key"),
+  );
+  root.append(form, status, list);
+
+  async function load() {
+    const groupId = groupSelect.value;
+    const [keys, kms] = await Promise.all([
+      call("GET", `/crypto/v1/keys?group_id=${encodeURIComponent(groupId)}`),
+      call("GET", "/console/api/kms-keys").catch(() => ({ keys: [] })),
+    ]);
+    const usedBy = {};
+    for (const k of kms.keys) (usedBy[k.xks_key_id] ||= []).push(k);
+    list.replaceChildren(
+      table(
+        `Keys in ${groupSelect.selectedOptions[0]?.textContent || "the group"}`,
+        [
+          { title: "Name", cell: (k) => k.name },
+          { title: "Key id", cell: (k) => h("code", { title: k.kid }, short(k.kid)) },
+          { title: "Type", cell: (k) => `${k.obj_type}${k.key_size ? "-" + k.key_size : ""}` },
+          { title: "State", cell: (k) => h("span", { class: "badge", "data-state": k.enabled ? k.state : "Disabled" }, k.enabled ? k.state : `${k.state}, disabled`) },
+          { title: "Used by KMS", cell: (k) => (usedBy[k.kid] || []).map((m) => h("div", {}, h("code", {}, m.key_id), ` ${m.state}`)) },
+          { title: "Actions", cell: (k) => actions(k) },
+        ],
+        keys,
+        (k) => ({ "data-kid": k.kid, "data-name": k.name }),
+      ),
+    );
+  }
+
+  function actions(key) {
+    const run = (label, work) =>
+      button(label, async () => {
+        await act(status, `${label} ${key.name}`, work);
+        await load();
+      });
+    return h(
+      "div",
+      { class: "actions" },
+      key.enabled
+        ? run("Disable", () => call("PATCH", `/crypto/v1/keys/${key.kid}`, { enabled: false }))
+        : run("Enable", () => call("PATCH", `/crypto/v1/keys/${key.kid}`, { enabled: true })),
+      run("Rotate", () => call("POST", "/crypto/v1/keys/rekey", { kid: key.kid })),
+      run("Revoke", () => call("POST", `/crypto/v1/keys/${key.kid}/revoke`, { code: "Unspecified", message: "revoked in the console" })),
+      run("Destroy", () => call("POST", `/crypto/v1/keys/${key.kid}/destroy`)),
+      run("Use in KMS", () => call("POST", "/console/api/kms-keys", { xks_key_id: key.kid })),
+    );
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const created = await act(status, `Create ${name.value}`, () =>
+      call("POST", "/crypto/v1/keys", {
+        name: name.value,
+        obj_type: "AES",
+        key_size: Number(size.value),
+        key_ops: KEY_OPS,
+        group_id: groupSelect.value,
+      }),
+    );
+    if (created) name.value = "";
+    await load();
+  });
+  groupSelect.addEventListener("change", () => load().catch((e) => status.show(e.message, "error")));
+
+  call("GET", "/sys/v1/groups")
+    .then(async (groups) => {
+      groupSelect.replaceChildren(...groups.map((g) => h("option", { value: g.group_id }, g.name)));
+      await load();
+    })
+    .catch((error) => status.show(error.message, "error"));
+}
