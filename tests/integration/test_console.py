@@ -8,7 +8,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright import sync_api as playwright_api
 
 from tests import deadlines
 from tests.conftest import pg_url
-from xkslab.lab.info import LabInfo
+from xkslab.lab.info import FREE_PORTS, START_TIMEOUT_S, STOP_TIMEOUT_S, LabInfo
 from xkslab.lab.process import fresh_database, lab_process
-
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 60_000  # a bound for a stalled machine, not a budget
@@ -258,3 +262,39 @@ def test_console_files_carry_a_strict_csp_and_the_api_needs_a_session(lab: LabIn
             urllib.request.urlopen(lab.dsm_url + path, timeout=60)
         assert refused.value.code == status, path
         refused.value.close()
+
+
+def test_up_open_opens_the_console_in_a_browser(tmp_path: Path) -> None:
+    """``xkslab up --open`` hands the console's URL to the user's browser ($BROWSER, which the standard
+    library's webbrowser honours; here a script that writes down what it was given) once the lab is ready."""
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser.py"
+    browser.write_text(f"import pathlib, sys\npathlib.Path({str(opened)!r}).write_text(sys.argv[1])\n")
+    sets = [
+        a
+        for name, value in {**FREE_PORTS, **deadlines.GENEROUS}.items()
+        for a in ("--set", f"{name}={value}")
+    ]
+    env = {**os.environ, "BROWSER": f"{sys.executable} {browser} %s"}
+    data_dir = tmp_path / "data"
+    with (tmp_path / "up.log").open("wb") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *sets, "up", "--open"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        for _ in range(int(START_TIMEOUT_S * 10)):
+            if (opened.exists() and opened.read_text()) or up.poll() is not None:
+                break
+            time.sleep(0.1)
+        url = opened.read_text()
+        assert url == json.loads((data_dir / "up.json").read_text())["console"]["url"]
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            assert b'src="/console/app.js"' in answer.read()
+        assert f"Console           {url}" in (tmp_path / "up.log").read_text()
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=STOP_TIMEOUT_S) == 0
