@@ -306,13 +306,21 @@ async def scenario_off(request: web.Request) -> web.Response:
 
 @routes.post(API + "/key-store/connect")
 async def connect_key_store(request: web.Request) -> web.Response:
-    """ConnectCustomKeyStore (after a DisconnectCustomKeyStore, or a FAILED state once the faults are
-    off): KMS's own answer, refusal included."""
-    await _change(request, "console.key_store", "console: connect the key store")
+    """Reconnect the lab's key store as an operator does after a failure: DisconnectCustomKeyStore
+    (unless it is disconnected already), then ConnectCustomKeyStore; KMS's refusal is the answer."""
+    await _change(request, "console.key_store", "console: reconnect the key store")
     link = _link(request)
-    answer = await link.kms(
-        "ConnectCustomKeyStore", {"CustomKeyStoreId": link.facts()["kms"]["custom_key_store_id"]}
+    store = {"CustomKeyStoreId": link.facts()["kms"]["custom_key_store_id"]}
+    described = await link.kms("DescribeCustomKeyStores", store)
+    state = (described.body.get("CustomKeyStores") or [{}])[0].get("ConnectionState")
+    steps = (
+        ["ConnectCustomKeyStore"]
+        if state == "DISCONNECTED"
+        else ["DisconnectCustomKeyStore", "ConnectCustomKeyStore"]
     )
-    if answer.error is not None:
-        raise BadRequest(f"KMS refused: {answer.error} {answer.body.get('message') or ''}".strip())
+    for operation in steps:
+        answer = await link.kms(operation, store)
+        if answer.error is not None:
+            message = answer.body.get("message") or answer.body.get("Message") or ""
+            raise BadRequest(f"KMS refused {operation}: {answer.error} {message}".strip())
     return json_response({"connecting": True})

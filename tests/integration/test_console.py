@@ -38,7 +38,8 @@ PAGES = ("overview", "keys", "apps", "audit", "flow", "approvals", "faults")
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
     base = tmp_path_factory.mktemp(f"console-{request.param}")
-    overrides = dict(deadlines.GENEROUS)
+    # Repeated failures turn the key store FAILED (the Faults page shows it), KmsHealthCheck every 0.5 s.
+    overrides = {**deadlines.GENEROUS, "kms.xks_failure_threshold": "3", "kms.xks_health_check_s": "0.5"}
     with contextlib.ExitStack() as stack:
         if request.param == "postgres":
             overrides["database.url"] = stack.enter_context(fresh_database(pg_url("test"), tag="console"))
@@ -226,6 +227,116 @@ def test_an_auditor_is_refused_what_needs_an_administrator(page: Any, lab: LabIn
     # The DSM's audit log has both refusals, with the auditor as the actor.
     hits = [h["_source"] for h in dsm_admin(lab, "GET", "/sys/v1/logs?size=500")["hits"]]
     assert any("console: run the demo" in h["message"] and ": refused:" in h["message"] for h in hits)
+
+
+def test_a_fault_scenario_turns_the_key_store_failed_and_back(page: Any, lab: LabInfo) -> None:
+    sign_in(page, lab)
+    page.click("nav >> text=Faults")
+    row = page.locator("tr[data-scenario=credential-rejected]")
+    try:
+        row.locator("button", has_text="Switch on").click()
+        row.locator(".badge", has_text="on").wait_for()
+        page.locator("#store-state", has_text="INVALID_CREDENTIALS").wait_for()
+        assert page.inner_text("#connection-state") == "FAILED"
+        assert (
+            lab.kms_client().describe_custom_key_stores(CustomKeyStoreId=lab.custom_key_store_id)[
+                "CustomKeyStores"
+            ][0]["ConnectionErrorCode"]
+            == "INVALID_CREDENTIALS"
+        )
+        row.locator("button", has_text="Switch off").click()
+        row.locator(".badge", has_text="off").wait_for()
+        assert lab.faults_client().list_faults() == []
+        page.click("#reconnect")
+        page.locator("#connection-state", has_text="CONNECTED").wait_for()
+    finally:
+        lab.faults_client().clear()
+        kms = lab.kms_client()
+        state = kms.describe_custom_key_stores(CustomKeyStoreId=lab.custom_key_store_id)["CustomKeyStores"][0]
+        if state["ConnectionState"] != "CONNECTED":
+            if state["ConnectionState"] != "DISCONNECTED":
+                kms.disconnect_custom_key_store(CustomKeyStoreId=lab.custom_key_store_id)
+            kms.connect_custom_key_store(CustomKeyStoreId=lab.custom_key_store_id)
+    blob = lab.kms_client().encrypt(KeyId=lab.key_id, Plaintext=b"healthy again")["CiphertextBlob"]
+    assert lab.kms_client().decrypt(CiphertextBlob=blob)["Plaintext"] == b"healthy again"
+
+
+def test_a_destroy_held_for_quorum_is_asked_approved_in_another_browser_and_run(
+    browser: Any, lab: LabInfo, tmp_path: Path
+) -> None:
+    bob, bob_password = f"bob-{uuid.uuid4().hex[:8]}@xkslab.local", "bob password 1!"
+    bob_id = dsm_admin(
+        lab,
+        "POST",
+        "/sys/v1/users/invite",
+        {"user_email": bob, "user_password": bob_password, "account_role": ["ACCOUNTADMINISTRATOR"]},
+    )["user_id"]
+    admin_id = next(
+        u["user_id"]
+        for u in dsm_admin(lab, "GET", "/sys/v1/users")
+        if u["user_email"] == lab.data["dsm"]["admin_email"]
+    )
+    group = dsm_admin(
+        lab,
+        "POST",
+        "/sys/v1/groups",
+        {
+            "name": f"quorum-{uuid.uuid4().hex[:8]}",
+            "approval_policy": {
+                "quorum": {"n": 1, "members": [{"user": admin_id}, {"user": bob_id}]},
+                "protect_permissions": ["DESTROY_SOBJECTS"],
+            },
+        },
+    )
+    name = f"held-{uuid.uuid4().hex[:8]}"
+    kid = dsm_admin(
+        lab,
+        "POST",
+        "/crypto/v1/keys",
+        {
+            "name": name,
+            "obj_type": "AES",
+            "key_size": 256,
+            "key_ops": ["ENCRYPT"],
+            "group_id": group["group_id"],
+        },
+    )["kid"]
+    contexts = []
+    try:
+        pages = []
+        for _ in range(2):  # two browsers: two people
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            context.set_default_timeout(WAIT_MS)
+            contexts.append(context)
+            pages.append(context.new_page())
+        asker, approver = pages
+        sign_in(asker, lab, bob, bob_password)
+        asker.click("nav >> text=Keys")
+        asker.select_option("#group", group["group_id"])
+        row = asker.locator(f"tr[data-kid='{kid}']")
+        row.locator("button", has_text="Revoke").click()
+        asker.locator(".notice[data-kind=ok]", has_text=f"Revoke {name}: done").wait_for()
+        row.locator("button", has_text="Destroy").click()
+        asker.locator(".notice", has_text="quorum approval").wait_for()
+        asker.click("#ask-approval")
+        asker.locator(".notice", has_text="is waiting for the quorum").wait_for()
+
+        sign_in(approver, lab)
+        approver.click("nav >> text=Approvals")
+        pending = approver.locator("tr[data-status=PENDING]", has_text=f"/crypto/v1/keys/{kid}/destroy")
+        pending.locator("button", has_text="Approve").click()
+        approver.locator("tr[data-status=APPROVED]", has_text=f"/crypto/v1/keys/{kid}/destroy").wait_for()
+        approver.screenshot(path=str(tmp_path / "approver.png"), full_page=True)
+
+        asker.click("nav >> text=Approvals")
+        approved = asker.locator("tr[data-status=APPROVED]", has_text=f"/crypto/v1/keys/{kid}/destroy")
+        approved.locator("button", has_text="Run it").click()
+        asker.locator(".notice[data-kind=ok]", has_text="done").wait_for()
+        asker.screenshot(path=str(tmp_path / "asker.png"), full_page=True)
+    finally:
+        for context in contexts:
+            context.close()
+    assert dsm_admin(lab, "GET", f"/crypto/v1/keys/{kid}")["state"] == "Destroyed"
 
 
 def test_no_page_loads_anything_from_elsewhere(page: Any, lab: LabInfo) -> None:

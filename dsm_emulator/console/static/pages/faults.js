@@ -11,6 +11,7 @@ export function render(root) {
   const list = h("div", {});
   root.append(status, state, list);
   let last = null;
+  let drawn = "";
 
   async function scenarios() {
     const data = await call("GET", "/console/api/faults");
@@ -46,6 +47,10 @@ export function render(root) {
     }
     const errors = last ? lab.kms.XksProxyErrors - last.XksProxyErrors : 0;
     last = lab.kms;
+    // Drawn again only when something shown changed, so that the keyboard focus stays where it is.
+    const now = JSON.stringify([lab.key_store, errors, lab.kms.XksExternalKeyManagerStates]);
+    if (now === drawn) return;
+    drawn = now;
     state.replaceChildren(
       h("h2", {}, "Key store"),
       h(
@@ -56,9 +61,13 @@ export function render(root) {
         h("div", { class: "stat" }, h("span", { class: "stat-label" }, "XksProxyErrors (since last poll)"), h("strong", {}, String(errors))),
         h("div", { class: "stat" }, h("span", { class: "stat-label" }, "XksExternalKeyManagerStates ACTIVE"), h("strong", {}, String(lab.kms.XksExternalKeyManagerStates.ACTIVE))),
       ),
-      lab.key_store.state !== "CONNECTED"
-        ? button("Connect the key store", () => act(status, "ConnectCustomKeyStore", () => call("POST", "/console/api/key-store/connect")))
-        : null,
+      h(
+        "div",
+        { class: "row" },
+        lab.key_store.state !== "CONNECTED"
+          ? button("Reconnect the key store", () => act(status, "Reconnect the key store", () => call("POST", "/console/api/key-store/connect")), { id: "reconnect" })
+          : null,
+      ),
     );
   });
   scenarios().catch((error) => status.show(error.message, "error"));

@@ -50,22 +50,42 @@ export function render(root) {
     );
   }
 
+  // A refusal because the group's approval policy holds the operation offers to ask the quorum for it
+  // (POST /sys/v1/approval_requests); the request then waits on the Approvals page.
+  function askQuorum(what, method, operation, body) {
+    const ask = button("Ask for approval", async () => {
+      const asked = await act(status, `Ask for approval of ${what}`, () =>
+        call("POST", "/sys/v1/approval_requests", { method, operation, body, description: `${what} (from the console)` }),
+      );
+      if (asked) status.show(`${what}: approval request ${short(asked.request_id)} is waiting for the quorum (Approvals page)`, "ok");
+      ask.remove();
+    }, { id: "ask-approval" });
+    status.append(" ", ask);
+  }
+
   function actions(key) {
-    const run = (label, work) =>
+    const run = (label, method, operation, body) =>
       button(label, async () => {
-        await act(status, `${label} ${key.name}`, work);
+        const what = `${label} ${key.name}`;
+        try {
+          await call(method, operation, body);
+          status.show(`${what}: done`, "ok");
+        } catch (error) {
+          status.show(`${what}: refused: ${error.message}`, "error");
+          if (error.status === 403 && /quorum approval/.test(error.message)) askQuorum(what, method, operation, body);
+        }
         await load();
-      });
+      }, { "aria-label": `${label} ${key.name}` });
     return h(
       "div",
       { class: "actions" },
       key.enabled
-        ? run("Disable", () => call("PATCH", `/crypto/v1/keys/${key.kid}`, { enabled: false }))
-        : run("Enable", () => call("PATCH", `/crypto/v1/keys/${key.kid}`, { enabled: true })),
-      run("Rotate", () => call("POST", "/crypto/v1/keys/rekey", { kid: key.kid })),
-      run("Revoke", () => call("POST", `/crypto/v1/keys/${key.kid}/revoke`, { code: "Unspecified", message: "revoked in the console" })),
-      run("Destroy", () => call("POST", `/crypto/v1/keys/${key.kid}/destroy`)),
-      run("Use in KMS", () => call("POST", "/console/api/kms-keys", { xks_key_id: key.kid })),
+        ? run("Disable", "PATCH", `/crypto/v1/keys/${key.kid}`, { enabled: false })
+        : run("Enable", "PATCH", `/crypto/v1/keys/${key.kid}`, { enabled: true }),
+      run("Rotate", "POST", "/crypto/v1/keys/rekey", { kid: key.kid }),
+      run("Revoke", "POST", `/crypto/v1/keys/${key.kid}/revoke`, { code: "Unspecified", message: "revoked in the console" }),
+      run("Destroy", "POST", `/crypto/v1/keys/${key.kid}/destroy`),
+      run("Use in KMS", "POST", "/console/api/kms-keys", { xks_key_id: key.kid }),
     );
   }
 
