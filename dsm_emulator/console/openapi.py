@@ -65,6 +65,18 @@ def console_paths(op: OperationBuilder) -> dict[str, dict[str, Any]]:
                 summary="GenerateDataKey then Decrypt through KMS, timed per hop (account administrators)",
             )
         },
+        "/console/api/audit-chain": {
+            "get": op(
+                "consoleAuditChain",
+                obj(
+                    ["ok", "rows", "problems"],
+                    ok={"type": "boolean"},
+                    rows={"type": "integer"},
+                    problems=array(ANY),
+                ),
+                summary="Verify the audit log's hash chains (account administrators)",
+            )
+        },
         "/console/api/faults": {
             "get": op(
                 "consoleFaults", obj(["scenarios"], scenarios=array(scenario), faults_set={"type": "integer"})

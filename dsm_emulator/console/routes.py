@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import func, select
 
 from dsm_emulator.api.context import core_of, field, json_response, principal_of, read_json
+from dsm_emulator.audit import verify as audit_verify
 from dsm_emulator.audit.events import AuditEvent
 from dsm_emulator.authz import Principal
 from dsm_emulator.console.lab_link import KmsAnswer, LabLink, LabUnavailable
 from dsm_emulator.errors import AccessDenied, BadRequest, NotFound
+from dsm_emulator.models import AuditRow
 from xkslab_shared.faults_wire import FaultSpecError, parse_scenario
 
 LINK_KEY = web.AppKey("console_lab_link", LabLink)
@@ -232,6 +235,20 @@ def _answer(answer: KmsAnswer, operation: str) -> dict[str, Any]:
         "message": answer.body.get("message") or answer.body.get("Message"),
         "key_id": answer.body.get("KeyId") or meta.get("KeyId"),
     }
+
+
+@routes.get(API + "/audit-chain")
+async def audit_chain(request: web.Request) -> web.Response:
+    """``xkslab audit verify`` for the Audit page: every hash chain walked, the first bad row of each
+    named (an account administrator's, as the whole log is)."""
+    if not principal_of(request).is_admin:
+        raise AccessDenied("verifying the audit chain needs an account administrator")
+    core = core_of(request)
+    problems = await audit_verify(core.sessions, core.keyring)
+    async with core.sessions() as session:
+        rows = await session.scalar(select(func.count()).select_from(AuditRow))
+    found = [{"chain": p.chain, "seq": p.seq, "row_id": p.row_id, "reason": p.reason} for p in problems]
+    return json_response({"ok": not problems, "rows": rows or 0, "problems": found})
 
 
 # ------------------------------------------------------------------------------------- faults

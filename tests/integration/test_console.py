@@ -32,7 +32,16 @@ from xkslab.lab.process import fresh_database, lab_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 60_000  # a bound for a stalled machine, not a budget
-PAGES = ("overview", "keys", "apps", "audit", "flow", "approvals", "faults")
+# Each page, and what shows it has drawn what it fetched.
+PAGES = {
+    "overview": ".stat",
+    "keys": "tr[data-kid]",
+    "apps": "tr[data-app]",
+    "audit": "tbody tr[data-id]",
+    "flow": "table caption",
+    "approvals": "table caption",
+    "faults": "tr[data-scenario]",
+}
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -200,8 +209,13 @@ def test_an_audit_row_appears_live(page: Any, lab: LabInfo) -> None:
     row = page.locator("tr.fresh", has_text=request_id)
     row.wait_for()  # without a reload
     assert "Encrypt" in row.inner_text()
+    page.locator("#chain", has_text="Chain: verified").wait_for()
     page.fill("#f-request", request_id)
     assert page.locator("tbody tr").count() == 1
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert [json.loads(row["client_provided_context"])["kmsRequestId"] for row in exported] == [request_id]
     page.select_option("#f-outcome", "refused")
     page.locator("td.muted", has_text="none").wait_for()
 
@@ -339,6 +353,26 @@ def test_a_destroy_held_for_quorum_is_asked_approved_in_another_browser_and_run(
     assert dsm_admin(lab, "GET", f"/crypto/v1/keys/{kid}")["state"] == "Destroyed"
 
 
+def test_readable_on_a_phone(browser: Any, lab: LabInfo, tmp_path: Path) -> None:
+    """At a phone's width every page fits the screen (no sideways scrolling), the flow diagram included."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    context.set_default_timeout(WAIT_MS)
+    phone = context.new_page()
+    try:
+        sign_in(phone, lab)
+        for name, drawn in PAGES.items():
+            phone.goto(f"{console_url(lab)}#/{name}")
+            phone.wait_for_selector(drawn)
+            if name == "flow":
+                phone.click("#run-demo")
+                phone.wait_for_selector("figure.flow[data-operation=Decrypt] caption")
+            overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            phone.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+            assert overflow <= 0, f"the {name} page is {overflow}px wider than the phone"
+    finally:
+        context.close()
+
+
 def test_no_page_loads_anything_from_elsewhere(page: Any, lab: LabInfo) -> None:
     origin = urllib.parse.urlsplit(console_url(lab)).netloc
     seen: list[str] = []
@@ -349,9 +383,9 @@ def test_no_page_loads_anything_from_elsewhere(page: Any, lab: LabInfo) -> None:
 
     page.context.route("**/*", record)
     sign_in(page, lab)
-    for name in PAGES:
+    for name, drawn in PAGES.items():
         page.goto(f"{console_url(lab)}#/{name}")
-        page.wait_for_selector("#page-title")
+        page.wait_for_selector(drawn)
         page.wait_for_load_state("networkidle")
     hosts = {urllib.parse.urlsplit(url).netloc for url in seen}
     assert hosts == {origin}, sorted(set(seen))

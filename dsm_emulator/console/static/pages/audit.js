@@ -2,7 +2,7 @@
 // new. Filters by key (object id), app or user (actor id), operation, outcome and kmsRequestId apply to
 // the rows fetched (the newest 500).
 import { call } from "../api.js";
-import { every, h, notice, short, table } from "../ui.js";
+import { button, every, h, notice, short, table } from "../ui.js";
 
 export const title = "Audit";
 
@@ -36,7 +36,39 @@ export function render(root) {
     Object.entries(fields).map(([name, input]) => [h("label", { for: input.id }, labels[name]), input]),
   );
   const list = h("div", {});
-  root.append(filters, status, list);
+  const chain = h("span", { id: "chain", role: "status" }, "Chain: not checked yet");
+  const verify = async () => {
+    chain.textContent = "Chain: verifying…";
+    try {
+      const result = await call("GET", "/console/api/audit-chain");
+      chain.textContent = result.ok
+        ? `Chain: verified, ${result.rows} rows, no break`
+        : `Chain: BROKEN: ${result.problems.map((p) => `${p.chain} seq ${p.seq}: ${p.reason}`).join("; ")}`;
+      chain.dataset.kind = result.ok ? "ok" : "error";
+    } catch (error) {
+      chain.textContent = `Chain: not verified: ${error.message}`;
+      chain.dataset.kind = "error";
+    }
+  };
+  // The rows shown (after the filters), as JSON, in the Fortanix EsAuditLog shape the API gave them.
+  const exportRows = () => {
+    const shown = rows.filter(matches).map(({ fresh, ...row }) => row);
+    const blob = new Blob([JSON.stringify(shown, null, 2)], { type: "application/json" });
+    const link = h("a", { href: URL.createObjectURL(blob), download: `xkslab-audit-${new Date().toISOString()}.json` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  };
+  const tools = h(
+    "div",
+    { class: "card row" },
+    chain,
+    button("Verify the chain", verify),
+    button("Export the rows shown (JSON)", exportRows, { id: "export" }),
+  );
+  root.append(tools, filters, status, list);
+  verify();
   const seen = new Set();
   let rows = [];
   let first = true;

@@ -28,7 +28,7 @@ function hop(name, detail, kind) {
 }
 
 function arrow(label, time) {
-  return h("div", { class: "arrow", "aria-hidden": "false" }, h("span", { class: "arrow-line" }, "→"), h("span", {}, label), h("strong", {}, time));
+  return h("div", { class: "arrow", title: "round trip" }, h("span", { class: "arrow-line" }, "⇄"), h("span", {}, label), h("strong", {}, time));
 }
 
 function diagram(step, row) {
