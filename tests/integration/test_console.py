@@ -163,6 +163,41 @@ def test_create_a_key_disable_it_and_kms_refuses_it_in_the_flow(page: Any, lab: 
     assert figure.count() == 1  # no Decrypt after a refused GenerateDataKey
 
 
+def test_revoke_destroy_and_undo_under_a_key_history_policy(page: Any, lab: LabInfo) -> None:
+    group = dsm_admin(
+        lab,
+        "POST",
+        "/sys/v1/groups",
+        {"name": f"history-{uuid.uuid4().hex[:8]}", "key_history_policy": {"undo_time_window": 604800}},
+    )
+    name = f"undoable-{uuid.uuid4().hex[:8]}"
+    kid = dsm_admin(
+        lab,
+        "POST",
+        "/crypto/v1/keys",
+        {
+            "name": name,
+            "obj_type": "AES",
+            "key_size": 256,
+            "key_ops": ["ENCRYPT"],
+            "group_id": group["group_id"],
+        },
+    )["kid"]
+    sign_in(page, lab)
+    page.click("nav >> text=Keys")
+    page.select_option("#group", group["group_id"])
+    row = page.locator(f"tr[data-kid='{kid}']")
+    row.locator("button", has_text="Revoke").click()
+    page.locator(".notice[data-kind=ok]", has_text=f"Revoke {name}: done").wait_for()
+    row.locator("button", has_text="Destroy").click()
+    row.locator(".badge", has_text="Destroyed").wait_for()
+    assert row.locator("button").all_inner_texts() == ["Undo"]
+    row.locator("button", has_text="Undo").click()
+    page.locator(".notice[data-kind=ok]", has_text=f"Undo {name}: done").wait_for()
+    row.locator(".badge", has_text="Destroyed").wait_for(state="detached")
+    assert dsm_admin(lab, "GET", f"/crypto/v1/keys/{kid}")["state"] != "Destroyed"
+
+
 def test_run_the_demo_from_the_button(page: Any, lab: LabInfo) -> None:
     sign_in(page, lab)
     page.click("nav >> text=The flow")

@@ -28,7 +28,7 @@ export function render(root) {
   async function load() {
     const groupId = groupSelect.value;
     const [keys, kms] = await Promise.all([
-      call("GET", `/crypto/v1/keys?group_id=${encodeURIComponent(groupId)}`),
+      call("GET", `/crypto/v1/keys?group_id=${encodeURIComponent(groupId)}&show_destroyed=true`),
       call("GET", "/console/api/kms-keys").catch(() => ({ keys: [] })),
     ]);
     const usedBy = {};
@@ -64,7 +64,10 @@ export function render(root) {
   }
 
   function actions(key) {
-    const run = (label, method, operation, body) =>
+    const history = key.history || [];
+    // Under the group's key history policy: the last change, which Undo puts back.
+    const undo = history.length > 0 ? history[history.length - 1] : null;
+    const run = (label, method, operation, body, title) =>
       button(label, async () => {
         const what = `${label} ${key.name}`;
         try {
@@ -75,7 +78,9 @@ export function render(root) {
           if (error.status === 403 && /quorum approval/.test(error.message)) askQuorum(what, method, operation, body);
         }
         await load();
-      }, { "aria-label": `${label} ${key.name}` });
+      }, { "aria-label": `${label} ${key.name}`, title });
+    const undoButton = undo ? run("Undo", "PUT", `/crypto/v1/keys/${key.kid}/revert`, { ids: [undo.id] }, `back to ${undo.state.state}`) : null;
+    if (key.state === "Destroyed") return h("div", { class: "actions" }, undoButton || "–");
     return h(
       "div",
       { class: "actions" },
@@ -86,6 +91,7 @@ export function render(root) {
       run("Revoke", "POST", `/crypto/v1/keys/${key.kid}/revoke`, { code: "Unspecified", message: "revoked in the console" }),
       run("Destroy", "POST", `/crypto/v1/keys/${key.kid}/destroy`),
       run("Use in KMS", "POST", "/console/api/kms-keys", { xks_key_id: key.kid }),
+      undoButton,
     );
   }
 
