@@ -21,7 +21,8 @@ export function render(root) {
     h("label", { for: "key-name" }, "New key"),
     name,
     size,
-    h("button", { type: "submit", class: "primary" }, "Create key"),
+    // Enabled once the groups are known: a key is always created in a group chosen from the list.
+    h("button", { type: "submit", class: "primary", id: "create-key", disabled: true }, "Create key"),
   );
   root.append(form, status, list);
 
@@ -114,6 +115,7 @@ export function render(root) {
   call("GET", "/sys/v1/groups")
     .then(async (groups) => {
       groupSelect.replaceChildren(...groups.map((g) => h("option", { value: g.group_id }, g.name)));
+      form.querySelector("#create-key").disabled = groups.length === 0;
       await load();
     })
     .catch((error) => status.show(error.message, "error"));
