@@ -7,6 +7,8 @@ keys, the demo) needs an account administrator, and each change is written to th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from dsm_emulator.audit import verify as audit_verify
 from dsm_emulator.audit.events import AuditEvent
 from dsm_emulator.authz import Principal
 from dsm_emulator.console.lab_link import KmsAnswer, LabLink, LabUnavailable
-from dsm_emulator.errors import AccessDenied, BadRequest, NotFound
+from dsm_emulator.errors import AccessDenied, BadRequest, DsmError, NotFound
 from dsm_emulator.models import AuditRow
 from xkslab_shared.faults_wire import FaultSpecError, parse_scenario
 
@@ -36,16 +38,23 @@ def _link(request: web.Request) -> LabLink:
     return request.app[LINK_KEY]
 
 
-async def _change(request: web.Request, operation: str, message: str) -> Principal:
-    """The caller, who must be an account administrator to change the lab; a refusal is audited."""
+@contextlib.asynccontextmanager
+async def _change(request: web.Request, operation: str, message: str) -> AsyncIterator[Principal]:
+    """Around a change of the lab: the caller must be an account administrator; the change is audited
+    once it is done, and a refusal (the caller's, KMS's, a service unreachable) as refused."""
     principal = principal_of(request)
     event = AuditEvent.by(principal, operation, message)
+    audit = core_of(request).audit
     if not principal.is_admin:
         error = AccessDenied("the console's lab controls need an account administrator")
-        await core_of(request).audit.record(event.refused(error))
+        await audit.record(event.refused(error))
         raise error
-    await core_of(request).audit.record(event)
-    return principal
+    try:
+        yield principal
+    except DsmError as exc:
+        await audit.record(event.refused(exc))
+        raise
+    await audit.record(event)
 
 
 def _sum(samples: dict[str, float], name: str, **labels: str) -> float:
@@ -147,18 +156,19 @@ async def create_kms_key(request: web.Request) -> web.Response:
     """A KMS key on the lab's key store backed by the DSM key ``xks_key_id`` (KMS CreateKey)."""
     body = await read_json(request)
     xks_key_id = field(body, "xks_key_id", str, required=True)
-    await _change(request, "console.kms_key", f"console: KMS CreateKey on DSM key {xks_key_id[:64]}")
-    link = _link(request)
-    answer = await link.kms(
-        "CreateKey",
-        {
-            "Origin": "EXTERNAL_KEY_STORE",
-            "CustomKeyStoreId": link.facts()["kms"]["custom_key_store_id"],
-            "XksKeyId": xks_key_id,
-            "Description": f"made in the xkslab console for DSM key {xks_key_id}",
-        },
-    )
-    return json_response(_answer(answer, "create"), status=200 if answer.error is None else 400)
+    async with _change(request, "console.kms_key", f"console: KMS CreateKey on DSM key {xks_key_id[:64]}"):
+        link = _link(request)
+        answer = await link.kms(
+            "CreateKey",
+            {
+                "Origin": "EXTERNAL_KEY_STORE",
+                "CustomKeyStoreId": link.facts()["kms"]["custom_key_store_id"],
+                "XksKeyId": xks_key_id,
+                "Description": f"made in the xkslab console for DSM key {xks_key_id}",
+            },
+        )
+        _refused_by_kms(answer, "CreateKey")
+    return json_response(_answer(answer, "CreateKey"))
 
 
 @routes.post(API + "/demo")
@@ -170,10 +180,15 @@ async def demo(request: web.Request) -> web.Response:
     checks are not counted). The plaintext data key never leaves the server: only its length."""
     body = await read_json(request, allow_empty=True)
     key_id = field(body, "key_id", str)
-    link = _link(request)
+    named = (key_id or "the lab's alias")[:80]
+    async with _change(request, "console.demo", f"console: run the demo with KMS key {named}"):
+        result = await _demo(_link(request), key_id)
+    return json_response(result)
+
+
+async def _demo(link: LabLink, key_id: str | None) -> dict[str, Any]:
     facts = link.facts()
     key_id = key_id or facts["kms"]["alias"]
-    await _change(request, "console.demo", f"console: run the demo with KMS key {key_id[:80]}")
     context = {"purpose": "xkslab-console-demo"}
     steps = []
     generated = await _timed(
@@ -187,7 +202,7 @@ async def demo(request: web.Request) -> web.Response:
         )
     for step in steps:
         step.pop("_blob", None)
-    return json_response({"key_id": key_id, "steps": steps})
+    return {"key_id": key_id, "steps": steps}
 
 
 async def _timed(
@@ -300,9 +315,9 @@ async def scenario_on(request: web.Request) -> web.Response:
     scenario = _scenarios(link).get(name)
     if scenario is None:
         raise NotFound(f"no scenario named {name[:64]}")
-    await _change(request, "console.faults", f"console: scenario {name} on")
-    answer = await link.faults("POST", body={"faults": [fault.to_json() for fault in scenario[1]]})
-    request.app[ACTIVE_KEY].setdefault(name, []).extend(answer.get("ids", []))
+    async with _change(request, "console.faults", f"console: scenario {name} on"):
+        answer = await link.faults("POST", body={"faults": [fault.to_json() for fault in scenario[1]]})
+        request.app[ACTIVE_KEY].setdefault(name, []).extend(answer.get("ids", []))
     return json_response({"name": name, "active": True})
 
 
@@ -312,12 +327,12 @@ async def scenario_off(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in _scenarios(link):
         raise NotFound(f"no scenario named {name[:64]}")
-    await _change(request, "console.faults", f"console: scenario {name} off")
-    for fault_id in request.app[ACTIVE_KEY].pop(name, []):
-        try:
-            await link.faults("DELETE", f"/{fault_id}")
-        except LabUnavailable:
-            pass  # one that ran its course is gone already
+    async with _change(request, "console.faults", f"console: scenario {name} off"):
+        for fault_id in request.app[ACTIVE_KEY].pop(name, []):
+            try:
+                await link.faults("DELETE", f"/{fault_id}")
+            except LabUnavailable:
+                pass  # one that ran its course is gone already
     return json_response({"name": name, "active": False})
 
 
@@ -325,19 +340,20 @@ async def scenario_off(request: web.Request) -> web.Response:
 async def connect_key_store(request: web.Request) -> web.Response:
     """Reconnect the lab's key store as an operator does after a failure: DisconnectCustomKeyStore
     (unless it is disconnected already), then ConnectCustomKeyStore; KMS's refusal is the answer."""
-    await _change(request, "console.key_store", "console: reconnect the key store")
-    link = _link(request)
-    store = {"CustomKeyStoreId": link.facts()["kms"]["custom_key_store_id"]}
-    described = await link.kms("DescribeCustomKeyStores", store)
-    state = (described.body.get("CustomKeyStores") or [{}])[0].get("ConnectionState")
-    steps = (
-        ["ConnectCustomKeyStore"]
-        if state == "DISCONNECTED"
-        else ["DisconnectCustomKeyStore", "ConnectCustomKeyStore"]
-    )
-    for operation in steps:
-        answer = await link.kms(operation, store)
-        if answer.error is not None:
-            message = answer.body.get("message") or answer.body.get("Message") or ""
-            raise BadRequest(f"KMS refused {operation}: {answer.error} {message}".strip())
+    async with _change(request, "console.key_store", "console: reconnect the key store"):
+        link = _link(request)
+        store = {"CustomKeyStoreId": link.facts()["kms"]["custom_key_store_id"]}
+        described = await link.kms("DescribeCustomKeyStores", store)
+        state = (described.body.get("CustomKeyStores") or [{}])[0].get("ConnectionState")
+        steps = ["ConnectCustomKeyStore"]
+        if state != "DISCONNECTED":
+            steps.insert(0, "DisconnectCustomKeyStore")
+        for operation in steps:
+            _refused_by_kms(await link.kms(operation, store), operation)
     return json_response({"connecting": True})
+
+
+def _refused_by_kms(answer: KmsAnswer, operation: str) -> None:
+    if answer.error is not None:
+        message = answer.body.get("message") or answer.body.get("Message") or ""
+        raise BadRequest(f"KMS refused {operation}: {answer.error} {message}".strip())
