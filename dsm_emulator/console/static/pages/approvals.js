@@ -21,10 +21,13 @@ export function render(root) {
   const list = h("div", {});
   root.append(status, list);
   let drawn = "";
+  let fetches = 0;
   const refresh = async (force = false) => {
+    const mine = ++fetches;
     let requests;
     try {
       requests = await call("GET", "/sys/v1/approval_requests");
+      if (mine !== fetches) return; // a later fetch (after an action) draws instead
     } catch (error) {
       status.show(error.message, "error");
       return;

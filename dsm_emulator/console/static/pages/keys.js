@@ -26,17 +26,22 @@ export function render(root) {
   );
   root.append(form, status, list);
 
+  // Loads may overlap (a group chosen while the first list is on its way): only the latest one draws.
+  let loads = 0;
   async function load() {
+    const mine = ++loads;
     const groupId = groupSelect.value;
+    const groupName = groupSelect.selectedOptions[0]?.textContent || "the group";
     const [keys, kms] = await Promise.all([
       call("GET", `/crypto/v1/keys?group_id=${encodeURIComponent(groupId)}&show_destroyed=true`),
       call("GET", "/console/api/kms-keys").catch(() => ({ keys: [] })),
     ]);
+    if (mine !== loads) return;
     const usedBy = {};
     for (const k of kms.keys) (usedBy[k.xks_key_id] ||= []).push(k);
     list.replaceChildren(
       table(
-        `Keys in ${groupSelect.selectedOptions[0]?.textContent || "the group"}`,
+        `Keys in ${groupName}`,
         [
           { title: "Name", cell: (k) => k.name },
           { title: "Key id", cell: (k) => h("code", { title: k.kid }, short(k.kid)) },
