@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -76,6 +77,11 @@ def page(lab: LabInfo, browser: Any, tmp_path: Path) -> Iterator[Any]:
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    # A script, style or connection the Content-Security-Policy blocked is a console error naming it.
+    opened.on(
+        "console",
+        lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None,
+    )
     yield opened
     opened.screenshot(path=str(tmp_path / "console.png"), full_page=True)
     context.close()
@@ -216,6 +222,12 @@ def test_run_the_demo_from_the_button(page: Any, lab: LabInfo) -> None:
     # Each hop has a time: caller-KMS, KMS-proxy, and the DSM's response time.
     times = generate.locator(".arrow strong").all_inner_texts()
     assert len(times) == 3 and all(t.endswith(" ms") for t in times), times
+    # Picked again from the recent requests: the same DSM audit row, from the log alone.
+    page.locator("button", has_text=request_id).click()
+    picked = page.locator("figure.flow[data-operation=GenerateDataKey]")
+    page.locator("#flow-output", has_text="From the audit log").wait_for()
+    assert picked.count() == 1 and request_id in picked.inner_text()
+    assert picked.locator("td[data-label=Outcome]").inner_text() == "success"
 
 
 def test_rotating_the_xks_credential_keeps_the_previous_one(page: Any, lab: LabInfo) -> None:
@@ -433,6 +445,12 @@ def test_console_files_carry_a_strict_csp_and_the_api_needs_a_session(lab: LabIn
         html = answer.read().decode()
     assert "default-src 'self'" in csp and "script-src 'self'" in csp and "'unsafe-inline'" not in csp
     assert '<script type="module" src="/console/app.js">' in html and "<style" not in html
+    # The same console on the DSM's HTTPS port (the lab's local CA).
+    https = ssl.create_default_context(cafile=str(lab.ca_file))
+    with urllib.request.urlopen(
+        lab.data["console"]["https_url"].replace("127.0.0.1", "localhost"), context=https, timeout=60
+    ) as answer:
+        assert answer.headers["Content-Security-Policy"] == csp and answer.read().decode() == html
     for path, status in (
         ("/console/nothing.js", 404),
         ("/console/..%2fapi%2fapp.py", 404),
