@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from dsm_emulator import console
 from dsm_emulator.api import (
     admin,
     approvals,
@@ -109,7 +110,11 @@ def _names_no_object(request: web.Request) -> bool:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # The internal XKS endpoint checks the proxy token itself; DSM sessions do not apply there.
-    if (request.method, request.path) not in PUBLIC and not request.path.startswith(INTERNAL_PREFIX):
+    if (
+        (request.method, request.path) not in PUBLIC
+        and not request.path.startswith(INTERNAL_PREFIX)
+        and not console.is_public(request.method, request.path)
+    ):
         await session.authenticate(request)
     return await handler(request)
 
@@ -163,6 +168,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(logs.routes)
     app.add_routes(approvals.routes)
     app.add_routes(xks.routes)
+    console.add_console(app, settings)
     app.add_routes(not_emulated.routes())
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get(health.HEALTH_PATH, health.handler("dsm", {"database": _database}))

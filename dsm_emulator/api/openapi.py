@@ -18,6 +18,7 @@ from dsm_emulator.api.openapi_schemas import (
     SCHEMAS,
 )
 from dsm_emulator.api.openapi_users import user_paths
+from dsm_emulator.console.openapi import console_paths
 from xkslab_shared.openapi import Schema, array, content, document, health_path, obj, ref, string
 
 JSON_ERROR = {
@@ -280,6 +281,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             }
         },
         "/openapi.json": {"get": op("openapi", ANY_OBJECT, public=True, summary="This document")},
+        **console_paths(op),
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -54,11 +55,22 @@ from xkslab_shared.config import Settings
     default=None,
     help="Write each service's log to DIR/<service>.log instead of this terminal (--detach: <data-dir>/run).",
 )
+@click.option(
+    "--open",
+    "open_console",
+    is_flag=True,
+    help="Open the web console (the DSM's /console) in a browser once the lab is ready.",
+)
 @log_options
 @free_ports_option
 @click.pass_context
 def up(
-    ctx: click.Context, admin_password: str | None, detach: bool, mtls: bool, log_dir: Path | None
+    ctx: click.Context,
+    admin_password: str | None,
+    detach: bool,
+    mtls: bool,
+    log_dir: Path | None,
+    open_console: bool,
 ) -> None:
     """Start the DSM, the XKS proxy and the KMS emulator on embedded defaults (SQLite, software sealing,
     loopback ports), bootstrap them on first start, print the settings to paste and write them to
@@ -75,6 +87,8 @@ def up(
             log = log_file(path.parent)
             click.echo(f"xkslab up is running (pid {pid}, log {log}); `xkslab down` stops it", err=True)
             click.echo(str(path))
+            if open_console:
+                _open_console(json.loads(path.read_text()))
             return
         if log_dir is not None:
             log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -82,9 +96,20 @@ def up(
         from xkslab.lab.up import first_start, run_up
 
         with first_start(settings) as ready:
-            run(run_up(settings, admin_password, click.echo, overrides, log_dir, ready))
+            on_ready = _open_console if open_console else None
+            run(run_up(settings, admin_password, click.echo, overrides, log_dir, ready, on_ready))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _open_console(data: dict[str, Any]) -> None:
+    """The console's URL in the user's browser (the standard library's webbrowser: $BROWSER, else the
+    desktop's default); where none can be opened, say so (the URL is printed anyway)."""
+    import webbrowser
+
+    url = str(data["console"]["url"])
+    if not webbrowser.open(url):
+        click.echo(f"could not open a browser: open {url} yourself", err=True)
 
 
 def _lab_dir() -> Path:

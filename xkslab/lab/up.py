@@ -41,6 +41,7 @@ from xkslab_shared.logs import announcer
 __all__ = ["LabError", "lab_env", "run_up", "up_file"]
 
 ADMIN_EMAIL = "admin@xkslab.local"
+CONSOLE_PATH = "/console"  # the web console, served by the DSM (README: Console)
 
 
 def up_file(settings: Settings) -> Path:
@@ -79,7 +80,9 @@ def lab_settings(
     region = settings.kms.region
     kms_url = urls["kms"][0]
     credentials: AwsCredentials = facts.get("aws_credentials", FIXED_CREDENTIALS)
+    https = next((u for u in urls["dsm"] if u.startswith("https")), None)
     return {
+        "console": {"url": urls["dsm"][0] + CONSOLE_PATH, "https_url": https and https + CONSOLE_PATH},
         "dsm": {
             "url": urls["dsm"][0],
             "https_url": next((u for u in urls["dsm"] if u.startswith("https")), None),
@@ -156,6 +159,7 @@ def render(data: dict[str, Any], path: Path) -> str:
     return f"""
 xkslab is up. Settings (also in {path}):
 
+  Console           {_console(data)}
   DSM REST API      {dsm["url"]}   {dsm["https_url"] or ""}
     admin           {admin}
     API key         {dsm["api_key"]}
@@ -177,6 +181,11 @@ print(kms.encrypt(KeyId="{kms["alias"]}", Plaintext=b"hello")["CiphertextBlob"])
 
 Ctrl-C stops all three services.
 """
+
+
+def _console(data: dict[str, Any]) -> str:
+    console = data.get("console") or {}
+    return f"{console.get('url', '')}   {console.get('https_url') or ''}   (sign in as the admin)"
 
 
 def _mtls_lines(mtls: dict[str, Any] | None) -> str:
@@ -229,11 +238,15 @@ async def run_up(
     overrides: dict[str, str] | None = None,
     log_dir: Path | None = None,
     ready: threading.Event | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Start the lab and serve until SIGINT/SIGTERM. ``overrides`` are the command's ``--set`` flags,
     passed on to each service's process; with ``log_dir``, each service logs to <log_dir>/<service>.log;
-    ``ready`` is set once the lab is ready (first_start)."""
-    await _run_up_locked(settings, admin_password, echo, overrides, log_dir, ready or threading.Event())
+    ``ready`` is set once the lab is ready (first_start); ``on_ready`` is then called (in a worker thread)
+    with what up.json holds (``up --open`` opens the console)."""
+    await _run_up_locked(
+        settings, admin_password, echo, overrides, log_dir, ready or threading.Event(), on_ready
+    )
 
 
 @contextlib.contextmanager
@@ -279,6 +292,7 @@ async def _run_up_locked(
     overrides: dict[str, str] | None,
     log_dir: Path | None,
     ready: threading.Event,
+    on_ready: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     with hold_data_dir(settings.data_dir):
         path = up_file(settings)
@@ -296,7 +310,7 @@ async def _run_up_locked(
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         try:
-            await _run_up(settings, admin_password, known, echo, overrides or {}, log_dir, ready)
+            await _run_up(settings, admin_password, known, echo, overrides or {}, log_dir, ready, on_ready)
         except asyncio.CancelledError:
             if not terminated.is_set():
                 raise
@@ -313,6 +327,7 @@ async def _run_up(
     overrides: dict[str, str],
     log_dir: Path | None,
     ready: threading.Event,
+    on_ready: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     announce = announcer("lab")  # a log line, as the services' own start and stop
     ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
@@ -340,6 +355,8 @@ async def _run_up(
         await asyncio.to_thread(write_up_file, path, data)
         ready.set()
         echo(render(data, path))
+        if on_ready is not None:
+            await asyncio.to_thread(on_ready, data)
         await services.wait()
         announce("stopping")
     announce("stopped")
