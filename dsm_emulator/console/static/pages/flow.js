@@ -44,22 +44,22 @@ function diagram(step, row) {
       { class: "hops" },
       hop("Caller", "boto3-style client (the console's server)"),
       arrow(step.operation, ms(step.caller_ms)),
-      hop("AWS KMS", failed ? `refused: ${step.error}` : "its own HSM key: the outer envelope", failed ? "error" : "ok"),
+      hop("AWS KMS", failed ? `refused: ${step.error}` : "its own key: the inner envelope", failed ? "error" : "ok"),
       arrow(`XKS ${step.xks_operation}`, reachedProxy ? ms(step.kms_to_proxy_ms) : "not called"),
       hop("XKS proxy", reachedProxy ? `SigV4 checked, ${ms(step.proxy_ms)} inside` : "–", reachedProxy ? "ok" : ""),
-      arrow("DSM REST", reachedDsm ? ms(dsmMs(row)) : "–"),
-      hop("DSM", reachedDsm ? `${outcome(row)}: the inner envelope` : "–", reachedDsm ? (outcome(row) === "success" ? "ok" : "error") : ""),
+      arrow("proxy → DSM", reachedDsm ? ms(dsmMs(row)) : "–"),
+      hop("DSM", reachedDsm ? `${outcome(row)}: the outer envelope` : "–", reachedDsm ? (outcome(row) === "success" ? "ok" : "error") : ""),
     ),
     failed ? h("p", { class: "refusal", role: "alert" }, `KMS refused: ${step.error}${step.message ? ": " + step.message : ""}`) : null,
     !failed && step.operation === "GenerateDataKey"
       ? h(
           "p",
           { class: "envelope" },
-          `Data key: ${step.plaintext_bytes} bytes (given only to the caller, not shown) → encrypted by the DSM key (XKS Encrypt, inner layer) → encrypted again by KMS (outer layer): a ${step.ciphertext_bytes}-byte CiphertextBlob.`,
+          `Data key: ${step.plaintext_bytes} bytes (given only to the caller, not shown) → encrypted by KMS under the KMS key's own backing key (inner layer) → encrypted again by the DSM's root KEK (XKS Encrypt, outer layer): a ${step.ciphertext_bytes}-byte CiphertextBlob.`,
         )
       : null,
     !failed && step.operation === "Decrypt"
-      ? h("p", { class: "envelope" }, `KMS removed its layer, the DSM removed its own (XKS Decrypt): ${step.plaintext_bytes} bytes back to the caller.`)
+      ? h("p", { class: "envelope" }, `The DSM removed its outer layer (XKS Decrypt), then KMS its inner one: ${step.plaintext_bytes} bytes back to the caller.`)
       : null,
     row
       ? table("DSM audit row", [
