@@ -46,6 +46,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # {"errorName", "errorMessage"}, KMS's {"__type", "message"}; the words come from refusal_message().
 # No type argument to AppKey: it takes a class, and a Callable is not one (the annotation carries it).
 MALFORMED_REQUEST_KEY: web.AppKey[Callable[[int], web.Response]] = web.AppKey("xkslab_malformed_request")
+# Where a server tells its application the URLs it really bound (filled in once it listens): a list the
+# application creates, e.g. for its row in the node registry (xkslab_shared/nodes.py).
+BOUND_URLS_KEY: web.AppKey[list[str]] = web.AppKey("xkslab_bound_urls", list)
 MALFORMED_MESSAGE = "malformed HTTP request: the request line or a header line could not be parsed"
 BUSY_MESSAGE = "too many open connections (in all, or from this client address): try again shortly"
 
@@ -155,6 +158,9 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
         urls.append(f"https://{listener.host}:{port}")
     for url in urls:
         echo(f"listening on {url} ({listener.name})")
+    bound = listener.app.get(BOUND_URLS_KEY)
+    if bound is not None:
+        bound.extend(urls)
     return urls
 
 
