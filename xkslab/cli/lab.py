@@ -54,11 +54,23 @@ from xkslab_shared.config import Settings
     default=None,
     help="Write each service's log to DIR/<service>.log instead of this terminal (--detach: <data-dir>/run).",
 )
+@click.option(
+    "--fleet",
+    metavar="DSM_NODES,PROXIES",
+    default=None,
+    help="Several DSM nodes and XKS proxies on one PostgreSQL database (database.url) behind HAProxy "
+    "(apt-get install haproxy), which listens on the ports the services would; e.g. --fleet 2,2.",
+)
 @log_options
 @free_ports_option
 @click.pass_context
 def up(
-    ctx: click.Context, admin_password: str | None, detach: bool, mtls: bool, log_dir: Path | None
+    ctx: click.Context,
+    admin_password: str | None,
+    detach: bool,
+    mtls: bool,
+    log_dir: Path | None,
+    fleet: str | None,
 ) -> None:
     """Start the DSM, the XKS proxy and the KMS emulator on embedded defaults (SQLite, software sealing,
     loopback ports), bootstrap them on first start, print the settings to paste and write them to
@@ -70,8 +82,14 @@ def up(
             # Passed on as a setting like any other, so each service's process (and a detached up) has it.
             overrides["xks.mtls"] = "true"
             settings = replace(settings, xks=replace(settings.xks, mtls=True))
+        from xkslab.lab.fleet import check_fleet, parse_shape
+
+        shape = None
+        if fleet is not None:
+            shape = parse_shape(fleet)
+            check_fleet(settings)
         if detach:
-            path, pid = start_detached(settings.data_dir, overrides, admin_password, log_dir)
+            path, pid = start_detached(settings.data_dir, overrides, admin_password, log_dir, fleet=fleet)
             log = log_file(path.parent)
             click.echo(f"xkslab up is running (pid {pid}, log {log}); `xkslab down` stops it", err=True)
             click.echo(str(path))
@@ -82,7 +100,7 @@ def up(
         from xkslab.lab.up import first_start, run_up
 
         with first_start(settings) as ready:
-            run(run_up(settings, admin_password, click.echo, overrides, log_dir, ready))
+            run(run_up(settings, admin_password, click.echo, overrides, log_dir, ready, shape))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
 

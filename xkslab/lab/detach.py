@@ -101,6 +101,8 @@ def start_detached(
     admin_password: str | None,
     log_dir: Path | None = None,
     timeout: float = START_TIMEOUT_S,
+    *,
+    fleet: str | None = None,
 ) -> tuple[Path, int]:
     """Start ``xkslab up`` in the background on ``data_dir`` and wait until it is ready; (up.json, pid).
     Each service logs to <log_dir>/<service>.log, by default beside up.log in the run directory."""
@@ -133,6 +135,7 @@ def start_detached(
                 "up",
                 "--log-dir",
                 services_log,
+                *(["--fleet", fleet] if fleet is not None else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=fd,

@@ -115,20 +115,26 @@ class Supervisor:
                 self._link.close()
                 self._link = None
 
-    async def start(self, service: str, extra: dict[str, str] | None = None) -> list[str]:
-        """Start ``xkslab <service> serve`` and return the URLs it serves once it is listening."""
-        ready = self._run_dir / f"{service}.json"
+    async def start(
+        self, service: str, extra: dict[str, str] | None = None, name: str | None = None
+    ) -> list[str]:
+        """Start ``xkslab <service> serve`` and return the URLs it serves once it is listening. ``name``
+        (default: the service) names its ready file, its log and its entry in ``pids``: a fleet runs
+        several nodes of one service (``dsm-1``, ``dsm-2``)."""
+        name = name or service
+        ready = self._run_dir / f"{name}.json"
         ready.unlink(missing_ok=True)
         settings = {**self._overrides, **(extra or {})}
-        sets = [arg for name, value in settings.items() for arg in ("--set", f"{name}={value}")]
+        sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
         assert self._link is not None, "use the Supervisor as an async context manager"
-        log = None if self._log_dir is None else _open_log(self._log_dir / f"{service}.log")
+        log = None if self._log_dir is None else _open_log(self._log_dir / f"{name}.log")
         try:
             process = await self._spawn(service, sets, ready, log)
         finally:
             if log is not None:
                 os.close(log)
-        self._children.append((service, process))
+        self._children.append((name, process))
+        service = name
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT_S
         while loop.time() < deadline:
@@ -177,6 +183,25 @@ class Supervisor:
             process_group=0,
         )
 
+    async def start_program(self, name: str, argv: list[str], pass_fds: tuple[int, ...] = ()) -> None:
+        """Start a program that is not an xkslab service (HAProxy): supervised like the services (its
+        exit stops the lab, ``stop`` stops it), and killed by the kernel if this process dies."""
+        log = None if self._log_dir is None else _open_log(self._log_dir / f"{name}.log")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=pass_fds,
+                process_group=0,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if log is not None:
+                os.close(log)
+        self._children.append((name, process))
+
     def _reason(self, service: str) -> str:
         """Why a service logging to a file failed, from its one-line errors (on a terminal the user has
         read them already): ": <error>", or nothing."""
@@ -188,6 +213,12 @@ class Supervisor:
             return ""
         errors = [line.removeprefix("Error: ") for line in text.splitlines() if line.startswith("Error: ")]
         return f": {'; '.join(errors)}" if errors else f" (log: {self._log_dir / f'{service}.log'})"
+
+    def raise_if_exited(self) -> None:
+        """LabError naming the first child that has exited (while the lab starts)."""
+        for name, process in self._children:
+            if process.returncode is not None:
+                raise LabError(f"the {name} process exited with status {process.returncode} while starting")
 
     @property
     def pids(self) -> dict[str, int]:
@@ -231,6 +262,14 @@ class Supervisor:
                     await process.wait()
             (self._run_dir / f"{service}.json").unlink(missing_ok=True)
         self._children.clear()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent (up) dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _open_log(path: Path) -> int:

@@ -33,6 +33,7 @@ from xkslab.lab.credentials import lab_credentials
 from xkslab.lab.datadir import init_data_dir, write_config_if_missing
 from xkslab.lab.envfmt import format_env
 from xkslab.lab.files import PASSWORD_FILE, UP_FILE, LabError, lab_env
+from xkslab.lab.fleet import FleetShape, check_fleet, start_fleet
 from xkslab.lab.supervisor import Supervisor, hold_data_dir
 from xkslab_shared.certs import ensure_kms_client_cert, make_local_ca, make_server_cert
 from xkslab_shared.config import Settings, kms_client_subject
@@ -175,8 +176,19 @@ python -c 'import boto3
 kms = boto3.client("kms")
 print(kms.encrypt(KeyId="{kms["alias"]}", Plaintext=b"hello")["CiphertextBlob"])'
 
-Ctrl-C stops all three services.
+{_fleet_lines(data.get("fleet"))}Ctrl-C stops all three services.
 """
+
+
+def _fleet_lines(fleet: dict[str, Any] | None) -> str:
+    if not fleet:
+        return ""
+    nodes = [
+        f"  {name:<17} {' '.join(urls)}"
+        for tier in ("dsm_nodes", "proxies")
+        for name, urls in fleet[tier].items()
+    ]
+    return f"Fleet behind HAProxy ({fleet['haproxy_config']}):\n" + "\n".join(nodes) + "\n\n"
 
 
 def _mtls_lines(mtls: dict[str, Any] | None) -> str:
@@ -229,11 +241,16 @@ async def run_up(
     overrides: dict[str, str] | None = None,
     log_dir: Path | None = None,
     ready: threading.Event | None = None,
+    fleet: FleetShape | None = None,
 ) -> None:
     """Start the lab and serve until SIGINT/SIGTERM. ``overrides`` are the command's ``--set`` flags,
     passed on to each service's process; with ``log_dir``, each service logs to <log_dir>/<service>.log;
-    ``ready`` is set once the lab is ready (first_start)."""
-    await _run_up_locked(settings, admin_password, echo, overrides, log_dir, ready or threading.Event())
+    ``ready`` is set once the lab is ready (first_start); ``fleet``: several DSM nodes and proxies
+    behind HAProxy (fleet.py) instead of one of each."""
+    haproxy = check_fleet(settings) if fleet is not None else None
+    await _run_up_locked(
+        settings, admin_password, echo, overrides, log_dir, ready or threading.Event(), fleet, haproxy
+    )
 
 
 @contextlib.contextmanager
@@ -279,6 +296,8 @@ async def _run_up_locked(
     overrides: dict[str, str] | None,
     log_dir: Path | None,
     ready: threading.Event,
+    fleet: FleetShape | None,
+    haproxy: str | None,
 ) -> None:
     with hold_data_dir(settings.data_dir):
         path = up_file(settings)
@@ -296,7 +315,9 @@ async def _run_up_locked(
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         try:
-            await _run_up(settings, admin_password, known, echo, overrides or {}, log_dir, ready)
+            await _run_up(
+                settings, admin_password, known, echo, overrides or {}, log_dir, ready, (fleet, haproxy)
+            )
         except asyncio.CancelledError:
             if not terminated.is_set():
                 raise
@@ -313,6 +334,7 @@ async def _run_up(
     overrides: dict[str, str],
     log_dir: Path | None,
     ready: threading.Event,
+    fleet: tuple[FleetShape | None, str | None] = (None, None),
 ) -> None:
     announce = announcer("lab")  # a log line, as the services' own start and stop
     ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
@@ -320,9 +342,14 @@ async def _run_up(
         # The KMS needs nothing from the others to start, so it starts beside them (each service is a
         # Python process whose imports take most of a second); the proxy needs the key manager's port.
         kms_start = asyncio.create_task(services.start("kms"))
+        shape, haproxy = fleet
+        fleet_facts: dict[str, Any] | None = None
         try:
-            urls = {"dsm": await services.start("dsm")}
-            urls["xks"] = await services.start("xks", {"xks.dsm_urls": urls["dsm"][0]})
+            if shape is not None and haproxy is not None:
+                urls, fleet_facts = await start_fleet(services, settings, shape, haproxy)
+            else:
+                urls = {"dsm": await services.start("dsm")}
+                urls["xks"] = await services.start("xks", {"xks.dsm_urls": urls["dsm"][0]})
             urls["kms"] = await kms_start
         except BaseException:
             kms_start.cancel()
@@ -335,6 +362,8 @@ async def _run_up(
         data["pid"] = os.getpid()
         data["ready"] = datetime.now(UTC).isoformat(timespec="seconds")  # when every service answered
         data["service_pids"] = services.pids
+        if fleet_facts is not None:
+            data["fleet"] = fleet_facts
         path = up_file(settings)
         services.catch_signals()
         await asyncio.to_thread(write_up_file, path, data)
