@@ -233,20 +233,31 @@ class Supervisor:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)
 
-    async def wait(self) -> None:
-        """Until SIGINT or SIGTERM (returns), or a service exits by itself (LabError)."""
+    async def wait(self, survivable: frozenset[str] = frozenset()) -> None:
+        """Until SIGINT or SIGTERM (returns), or a service exits by itself (LabError). A child named in
+        ``survivable`` (a node of a fleet, whose balancer sends its work to the others) may exit: that
+        is told through ``echo`` and the lab goes on while any of them is left."""
         self.catch_signals()
         assert self._stop is not None
         stopper = asyncio.ensure_future(self._stop.wait())
         watchers = {asyncio.ensure_future(process.wait()): service for service, process in self._children}
         try:
-            done, _ = await asyncio.wait([stopper, *watchers], return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait([stopper, *watchers], return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    return
+                for task in done:
+                    exited = watchers.pop(task)
+                    left = [name for name in watchers.values() if name in survivable]
+                    if exited not in survivable or not left:
+                        raise LabError(f"the {exited} service stopped unexpectedly; stopping the lab")
+                    status = task.result()
+                    self._echo(
+                        f"the {exited} node stopped (status {status}); the fleet goes on: {', '.join(left)}"
+                    )
         finally:
             for task in [stopper, *watchers]:
                 task.cancel()
-        if stopper not in done:
-            exited = next(watchers[task] for task in done if task in watchers)
-            raise LabError(f"the {exited} service stopped unexpectedly; stopping the lab")
 
     async def stop(self) -> None:
         for service, process in reversed(self._children):

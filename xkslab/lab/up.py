@@ -369,6 +369,7 @@ async def _run_up(
         await asyncio.to_thread(write_up_file, path, data)
         ready.set()
         echo(render(data, path))
-        await services.wait()
+        nodes = {name for tier in ("dsm_nodes", "proxies") for name in (fleet_facts or {}).get(tier, {})}
+        await services.wait(frozenset(nodes))
         announce("stopping")
     announce("stopped")
