@@ -1,5 +1,6 @@
-"""the fleet: one row per serving process (node registry and heartbeat), and on PostgreSQL a NOTIFY on
-every change of the cache generation (so other nodes drop their caches at once, the poll as fallback)
+"""the fleet: one row per serving process (node registry and heartbeat), the account each user token
+selected (shared by every node and worker), and on PostgreSQL a NOTIFY on every change of the cache
+generation (so other nodes drop their caches at once, the poll as fallback)
 
 Revision ID: 0014
 Revises: 0013
@@ -45,6 +46,15 @@ def upgrade() -> None:
         sa.Column("stopped", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_fleet_nodes")),
     )
+    op.create_table(
+        "session_accounts",
+        sa.Column("jti", sa.String(length=64), nullable=False),
+        sa.Column("acct_id", sa.String(length=36), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("jti", name=op.f("pk_session_accounts")),
+    )
+    with op.batch_alter_table("session_accounts", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_session_accounts_expires_at"), ["expires_at"], unique=False)
     if op.get_bind().dialect.name == "postgresql":
         # NOTIFY inside the transaction that raises the counter: PostgreSQL delivers it at that commit,
         # never for a rolled-back change, and no writer can forget it.
@@ -56,4 +66,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS xkslab_cache_generation_notify ON cache_generation")
         op.execute("DROP FUNCTION IF EXISTS xkslab_cache_generation_notify()")
+    with op.batch_alter_table("session_accounts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_session_accounts_expires_at"))
+    op.drop_table("session_accounts")
     op.drop_table("fleet_nodes")

@@ -219,3 +219,69 @@ async def test_three_nodes_upgrading_an_empty_database_together_migrate_it_once(
         timeout=120,
     )
     assert current.returncode == 0 and head_revision() in current.stdout, current.stdout + current.stderr
+
+
+async def test_an_account_selected_through_one_node_is_selected_on_every_node(
+    tmp_path: Path, empty_db_url: str
+) -> None:
+    """Behind a balancer (or with --workers) a client's next request may reach another process: the
+    selection is in the database, not in the memory of the process that took it. Two DSM applications
+    on one database (in this process, each its own server and caches), on SQLite and PostgreSQL."""
+    from aiohttp import web
+
+    from dsm_emulator.api.app import create_app
+
+    data_dir, _ = await fleet_dir(tmp_path, empty_db_url)
+    await _second_account_for_the_admin(data_dir)  # so a login's token names no account: it must select
+    runners: list[web.AppRunner] = []
+    urls: list[str] = []
+    try:
+        for _ in range(2):
+            runner = web.AppRunner(create_app(load_settings(data_dir)))
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as session:
+            basic = base64.b64encode(":".join(ADMIN).encode()).decode()
+            async with session.post(
+                urls[0] + "/sys/v1/session/auth", headers={"Authorization": f"Basic {basic}"}
+            ) as r:
+                headers = {"Authorization": f"Bearer {(await r.json())['access_token']}"}
+            async with session.get(urls[0] + "/sys/v1/users/accounts", headers=headers) as r:
+                acct_id = next(a for a, facts in (await r.json()).items() if facts.get("name") != "second")
+            async with session.get(urls[1] + "/sys/v1/groups", headers=headers) as r:
+                assert r.status == 403 and "no account selected" in (await r.json())["message"]
+            async with session.post(
+                urls[0] + "/sys/v1/session/select_account", headers=headers, json={"acct_id": acct_id}
+            ) as r:
+                assert r.status == 200
+            for url in urls:  # the selection made through the first is honoured by both
+                async with session.get(url + "/sys/v1/groups", headers=headers) as r:
+                    assert r.status == 200, await r.text()
+            async with session.post(urls[1] + "/sys/v1/session/terminate", headers=headers) as r:
+                assert r.status == 204
+            # Terminated through the second: the first no longer serves it (the selection is gone at
+            # once, 403; the revocation is seen within dsm.revocation_refresh_ms, 401).
+            async with session.get(urls[0] + "/sys/v1/groups", headers=headers) as r:
+                assert r.status in (401, 403), await r.text()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def _second_account_for_the_admin(data_dir: Path) -> None:
+    from sqlalchemy import select
+
+    from dsm_emulator.core import DsmCore
+    from dsm_emulator.models import AccountMember, User
+
+    async with await DsmCore.open(load_settings(data_dir)) as core:
+        second = await core.admin.create_account("second")
+        async with core.sessions() as session, session.begin():
+            user_id = await session.scalar(select(User.user_id).where(User.email == ADMIN[0]))
+            assert user_id is not None
+            session.add(
+                AccountMember(user_id=user_id, acct_id=second.acct_id, roles=["ACCOUNTADMINISTRATOR"])
+            )
