@@ -130,6 +130,9 @@ class HttpSettings:
     # Open connections from one client address; past it that client's new ones get 503, so one client's
     # idle sockets cannot take every slot. Above the XKS proxy's pool to the DSM (256 connections).
     max_connections_per_client: int = 300
+    # Listen with SO_REUSEPORT, so several processes share one port and the kernel spreads connections
+    # over them (`serve --workers N` sets it on each worker; every process on the port must set it).
+    reuse_port: bool = False
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]

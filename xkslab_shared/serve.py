@@ -78,6 +78,7 @@ class HttpLimits:
     body_timeout_s: float = 10.0
     keepalive_timeout_s: float = 15.0
     max_connections_per_client: int = 300
+    reuse_port: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> HttpLimits:
@@ -87,6 +88,7 @@ class HttpLimits:
             http.body_timeout_ms / 1000,
             http.keepalive_timeout_s,
             http.max_connections_per_client,
+            http.reuse_port,
         )
 
 
@@ -150,11 +152,16 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
     stack.callback(gate.close)
     capped = _ConnectionCap(runner.server, gate, listener.app.get(MALFORMED_REQUEST_KEY))
     section = listener.section
-    http_port = await bind(stack, capped, listener.host, listener.port, setting=section and f"{section}.port")
+    reuse = limits.reuse_port
+    http_port = await bind(
+        stack, capped, listener.host, listener.port, setting=section and f"{section}.port", reuse_port=reuse
+    )
     urls = [f"http://{listener.host}:{http_port}"]
     if context is not None and listener.https_port is not None:
         setting = section and f"{section}.https_port"
-        port = await bind(stack, capped, listener.host, listener.https_port, context, setting=setting)
+        port = await bind(
+            stack, capped, listener.host, listener.https_port, context, setting=setting, reuse_port=reuse
+        )
         urls.append(f"https://{listener.host}:{port}")
     for url in urls:
         echo(f"listening on {url} ({listener.name})")

@@ -61,6 +61,13 @@ from xkslab_shared.config import Settings
     help="Several DSM nodes and XKS proxies on one PostgreSQL database (database.url) behind HAProxy "
     "(apt-get install haproxy), which listens on the ports the services would; e.g. --fleet 2,2.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes per DSM and per proxy (serve --workers: one port, SO_REUSEPORT, a node each).",
+)
 @log_options
 @free_ports_option
 @click.pass_context
@@ -71,6 +78,7 @@ def up(
     mtls: bool,
     log_dir: Path | None,
     fleet: str | None,
+    workers: int,
 ) -> None:
     """Start the DSM, the XKS proxy and the KMS emulator on embedded defaults (SQLite, software sealing,
     loopback ports), bootstrap them on first start, print the settings to paste and write them to
@@ -89,7 +97,9 @@ def up(
             shape = parse_shape(fleet)
             check_fleet(settings)
         if detach:
-            path, pid = start_detached(settings.data_dir, overrides, admin_password, log_dir, fleet=fleet)
+            path, pid = start_detached(
+                settings.data_dir, overrides, admin_password, log_dir, fleet=fleet, workers=workers
+            )
             log = log_file(path.parent)
             click.echo(f"xkslab up is running (pid {pid}, log {log}); `xkslab down` stops it", err=True)
             click.echo(str(path))
@@ -100,7 +110,7 @@ def up(
         from xkslab.lab.up import first_start, run_up
 
         with first_start(settings) as ready:
-            run(run_up(settings, admin_password, click.echo, overrides, log_dir, ready, shape))
+            run(run_up(settings, admin_password, click.echo, overrides, log_dir, ready, shape, workers))
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -43,6 +43,21 @@ class FleetShape:
     proxies: int
 
 
+@dataclass(frozen=True)
+class LabShape:
+    """What ``up`` starts besides one process per service: a fleet behind HAProxy (with the HAProxy
+    binary), and the workers of each DSM and proxy process (``--workers``)."""
+
+    fleet: FleetShape | None = None
+    haproxy: str | None = None
+    workers: int = 1
+
+    def serve_args(self) -> dict[str, list[str]]:
+        if self.workers <= 1:
+            return {}
+        return {service: ["--workers", str(self.workers)] for service in ("dsm", "xks")}
+
+
 def parse_shape(text: str) -> FleetShape:
     """``DSM_NODES,PROXIES``, each 1 to MAX_NODES."""
     parts = [p.strip() for p in text.split(",")]

@@ -91,8 +91,16 @@ class Supervisor:
         overrides: dict[str, str],
         echo: Callable[[str], None],
         log_dir: Path | None = None,
+        *,
+        serve_args: dict[str, list[str]] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._data_dir = data_dir.resolve()
+        # Added to a service's ``serve`` command line (``--workers N``), and to every child's environment.
+        self._serve_args = serve_args or {}
+        self._env = env or {}
+        # The worker processes each service reported in its ready file (``serve --workers``).
+        self.workers: dict[str, list[int]] = {}
         # None: the services log to up's own stderr; else each to <log_dir>/<service>.log.
         self._log_dir = log_dir
         self._overrides = overrides
@@ -150,6 +158,9 @@ class Supervisor:
                     f"{self._reason(service)}"
                 )
             if mine and data is not None:
+                workers = data.get("workers")
+                if isinstance(workers, list):
+                    self.workers[service] = [int(pid) for pid in workers]
                 return [str(url) for url in data["urls"]]
             try:
                 await asyncio.wait_for(process.wait(), 0.05)
@@ -173,8 +184,9 @@ class Supervisor:
             "serve",
             "--ready-file",
             str(ready),
+            *self._serve_args.get(service, []),
             stdin=asyncio.subprocess.DEVNULL,
-            env=self._link.child_env(),
+            env={**self._link.child_env(), **self._env},
             pass_fds=self._link.pass_fds,
             stdout=log,
             stderr=log,

@@ -33,7 +33,7 @@ from xkslab.lab.credentials import lab_credentials
 from xkslab.lab.datadir import init_data_dir, write_config_if_missing
 from xkslab.lab.envfmt import format_env
 from xkslab.lab.files import PASSWORD_FILE, UP_FILE, LabError, lab_env
-from xkslab.lab.fleet import FleetShape, check_fleet, start_fleet
+from xkslab.lab.fleet import FleetShape, LabShape, check_fleet, start_fleet
 from xkslab.lab.supervisor import Supervisor, hold_data_dir
 from xkslab_shared.certs import ensure_kms_client_cert, make_local_ca, make_server_cert
 from xkslab_shared.config import Settings, kms_client_subject
@@ -242,14 +242,16 @@ async def run_up(
     log_dir: Path | None = None,
     ready: threading.Event | None = None,
     fleet: FleetShape | None = None,
+    workers: int = 1,
 ) -> None:
     """Start the lab and serve until SIGINT/SIGTERM. ``overrides`` are the command's ``--set`` flags,
     passed on to each service's process; with ``log_dir``, each service logs to <log_dir>/<service>.log;
     ``ready`` is set once the lab is ready (first_start); ``fleet``: several DSM nodes and proxies
-    behind HAProxy (fleet.py) instead of one of each."""
+    behind HAProxy (fleet.py) instead of one of each; ``workers``: processes per DSM and proxy node."""
     haproxy = check_fleet(settings) if fleet is not None else None
+    shape = LabShape(fleet, haproxy, workers)
     await _run_up_locked(
-        settings, admin_password, echo, overrides, log_dir, ready or threading.Event(), fleet, haproxy
+        settings, admin_password, echo, overrides, log_dir, ready or threading.Event(), shape
     )
 
 
@@ -296,8 +298,7 @@ async def _run_up_locked(
     overrides: dict[str, str] | None,
     log_dir: Path | None,
     ready: threading.Event,
-    fleet: FleetShape | None,
-    haproxy: str | None,
+    shape: LabShape,
 ) -> None:
     with hold_data_dir(settings.data_dir):
         path = up_file(settings)
@@ -315,9 +316,7 @@ async def _run_up_locked(
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         try:
-            await _run_up(
-                settings, admin_password, known, echo, overrides or {}, log_dir, ready, (fleet, haproxy)
-            )
+            await _run_up(settings, admin_password, known, echo, overrides or {}, log_dir, ready, shape)
         except asyncio.CancelledError:
             if not terminated.is_set():
                 raise
@@ -334,19 +333,20 @@ async def _run_up(
     overrides: dict[str, str],
     log_dir: Path | None,
     ready: threading.Event,
-    fleet: tuple[FleetShape | None, str | None] = (None, None),
+    shape: LabShape,
 ) -> None:
     announce = announcer("lab")  # a log line, as the services' own start and stop
     ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
-    async with Supervisor(settings.data_dir, overrides, echo, log_dir) as services:
+    async with Supervisor(
+        settings.data_dir, overrides, echo, log_dir, serve_args=shape.serve_args()
+    ) as services:
         # The KMS needs nothing from the others to start, so it starts beside them (each service is a
         # Python process whose imports take most of a second); the proxy needs the key manager's port.
         kms_start = asyncio.create_task(services.start("kms"))
-        shape, haproxy = fleet
         fleet_facts: dict[str, Any] | None = None
         try:
-            if shape is not None and haproxy is not None:
-                urls, fleet_facts = await start_fleet(services, settings, shape, haproxy)
+            if shape.fleet is not None and shape.haproxy is not None:
+                urls, fleet_facts = await start_fleet(services, settings, shape.fleet, shape.haproxy)
             else:
                 urls = {"dsm": await services.start("dsm")}
                 urls["xks"] = await services.start("xks", {"xks.dsm_urls": urls["dsm"][0]})
@@ -362,6 +362,8 @@ async def _run_up(
         data["pid"] = os.getpid()
         data["ready"] = datetime.now(UTC).isoformat(timespec="seconds")  # when every service answered
         data["service_pids"] = services.pids
+        if services.workers:  # `--workers N`: each service's supervisor is in service_pids, its workers here
+            data["worker_pids"] = services.workers
         if fleet_facts is not None:
             data["fleet"] = fleet_facts
         path = up_file(settings)
