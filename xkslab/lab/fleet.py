@@ -10,9 +10,8 @@ proxies), HTTPS passed through as TCP, so each node terminates TLS itself and a 
 client certificate (mTLS). ``up`` binds those sockets itself and hands them to HAProxy (``bind fd@N``),
 so a port of 0 works and the ports really bound are known. The KMS points at the proxies' balancer.
 
-The DSM tier is balanced on the ``Authorization`` header (one client's token to one node, any node once
-that one is down); the account a user session selected is kept in the memory of the node that selected
-it (README, Deployment), which this keeps working behind the balancer.
+Every tier is balanced round robin: nothing a client observes lives in one node's memory (the account a
+user session selected is in the database, as are revocations; caches follow the cache generation).
 """
 
 from __future__ import annotations
@@ -179,8 +178,6 @@ def haproxy_config(balancers: list[Balancer], members: dict[str, list[Member]]) 
         name = f"{tier}_{scheme}"
         mode = "http" if scheme == "http" else "tcp"
         check, status = _CHECKS[tier]
-        # DSM over HTTP: a token's calls stay on one node (the account its session selected lives there).
-        balance = "hdr(Authorization)" if (tier, scheme) == ("dsm", "http") else "roundrobin"
         lines += [
             "",
             f"frontend {name}",
@@ -190,7 +187,7 @@ def haproxy_config(balancers: list[Balancer], members: dict[str, list[Member]]) 
             "",
             f"backend {name}",
             f"    mode {mode}",
-            f"    balance {balance}",
+            "    balance roundrobin",
             f"    option httpchk {check}",
             f"    http-check expect status {status}",
         ]
