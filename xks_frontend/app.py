@@ -21,7 +21,7 @@ from xkslab_shared import body_encoding, db, health, tls, xks_wire
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.faults_wire import FAULTS_PATH
-from xkslab_shared.nodes import NodeRegistry
+from xkslab_shared.nodes import LiveCount, NodeRegistry
 from xkslab_shared.proxy_link import read_token
 from xkslab_shared.serve import BOUND_URLS_KEY, MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
 
@@ -111,7 +111,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(dsm_client_ctx)
     app[BOUND_URLS_KEY] = []
     if settings.database.url or (settings.data_dir / "xkslab.db").exists():
-        app.cleanup_ctx.append(_registered(settings, app[BOUND_URLS_KEY]))
+        fleet = settings.fleet
+        edge.proxy_fleet = LiveCount("xks", fleet.node_timeout_s, fleet.heartbeat_s)
+        app.cleanup_ctx.append(_registered(settings, app[BOUND_URLS_KEY], edge.proxy_fleet))
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics_route)
     # The key manager answers the proxy's own call (the URI path prefix table), token and all.
@@ -123,16 +125,19 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def _registered(settings: Settings, urls: list[str]) -> Callable[[web.Application], AsyncIterator[None]]:
+def _registered(
+    settings: Settings, urls: list[str], proxy_fleet: LiveCount
+) -> Callable[[web.Application], AsyncIterator[None]]:
     """The proxy's row in the fleet's node registry (xkslab_shared/nodes.py), on a small engine of its
-    own: the proxy reads nothing else from the database. Only where there is a database (a data
-    directory without one is not given one); a database that cannot be written never stops the proxy."""
+    own, and the number of live proxies it reads back (xksProxyFleetSize); nothing else from the
+    database. Only where there is a database (a data directory without one is not given one); a
+    database that cannot be written never stops the proxy."""
 
     async def registered(app: web.Application) -> AsyncIterator[None]:
         engine = db.create_engine(settings.database_url, pool_size=1)
-        registry = NodeRegistry(
-            db.session_factory(engine), settings.xks.node_id, "xks", urls, settings.fleet.heartbeat_s
-        )
+        sessions = db.session_factory(engine)
+        registry = NodeRegistry(sessions, settings.xks.node_id, "xks", urls, settings.fleet.heartbeat_s)
+        proxy_fleet.sessions = sessions  # xksProxyFleetSize: the live proxies of the registry
         try:
             await registry.start()
             yield

@@ -122,6 +122,34 @@ async def list_nodes(
     return nodes
 
 
+class LiveCount:
+    """How many nodes of ``kind`` are live, read at most every ``ttl_s`` (the proxy's health answer asks
+    for its fleet's size on every health check). 1 (this node) until a database is known, or when it
+    cannot be read."""
+
+    def __init__(self, kind: str, node_timeout_s: float, ttl_s: float) -> None:
+        self._kind = kind
+        self._node_timeout_s = node_timeout_s
+        self._ttl_s = ttl_s
+        self.sessions: async_sessionmaker[AsyncSession] | None = None
+        self._value = 1
+        self._read_at = -float("inf")
+
+    async def get(self) -> int:
+        sessions = self.sessions
+        loop = asyncio.get_running_loop()
+        if sessions is None or loop.time() - self._read_at < self._ttl_s:
+            return self._value
+        self._read_at = loop.time()
+        try:
+            nodes = await list_nodes(sessions, self._node_timeout_s, self._kind)
+        except Exception as exc:
+            log.warning("could not count the live %s nodes: %s", self._kind, type(exc).__name__)
+            return self._value
+        self._value = max(1, sum(1 for node in nodes if node.live))
+        return self._value
+
+
 class NodeRegistry:
     """This process's row: registered by ``start()``, renewed every ``heartbeat_s`` in the background,
     marked stopped by ``close()``. ``urls`` is read at every beat (a list the server fills in once it

@@ -103,7 +103,7 @@ def until(predicate: Any, what: str, timeout_s: float = 120.0) -> None:
         time.sleep(0.1)
 
 
-def xks_health(lab: LabInfo) -> list[dict[str, str]]:
+def xks_health(lab: LabInfo) -> dict[str, Any]:
     """The XKS GetHealthStatus through the proxies' balancer (plain HTTP), signed as KMS signs it."""
     xks = lab.data["xks"]
     url = f"{xks['url']}{xks['uri_path']}/health"
@@ -111,8 +111,8 @@ def xks_health(lab: LabInfo) -> list[dict[str, str]]:
     headers = sign(url, body, xks["access_key_id"], xks["secret_access_key"])
     answer = requests.post(url, data=body, headers=headers, timeout=60)
     assert answer.status_code == 200, answer.text
-    details: list[dict[str, str]] = answer.json()["ekmFleetDetails"]
-    return details
+    health: dict[str, Any] = answer.json()
+    return health
 
 
 def xkslab(lab: LabInfo, *args: str) -> subprocess.CompletedProcess[str]:
@@ -138,7 +138,9 @@ def test_a_fleet_behind_haproxy_survives_a_killed_node_and_loses_nothing(fleet: 
     # The DSM tier's balancer serves the REST API; each node is also reachable on its own.
     app = {"Authorization": f"Basic {lab['dsm']['api_key']}"}
     assert requests.get(lab["dsm"]["url"] + "/sys/v1/version", timeout=60).status_code == 200
-    assert {d["healthStatus"] for d in xks_health(fleet)} == {"ACTIVE"}
+    health = xks_health(fleet)  # any proxy: both are live in the registry, and both DSM nodes answer
+    assert health["xksProxyFleetSize"] == 2
+    assert sorted(d["healthStatus"] for d in health["ekmFleetDetails"]) == ["ACTIVE", "ACTIVE"]
 
     kms = boto3.client(
         "kms",
@@ -201,7 +203,8 @@ def test_a_fleet_behind_haproxy_survives_a_killed_node_and_loses_nothing(fleet: 
 
         # The proxies' health: node 1 UNAVAILABLE, node 2 ACTIVE, which KMS reads as DEGRADED.
         def degraded() -> bool:
-            return sorted(d["healthStatus"] for d in xks_health(fleet)) == ["ACTIVE", "UNAVAILABLE"]
+            details = xks_health(fleet)["ekmFleetDetails"]
+            return sorted(d["healthStatus"] for d in details) == ["ACTIVE", "UNAVAILABLE"]
 
         until(degraded, "the proxies' health DEGRADED: one key manager UNAVAILABLE, one ACTIVE")
 
