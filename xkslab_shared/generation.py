@@ -39,6 +39,8 @@ from xkslab_shared.db import NAMING
 log = logging.getLogger("xkslab.generation")
 
 NOTIFY_CHANNEL = "xkslab_cache_generation"
+# The LISTEN connection's application_name, so an operator (or a test) can find it in pg_stat_activity.
+LISTEN_APPLICATION = "xkslab-cache-listen"
 # How long a lost LISTEN connection waits before it is opened again (the poll covers the gap).
 RELISTEN_S = 1.0
 
@@ -156,7 +158,9 @@ class Generation:
         while True:
             lost = asyncio.Event()
             try:
-                connection = await asyncpg.connect(dsn)
+                connection = await asyncpg.connect(
+                    dsn, server_settings={"application_name": LISTEN_APPLICATION}
+                )
             except Exception as exc:
                 log.warning("cannot LISTEN for cache changes (%s): polling alone", type(exc).__name__)
                 await asyncio.sleep(RELISTEN_S)

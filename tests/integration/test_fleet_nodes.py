@@ -285,3 +285,75 @@ async def _second_account_for_the_admin(data_dir: Path) -> None:
             session.add(
                 AccountMember(user_id=user_id, acct_id=second.acct_id, roles=["ACCOUNTADMINISTRATOR"])
             )
+
+
+async def test_a_lost_listen_connection_is_reopened_and_notifications_go_on(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """The LISTEN connection of every node is cut by the server (pg_terminate_backend, as a PostgreSQL
+    restart or fail-over would): each node opens it again, and a key disabled through node 1 is still
+    refused by node 2 within a second, the poll being 5 s."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from xkslab_shared.generation import LISTEN_APPLICATION
+
+    data_dir, facts = await fleet_dir(tmp_path, pg_database)
+    dsn = make_url(pg_database).set(drivername="postgresql").render_as_string(hide_password=False)
+    slow_poll = {"database.cache_poll_ms": "5000", "database.cache_max_age_s": "600"}
+    listening = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()"
+    )
+    with nodes() as fleet:
+        for name in ("dsm-1", "dsm-2"):
+            settings = {**slow_poll, "audit.node_id": name}
+            fleet.append(await asyncio.to_thread(start_node, data_dir, "dsm", name, settings))
+        node1, node2 = fleet
+        connection = await asyncpg.connect(dsn)
+        try:
+
+            async def listeners() -> list[int]:
+                return [row["pid"] for row in await connection.fetch(listening, LISTEN_APPLICATION)]
+
+            async def both_listening() -> bool:
+                return len(await listeners()) == 2
+
+            await until(both_listening, "both nodes LISTENing")
+            cut = await listeners()
+            for pid in cut:
+                await connection.execute("SELECT pg_terminate_backend($1)", pid)
+
+            async def both_listening_again() -> bool:
+                now = await listeners()
+                return len(now) == 2 and not set(now) & set(cut)
+
+            await until(both_listening_again, "both nodes LISTENing again on new connections")
+        finally:
+            await connection.close()
+        kid = facts["root_kek_id"]
+        auth = {"Authorization": f"Basic {facts['dsm_api_key']}"}
+        body = {
+            "key": {"kid": kid},
+            "alg": "AES",
+            "mode": "GCM",
+            "plain": base64.b64encode(b"\x03" * 16).decode(),
+        }
+        async with aiohttp.ClientSession() as session:
+
+            async def status_on_node2() -> int:
+                async with session.post(node2.url + "/crypto/v1/encrypt", headers=auth, json=body) as r:
+                    await r.read()
+                    return r.status
+
+            for _ in range(3):
+                assert await status_on_node2() == 200
+            async with session.patch(
+                node1.url + f"/crypto/v1/keys/{kid}", headers=auth, json={"enabled": False}
+            ) as r:
+                assert r.status == 200
+            committed = time.monotonic()
+            while await status_on_node2() == 200:
+                assert time.monotonic() - committed < 30, "node 2 never refused the disabled key"
+                await asyncio.sleep(0.005)
+            delay = time.monotonic() - committed
+            assert delay < 1.0, f"node 2 refused the disabled key {delay:.3f} s after node 1 committed"
