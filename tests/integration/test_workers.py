@@ -135,3 +135,42 @@ def test_up_with_two_workers_per_service_serves_kms_and_lists_every_pid(tmp_path
     while any(alive(pid) for pid in every):  # up stopped its services, and they their workers
         assert time.monotonic() < deadline, "a worker outlived its lab"
         time.sleep(0.1)
+
+
+async def test_a_key_disabled_by_the_cli_is_refused_by_every_worker_once_the_command_returns(
+    tmp_path: Path, empty_db_url: str
+) -> None:
+    """The CLI in a second terminal beside two workers that both serve the key from their caches: when
+    `xkslab key disable` returns, every worker refuses it (each reads the cache generation, and on
+    PostgreSQL is told by NOTIFY)."""
+    data_dir, facts = await fleet_dir(tmp_path, empty_db_url)
+    ready, log = tmp_path / "dsm.ready", tmp_path / "dsm.log"
+    process = await asyncio.to_thread(_serve_two_workers, data_dir, ready, log)
+    try:
+        url = (await asyncio.to_thread(wait_ready, ready, process, log))[0]
+        auth = {"Authorization": f"Basic {facts['dsm_api_key']}"}
+        body = {
+            "key": {"kid": facts["root_kek_id"]},
+            "alg": "AES",
+            "mode": "GCM",
+            "plain": base64.b64encode(b"k").decode(),
+        }
+
+        async def statuses(times: int) -> list[int]:
+            found = []
+            for _ in range(times):  # a new connection each: both workers answer some
+                async with aiohttp.ClientSession() as session:
+                    async with session.post(url + "/crypto/v1/encrypt", headers=auth, json=body) as r:
+                        await r.read()
+                        found.append(r.status)
+            return found
+
+        assert set(await statuses(20)) == {200}
+        disabled = await asyncio.to_thread(_xkslab, data_dir, "key", "disable", facts["root_kek_id"])
+        assert disabled.returncode == 0, disabled.stderr
+        assert set(await statuses(20)) == {400}
+        chains = await asyncio.to_thread(_chains, data_dir)
+        assert {"dsm-1-w1", "dsm-1-w2"} <= chains, chains  # both workers served (and refused) the key
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(process.wait, 60)
