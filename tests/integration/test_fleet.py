@@ -260,3 +260,28 @@ def test_a_fleet_behind_haproxy_survives_a_killed_node_and_loses_nothing(fleet: 
     assert exported.returncode == 0, exported.stderr
     chains = {json.loads(line)["chain"] for line in exported.stdout.splitlines() if line.strip()}
     assert {"dsm-1", "dsm-2"} <= chains, chains
+
+
+def test_up_fleet_without_postgresql_or_with_a_bad_shape_is_one_clear_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "lab"
+
+    def up(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), "up", "--free-ports", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={k: v for k, v in os.environ.items() if k != "XKSLAB_DATABASE_URL"}
+            | {"PYTHONPATH": str(REPO)},
+            timeout=120,
+        )
+
+    sqlite = up("--fleet", "2,2")
+    assert sqlite.returncode == 1 and sqlite.stderr.startswith(
+        "Error: --fleet needs database.url on PostgreSQL"
+    )
+    assert len(sqlite.stderr.strip().splitlines()) == 1 and not data_dir.exists()  # refused before any start
+    bad = up("--fleet", "2")
+    assert bad.returncode == 1 and "--fleet must be DSM_NODES,PROXIES" in bad.stderr
+    too_many = up("--fleet", "11,1")
+    assert too_many.returncode == 1 and "each count must be 1 to 10" in too_many.stderr
