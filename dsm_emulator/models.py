@@ -272,6 +272,17 @@ class SessionRevocation(Base):
     expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
 
 
+class SessionAccount(Base):
+    """The account a user's token selected (``select_account``): in the database, so that every node of
+    a fleet and every worker of a node knows it (a client's next connection may reach any of them).
+    Kept until the token expires, then pruned by the next selection."""
+
+    __tablename__ = "session_accounts"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    acct_id: Mapped[str] = mapped_column(Uuid)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+
+
 class ApprovalRequest(Base):
     """A request for a quorum to approve one protected operation (Fortanix ``ApprovalRequest``). The
     operation's body may hold plaintext or key material, so it is kept sealed by the keyring (bound to the

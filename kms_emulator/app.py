@@ -249,6 +249,7 @@ def create_app(settings: Settings) -> web.Application:
             await client.open()
             try:
                 sessions, generation = invalidating_sessions(engine, database.cache_poll_ms / 1000)
+                generation.listen(settings.database_url)  # PostgreSQL: NOTIFY, the poll as fallback
                 usable_keys: GenerationCache[Any, Any] = GenerationCache(generation, database.cache_max_age_s)
                 callers = (
                     CallerCheck(
@@ -274,6 +275,7 @@ def create_app(settings: Settings) -> web.Application:
                         checker.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await checker
+                    await generation.close()
             finally:
                 await client.close()
         finally:

@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from migrations.metadata import TARGET_METADATA
 
 target_metadata = TARGET_METADATA
+
+# The advisory lock every upgrade of a PostgreSQL database takes first (any 64-bit number that nothing
+# else uses; the audit chains' locks are hashes of their chain names): several nodes starting together
+# on one database migrate it once, the others wait for that and then find nothing to do. On SQLite,
+# xkslab_shared.db.upgrade holds a lock file beside the database instead.
+MIGRATION_LOCK = 0x786B736C61620014
 
 
 def _run(connection: Connection) -> None:
@@ -26,6 +33,10 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Transaction-scoped: released by the upgrade's own commit (or rollback), whatever happens.
+            # Taken before alembic reads the schema's revision, so a waiting upgrade reads the new one.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 

@@ -12,6 +12,6 @@ from sqlalchemy import MetaData
 
 from dsm_emulator.models import Base
 from kms_emulator.models import Base as KmsBase
-from xkslab_shared import generation
+from xkslab_shared import generation, nodes
 
-TARGET_METADATA: list[MetaData] = [Base.metadata, KmsBase.metadata, generation.metadata]
+TARGET_METADATA: list[MetaData] = [Base.metadata, KmsBase.metadata, generation.metadata, nodes.metadata]

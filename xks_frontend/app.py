@@ -4,7 +4,7 @@ InvalidUriPathException itself)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -17,12 +17,13 @@ from xks_frontend.handlers import Edge, Handler, PrefixQuota, PrefixTable, dispa
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile
 from xks_frontend.tls_faults import TlsFaults
-from xkslab_shared import body_encoding, health, tls, xks_wire
+from xkslab_shared import body_encoding, db, health, tls, xks_wire
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.faults_wire import FAULTS_PATH
+from xkslab_shared.nodes import LiveCount, NodeRegistry
 from xkslab_shared.proxy_link import read_token
-from xkslab_shared.serve import MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
+from xkslab_shared.serve import BOUND_URLS_KEY, MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
 
 EDGE_KEY: web.AppKey[Edge] = web.AppKey("xks_edge", Edge)
 TLS_FAULTS_KEY: web.AppKey[TlsFaults] = web.AppKey("xks_tls_faults", TlsFaults)
@@ -108,6 +109,11 @@ def create_app(settings: Settings) -> web.Application:
         return await dispatch(edge, request)
 
     app.cleanup_ctx.append(dsm_client_ctx)
+    app[BOUND_URLS_KEY] = []
+    if settings.database.url or (settings.data_dir / "xkslab.db").exists():
+        fleet = settings.fleet
+        edge.proxy_fleet = LiveCount("xks", fleet.node_timeout_s, fleet.heartbeat_s)
+        app.cleanup_ctx.append(_registered(settings, app[BOUND_URLS_KEY], edge.proxy_fleet))
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics_route)
     # The key manager answers the proxy's own call (the URI path prefix table), token and all.
@@ -117,6 +123,31 @@ def create_app(settings: Settings) -> web.Application:
     admin.add_routes(app, edge.faults, token, prepare=tls_faults.prepare)
     app.router.add_route("*", "/{tail:[\\s\\S]*}", xks_route)
     return app
+
+
+def _registered(
+    settings: Settings, urls: list[str], proxy_fleet: LiveCount
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The proxy's row in the fleet's node registry (xkslab_shared/nodes.py), on a small engine of its
+    own, and the number of live proxies it reads back (xksProxyFleetSize); nothing else from the
+    database. Only where there is a database (a data directory without one is not given one); a
+    database that cannot be written never stops the proxy."""
+
+    async def registered(app: web.Application) -> AsyncIterator[None]:
+        engine = db.create_engine(settings.database_url, pool_size=1)
+        sessions = db.session_factory(engine)
+        registry = NodeRegistry(sessions, settings.xks.node_id, "xks", urls, settings.fleet.heartbeat_s)
+        proxy_fleet.sessions = sessions  # xksProxyFleetSize: the live proxies of the registry
+        try:
+            await registry.start()
+            yield
+        finally:
+            try:
+                await registry.close()
+            finally:
+                await engine.dispose()
+
+    return registered
 
 
 def _refuse(message: str) -> web.Response:

@@ -25,6 +25,7 @@ from xks_frontend.errors import XksError, error_response
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile, RequestFacts
 from xkslab_shared import body_encoding, json_body, logs, sigv4, xks_wire
+from xkslab_shared.nodes import LiveCount
 from xkslab_shared.proxy_link import ForwardedCall
 
 log = logging.getLogger("xks_frontend")
@@ -126,6 +127,8 @@ class Edge:
     limits: xks_wire.Limits
     quota: PrefixQuota
     faults: faults.FaultBook
+    # How many proxies are live (the node registry), for xksProxyFleetSize; None: this one alone.
+    proxy_fleet: LiveCount | None = None
 
 
 async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
@@ -262,7 +265,7 @@ async def _health(edge: Edge, call: ForwardedCall) -> dict[str, Any]:
             )
     fleet = fleet[:MAX_FLEET]
     return {
-        "xksProxyFleetSize": 1,
+        "xksProxyFleetSize": 1 if edge.proxy_fleet is None else await edge.proxy_fleet.get(),
         "xksProxyVendor": VENDOR,
         "xksProxyModel": PROXY_MODEL,
         "ekmVendor": EKM_VENDOR,

@@ -76,6 +76,14 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    # Each serving process (a DSM node, a proxy) keeps a row in fleet_nodes and renews its heartbeat this
+    # often; a node whose heartbeat is older than node_timeout_s is not live (health, `/sys/v1/nodes`).
+    heartbeat_s: float = 2.0
+    node_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class DsmSettings:
     host: str = "127.0.0.1"
     port: int = 8500
@@ -122,6 +130,9 @@ class HttpSettings:
     # Open connections from one client address; past it that client's new ones get 503, so one client's
     # idle sockets cannot take every slot. Above the XKS proxy's pool to the DSM (256 connections).
     max_connections_per_client: int = 300
+    # Listen with SO_REUSEPORT, so several processes share one port and the kernel spreads connections
+    # over them (`serve --workers N` sets it on each worker; every process on the port must set it).
+    reuse_port: bool = False
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -175,6 +186,8 @@ class XksSettings:
     rate_limit_burst: int = 100
     # The bearer token of the fault-injection admin endpoint (created on first start, 0600).
     admin_token_file: Path = Path("xks-admin.token")
+    # This proxy's name in the fleet's node registry (fleet_nodes); each proxy of a fleet its own.
+    node_id: str = "xks-1"
 
     @property
     def dsm_url_list(self) -> list[str]:
@@ -229,6 +242,7 @@ class Settings:
     kms: KmsSettings = field(default_factory=KmsSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
     @property
     def config_file(self) -> Path:
@@ -411,6 +425,8 @@ _POSITIVE = {
     "http.body_timeout_ms",
     "http.keepalive_timeout_s",
     "http.max_connections_per_client",
+    "fleet.heartbeat_s",
+    "fleet.node_timeout_s",
 }
 # Every port setting (each accepts 0: a free port from the system; `--free-ports` sets them all to 0).
 PORT_SETTINGS = ("dsm.port", "dsm.https_port", "xks.port", "xks.https_port", "kms.port")
@@ -470,8 +486,11 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
     urls = [u.strip() for u in values["xks.dsm_urls"].split(",") if u.strip()]
     if not urls or len(urls) > 10 or not all(u.startswith(("http://", "https://")) for u in urls):
         raise fail("xks.dsm_urls", "must be 1 to 10 comma-separated http:// or https:// URLs")
-    if not values["audit.node_id"] or len(values["audit.node_id"]) > 64:
-        raise fail("audit.node_id", "must be 1 to 64 characters")
+    for name in ("audit.node_id", "xks.node_id"):
+        if not values[name] or len(values[name]) > 64:
+            raise fail(name, "must be 1 to 64 characters")
+    if values["fleet.node_timeout_s"] <= values["fleet.heartbeat_s"]:
+        raise fail("fleet.node_timeout_s", "must be longer than fleet.heartbeat_s")
     url = values["database.url"]
     if url and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise fail("database.url", "must start with sqlite+aiosqlite:// or postgresql+asyncpg://")

@@ -8,6 +8,10 @@ revision it does not know, because new code on an old schema (or old code on a n
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 import migrations
@@ -55,8 +59,30 @@ def head_revision() -> str:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Run the migrations up to ``revision``. Synchronous: alembic's env runs its own event loop, so
-    async callers use ``upgrade_async``."""
-    command.upgrade(alembic_config(url), revision)
+    async callers use ``upgrade_async``. Several processes may upgrade one database at once (nodes of a
+    fleet starting together): the first migrates, the others wait and find nothing left to do (on
+    PostgreSQL an advisory lock, migrations/env.py; on SQLite a lock file beside the database)."""
+    with _sqlite_upgrade_lock(url):
+        command.upgrade(alembic_config(url), revision)
+
+
+@contextlib.contextmanager
+def _sqlite_upgrade_lock(url: str) -> Iterator[None]:
+    """An exclusive flock on ``<database>.migrate.lock`` for a SQLite file (the kernel drops it if the
+    process dies); nothing for other databases, which lock inside the upgrade's transaction."""
+    parsed = make_url(url)
+    database = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not database or database == ":memory:":
+        yield
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".migrate.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 async def upgrade_async(url: str) -> None:

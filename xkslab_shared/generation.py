@@ -12,11 +12,19 @@ long unsealed key material stays in memory.
 Why a polled counter rather than per-request queries: the hot path otherwise spends most of its time in
 the database driver's worker thread (the profile in the README), and one 100-ms poll per process replaces
 four to six queries per request.
+
+On PostgreSQL a trigger (migration 0014) NOTIFYs ``NOTIFY_CHANNEL`` in the very transaction that raises
+the counter, and a serving process LISTENs on a connection of its own (``Generation.listen``): the next
+request after another node's commit reads the counter again, so a change reaches every node within a
+round trip, not a poll interval. The poll stays as the fallback (a listening connection that is lost is
+reopened, and the generation is read again meanwhile). SQLite has no such channel: the poll alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -27,6 +35,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, UOWTransaction
 
 from xkslab_shared.db import NAMING
+
+log = logging.getLogger("xkslab.generation")
+
+NOTIFY_CHANNEL = "xkslab_cache_generation"
+# The LISTEN connection's application_name, so an operator (or a test) can find it in pg_stat_activity.
+LISTEN_APPLICATION = "xkslab-cache-listen"
+# How long a lost LISTEN connection waits before it is opened again (the poll covers the gap).
+RELISTEN_S = 1.0
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -105,11 +121,67 @@ class Generation:
         self._value = -1
         self._read_started = -float("inf")  # the START of the last read: what it saw is at least that new
         self._reading: asyncio.Task[int] | None = None
+        # When expire() last ran: a read that started before it may have missed the change it announced.
+        self._expired_at = -float("inf")
+        self._listener: asyncio.Task[None] | None = None
+        self.listening = False
         self.reads = 0
+        self.notifications = 0
 
     def expire(self) -> None:
-        """Forget the value read: this process just committed a change."""
+        """Forget the value read: this process just committed a change, or another node told us so."""
         self._read_started = -float("inf")
+        self._expired_at = time.monotonic()
+
+    def listen(self, url: str) -> None:
+        """On PostgreSQL, LISTEN for the counter's NOTIFY on a connection of its own until ``close()``;
+        each notification expires the value read. Anything else: nothing (the poll alone)."""
+        if url.startswith("postgresql") and self._listener is None:
+            self._listener = asyncio.create_task(self._listen(url), name="cache-generation-listen")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    def _notified(self, *_args: object) -> None:
+        self.notifications += 1
+        self.expire()
+
+    async def _listen(self, url: str) -> None:
+        import asyncpg  # only PostgreSQL deployments have (and need) it
+        from sqlalchemy.engine import make_url
+
+        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        while True:
+            lost = asyncio.Event()
+            try:
+                connection = await asyncpg.connect(
+                    dsn, server_settings={"application_name": LISTEN_APPLICATION}
+                )
+            except Exception as exc:
+                log.warning("cannot LISTEN for cache changes (%s): polling alone", type(exc).__name__)
+                await asyncio.sleep(RELISTEN_S)
+                continue
+            try:
+                connection.add_termination_listener(_setter(lost))
+                await connection.add_listener(NOTIFY_CHANNEL, self._notified)
+                self.listening = True
+                self.expire()  # whatever was committed before the LISTEN took effect is read again
+                await lost.wait()
+                log.warning("the LISTEN connection for cache changes was lost: reopening it")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN for cache changes failed (%s): reopening it", type(exc).__name__)
+            finally:
+                self.listening = False
+                self.expire()  # a notification may have been missed
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(connection.close(timeout=2))
+            await asyncio.sleep(RELISTEN_S)
 
     async def current(self) -> int:
         if time.monotonic() - self._read_started < self.poll_s:
@@ -135,8 +207,18 @@ class Generation:
         # A row that is not there (a database restored from before migration 0004 cannot start, so only
         # by hand) counts as a new generation on every read: caching stops rather than going stale.
         self._value = self._value + 1 if value is None else value
-        self._read_started = started
+        if started > self._expired_at:  # else a change announced meanwhile may postdate what was read
+            self._read_started = started
         return self._value
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    """A callback (of anything) that sets ``event``."""
+
+    def set_event(_what: object) -> None:
+        event.set()
+
+    return set_event
 
 
 def _retrieve(task: asyncio.Task[int]) -> None:

@@ -36,11 +36,15 @@ async def bind(
     context: ssl.SSLContext | None = None,
     *,
     setting: str | None = None,
+    reuse_port: bool = False,
 ) -> int:
     """Listen on ``host:port`` (0: a port the system chooses) until ``stack`` closes; the port bound.
-    ``setting`` names the port's setting in the ListenError raised when it cannot be bound."""
+    ``setting`` names the port's setting in the ListenError raised when it cannot be bound;
+    ``reuse_port``: SO_REUSEPORT, so other processes that set it too may listen on the same port."""
     try:
-        server = await asyncio.get_running_loop().create_server(factory, host, port, ssl=context, backlog=128)
+        server = await asyncio.get_running_loop().create_server(
+            factory, host, port, ssl=context, backlog=128, reuse_port=reuse_port or None
+        )
     except OSError as exc:
         raise ListenError.of(exc, host, port, setting) from None
     # Closed before the runner's cleanup (the stack unwinds in reverse): stop accepting, then drain.

@@ -46,6 +46,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # {"errorName", "errorMessage"}, KMS's {"__type", "message"}; the words come from refusal_message().
 # No type argument to AppKey: it takes a class, and a Callable is not one (the annotation carries it).
 MALFORMED_REQUEST_KEY: web.AppKey[Callable[[int], web.Response]] = web.AppKey("xkslab_malformed_request")
+# Where a server tells its application the URLs it really bound (filled in once it listens): a list the
+# application creates, e.g. for its row in the node registry (xkslab_shared/nodes.py).
+BOUND_URLS_KEY: web.AppKey[list[str]] = web.AppKey("xkslab_bound_urls", list)
 MALFORMED_MESSAGE = "malformed HTTP request: the request line or a header line could not be parsed"
 BUSY_MESSAGE = "too many open connections (in all, or from this client address): try again shortly"
 
@@ -75,6 +78,7 @@ class HttpLimits:
     body_timeout_s: float = 10.0
     keepalive_timeout_s: float = 15.0
     max_connections_per_client: int = 300
+    reuse_port: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> HttpLimits:
@@ -84,6 +88,7 @@ class HttpLimits:
             http.body_timeout_ms / 1000,
             http.keepalive_timeout_s,
             http.max_connections_per_client,
+            http.reuse_port,
         )
 
 
@@ -147,14 +152,22 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
     stack.callback(gate.close)
     capped = _ConnectionCap(runner.server, gate, listener.app.get(MALFORMED_REQUEST_KEY))
     section = listener.section
-    http_port = await bind(stack, capped, listener.host, listener.port, setting=section and f"{section}.port")
+    reuse = limits.reuse_port
+    http_port = await bind(
+        stack, capped, listener.host, listener.port, setting=section and f"{section}.port", reuse_port=reuse
+    )
     urls = [f"http://{listener.host}:{http_port}"]
     if context is not None and listener.https_port is not None:
         setting = section and f"{section}.https_port"
-        port = await bind(stack, capped, listener.host, listener.https_port, context, setting=setting)
+        port = await bind(
+            stack, capped, listener.host, listener.https_port, context, setting=setting, reuse_port=reuse
+        )
         urls.append(f"https://{listener.host}:{port}")
     for url in urls:
         echo(f"listening on {url} ({listener.name})")
+    bound = listener.app.get(BOUND_URLS_KEY)
+    if bound is not None:
+        bound.extend(urls)
     return urls
 
 

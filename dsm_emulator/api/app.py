@@ -18,6 +18,7 @@ from dsm_emulator.api import (
     digests,
     logs,
     multipart,
+    nodes,
     not_emulated,
     openapi,
     persist,
@@ -35,8 +36,9 @@ from dsm_emulator.models import is_uuid
 from xkslab_shared import body_encoding, db, health
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
+from xkslab_shared.nodes import NodeRegistry
 from xkslab_shared.proxy_link import INTERNAL_PREFIX, read_token
-from xkslab_shared.serve import MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
+from xkslab_shared.serve import BOUND_URLS_KEY, MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
 
 log = logging.getLogger("dsm_emulator.api")
 
@@ -131,10 +133,17 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[session.SESSION_STATE_KEY] = session.SessionState()
     app[xks.PROXY_TOKEN_KEY] = read_token(settings.path(settings.dsm.proxy_token_file), create=True)
+    app[BOUND_URLS_KEY] = []
 
     async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         core = await DsmCore.open(settings)
         app[CORE_KEY] = core
+        # A node of the fleet: its row in the registry, and the cache changes of the others at once.
+        core.generation.listen(settings.database_url)
+        registry = NodeRegistry(
+            core.sessions, settings.audit.node_id, "dsm", app[BOUND_URLS_KEY], settings.fleet.heartbeat_s
+        )
+        await registry.start()
         summaries = asyncio.create_task(_login_summaries(core))
         sweeps = asyncio.create_task(_history_sweeps(core))
         try:
@@ -150,7 +159,11 @@ def create_app(settings: Settings) -> web.Application:
                 await core.admin.flush_login_summaries(everything=True)
                 await core.xks.refusals.flush(everything=True)
             finally:
-                await core.close()
+                try:
+                    await registry.close()
+                    await core.generation.close()
+                finally:
+                    await core.close()
 
     app.cleanup_ctx.append(core_ctx)
     app.add_routes(session.routes)
@@ -166,6 +179,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(digests.routes)
     app.add_routes(multipart.routes)
     app.add_routes(logs.routes)
+    app.add_routes(nodes.routes)
     app.add_routes(approvals.routes)
     app.add_routes(xks.routes)
     console.add_console(app, settings)

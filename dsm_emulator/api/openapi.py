@@ -115,6 +115,9 @@ def _paths() -> dict[str, dict[str, Any]]:
     return {
         "/sys/v1/health": {"get": op("health", None, public=True, summary="204 while serving")},
         "/health": health_path(),
+        "/sys/v1/nodes": {
+            "get": op("listNodes", ANY_OBJECT, summary="xkslab: the fleet's nodes (administrators)")
+        },
         "/sys/v1/version": {"get": op("version", obj(["version"], version=string()), public=True)},
         "/sys/v1/session/auth": {
             "post": {

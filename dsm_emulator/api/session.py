@@ -6,7 +6,8 @@ iat, exp, sid, sxp). A login starts a session: ``sid`` names it and ``sxp`` is i
 ``exp`` never passes ``sxp``: renewing cannot keep a session alive past its lifetime. Terminate revokes
 the whole session (every token of the reauth chain, before and after the one presented) in the database
 (``dsm_emulator.revocations``), so every replica refuses it and a restart does not forget it.
-A user's selected account is still kept in memory, per replica. Refresh is a no-op.
+A user's selected account is kept in the database (``dsm_emulator.session_accounts``), so every node and
+worker knows it. Refresh is a no-op.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import binascii
 import hashlib
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from aiohttp import web
 
+from dsm_emulator import session_accounts
 from dsm_emulator.api.context import (
     PRINCIPAL,
     core_of,
@@ -66,19 +68,13 @@ ACCOUNTLESS_PATHS = frozenset(
 
 @dataclass
 class SessionState:
-    """In-memory, per-replica session bookkeeping."""
+    """Per-process caches of the session checks (what they cache is in the database)."""
 
-    selected: dict[str, tuple[str, float]] = field(default_factory=dict)  # jti -> (acct_id, exp)
     # Made at the first Basic call: it needs the core's generation counter.
     basic_cache: GenerationCache[bytes, Principal] | None = None
     # Who a Bearer token's subject is (an app, or a user in an account): read on every call, changed
     # only by audited mutations, so cached like the rest of the request path.
     principals: GenerationCache[tuple[str, ...], Principal] | None = None
-
-    def prune(self) -> None:
-        now = time.time()
-        for jti in [j for j, (_, exp) in self.selected.items() if exp < now]:
-            del self.selected[jti]
 
 
 SESSION_STATE_KEY: web.AppKey[SessionState] = web.AppKey("dsm_session_state", SessionState)
@@ -191,8 +187,8 @@ async def principal_from_bearer(request: web.Request, token: str) -> Principal |
         return await state.principals.get(("app", sub), lambda: _app_principal(core, sub))
     if claims["kind"] != "user":
         raise AuthFailed("invalid session")
-    selected = state.selected.get(jti)
-    acct = selected[0] if selected else claims.get("acct")
+    # A selection (in the database: any node or worker may have made it) wins over the token's own.
+    acct = await session_accounts.selected_account(core.sessions, jti) or claims.get("acct")
     if acct is None:
         await _user(core, sub)  # still refused when the user is gone
         if request.path in ACCOUNTLESS_PATHS:
@@ -262,10 +258,9 @@ async def auth(request: web.Request) -> web.Response:
 async def terminate(request: web.Request) -> web.Response:
     claims = _claims(request)
     if claims is not None:
-        await core_of(request).revocations.revoke(str(claims["sid"]), float(claims["sxp"]))
-        state = _state(request)
-        state.prune()
-        state.selected.pop(str(claims["jti"]), None)
+        core = core_of(request)
+        await core.revocations.revoke(str(claims["sid"]), float(claims["sxp"]))
+        await session_accounts.forget(core.sessions, str(claims["jti"]))
     return no_content()
 
 
@@ -302,9 +297,7 @@ async def select_account(request: web.Request) -> web.Response:
         await core.admin.principal_for_user(user, acct_id)
     except AccessDenied:
         raise NotFound("account does not exist") from None
-    state = _state(request)
-    state.prune()
-    state.selected[str(claims["jti"])] = (acct_id, float(claims["exp"]))
+    await session_accounts.select_account(core.sessions, str(claims["jti"]), acct_id, float(claims["exp"]))
     return json_response({})
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.api_harness import init_data_dir
@@ -50,10 +51,13 @@ class Dsm:
     url: str
 
 
-async def start_dsm(data_dir: Path, tag: str) -> Dsm:
+async def start_dsm(data_dir: Path, tag: str, workers: int = 1) -> Dsm:
+    """``xkslab dsm serve`` (with ``workers`` > 1: ``--workers``, its workers die with it when it is
+    killed, each on its own audit chain)."""
     ready = data_dir.parent / f"ready-{tag}.json"
     log = data_dir.parent / f"dsm-{tag}.log"
     serve = ["--set", "dsm.port=0", "--set", "dsm.https_port=0", "dsm", "serve", "--ready-file", str(ready)]
+    serve += ["--workers", str(workers)]
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         process = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *serve],
@@ -274,12 +278,15 @@ async def check_after_restart(client: Client, load: Load, kek: str, data_dir: Pa
     return counts
 
 
+@pytest.mark.parametrize("dsm_workers", [1, 2])
 async def test_a_sigkilled_dsm_loses_no_acknowledged_key_ciphertext_or_audit_row(
-    empty_db_url: str, tmp_path: Path
+    empty_db_url: str, tmp_path: Path, dsm_workers: int
 ) -> None:
+    """With ``--workers 2`` the load reaches both workers (one port), the kill takes the supervisor and
+    with it both workers at once, and every chain (one per worker) must verify."""
     data_dir, info = await asyncio.to_thread(init_data_dir, tmp_path / "data", empty_db_url)
     group_id = info["default_group_id"]
-    dsm = await start_dsm(data_dir, "first")
+    dsm = await start_dsm(data_dir, "first", dsm_workers)
     runners: list[web.AppRunner] = []
     try:
         async with aiohttp.ClientSession() as http:
@@ -296,12 +303,16 @@ async def test_a_sigkilled_dsm_loses_no_acknowledged_key_ciphertext_or_audit_row
             assert not load.failures_before_kill, load.failures_before_kill[:3]
             assert dsm.process.returncode == -signal.SIGKILL
 
-            dsm = await start_dsm(data_dir, "second")
+            dsm = await start_dsm(data_dir, "second", dsm_workers)
             client.dsm_url = dsm.url
             runner, client.proxy_url = await start_proxy(data_dir, dsm.url)
             runners.append(runner)
             counts = await check_after_restart(client, load, kek, data_dir)
             assert counts["acknowledged keys"] > 0 and counts["acknowledged ciphertexts"] > 0
+            if dsm_workers > 1:  # the load reached both workers, each writing (and verifying) its chain
+                exported = await xkslab_json(data_dir, "audit", "export")
+                chains = {json.loads(line)["chain"] for line in exported.splitlines() if line.strip()}
+                assert {"dsm-1-w1", "dsm-1-w2"} <= chains, chains
     finally:
         for runner in runners:
             await runner.cleanup()

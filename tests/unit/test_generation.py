@@ -73,6 +73,36 @@ async def test_expire_makes_the_next_read_go_to_the_database(
     assert await generation.current() == first + 1
 
 
+async def test_an_expire_during_a_read_is_not_forgotten_when_the_read_ends(sessions: Sessions) -> None:
+    """A change announced while a read is in flight (this process's commit, another node's NOTIFY) may
+    postdate what that read saw: the read's value must not be trusted for a whole poll interval."""
+    generation = Generation(sessions, poll_s=3600.0)
+    caller = asyncio.create_task(generation.current())
+    for _ in range(1000):  # until the read is under way ...
+        if generation._reading is not None:
+            break
+        await asyncio.sleep(0)
+    assert generation._reading is not None
+    await asyncio.sleep(0)
+    generation.expire()  # ... when the change is announced
+    await caller
+    await generation.current()
+    assert generation.reads == 2
+
+
+async def test_listen_does_nothing_on_sqlite_and_close_is_safe(sessions: Sessions, db_url: str) -> None:
+    generation = Generation(sessions, poll_s=3600.0)
+    generation.listen(db_url)
+    on_postgres = db_url.startswith("postgresql")
+    for _ in range(300):  # PostgreSQL: until the LISTEN connection is open (the bound only ends a hang)
+        if generation.listening or not on_postgres:
+            break
+        await asyncio.sleep(0.1)
+    assert generation.listening is on_postgres
+    await generation.close()
+    assert not generation.listening
+
+
 async def test_concurrent_callers_share_one_read(sessions: Sessions) -> None:
     generation = Generation(sessions, poll_s=3600.0)
     values = await asyncio.gather(*(generation.current() for _ in range(50)))

@@ -276,19 +276,34 @@ def start_logging(settings: Settings, service: str) -> Callable[[str], None]:
 
 
 def serve_service(
-    settings: Settings, service: str, listener: Callable[[Settings], Listener], ready_file: Path | None
+    settings: Settings,
+    service: str,
+    listener: Callable[[Settings], Listener],
+    ready_file: Path | None,
+    workers: int = 1,
+    overrides: dict[str, str] | None = None,
 ) -> None:
     """``xkslab <service> serve``: one service until SIGINT or SIGTERM. Under ``up`` (a supervisor that
     reads ``ready_file``), a start-up failure is written there for ``up`` to report as its own one line,
-    instead of a second line on the terminal."""
+    instead of a second line on the terminal. ``workers`` > 1: that many processes on the service's
+    ports, each a node (xkslab/lab/workers.py), started with the command's ``overrides``."""
     from xkslab.lab.supervisor import hold_service
+    from xkslab.lab.workers import is_worker, serve_workers
     from xkslab_shared import parent
     from xkslab_shared.serve import serve, write_ready_file
 
     supervised = ready_file is not None and parent.PARENT_FD_ENV in os.environ
+    # A worker's supervisor holds the service's lock for all its workers.
+    embedded = settings.database_url.startswith("sqlite") and not is_worker()
     try:
-        with hold_service(settings.data_dir, service, embedded=settings.database_url.startswith("sqlite")):
-            run(serve([listener(settings)], start_logging(settings, service), ready_file), server=True)
+        with hold_service(settings.data_dir, service, embedded=embedded):
+            echo = start_logging(settings, service)
+            if workers > 1:
+                # asyncio's own loop: the supervisor serves nothing, and uvloop cannot start a child in
+                # a process group of its own.
+                run(serve_workers(settings, service, overrides or {}, workers, ready_file, echo))
+            else:
+                run(serve([listener(settings)], echo, ready_file), server=True)
     except (click.ClickException, LabError) as exc:
         if ready_file is None:
             raise
@@ -297,6 +312,17 @@ def serve_service(
         if not supervised:
             raise
         raise click.exceptions.Exit(1) from None
+
+
+def workers_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--workers",
+        type=click.IntRange(1, 64),
+        default=1,
+        show_default=True,
+        help="Processes serving this service's ports (SO_REUSEPORT), each a node of its own "
+        "(<node id>-w<i>: its own audit chain). See README, Deployment.",
+    )(f)
 
 
 # ------------------------------------------------------------------------------ one-line errors

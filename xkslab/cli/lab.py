@@ -61,6 +61,20 @@ from xkslab_shared.config import Settings
     is_flag=True,
     help="Open the web console (the DSM's /console) in a browser once the lab is ready.",
 )
+@click.option(
+    "--fleet",
+    metavar="DSM_NODES,PROXIES",
+    default=None,
+    help="Several DSM nodes and XKS proxies on one PostgreSQL database (database.url) behind HAProxy "
+    "(apt-get install haproxy), which listens on the ports the services would; e.g. --fleet 2,2.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes per DSM and per proxy (serve --workers: one port, SO_REUSEPORT, a node each).",
+)
 @log_options
 @free_ports_option
 @click.pass_context
@@ -71,6 +85,8 @@ def up(
     mtls: bool,
     log_dir: Path | None,
     open_console: bool,
+    fleet: str | None,
+    workers: int,
 ) -> None:
     """Start the DSM, the XKS proxy and the KMS emulator on embedded defaults (SQLite, software sealing,
     loopback ports), bootstrap them on first start, print the settings to paste and write them to
@@ -82,8 +98,16 @@ def up(
             # Passed on as a setting like any other, so each service's process (and a detached up) has it.
             overrides["xks.mtls"] = "true"
             settings = replace(settings, xks=replace(settings.xks, mtls=True))
+        from xkslab.lab.fleet import check_fleet, parse_shape
+
+        shape = None
+        if fleet is not None:
+            shape = parse_shape(fleet)
+            check_fleet(settings)
         if detach:
-            path, pid = start_detached(settings.data_dir, overrides, admin_password, log_dir)
+            path, pid = start_detached(
+                settings.data_dir, overrides, admin_password, log_dir, fleet=fleet, workers=workers
+            )
             log = log_file(path.parent)
             click.echo(f"xkslab up is running (pid {pid}, log {log}); `xkslab down` stops it", err=True)
             click.echo(str(path))
@@ -97,7 +121,11 @@ def up(
 
         with first_start(settings) as ready:
             on_ready = _open_console if open_console else None
-            run(run_up(settings, admin_password, click.echo, overrides, log_dir, ready, on_ready))
+            run(
+                run_up(
+                    settings, admin_password, click.echo, overrides, log_dir, ready, shape, workers, on_ready
+                )
+            )
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -13,10 +13,12 @@ from xkslab.cli.common import (
     free_ports_option,
     json_option,
     log_options,
+    overrides_of,
     pass_settings,
     ready_file_option,
     serve_service,
     with_core,
+    workers_option,
 )
 from xkslab_shared.config import Settings
 
@@ -30,13 +32,15 @@ def xks() -> None:
 @ready_file_option
 @log_options
 @free_ports_option
+@workers_option
 @pass_settings
-def xks_serve(settings: Settings, ready_file: Path | None) -> None:
+def xks_serve(settings: Settings, ready_file: Path | None, workers: int) -> None:
     """Serve the XKS proxy on xks.host:xks.port (HTTP), and on xks.https_port too when xks.tls_cert and
     xks.tls_key exist (mTLS when xks.client_ca is set); the DSM must be running (xks.dsm_urls)."""
     from xks_frontend.app import listener
 
-    serve_service(settings, "xks", listener, ready_file)
+    overrides = overrides_of(click.get_current_context())  # for the workers' command lines
+    serve_service(settings, "xks", listener, ready_file, workers, overrides)
 
 
 @xks.group("alias")

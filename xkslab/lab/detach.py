@@ -101,6 +101,9 @@ def start_detached(
     admin_password: str | None,
     log_dir: Path | None = None,
     timeout: float = START_TIMEOUT_S,
+    *,
+    fleet: str | None = None,
+    workers: int = 1,
 ) -> tuple[Path, int]:
     """Start ``xkslab up`` in the background on ``data_dir`` and wait until it is ready; (up.json, pid).
     Each service logs to <log_dir>/<service>.log, by default beside up.log in the run directory."""
@@ -133,6 +136,8 @@ def start_detached(
                 "up",
                 "--log-dir",
                 services_log,
+                *(["--fleet", fleet] if fleet is not None else []),
+                *(["--workers", str(workers)] if workers > 1 else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=fd,

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,10 @@ def lab_process(
     *,
     log_file: Path | None = None,
     timeout: float = START_TIMEOUT_S,
+    up_args: Sequence[str] = (),
 ) -> Iterator[LabInfo]:
-    """``xkslab up`` on ``data_dir`` for the duration of the block. Its output goes to ``log_file``
-    (default: ``up.log`` beside the data directory), which start-up errors quote."""
+    """``xkslab up [up_args]`` on ``data_dir`` for the duration of the block. Its output goes to
+    ``log_file`` (default: ``up.log`` beside the data directory), which start-up errors quote."""
     data_dir = Path(data_dir).resolve()
     overrides = {**FREE_PORTS, **(settings_overrides or {})}
     settings = load_settings(data_dir, overrides)
@@ -42,7 +43,7 @@ def lab_process(
     sets = [arg for name, value in overrides.items() for arg in ("--set", f"{name}={value}")]
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-P", "-m", "xkslab", "--data-dir", str(data_dir), *sets, "up"],
+            [sys.executable, "-P", "-m", "xkslab", "--data-dir", str(data_dir), *sets, "up", *up_args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

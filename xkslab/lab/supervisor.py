@@ -91,8 +91,16 @@ class Supervisor:
         overrides: dict[str, str],
         echo: Callable[[str], None],
         log_dir: Path | None = None,
+        *,
+        serve_args: dict[str, list[str]] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._data_dir = data_dir.resolve()
+        # Added to a service's ``serve`` command line (``--workers N``), and to every child's environment.
+        self._serve_args = serve_args or {}
+        self._env = env or {}
+        # The worker processes each service reported in its ready file (``serve --workers``).
+        self.workers: dict[str, list[int]] = {}
         # None: the services log to up's own stderr; else each to <log_dir>/<service>.log.
         self._log_dir = log_dir
         self._overrides = overrides
@@ -115,20 +123,26 @@ class Supervisor:
                 self._link.close()
                 self._link = None
 
-    async def start(self, service: str, extra: dict[str, str] | None = None) -> list[str]:
-        """Start ``xkslab <service> serve`` and return the URLs it serves once it is listening."""
-        ready = self._run_dir / f"{service}.json"
+    async def start(
+        self, service: str, extra: dict[str, str] | None = None, name: str | None = None
+    ) -> list[str]:
+        """Start ``xkslab <service> serve`` and return the URLs it serves once it is listening. ``name``
+        (default: the service) names its ready file, its log and its entry in ``pids``: a fleet runs
+        several nodes of one service (``dsm-1``, ``dsm-2``)."""
+        name = name or service
+        ready = self._run_dir / f"{name}.json"
         ready.unlink(missing_ok=True)
         settings = {**self._overrides, **(extra or {})}
-        sets = [arg for name, value in settings.items() for arg in ("--set", f"{name}={value}")]
+        sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
         assert self._link is not None, "use the Supervisor as an async context manager"
-        log = None if self._log_dir is None else _open_log(self._log_dir / f"{service}.log")
+        log = None if self._log_dir is None else _open_log(self._log_dir / f"{name}.log")
         try:
             process = await self._spawn(service, sets, ready, log)
         finally:
             if log is not None:
                 os.close(log)
-        self._children.append((service, process))
+        self._children.append((name, process))
+        service = name
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT_S
         while loop.time() < deadline:
@@ -144,6 +158,9 @@ class Supervisor:
                     f"{self._reason(service)}"
                 )
             if mine and data is not None:
+                workers = data.get("workers")
+                if isinstance(workers, list):
+                    self.workers[service] = [int(pid) for pid in workers]
                 return [str(url) for url in data["urls"]]
             try:
                 await asyncio.wait_for(process.wait(), 0.05)
@@ -167,8 +184,9 @@ class Supervisor:
             "serve",
             "--ready-file",
             str(ready),
+            *self._serve_args.get(service, []),
             stdin=asyncio.subprocess.DEVNULL,
-            env=self._link.child_env(),
+            env={**self._link.child_env(), **self._env},
             pass_fds=self._link.pass_fds,
             stdout=log,
             stderr=log,
@@ -176,6 +194,25 @@ class Supervisor:
             # services in order, instead of every child printing its own interruption at once.
             process_group=0,
         )
+
+    async def start_program(self, name: str, argv: list[str], pass_fds: tuple[int, ...] = ()) -> None:
+        """Start a program that is not an xkslab service (HAProxy): supervised like the services (its
+        exit stops the lab, ``stop`` stops it), and killed by the kernel if this process dies."""
+        log = None if self._log_dir is None else _open_log(self._log_dir / f"{name}.log")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=pass_fds,
+                process_group=0,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if log is not None:
+                os.close(log)
+        self._children.append((name, process))
 
     def _reason(self, service: str) -> str:
         """Why a service logging to a file failed, from its one-line errors (on a terminal the user has
@@ -188,6 +225,12 @@ class Supervisor:
             return ""
         errors = [line.removeprefix("Error: ") for line in text.splitlines() if line.startswith("Error: ")]
         return f": {'; '.join(errors)}" if errors else f" (log: {self._log_dir / f'{service}.log'})"
+
+    def raise_if_exited(self) -> None:
+        """LabError naming the first child that has exited (while the lab starts)."""
+        for name, process in self._children:
+            if process.returncode is not None:
+                raise LabError(f"the {name} process exited with status {process.returncode} while starting")
 
     @property
     def pids(self) -> dict[str, int]:
@@ -202,20 +245,31 @@ class Supervisor:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)
 
-    async def wait(self) -> None:
-        """Until SIGINT or SIGTERM (returns), or a service exits by itself (LabError)."""
+    async def wait(self, survivable: frozenset[str] = frozenset()) -> None:
+        """Until SIGINT or SIGTERM (returns), or a service exits by itself (LabError). A child named in
+        ``survivable`` (a node of a fleet, whose balancer sends its work to the others) may exit: that
+        is told through ``echo`` and the lab goes on while any of them is left."""
         self.catch_signals()
         assert self._stop is not None
         stopper = asyncio.ensure_future(self._stop.wait())
         watchers = {asyncio.ensure_future(process.wait()): service for service, process in self._children}
         try:
-            done, _ = await asyncio.wait([stopper, *watchers], return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait([stopper, *watchers], return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    return
+                for task in done:
+                    exited = watchers.pop(task)
+                    left = [name for name in watchers.values() if name in survivable]
+                    if exited not in survivable or not left:
+                        raise LabError(f"the {exited} service stopped unexpectedly; stopping the lab")
+                    status = task.result()
+                    self._echo(
+                        f"the {exited} node stopped (status {status}); the fleet goes on: {', '.join(left)}"
+                    )
         finally:
             for task in [stopper, *watchers]:
                 task.cancel()
-        if stopper not in done:
-            exited = next(watchers[task] for task in done if task in watchers)
-            raise LabError(f"the {exited} service stopped unexpectedly; stopping the lab")
 
     async def stop(self) -> None:
         for service, process in reversed(self._children):
@@ -231,6 +285,14 @@ class Supervisor:
                     await process.wait()
             (self._run_dir / f"{service}.json").unlink(missing_ok=True)
         self._children.clear()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent (up) dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _open_log(path: Path) -> int:

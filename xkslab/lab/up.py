@@ -33,6 +33,7 @@ from xkslab.lab.credentials import lab_credentials
 from xkslab.lab.datadir import init_data_dir, write_config_if_missing
 from xkslab.lab.envfmt import format_env
 from xkslab.lab.files import PASSWORD_FILE, UP_FILE, LabError, lab_env
+from xkslab.lab.fleet import FleetShape, LabShape, check_fleet, start_fleet
 from xkslab.lab.supervisor import Supervisor, hold_data_dir
 from xkslab_shared.certs import ensure_kms_client_cert, make_local_ca, make_server_cert
 from xkslab_shared.config import Settings, kms_client_subject
@@ -179,13 +180,24 @@ python -c 'import boto3
 kms = boto3.client("kms")
 print(kms.encrypt(KeyId="{kms["alias"]}", Plaintext=b"hello")["CiphertextBlob"])'
 
-Ctrl-C stops all three services.
+{_fleet_lines(data.get("fleet"))}Ctrl-C stops all three services.
 """
 
 
 def _console(data: dict[str, Any]) -> str:
     console = data.get("console") or {}
     return f"{console.get('url', '')}   {console.get('https_url') or ''}   (sign in as the admin)"
+
+
+def _fleet_lines(fleet: dict[str, Any] | None) -> str:
+    if not fleet:
+        return ""
+    nodes = [
+        f"  {name:<17} {' '.join(urls)}"
+        for tier in ("dsm_nodes", "proxies")
+        for name, urls in fleet[tier].items()
+    ]
+    return f"Fleet behind HAProxy ({fleet['haproxy_config']}):\n" + "\n".join(nodes) + "\n\n"
 
 
 def _mtls_lines(mtls: dict[str, Any] | None) -> str:
@@ -238,14 +250,20 @@ async def run_up(
     overrides: dict[str, str] | None = None,
     log_dir: Path | None = None,
     ready: threading.Event | None = None,
+    fleet: FleetShape | None = None,
+    workers: int = 1,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Start the lab and serve until SIGINT/SIGTERM. ``overrides`` are the command's ``--set`` flags,
     passed on to each service's process; with ``log_dir``, each service logs to <log_dir>/<service>.log;
-    ``ready`` is set once the lab is ready (first_start); ``on_ready`` is then called (in a worker thread)
-    with what up.json holds (``up --open`` opens the console)."""
+    ``ready`` is set once the lab is ready (first_start); ``fleet``: several DSM nodes and proxies
+    behind HAProxy (fleet.py) instead of one of each; ``workers``: processes per DSM and proxy node;
+    ``on_ready`` is then called (in a worker thread) with what up.json holds (``up --open`` opens the
+    console)."""
+    haproxy = check_fleet(settings) if fleet is not None else None
+    shape = LabShape(fleet, haproxy, workers)
     await _run_up_locked(
-        settings, admin_password, echo, overrides, log_dir, ready or threading.Event(), on_ready
+        settings, admin_password, echo, overrides, log_dir, ready or threading.Event(), shape, on_ready
     )
 
 
@@ -292,6 +310,7 @@ async def _run_up_locked(
     overrides: dict[str, str] | None,
     log_dir: Path | None,
     ready: threading.Event,
+    shape: LabShape,
     on_ready: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     with hold_data_dir(settings.data_dir):
@@ -310,7 +329,9 @@ async def _run_up_locked(
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         try:
-            await _run_up(settings, admin_password, known, echo, overrides or {}, log_dir, ready, on_ready)
+            await _run_up(
+                settings, admin_password, known, echo, overrides or {}, log_dir, ready, shape, on_ready
+            )
         except asyncio.CancelledError:
             if not terminated.is_set():
                 raise
@@ -327,17 +348,24 @@ async def _run_up(
     overrides: dict[str, str],
     log_dir: Path | None,
     ready: threading.Event,
+    shape: LabShape,
     on_ready: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     announce = announcer("lab")  # a log line, as the services' own start and stop
     ca_file, password, dsm_facts = await initialize(settings, admin_password, known)
-    async with Supervisor(settings.data_dir, overrides, echo, log_dir) as services:
+    async with Supervisor(
+        settings.data_dir, overrides, echo, log_dir, serve_args=shape.serve_args()
+    ) as services:
         # The KMS needs nothing from the others to start, so it starts beside them (each service is a
         # Python process whose imports take most of a second); the proxy needs the key manager's port.
         kms_start = asyncio.create_task(services.start("kms"))
+        fleet_facts: dict[str, Any] | None = None
         try:
-            urls = {"dsm": await services.start("dsm")}
-            urls["xks"] = await services.start("xks", {"xks.dsm_urls": urls["dsm"][0]})
+            if shape.fleet is not None and shape.haproxy is not None:
+                urls, fleet_facts = await start_fleet(services, settings, shape.fleet, shape.haproxy)
+            else:
+                urls = {"dsm": await services.start("dsm")}
+                urls["xks"] = await services.start("xks", {"xks.dsm_urls": urls["dsm"][0]})
             urls["kms"] = await kms_start
         except BaseException:
             kms_start.cancel()
@@ -350,6 +378,10 @@ async def _run_up(
         data["pid"] = os.getpid()
         data["ready"] = datetime.now(UTC).isoformat(timespec="seconds")  # when every service answered
         data["service_pids"] = services.pids
+        if services.workers:  # `--workers N`: each service's supervisor is in service_pids, its workers here
+            data["worker_pids"] = services.workers
+        if fleet_facts is not None:
+            data["fleet"] = fleet_facts
         path = up_file(settings)
         services.catch_signals()
         await asyncio.to_thread(write_up_file, path, data)
@@ -357,6 +389,7 @@ async def _run_up(
         echo(render(data, path))
         if on_ready is not None:
             await asyncio.to_thread(on_ready, data)
-        await services.wait()
+        nodes = {name for tier in ("dsm_nodes", "proxies") for name in (fleet_facts or {}).get(tier, {})}
+        await services.wait(frozenset(nodes))
         announce("stopping")
     announce("stopped")

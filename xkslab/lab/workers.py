@@ -1,0 +1,87 @@
+"""``xkslab dsm serve --workers N`` and ``xkslab xks serve --workers N``: N processes of one service on
+one port, each a node of its own.
+
+The command becomes a small supervisor (the lab's Supervisor) of N ``serve`` children. Each listens with
+SO_REUSEPORT (``http.reuse_port``) on the same ports, so the kernel spreads connections over them: the
+first child binds the ports asked for (0: free ones) and the others the ports it bound. Each is a node
+with a name of its own, ``<node id>-w<i>`` (``audit.node_id`` for the DSM: so each writes its own audit
+chain, which two processes on one chain would contend for at every batch; ``xks.node_id`` for the
+proxy), in the node registry like any other. The supervisor's ready file has the URLs and the workers'
+pids; SIGINT or SIGTERM stops them all; a worker that dies is told and the others go on.
+
+Not shared between workers (README, Deployment): the proxy's fault book, the DSM's failed-login limits,
+and each process's /metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from xkslab.lab.supervisor import Supervisor
+from xkslab_shared import parent
+from xkslab_shared.config import Settings
+from xkslab_shared.serve import write_ready_file
+
+# Set by the supervisor on its workers (its own pid): a worker does not take the service's lock, which its
+# supervisor holds for all of them.
+WORKER_OF_ENV = "XKSLAB_WORKER_OF"
+MAX_WORKERS = 64
+
+_NODE_SETTING = {"dsm": "audit.node_id", "xks": "xks.node_id"}
+_PORT_SETTINGS = {"dsm": ("dsm.port", "dsm.https_port"), "xks": ("xks.port", "xks.https_port")}
+
+
+def is_worker() -> bool:
+    """Whether this process is a worker of a ``serve --workers`` supervisor that is its parent."""
+    return os.environ.get(WORKER_OF_ENV) == str(os.getppid())
+
+
+def _node_id(settings: Settings, service: str) -> str:
+    return settings.audit.node_id if service == "dsm" else settings.xks.node_id
+
+
+def _ports(urls: list[str], service: str) -> dict[str, str]:
+    """The port settings that make a worker listen where the first one does."""
+    http_setting, https_setting = _PORT_SETTINGS[service]
+    ports: dict[str, str] = {}
+    for url in urls:
+        port = url.rsplit(":", 1)[1]
+        ports[https_setting if url.startswith("https://") else http_setting] = port
+    return ports
+
+
+async def serve_workers(
+    settings: Settings,
+    service: str,
+    overrides: dict[str, str],
+    workers: int,
+    ready_file: Path | None,
+    echo: Callable[[str], None],
+) -> None:
+    """Start ``workers`` processes of ``service`` on shared ports and supervise them until SIGINT or
+    SIGTERM (or until every one has exited: LabError)."""
+    parent.die_with_parent()  # under `up`, the workers go when up goes, even killed
+    base = _node_id(settings, service)
+    env = {WORKER_OF_ENV: str(os.getpid())}
+    async with Supervisor(settings.data_dir, overrides, echo, env=env) as children:
+        urls: list[str] = []
+        names = [f"{service}.w{index}" for index in range(1, workers + 1)]
+        for index, name in enumerate(names, 1):
+            extra = {"http.reuse_port": "true", _NODE_SETTING[service]: f"{base}-w{index}"}
+            if urls:
+                extra.update(_ports(urls, service))
+            bound = await children.start(service, extra, name=name)
+            urls = urls or bound
+        pids = children.pids
+        listed = ", ".join(str(pids[n]) for n in names)
+        echo(f"{workers} workers listening on {', '.join(urls)} (pids {listed})")
+        children.catch_signals()
+        if ready_file is not None:
+            write_ready_file(
+                ready_file, {"pid": os.getpid(), "urls": urls, "workers": [pids[n] for n in names]}
+            )
+        await children.wait(frozenset(names))
+        echo("stopping")
+    echo("stopped")
