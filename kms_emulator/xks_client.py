@@ -14,6 +14,7 @@ built from field names, HTTP statuses and exception class names only.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
@@ -27,9 +28,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from yarl import URL
 
 from kms_emulator import xks_answers as answers
@@ -44,6 +42,7 @@ from kms_emulator.xks_errors import (
     transport_error,
 )
 from xkslab_shared import tls
+from xkslab_shared.sigv4_sign import sign
 
 __all__ = [
     "ConnectionErrorCode",
@@ -64,8 +63,10 @@ SERVICE = "kms-xks-proxy"
 ALGORITHM = "AES_GCM"
 # Far above any answer to a KMS-sized request, so a misbehaving proxy cannot make us buffer without end.
 MAX_RESPONSE_BYTES = 1 << 20
+_CONTENT_TYPE = {"Content-Type": "application/json"}
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Only characters that botocore signs and aiohttp sends unchanged, so the signed path is the sent path.
+# Only characters that need no URI-encoding and that aiohttp sends unchanged, so the signed path is the
+# sent path.
 _URI_PATH = re.compile(r"/[A-Za-z0-9/_-]*")
 
 
@@ -86,18 +87,35 @@ class XksProxyConfig:
         if (
             parts.scheme not in ("http", "https")
             or not parts.hostname
+            or not parts.hostname.isascii()
             or parts.username is not None
             or parts.path not in ("", "/")
             or parts.query
             or parts.fragment
         ):
-            raise ValueError("uri_endpoint must be http(s)://host[:port] with no path, query or user")
+            raise ValueError(
+                "uri_endpoint must be http(s)://host[:port] (an ASCII host) with no path, query or user"
+            )
         _ = parts.port  # raises ValueError for a port that is not 0-65535
         if _URI_PATH.fullmatch(self.uri_path) is None:
             raise ValueError("uri_path must start with / and use only A-Z a-z 0-9 / - _")
 
     def url(self, tail: str) -> str:
-        return f"{self.uri_endpoint.rstrip('/')}{self.uri_path.rstrip('/')}/{tail}"
+        return f"{self.uri_endpoint.rstrip('/')}{self.path(tail)}"
+
+    def path(self, tail: str) -> str:
+        return f"{self.uri_path.rstrip('/')}/{tail}"
+
+    @functools.cached_property
+    def host(self) -> str:
+        """The Host header sent and signed: lower case, IPv6 in brackets, the port unless the default."""
+        parts = urlsplit(self.uri_endpoint)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port is not None and parts.port != {"http": 80, "https": 443}[parts.scheme]:
+            host = f"{host}:{parts.port}"
+        return host
 
 
 def request_metadata(
@@ -264,7 +282,7 @@ class XksProxyClient:
         states: list[str] | None = None
         try:
             payload = json.dumps(body, separators=(",", ":")).encode()
-            status, raw = await self._post(cfg, cfg.url(tail), payload, not_after)
+            status, raw = await self._post(cfg, tail, payload, not_after)
             if status != 200:
                 raise error_answer(operation, status, raw)
             try:
@@ -315,16 +333,23 @@ class XksProxyClient:
                 )
 
     async def _post(
-        self, cfg: XksProxyConfig, url: str, payload: bytes, not_after: list[float]
+        self, cfg: XksProxyConfig, tail: str, payload: bytes, not_after: list[float]
     ) -> tuple[int, bytes]:
         """One signed POST; every transport failure becomes an XksProxyError here and nowhere else.
         Over HTTPS, the proxy certificate's notAfter is appended to ``not_after``."""
         assert self._session is not None
-        request = AWSRequest(
-            method="POST", url=url, data=payload, headers={"Content-Type": "application/json"}
+        url = cfg.url(tail)
+        headers = sign(
+            method="POST",
+            host=cfg.host,
+            path=cfg.path(tail),
+            headers=_CONTENT_TYPE,
+            body=payload,
+            access_key_id=cfg.access_key_id,
+            secret=cfg.secret,
+            region=cfg.region,
+            service=SERVICE,
         )
-        SigV4Auth(Credentials(cfg.access_key_id, cfg.secret), SERVICE, cfg.region).add_auth(request)
-        headers = dict(request.headers.items())
         if self._certificate is not None and url.startswith("https:"):
             self._certificate.refresh()  # a reissued client certificate goes out on the next connection
         try:
