@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from kms_emulator import xks_answers as answers
@@ -281,7 +282,7 @@ class XksProxyClient:
         failure: XksProxyError | None = None
         states: list[str] | None = None
         try:
-            payload = json.dumps(body, separators=(",", ":")).encode()
+            payload = orjson.dumps(body)  # compact, one line
             status, raw = await self._post(cfg, tail, payload, not_after)
             if status != 200:
                 raise error_answer(operation, status, raw)
@@ -394,7 +395,13 @@ def _peer_not_after(response: aiohttp.ClientResponse) -> float | None:
     cert = transport.get_extra_info("peercert") if transport is not None else None
     if not isinstance(cert, dict) or "notAfter" not in cert:
         return None
-    return float(ssl.cert_time_to_seconds(cert["notAfter"]))
+    return _epoch(cert["notAfter"])
+
+
+@functools.lru_cache(maxsize=64)
+def _epoch(cert_time: str) -> float:
+    """A certificate's notAfter as epoch seconds (parsed once per certificate, not once per call)."""
+    return float(ssl.cert_time_to_seconds(cert_time))
 
 
 def _b64(data: bytes) -> str:

@@ -163,7 +163,7 @@ _HEADERS = st.dictionaries(_HEADER_NAMES, _HEADER_VALUES, max_size=4).filter(
 )
 _SECRETS = st.from_regex(r"[a-zA-Z0-9/+=]{43,64}", fullmatch=True)
 _AKIDS = st.from_regex(r"[A-Z2-7]{20,30}", fullmatch=True)
-_REGIONS = st.from_regex(r"[a-z]{2}(-[a-z]+){1,2}-[0-9]", fullmatch=True)
+_REGIONS = st.from_regex(r"[a-z]{2}(-[a-z]{1,12}){1,2}-[0-9]", fullmatch=True)
 _MOMENTS = st.datetimes(datetime(2000, 1, 1), datetime(2099, 12, 31)).map(
     lambda d: d.replace(microsecond=0, tzinfo=UTC)
 )
