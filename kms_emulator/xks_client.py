@@ -64,6 +64,7 @@ SERVICE = "kms-xks-proxy"
 ALGORITHM = "AES_GCM"
 # Far above any answer to a KMS-sized request, so a misbehaving proxy cannot make us buffer without end.
 MAX_RESPONSE_BYTES = 1 << 20
+CLIENT_CERT_CHECK_S = 1.0
 _CONTENT_TYPE = {"Content-Type": "application/json"}
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Only characters that need no URI-encoding and that aiohttp sends unchanged, so the signed path is the
@@ -352,7 +353,8 @@ class XksProxyClient:
             service=SERVICE,
         )
         if self._certificate is not None and url.startswith("https:"):
-            self._certificate.refresh()  # a reissued client certificate goes out on the next connection
+            # A reissued client certificate goes out on the connections made from a second later on.
+            self._certificate.refresh(at_most_every_s=CLIENT_CERT_CHECK_S)
         try:
             # encoded=True: send the path byte for byte as signed (it holds only unreserved characters).
             async with self._session.post(
