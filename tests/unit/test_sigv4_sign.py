@@ -4,6 +4,7 @@ accepted by the project's verifier, on the spec's own sample requests and on gen
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -86,8 +87,6 @@ def ours(
 
 def verified_by_the_proxy_side(cfg: XksProxyConfig, tail: str, sent: dict[str, str], body: bytes) -> str:
     """What an XKS proxy of this project checks: the raw path and the headers as they arrive."""
-    import hashlib
-
     request = sigv4.SignedRequest(
         method="POST",
         path=cfg.path(tail),
