@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from kms_emulator.metrics import KmsMetrics
     from kms_emulator.store_health import StoreWatch
     from kms_emulator.throttle import StoreThrottle
-    from kms_emulator.xks_client import XksProxyClient
+    from kms_emulator.xks_client import XksProxyClient, XksProxyConfig
 
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]{1,128})/")
 
@@ -42,6 +42,9 @@ class KmsContext:
     callers: CallerCheck | None = None
     # kms.xks_store_rps: AWS's per-external-key-store request quota (None: no quota).
     throttle: StoreThrottle | None = None
+    # Each key store row's proxy configuration with its secret unsealed (proxy.proxy_config), by the row's
+    # id, endpoint, path, access key id and sealed secret.
+    proxy_configs: dict[tuple[str, str, str, str, bytes], XksProxyConfig] = field(default_factory=dict)
 
     @property
     def arn_prefix(self) -> str:

@@ -38,6 +38,8 @@ log = logging.getLogger("kms_emulator")
 
 _PREFIX = "The external key store proxy"
 HEALTH_CHECK_OPERATION = "KmsHealthCheck"
+# Unsealed proxy configurations kept (KmsContext.proxy_configs): far above the stores of a lab.
+MAX_PROXY_CONFIGS = 256
 
 # The proxy's errorName -> why KMS refused a data-plane request.
 _BY_ERROR_NAME = {
@@ -83,8 +85,14 @@ def data_plane_error(error: XksProxyError) -> InvalidState:
 
 
 def proxy_config(ctx: KmsContext, store: CustomKeyStore) -> XksProxyConfig:
+    """The store's proxy as the XKS client calls it, its secret unsealed once per version of the row
+    (the sealed secret changes with every new credential, so a changed row is a new entry)."""
+    row = (store.id, store.uri_endpoint, store.uri_path, store.access_key_id, store.sealed_secret)
+    cached = ctx.proxy_configs.get(row)
+    if cached is not None:
+        return cached
     secret = ctx.sealer.unseal(store.sealed_secret, purpose=PROXY_SECRET, row_id=store.id)
-    return XksProxyConfig(
+    cfg = XksProxyConfig(
         uri_endpoint=store.uri_endpoint,
         uri_path=store.uri_path,
         access_key_id=store.access_key_id,
@@ -92,6 +100,10 @@ def proxy_config(ctx: KmsContext, store: CustomKeyStore) -> XksProxyConfig:
         region=ctx.settings.region,
         key_store_id=store.id,
     )
+    if len(ctx.proxy_configs) >= MAX_PROXY_CONFIGS:  # old rows of changed stores: start again
+        ctx.proxy_configs.clear()
+    ctx.proxy_configs[row] = cfg
+    return cfg
 
 
 _NO_KEY_MANAGER = "the XKS proxy reports every external key manager instance UNAVAILABLE"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 IV_BYTES = (12, 16)
 TAG_BYTES = 16
@@ -34,17 +35,16 @@ class Malformed(Exception):
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
+    """orjson: strict UTF-8, no NaN or Infinity, no lone surrogates, integers within 64 bits, at most
+    1,024 levels deep; anything else is not JSON this KMS reads (and the standard parser cost ten times
+    as much on the XKS path)."""
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise Malformed("the body is not UTF-8 JSON") from None
     if not isinstance(data, dict):
         raise Malformed("the body is not a JSON object")
     return data
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
 
 
 def check_health(data: dict[str, Any]) -> dict[str, Any]:

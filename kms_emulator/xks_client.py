@@ -14,6 +14,7 @@ built from field names, HTTP statuses and exception class names only.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
@@ -27,9 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
+import orjson
 from yarl import URL
 
 from kms_emulator import xks_answers as answers
@@ -44,6 +43,7 @@ from kms_emulator.xks_errors import (
     transport_error,
 )
 from xkslab_shared import tls
+from xkslab_shared.sigv4_sign import sign
 
 __all__ = [
     "ConnectionErrorCode",
@@ -64,8 +64,11 @@ SERVICE = "kms-xks-proxy"
 ALGORITHM = "AES_GCM"
 # Far above any answer to a KMS-sized request, so a misbehaving proxy cannot make us buffer without end.
 MAX_RESPONSE_BYTES = 1 << 20
+CLIENT_CERT_CHECK_S = 1.0
+_CONTENT_TYPE = {"Content-Type": "application/json"}
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Only characters that botocore signs and aiohttp sends unchanged, so the signed path is the sent path.
+# Only characters that need no URI-encoding and that aiohttp sends unchanged, so the signed path is the
+# sent path.
 _URI_PATH = re.compile(r"/[A-Za-z0-9/_-]*")
 
 
@@ -86,18 +89,35 @@ class XksProxyConfig:
         if (
             parts.scheme not in ("http", "https")
             or not parts.hostname
+            or not parts.hostname.isascii()
             or parts.username is not None
             or parts.path not in ("", "/")
             or parts.query
             or parts.fragment
         ):
-            raise ValueError("uri_endpoint must be http(s)://host[:port] with no path, query or user")
+            raise ValueError(
+                "uri_endpoint must be http(s)://host[:port] (an ASCII host) with no path, query or user"
+            )
         _ = parts.port  # raises ValueError for a port that is not 0-65535
         if _URI_PATH.fullmatch(self.uri_path) is None:
             raise ValueError("uri_path must start with / and use only A-Z a-z 0-9 / - _")
 
     def url(self, tail: str) -> str:
-        return f"{self.uri_endpoint.rstrip('/')}{self.uri_path.rstrip('/')}/{tail}"
+        return f"{self.uri_endpoint.rstrip('/')}{self.path(tail)}"
+
+    def path(self, tail: str) -> str:
+        return f"{self.uri_path.rstrip('/')}/{tail}"
+
+    @functools.cached_property
+    def host(self) -> str:
+        """The Host header sent and signed: lower case, IPv6 in brackets, the port unless the default."""
+        parts = urlsplit(self.uri_endpoint)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port is not None and parts.port != {"http": 80, "https": 443}[parts.scheme]:
+            host = f"{host}:{parts.port}"
+        return host
 
 
 def request_metadata(
@@ -263,8 +283,8 @@ class XksProxyClient:
         failure: XksProxyError | None = None
         states: list[str] | None = None
         try:
-            payload = json.dumps(body, separators=(",", ":")).encode()
-            status, raw = await self._post(cfg, cfg.url(tail), payload, not_after)
+            payload = orjson.dumps(body)  # compact, one line
+            status, raw = await self._post(cfg, tail, payload, not_after)
             if status != 200:
                 raise error_answer(operation, status, raw)
             try:
@@ -315,18 +335,26 @@ class XksProxyClient:
                 )
 
     async def _post(
-        self, cfg: XksProxyConfig, url: str, payload: bytes, not_after: list[float]
+        self, cfg: XksProxyConfig, tail: str, payload: bytes, not_after: list[float]
     ) -> tuple[int, bytes]:
         """One signed POST; every transport failure becomes an XksProxyError here and nowhere else.
         Over HTTPS, the proxy certificate's notAfter is appended to ``not_after``."""
         assert self._session is not None
-        request = AWSRequest(
-            method="POST", url=url, data=payload, headers={"Content-Type": "application/json"}
+        url = cfg.url(tail)
+        headers = sign(
+            method="POST",
+            host=cfg.host,
+            path=cfg.path(tail),
+            headers=_CONTENT_TYPE,
+            body=payload,
+            access_key_id=cfg.access_key_id,
+            secret=cfg.secret,
+            region=cfg.region,
+            service=SERVICE,
         )
-        SigV4Auth(Credentials(cfg.access_key_id, cfg.secret), SERVICE, cfg.region).add_auth(request)
-        headers = dict(request.headers.items())
         if self._certificate is not None and url.startswith("https:"):
-            self._certificate.refresh()  # a reissued client certificate goes out on the next connection
+            # A reissued client certificate goes out on the connections made from a second later on.
+            self._certificate.refresh(at_most_every_s=CLIENT_CERT_CHECK_S)
         try:
             # encoded=True: send the path byte for byte as signed (it holds only unreserved characters).
             async with self._session.post(
@@ -369,7 +397,13 @@ def _peer_not_after(response: aiohttp.ClientResponse) -> float | None:
     cert = transport.get_extra_info("peercert") if transport is not None else None
     if not isinstance(cert, dict) or "notAfter" not in cert:
         return None
-    return float(ssl.cert_time_to_seconds(cert["notAfter"]))
+    return _epoch(cert["notAfter"])
+
+
+@functools.lru_cache(maxsize=64)
+def _epoch(cert_time: str) -> float:
+    """A certificate's notAfter as epoch seconds (parsed once per certificate, not once per call)."""
+    return float(ssl.cert_time_to_seconds(cert_time))
 
 
 def _b64(data: bytes) -> str:

@@ -1,7 +1,8 @@
 """AWS Signature Version 4 (AWS4-HMAC-SHA256) verification of the requests AWS KMS sends to an XKS proxy.
 
-This is the project's only SigV4 code. It is a pure function of its inputs (no I/O, no clock: ``now`` is
-passed in), so the key manager can verify what the proxy forwarded and tests can pin the time.
+This and sigv4_sign.py (KMS's signing of the same requests) are the project's only SigV4 code. It is a
+pure function of its inputs (no I/O, no clock: ``now`` is passed in), so the key manager can verify what
+the proxy forwarded and tests can pin the time.
 Error messages are short fixed phrases: they never carry a secret, a computed signature or a header value,
 because they end up in audit records and HTTP responses.
 """
