@@ -39,7 +39,7 @@ def sample_events(acct_id: str, actors: int = 20, objects: int = 200) -> list[Au
     """1,000 events in the proportions of ``_MIX``, over ``actors`` apps and ``objects`` keys."""
     actor_ids = [str(uuid.uuid4()) for _ in range(actors)]
     object_ids = [str(uuid.uuid4()) for _ in range(objects)]
-    events = []
+    events: list[AuditEvent] = []
     for count, operation, action, severity, outcome, actor_type in _MIX:
         for _ in range(count):
             i = len(events)
