@@ -45,7 +45,7 @@ async def write(log: AuditLog, first: int, count: int) -> None:
 async def alter(sessions: Sessions, seq: int, **values: Any) -> None:
     async with sessions.begin() as session:
         stmt = update(AuditRow).where(AuditRow.chain == CHAIN, AuditRow.seq == seq).values(**values)
-        assert (await session.execute(stmt)).rowcount == 1
+        assert (await session.execute(stmt)).rowcount == 1  # type: ignore[attr-defined]
 
 
 async def checkpoint(sessions: Sessions) -> AuditCheckpoint | None:
