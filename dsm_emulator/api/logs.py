@@ -25,7 +25,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import ColumnElement, Select, select, tuple_
+from sqlalchemy import ColumnElement, Select, select, tuple_, union_all
+from sqlalchemy.orm import aliased
 
 from dsm_emulator.api.context import core_of, json_response, principal_of, query_int
 from dsm_emulator.errors import BadRequest, redact_hidden
@@ -143,7 +144,15 @@ class LogQuery:
             where.append(AuditRow.actor_id == self.own_rows_of)
         return where
 
-    def where(self) -> list[ColumnElement[bool]]:
+    def _lists(self) -> list[tuple[Any, list[str]]]:
+        return [
+            (AuditRow.action_type, self.action_types),
+            (AuditRow.severity, self.severities),
+            (AuditRow.actor_type, self.actor_types),
+        ]
+
+    def where(self, split: Any = None) -> list[ColumnElement[bool]]:
+        """The conditions; ``split`` (a list filter's column) is left out, for page() to split on."""
         where = self.visible()
         if self.range_from is not None:
             where.append(AuditRow.time >= datetime.fromtimestamp(math.floor(self.range_from), UTC))
@@ -154,11 +163,9 @@ class LogQuery:
             where.append(AuditRow.actor_id == self.actor_id)
         if self.object_id is not None:
             where.append(AuditRow.object_id == self.object_id)
-        for column, values in (
-            (AuditRow.action_type, self.action_types),
-            (AuditRow.severity, self.severities),
-            (AuditRow.actor_type, self.actor_types),
-        ):
+        for column, values in self._lists():
+            if column is split:
+                continue
             if len(values) == 1:  # "=", not a one-value IN: every planner then uses the filter's index
                 where.append(column == values[0])
             elif values:
@@ -166,10 +173,27 @@ class LogQuery:
         return where
 
     def page(self, size: int, offset: int = 0, after: tuple[datetime, str, int] | None = None) -> Select[Any]:
-        where = self.where()
+        """One page. A filter with several values (``severity=ERROR,CRITICAL``) is one index range per
+        value, which no index reads in the answer's order: each value's first ``offset + size`` rows
+        are read off its index in order and only those are merged, instead of reading the account's rows
+        in order until enough match (which grows with the log when the values are rare)."""
+        split = next(((c, v) for c, v in self._lists() if len(set(v)) > 1), None)
+        keyset: list[ColumnElement[bool]] = []
         if after is not None:  # strictly after that row in the answer's (descending) order
-            where.append(tuple_(AuditRow.time, AuditRow.chain, AuditRow.seq) < tuple_(*after))
-        return select(AuditRow).where(*where).order_by(*_ORDER).offset(offset).limit(size)
+            keyset.append(tuple_(AuditRow.time, AuditRow.chain, AuditRow.seq) < tuple_(*after))
+        if split is None:
+            where = self.where() + keyset
+            return select(AuditRow).where(*where).order_by(*_ORDER).offset(offset).limit(size)
+        column, values = split
+        where = self.where(split=column) + keyset
+        parts = [
+            select(AuditRow).where(*where, column == v).order_by(*_ORDER).limit(offset + size).subquery()
+            for v in sorted(set(values))
+        ]
+        merged = union_all(*(select(p) for p in parts)).subquery()
+        row = aliased(AuditRow, merged)
+        order = (row.time.desc(), row.chain.desc(), row.seq.desc())
+        return select(row).order_by(*order).offset(offset).limit(size)
 
 
 @routes.get("/sys/v1/logs")

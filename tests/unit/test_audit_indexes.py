@@ -79,6 +79,20 @@ async def test_every_filter_of_the_logs_route_is_read_off_its_index(
         # not an administrator: its own rows, on the actor's index
         own = LogQuery(acct_id=ACCT, own_rows_of=sample.actor_id)
         assert "ix_audit_log_acct_actor_id" in await _plan(session, own)
+        # several values of one filter: each value's range read off the filter's index, then merged
+        several = LogQuery(acct_id=ACCT, severities=["ERROR", "CRITICAL"])
+        plan = await _plan(session, several)
+        assert "ix_audit_log_acct_severity" in plan and "ix_audit_log_acct_order" not in plan, plan
+        page = (await session.scalars(several.page(100, 3))).all()
+        everything = (
+            await session.scalars(
+                select(AuditRow)
+                .where(AuditRow.acct_id == ACCT, AuditRow.severity.in_(["ERROR", "CRITICAL"]))
+                .order_by(AuditRow.time.desc(), AuditRow.chain.desc(), AuditRow.seq.desc())
+            )
+        ).all()
+        assert [r.id for r in page] == [r.id for r in everything[3:103]]
+        assert {r.severity for r in page} == {"ERROR", "CRITICAL"}
         # the filters select what they say, newest first
         auth = (await session.scalars(LogQuery(acct_id=ACCT, action_types=["AUTH"]).page(1000))).all()
         assert auth and {r.action_type for r in auth} == {"AUTH"}
