@@ -116,9 +116,13 @@ class DsmCore:
             generation = Generation(sessions, db.cache_poll_ms / 1000)
             sealer = open_configured_sealer(settings)
             keyring = await Keyring.load(sessions, sealer)
-            raw = open_raw_writer(
-                writer_engine or engine, busy_timeout_ms=db.busy_timeout_ms, wal_autocheckpoint=autocheckpoint
-            )
+            raw = None
+            if settings.audit.writer == "raw":
+                raw = open_raw_writer(
+                    writer_engine or engine,
+                    busy_timeout_ms=db.busy_timeout_ms,
+                    wal_autocheckpoint=autocheckpoint,
+                )
             audit = AuditLog(
                 store.session_factory(writer_engine or engine), keyring, settings.audit, generation, raw=raw
             )

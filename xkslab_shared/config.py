@@ -77,6 +77,10 @@ class AuditSettings:
     batch_max: int = 512
     # How long the writer waits for more rows before committing a batch.
     flush_interval_ms: float = 1.0
+    # How batches of audit rows without a mutation (every XKS call's) reach the database: "orm" through
+    # SQLAlchemy's session, "raw" below it through the driver (SQLite: a thread and a sqlite3 connection
+    # of the writer's own; PostgreSQL: an asyncpg connection of its own). README: Performance.
+    writer: Literal["orm", "raw"] = "orm"
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dsm_emulator.audit.chain import AUDIT_KEY_PURPOSE, _utc
+from dsm_emulator.audit.chain import AUDIT_KEY_PURPOSE
 from dsm_emulator.audit.events import AuditEvent, chained_rows
-from dsm_emulator.audit.raw import EMPTY, ChainMoved, Head, RawWriter, open_raw_writer
+from dsm_emulator.audit.orm_batch import OrmBatchWriter, read_head
+from dsm_emulator.audit.raw import ChainMoved, Head, RawWriter
 from dsm_emulator.errors import AuditUnavailable, DsmError
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import AuditRow
@@ -115,7 +116,8 @@ class AuditLog:
         raw: RawWriter | None = None,
     ) -> None:
         self._sessions = sessions
-        self._raw = raw  # None: opened on start() from the sessions' engine, with its defaults
+        # How record() batches reach the database: raw.py below the ORM, or through the ORM's sessions.
+        self._raw: RawWriter = raw if raw is not None else OrmBatchWriter(sessions)
         self._keyring = keyring
         self._generation = generation
         self.chain = settings.node_id
@@ -140,8 +142,6 @@ class AuditLog:
         except Exception as exc:
             logger.error("audit log %s: cannot read the chain head: %s", self.chain, _describe(exc))
             raise AuditUnavailable("audit log unavailable: cannot read the chain head") from None
-        if self._raw is None:
-            self._raw = open_raw_writer(self._sessions.kw["bind"])
         self._task = asyncio.create_task(self._run(), name=f"audit-writer-{self.chain}")
 
     async def close(self) -> None:
@@ -152,9 +152,7 @@ class AuditLog:
             self._closing = True
             self._queue.put_nowait(_STOP)
         await asyncio.shield(self._task)
-        if self._raw is not None:
-            raw, self._raw = self._raw, None
-            await raw.close()
+        await self._raw.close()
 
     @property
     def running(self) -> bool:
@@ -256,7 +254,7 @@ class AuditLog:
         return batch
 
     async def _write(self, batch: list[_Item]) -> list[DsmError | None] | None:
-        """Commit one row per item in one transaction, through the raw driver (raw.py): per item, the
+        """Commit one row per item in one transaction (raw.py, or orm_batch.py): per item, the
         error it was written as because its deadline had passed (None: on time); None (already logged)
         when the commit failed.
 
@@ -265,7 +263,6 @@ class AuditLog:
         contiguous and unique: if another process appended meanwhile, it took the next number and this
         insert fails (ChainMoved) instead of forking the chain; then once more, the head read under the
         lock. An item whose deadline passed while it waited is written as its refusal."""
-        assert self._raw is not None
         loop = asyncio.get_running_loop()
         try:
             late = _late(batch, loop.time())
@@ -371,9 +368,7 @@ class AuditLog:
         )
 
     async def _read_head(self, session: AsyncSession) -> Head:
-        stmt = select(AuditRow.seq, AuditRow.row_hash, AuditRow.time).where(AuditRow.chain == self.chain)
-        row = (await session.execute(stmt.order_by(AuditRow.seq.desc()).limit(1))).first()
-        return EMPTY if row is None else Head(row.seq, bytes(row.row_hash), _utc(row.time))
+        return await read_head(session, self.chain)
 
 
 def advisory_key(chain: str) -> int:

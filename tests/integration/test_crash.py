@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.api_harness import init_data_dir
@@ -274,10 +275,15 @@ async def check_after_restart(client: Client, load: Load, kek: str, data_dir: Pa
     return counts
 
 
+@pytest.mark.parametrize("writer", ["orm", "raw"])
 async def test_a_sigkilled_dsm_loses_no_acknowledged_key_ciphertext_or_audit_row(
-    empty_db_url: str, tmp_path: Path
+    empty_db_url: str, tmp_path: Path, writer: str
 ) -> None:
+    """With either audit writer (audit.writer): the ORM's, or the raw driver's (dsm_emulator/audit/raw.py)."""
     data_dir, info = await asyncio.to_thread(init_data_dir, tmp_path / "data", empty_db_url)
+    config = data_dir / "xkslab.toml"
+    assert "[audit]" not in config.read_text()
+    config.write_text(config.read_text() + f'\n[audit]\nwriter = "{writer}"\n')
     group_id = info["default_group_id"]
     dsm = await start_dsm(data_dir, "first")
     runners: list[web.AppRunner] = []

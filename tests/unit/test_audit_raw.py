@@ -49,7 +49,8 @@ async def rows_of(sessions: Sessions, chain: str) -> list[AuditRow]:
 async def test_a_raw_row_reads_back_like_an_orm_row_and_the_chain_continues_across_both(
     sessions: Sessions, keyring: Keyring
 ) -> None:
-    log = AuditLog(sessions, keyring, AuditSettings(node_id="mixed", flush_interval_ms=0))
+    driver = open_raw_writer(sessions.kw["bind"])
+    log = AuditLog(sessions, keyring, AuditSettings(node_id="mixed", flush_interval_ms=0), raw=driver)
     await log.start()
     try:
 
@@ -63,7 +64,8 @@ async def test_a_raw_row_reads_back_like_an_orm_row_and_the_chain_continues_acro
         await log.record(ev(2))  # raw again, on the head the ORM path committed
     finally:
         await log.close()
-    again = AuditLog(sessions, keyring, AuditSettings(node_id="mixed"))  # a restart reads the head
+    # a restart reads the head; this one through the ORM (audit.writer = "orm"), on the raw rows' head
+    again = AuditLog(sessions, keyring, AuditSettings(node_id="mixed"))
     await again.start()
     try:
         await again.record(ev(3))
@@ -122,7 +124,8 @@ async def test_record_returns_only_once_its_row_is_in_the_database(
     """Another connection (another engine: another process's view) sees the row as soon as record()
     returns; the crash test (tests/integration/test_crash.py) checks the same across a SIGKILL."""
     other = store.create_engine(db_url)
-    log = AuditLog(sessions, keyring, AuditSettings(node_id="acked", flush_interval_ms=5))
+    raw = open_raw_writer(sessions.kw["bind"])
+    log = AuditLog(sessions, keyring, AuditSettings(node_id="acked", flush_interval_ms=5), raw=raw)
     await log.start()
     try:
         for i in range(20):
