@@ -129,7 +129,8 @@ class SqliteRawWriter:
         # The usual case: the rows (hashes, conversions) are built here, so that the thread does nothing
         # but SQLite's C code, which runs without the GIL. Built in the thread, they competed with the
         # event loop for the GIL while the transaction held the database lock, and every request of the
-        # batch waited for that.
+        # batch waited for that. So here a row's deadline is decided just before the hop, not after the
+        # lock wait (other writers of the file hold the lock for milliseconds).
         rows, after = build(head)
         params = sqlite_params(rows)
         return await loop.run_in_executor(self._executor, self._transaction, chain, (params, after), build)

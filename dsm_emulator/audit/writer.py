@@ -262,11 +262,12 @@ class AuditLog:
         a tenth of the key manager's time). That is safe because the chain's sequence numbers are
         contiguous and unique: if another process appended meanwhile, it took the next number and this
         insert fails (ChainMoved) instead of forking the chain; then once more, the head read under the
-        lock. An item whose deadline passed while it waited is written as its refusal."""
+        lock. An item whose deadline passed while it waited (for its batch, or for the lock) is written as
+        its refusal: decided in ``build``, under the chain's lock, the last moment before the insert."""
         loop = asyncio.get_running_loop()
+        decided: list[list[DsmError | None]] = []  # per build() call: the last one is what committed
         try:
-            late = _late(batch, loop.time())
-            build = self._builder([_recorded(i, error) for i, error in zip(batch, late, strict=True)])
+            build = self._builder(batch, loop.time, decided)
             try:
                 head = await self._raw.commit(self._lock_key, self.chain, self._head, build)
             except ChainMoved:
@@ -279,19 +280,30 @@ class AuditLog:
         self.stats.batches += 1
         self.stats.rows += len(batch)
         self.stats.commit_seconds.append(loop.time() - batch[0].queued)
-        return late
+        return decided[-1]
 
-    def _builder(self, events: list[AuditEvent]) -> Callable[[Head], tuple[list[dict[str, Any]], Head]]:
-        """The rows of ``events`` chained onto a head, as a function of that head (known only under the
-        chain's lock). The key is derived here, before the transaction: a sealed keyring fails early."""
+    def _builder(
+        self,
+        batch: list[_Item],
+        clock: Callable[[], float] | None = None,
+        decided: list[list[DsmError | None]] | None = None,
+    ) -> Callable[[Head], tuple[list[dict[str, Any]], Head]]:
+        """The rows of ``batch`` chained onto a head, as a function of that head (known only under the
+        chain's lock); each item whose deadline has passed by then (``clock``: loop time) is written as
+        its refusal, and what was decided is appended to ``decided``. The key is derived here, before
+        the transaction: a sealed keyring fails early."""
         term = self._keyring.active_term
         key = self._keyring.derive(AUDIT_KEY_PURPOSE, term)
         chain = self.chain
 
         def build(head: Head) -> tuple[list[dict[str, Any]], Head]:
+            late: list[DsmError | None] = _late(batch, clock()) if clock is not None else [None] * len(batch)
+            events = [_recorded(i, error) for i, error in zip(batch, late, strict=True)]
             # Never step back in time within a chain (a clock adjustment): export sorts by time.
             now = max(datetime.now(UTC), head.time or _EPOCH)
             rows = chained_rows(key, term, chain, events, head.seq, head.row_hash, now)
+            if decided is not None:
+                decided.append(late)
             return rows, Head(head.seq + len(rows), rows[-1]["row_hash"] if rows else head.row_hash, now)
 
         return build
@@ -350,7 +362,7 @@ class AuditLog:
         self._head = None
         head = await self._read_head(session)
         assert item.event is not None
-        rows, after = self._builder([item.event])(head)
+        rows, after = self._builder([item])(head)
         await session.execute(insert(_TABLE), rows)
         if invalidates:
             await session.execute(bump())
