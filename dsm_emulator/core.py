@@ -23,6 +23,7 @@ from dsm_emulator.admin import AdminService
 from dsm_emulator.approvals.gate import QuorumGate
 from dsm_emulator.approvals.service import ApprovalService
 from dsm_emulator.audit import AuditLog
+from dsm_emulator.audit.raw import open_raw_writer
 from dsm_emulator.errors import Sealed
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.keyring_admin import KeyringAdmin
@@ -40,6 +41,7 @@ from dsm_emulator.sealing import (
 from dsm_emulator.xks import XksService
 from xkslab_shared.config import Settings
 from xkslab_shared.generation import Generation
+from xkslab_shared.wal import WalCheckpointer
 
 log = logging.getLogger("dsm_emulator.core")
 
@@ -82,18 +84,31 @@ class DsmCore:
     xks: XksService
     revocations: SessionRevocations
     approvals: ApprovalService
+    checkpointer: WalCheckpointer | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> DsmCore:
         db = settings.database
+        autocheckpoint = db.wal_checkpoint_ms == 0  # else a WalCheckpointer does it off the request path
         engine = store.create_engine(
-            settings.database_url, busy_timeout_ms=db.busy_timeout_ms, pool_size=db.pool_size
+            settings.database_url,
+            busy_timeout_ms=db.busy_timeout_ms,
+            pool_size=db.pool_size,
+            wal_autocheckpoint=autocheckpoint,
         )
         writer_engine = None
+        checkpointer = None
         if engine.dialect.name == "sqlite":
             writer_engine = store.create_engine(
-                settings.database_url, busy_timeout_ms=db.busy_timeout_ms, write_lock_first=True
+                settings.database_url,
+                busy_timeout_ms=db.busy_timeout_ms,
+                write_lock_first=True,
+                wal_autocheckpoint=autocheckpoint,
             )
+            if not autocheckpoint and engine.url.database:
+                checkpointer = WalCheckpointer(
+                    engine.url.database, db.wal_checkpoint_ms / 1000, busy_timeout_ms=db.busy_timeout_ms
+                )
         sealer: Sealer | None = None
         try:
             await store.check_schema(engine)
@@ -101,10 +116,19 @@ class DsmCore:
             generation = Generation(sessions, db.cache_poll_ms / 1000)
             sealer = open_configured_sealer(settings)
             keyring = await Keyring.load(sessions, sealer)
+            raw = None
+            if settings.audit.writer == "raw":
+                raw = open_raw_writer(
+                    writer_engine or engine,
+                    busy_timeout_ms=db.busy_timeout_ms,
+                    wal_autocheckpoint=autocheckpoint,
+                )
             audit = AuditLog(
-                store.session_factory(writer_engine or engine), keyring, settings.audit, generation
+                store.session_factory(writer_engine or engine), keyring, settings.audit, generation, raw=raw
             )
             await audit.start()
+            if checkpointer is not None:
+                checkpointer.start()
         except BaseException:
             if sealer is not None:
                 sealer.close()
@@ -153,6 +177,7 @@ class DsmCore:
             approvals=ApprovalService(
                 sessions, keyring, audit, admin, expiry=timedelta(seconds=settings.dsm.approval_expiry_s)
             ),
+            checkpointer=checkpointer,
         )
 
     async def close(self) -> None:
@@ -166,6 +191,8 @@ class DsmCore:
                 loop = asyncio.get_running_loop()
                 await asyncio.sleep(self.audit.last_mutation + self.generation.poll_s - loop.time())
         finally:
+            if self.checkpointer is not None:
+                await self.checkpointer.close()
             self.sealer.close()
             await self.engine.dispose()
             if self.writer_engine is not None:

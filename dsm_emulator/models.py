@@ -214,6 +214,17 @@ class KeyringTerm(Base):
     created_at: Mapped[datetime]
 
 
+# The indexes of /sys/v1/logs: name -> the filter's columns between acct_id and (time, chain, seq).
+AUDIT_FILTER_INDEXES: dict[str, tuple[str, ...]] = {
+    "order": (),  # no filter (and range_from / range_to)
+    "action_type": ("action_type",),
+    "severity": ("severity",),
+    "actor_type": ("actor_type",),
+    "actor_id": ("actor_id",),  # the filter, and every caller that is not an administrator
+    "object_id": ("object_id",),
+}
+
+
 class AuditRow(Base):
     """One audited operation or refusal. ``row_hash`` = HMAC(audit key of ``key_term``, ``prev_hash`` ||
     canonical encoding of every other column), so changing any column, or deleting or reordering rows,
@@ -222,9 +233,15 @@ class AuditRow(Base):
     __tablename__ = "audit_log"
     __table_args__ = (
         UniqueConstraint("chain", "seq"),
-        Index("ix_audit_log_acct_time", "acct_id", "time"),
-        # /sys/v1/logs, tail and export read newest or oldest first across chains.
+        # tail and export read newest or oldest first across accounts and chains.
         Index("ix_audit_log_time", "time"),
+        # /sys/v1/logs answers newest first, (time, chain, seq) descending, within one account: one index
+        # per documented filter, each ending in that order, so a page is read off the index in order and
+        # its cost does not grow with the log (migration 0015; tests/unit/test_audit_indexes.py).
+        *(
+            Index(f"ix_audit_log_acct_{name}", "acct_id", *cols, "time", "chain", "seq")
+            for name, cols in AUDIT_FILTER_INDEXES.items()
+        ),
     )
     id: Mapped[str] = mapped_column(Uuid, primary_key=True)
     chain: Mapped[str] = mapped_column(String(64))
@@ -239,7 +256,7 @@ class AuditRow(Base):
     severity: Mapped[str] = mapped_column(String(16))  # INFO | WARNING | ERROR | CRITICAL
     outcome: Mapped[str] = mapped_column(String(16))  # success | refused | failed
     message: Mapped[str] = mapped_column(Text)
-    object_id: Mapped[str | None] = mapped_column(Uuid, index=True)
+    object_id: Mapped[str | None] = mapped_column(Uuid)
     group_ids: Mapped[list[str]]
     client_ip: Mapped[str | None] = mapped_column(String(64))
     kms_request_id: Mapped[str | None] = mapped_column(String(256), index=True)
@@ -250,6 +267,20 @@ class AuditRow(Base):
     key_term: Mapped[int] = mapped_column(Integer)
     prev_hash: Mapped[bytes] = mapped_column(LargeBinary)
     row_hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditCheckpoint(Base):
+    """How far ``xkslab audit verify`` last found a chain intact: its row ``seq`` had hash ``row_hash``.
+    ``mac`` = HMAC(audit-checkpoint key of ``key_term``, chain, seq, row_hash, verified_at), a key derived
+    from the sealed keyring, so a checkpoint cannot be forged or moved with the database alone (reader.py)."""
+
+    __tablename__ = "audit_checkpoints"
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    row_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    verified_at: Mapped[datetime]
+    key_term: Mapped[int] = mapped_column(Integer)
+    mac: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class XksPathPrefix(Base):

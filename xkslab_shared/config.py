@@ -46,6 +46,10 @@ class DatabaseSettings:
     # cache_max_age_s (0: no caching).
     cache_poll_ms: int = 100
     cache_max_age_s: int = 30
+    # SQLite: the key manager's connections never checkpoint the WAL on commit (a checkpoint there put
+    # a database write and fsync on the request path); a background thread checkpoints every this often
+    # instead (0: SQLite's own checkpoint at commit, every 1000 pages).
+    wal_checkpoint_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ class AuditSettings:
     batch_max: int = 512
     # How long the writer waits for more rows before committing a batch.
     flush_interval_ms: float = 1.0
+    # How batches of audit rows without a mutation (every XKS call's) reach the database: "orm" through
+    # SQLAlchemy's session, "raw" below it through the driver (SQLite: a thread and a sqlite3 connection
+    # of the writer's own; PostgreSQL: an asyncpg connection of its own). README: Performance.
+    writer: Literal["orm", "raw"] = "orm"
 
 
 @dataclass(frozen=True)
@@ -460,6 +468,8 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
         raise fail("dsm.login_max_failing_hashes", "must be 0 (no limit) to 1000000")
     if not 0 <= values["database.cache_poll_ms"] <= 10_000:
         raise fail("database.cache_poll_ms", "must be 0 to 10000 milliseconds")
+    if not 0 <= values["database.wal_checkpoint_ms"] <= 60_000:
+        raise fail("database.wal_checkpoint_ms", "must be 0 (checkpoint at commit) to 60000 milliseconds")
     if not 0 <= values["database.cache_max_age_s"] <= 3600:
         raise fail("database.cache_max_age_s", "must be 0 to 3600 seconds")
     if not XKS_MIN_PLAINTEXT_BYTES <= values["xks.max_plaintext_bytes"] <= XKS_MAX_PLAINTEXT_CAP:

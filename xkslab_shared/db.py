@@ -89,7 +89,7 @@ async def upgrade_async(url: str) -> None:
     await asyncio.to_thread(upgrade, url)
 
 
-def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+def _sqlite_pragmas(busy_timeout_ms: int, wal_autocheckpoint: bool = True) -> Any:
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
         # WAL lets readers run beside the single writer; FULL sync because a key must never be lost to a
@@ -102,6 +102,8 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
         # Deleted content (destroyed key material, erased history) is overwritten with zeros rather than
         # left in free space, where a raw read of the file would still find it.
         cursor.execute("PRAGMA secure_delete=ON")
+        if not wal_autocheckpoint:  # a WalCheckpointer (xkslab_shared/wal.py) does it off the request path
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     return on_connect
@@ -124,14 +126,20 @@ def _take_write_lock_first(engine: AsyncEngine) -> None:
 
 
 def create_engine(
-    url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 10, write_lock_first: bool = False
+    url: str,
+    *,
+    busy_timeout_ms: int = 5000,
+    pool_size: int = 10,
+    write_lock_first: bool = False,
+    wal_autocheckpoint: bool = True,
 ) -> AsyncEngine:
     """The engine for ``url``. ``write_lock_first``: on SQLite, transactions take the database's write
     lock before their first statement (for writers that read what they are about to extend); other
-    databases lock explicitly where it matters (an advisory lock on PostgreSQL)."""
+    databases lock explicitly where it matters (an advisory lock on PostgreSQL). ``wal_autocheckpoint``
+    False: on SQLite, commits never checkpoint the WAL (someone else must: xkslab_shared/wal.py)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms, wal_autocheckpoint))
         if write_lock_first:
             _take_write_lock_first(engine)
         return engine

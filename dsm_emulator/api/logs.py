@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, Select, select, tuple_, union_all
+from sqlalchemy.orm import aliased
 
 from dsm_emulator.api.context import core_of, json_response, principal_of, query_int
 from dsm_emulator.errors import BadRequest, redact_hidden
@@ -119,6 +121,81 @@ def hit(row: AuditRow, *, admin: bool = True) -> dict[str, Any]:
     }
 
 
+@dataclass
+class LogQuery:
+    """What one ``/sys/v1/logs`` request selects. Every filter has an index that ends in the answer's
+    order (models.AUDIT_FILTER_INDEXES), and paging after a row is a row-value comparison on that order,
+    so a page is read off an index and costs the same at a million rows as at a thousand."""
+
+    acct_id: str
+    own_rows_of: str | None = None  # a caller that is not an administrator: only rows it is the actor of
+    range_from: float | None = None
+    range_to: float | None = None
+    actor_id: str | None = None
+    object_id: str | None = None
+    action_types: list[str] = field(default_factory=list)
+    severities: list[str] = field(default_factory=list)
+    actor_types: list[str] = field(default_factory=list)
+
+    def visible(self) -> list[ColumnElement[bool]]:
+        """The rows the caller may see at all (also where a ``previous_id`` is looked up)."""
+        where: list[ColumnElement[bool]] = [AuditRow.acct_id == self.acct_id]
+        if self.own_rows_of is not None:
+            where.append(AuditRow.actor_id == self.own_rows_of)
+        return where
+
+    def _lists(self) -> list[tuple[Any, list[str]]]:
+        return [
+            (AuditRow.action_type, self.action_types),
+            (AuditRow.severity, self.severities),
+            (AuditRow.actor_type, self.actor_types),
+        ]
+
+    def where(self, split: Any = None) -> list[ColumnElement[bool]]:
+        """The conditions; ``split`` (a list filter's column) is left out, for page() to split on."""
+        where = self.visible()
+        if self.range_from is not None:
+            where.append(AuditRow.time >= datetime.fromtimestamp(math.floor(self.range_from), UTC))
+        if self.range_to is not None:  # inclusive to the second shown in "time"
+            end = datetime.fromtimestamp(math.floor(self.range_to), UTC) + timedelta(seconds=1)
+            where.append(AuditRow.time < end)
+        if self.actor_id is not None:
+            where.append(AuditRow.actor_id == self.actor_id)
+        if self.object_id is not None:
+            where.append(AuditRow.object_id == self.object_id)
+        for column, values in self._lists():
+            if column is split:
+                continue
+            if len(values) == 1:  # "=", not a one-value IN: every planner then uses the filter's index
+                where.append(column == values[0])
+            elif values:
+                where.append(column.in_(values))
+        return where
+
+    def page(self, size: int, offset: int = 0, after: tuple[datetime, str, int] | None = None) -> Select[Any]:
+        """One page. A filter with several values (``severity=ERROR,CRITICAL``) is one index range per
+        value, which no index reads in the answer's order: each value's first ``offset + size`` rows
+        are read off its index in order and only those are merged, instead of reading the account's rows
+        in order until enough match (which grows with the log when the values are rare)."""
+        split = next(((c, v) for c, v in self._lists() if len(set(v)) > 1), None)
+        keyset: list[ColumnElement[bool]] = []
+        if after is not None:  # strictly after that row in the answer's (descending) order
+            keyset.append(tuple_(AuditRow.time, AuditRow.chain, AuditRow.seq) < tuple_(*after))
+        if split is None:
+            where = self.where() + keyset
+            return select(AuditRow).where(*where).order_by(*_ORDER).offset(offset).limit(size)
+        column, values = split
+        where = self.where(split=column) + keyset
+        parts = [
+            select(AuditRow).where(*where, column == v).order_by(*_ORDER).limit(offset + size).subquery()
+            for v in sorted(set(values))
+        ]
+        merged = union_all(*(select(p) for p in parts)).subquery()
+        row = aliased(AuditRow, merged)
+        order = (row.time.desc(), row.chain.desc(), row.seq.desc())
+        return select(row).order_by(*order).offset(offset).limit(size)
+
+
 @routes.get("/sys/v1/logs")
 async def get_logs(request: web.Request) -> web.Response:
     principal = principal_of(request)
@@ -126,53 +203,26 @@ async def get_logs(request: web.Request) -> web.Response:
     size = query_int(request, "size", DEFAULT_SIZE, 1, MAX_SIZE)
     offset = query_int(request, "from", 0, 0)
     previous_id = _uuid_param(request, "previous_id")
-    range_from = _epoch_param(request, "range_from")
-    range_to = _epoch_param(request, "range_to")
-    actor_id = _uuid_param(request, "actor_id")
-    object_id = _uuid_param(request, "object_id")
-    action_types = [v.upper() for v in _list_param(request, "action_type")]
-    severities = [v.upper() for v in _list_param(request, "severity")]
-    actor_types = [_ACTOR_TYPES.get(v.lower(), v) for v in _list_param(request, "actor_type")]
-
-    where: list[ColumnElement[bool]] = [AuditRow.acct_id == principal.acct_id]
-    if not principal.is_admin:
-        if principal.id is None:
-            return json_response({"hits": []})
-        where.append(AuditRow.actor_id == principal.id)
-    if range_from is not None:
-        where.append(AuditRow.time >= datetime.fromtimestamp(math.floor(range_from), UTC))
-    if range_to is not None:  # inclusive to the second shown in "time"
-        where.append(AuditRow.time < datetime.fromtimestamp(math.floor(range_to), UTC) + timedelta(seconds=1))
-    if actor_id is not None:
-        where.append(AuditRow.actor_id == actor_id)
-    if object_id is not None:
-        where.append(AuditRow.object_id == object_id)
-    if action_types:
-        where.append(AuditRow.action_type.in_(action_types))
-    if severities:
-        where.append(AuditRow.severity.in_(severities))
-    if actor_types:
-        where.append(AuditRow.actor_type.in_(actor_types))
-
+    if not principal.is_admin and principal.id is None:
+        return json_response({"hits": []})
+    query = LogQuery(
+        acct_id=principal.acct_id,
+        own_rows_of=None if principal.is_admin else principal.id,
+        range_from=_epoch_param(request, "range_from"),
+        range_to=_epoch_param(request, "range_to"),
+        actor_id=_uuid_param(request, "actor_id"),
+        object_id=_uuid_param(request, "object_id"),
+        action_types=[v.upper() for v in _list_param(request, "action_type")],
+        severities=[v.upper() for v in _list_param(request, "severity")],
+        actor_types=[_ACTOR_TYPES.get(v.lower(), v) for v in _list_param(request, "actor_type")],
+    )
+    after = None
     async with core.sessions() as session:
         if previous_id is not None:
-            anchor = (
-                await session.execute(
-                    select(AuditRow.time, AuditRow.chain, AuditRow.seq).where(
-                        AuditRow.id == previous_id, *where[: 2 if not principal.is_admin else 1]
-                    )
-                )
-            ).first()
+            stmt = select(AuditRow.time, AuditRow.chain, AuditRow.seq)
+            anchor = (await session.execute(stmt.where(AuditRow.id == previous_id, *query.visible()))).first()
             if anchor is None:
                 return json_response({"hits": []})
-            t, chain, seq = _utc(anchor.time), anchor.chain, anchor.seq
-            where.append(
-                or_(
-                    AuditRow.time < t,
-                    and_(AuditRow.time == t, AuditRow.chain < chain),
-                    and_(AuditRow.time == t, AuditRow.chain == chain, AuditRow.seq < seq),
-                )
-            )
-        stmt = select(AuditRow).where(*where).order_by(*_ORDER).offset(offset).limit(size)
-        rows = (await session.scalars(stmt)).all()
+            after = (anchor.time, anchor.chain, anchor.seq)
+        rows = (await session.scalars(query.page(size, offset, after))).all()
     return json_response({"hits": [hit(r, admin=principal.is_admin) for r in rows]})

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -39,8 +39,16 @@ class _CoreCollector(Collector):
         reads = CounterMetricFamily(
             "dsm_cache_generation_reads", "Reads of the database generation that validates the caches."
         )
+        commit = GaugeMetricFamily(
+            "dsm_audit_commit_seconds",
+            "Seconds from an audit row's submission to its batch's COMMIT, over the last 4,096 batches.",
+            labels=["quantile"],
+        )
         if core is not None:
             stats = core.audit.stats
+            for q in ("0.5", "0.9", "0.99"):
+                if (value := stats.commit_quantile(float(q))) is not None:
+                    commit.add_metric([q], value)
             batches.add_metric([], stats.batches)
             rows.add_metric([], stats.rows)
             failures.add_metric([], stats.failures)
@@ -52,7 +60,7 @@ class _CoreCollector(Collector):
                 hits.add_metric([name], cache.hits)
                 loads.add_metric([name], cache.loads)
             reads.add_metric([], core.generation.reads)
-        yield from (batches, rows, failures, hits, loads, reads)
+        yield from (batches, rows, failures, commit, hits, loads, reads)
 
 
 class DsmMetrics:

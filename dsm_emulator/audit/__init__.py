@@ -13,14 +13,25 @@ The package is split by concern: ``events`` (what a row may hold), ``chain`` (th
 """
 
 from dsm_emulator.audit.chain import AUDIT_KEY_PURPOSE, HASHED_COLUMNS, ZERO_HASH, canonical, row_hash
+from dsm_emulator.audit.checkpoints import CHECKPOINT_KEY_PURPOSE
 from dsm_emulator.audit.events import ACTION_TYPES, ACTOR_TYPES, OUTCOMES, SEVERITIES, AuditEvent
-from dsm_emulator.audit.reader import PAGE_SIZE, ChainProblem, export, row_to_dict, tail, verify
+from dsm_emulator.audit.reader import (
+    PAGE_SIZE,
+    ChainProblem,
+    VerifyResult,
+    export,
+    row_to_dict,
+    tail,
+    verify,
+    verify_chains,
+)
 from dsm_emulator.audit.writer import UNAVAILABLE, AuditLog, AuditStats
 
 __all__ = [
     "ACTION_TYPES",
     "ACTOR_TYPES",
     "AUDIT_KEY_PURPOSE",
+    "CHECKPOINT_KEY_PURPOSE",
     "HASHED_COLUMNS",
     "OUTCOMES",
     "PAGE_SIZE",
@@ -31,10 +42,12 @@ __all__ = [
     "AuditLog",
     "AuditStats",
     "ChainProblem",
+    "VerifyResult",
     "canonical",
     "export",
     "row_hash",
     "row_to_dict",
     "tail",
     "verify",
+    "verify_chains",
 ]

@@ -17,21 +17,22 @@ same transaction, so caches in every process learn of the change (xkslab_shared/
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
-import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import insert, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import insert, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dsm_emulator.audit.chain import AUDIT_KEY_PURPOSE, ZERO_HASH, _utc, row_hash
-from dsm_emulator.audit.events import AuditEvent
+from dsm_emulator.audit.chain import AUDIT_KEY_PURPOSE
+from dsm_emulator.audit.events import AuditEvent, chained_rows
+from dsm_emulator.audit.orm_batch import OrmBatchWriter, read_head
+from dsm_emulator.audit.raw import ChainMoved, Head, RawWriter
 from dsm_emulator.errors import AuditUnavailable, DsmError
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import AuditRow
@@ -57,13 +58,13 @@ class AuditStats:
     batches: int = 0
     rows: int = 0
     failures: int = 0
+    # Seconds per committed record() batch, from its first row's arrival to its COMMIT, most recent last.
+    commit_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
-
-@dataclass(frozen=True, slots=True)
-class _Head:
-    seq: int
-    row_hash: bytes
-    time: datetime | None
+    def commit_quantile(self, q: float) -> float | None:
+        """The q-quantile (0..1) of the recent batches' commit times, None before the first."""
+        times = sorted(self.commit_seconds)
+        return times[min(len(times) - 1, int(q * len(times)))] if times else None
 
 
 @dataclass(slots=True)
@@ -77,6 +78,7 @@ class _Item:
     invalidates: bool = True
     deadline: float | None = None  # record(): loop time by which the row must be on its way
     late: DsmError | None = None  # ... or it is written as this refusal, which the caller gets
+    queued: float = 0.0  # loop time it was submitted
 
 
 _STOP = object()
@@ -110,18 +112,22 @@ class AuditLog:
         keyring: Keyring,
         settings: AuditSettings,
         generation: Generation | None = None,
+        *,
+        raw: RawWriter | None = None,
     ) -> None:
         self._sessions = sessions
+        # How record() batches reach the database: raw.py below the ORM, or through the ORM's sessions.
+        self._raw: RawWriter = raw if raw is not None else OrmBatchWriter(sessions)
         self._keyring = keyring
         self._generation = generation
         self.chain = settings.node_id
-        self._lock_key = _advisory_key(self.chain)
+        self._lock_key = advisory_key(self.chain)
         self.last_mutation: float | None = None  # loop time of the last committed apply()
         self._batch_max = settings.batch_max
         self._interval = settings.flush_interval_ms / 1000
         self._queue: asyncio.Queue[Any] = asyncio.Queue()  # unbounded: every caller awaits its item
         self._held: Any = None  # the apply() (or _STOP) that ended the previous batch
-        self._head: _Head | None = None  # what this process last committed (None: read it)
+        self._head: Head | None = None  # what this process last committed (None: read it)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = AuditStats()
@@ -146,6 +152,7 @@ class AuditLog:
             self._closing = True
             self._queue.put_nowait(_STOP)
         await asyncio.shield(self._task)
+        await self._raw.close()
 
     @property
     def running(self) -> bool:
@@ -184,7 +191,8 @@ class AuditLog:
     def _submit(self, **request: Any) -> asyncio.Future[Any]:
         if self._task is None or self._task.done() or self._closing:
             raise AuditUnavailable("audit log unavailable: the audit writer is not running")
-        item = _Item(asyncio.get_running_loop().create_future(), **request)
+        loop = asyncio.get_running_loop()
+        item = _Item(loop.create_future(), queued=loop.time(), **request)
         self._queue.put_nowait(item)  # no await since the running check: close() cannot strand it
         return item.future
 
@@ -246,20 +254,59 @@ class AuditLog:
         return batch
 
     async def _write(self, batch: list[_Item]) -> list[DsmError | None] | None:
-        """Commit one row per item in one transaction: per item, the error it was written as because its
-        deadline had passed (None: on time); None (already logged) when the commit failed."""
+        """Commit one row per item in one transaction (raw.py, or orm_batch.py): per item, the
+        error it was written as because its deadline had passed (None: on time); None (already logged)
+        when the commit failed.
+
+        It builds on the head this process last committed instead of reading it (a query per batch was
+        a tenth of the key manager's time). That is safe because the chain's sequence numbers are
+        contiguous and unique: if another process appended meanwhile, it took the next number and this
+        insert fails (ChainMoved) instead of forking the chain; then once more, the head read under the
+        lock. An item whose deadline passed while it waited (for its batch, or for the lock) is written as
+        its refusal: decided in ``build``, under the chain's lock, the last moment before the insert."""
+        loop = asyncio.get_running_loop()
+        decided: list[list[DsmError | None]] = []  # per build() call: the last one is what committed
         try:
+            build = self._builder(batch, loop.time, decided)
             try:
-                async with self._sessions() as session:
-                    return await self._commit(session, batch, trust_head=True)
-            except IntegrityError:
-                # Another process extended the chain since this one last wrote: the insert collided on
-                # (chain, seq) and rolled back. Once more, with the head read under the lock.
-                async with self._sessions() as session:
-                    return await self._commit(session, batch)
+                head = await self._raw.commit(self._lock_key, self.chain, self._head, build)
+            except ChainMoved:
+                self._head = None
+                head = await self._raw.commit(self._lock_key, self.chain, None, build)
         except Exception as exc:
             await self._failed(exc, [i.event for i in batch])
             return None
+        self._head = head
+        self.stats.batches += 1
+        self.stats.rows += len(batch)
+        self.stats.commit_seconds.append(loop.time() - batch[0].queued)
+        return decided[-1]
+
+    def _builder(
+        self,
+        batch: list[_Item],
+        clock: Callable[[], float] | None = None,
+        decided: list[list[DsmError | None]] | None = None,
+    ) -> Callable[[Head], tuple[list[dict[str, Any]], Head]]:
+        """The rows of ``batch`` chained onto a head, as a function of that head (known only under the
+        chain's lock); each item whose deadline has passed by then (``clock``: loop time) is written as
+        its refusal, and what was decided is appended to ``decided``. The key is derived here, before
+        the transaction: a sealed keyring fails early."""
+        term = self._keyring.active_term
+        key = self._keyring.derive(AUDIT_KEY_PURPOSE, term)
+        chain = self.chain
+
+        def build(head: Head) -> tuple[list[dict[str, Any]], Head]:
+            late: list[DsmError | None] = _late(batch, clock()) if clock is not None else [None] * len(batch)
+            events = [_recorded(i, error) for i, error in zip(batch, late, strict=True)]
+            # Never step back in time within a chain (a clock adjustment): export sorts by time.
+            now = max(datetime.now(UTC), head.time or _EPOCH)
+            rows = chained_rows(key, term, chain, events, head.seq, head.row_hash, now)
+            if decided is not None:
+                decided.append(late)
+            return rows, Head(head.seq + len(rows), rows[-1]["row_hash"] if rows else head.row_hash, now)
+
+        return build
 
     async def _run_apply(self, item: _Item) -> None:
         future, work = item.future, item.work
@@ -280,7 +327,7 @@ class AuditLog:
                 return
             else:
                 try:
-                    await self._commit(session, [_Item(future, event)], invalidates=item.invalidates)
+                    await self._commit(session, _Item(future, event), invalidates=item.invalidates)
                 except Exception as exc:
                     await _rollback(session)
                     await self._failed(exc, [event])
@@ -304,57 +351,25 @@ class AuditLog:
         ok = await self._write([_Item(future, refusal)]) is not None
         _resolve(future, error=refused if ok else AuditUnavailable(UNAVAILABLE))
 
-    async def _commit(
-        self,
-        session: AsyncSession,
-        batch: list[_Item],
-        *,
-        invalidates: bool = False,
-        trust_head: bool = False,
-    ) -> list[DsmError | None]:
-        """Lock the chain, chain the rows onto its head, insert and commit (with the cache generation
-        raised when ``invalidates``). A failed commit leaves no hole: the head is then read again.
-
-        ``trust_head``: build on the head this process last committed instead of reading it (a query
-        per batch was a tenth of the key manager's time). That is safe because the chain's sequence
-        numbers are contiguous and unique: if another process appended meanwhile, it took the next
-        number and this insert fails with IntegrityError instead of forking the chain.
-
-        An item whose deadline passed while it waited (for its batch, or for the lock) is written as its
-        refusal: decided here, the last moment before the insert."""
+    async def _commit(self, session: AsyncSession, item: _Item, *, invalidates: bool = False) -> None:
+        """An apply()'s row, in the ORM transaction of its mutation: lock the chain, read its head, chain
+        the row onto it, insert and commit (with the cache generation raised when ``invalidates``)."""
         if session.get_bind().dialect.name == "postgresql":
             # Held until this transaction ends.
             await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._lock_key})
         else:
             await session.connection()  # begins the transaction: SQLite's writer engine takes the lock
-        head = self._head if trust_head and self._head is not None else None
-        if head is None:
-            self._head = None
-            head = await self._read_head(session)
-        late = _late(batch, asyncio.get_running_loop().time())
-        events = [_recorded(i, error) for i, error in zip(batch, late, strict=True)]
-        term = self._keyring.active_term
-        key = self._keyring.derive(AUDIT_KEY_PURPOSE, term)
-        # Never step back in time within a chain (a clock adjustment): export sorts by time.
-        now = max(datetime.now(UTC), head.time or _EPOCH)
-        prev, seq = head.row_hash, head.seq
-        rows: list[dict[str, Any]] = []
-        for event in events:
-            seq += 1
-            values: dict[str, Any] = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
-            values.update(id=str(uuid.uuid4()), chain=self.chain, seq=seq, time=now, key_term=term)
-            values["group_ids"] = list(event.group_ids)
-            digest = row_hash(key, prev, values)
-            rows.append({**values, "prev_hash": prev, "row_hash": digest})
-            prev = digest
-        await session.execute(insert(_TABLE), rows)  # one executemany, not a unit-of-work flush
+        self._head = None
+        head = await self._read_head(session)
+        assert item.event is not None
+        rows, after = self._builder([item])(head)
+        await session.execute(insert(_TABLE), rows)
         if invalidates:
             await session.execute(bump())
         await session.commit()
-        self._head = _Head(seq, prev, now)
+        self._head = after
         self.stats.batches += 1
-        self.stats.rows += len(rows)
-        return late
+        self.stats.rows += 1
 
     async def _failed(self, exc: BaseException, events: list[Any]) -> None:
         self._head = None  # the commit may or may not have happened: read the head next time
@@ -364,15 +379,11 @@ class AuditLog:
             "audit log %s: %d row(s) not committed (%s): %s", self.chain, len(events), ops, _describe(exc)
         )
 
-    async def _read_head(self, session: AsyncSession) -> _Head:
-        stmt = select(AuditRow.seq, AuditRow.row_hash, AuditRow.time).where(AuditRow.chain == self.chain)
-        row = (await session.execute(stmt.order_by(AuditRow.seq.desc()).limit(1))).first()
-        return (
-            _Head(0, ZERO_HASH, None) if row is None else _Head(row.seq, bytes(row.row_hash), _utc(row.time))
-        )
+    async def _read_head(self, session: AsyncSession) -> Head:
+        return await read_head(session, self.chain)
 
 
-def _advisory_key(chain: str) -> int:
+def advisory_key(chain: str) -> int:
     """A stable signed 64-bit key for the chain's PostgreSQL advisory lock."""
     return int.from_bytes(
         hashlib.sha256(b"xkslab-audit-chain\n" + chain.encode()).digest()[:8], "big", signed=True

@@ -175,6 +175,32 @@ def test_audit_verify_names_a_tampered_row(data_dir: Path, empty_db_url: str, co
     assert report["problems"][0]["row_id"] == target["id"]
 
 
+def test_audit_verify_resumes_after_its_checkpoint_and_full_finds_older_tampering(
+    data_dir: Path, empty_db_url: str
+) -> None:
+    init(data_dir, empty_db_url)
+    for i in range(3):
+        run(data_dir, "key", "create", f"k{i}")
+    first = run_json(data_dir, "audit", "verify")
+    assert first["ok"] is True and first["checked"] == first["rows"] > 0 and first["checkpoints"]
+    oldest = run_json(data_dir, "audit", "tail", "-n", "100")[-1]
+    _flip_one_byte(empty_db_url, data_dir, oldest["id"], "message")
+    resumed = run_json(data_dir, "audit", "verify")  # before the checkpoint: not walked again
+    assert resumed["ok"] is True and resumed["checked"] == 0 and resumed["resumed_after"]
+    proc = run(data_dir, "audit", "verify", "--full", "--json", check=False)
+    assert proc.returncode == 1
+    full = json.loads(proc.stdout)
+    assert full["full"] is True and full["problems"][0]["row_id"] == oldest["id"]
+    run(data_dir, "key", "create", "k-late")
+    newest = run_json(data_dir, "audit", "tail", "-n", "1")[0]
+    _flip_one_byte(empty_db_url, data_dir, newest["id"], "message")
+    proc = run(data_dir, "audit", "verify", "--json", check=False)  # after the checkpoint: found
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["problems"][0]["row_id"] == newest["id"]
+    text = run(data_dir, "audit", "verify", check=False)
+    assert text.returncode == 1 and f"row {newest['id']}" in text.stdout
+
+
 def _flip_one_byte(db_url: str, data_dir: Path, row_id: str, column: str) -> None:
     expr = (
         f"CASE WHEN {column} IS NULL THEN 'x' ELSE substr({column}, 1, length({column}) - 1) || "

@@ -278,13 +278,17 @@ async def check_after_restart(client: Client, load: Load, kek: str, data_dir: Pa
     return counts
 
 
-@pytest.mark.parametrize("dsm_workers", [1, 2])
+@pytest.mark.parametrize(("dsm_workers", "writer"), [(1, "orm"), (2, "orm"), (1, "raw")])
 async def test_a_sigkilled_dsm_loses_no_acknowledged_key_ciphertext_or_audit_row(
-    empty_db_url: str, tmp_path: Path, dsm_workers: int
+    empty_db_url: str, tmp_path: Path, dsm_workers: int, writer: str
 ) -> None:
     """With ``--workers 2`` the load reaches both workers (one port), the kill takes the supervisor and
-    with it both workers at once, and every chain (one per worker) must verify."""
+    with it both workers at once, and every chain (one per worker) must verify. With either audit writer
+    (audit.writer): the ORM's, or the raw driver's (dsm_emulator/audit/raw.py)."""
     data_dir, info = await asyncio.to_thread(init_data_dir, tmp_path / "data", empty_db_url)
+    config = data_dir / "xkslab.toml"
+    assert "[audit]" not in config.read_text()
+    config.write_text(config.read_text() + f'\n[audit]\nwriter = "{writer}"\n')
     group_id = info["default_group_id"]
     dsm = await start_dsm(data_dir, "first", dsm_workers)
     runners: list[web.AppRunner] = []

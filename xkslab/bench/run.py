@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from xkslab.bench import SCENARIOS, pools, wrk
+from xkslab.bench import SCENARIOS, auditlog, pools, wrk
 from xkslab.bench.lab import Anchor, BenchError, Lab
 
 POOL_SIZE = 64
@@ -54,6 +54,8 @@ class BenchOptions:
     # Each measurement is preceded by this much of the same load, not recorded: the first requests of a
     # fresh process fill caches and connection pools, which is start-up, not steady state.
     warmup_s: float = 2.0
+    # Audit rows each lab's log is filled with before its scenarios (xkslab/bench/auditlog.py); 0: none.
+    audit_rows: int = 0
 
 
 def _pool_for(scenario: str, lab: dict[str, Any], size: int) -> tuple[str, list[wrk.Request]]:
@@ -131,12 +133,27 @@ def _drop_pg_database(dsn: str, name: str) -> None:
 
 
 def _run_lab_scenarios(
-    lab: dict[str, Any], names: list[str], options: BenchOptions, echo: Callable[[str], None]
+    lab: dict[str, Any],
+    names: list[str],
+    options: BenchOptions,
+    echo: Callable[[str], None],
+    data_dir: Path | None = None,
+    overrides: dict[str, str] | None = None,
+    audit: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
+    """The scenarios on one lab; with ``options.audit_rows``, its audit log filled first and measured
+    (into ``audit``) before and after them."""
+    filled = options.audit_rows > 0 and data_dir is not None and audit is not None
+    if filled:
+        assert data_dir is not None and audit is not None
+        audit.update(auditlog.fill_and_measure(data_dir, overrides or {}, options.audit_rows, echo))
     results = []
     for name in names:
         url, pool = _pool_for(name, lab, options.pool_size)
         results.append(_measure(name, url, pool, options, echo))
+    if filled:
+        assert data_dir is not None and audit is not None
+        audit.update(auditlog.after_scenarios(data_dir, overrides or {}, lab["dsm"]["url"], echo))
     return results
 
 
@@ -150,6 +167,7 @@ def run_bench(options: BenchOptions, echo: Callable[[str], None]) -> dict[str, A
     results: list[dict[str, Any]] = []
     memory: dict[str, Any] = {}
     skipped: dict[str, str] = {}
+    audit: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="xkslab-bench-", dir=options.work_dir) as tmp:
         work = Path(tmp)
         echo("anchors")
@@ -157,11 +175,15 @@ def run_bench(options: BenchOptions, echo: Callable[[str], None]) -> dict[str, A
         if options.target is not None:
             echo(f"lab at {options.target}")
             lab = json.loads((options.target / "up.json").read_text())
-            results += _run_lab_scenarios(lab, plain, options, echo)
+            audit["target"] = {}
+            results += _run_lab_scenarios(lab, plain, options, echo, options.target, {}, audit["target"])
         elif plain:
             echo("lab on SQLite (embedded defaults)")
             with Lab(work / "sqlite", work / "sqlite.log") as lab_process:
-                results += _run_lab_scenarios(lab_process.info, plain, options, echo)
+                audit["sqlite"] = {}
+                results += _run_lab_scenarios(
+                    lab_process.info, plain, options, echo, lab_process.data_dir, {}, audit["sqlite"]
+                )
                 memory["lab (sqlite)"] = lab_process.memory()
         if on_pg and options.target is None:
             try:
@@ -174,12 +196,25 @@ def run_bench(options: BenchOptions, echo: Callable[[str], None]) -> dict[str, A
             else:
                 echo("lab on PostgreSQL")
                 try:
-                    with Lab(work / "pg", work / "pg.log", {"database.url": url}) as lab_process:
-                        results += _run_lab_scenarios(lab_process.info, on_pg, options, echo)
+                    pg_settings = {"database.url": url}
+                    with Lab(work / "pg", work / "pg.log", pg_settings) as lab_process:
+                        audit["postgres"] = {}
+                        results += _run_lab_scenarios(
+                            lab_process.info,
+                            on_pg,
+                            options,
+                            echo,
+                            lab_process.data_dir,
+                            pg_settings,
+                            audit["postgres"],
+                        )
                         memory["lab (postgres)"] = lab_process.memory()
                 finally:
                     _drop_pg_database(options.postgres_dsn, db_name)
-    return _report(results, anchor_results, memory, skipped, options)
+    report = _report(results, anchor_results, memory, skipped, options)
+    if options.audit_rows > 0:
+        report["audit_log"] = {lab: figures for lab, figures in audit.items() if figures}
+    return report
 
 
 def _report(
@@ -254,6 +289,7 @@ def render_table(report: dict[str, Any]) -> str:
         for r in targets:
             verdict = "met" if r["target_met"] else "NOT met"
             lines.append(f"target {r['scenario']}: {r['target']} with no errors: {verdict}")
+    lines += auditlog.render(report.get("audit_log", {}))
     lines.append("")
     lines.append("peak RSS (MB):")
     for group, procs in report["peak_rss_mb"].items():

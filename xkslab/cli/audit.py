@@ -19,43 +19,57 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Walk every chain from its first row, ignoring the checkpoints (finds a row altered before one).",
+)
 @json_option
 @pass_settings
-def audit_verify(settings: Settings, as_json: bool) -> None:
-    """Walk every hash chain and name the first bad row of each. Exit status 1 when any is bad."""
+def audit_verify(settings: Settings, full: bool, as_json: bool) -> None:
+    """Walk every hash chain and name the first bad row of each. Exit status 1 when any is bad.
+
+    Each chain resumes after its signed checkpoint (the last row a verify found intact) unless --full;
+    a chain found intact gets a new checkpoint at its last row."""
     from sqlalchemy import func, select
 
     from dsm_emulator import audit as audit_log
     from dsm_emulator.core import DsmCore
     from dsm_emulator.models import AuditRow
 
-    async def verify() -> tuple[int, list[Any]]:
+    async def verify() -> tuple[int, audit_log.VerifyResult]:
         async with await DsmCore.open(settings) as core:
-            problems = await audit_log.verify(core.sessions, core.keyring)
+            result = await audit_log.verify_chains(
+                core.sessions, core.keyring, resume=not full, checkpoint=True
+            )
             async with core.sessions() as session:
                 rows = await session.scalar(select(func.count()).select_from(AuditRow))
-        return rows or 0, problems
+        return rows or 0, result
 
-    rows, problems = run(verify())
+    rows, result = run(verify())
+    problems = result.problems
     data = {
         "ok": not problems,
         "rows": rows,
+        "checked": result.checked,
+        "full": full,
+        "resumed_after": result.resumed,
+        "checkpoints": result.saved,
         "problems": [
             {"chain": p.chain, "seq": p.seq, "row_id": p.row_id, "reason": p.reason} for p in problems
         ],
     }
-    emit(
-        data,
-        as_json,
-        lambda d: (
-            "audit log intact"
-            if d["ok"]
-            else "\n".join(
-                f"BAD chain {p['chain']} seq {p['seq']} row {p['row_id']}: {p['reason']}"
-                for p in d["problems"]
-            )
-        ),
-    )
+
+    def text(d: dict[str, Any]) -> str:
+        if d["ok"]:
+            how = "from the first row" if full or not d["resumed_after"] else "after the checkpoints"
+            return f"audit log intact ({d['rows']} rows; {d['checked']} checked {how})"
+        return "\n".join(
+            f"BAD chain {p['chain']} seq {p['seq']} row {p['row_id'] or '-'}: {p['reason']}"
+            for p in d["problems"]
+        )
+
+    emit(data, as_json, text)
     if problems:
         sys.exit(1)
 

@@ -43,6 +43,14 @@ from xkslab.bench import SCENARIOS
     help="Where the *-postgres scenarios make a scratch database ('' to skip them).",
 )
 @click.option(
+    "--audit-rows",
+    type=click.IntRange(0, 100_000_000),
+    default=0,
+    show_default=True,
+    help="Fill each lab's audit log with this many rows first; measure /sys/v1/logs filters, audit verify "
+    "(full, then resumed) and the audit commit percentiles at that size.",
+)
+@click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench.json"), show_default=True
 )
 def bench(
@@ -54,6 +62,7 @@ def bench(
     warmup: float,
     target: Path | None,
     postgres_dsn: str,
+    audit_rows: int,
     out: Path,
 ) -> None:
     """Drive xkslab with wrk (XKS Encrypt/Decrypt, KMS GenerateDataKey/Decrypt, DSM encrypt, the XKS pair on
@@ -74,6 +83,7 @@ def bench(
         warmup_s=warmup,
         target=target,
         postgres_dsn=postgres_dsn or None,
+        audit_rows=audit_rows,
     )
     try:
         report = run_bench(options, lambda line: click.echo(line, err=True))
