@@ -183,18 +183,6 @@ def _cbcnopad_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
     return _run(alg, modes.CBC(iv), cipher, encrypt=False)
 
 
-def _ctr_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
-    alg = _aes(key)
-    iv = _block_iv(iv, "CTR", generate=True)
-    return Ciphertext(cipher=_run(alg, modes.CTR(iv), plain, encrypt=True), iv=iv)
-
-
-def _ctr_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
-    alg = _aes(key)
-    iv = _block_iv(iv, "CTR", generate=False)
-    return _run(alg, modes.CTR(iv), cipher, encrypt=False)
-
-
 def _ccm_enc(
     key: bytes, plain: bytes, iv: bytes | None, aad: bytes | None, tag_len_bits: int | None
 ) -> Ciphertext:
@@ -232,30 +220,6 @@ def _ccm_fits(data: bytes, nonce: bytes) -> None:
     """CCM counts the payload's length in the 15 - len(nonce) bytes the nonce leaves."""
     if len(data) >= 1 << (8 * (15 - len(nonce))):
         raise CryptoError("CCM data is too long for this nonce length")
-
-
-def _cfb_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
-    alg = _aes(key)
-    iv = _block_iv(iv, "CFB", generate=True)
-    return Ciphertext(cipher=_run(alg, CFB(iv), plain, encrypt=True), iv=iv)
-
-
-def _cfb_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
-    alg = _aes(key)
-    iv = _block_iv(iv, "CFB", generate=False)
-    return _run(alg, CFB(iv), cipher, encrypt=False)
-
-
-def _ofb_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
-    alg = _aes(key)
-    iv = _block_iv(iv, "OFB", generate=True)
-    return Ciphertext(cipher=_run(alg, OFB(iv), plain, encrypt=True), iv=iv)
-
-
-def _ofb_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
-    alg = _aes(key)
-    iv = _block_iv(iv, "OFB", generate=False)
-    return _run(alg, OFB(iv), cipher, encrypt=False)
 
 
 def _ecb_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
@@ -316,6 +280,19 @@ _EncFn = Callable[[bytes, bytes, bytes | None, bytes | None, int | None], Cipher
 _DecFn = Callable[[bytes, bytes, bytes | None, bytes | None, bytes | None], bytes]
 
 
+def _stream_mode(mode: str, make: Callable[[bytes], modes.CTR | CFB | OFB]) -> tuple[_SimpleEnc, _SimpleDec]:
+    """CTR, CFB and OFB: a 16-byte IV (random when encrypting without one), no padding."""
+
+    def enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
+        iv = _block_iv(iv, mode, generate=True)
+        return Ciphertext(cipher=_run(_aes(key), make(iv), plain, encrypt=True), iv=iv)
+
+    def dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
+        return _run(_aes(key), make(_block_iv(iv, mode, generate=False)), cipher, encrypt=False)
+
+    return enc, dec
+
+
 def _plain_mode(mode: str, enc: _SimpleEnc, dec: _SimpleDec) -> tuple[_EncFn, _DecFn]:
     """Adapt a mode without AAD or tag to the uniform table signature, rejecting those arguments."""
 
@@ -339,11 +316,11 @@ def _plain_mode(mode: str, enc: _SimpleEnc, dec: _SimpleDec) -> tuple[_EncFn, _D
 _TABLE: dict[str, tuple[_EncFn, _DecFn]] = {
     "GCM": (_gcm_enc, _gcm_dec),
     "CCM": (_ccm_enc, _ccm_dec),
-    "CFB": _plain_mode("CFB", _cfb_enc, _cfb_dec),
-    "OFB": _plain_mode("OFB", _ofb_enc, _ofb_dec),
+    "CFB": _plain_mode("CFB", *_stream_mode("CFB", CFB)),
+    "OFB": _plain_mode("OFB", *_stream_mode("OFB", OFB)),
     "CBC": _plain_mode("CBC", _cbc_enc, _cbc_dec),
     "CBCNOPAD": _plain_mode("CBCNOPAD", _cbcnopad_enc, _cbcnopad_dec),
-    "CTR": _plain_mode("CTR", _ctr_enc, _ctr_dec),
+    "CTR": _plain_mode("CTR", *_stream_mode("CTR", modes.CTR)),
     "ECB": _plain_mode("ECB", _ecb_enc, _ecb_dec),
     "KW": _plain_mode("KW", _kw_enc, _kw_dec),
     "KWP": _plain_mode("KWP", _kwp_enc, _kwp_dec),

@@ -18,7 +18,6 @@ import functools
 import json
 import logging
 import re
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -360,7 +359,7 @@ class XksProxyClient:
             async with self._session.post(
                 URL(url, encoded=True), data=payload, headers=headers, allow_redirects=False
             ) as response:
-                expiry = _peer_not_after(response)
+                expiry = tls.peer_not_after(response)
                 if expiry is not None:
                     not_after.append(expiry)
                 # The whole body, however many segments it arrives in, up to the limit.
@@ -385,25 +384,6 @@ class XksProxyClient:
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise transport_error(exc) from None
-
-
-def _peer_not_after(response: aiohttp.ClientResponse) -> float | None:
-    """The notAfter of the certificate the proxy presented (verified, so the ssl module decoded it)."""
-    # A small answer is read with its headers and the connection released to the pool at once, so ask
-    # the response's protocol (aiohttp keeps it) rather than response.connection, which is None by then.
-    connection = response.connection
-    protocol = connection.protocol if connection is not None else getattr(response, "_protocol", None)
-    transport = getattr(protocol, "transport", None)
-    cert = transport.get_extra_info("peercert") if transport is not None else None
-    if not isinstance(cert, dict) or "notAfter" not in cert:
-        return None
-    return _epoch(cert["notAfter"])
-
-
-@functools.lru_cache(maxsize=64)
-def _epoch(cert_time: str) -> float:
-    """A certificate's notAfter as epoch seconds (parsed once per certificate, not once per call)."""
-    return float(ssl.cert_time_to_seconds(cert_time))
 
 
 def _b64(data: bytes) -> str:

@@ -22,12 +22,10 @@ from __future__ import annotations
 from dsm_emulator.keys.base import (
     DELETED,
     MAX_NAME_LENGTH,
-    OBJECT_TYPES,
     REVOCATION_CODES,
     STATES,
     KeyServiceBase,
     KeySpec,
-    ObjectTypeRule,
     effective_state,
     material_context,
     now,
@@ -38,6 +36,7 @@ from dsm_emulator.keys.derivation import DerivationMixin, Made
 from dsm_emulator.keys.history import UNDO_WINDOW_MAX_S, UNDO_WINDOW_MIN_S, undo_window
 from dsm_emulator.keys.lifecycle import LifecycleMixin
 from dsm_emulator.keys.multipart import INVALID_STATE, KeyRef, MultipartMixin
+from dsm_emulator.keys.object_types import OBJECT_TYPES, ObjectTypeRule
 from dsm_emulator.keys.reads import ReadsMixin
 from dsm_emulator.keys.signing import SigningMixin
 from dsm_emulator.keys.transient import (

@@ -15,8 +15,9 @@ from dsm_emulator.approvals.gate import Touch
 from dsm_emulator.approvals.policy import CRYPTO
 from dsm_emulator.authz import Principal
 from dsm_emulator.errors import BadRequest
-from dsm_emulator.keys.base import OBJECT_TYPES, KeyServiceBase, KeySpec
+from dsm_emulator.keys.base import KeyServiceBase, KeySpec
 from dsm_emulator.keys.crypto_ops import run_crypto
+from dsm_emulator.keys.object_types import OBJECT_TYPES
 from dsm_emulator.models import SecurityObject
 
 

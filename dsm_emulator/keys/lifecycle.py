@@ -22,7 +22,6 @@ from dsm_emulator.errors import BadRequest, Conflict, InvalidState
 from dsm_emulator.keys.base import (
     DELETED,
     MAX_NAME_LENGTH,
-    OBJECT_TYPES,
     REVOCATION_CODES,
     Detail,
     KeySpec,
@@ -31,6 +30,7 @@ from dsm_emulator.keys.base import (
     now,
 )
 from dsm_emulator.keys.history import HistoryMixin
+from dsm_emulator.keys.object_types import OBJECT_TYPES
 from dsm_emulator.keys.pairs import checked_ops, key_pair
 from dsm_emulator.keys.reads import key_facts
 from dsm_emulator.keys.transient import TransientKey
