@@ -14,6 +14,7 @@ from dsm_emulator.api import (
     components,
     crypto,
     digests,
+    link,
     logs,
     multipart,
     not_emulated,
@@ -125,6 +126,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[session.SESSION_STATE_KEY] = session.SessionState()
     app[xks.PROXY_TOKEN_KEY] = read_token(settings.path(settings.dsm.proxy_token_file), create=True)
+    app[link.LINK_STATS_KEY] = link.LinkStats()
 
     async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         core = await DsmCore.open(settings)
@@ -202,7 +204,8 @@ async def _history_sweeps(core: DsmCore) -> None:
 
 
 def listener(settings: Settings, app: web.Application | None = None) -> Listener:
-    """The DSM REST API on dsm.host:dsm.port, and on dsm.https_port when its certificate exists."""
+    """The DSM REST API on dsm.host:dsm.port, and on dsm.https_port when its certificate exists; beside
+    it, the framed link for XKS proxies on dsm.link (api/link.py)."""
     dsm = settings.dsm
     return Listener(
         "DSM REST API",
@@ -216,4 +219,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         service="dsm",
         access_log=settings.log.access,
         section="dsm",
+        beside=(link.starter(settings),),
     )
