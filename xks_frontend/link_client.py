@@ -137,10 +137,12 @@ class LinkNode:
                     assert protocol.transport is not None
                     protocol.transport.write(frame(HELLO_ID, {"token": self._token}))
                     hello = await protocol.hello
-            except (OSError, TimeoutError) as exc:
+            except BaseException as exc:  # closed whatever ends the opening, a cancellation included
                 for connection in made:
                     connection.close()
-                raise LinkDown(f"cannot connect: {type(exc).__name__}") from None
+                if isinstance(exc, OSError | TimeoutError):
+                    raise LinkDown(f"cannot connect: {type(exc).__name__}") from None
+                raise
             if hello.get("ok") is not True:
                 protocol.close()
                 raise LinkDown("the key manager refused the proxy's token", refused=True)

@@ -167,8 +167,10 @@ class LinkServer:
         ``grace_s``) before the core they use is closed."""
         if self._server is not None:
             self._server.close()
-        for connection in list(self.connections):
-            connection.close()
+        for _ in range(2):  # and those accepted just before, whose connection_made was still scheduled
+            for connection in list(self.connections):
+                connection.close()
+            await asyncio.sleep(0)
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=grace_s)
         if self._address is not None and self._address.path is not None:
@@ -217,21 +219,31 @@ def handler(app: web.Application, stats: LinkStats) -> Handle:
     return handle
 
 
+async def serve_link(app: web.Application, settings: Settings) -> str | None:
+    """The link on ``dsm.link`` for the DSM ``app``, which must be set up (its core open); stopped when the
+    app shuts down, before its core is closed. Returns its URL (None when the link is off)."""
+    address = link_address(settings)
+    if address is None:
+        return None
+    stats = app[LINK_STATS_KEY]
+    server = LinkServer(app[PROXY_TOKEN_KEY], settings.dsm.max_body_bytes, handler(app, stats), stats)
+    try:
+        url = await server.listen(address)
+    except OSError as exc:
+        raise ListenError(f"cannot serve the XKS proxy link on {address.url} (dsm.link): {exc}") from None
+
+    async def stop(app: web.Application) -> None:
+        await server.close()
+
+    app.on_shutdown.append(stop)
+    return url
+
+
 def starter(settings: Settings) -> Callable[[AsyncExitStack, web.Application], Awaitable[list[str]]]:
-    """What serve.start runs once the DSM's app is set up (its core open): the link on ``dsm.link``,
-    closed before the core when the stack unwinds. Returns its URL (none when the link is off)."""
+    """serve_link as serve.start runs it, beside the DSM's HTTP listeners (Listener.beside)."""
 
     async def start(stack: AsyncExitStack, app: web.Application) -> list[str]:
-        address = link_address(settings)
-        if address is None:
-            return []
-        stats = app[LINK_STATS_KEY]
-        server = LinkServer(app[PROXY_TOKEN_KEY], settings.dsm.max_body_bytes, handler(app, stats), stats)
-        try:
-            url = await server.listen(address)
-        except OSError as exc:
-            raise ListenError(f"cannot serve the XKS proxy link on {address.url} (dsm.link): {exc}") from None
-        stack.push_async_callback(server.close)
-        return [url]
+        url = await serve_link(app, settings)
+        return [] if url is None else [url]
 
     return start
