@@ -127,6 +127,8 @@ def create_app(settings: Settings) -> web.Application:
     app[session.SESSION_STATE_KEY] = session.SessionState()
     app[xks.PROXY_TOKEN_KEY] = read_token(settings.path(settings.dsm.proxy_token_file), create=True)
     app[link.LINK_STATS_KEY] = link.LinkStats()
+    app[link.LINK_SERVERS_KEY] = []
+    app.on_shutdown.append(link.close_links)
 
     async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         core = await DsmCore.open(settings)

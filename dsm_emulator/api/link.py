@@ -141,6 +141,9 @@ class _Connection(asyncio.Protocol):
             self._transport.write(frame(request_id, answer))
 
 
+LINK_SERVERS_KEY: web.AppKey[list[LinkServer]] = web.AppKey("dsm_link_servers")
+
+
 class LinkServer:
     """The listener and its connections; ``handle`` answers one decoded request frame."""
 
@@ -232,11 +235,16 @@ async def serve_link(app: web.Application, settings: Settings) -> str | None:
     except OSError as exc:
         raise ListenError(f"cannot serve the XKS proxy link on {address.url} (dsm.link): {exc}") from None
 
-    async def stop(app: web.Application) -> None:
-        await server.close()
-
-    app.on_shutdown.append(stop)
+    app[LINK_SERVERS_KEY].append(server)
     return url
+
+
+async def close_links(app: web.Application) -> None:
+    """The DSM app's on_shutdown hook (installed by create_app, before the app is frozen): its links
+    stop before its core is closed, whoever cleans up the app."""
+    servers = app[LINK_SERVERS_KEY]
+    while servers:
+        await servers.pop().close()
 
 
 def starter(settings: Settings) -> Callable[[AsyncExitStack, web.Application], Awaitable[list[str]]]:
