@@ -101,10 +101,11 @@ class LinkNode:
         """The node's answer to one request frame; LinkDown if none can come. The caller bounds the
         time (asyncio.timeout): a request that gives up leaves its connection as it was."""
         connection = await self._connection(next(self._turn))
+        if connection.transport is None:  # lost between its opening and this call's turn
+            raise LinkDown("the connection to the key manager was lost")
         request_id = next(self._ids)
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         connection.pending[request_id] = waiter
-        assert connection.transport is not None
         connection.transport.write(frame(request_id, payload))
         try:
             return await waiter
