@@ -119,6 +119,7 @@ class _Connection(asyncio.Protocol):
             log.warning("refused an XKS proxy link connection: no valid proxy token")
             self._transport.write(frame(HELLO_ID, {"refused": _REFUSED_TOKEN}))
             self._transport.close()
+            self._transport = None  # nothing more is read from it, nor answered
             return
         self._accepted = True
         self._server.stats.connections += 1
