@@ -21,6 +21,7 @@ from botocore.credentials import Credentials
 
 from dsm_emulator.api.app import create_app as create_dsm_app
 from dsm_emulator.api.context import CORE_KEY
+from dsm_emulator.api.link import serve_link
 from dsm_emulator.authz import Principal, system_principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.keys import KeySpec
@@ -67,6 +68,7 @@ class XksEnv:
     acct_id: str
     group_id: str
     dsm_url: str
+    link_url: str  # the DSM's framed link, which the proxy uses unless make_env was told transport="http"
     proxy_url: str
     app_id: str
     akid: str
@@ -156,6 +158,8 @@ async def make_env(
     tmp_path: Path,
     overrides: Mapping[str, Any] | None = None,
     dsm_overrides: Mapping[str, Any] | None = None,
+    *,
+    transport: str = "link",
 ) -> XksEnv:
     source, info = template
     data_dir = tmp_path / "data"
@@ -163,6 +167,9 @@ async def make_env(
     dsm_settings = load_settings(data_dir, overrides=dsm_overrides, environ={})
     dsm_app = create_dsm_app(dsm_settings)
     dsm_runner, dsm_port = await start_runner(dsm_app)
+    # The proxy reaches the key manager as `up` wires it: over the framed link (stopped with the runner).
+    link_url = await serve_link(dsm_app, dsm_settings)
+    assert link_url is not None
     core = dsm_app[CORE_KEY]
     system = system_principal(info["acct_id"])
     group_id = info["default_group_id"]
@@ -176,7 +183,7 @@ async def make_env(
     settings = load_settings(
         data_dir,
         overrides={
-            "xks.dsm_urls": f"http://127.0.0.1:{dsm_port}",
+            "xks.dsm_urls": link_url if transport == "link" else f"http://127.0.0.1:{dsm_port}",
             "xks.prefix_cache_s": 0.0,
             # Generous: shared CI machines stall; the timeout tests set their own.
             "xks.dsm_timeout_ms": 5000,
@@ -192,6 +199,7 @@ async def make_env(
         acct_id=info["acct_id"],
         group_id=group_id,
         dsm_url=f"http://127.0.0.1:{dsm_port}",
+        link_url=link_url,
         proxy_url=f"http://127.0.0.1:{xks_port}",
         app_id=app.app_id,
         akid=credential["access_key_id"],

@@ -72,6 +72,9 @@ def create_app(settings: Settings) -> web.Application:
         read_token(settings.path(xks.dsm_token_file)),
         timeout_s=xks.dsm_timeout_ms / 1000,
         ssl_context=tls.client_context(dsm_ca) if dsm_ca is not None else None,
+        link_connections=xks.dsm_link_connections,
+        # An answer is at most the largest request's data again, Base64 in JSON: twice the body limit.
+        link_max_answer_bytes=2 * body_limit(limits),
     )
     metrics = XksMetrics()
     edge = Edge(

@@ -1,4 +1,5 @@
-"""The proxy's only caller of the key manager: a pooled aiohttp session, with fail-over across the
+"""The proxy's only caller of the key manager: the framed link (link_client.py) to the nodes with a
+link:// or link+unix:// URL and a pooled aiohttp session to the http(s):// ones, with fail-over across the
 configured DSM nodes, and the timeout that turns a slow key manager into DependencyTimeoutException
 before KMS's own 250 ms budget runs out.
 
@@ -21,7 +22,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from xks_frontend.errors import XksError, from_dsm
+from xks_frontend.link_client import LinkDown, LinkNode
 from xkslab_shared import json_body
+from xkslab_shared.link_frames import parse_link_url
 from xkslab_shared.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall, budget_for
 
 log = logging.getLogger(__name__)
@@ -49,13 +52,30 @@ class NodeAnswer:
 
 
 class DsmClient:
-    def __init__(self, urls: list[str], token: str, *, timeout_s: float, ssl_context: ssl.SSLContext | None):
+    def __init__(
+        self,
+        urls: list[str],
+        token: str,
+        *,
+        timeout_s: float,
+        ssl_context: ssl.SSLContext | None,
+        link_connections: int = 2,
+        link_max_answer_bytes: int = 1 << 20,
+    ):
         self.urls = urls
         self._token = token
         self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        # The nodes reached over the framed link (link:// and link+unix:// URLs); the others over HTTP.
+        self._links: dict[str, LinkNode] = {}
+        for url in urls:
+            address = parse_link_url(url)
+            if address is not None:
+                self._links[url] = LinkNode(
+                    address, token, size=link_connections, max_payload=link_max_answer_bytes
+                )
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(limit=256, ssl=self._ssl if self._ssl is not None else True)
@@ -66,6 +86,8 @@ class DsmClient:
         )
 
     async def close(self) -> None:
+        for node in self._links.values():
+            await node.close()
         if self._session is not None:
             await self._session.close()
 
@@ -77,6 +99,11 @@ class DsmClient:
     async def _request(
         self, url: str, method: str, path: str, body: Any = None, *, timeout_s: float | None = None
     ) -> dict[str, Any]:
+        link = self._links.get(url)
+        if link is not None:
+            return await self._over_link(
+                link, url, path, body, self._timeout_s if timeout_s is None else timeout_s
+            )
         assert self._session is not None, "DsmClient.open() was not called"
         timeout = self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
         try:
@@ -95,6 +122,28 @@ class DsmClient:
             raise DsmUnreachable() from None
         if not isinstance(answer, dict):
             raise DsmUnreachable("the key manager gave a malformed answer")
+        return answer
+
+    async def _over_link(
+        self, link: LinkNode, url: str, path: str, body: Any, timeout_s: float
+    ) -> dict[str, Any]:
+        """The same call as an HTTP request to ``path``, as one frame on the link: the same answer."""
+        request = {"op": "prefixes"} if path == PREFIXES_PATH else {"op": "call", "call": body}
+        try:
+            async with asyncio.timeout(timeout_s):
+                answer = await link.request(request)
+        except TimeoutError:
+            raise DsmTimeout() from None
+        except LinkDown as exc:
+            if exc.refused:
+                log.error("DSM %s refused the proxy's link: %s", self.node_label(url), exc)
+                raise DsmUnreachable("the key manager refused the proxy's call") from None
+            log.warning("DSM %s unreachable: %s", self.node_label(url), exc)
+            raise DsmUnreachable() from None
+        refused = answer.get("refused")
+        if refused is not None:
+            log.error("DSM %s refused the proxy's call to %s: %s", self.node_label(url), path, refused)
+            raise DsmUnreachable("the key manager refused the proxy's call")
         return answer
 
     async def _first(

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
+from xkslab_shared.link_frames import parse_link_url
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -107,6 +109,10 @@ class DsmSettings:
     tls_key: Path = Path("tls/dsm.key")
     # The token XKS proxies present on the DSM's internal XKS endpoint (created on first start, 0600).
     proxy_token_file: Path = Path("proxy.token")
+    # The framed link XKS proxies on this machine or a trusted network call instead of the HTTP endpoint:
+    # a Unix socket path (relative to the data directory, made 0600), tcp:HOST:PORT (no TLS), or empty
+    # for none. `up` points its proxy at it (xks.dsm_urls link+unix://...).
+    link: str = "run/dsm-link.sock"
     # How long a deep health check (a real encrypt and decrypt) may be reused; the XKS spec allows 60 s.
     health_cache_s: int = 10
     # Failed logins per identity (app id or email) and client address within a window; past them,
@@ -175,8 +181,11 @@ class XksSettings:
     # mTLS as KMS does it: client_ca defaults to the lab CA (tls/ca.crt) and client_subject to the name
     # KMS presents, cks.kms.<kms.region>.amazonaws.com (`xkslab up --mtls`).
     mtls: bool = False
-    # The key manager: comma-separated base URLs, one per DSM node (health reports each one).
+    # The key manager: comma-separated base URLs, one per DSM node (health reports each one): http:// or
+    # https:// (the internal HTTP endpoint), or link+unix:///path and link://HOST:PORT (the framed link).
     dsm_urls: str = "http://127.0.0.1:8500"
+    # Persistent connections per link node, each carrying many calls at once.
+    dsm_link_connections: int = 2
     dsm_token_file: Path = Path("proxy.token")
     # CA bundle for https:// DSM URLs (empty: the system's trust store).
     dsm_ca: str = ""
@@ -425,6 +434,7 @@ _POSITIVE = {
     "dsm.session_max_lifetime_s",
     "dsm.max_body_bytes",
     "xks.dsm_timeout_ms",
+    "xks.dsm_link_connections",
     "kms.xks_timeout_ms",
     "dsm.login_max_failures",
     "dsm.login_window_s",
@@ -494,8 +504,23 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
     if not values["kms.region"] or not all(c.isalnum() or c == "-" for c in values["kms.region"]):
         raise fail("kms.region", "must be a region name such as us-east-1")
     urls = [u.strip() for u in values["xks.dsm_urls"].split(",") if u.strip()]
-    if not urls or len(urls) > 10 or not all(u.startswith(("http://", "https://")) for u in urls):
-        raise fail("xks.dsm_urls", "must be 1 to 10 comma-separated http:// or https:// URLs")
+    schemes = ("http://", "https://", "link://", "link+unix://")
+    if not urls or len(urls) > 10 or not all(u.startswith(schemes) for u in urls):
+        raise fail(
+            "xks.dsm_urls", "must be 1 to 10 comma-separated http://, https://, link:// or link+unix:// URLs"
+        )
+    for url in urls:
+        try:
+            parse_link_url(url)
+        except ValueError as exc:
+            raise fail("xks.dsm_urls", str(exc)) from None
+    if values["xks.dsm_link_connections"] > 64:
+        raise fail("xks.dsm_link_connections", "must be 1 to 64")
+    link = values["dsm.link"].strip()
+    if link.startswith("tcp:"):
+        host, _, port = link[4:].rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise fail("dsm.link", "tcp:HOST:PORT needs a host and a port (0: a free one)")
     for name in ("audit.node_id", "xks.node_id"):
         if not values[name] or len(values[name]) > 64:
             raise fail(name, "must be 1 to 64 characters")

@@ -71,6 +71,24 @@ def loads(raw: bytes) -> Any:
     return data
 
 
+def loads_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object from a peer that authenticated itself (the proxy on the framed link), held to the same
+    rules as loads() at orjson's speed: orjson refuses invalid UTF-8 and raw control characters itself,
+    so only a \\u escape can bring in a NUL or a lone surrogate, and only then is the value walked."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise JsonBodyError("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise JsonBodyError("the request body is not a JSON object")
+    if b"\\u" in raw:
+        try:
+            _check(data, 1)
+        except _BadString as exc:
+            raise exc.error() from None
+    return data
+
+
 def dumps(data: Any) -> bytes:
     """Compact JSON (one line, as the XKS spec asks) for every service's responses and the proxy's link
     to the key manager. orjson: the standard encoder was 3-5 % of each service's time per request."""

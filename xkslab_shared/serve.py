@@ -34,7 +34,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestHandler
 
-from xkslab_shared import body_encoding, logs, parent, tls
+from xkslab_shared import body_encoding, heap, logs, parent, tls
 from xkslab_shared.config import Settings
 from xkslab_shared.ports import bind
 
@@ -114,6 +114,9 @@ class Listener:
     # The settings section of host, port and https_port ("dsm"), so that a port that cannot be bound is
     # named by its setting; None: named by host and port only.
     section: str | None = None
+    # Servers beside the HTTP ones, started once the app is set up (its resources open) and stopped
+    # before it is cleaned up; each returns the URLs it serves (the key manager's framed link).
+    beside: tuple[Callable[[AsyncExitStack, web.Application], Awaitable[list[str]]], ...] = ()
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The HTTPS listener's context; its certificate is reread when the files change (ServerTls)."""
@@ -163,6 +166,8 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
             stack, capped, listener.host, listener.https_port, context, setting=setting, reuse_port=reuse
         )
         urls.append(f"https://{listener.host}:{port}")
+    for start_beside in listener.beside:
+        urls += await start_beside(stack, listener.app)
     for url in urls:
         echo(f"listening on {url} ({listener.name})")
     bound = listener.app.get(BOUND_URLS_KEY)
@@ -389,16 +394,23 @@ def write_ready_file(path: Path, data: dict[str, object]) -> None:
 
 
 async def serve(
-    listeners: list[Listener], echo: Callable[[str], None], ready_file: Path | None = None
+    listeners: list[Listener],
+    echo: Callable[[str], None],
+    ready_file: Path | None = None,
+    *,
+    tune_heap: bool = True,
 ) -> None:
     """Serve until SIGINT or SIGTERM, telling ``echo`` when it is listening, stopping and stopped. With
     ``ready_file``, write ``{"pid", "urls"}`` there once every listener is bound (the ports really bound:
-    a supervisor that asked for port 0 learns them here)."""
+    a supervisor that asked for port 0 learns them here). With ``tune_heap``, the garbage collector is
+    set for a long-running process once every listener is bound (xkslab_shared/heap.py)."""
     parent.die_with_parent()
     async with AsyncExitStack() as stack:
         urls: list[str] = []
         for listener in listeners:
             urls += await start(stack, listener, echo)
+        if tune_heap:
+            heap.settle_after_start()
         if ready_file is not None:
             write_ready_file(ready_file, {"pid": os.getpid(), "urls": urls})
         await wait_for_signal()

@@ -16,6 +16,7 @@ from dsm_emulator.api import (
     crypto,
     derive,
     digests,
+    link,
     logs,
     multipart,
     nodes,
@@ -134,6 +135,9 @@ def create_app(settings: Settings) -> web.Application:
     app[session.SESSION_STATE_KEY] = session.SessionState()
     app[xks.PROXY_TOKEN_KEY] = read_token(settings.path(settings.dsm.proxy_token_file), create=True)
     app[BOUND_URLS_KEY] = []
+    app[link.LINK_STATS_KEY] = link.LinkStats()
+    app[link.LINK_SERVERS_KEY] = []
+    app.on_shutdown.append(link.close_links)
 
     async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         core = await DsmCore.open(settings)
@@ -225,7 +229,8 @@ async def _history_sweeps(core: DsmCore) -> None:
 
 
 def listener(settings: Settings, app: web.Application | None = None) -> Listener:
-    """The DSM REST API on dsm.host:dsm.port, and on dsm.https_port when its certificate exists."""
+    """The DSM REST API on dsm.host:dsm.port, and on dsm.https_port when its certificate exists; beside
+    it, the framed link for XKS proxies on dsm.link (api/link.py)."""
     dsm = settings.dsm
     return Listener(
         "DSM REST API",
@@ -239,4 +244,5 @@ def listener(settings: Settings, app: web.Application | None = None) -> Listener
         service="dsm",
         access_log=settings.log.access,
         section="dsm",
+        beside=(link.starter(settings),),
     )

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from dsm_emulator.api import session
 from dsm_emulator.api.context import CORE_KEY
+from dsm_emulator.api.link import LINK_STATS_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5)
@@ -44,6 +45,16 @@ class _CoreCollector(Collector):
             "Seconds from an audit row's submission to its batch's COMMIT, over the last 4,096 batches.",
             labels=["quantile"],
         )
+        link_calls = CounterMetricFamily(
+            "dsm_link_calls",
+            "Calls of XKS proxies over the framed link, by operation and outcome.",
+            labels=["op", "outcome"],
+        )
+        link_stats = self._app.get(LINK_STATS_KEY)
+        if link_stats is not None:
+            for (op, outcome), count in sorted(link_stats.calls.items()):
+                link_calls.add_metric([op, outcome], count)
+        yield link_calls
         if core is not None:
             stats = core.audit.stats
             for q in ("0.5", "0.9", "0.99"):

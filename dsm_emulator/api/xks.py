@@ -9,10 +9,12 @@ import asyncio
 import hashlib
 import hmac
 import logging
+from typing import Any
 
 from aiohttp import web
 
 from dsm_emulator.api.context import core_of, json_response, read_json
+from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import AuthFailed, BadRequest, DsmError
 from dsm_emulator.xks import PolicyVerdict, XksCall
 from xkslab_shared import logs, sigv4, xks_wire
@@ -39,8 +41,16 @@ async def prefixes(request: web.Request) -> web.Response:
 @routes.post(CALL_PATH)
 async def call(request: web.Request) -> web.Response:
     _require_proxy(request)
+    line = logs.access(request) if logs.access_enabled() else None
+    return json_response(await run_call(core_of(request), await read_json(request), line))
+
+
+async def run_call(core: DsmCore, data: Any, line: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One forwarded XKS call, whichever way it came (this endpoint, or the framed link: api/link.py):
+    ``{"result"}`` or ``{"error"}``; BadRequest for a malformed call. ``line``: the access line's extras,
+    filled with the operation, the kmsRequestId and the error's name (None: no access line is written)."""
     try:
-        forwarded = ForwardedCall.from_json(await read_json(request))
+        forwarded = ForwardedCall.from_json(data)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     xks_call = XksCall(
@@ -63,14 +73,13 @@ async def call(request: web.Request) -> web.Response:
         if forwarded.budget_ms is None
         else asyncio.get_running_loop().time() + forwarded.budget_ms / 1000,
     )
-    line = logs.access(request) if logs.access_enabled() else None
     if line is not None:  # the metadata is read a second time only for a log line someone reads
         metadata = xks_wire.parse_metadata_only(forwarded.body)
         line.update(operation=forwarded.operation, kmsRequestId=metadata and metadata.kms_request_id)
     try:
-        result = await core_of(request).xks.call(xks_call)
+        result = await core.xks.call(xks_call)
     except DsmError as exc:
         if line is not None:
             line["error"] = exc.public_name
-        return json_response({"error": {"code": exc.public_name, "message": exc.message}})
-    return json_response({"result": result})
+        return {"error": {"code": exc.public_name, "message": exc.message}}
+    return {"result": result}

@@ -54,6 +54,7 @@ async def served(xks_template: tuple[Path, dict[str, Any]], tmp_path: Path) -> A
             "xks.port": 0,
             "xks.https_port": 0,
             "kms.port": 0,
+            "dsm.link": "",  # the env's own DSM serves the data directory's link
             "xks.dsm_urls": env.dsm_url,
             "xks.prefix_cache_s": 0.0,
             "xks.dsm_timeout_ms": 5000,  # generous: shared machines stall

@@ -36,7 +36,7 @@ async def serve_dsm(
     data_dir = tmp_path / "data"
     shutil.copytree(template[0], data_dir)
     settings = load_settings(data_dir, overrides={"dsm.port": 0, **limits}, environ={})
-    [url] = await start(stack, dsm_listener(settings), lambda _: None)
+    url, *_ = await start(stack, dsm_listener(settings), lambda _: None)  # then the link's URL
     return url, int(url.rsplit(":", 1)[1])
 
 

@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidTag
 from yarl import URL
 
 from dsm_emulator.api.app import create_app as create_dsm_app
+from dsm_emulator.api.link import serve_link
 from tests.integration.test_kms_api import (
     PROXY_AKID,
     PROXY_SECRET,
@@ -741,10 +742,13 @@ async def test_a_proxy_without_its_key_manager_fails_the_health_check(lab: Lab) 
     refused = proxy_store_params(xks, "no-key-manager", XksProxyUriEndpoint=other_name)
     assert await refused_create(kms, **refused) == "XksProxyInvalidResponseException"
 
-    runner = web.AppRunner(create_dsm_app(load_settings(xks.data_dir, environ={})), access_log=None)
+    dsm_settings = load_settings(xks.data_dir, environ={})
+    dsm_app = create_dsm_app(dsm_settings)
+    runner = web.AppRunner(dsm_app, access_log=None)
     await runner.setup()
     xks.runners.append(runner)
     await web.TCPSite(runner, "127.0.0.1", dsm_port).start()
+    assert await serve_link(dsm_app, dsm_settings) == xks.link_url  # which the proxy reconnects to
     await disconnect(kms, store_id)
     assert await connect(kms, store_id) == ("CONNECTED", None)
 

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from dsm_emulator.api.app import create_app as create_dsm_app
 from dsm_emulator.api.context import CORE_KEY
+from dsm_emulator.api.link import serve_link
 from dsm_emulator.authz import system_principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import BadRequest, Conflict
@@ -530,6 +531,8 @@ async def test_dsm_down_and_back_on_the_same_port(xks_env: XksEnv) -> None:
     xks_env.runners[1] = runner  # the env's teardown now cleans up the new DSM
     xks_env.core = dsm_app[CORE_KEY]
     await web.TCPSite(runner, "127.0.0.1", dsm_port).start()
+    # and its link on the same socket path, which the proxy reconnects to
+    assert await serve_link(dsm_app, load_settings(xks_env.data_dir, environ={})) == xks_env.link_url
 
     status, health = await xks_env.post(xks_env.url("health"), health_body())
     assert status == 200 and [n["healthStatus"] for n in health["ekmFleetDetails"]] == ["ACTIVE"]

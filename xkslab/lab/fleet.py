@@ -220,7 +220,8 @@ async def start_fleet(
         nodes: dict[str, dict[str, list[str]]] = {"dsm": {}, "xks": {}}
         for index in range(1, shape.dsm_nodes + 1):
             name = f"dsm-{index}"
-            extra = {"dsm.port": "0", "dsm.https_port": "0", "audit.node_id": name}
+            # No framed link: the nodes share the data directory, and a proxy reaches each over HTTP.
+            extra = {"dsm.port": "0", "dsm.https_port": "0", "audit.node_id": name, "dsm.link": ""}
             nodes["dsm"][name] = await services.start("dsm", extra, name=name)
         dsm_urls = ",".join(urls[0] for urls in nodes["dsm"].values())
         for index in range(1, shape.proxies + 1):

@@ -26,7 +26,14 @@ from xkslab.lab.bootstrap import bootstrap_kms
 from xkslab.lab.files import LabError
 from xkslab.lab.info import FREE_PORTS, START_TIMEOUT_S, STOP_TIMEOUT_S, LabInfo
 from xkslab.lab.supervisor import hold_data_dir, hold_service
-from xkslab.lab.up import initialize, lab_settings, read_password, up_file, write_up_file
+from xkslab.lab.up import (
+    initialize,
+    lab_settings,
+    proxy_target,
+    read_password,
+    up_file,
+    write_up_file,
+)
 from xkslab_shared.config import load_settings
 from xkslab_shared.logs import announcer
 from xkslab_shared.serve import start
@@ -57,7 +64,7 @@ async def run_lab(
                     stack.enter_context(hold_service(settings.data_dir, service, embedded=embedded))
                 urls = {"dsm": await start(stack, dsm_listener(settings), announcer("dsm"))}
                 # As `up` does: the proxy talks to this lab's key manager, on whatever port it got.
-                to_dsm = replace(settings, xks=replace(settings.xks, dsm_urls=urls["dsm"][0]))
+                to_dsm = replace(settings, xks=replace(settings.xks, dsm_urls=proxy_target(urls["dsm"])))
                 urls["xks"] = await start(stack, xks_listener(to_dsm), announcer("xks"))
                 urls["kms"] = await start(stack, kms_listener(settings), announcer("kms"))
                 xks_https = next(u for u in urls["xks"] if u.startswith("https"))

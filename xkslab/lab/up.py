@@ -75,6 +75,12 @@ def mtls_facts(settings: Settings) -> dict[str, Any] | None:
     }
 
 
+def proxy_target(dsm_urls: list[str]) -> str:
+    """Where the lab's proxy reaches its key manager: the framed link when the DSM serves one (dsm.link),
+    else its plain HTTP URL."""
+    return next((url for url in dsm_urls if url.startswith("link")), dsm_urls[0])
+
+
 def lab_settings(
     settings: Settings, urls: dict[str, list[str]], facts: dict[str, Any], admin_password: str | None
 ) -> dict[str, Any]:
@@ -87,6 +93,7 @@ def lab_settings(
         "dsm": {
             "url": urls["dsm"][0],
             "https_url": next((u for u in urls["dsm"] if u.startswith("https")), None),
+            "link_url": next((u for u in urls["dsm"] if u.startswith("link")), None),
             "admin_email": ADMIN_EMAIL,
             "admin_password": admin_password,
             "api_key": facts["dsm_api_key"],
@@ -365,7 +372,7 @@ async def _run_up(
                 urls, fleet_facts = await start_fleet(services, settings, shape.fleet, shape.haproxy)
             else:
                 urls = {"dsm": await services.start("dsm")}
-                urls["xks"] = await services.start("xks", {"xks.dsm_urls": urls["dsm"][0]})
+                urls["xks"] = await services.start("xks", {"xks.dsm_urls": proxy_target(urls["dsm"])})
             urls["kms"] = await kms_start
         except BaseException:
             kms_start.cancel()

@@ -47,6 +47,8 @@ def _ports(urls: list[str], service: str) -> dict[str, str]:
     http_setting, https_setting = _PORT_SETTINGS[service]
     ports: dict[str, str] = {}
     for url in urls:
+        if not url.startswith(("http://", "https://")):
+            continue
         port = url.rsplit(":", 1)[1]
         ports[https_setting if url.startswith("https://") else http_setting] = port
     return ports
@@ -70,6 +72,9 @@ async def serve_workers(
         names = [f"{service}.w{index}" for index in range(1, workers + 1)]
         for index, name in enumerate(names, 1):
             extra = {"http.reuse_port": "true", _NODE_SETTING[service]: f"{base}-w{index}"}
+            if service == "dsm":
+                # One Unix socket cannot be shared like a port: the workers are reached over HTTP.
+                extra["dsm.link"] = ""
             if urls:
                 extra.update(_ports(urls, service))
             bound = await children.start(service, extra, name=name)
