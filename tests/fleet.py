@@ -44,6 +44,8 @@ def start_node(data_dir: Path, service: str, name: str, settings: dict[str, str]
     run.mkdir(exist_ok=True)
     ready, log = run / f"{name}.json", run / f"{name}.log"
     ready.unlink(missing_ok=True)
+    # Nodes share the data directory, whose one link socket only one DSM may serve: they speak HTTP.
+    settings = {"dsm.link": "", **settings} if service == "dsm" else settings
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     command = [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *sets, service, "serve"]
     with log.open("wb") as out:

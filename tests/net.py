@@ -28,7 +28,10 @@ def wait_ready(ready: Path, proc: subprocess.Popen[Any], log: Path, timeout_s: f
         if proc.poll() is not None:
             raise AssertionError(f"server exited early with status {proc.returncode}: {log.read_text()}")
         if ready.exists():  # written atomically, after every listener is bound
-            urls: list[str] = json.loads(ready.read_text())["urls"]
+            found = json.loads(ready.read_text())
+            if "urls" not in found:  # {"pid", "error"}: the start failed
+                raise AssertionError(f"server failed to start: {found.get('error')}: {log.read_text()}")
+            urls: list[str] = found["urls"]
             return urls
         time.sleep(0.05)
     raise AssertionError(f"server did not get ready: {log.read_text()}")

@@ -35,6 +35,7 @@ from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestHandler
 
 from xkslab_shared import body_encoding, heap, logs, parent, tls
+from xkslab_shared.body_deadline import BODY_TIMEOUT_KEY, body_deadline
 from xkslab_shared.config import Settings
 from xkslab_shared.ports import bind
 
@@ -336,43 +337,6 @@ def _raw_response(response: web.Response) -> bytes:
     ]
     head += [f"Content-Length: {len(body)}", "Connection: close"]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-
-
-BODY_TIMEOUT_KEY: web.AppKey[float] = web.AppKey("xkslab_body_timeout_s", float)
-
-
-@web.middleware
-async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """408 and close when the body is still incomplete ``BODY_TIMEOUT_KEY`` seconds after the handler
-    started. Only an incomplete body cancels: a handler that has its whole body may take as long as it
-    needs (the services bound their own work)."""
-    timeout = request.app.get(BODY_TIMEOUT_KEY)
-    if timeout is None or not request.body_exists:
-        return await handler(request)
-    task = asyncio.current_task()
-    assert task is not None
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        if not request.content.is_eof():
-            expired = True
-            task.cancel()
-
-    timer = asyncio.get_running_loop().call_later(timeout, expire)
-    try:
-        return await handler(request)
-    except asyncio.CancelledError:
-        if not expired or task.uncancel() > 0:
-            raise
-        # Close once the 408 is written, and mark the body ended: aiohttp would otherwise linger reading
-        # the rest of it for another 10 s before closing.
-        if request.protocol is not None:
-            request.protocol.close()
-        request.content.feed_eof()
-        raise web.HTTPRequestTimeout(text="request body not received in time") from None
-    finally:
-        timer.cancel()
 
 
 async def wait_for_signal() -> None:
