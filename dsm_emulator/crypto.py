@@ -75,17 +75,19 @@ def _aes(key: bytes) -> algorithms.AES:
     return algorithms.AES(key)
 
 
-def _block_iv(iv: bytes | None, mode: str, *, generate: bool) -> bytes:
+def block_iv(iv: bytes | None, mode: str, *, generate: bool, block: int = _BLOCK, of: str = "") -> bytes:
+    """The IV of a block mode: one block (random when encrypting without one). ``of`` names the key type
+    in the message when the block is not AES's (DES and DES3 share these checks)."""
     if iv is None and generate:
-        return random_bytes(_BLOCK)
-    if iv is None or len(iv) != _BLOCK:
-        raise CryptoError(f"{mode} IV must be 16 bytes")
+        return random_bytes(block)
+    if iv is None or len(iv) != block:
+        raise CryptoError(f"{mode} IV{of} must be {block} bytes")
     return iv
 
 
-def _aligned(data: bytes, mode: str) -> None:
-    if len(data) % _BLOCK:
-        raise CryptoError(f"{mode} data length must be a multiple of 16 bytes")
+def aligned(data: bytes, mode: str, *, block: int = _BLOCK, of: str = "") -> None:
+    if len(data) % block:
+        raise CryptoError(f"{mode} data length must be a multiple of {block} bytes{of}")
 
 
 def _no_iv(iv: bytes | None, mode: str) -> None:
@@ -149,7 +151,7 @@ def _gcm_dec(key: bytes, cipher: bytes, iv: bytes | None, aad: bytes | None, tag
 
 def _cbc_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
     alg = _aes(key)
-    iv = _block_iv(iv, "CBC", generate=True)
+    iv = block_iv(iv, "CBC", generate=True)
     padder = padding.PKCS7(_BLOCK * 8).padder()
     padded = padder.update(plain) + padder.finalize()
     return Ciphertext(cipher=_run(alg, modes.CBC(iv), padded, encrypt=True), iv=iv)
@@ -157,10 +159,10 @@ def _cbc_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
 
 def _cbc_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
     alg = _aes(key)
-    iv = _block_iv(iv, "CBC", generate=False)
+    iv = block_iv(iv, "CBC", generate=False)
     if not cipher:
         raise CryptoError("CBC ciphertext must not be empty")
-    _aligned(cipher, "CBC")
+    aligned(cipher, "CBC")
     padded = _run(alg, modes.CBC(iv), cipher, encrypt=False)
     unpadder = padding.PKCS7(_BLOCK * 8).unpadder()
     try:
@@ -171,15 +173,15 @@ def _cbc_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
 
 def _cbcnopad_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
     alg = _aes(key)
-    _aligned(plain, "CBCNOPAD")
-    iv = _block_iv(iv, "CBCNOPAD", generate=True)
+    aligned(plain, "CBCNOPAD")
+    iv = block_iv(iv, "CBCNOPAD", generate=True)
     return Ciphertext(cipher=_run(alg, modes.CBC(iv), plain, encrypt=True), iv=iv)
 
 
 def _cbcnopad_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
     alg = _aes(key)
-    iv = _block_iv(iv, "CBCNOPAD", generate=False)
-    _aligned(cipher, "CBCNOPAD")
+    iv = block_iv(iv, "CBCNOPAD", generate=False)
+    aligned(cipher, "CBCNOPAD")
     return _run(alg, modes.CBC(iv), cipher, encrypt=False)
 
 
@@ -225,14 +227,14 @@ def _ccm_fits(data: bytes, nonce: bytes) -> None:
 def _ecb_enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
     alg = _aes(key)
     _no_iv(iv, "ECB")
-    _aligned(plain, "ECB")
+    aligned(plain, "ECB")
     return Ciphertext(cipher=_run(alg, _ECB, plain, encrypt=True))
 
 
 def _ecb_dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
     alg = _aes(key)
     _no_iv(iv, "ECB")
-    _aligned(cipher, "ECB")
+    aligned(cipher, "ECB")
     return _run(alg, _ECB, cipher, encrypt=False)
 
 
@@ -284,11 +286,11 @@ def _stream_mode(mode: str, make: Callable[[bytes], modes.CTR | CFB | OFB]) -> t
     """CTR, CFB and OFB: a 16-byte IV (random when encrypting without one), no padding."""
 
     def enc(key: bytes, plain: bytes, iv: bytes | None) -> Ciphertext:
-        iv = _block_iv(iv, mode, generate=True)
+        iv = block_iv(iv, mode, generate=True)
         return Ciphertext(cipher=_run(_aes(key), make(iv), plain, encrypt=True), iv=iv)
 
     def dec(key: bytes, cipher: bytes, iv: bytes | None) -> bytes:
-        return _run(_aes(key), make(_block_iv(iv, mode, generate=False)), cipher, encrypt=False)
+        return _run(_aes(key), make(block_iv(iv, mode, generate=False)), cipher, encrypt=False)
 
     return enc, dec
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from dsm_emulator.crypto import Ciphertext, CryptoError, IntegrityError, random_bytes
+from dsm_emulator.crypto import Ciphertext, CryptoError, IntegrityError, aligned, block_iv, random_bytes
 
 DES_TYPES = ("DES", "DES3")
 DES_MODES = frozenset({"ECB", "CBC", "CBCNOPAD"})
@@ -58,16 +58,11 @@ def _three_keys(key: bytes) -> bytes:
 
 
 def _iv(iv: bytes | None, mode: str, *, generate: bool) -> bytes:
-    if iv is None and generate:
-        return random_bytes(_BLOCK)
-    if iv is None or len(iv) != _BLOCK:
-        raise CryptoError(f"{mode} IV of a DES or DES3 key must be 8 bytes")
-    return iv
+    return block_iv(iv, mode, generate=generate, block=_BLOCK, of=" of a DES or DES3 key")
 
 
 def _aligned(data: bytes, mode: str) -> None:
-    if len(data) % _BLOCK:
-        raise CryptoError(f"{mode} data length must be a multiple of 8 bytes for DES and DES3")
+    aligned(data, mode, block=_BLOCK, of=" for DES and DES3")
 
 
 def _check(mode: str, aad: bytes | None, extra: object) -> None:
