@@ -12,6 +12,13 @@ from sqlalchemy import MetaData
 
 from dsm_emulator.models import Base
 from kms_emulator.models import Base as KmsBase
+from xks_frontend import fault_store
 from xkslab_shared import generation, nodes
 
-TARGET_METADATA: list[MetaData] = [Base.metadata, KmsBase.metadata, generation.metadata, nodes.metadata]
+TARGET_METADATA: list[MetaData] = [
+    Base.metadata,
+    KmsBase.metadata,
+    generation.metadata,
+    nodes.metadata,
+    fault_store.metadata,
+]

@@ -127,11 +127,19 @@ class Generation:
         self.listening = False
         self.reads = 0
         self.notifications = 0
+        self._on_expire: list[Callable[[], None]] = []
+
+    def on_expire(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the value read is forgotten (a NOTIFY, or this process's own
+        commit), so a follower can read the generation again at once instead of at its next poll."""
+        self._on_expire.append(callback)
 
     def expire(self) -> None:
         """Forget the value read: this process just committed a change, or another node told us so."""
         self._read_started = -float("inf")
         self._expired_at = time.monotonic()
+        for callback in self._on_expire:
+            callback()
 
     def listen(self, url: str) -> None:
         """On PostgreSQL, LISTEN for the counter's NOTIFY on a connection of its own until ``close()``;
