@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
+from dsm_emulator import login_store
 from dsm_emulator.models import Base
 from kms_emulator.models import Base as KmsBase
 from xks_frontend import fault_store
@@ -21,4 +22,5 @@ TARGET_METADATA: list[MetaData] = [
     generation.metadata,
     nodes.metadata,
     fault_store.metadata,
+    login_store.metadata,
 ]

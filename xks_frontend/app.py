@@ -4,6 +4,8 @@ InvalidUriPathException itself)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -147,13 +149,19 @@ def _registered(
         registry = NodeRegistry(sessions, settings.xks.node_id, "xks", urls, settings.fleet.heartbeat_s)
         proxy_fleet.sessions = sessions  # xksProxyFleetSize: the live proxies of the registry
         generation = Generation(sessions, settings.database.cache_poll_ms / 1000)
+        counting: asyncio.Task[None] | None = None
         try:
             await registry.start()
             generation.listen(settings.database_url)  # PostgreSQL: NOTIFY, the poll as fallback
             fault_store.start(sessions, generation)
+            counting = asyncio.create_task(proxy_fleet.follow(), name="count-live-proxies")
             yield
         finally:
             try:
+                if counting is not None:
+                    counting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await counting
                 await fault_store.close()
                 await generation.close()
                 await registry.close()

@@ -134,23 +134,16 @@ class LiveCount:
         self.sessions: async_sessionmaker[AsyncSession] | None = None
         self._value = 1
         self._read_at = -float("inf")
-        self._refresh: asyncio.Task[int] | None = None
 
     def peek(self) -> int:
-        """The count as last read, without waiting: a stale one is read again in the background (for a
-        hot path that must not wait on the database)."""
-        sessions = self.sessions
-        if sessions is not None and self._refresh is None:
-            loop = asyncio.get_running_loop()
-            if loop.time() - self._read_at >= self._ttl_s:
-                self._refresh = loop.create_task(self.get(), name=f"count-live-{self._kind}")
-                self._refresh.add_done_callback(self._refreshed)
+        """The count as last read, without waiting (for a hot path; :meth:`follow` keeps it fresh)."""
         return self._value
 
-    def _refreshed(self, task: asyncio.Task[int]) -> None:
-        self._refresh = None
-        if not task.cancelled():
-            task.exception()  # get() logs its own failures; nothing is left to retrieve
+    async def follow(self) -> None:
+        """Read the count every ``ttl_s`` until cancelled (a task of the process that peeks)."""
+        while True:
+            await self.get()
+            await asyncio.sleep(self._ttl_s)
 
     async def get(self) -> int:
         sessions = self.sessions
