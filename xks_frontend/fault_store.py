@@ -146,6 +146,8 @@ class FaultStore:
                 return 0
             statement = statement.where(xks_faults.c.id == row_id)
         async with sessions.begin() as session:
+            # Finished faults go first, uncounted: the book had already forgotten them.
+            await session.execute(delete(xks_faults).where(_done(self._wall())))
             cleared = getattr(await session.execute(statement), "rowcount", 0) or 0
             await session.execute(bump())
         log.warning("%s", json.dumps({"event": "xks_fault_cleared", "faultId": fault_id, "cleared": cleared}))
