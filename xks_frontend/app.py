@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from xks_frontend import admin, openapi
 from xks_frontend.dsm_client import DsmClient
@@ -25,7 +26,7 @@ from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.faults_wire import FAULTS_PATH
 from xkslab_shared.generation import Generation
-from xkslab_shared.nodes import LiveCount, NodeRegistry
+from xkslab_shared.nodes import LiveCount, NodeRegistry, list_nodes
 from xkslab_shared.proxy_link import read_token
 from xkslab_shared.serve import BOUND_URLS_KEY, MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
 
@@ -153,7 +154,8 @@ def _registered(
         try:
             await registry.start()
             generation.listen(settings.database_url)  # PostgreSQL: NOTIFY, the poll as fallback
-            fault_store.start(sessions, generation)
+            alone = await _alone(sessions, settings)
+            await fault_store.start(sessions, generation, alone=alone)
             counting = asyncio.create_task(proxy_fleet.follow(), name="count-live-proxies")
             yield
         finally:
@@ -169,6 +171,15 @@ def _registered(
                 await engine.dispose()
 
     return registered
+
+
+async def _alone(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> bool:
+    """Whether no other proxy is live (False when the registry cannot be read: keep what is set)."""
+    try:
+        nodes = await list_nodes(sessions, settings.fleet.node_timeout_s, "xks")
+    except Exception:
+        return False
+    return not any(node.live and node.id != settings.xks.node_id for node in nodes)
 
 
 def _refuse(message: str) -> web.Response:

@@ -19,7 +19,9 @@ What is counted where:
 * start and end times are wall-clock (``starts_at``, seconds since the epoch), so every node of a fleet
   needs a synchronised clock (NTP), as the node registry does.
 
-Without a database (a proxy with a data directory but none), the book is this process's alone.
+A proxy that starts while no other proxy is live clears the table (a restarted lab starts with no
+faults); one that joins a live fleet takes the fleet's. Without a database (a proxy with a data
+directory but none), the book is this process's alone.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class FaultStore:
             await self.load()
         return self.book.list()
 
-    async def clear(self, fault_id: str | None = None) -> int:
+    async def clear(self, fault_id: str | None = None, *, quiet: bool = False) -> int:
         sessions = self.sessions
         if sessions is None:
             return self.book.clear(fault_id)
@@ -149,16 +151,29 @@ class FaultStore:
             # Finished faults go first, uncounted: the book had already forgotten them.
             await session.execute(delete(xks_faults).where(_done(self._wall())))
             cleared = getattr(await session.execute(statement), "rowcount", 0) or 0
-            await session.execute(bump())
-        log.warning("%s", json.dumps({"event": "xks_fault_cleared", "faultId": fault_id, "cleared": cleared}))
+            if cleared:  # nothing else to tell the other proxies
+                await session.execute(bump())
+        if cleared or not quiet:
+            log.warning(
+                "%s", json.dumps({"event": "xks_fault_cleared", "faultId": fault_id, "cleared": cleared})
+            )
         await self.load()
         return int(cleared)
 
     # ------------------------------------------------------------------------------- following
 
-    def start(self, sessions: async_sessionmaker[AsyncSession], generation: Generation) -> None:
-        """Share the book through the database from now on: load it, and follow every change."""
+    async def start(
+        self, sessions: async_sessionmaker[AsyncSession], generation: Generation, *, alone: bool
+    ) -> None:
+        """Share the book through the database from now on: load it, and follow every change. ``alone``:
+        no other proxy is live, so the faults of an earlier run are cleared (a restarted lab starts with
+        none, as it did when the book was in memory; a proxy joining a fleet takes the fleet's)."""
         self.sessions, self.generation = sessions, generation
+        if alone:
+            try:
+                await self.clear(quiet=True)  # logged when there were any
+            except Exception as exc:  # a database without the table yet (or unwritable) never stops it
+                log.warning("could not clear the faults of an earlier run: %s", type(exc).__name__)
         self.book.claim = self._claim
         generation.on_expire(self._wake.set)
         self._task = asyncio.create_task(self._follow(), name="xks-fault-book")
@@ -174,8 +189,9 @@ class FaultStore:
 
     async def _follow(self) -> None:
         assert self.generation is not None
-        poll_s = max(self.generation.poll_s, 0.01)
         while True:
+            # Listening (PostgreSQL), every change wakes it: the poll is only the fallback.
+            poll_s = max(self.generation.poll_s, 1.0 if self.generation.listening else 0.01)
             try:
                 value = await self.generation.current()
                 if value != self._seen:
