@@ -1,5 +1,7 @@
-"""Faults injected into the proxy at run time, for chaos tests: kept in this process's memory only (a
-restart or a clear removes them), set over the token-protected admin endpoint (admin.py).
+"""Faults injected into the proxy at run time, for chaos tests, set over the token-protected admin
+endpoint (admin.py). This book is what a request reads, in memory; with a database, fault_store.py keeps
+it equal to the fleet's rows (and claims the applications of counted faults); without one it is this
+process's alone.
 
 The dispatcher asks the book for a :class:`Plan` once it knows a request's prefix, key, operation and
 kmsOperation, then applies it at three points: before the key manager is called (drop, latency, error,

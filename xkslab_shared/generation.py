@@ -18,6 +18,9 @@ the counter, and a serving process LISTENs on a connection of its own (``Generat
 request after another node's commit reads the counter again, so a change reaches every node within a
 round trip, not a poll interval. The poll stays as the fallback (a listening connection that is lost is
 reopened, and the generation is read again meanwhile). SQLite has no such channel: the poll alone.
+
+The proxy follows it too, for its fault book (xks_frontend/fault_store.py): ``on_expire`` wakes its
+follower when a NOTIFY arrives, so a fault set through one proxy is applied by the others at once.
 """
 
 from __future__ import annotations
