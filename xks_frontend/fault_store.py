@@ -189,6 +189,7 @@ class FaultStore:
 
     async def _follow(self) -> None:
         assert self.generation is not None
+        failing = False
         while True:
             # Listening (PostgreSQL), every change wakes it: the poll is only the fallback.
             poll_s = max(self.generation.poll_s, 1.0 if self.generation.listening else 0.01)
@@ -198,10 +199,13 @@ class FaultStore:
                     await self.load()
                     self._seen = value
                 await self._write_applied()
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a database that cannot be read never stops the proxy
-                log.warning("could not follow the shared fault book: %s", type(exc).__name__)
+                if not failing:  # once until it works again
+                    log.warning("could not follow the shared fault book: %s", type(exc).__name__)
+                failing = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll_s)
             self._wake.clear()
