@@ -31,8 +31,9 @@ fixed windows of ``window_s``:
 
 Memory is bounded: at most ``max_entries`` entries, the least recently used evicted first (its counts are
 folded into its source's summary, so nothing is lost from the audit). A success clears its entry (and
-hands back its pending summary). State is per process, like the Basic-auth cache: each replica counts
-its own failures.
+hands back its pending summary). The counts a client spends (per identity and source, and a source's
+bucket) are the fleet's: login_store.py reads them from the database before each login's checks
+(:meth:`LoginLimiter.adopt`) and adds each failure to them; the rest is this process's own.
 """
 
 from __future__ import annotations
@@ -167,6 +168,31 @@ class LoginLimiter:
             return True
         self._suppress(entry, source, refused=True)
         return False
+
+    def adopt(
+        self,
+        kind: str,
+        identity: str,
+        source: str,
+        failures: tuple[int, float] | None,
+        tokens: tuple[float, float] | None,
+    ) -> None:
+        """The fleet's counts (login_store.py): ``failures`` of this pair in a window that began that
+        many seconds ago, and the source's ``tokens`` as of that many seconds ago."""
+        now = self._clock()
+        if failures is not None and failures[1] < self.window_s and failures[0] > 0:
+            entry = self._entry(kind, identity, source)
+            entry.failures = max(entry.failures, failures[0])
+            entry.window_start = min(entry.window_start, now - failures[1])
+        if tokens is not None and self.max_failures_per_source > 0:
+            rate = self.max_failures_per_source / self.window_s
+            shared = min(float(self.source_burst), tokens[0] + tokens[1] * rate)
+            if source in self._buckets:
+                self._refill(source).tokens = min(self._buckets[source].tokens, shared)
+            else:
+                self._buckets[source] = _Bucket(shared, now)
+                while len(self._buckets) > self.max_entries:
+                    self._buckets.popitem(last=False)
 
     def known_good(self, identity: str, source: str, *, known: bool) -> bool:
         """Whether a login's password hash may skip the global budget (and go first): this identity

@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
+from dsm_emulator import login_store
 from dsm_emulator.models import Base
 from kms_emulator.models import Base as KmsBase
+from xks_frontend import fault_store
 from xkslab_shared import generation, nodes
 
-TARGET_METADATA: list[MetaData] = [Base.metadata, KmsBase.metadata, generation.metadata, nodes.metadata]
+TARGET_METADATA: list[MetaData] = [
+    Base.metadata,
+    KmsBase.metadata,
+    generation.metadata,
+    nodes.metadata,
+    fault_store.metadata,
+    login_store.metadata,
+]

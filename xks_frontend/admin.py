@@ -9,14 +9,14 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from xks_frontend.faults import FaultBook
+from xks_frontend.fault_store import FaultStore
 from xkslab_shared import body_encoding, json_body
 from xkslab_shared.faults_wire import FAULTS_PATH, Fault, FaultSpecError, parse_faults
 
 
 def add_routes(
     app: web.Application,
-    book: FaultBook,
+    book: FaultStore,
     token: str,
     *,
     prepare: Callable[[list[Fault]], None] | None = None,
@@ -40,7 +40,7 @@ def add_routes(
     async def list_faults(request: web.Request) -> web.Response:
         if not authorized(request):
             return refused()
-        return reply({"faults": book.list()})
+        return reply({"faults": await book.list()})
 
     async def set_faults(request: web.Request) -> web.Response:
         if not authorized(request):
@@ -53,7 +53,7 @@ def add_routes(
             faults = parse_faults(json_body.loads(raw))
             if prepare is not None:
                 prepare(faults)
-            ids = book.add(faults)
+            ids = await book.add(faults)
         except (ValueError, FaultSpecError) as exc:  # JSONDecodeError and a full book are ValueErrors too
             return reply({"error": str(exc)}, 400)
         return reply({"ids": ids})
@@ -61,7 +61,7 @@ def add_routes(
     async def clear_faults(request: web.Request) -> web.Response:
         if not authorized(request):
             return refused()
-        return reply({"cleared": book.clear(request.match_info.get("fault_id"))})
+        return reply({"cleared": await book.clear(request.match_info.get("fault_id"))})
 
     app.router.add_get(FAULTS_PATH, list_faults)
     app.router.add_post(FAULTS_PATH, set_faults)

@@ -4,14 +4,18 @@ InvalidUriPathException itself)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from xks_frontend import admin, openapi
 from xks_frontend.dsm_client import DsmClient
 from xks_frontend.errors import XksError, error_response
+from xks_frontend.fault_store import FaultStore
 from xks_frontend.faults import FaultBook
 from xks_frontend.handlers import Edge, Handler, PrefixQuota, PrefixTable, dispatch
 from xks_frontend.metrics import XksMetrics
@@ -21,7 +25,8 @@ from xkslab_shared import body_encoding, db, health, tls, xks_wire
 from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.faults_wire import FAULTS_PATH
-from xkslab_shared.nodes import LiveCount, NodeRegistry
+from xkslab_shared.generation import Generation
+from xkslab_shared.nodes import LiveCount, NodeRegistry, list_nodes
 from xkslab_shared.proxy_link import read_token
 from xkslab_shared.serve import BOUND_URLS_KEY, MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
 
@@ -113,44 +118,68 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(dsm_client_ctx)
     app[BOUND_URLS_KEY] = []
+    fault_store = FaultStore(edge.faults)
     if settings.database.url or (settings.data_dir / "xkslab.db").exists():
         fleet = settings.fleet
         edge.proxy_fleet = LiveCount("xks", fleet.node_timeout_s, fleet.heartbeat_s)
-        app.cleanup_ctx.append(_registered(settings, app[BOUND_URLS_KEY], edge.proxy_fleet))
+        edge.quota.fleet = edge.proxy_fleet
+        app.cleanup_ctx.append(_registered(settings, app[BOUND_URLS_KEY], edge.proxy_fleet, fault_store))
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics_route)
     # The key manager answers the proxy's own call (the URI path prefix table), token and all.
     app.router.add_get(health.HEALTH_PATH, health.handler("xks", {"dsm": lambda _: client.prefixes()}))
     app.router.add_get(openapi_doc.OPENAPI_PATH, openapi_doc.handler(openapi.build()))
     token = read_token(settings.path(xks.admin_token_file), create=True)
-    admin.add_routes(app, edge.faults, token, prepare=tls_faults.prepare)
+    admin.add_routes(app, fault_store, token, prepare=tls_faults.prepare)
     app.router.add_route("*", "/{tail:[\\s\\S]*}", xks_route)
     return app
 
 
 def _registered(
-    settings: Settings, urls: list[str], proxy_fleet: LiveCount
+    settings: Settings, urls: list[str], proxy_fleet: LiveCount, fault_store: FaultStore
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """The proxy's row in the fleet's node registry (xkslab_shared/nodes.py), on a small engine of its
-    own, and the number of live proxies it reads back (xksProxyFleetSize); nothing else from the
-    database. Only where there is a database (a data directory without one is not given one); a
-    database that cannot be written never stops the proxy."""
+    own, the number of live proxies it reads back (xksProxyFleetSize, and each proxy's share of the
+    request quota), and the fleet's fault book (fault_store.py); nothing else from the database. Only
+    where there is a database (a data directory without one is not given one); a database that cannot
+    be written never stops the proxy."""
 
     async def registered(app: web.Application) -> AsyncIterator[None]:
-        engine = db.create_engine(settings.database_url, pool_size=1)
+        engine = db.create_engine(settings.database_url, pool_size=2)
         sessions = db.session_factory(engine)
         registry = NodeRegistry(sessions, settings.xks.node_id, "xks", urls, settings.fleet.heartbeat_s)
         proxy_fleet.sessions = sessions  # xksProxyFleetSize: the live proxies of the registry
+        generation = Generation(sessions, settings.database.cache_poll_ms / 1000)
+        counting: asyncio.Task[None] | None = None
         try:
             await registry.start()
+            generation.listen(settings.database_url)  # PostgreSQL: NOTIFY, the poll as fallback
+            alone = await _alone(sessions, settings)
+            await fault_store.start(sessions, generation, alone=alone)
+            counting = asyncio.create_task(proxy_fleet.follow(), name="count-live-proxies")
             yield
         finally:
             try:
+                if counting is not None:
+                    counting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await counting
+                await fault_store.close()
+                await generation.close()
                 await registry.close()
             finally:
                 await engine.dispose()
 
     return registered
+
+
+async def _alone(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> bool:
+    """Whether no other proxy is live (False when the registry cannot be read: keep what is set)."""
+    try:
+        nodes = await list_nodes(sessions, settings.fleet.node_timeout_s, "xks")
+    except Exception:
+        return False
+    return not any(node.live and node.id != settings.xks.node_id for node in nodes)
 
 
 def _refuse(message: str) -> web.Response:

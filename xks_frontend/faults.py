@@ -1,5 +1,7 @@
-"""Faults injected into the proxy at run time, for chaos tests: kept in this process's memory only (a
-restart or a clear removes them), set over the token-protected admin endpoint (admin.py).
+"""Faults injected into the proxy at run time, for chaos tests, set over the token-protected admin
+endpoint (admin.py). This book is what a request reads, in memory; with a database, fault_store.py keeps
+it equal to the fleet's rows (and claims the applications of counted faults); without one it is this
+process's alone.
 
 The dispatcher asks the book for a :class:`Plan` once it knows a request's prefix, key, operation and
 kmsOperation, then applies it at three points: before the key manager is called (drop, latency, error,
@@ -11,12 +13,13 @@ application is counted (``xks_proxy_faults_injected_total{kind}``) and logged.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import itertools
 import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +42,8 @@ class Entry:
     starts_at: float
     left: int | None
     applied: int = 0
+    # Of ``applied``, how many the shared book has already counted in the database (claims included).
+    claimed: int = 0
 
     def ends_at(self) -> float | None:
         return None if self.fault.duration_s is None else self.starts_at + self.fault.duration_s
@@ -101,10 +106,13 @@ class FaultBook:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self._entries: list[Entry] = []
-        self._clock = clock
+        self._entries: builtins.list[Entry] = []
+        self._clock = self.clock = clock
         self._rng = rng or random.Random()
         self._ids = itertools.count(1)
+        # Set by the shared book (fault_store.py): claims one application of a counted fault fleet-wide.
+        self.claim: Callable[[Entry], Awaitable[bool]] | None = None
+        self._unsynced_gone: dict[str, int] = {}
         self.injected = Counter(
             "xks_proxy_faults_injected",
             "Faults the proxy applied to requests (xkslab fault injection), by fault kind.",
@@ -134,6 +142,31 @@ class FaultBook:
             )
         return [entry.id for entry in added]
 
+    def replace(self, entries: builtins.list[Entry]) -> None:
+        """The shared book's entries (fault_store.py) in place of this book's: what this process applied
+        and has not yet counted in the database is carried over, so it is neither lost nor counted twice."""
+        unsynced = self.unsynced()
+        for entry in entries:
+            extra = unsynced.get(entry.id, 0)
+            entry.applied += extra
+            if entry.left is not None:  # a TLS fault's handshakes, counted here and not written yet
+                entry.left -= extra
+        self._entries = entries
+        self._forget_done()
+
+    def unsynced(self) -> dict[str, int]:
+        """Applications of each fault not yet counted in the database (the shared book writes them),
+        finished faults' included."""
+        pending = dict(self._unsynced_gone)
+        pending.update({e.id: e.applied - e.claimed for e in self._entries if e.applied > e.claimed})
+        return pending
+
+    def synced(self, counts: dict[str, int]) -> None:
+        for entry in self._entries:
+            entry.claimed += counts.get(entry.id, 0)
+        for fault_id in counts:
+            self._unsynced_gone.pop(fault_id, None)
+
     def list(self) -> list[dict[str, Any]]:
         self._forget_done()
         now = self._clock()
@@ -147,9 +180,34 @@ class FaultBook:
         return cleared
 
     def plan(self, facts: Facts, kms_request_id: str | None) -> Plan | None:
-        """The faults that apply to this request, or None (the common case, and cheap: no faults set)."""
+        """The faults that apply to this request, or None (the common case, and cheap: no faults set).
+        Counts are this book's own; :meth:`take` counts them fleet-wide."""
         if not self._entries:
             return None
+        return self._build(self._choose(facts), facts, kms_request_id)
+
+    async def take(self, facts: Facts, kms_request_id: str | None) -> Plan | None:
+        """:meth:`plan`, except that a fault with a count is first claimed through ``claim`` (the
+        shared book's one database write, fleet-wide exact): a claim refused (the fleet used the count
+        up) marks the fault done here, and the request does not get it."""
+        if not self._entries:
+            return None
+        chosen = self._choose(facts)
+        claim = self.claim
+        if claim is not None:
+            kept = []
+            for entry in chosen:
+                if entry.left is None:
+                    kept.append(entry)
+                elif await claim(entry):
+                    entry.claimed += 1
+                    kept.append(entry)
+                else:
+                    entry.left = 0
+            chosen = kept
+        return self._build(chosen, facts, kms_request_id)
+
+    def _choose(self, facts: Facts) -> builtins.list[Entry]:
         now = self._clock()
         latency: Entry | None = None
         ending: Entry | None = None
@@ -163,16 +221,17 @@ class FaultBook:
                 ending is None or _ENDING.index(kind) < _ENDING.index(ending.fault.kind)
             ):
                 ending = entry
+        return [e for e in (latency, ending) if e is not None and self._rng.random() < e.fault.probability]
+
+    def _build(self, chosen: builtins.list[Entry], facts: Facts, kms_request_id: str | None) -> Plan | None:
         plan = Plan()
-        for chosen in (latency, ending):
-            if chosen is None or self._rng.random() >= chosen.fault.probability:
-                continue
-            self._apply(chosen, facts, kms_request_id)
-            plan.applied.append(chosen.fault.kind)
-            if chosen is latency:
-                plan.latency_s = self._latency_s(chosen.fault)
+        for entry in chosen:
+            self._apply(entry, facts, kms_request_id)
+            plan.applied.append(entry.fault.kind)
+            if entry.fault.kind == "latency":
+                plan.latency_s = self._latency_s(entry.fault)
             else:
-                plan.ending = chosen
+                plan.ending = entry
         self._forget_done()
         return plan if plan.applied else None
 
@@ -223,7 +282,14 @@ class FaultBook:
 
     def _forget_done(self) -> None:
         now = self._clock()
-        self._entries = [e for e in self._entries if e.state(now) != "done"]
+        kept = []
+        for entry in self._entries:
+            if entry.state(now) != "done":
+                kept.append(entry)
+            elif entry.applied > entry.claimed and self.claim is not None:
+                # Its last applications are still to be written to the shared book.
+                self._unsynced_gone[entry.id] = entry.applied - entry.claimed
+        self._entries = kept
 
 
 def _matches(fault: Fault, facts: Facts) -> bool:

@@ -97,20 +97,27 @@ class PrefixTable:
 
 class PrefixQuota:
     """A token bucket per URI path prefix: the spec lets a proxy give each prefix its own request quota
-    and answer ThrottlingException past it."""
+    and answer ThrottlingException past it. The quota is the fleet's: with ``fleet`` (the live proxy
+    processes of the node registry, workers and nodes alike) each process takes rate/N and burst/N (at
+    least 1), N as last read (at most every ``fleet.heartbeat_s``). A fair split when the load balancer
+    or the kernel spreads requests evenly, and never more than the rate in all; a proxy that joins or
+    leaves shifts the shares within a heartbeat."""
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._rate = rate
         self._burst = float(burst)
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # prefix -> (tokens, at)
+        self.fleet: LiveCount | None = None
 
     def take(self, prefix: str) -> bool:
         if self._rate <= 0:
             return True
+        share = 1 if self.fleet is None else self.fleet.peek()
+        rate, burst = self._rate / share, max(1.0, self._burst / share)
         now = self._clock()
-        tokens, at = self._buckets.get(prefix, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        tokens, at = self._buckets.get(prefix, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
         allowed = tokens >= 1.0
         self._buckets[prefix] = (tokens - 1.0 if allowed else tokens, now)
         return allowed
@@ -158,7 +165,7 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
         facts = faults.Facts(
             match["prefix"], match["key"], operation, metadata.kms_operation if metadata else None
         )
-        plan = edge.faults.plan(facts, request_id)
+        plan = await edge.faults.take(facts, request_id)
         injected = await faults.before_call(plan, request)
         if injected is not None:
             return injected

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from xkslab_shared import metrics_mp
 
 OPERATIONS = ("GetHealthStatus", "GetKeyMetadata", "Encrypt", "Decrypt")
 # KMS's per-call budget is 250 ms: buckets resolve the range around it.
@@ -41,6 +43,7 @@ class XksMetrics:
             "Key manager nodes in each health state, as of the last health check.",
             ["state"],
             registry=self.registry,
+            multiprocess_mode="mostrecent",  # with workers: the last health check any of them made
         )
 
     def observe(self, operation: str, error_name: str | None, seconds: float) -> None:
@@ -54,4 +57,4 @@ class XksMetrics:
             self.ekm_states.labels(state).set(states.count(state))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return metrics_mp.render(self.registry)  # with workers: all of them (metrics_mp.py)

@@ -18,6 +18,9 @@ the counter, and a serving process LISTENs on a connection of its own (``Generat
 request after another node's commit reads the counter again, so a change reaches every node within a
 round trip, not a poll interval. The poll stays as the fallback (a listening connection that is lost is
 reopened, and the generation is read again meanwhile). SQLite has no such channel: the poll alone.
+
+The proxy follows it too, for its fault book (xks_frontend/fault_store.py): ``on_expire`` wakes its
+follower when a NOTIFY arrives, so a fault set through one proxy is applied by the others at once.
 """
 
 from __future__ import annotations
@@ -127,11 +130,19 @@ class Generation:
         self.listening = False
         self.reads = 0
         self.notifications = 0
+        self._on_expire: list[Callable[[], None]] = []
+
+    def on_expire(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the value read is forgotten (a NOTIFY, or this process's own
+        commit), so a follower can read the generation again at once instead of at its next poll."""
+        self._on_expire.append(callback)
 
     def expire(self) -> None:
         """Forget the value read: this process just committed a change, or another node told us so."""
         self._read_started = -float("inf")
         self._expired_at = time.monotonic()
+        for callback in self._on_expire:
+            callback()
 
     def listen(self, url: str) -> None:
         """On PostgreSQL, LISTEN for the counter's NOTIFY on a connection of its own until ``close()``;

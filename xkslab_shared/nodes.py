@@ -135,6 +135,16 @@ class LiveCount:
         self._value = 1
         self._read_at = -float("inf")
 
+    def peek(self) -> int:
+        """The count as last read, without waiting (for a hot path; :meth:`follow` keeps it fresh)."""
+        return self._value
+
+    async def follow(self) -> None:
+        """Read the count every ``ttl_s`` until cancelled (a task of the process that peeks)."""
+        while True:
+            await self.get()
+            await asyncio.sleep(self._ttl_s)
+
     async def get(self) -> int:
         sessions = self.sessions
         loop = asyncio.get_running_loop()

@@ -174,7 +174,7 @@ class AccountsMixin(AdminBase):
         normalized = email.strip().lower() if isinstance(email, str) else ""
         # Bounded, so the limiter's memory is too (longer ones match no user anyway).
         identity = normalized[: MAX_EMAIL + 1]
-        self._check_login_rate("user", identity, source)
+        await self._check_shared_login_rate("user", identity, source)
         async with self._sessions() as session:
             user = (
                 await session.scalar(select(User).where(User.email == normalized))
@@ -214,8 +214,7 @@ class AccountsMixin(AdminBase):
                 label=user.email if user else None,
                 actor_id=user.user_id if user else None,
             )
-        if source is not None:
-            self.login_limiter.succeeded(identity, source)
+        await self._login_succeeded(identity, source)
         user_id = user.user_id
         logged_in = AuditEvent(
             operation="user.authenticate",

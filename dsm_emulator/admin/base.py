@@ -27,6 +27,7 @@ from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import Principal
 from dsm_emulator.errors import AccessDenied, AuthFailed, Conflict, NotFound, Sealed, TooManyAttempts
 from dsm_emulator.keyring import Keyring
+from dsm_emulator.login_store import SharedLogins
 from dsm_emulator.logins import ANY_IDENTITY, HashSlot, LoginLimiter
 from dsm_emulator.models import App, AppGroup, Group, is_uuid
 
@@ -58,6 +59,8 @@ class AdminBase:
         self._kdf_slot = HashSlot()
         self._secret_keys: dict[int, bytes] = {}
         self.login_limiter = limiter if limiter is not None else LoginLimiter()
+        # The counts a client spends are the fleet's (every worker and node): login_store.py.
+        self.shared_logins = SharedLogins(sessions, self.login_limiter)
 
     # ------------------------------------------------------------------------------- helpers
 
@@ -154,6 +157,17 @@ class AdminBase:
             return False
         return creds.verify_keyed(secret, encoded or "", self._secret_key(term))
 
+    async def _check_shared_login_rate(self, kind: str, identity: str, source: str | None) -> None:
+        """:meth:`_check_login_rate` on the fleet's counts (read from the database first)."""
+        if source is not None:
+            await self.shared_logins.pull(kind, identity, source)
+        self._check_login_rate(kind, identity, source)
+
+    async def _login_succeeded(self, identity: str, source: str | None) -> None:
+        if source is not None:
+            self.login_limiter.succeeded(identity, source)
+            await self.shared_logins.succeeded(identity, source)
+
     def _check_login_rate(self, kind: str, identity: str, source: str | None) -> None:
         """TooManyAttempts, before any database read or hashing, when ``identity`` failed too often from
         ``source`` (None: a caller inside the process, never limited)."""
@@ -177,7 +191,12 @@ class AdminBase:
         burst's summary row (flush_login_summaries)."""
         error = AuthFailed(INVALID_CREDENTIALS)
         limiter = self.login_limiter
-        if source is None or limiter.failed(kind, identity, source, label=label, actor_id=actor_id):
+        # Counted here first: an attempt waiting for the hash slot checks again as soon as this one
+        # lets it go, before the fleet's count below is written.
+        own_row = source is None or limiter.failed(kind, identity, source, label=label, actor_id=actor_id)
+        if source is not None:
+            await self.shared_logins.failed(identity, source)
+        if own_row:
             await self._audit.record(dataclasses.replace(event, client_ip=source).refused(error))
         return error
 
@@ -185,6 +204,7 @@ class AdminBase:
         """Write one audit row per (identity, source) whose window of failed logins has ended with
         failures not audited one by one. Returns the number of rows."""
         summaries = self.login_limiter.due(everything=everything)
+        await self.shared_logins.forget_old()
         for summary in summaries:
             noun = "app" if summary.kind == "app" else "user"
             who = (

@@ -246,7 +246,7 @@ class CredentialsMixin(AdminBase):
         of failures instead of one each."""
         # Bounded, so the limiter's memory is too (an app id is a 36-character UUID).
         identity = app_id[:40] if isinstance(app_id, str) else ""
-        self._check_login_rate("app", identity, source)
+        await self._check_shared_login_rate("app", identity, source)
         app: App | None = None
         account_enabled = False
         encoded: str | None = None
@@ -298,8 +298,7 @@ class CredentialsMixin(AdminBase):
             )
         if creds.is_scrypt(encoded):
             await self._upgrade_secret_hash(app.app_id, encoded or "", secret)
-        if source is not None:
-            self.login_limiter.succeeded(identity, source)
+        await self._login_succeeded(identity, source)
         await self._audit.record(event)
         return app
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from dsm_emulator.api import session
 from dsm_emulator.api.context import CORE_KEY
 from dsm_emulator.api.link import LINK_STATS_KEY
+from xkslab_shared import metrics_mp
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5)
@@ -92,10 +93,12 @@ class DsmMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_CoreCollector(app))
+        self._core = _CoreCollector(app)
+        self.registry.register(self._core)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        # With workers, requests and latency are every worker's; the core's figures this worker's own.
+        return metrics_mp.render(self.registry, [self._core])
 
 
 METRICS_KEY: web.AppKey[DsmMetrics] = web.AppKey("dsm_metrics", DsmMetrics)

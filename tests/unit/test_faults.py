@@ -8,7 +8,7 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry
 
-from xks_frontend.faults import Facts, FaultBook
+from xks_frontend.faults import Entry, Facts, FaultBook
 from xkslab_shared.faults_wire import FaultSpecError, parse_fault, parse_faults, parse_scenario
 
 ENCRYPT = Facts("/p", "k1", "Encrypt", "Encrypt")
@@ -113,3 +113,40 @@ def test_a_null_field_is_an_absent_one() -> None:
     assert parse_fault({"kind": "throttle", "start_s": None, "count": None}) == parse_fault(
         {"kind": "throttle"}
     )
+
+
+async def test_take_claims_counted_faults_and_a_refused_claim_ends_the_fault() -> None:
+    faults, _ = book()
+    claims: list[str] = []
+    allowed = iter([True, False])
+
+    async def claim(entry: Entry) -> bool:
+        claims.append(entry.id)
+        return next(allowed)
+
+    faults.claim = claim
+    faults.add([parse_fault({"kind": "drop", "count": 5}), parse_fault({"kind": "latency", "latency_ms": 1})])
+    first = await faults.take(ENCRYPT, None)
+    assert first is not None and first.applied == ["latency", "drop"]
+    second = await faults.take(ENCRYPT, None)  # the fleet used the count up: no drop, latency alone
+    assert second is not None and second.applied == ["latency"]
+    assert claims == ["f1", "f1"] and [f["fault"]["kind"] for f in faults.list()] == ["latency"]
+    # Claimed applications are already in the database; the uncounted latency ones are still to write.
+    assert faults.unsynced() == {"f2": 2}
+
+
+def test_handshakes_counted_here_survive_a_reload_until_written() -> None:
+    faults, _ = book()
+
+    async def claim(entry: Entry) -> bool:
+        return True
+
+    faults.claim = claim
+    faults.add([parse_fault({"kind": "tls_expired", "count": 1})])
+    assert faults.handshake() == "tls_expired" and faults.list() == []
+    assert faults.unsynced() == {"f1": 1}
+    # A reload from the database before the handshake was written: it stays done, and still to write.
+    faults.replace([Entry("f1", parse_fault({"kind": "tls_expired", "count": 1}), 0.0, 1)])
+    assert faults.handshake() is None and faults.unsynced() == {"f1": 1}
+    faults.synced({"f1": 1})
+    assert faults.unsynced() == {}

@@ -172,3 +172,19 @@ async def test_the_hash_slot_serves_good_logins_first_and_survives_cancellation(
     assert cancelled.cancelled()
     async with slot.hold(first=False):  # free again
         pass
+
+
+def test_the_fleets_counts_are_adopted_before_the_checks() -> None:
+    """Another process's failures (login_store.py reads them from the database) count here too."""
+    clock = Clock()
+    limiter = LoginLimiter(3, 10.0, clock=clock, max_failures_per_source=10, source_burst=4)
+    limiter.adopt("app", "a", "10.0.0.1", (2, 4.0), None)
+    assert limiter.allow("app", "a", "10.0.0.1")
+    assert limiter.failed("app", "a", "10.0.0.1") is False  # not the window's first failure: no own row
+    assert not limiter.allow("app", "a", "10.0.0.1")  # 2 elsewhere + 1 here: the budget of 3 is spent
+    clock.now += 6.0  # the window began 4 s before the adoption: it has ended
+    assert limiter.allow("app", "a", "10.0.0.1")
+    # A window that ended elsewhere adopts nothing; a source's bucket spent elsewhere refuses it here.
+    limiter.adopt("app", "b", "10.0.0.2", (3, 11.0), (0.0, 0.0))
+    assert not limiter.allow("app", "b", "10.0.0.2")
+    assert limiter.retry_after("b", "10.0.0.2") == 1  # 10 per 10 s: a token a second

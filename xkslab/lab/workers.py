@@ -9,19 +9,23 @@ chain, which two processes on one chain would contend for at every batch; ``xks.
 proxy), in the node registry like any other. The supervisor's ready file has the URLs and the workers'
 pids; SIGINT or SIGTERM stops them all; a worker that dies is told and the others go on.
 
-Not shared between workers (README, Deployment): the proxy's fault book, the DSM's failed-login limits,
-and each process's /metrics.
+What they share (README, Deployment): everything in the database (the proxy's fault book and the DSM's
+failed-login counts included), and /metrics: the supervisor makes a directory for prometheus_client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, xkslab_shared/metrics_mp.py) and removes it at the end.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from xkslab.lab.supervisor import Supervisor
 from xkslab_shared import parent
 from xkslab_shared.config import Settings
+from xkslab_shared.metrics_mp import MULTIPROC_ENV
 from xkslab_shared.serve import write_ready_file
 
 # Set by the supervisor on its workers (its own pid): a worker does not take the service's lock, which its
@@ -65,8 +69,25 @@ async def serve_workers(
     """Start ``workers`` processes of ``service`` on shared ports and supervise them until SIGINT or
     SIGTERM (or until every one has exited: LabError)."""
     parent.die_with_parent()  # under `up`, the workers go when up goes, even killed
+    metrics_dir = tempfile.mkdtemp(prefix=f"xkslab-{service}-metrics-")
+    env = {WORKER_OF_ENV: str(os.getpid()), MULTIPROC_ENV: metrics_dir}
+    try:
+        await _supervise(settings, service, overrides, workers, ready_file, echo, env)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    echo("stopped")
+
+
+async def _supervise(
+    settings: Settings,
+    service: str,
+    overrides: dict[str, str],
+    workers: int,
+    ready_file: Path | None,
+    echo: Callable[[str], None],
+    env: dict[str, str],
+) -> None:
     base = _node_id(settings, service)
-    env = {WORKER_OF_ENV: str(os.getpid())}
     async with Supervisor(settings.data_dir, overrides, echo, env=env) as children:
         urls: list[str] = []
         names = [f"{service}.w{index}" for index in range(1, workers + 1)]
@@ -89,4 +110,3 @@ async def serve_workers(
             )
         await children.wait(frozenset(names))
         echo("stopping")
-    echo("stopped")
