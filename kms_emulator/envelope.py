@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -130,24 +131,37 @@ def parse_blob(data: bytes) -> ParsedBlob:
 def canonical_context(context: Mapping[str, str] | None) -> bytes:
     """The encryption context as AAD: JSON with sorted keys and no spaces, ASCII-escaped so any string
     encodes; an absent context and an empty one are the same ``{}``, as in AWS."""
-    return json.dumps(dict(context or {}), sort_keys=True, separators=(",", ":")).encode("ascii")
+    if not context:
+        return b"{}"
+    # orjson's output is the same bytes whenever it escaped nothing and holds only printable ASCII (no
+    # string needed an escape in either encoder: the standard one also escapes DEL; ASCII keys sort
+    # alike), at a fifth of the standard encoder's cost.
+    fast = orjson.dumps(dict(context), option=orjson.OPT_SORT_KEYS)
+    if fast.isascii() and b"\\" not in fast and b"\x7f" not in fast:
+        return fast
+    return json.dumps(dict(context), sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
 def new_backing_key() -> bytes:
     return os.urandom(BACKING_KEY_LEN)
 
 
-def inner_encrypt(backing_key: bytes, plaintext: bytes, context: Mapping[str, str] | None) -> bytes:
-    """inner = IV (12) || AES-256-GCM(backing key, plaintext, AAD = canonical context) with its tag."""
+def inner_encrypt(backing_key: bytes | AESGCM, plaintext: bytes, context: Mapping[str, str] | None) -> bytes:
+    """inner = IV (12) || AES-256-GCM(backing key, plaintext, AAD = canonical context) with its tag. The
+    key may come as its AESGCM already (a cached key's: building one is as dear as the encryption)."""
     iv = os.urandom(INNER_IV_LEN)
-    return iv + AESGCM(backing_key).encrypt(iv, plaintext, canonical_context(context))
+    return iv + _cipher(backing_key).encrypt(iv, plaintext, canonical_context(context))
 
 
-def inner_decrypt(backing_key: bytes, inner: bytes, context: Mapping[str, str] | None) -> bytes:
+def _cipher(backing_key: bytes | AESGCM) -> AESGCM:
+    return backing_key if isinstance(backing_key, AESGCM) else AESGCM(backing_key)
+
+
+def inner_decrypt(backing_key: bytes | AESGCM, inner: bytes, context: Mapping[str, str] | None) -> bytes:
     if len(inner) < INNER_IV_LEN + INNER_TAG_LEN:
         raise InvalidCiphertext(_CORRUPT)
     try:
-        return AESGCM(backing_key).decrypt(
+        return _cipher(backing_key).decrypt(
             inner[:INNER_IV_LEN], inner[INNER_IV_LEN:], canonical_context(context)
         )
     except InvalidTag:

@@ -101,6 +101,8 @@ class KmsMetrics:
         # tuple each time, a few microseconds per request. Only series that are never removed.
         self._request_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._latency_series: dict[tuple[str, str, str], Histogram] = {}
+        # Certificate days by key store: set on every HTTPS call; dropped with the store (set_key_stores).
+        self._cert_series: dict[str, Gauge] = {}
 
     def observe_request(self, operation: str, error_name: str | None, seconds: float) -> None:
         key = (operation or "-", error_name or "success")
@@ -130,7 +132,10 @@ class KmsMetrics:
             if error.error_name == "ThrottlingException":
                 self.throttle.labels(store, call.kms_operation).inc()
         if call.cert_not_after is not None:
-            self.cert_days.labels(store).set((call.cert_not_after - time.time()) / DAY_S)
+            days = self._cert_series.get(store)
+            if days is None:
+                days = self._cert_series[store] = self.cert_days.labels(store)
+            days.set((call.cert_not_after - time.time()) / DAY_S)
         if call.health_states is not None:
             for state in HEALTH_STATES:
                 self.ekm_states.labels(store, state).set(call.health_states.count(state))
@@ -152,6 +157,7 @@ class KmsMetrics:
             for labels in list(gauge._metrics):  # prometheus_client keeps children by label tuple
                 if labels[0] not in alive and labels[0] != "-":
                     gauge.remove(*labels)
+                    self._cert_series.pop(labels[0], None)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

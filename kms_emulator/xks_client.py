@@ -1,9 +1,9 @@
 """The KMS emulator's only caller of XKS proxies: sign as KMS signs, send within KMS's budget, trust nothing.
 
 Every proxy call reads in one line: build the body -> sign it with SigV4 (service ``kms-xks-proxy``) ->
-POST it on a pooled aiohttp session within KMS's 250 ms (connect, TLS handshake and answer, spec §1.13)
--> classify the outcome -> validate a 200 body field by field (spec §1.4-§1.7). Whatever goes wrong
-leaves as one :class:`XksProxyError` carrying KMS's ``ConnectionErrorCode``, so the key-store and
+POST it on a kept-alive connection (xks_http) within KMS's 250 ms (connect, TLS handshake and answer,
+spec §1.13) -> classify the outcome -> validate a 200 body field by field (spec §1.4-§1.7). Whatever
+goes wrong leaves as one :class:`XksProxyError` carrying KMS's ``ConnectionErrorCode``, so the key-store and
 CreateKey code paths only choose a KMS exception name (:func:`key_store_exception`,
 :func:`create_key_exception`) and never look at HTTP or sockets.
 
@@ -13,6 +13,7 @@ built from field names, HTTP statuses and exception class names only.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
@@ -26,9 +27,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from kms_emulator import xks_answers as answers
 from kms_emulator.xks_answers import EncryptResult
@@ -41,6 +40,7 @@ from kms_emulator.xks_errors import (
     key_store_exception,
     transport_error,
 )
+from kms_emulator.xks_http import AnswerTooLarge, HttpPool, MalformedAnswer
 from xkslab_shared import tls
 from xkslab_shared.sigv4_sign import sign
 
@@ -66,8 +66,7 @@ MAX_RESPONSE_BYTES = 1 << 20
 CLIENT_CERT_CHECK_S = 1.0
 _CONTENT_TYPE = {"Content-Type": "application/json"}
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Only characters that need no URI-encoding and that aiohttp sends unchanged, so the signed path is the
-# sent path.
+# Only characters that need no URI-encoding, so the signed path is the sent path.
 _URI_PATH = re.compile(r"/[A-Za-z0-9/_-]*")
 
 
@@ -106,6 +105,12 @@ class XksProxyConfig:
 
     def path(self, tail: str) -> str:
         return f"{self.uri_path.rstrip('/')}/{tail}"
+
+    @functools.cached_property
+    def target(self) -> tuple[str, str, int]:
+        """Where to connect: the scheme, the host name (IPv6 without brackets) and the port."""
+        parts = urlsplit(self.uri_endpoint)
+        return parts.scheme, parts.hostname or "", parts.port or {"http": 80, "https": 443}[parts.scheme]
 
     @functools.cached_property
     def host(self) -> str:
@@ -150,7 +155,8 @@ class ProxyCall:
 
 
 class XksProxyClient:
-    """One pooled aiohttp session for every proxy of every key store, as KMS keeps connections warm."""
+    """One pool of kept-alive connections for every proxy of every key store, as KMS keeps connections
+    warm (kms_emulator.xks_http)."""
 
     def __init__(
         self,
@@ -168,25 +174,22 @@ class XksProxyClient:
         self.ca_file = ca_file
         self.client_cert = client_cert
         self._certificate: tls.ClientCertificate | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: HttpPool | None = None
         # Told about every call once it ends (the KMS metrics); must not raise.
         self.observer: Callable[[ProxyCall], None] | None = None
 
     async def open(self) -> None:
-        if self._session is not None:
+        if self._pool is not None:
             return
         context = tls.client_context(self.ca_file)
         if self.client_cert is not None:
             self._certificate = tls.ClientCertificate(context, *self.client_cert)
-        connector = aiohttp.TCPConnector(ssl=context)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
-        )
+        self._pool = HttpPool(context, MAX_RESPONSE_BYTES)
 
     async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
 
     async def __aenter__(self) -> XksProxyClient:
         await self.open()
@@ -273,7 +276,7 @@ class XksProxyClient:
         check: Callable[[dict[str, Any]], T],
     ) -> T:
         """Sign, send, classify, validate; and one log line per call, without bodies or secrets."""
-        if self._session is None:
+        if self._pool is None:
             raise RuntimeError("XksProxyClient.open() was not called")
         meta = body["requestMetadata"]
         started = time.perf_counter()
@@ -338,12 +341,12 @@ class XksProxyClient:
     ) -> tuple[int, bytes]:
         """One signed POST; every transport failure becomes an XksProxyError here and nowhere else.
         Over HTTPS, the proxy certificate's notAfter is appended to ``not_after``."""
-        assert self._session is not None
-        url = cfg.url(tail)
+        assert self._pool is not None
+        path = cfg.path(tail)
         headers = sign(
             method="POST",
             host=cfg.host,
-            path=cfg.path(tail),
+            path=path,
             headers=_CONTENT_TYPE,
             body=payload,
             access_key_id=cfg.access_key_id,
@@ -351,39 +354,41 @@ class XksProxyClient:
             region=cfg.region,
             service=SERVICE,
         )
-        if self._certificate is not None and url.startswith("https:"):
+        scheme, hostname, port = cfg.target
+        if self._certificate is not None and scheme == "https":
             # A reissued client certificate goes out on the connections made from a second later on.
             self._certificate.refresh(at_most_every_s=CLIENT_CERT_CHECK_S)
         try:
-            # encoded=True: send the path byte for byte as signed (it holds only unreserved characters).
-            async with self._session.post(
-                URL(url, encoded=True), data=payload, headers=headers, allow_redirects=False
-            ) as response:
-                expiry = tls.peer_not_after(response)
-                if expiry is not None:
-                    not_after.append(expiry)
-                # The whole body, however many segments it arrives in, up to the limit.
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.content.iter_any():
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        break
-                raw = b"".join(chunks)
-                if len(raw) > MAX_RESPONSE_BYTES:
-                    raise XksProxyError(
-                        Code.XKS_PROXY_INVALID_RESPONSE,
-                        f"the XKS proxy's answer is larger than {MAX_RESPONSE_BYTES} bytes",
-                        http_status=response.status,
-                    )
-                return response.status, raw
+            async with asyncio.timeout(self.timeout_s):  # connect, TLS handshake and answer together
+                status, raw, expiry = await self._pool.post(
+                    scheme, hostname, port, _request(path, headers, payload)
+                )
         except TimeoutError:
             raise XksProxyError(
                 Code.XKS_PROXY_TIMED_OUT, f"the XKS proxy did not answer within {self.timeout_s:g} s"
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except AnswerTooLarge as exc:
+            raise XksProxyError(
+                Code.XKS_PROXY_INVALID_RESPONSE,
+                f"the XKS proxy's answer is larger than {MAX_RESPONSE_BYTES} bytes",
+                http_status=exc.status,
+            ) from None
+        except (MalformedAnswer, OSError) as exc:
             raise transport_error(exc) from None
+        if expiry is not None:
+            not_after.append(expiry)
+        return status, raw
+
+
+def _request(path: str, headers: Mapping[str, str], payload: bytes) -> bytes:
+    """The request as sent: the path as signed (unreserved characters only), the signed headers."""
+    lines = [f"POST {path} HTTP/1.1"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"the {name} header holds a line break")
+        lines.append(f"{name}: {value}")
+    lines.append(f"Content-Length: {len(payload)}\r\n\r\n")
+    return "\r\n".join(lines).encode() + payload
 
 
 def _b64(data: bytes) -> str:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import ssl
 from enum import StrEnum
 
-import aiohttp
-
 from kms_emulator import xks_answers as answers
+from kms_emulator.xks_http import MalformedAnswer
 from xkslab_shared import xks_wire
 
 MAX_PROXY_MESSAGE = 511
@@ -117,8 +116,8 @@ def create_key_exception(error: XksProxyError) -> str:
 
 
 def transport_error(exc: BaseException) -> XksProxyError:
-    """aiohttp's exception tree -> KMS's ConnectionErrorCode; TLS is checked first because aiohttp's TLS
-    errors are also connection errors."""
+    """The transport's exceptions (kms_emulator.xks_http) -> KMS's ConnectionErrorCode; TLS is checked first
+    because TLS errors are also OSErrors, and a connection lost to a TLS alert carries it as its cause."""
     kind = type(exc).__name__
     if is_tls_failure(exc):
         # OpenSSL's reason names the alert or the check that failed (TLSV13_ALERT_CERTIFICATE_REQUIRED:
@@ -128,9 +127,9 @@ def transport_error(exc: BaseException) -> XksProxyError:
             Code.XKS_PROXY_INVALID_TLS_CONFIGURATION,
             f"the TLS handshake with the XKS proxy failed ({kind}{': ' + reason if reason else ''})",
         )
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+    if isinstance(exc, MalformedAnswer):
         return XksProxyError(Code.XKS_PROXY_INVALID_RESPONSE, f"the XKS proxy's answer is not HTTP ({kind})")
-    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+    if isinstance(exc, OSError):
         return XksProxyError(Code.XKS_PROXY_NOT_REACHABLE, f"the XKS proxy is not reachable ({kind})")
     return XksProxyError(Code.INTERNAL_ERROR, f"the call to the XKS proxy failed ({kind})")
 
@@ -138,9 +137,7 @@ def transport_error(exc: BaseException) -> XksProxyError:
 def is_tls_failure(exc: BaseException | None) -> bool:
     seen = 0
     while exc is not None and seen < 8:  # the cause chain, bounded against cycles
-        if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch | ssl.SSLError):
-            return True
-        if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ssl.SSLError):
+        if isinstance(exc, ssl.SSLError):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
@@ -149,11 +146,9 @@ def is_tls_failure(exc: BaseException | None) -> bool:
 def _tls_reason(exc: BaseException | None) -> str | None:
     seen = 0
     while exc is not None and seen < 8:
-        errors = [exc, getattr(exc, "os_error", None)]
-        for error in errors:
-            reason = getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
-            if isinstance(reason, str) and reason.isprintable():
-                return reason[:80]
+        reason = getattr(exc, "reason", None) if isinstance(exc, ssl.SSLError) else None
+        if isinstance(reason, str) and reason.isprintable():
+            return reason[:80]
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 

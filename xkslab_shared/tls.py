@@ -26,7 +26,6 @@ Certificates change while services run (``xkslab certs rotate``): :class:`Server
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -34,10 +33,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import aiohttp
+from typing import Any
 
 log = logging.getLogger("xkslab_shared.tls")
 
@@ -280,22 +276,3 @@ def subject_matches(peercert: Mapping[str, Any] | None, expected: str) -> bool:
     if name in _common_names(peercert):
         return True
     return not cn_only and name.casefold() in (dns.casefold() for dns in _dns_names(peercert))
-
-
-def peer_not_after(response: aiohttp.ClientResponse) -> float | None:
-    """The notAfter of the certificate the proxy presented (verified, so the ssl module decoded it)."""
-    # A small answer is read with its headers and the connection released to the pool at once, so ask
-    # the response's protocol (aiohttp keeps it) rather than response.connection, which is None by then.
-    connection = response.connection
-    protocol = connection.protocol if connection is not None else getattr(response, "_protocol", None)
-    transport = getattr(protocol, "transport", None)
-    cert = transport.get_extra_info("peercert") if transport is not None else None
-    if not isinstance(cert, dict) or "notAfter" not in cert:
-        return None
-    return _epoch(cert["notAfter"])
-
-
-@functools.lru_cache(maxsize=64)
-def _epoch(cert_time: str) -> float:
-    """A certificate's notAfter as epoch seconds (parsed once per certificate, not once per call)."""
-    return float(ssl.cert_time_to_seconds(cert_time))
