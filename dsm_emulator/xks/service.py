@@ -168,8 +168,7 @@ class XksService(XksPrefixes, XksHealth):
 
     async def _app_auth(self, app_id: str, *, fresh: bool = False) -> AppAuth | None:
         """The app's awsxks credentials and permissions (cached: see the module's docstring; ``fresh``
-        reads the cache generation again at once, for a signature the cached ones do not verify: they are
-        loaded again if it moved)."""
+        re-reads the generation, for a signature the cached ones do not verify: reloaded if it moved)."""
         return await self._apps.get(app_id, lambda: self._load_app_auth(app_id), fresh=fresh)
 
     async def _load_app_auth(self, app_id: str) -> AppAuth | None:
