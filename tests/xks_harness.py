@@ -211,13 +211,16 @@ async def make_env(
 
 
 async def make_db_env(
-    empty_db_url: str, tmp_path: Path, overrides: Mapping[str, Any] | None = None
+    empty_db_url: str,
+    tmp_path: Path,
+    overrides: Mapping[str, Any] | None = None,
+    dsm_overrides: Mapping[str, Any] | None = None,
 ) -> XksEnv:
     """An env on the database of ``empty_db_url`` (the ``db_backend`` matrix). A data directory that
     names a PostgreSQL database cannot be shared by a module as a template: each copy would use the same
     database. So this one is made by ``xkslab init`` for the test alone."""
     template = await asyncio.to_thread(init_data_dir, tmp_path / "template", empty_db_url)
-    return await make_env(template, tmp_path / "lab", overrides)
+    return await make_env(template, tmp_path / "lab", overrides, dsm_overrides)
 
 
 async def close_env(env: XksEnv) -> None:

@@ -47,6 +47,8 @@ def from_dsm(code: str, message: str) -> XksError:
 
 def printable(message: str) -> str:
     """The spec allows only printable ASCII, under 512 characters."""
+    if len(message) <= MAX_MESSAGE and message.isascii() and message.isprintable():
+        return message  # every message the proxy and the key manager write: no walk over its characters
     text = "".join(c if " " <= c <= "~" else "?" for c in message)
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 

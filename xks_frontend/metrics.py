@@ -45,12 +45,24 @@ class XksMetrics:
             registry=self.registry,
             multiprocess_mode="mostrecent",  # with workers: the last health check any of them made
         )
+        # Bounded: operations are the four of OPERATIONS and "Unknown", outcomes the XKS errorNames.
+        self._series: dict[tuple[str, str | None], tuple[Counter, Counter | None, Histogram]] = {}
 
     def observe(self, operation: str, error_name: str | None, seconds: float) -> None:
-        self.requests.labels(operation, error_name or "success").inc()
-        if error_name is not None:
-            self.errors.labels(operation, error_name).inc()
-        self.latency.labels(operation).observe(seconds)
+        # The labelled series of each (operation, outcome), found once: labels() validates and locks on
+        # every call, which cost an answer (a flood of refused ones included) as much as the rest here.
+        series = self._series.get((operation, error_name))
+        if series is None:
+            series = self._series[(operation, error_name)] = (
+                self.requests.labels(operation, error_name or "success"),
+                None if error_name is None else self.errors.labels(operation, error_name),
+                self.latency.labels(operation),
+            )
+        requests, errors, latency = series
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
     def set_ekm_states(self, states: list[str]) -> None:
         for state in HEALTH_STATES:

@@ -96,10 +96,13 @@ class LineFormatter(logging.Formatter):
         super().__init__()
         self._json = fmt == "json"
         self._service = service
+        self._second, self._seconds = -1, ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{seconds}.{int(record.msecs):03d}Z"
+        whole = int(record.created)
+        if whole != self._second:  # one strftime a second, not one a line
+            self._second, self._seconds = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        return f"{self._seconds}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         when = self.formatTime(record)
@@ -144,6 +147,11 @@ def configure(level: str, fmt: Format, service: str) -> None:
     handler.setFormatter(LineFormatter(fmt, service))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # What a record gathers that no line here shows: the caller's file and line (a walk up the stack), the
+    # thread's and the process's names. A tenth to a third of an access line's cost, paid by every request
+    # (a flood of refused ones included: scripts/login_flood.py); the logging HOWTO's "Optimization".
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # Alembic tells every schema check at info ("Context impl SQLiteImpl."): below the service's lines.
     logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     hide_malformed_requests()

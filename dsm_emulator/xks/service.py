@@ -168,7 +168,7 @@ class XksService(XksPrefixes, XksHealth):
 
     async def _app_auth(self, app_id: str, *, fresh: bool = False) -> AppAuth | None:
         """The app's awsxks credentials and permissions (cached: see the module's docstring; ``fresh``
-        reads them again if older than the poll interval, for a signature the cached ones do not verify)."""
+        re-reads the generation, for a signature the cached ones do not verify: reloaded if it moved)."""
         return await self._apps.get(app_id, lambda: self._load_app_auth(app_id), fresh=fresh)
 
     async def _load_app_auth(self, app_id: str) -> AppAuth | None:
@@ -211,7 +211,7 @@ class XksService(XksPrefixes, XksHealth):
                 if exc.kind not in CREDENTIAL_FAILURES:
                     raise
                 fresh = await self._app_auth(call.app_id, fresh=True)
-                # The same credentials back (no rotation elsewhere): verifying again would only repeat.
+                # The same credentials back (the generation did not move): verifying again would only repeat.
                 if fresh is None:
                     raise
                 principal = fresh.principal

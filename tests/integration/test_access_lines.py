@@ -92,3 +92,19 @@ def test_a_plain_record_names_its_service_and_keeps_its_traceback_on_one_json_li
     assert "ValueError: boom" in line["traceback"]
     text = logs.LineFormatter("text", "default").format(record)
     assert text.split("\n")[0].endswith(" ERROR dsm: failed here")
+
+
+def test_the_time_of_each_line_is_its_own_across_seconds() -> None:
+    """The formatter keeps the formatted second between lines: a line in the next second, or back in an
+    earlier one, still shows its own time, to the millisecond."""
+    formatter = logs.LineFormatter("text", "svc")
+
+    def at(created: float) -> str:
+        record = logging.LogRecord("x", logging.INFO, "", 0, "m", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        return formatter.format(record).split(" ", 1)[0]
+
+    assert at(1_800_000_000.25) == "2027-01-15T08:00:00.250Z"
+    assert at(1_800_000_000.75) == "2027-01-15T08:00:00.750Z"
+    assert at(1_800_000_001.0625) == "2027-01-15T08:00:01.062Z"
+    assert at(1_799_999_999.5) == "2027-01-15T07:59:59.500Z"

@@ -128,14 +128,63 @@ async def test_entries_age_out_and_failed_loads_are_not_cached(sessions: Session
     assert len(cache) == 0
     assert await cache.get("gone", load) == "v1"
     assert await cache.get("gone", missing) == "v1"  # now cached
-    # The first suspicion loads again at once (a change in another process since the load is then seen
-    # at its first use); what it loaded is trusted for the poll interval (an hour here), however many
-    # suspicious callers follow.
-    load.value = "v2"  # changed in another process, not yet seen by the poll
-    assert await cache.get("gone", load, fresh=True) == "v2" and load.calls == 4
-    load.value = "v3"
-    assert await cache.get("gone", load, fresh=True) == "v2" and load.calls == 4
-    assert await cache.get("gone", load) == "v2" and load.calls == 4
+
+
+async def test_a_suspicion_rereads_the_generation_at_once_and_reloads_only_if_it_moved(
+    sessions: Sessions, other_process: Sessions
+) -> None:
+    """A suspected entry (get's ``fresh``) is loaded again only if the generation moved: read again at
+    once for the first suspicion of a poll interval (an hour here), so a change in another process is
+    seen at its first use; the suspicions after it in the interval share that read."""
+    generation = Generation(sessions, poll_s=3600.0)
+    cache: GenerationCache[str, str] = GenerationCache(generation, max_age_s=3600.0)
+    load = Loader()
+    assert await cache.get("k", load) == "v1" and generation.reads == 1
+    # Nothing changed: the generation is read again, the entry kept.
+    assert await cache.get("k", load, fresh=True) == "v1" and load.calls == 1 and generation.reads == 2
+    assert await cache.get("k", load, fresh=True) == "v1" and generation.reads == 2  # same interval
+
+    generation2 = Generation(sessions, poll_s=3600.0)
+    cache2: GenerationCache[str, str] = GenerationCache(generation2, max_age_s=3600.0)
+    load2 = Loader()
+    assert await cache2.get("k", load2) == "v1"
+    load2.value = "v2"
+    await bump(other_process)  # changed in another process, not yet seen by the poll
+    assert await cache2.get("k", load2) == "v1"  # unsuspected: the poll's bound, as ever
+    assert await cache2.get("k", load2, fresh=True) == "v2" and load2.calls == 2
+    load2.value = "v3"
+    await bump(other_process)
+    # Within the interval of that recheck: the regular poll's value (the stated bound for a flood).
+    assert await cache2.get("k", load2, fresh=True) == "v2" and load2.calls == 2
+    assert generation2.reads == 2
+
+
+async def test_concurrent_suspicions_share_one_read(sessions: Sessions, other_process: Sessions) -> None:
+    generation = Generation(sessions, poll_s=3600.0)
+    cache: GenerationCache[str, str] = GenerationCache(generation, max_age_s=3600.0)
+    load = Loader()
+    await cache.get("k", load)
+    load.value = "v2"
+    await bump(other_process)
+    values = await asyncio.gather(*(cache.get("k", load, fresh=True) for _ in range(20)))
+    assert values == ["v2"] * 20 and load.calls == 2 and generation.reads == 2
+
+
+async def test_a_recheck_does_not_take_the_value_of_a_read_begun_before_it(
+    sessions: Sessions, other_process: Sessions
+) -> None:
+    generation = Generation(sessions, poll_s=3600.0)
+    first = await generation.current()
+    generation.expire()
+    early = asyncio.create_task(generation.current())
+    for _ in range(1000):  # until that read is under way ...
+        if generation._reading is not None:
+            break
+        await asyncio.sleep(0)
+    assert generation._reading is not None
+    await bump(other_process)  # ... a change it may not see is committed ...
+    assert await generation.recheck() == first + 1  # ... and the recheck sees it
+    await early
 
 
 async def test_the_cache_stays_bounded(sessions: Sessions) -> None:
