@@ -66,13 +66,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--py-spy", action="store_true", help="also sample each service with py-spy")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="`up --workers N`: each figure is the sum over its workers"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a lab setting")
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.set)
     work = Path(tempfile.mkdtemp(prefix="xkslab-profile-"))
-    with Lab(work / "data", work / "lab.log", settings) as lab:
+    up_args = ("--workers", str(args.workers)) if args.workers > 1 else ()
+    with Lab(work / "data", work / "lab.log", settings, up_args) as lab:
         url, pool = _pool_for(args.scenario, lab.info, 64)
         pids: dict[str, int] = lab.info["service_pids"]
+        # With --workers a service is its supervisor and its workers: its CPU is theirs summed.
+        group = {name: [pid, *lab.info.get("worker_pids", {}).get(name, [])] for name, pid in pids.items()}
         warm = wrk.WrkSettings(threads=2, connections=args.connections, duration_s=2)
         wrk.run(url, pool, warm)
         spies = {}
@@ -80,14 +86,15 @@ def main() -> None:
             for name, pid in pids.items():
                 command = ["py-spy", "record", "-r", "200", "-f", "raw", "--nonblocking", "-p", str(pid)]
                 command += ["-d", str(int(args.seconds) + 1), "-o", str(work / f"{name}.txt")]
+                command += ["--subprocesses"] if args.workers > 1 else []
                 spies[name] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        before = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
         started = time.monotonic()
         result = wrk.run(
             url, pool, wrk.WrkSettings(threads=2, connections=args.connections, duration_s=args.seconds)
         )
         elapsed = time.monotonic() - started
-        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        after = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
         for spy in spies.values():
             spy.wait()
     summary = {k: result[k] for k in ("requests", "rps", "p50_ms", "p90_ms", "p99_ms", "non2xx")}
@@ -95,7 +102,11 @@ def main() -> None:
     for name in pids:
         used = after[name] - before[name]
         per_request = 1e6 * used / max(1, result["requests"])
-        print(f"{name}: {100 * used / elapsed:5.1f}% of a core, {per_request:6.0f} us CPU per request")
+        processes = len(group[name])
+        print(
+            f"{name}: {100 * used / elapsed:5.1f}% of a core, {per_request:6.0f} us CPU per request"
+            f" ({processes} process{'es' if processes > 1 else ''})"
+        )
     for name in spies:
         print(f"== {name} (py-spy, busy samples only)")
         print("\n".join(busiest(work / f"{name}.txt", args.top)))
