@@ -23,10 +23,12 @@ from pathlib import Path
 
 from xkslab.bench import wrk
 from xkslab.bench.lab import Lab
-from xkslab.bench.run import SCENARIOS, _pool_for
+from xkslab.bench import SCENARIOS
+from xkslab.bench.run import _create_pg_database, _drop_pg_database, _pool_for
 
 # Leaf frames that are waiting, not working: the event loop in epoll, aiosqlite's idle queue get.
 IDLE_FRAMES = ("Runner.run (asyncio/runners.py:", "_connection_worker_thread (aiosqlite/core.py:59)")
+IDLE_S = 3.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -69,9 +71,23 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="`up --workers N`: each figure is the sum over its workers"
     )
+    parser.add_argument(
+        "--postgres-dsn", default="", help="run the lab on a scratch database of this server (dropped after)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a lab setting")
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.set)
+    scratch = None
+    if args.postgres_dsn:
+        scratch, settings["database.url"] = _create_pg_database(args.postgres_dsn)
+    try:
+        profile(args, settings)
+    finally:
+        if scratch is not None:
+            _drop_pg_database(args.postgres_dsn, scratch)
+
+
+def profile(args: argparse.Namespace, settings: dict[str, str]) -> None:
     work = Path(tempfile.mkdtemp(prefix="xkslab-profile-"))
     up_args = ("--workers", str(args.workers)) if args.workers > 1 else ()
     with Lab(work / "data", work / "lab.log", settings, up_args) as lab:
@@ -81,6 +97,11 @@ def main() -> None:
         group = {name: [pid, *lab.info.get("worker_pids", {}).get(name, [])] for name, pid in pids.items()}
         warm = wrk.WrkSettings(threads=2, connections=args.connections, duration_s=2)
         wrk.run(url, pool, warm)
+        # What each service spends with no load at all (heartbeats, cache polls): a cost per second,
+        # not per request, which weighs more per request the fewer requests a second are served.
+        quiet = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
+        time.sleep(IDLE_S)
+        idle = {name: sum(cpu_seconds(p) for p in members) - quiet[name] for name, members in group.items()}
         spies = {}
         if args.py_spy:
             for name, pid in pids.items():
@@ -105,7 +126,8 @@ def main() -> None:
         processes = len(group[name])
         print(
             f"{name}: {100 * used / elapsed:5.1f}% of a core, {per_request:6.0f} us CPU per request"
-            f" ({processes} process{'es' if processes > 1 else ''})"
+            f" ({processes} process{'es' if processes > 1 else ''};"
+            f" idle {100 * idle[name] / IDLE_S:.1f}% of a core)"
         )
     for name in spies:
         print(f"== {name} (py-spy, busy samples only)")
