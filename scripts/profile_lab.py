@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from xkslab.bench import wrk
+from xkslab.bench import SCENARIOS, wrk
 from xkslab.bench.lab import Lab
-from xkslab.bench import SCENARIOS
 from xkslab.bench.run import _create_pg_database, _drop_pg_database, _pool_for
 
 # Leaf frames that are waiting, not working: the event loop in epoll, aiosqlite's idle queue get.
