@@ -30,6 +30,12 @@ IDLE_FRAMES = ("Runner.run (asyncio/runners.py:", "_connection_worker_thread (ai
 IDLE_S = 3.0
 
 
+def switches(pid: int) -> int:
+    """Context switches, voluntary and not: how often the process gave up or lost its core."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return sum(int(line.split()[1]) for line in status if line.split(":")[0].endswith("ctxt_switches"))
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -109,12 +115,16 @@ def profile(args: argparse.Namespace, settings: dict[str, str]) -> None:
                 command += ["--subprocesses"] if args.workers > 1 else []
                 spies[name] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
+        switched = {name: sum(switches(p) for p in members) for name, members in group.items()}
         started = time.monotonic()
         result = wrk.run(
             url, pool, wrk.WrkSettings(threads=2, connections=args.connections, duration_s=args.seconds)
         )
         elapsed = time.monotonic() - started
         after = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
+        switched = {
+            name: sum(switches(p) for p in members) - switched[name] for name, members in group.items()
+        }
         for spy in spies.values():
             spy.wait()
     summary = {k: result[k] for k in ("requests", "rps", "p50_ms", "p90_ms", "p99_ms", "non2xx")}
@@ -126,7 +136,8 @@ def profile(args: argparse.Namespace, settings: dict[str, str]) -> None:
         print(
             f"{name}: {100 * used / elapsed:5.1f}% of a core, {per_request:6.0f} us CPU per request"
             f" ({processes} process{'es' if processes > 1 else ''};"
-            f" idle {100 * idle[name] / IDLE_S:.1f}% of a core)"
+            f" idle {100 * idle[name] / IDLE_S:.1f}% of a core;"
+            f" {switched[name] / max(1, result['requests']):.2f} context switches per request)"
         )
     for name in spies:
         print(f"== {name} (py-spy, busy samples only)")
