@@ -24,6 +24,7 @@ own answer (an error in the protocol's shape) is the answer, never retried."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 from collections.abc import Callable
@@ -58,12 +59,17 @@ class DsmUnreachable(XksError):
 # The operations that change nothing on the key manager (the module's docstring): asked again anywhere.
 READ_ONLY = frozenset({"metadata", "decrypt", "health"})
 # aiohttp's failures that mean no answer came back: no connection (refused, unreachable, TLS), or the
-# node closed or reset it before its answer began.
+# node closed or reset it before its answer began (a reset once the body had begun is a payload error).
 _UNANSWERED = (
     aiohttp.ClientConnectorError,
     aiohttp.ServerDisconnectedError,
     aiohttp.ClientConnectionResetError,
 )
+_RESET = (errno.ECONNRESET, errno.EPIPE)
+
+
+def _unanswered(exc: Exception) -> bool:
+    return isinstance(exc, _UNANSWERED) or (isinstance(exc, aiohttp.ClientOSError) and exc.errno in _RESET)
 
 
 class DsmTimeout(XksError):
@@ -148,7 +154,7 @@ class DsmClient:
             raise DsmTimeout() from None
         except (aiohttp.ClientError, ValueError) as exc:
             log.warning("DSM %s unreachable: %s", self.node_label(url), type(exc).__name__)
-            raise DsmUnreachable(unanswered=isinstance(exc, _UNANSWERED)) from None
+            raise DsmUnreachable(unanswered=_unanswered(exc)) from None
         if not isinstance(answer, dict):
             raise DsmUnreachable("the key manager gave a malformed answer")
         return answer
