@@ -21,12 +21,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from xkslab.bench import wrk
+from xkslab.bench import SCENARIOS, wrk
 from xkslab.bench.lab import Lab
-from xkslab.bench.run import SCENARIOS, _pool_for
+from xkslab.bench.run import _create_pg_database, _drop_pg_database, _pool_for
 
 # Leaf frames that are waiting, not working: the event loop in epoll, aiosqlite's idle queue get.
 IDLE_FRAMES = ("Runner.run (asyncio/runners.py:", "_connection_worker_thread (aiosqlite/core.py:59)")
+IDLE_S = 3.0
+
+
+def switches(pid: int) -> int:
+    """Context switches, voluntary and not: how often the process gave up or lost its core."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return sum(int(line.split()[1]) for line in status if line.split(":")[0].endswith("ctxt_switches"))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -66,28 +73,58 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--py-spy", action="store_true", help="also sample each service with py-spy")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="`up --workers N`: each figure is the sum over its workers"
+    )
+    parser.add_argument(
+        "--postgres-dsn", default="", help="run the lab on a scratch database of this server (dropped after)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a lab setting")
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.set)
+    scratch = None
+    if args.postgres_dsn:
+        scratch, settings["database.url"] = _create_pg_database(args.postgres_dsn)
+    try:
+        profile(args, settings)
+    finally:
+        if scratch is not None:
+            _drop_pg_database(args.postgres_dsn, scratch)
+
+
+def profile(args: argparse.Namespace, settings: dict[str, str]) -> None:
     work = Path(tempfile.mkdtemp(prefix="xkslab-profile-"))
-    with Lab(work / "data", work / "lab.log", settings) as lab:
+    up_args = ("--workers", str(args.workers)) if args.workers > 1 else ()
+    with Lab(work / "data", work / "lab.log", settings, up_args) as lab:
         url, pool = _pool_for(args.scenario, lab.info, 64)
         pids: dict[str, int] = lab.info["service_pids"]
+        # With --workers a service is its supervisor and its workers: its CPU is theirs summed.
+        group = {name: [pid, *lab.info.get("worker_pids", {}).get(name, [])] for name, pid in pids.items()}
         warm = wrk.WrkSettings(threads=2, connections=args.connections, duration_s=2)
         wrk.run(url, pool, warm)
+        # What each service spends with no load at all (heartbeats, cache polls): a cost per second,
+        # not per request, which weighs more per request the fewer requests a second are served.
+        quiet = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
+        time.sleep(IDLE_S)
+        idle = {name: sum(cpu_seconds(p) for p in members) - quiet[name] for name, members in group.items()}
         spies = {}
         if args.py_spy:
             for name, pid in pids.items():
                 command = ["py-spy", "record", "-r", "200", "-f", "raw", "--nonblocking", "-p", str(pid)]
                 command += ["-d", str(int(args.seconds) + 1), "-o", str(work / f"{name}.txt")]
+                command += ["--subprocesses"] if args.workers > 1 else []
                 spies[name] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        before = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
+        switched = {name: sum(switches(p) for p in members) for name, members in group.items()}
         started = time.monotonic()
         result = wrk.run(
             url, pool, wrk.WrkSettings(threads=2, connections=args.connections, duration_s=args.seconds)
         )
         elapsed = time.monotonic() - started
-        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        after = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
+        switched = {
+            name: sum(switches(p) for p in members) - switched[name] for name, members in group.items()
+        }
         for spy in spies.values():
             spy.wait()
     summary = {k: result[k] for k in ("requests", "rps", "p50_ms", "p90_ms", "p99_ms", "non2xx")}
@@ -95,7 +132,13 @@ def main() -> None:
     for name in pids:
         used = after[name] - before[name]
         per_request = 1e6 * used / max(1, result["requests"])
-        print(f"{name}: {100 * used / elapsed:5.1f}% of a core, {per_request:6.0f} us CPU per request")
+        processes = len(group[name])
+        print(
+            f"{name}: {100 * used / elapsed:5.1f}% of a core, {per_request:6.0f} us CPU per request"
+            f" ({processes} process{'es' if processes > 1 else ''};"
+            f" idle {100 * idle[name] / IDLE_S:.1f}% of a core;"
+            f" {switched[name] / max(1, result['requests']):.2f} context switches per request)"
+        )
     for name in spies:
         print(f"== {name} (py-spy, busy samples only)")
         print("\n".join(busiest(work / f"{name}.txt", args.top)))

@@ -1,17 +1,30 @@
 """The proxy's only caller of the key manager: the framed link (link_client.py) to the nodes with a
-link:// or link+unix:// URL and a pooled aiohttp session to the http(s):// ones, with fail-over across the
-configured DSM nodes, and the timeout that turns a slow key manager into DependencyTimeoutException
-before KMS's own 250 ms budget runs out.
+link:// or link+unix:// URL and a pooled aiohttp session to the http(s):// ones, calls spread over the
+configured DSM nodes (node_spread.py: the nodes believed up, fewest calls in flight first), and the
+timeout that turns a slow key manager into DependencyTimeoutException before KMS's own 250 ms budget
+runs out.
 
 The timeout is one deadline for the whole call, across nodes: KMS waits 250 ms for the proxy's answer,
-however many nodes the proxy tried. A node that stalls may use only its share of what is left (the
-time remaining divided by the nodes not yet tried), so a node after it still gets a turn; a node that
-fails at once (refused, reset) leaves the rest of the time to the next. Each node is told the deadline
-of its own attempt (``budget_ms``), so its audit row agrees with what the proxy answered."""
+however many nodes the proxy tried. Each node is told the deadline of its own attempt (``budget_ms``),
+so its audit row agrees with what the proxy answered.
+
+When a call is tried on another node (the one rule, ``_may_retry``): a call that changes nothing on the
+key manager (GetKeyMetadata, Decrypt, health, the prefix table) may be asked again anywhere, whatever
+became of the first attempt: asking twice gives the same answer, and leaves at most a second audit row
+of the same KMS request id. Such a call gives a node that stalls only its share of what is left (the
+time remaining divided by the nodes still to try), so a node after it still gets a turn. An Encrypt has
+no side effect on the keys either (a fresh IV each time, nothing stored but its audit row), but once a
+node may have done it, its ciphertext and its audit row exist, and a second node's would be a second
+encryption of one KMS request: so an Encrypt moves to another node only when no answer came back and
+the node cannot still be working on it: the connection refused or failed before the call was sent, or
+closed or reset by the node before any byte of its answer (the node went away). After a timeout the
+node may still be doing it: DependencyTimeoutException, and the attempt had the whole deadline. A node's
+own answer (an error in the protocol's shape) is the answer, never retried."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 from collections.abc import Callable
@@ -23,6 +36,7 @@ import aiohttp
 
 from xks_frontend.errors import XksError, from_dsm
 from xks_frontend.link_client import LinkDown, LinkNode
+from xks_frontend.node_spread import NodeSpread, NodeState
 from xkslab_shared import json_body
 from xkslab_shared.link_frames import parse_link_url
 from xkslab_shared.proxy_link import CALL_PATH, PREFIXES_PATH, ForwardedCall, budget_for
@@ -33,10 +47,29 @@ _JSON = {"Content-Type": "application/json"}
 
 
 class DsmUnreachable(XksError):
-    """No DSM node answered (refused, reset, TLS failure, garbage): InternalException."""
+    """No DSM node answered (refused, reset, TLS failure, garbage): InternalException. ``unanswered``
+    when nothing came back and the node is not working on the call (the connection refused, or lost
+    before any byte of an answer): the one failure after which an Encrypt may go to another node."""
 
-    def __init__(self, message: str = "the key manager is unreachable") -> None:
+    def __init__(self, message: str = "the key manager is unreachable", *, unanswered: bool = False) -> None:
         super().__init__("InternalException", message)
+        self.unanswered = unanswered
+
+
+# The operations that change nothing on the key manager (the module's docstring): asked again anywhere.
+READ_ONLY = frozenset({"metadata", "decrypt", "health"})
+# aiohttp's failures that mean no answer came back: no connection (refused, unreachable, TLS), or the
+# node closed or reset it before its answer began (a reset once the body had begun is a payload error).
+_UNANSWERED = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientConnectionResetError,
+)
+_RESET = (errno.ECONNRESET, errno.EPIPE)
+
+
+def _unanswered(exc: Exception) -> bool:
+    return isinstance(exc, _UNANSWERED) or (isinstance(exc, aiohttp.ClientOSError) and exc.errno in _RESET)
 
 
 class DsmTimeout(XksError):
@@ -63,6 +96,7 @@ class DsmClient:
         link_max_answer_bytes: int = 1 << 20,
     ):
         self.urls = urls
+        self.spread = NodeSpread(urls, self._probe)
         self._token = token
         self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -86,6 +120,7 @@ class DsmClient:
         )
 
     async def close(self) -> None:
+        await self.spread.close()
         for node in self._links.values():
             await node.close()
         if self._session is not None:
@@ -119,7 +154,7 @@ class DsmClient:
             raise DsmTimeout() from None
         except (aiohttp.ClientError, ValueError) as exc:
             log.warning("DSM %s unreachable: %s", self.node_label(url), type(exc).__name__)
-            raise DsmUnreachable() from None
+            raise DsmUnreachable(unanswered=_unanswered(exc)) from None
         if not isinstance(answer, dict):
             raise DsmUnreachable("the key manager gave a malformed answer")
         return answer
@@ -139,34 +174,64 @@ class DsmClient:
                 log.error("DSM %s refused the proxy's link: %s", self.node_label(url), exc)
                 raise DsmUnreachable("the key manager refused the proxy's call") from None
             log.warning("DSM %s unreachable: %s", self.node_label(url), exc)
-            raise DsmUnreachable() from None
+            raise DsmUnreachable(unanswered=True) from None
         refused = answer.get("refused")
         if refused is not None:
             log.error("DSM %s refused the proxy's call to %s: %s", self.node_label(url), path, refused)
             raise DsmUnreachable("the key manager refused the proxy's call")
         return answer
 
-    async def _first(
-        self, method: str, path: str, body: Callable[[float], Any] | None = None
+    async def _spread(
+        self, method: str, path: str, body: Callable[[float], Any] | None = None, *, read_only: bool
     ) -> dict[str, Any]:
-        """Ask the nodes in order until one answers, all within one deadline (the module's docstring);
-        ``body`` builds the request for the seconds an attempt has. A timeout is reported as such if no
-        node answers."""
+        """One call on the nodes in the spread's order, all within one deadline, moving to the next node
+        only as the module's docstring says; ``body`` builds the request for the seconds an attempt has.
+        A timeout is reported as such if no node answered."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         last: XksError = DsmUnreachable()
-        for index, url in enumerate(self.urls):
+        order = self.spread.order()
+        for index, node in enumerate(order):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 last = DsmTimeout()
                 break
-            share = remaining / (len(self.urls) - index)
+            share = remaining
+            if read_only:  # a later node must still get a turn after this one stalls
+                later = order[index:]
+                up = sum(1 for n in later if not n.down)
+                share = remaining / (up if up and not node.down else len(later))
             try:
-                data = None if body is None else body(share)
-                return await self._request(url, method, path, data, timeout_s=share)
+                return await self._attempt(node, method, path, body, share)
             except (DsmUnreachable, DsmTimeout) as exc:
                 last = exc
+                if not _may_retry(read_only, exc):
+                    break
         raise last
+
+    async def _attempt(
+        self,
+        node: NodeState,
+        method: str,
+        path: str,
+        body: Callable[[float], Any] | None,
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        node.outstanding += 1
+        try:
+            data = None if body is None else body(timeout_s)
+            answer = await self._request(node.url, method, path, data, timeout_s=timeout_s)
+        except (DsmUnreachable, DsmTimeout):
+            self.spread.failed(node)
+            raise
+        finally:
+            node.outstanding -= 1
+        self.spread.answered(node)
+        return answer
+
+    async def _probe(self, url: str) -> None:
+        """Whether a node left out of the spread answers again: the prefix table, which reads only."""
+        await self._request(url, "GET", PREFIXES_PATH)
 
     def _with_budget(self, call: ForwardedCall, timeout_s: float) -> dict[str, Any]:
         """The call as sent to a node the proxy waits ``timeout_s`` for: the node gets a deadline a
@@ -176,7 +241,7 @@ class DsmClient:
         return body
 
     async def prefixes(self) -> dict[str, str]:
-        data = await self._first("GET", PREFIXES_PATH)
+        data = await self._spread("GET", PREFIXES_PATH, read_only=True)
         table = data.get("prefixes")
         if not isinstance(table, dict):
             raise DsmUnreachable("the key manager gave a malformed answer")
@@ -184,7 +249,12 @@ class DsmClient:
 
     async def call(self, call: ForwardedCall) -> dict[str, Any]:
         return _outcome(
-            await self._first("POST", CALL_PATH, lambda timeout_s: self._with_budget(call, timeout_s))
+            await self._spread(
+                "POST",
+                CALL_PATH,
+                lambda timeout_s: self._with_budget(call, timeout_s),
+                read_only=call.operation in READ_ONLY,
+            )
         )
 
     async def call_each(self, call: ForwardedCall) -> list[NodeAnswer]:
@@ -199,6 +269,11 @@ class DsmClient:
                 return NodeAnswer(url, error=exc)
 
         return list(await asyncio.gather(*(one(url) for url in self.urls)))
+
+
+def _may_retry(read_only: bool, failure: XksError) -> bool:
+    """Whether a call whose attempt failed so may go to another node (the module's docstring)."""
+    return read_only or (isinstance(failure, DsmUnreachable) and failure.unanswered)
 
 
 def _outcome(data: dict[str, Any]) -> dict[str, Any]:

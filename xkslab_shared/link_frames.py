@@ -119,12 +119,18 @@ class LinkAddress:
         with _short_path(self.path) as path:
             return await loop.create_unix_connection(factory, path)
 
-    async def listen(self, factory: Callable[[], asyncio.Protocol]) -> asyncio.Server:
+    async def listen(
+        self, factory: Callable[[], asyncio.Protocol], *, reuse_port: bool = False
+    ) -> asyncio.Server:
         """Serve on this address. A Unix socket is made 0600 (only this user may connect), and a stale
-        socket file left by a process that died is replaced; one a live server answers on is not."""
+        socket file left by a process that died is replaced; one a live server answers on is not.
+        ``reuse_port`` (TCP only): SO_REUSEPORT, so the workers of one DSM share the link's port as they
+        share the HTTP port."""
         loop = asyncio.get_running_loop()
         if self.path is None:
-            return await loop.create_server(factory, self.host, self.port, backlog=128)
+            return await loop.create_server(
+                factory, self.host, self.port, backlog=128, reuse_port=reuse_port or None
+            )
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with _short_path(self.path) as path:
             try:

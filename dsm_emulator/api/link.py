@@ -158,9 +158,9 @@ class LinkServer:
         self._server: asyncio.Server | None = None
         self._address: LinkAddress | None = None
 
-    async def listen(self, address: LinkAddress) -> str:
+    async def listen(self, address: LinkAddress, *, reuse_port: bool = False) -> str:
         """Serve on ``address``; the URL the proxy reaches it at (the port really bound, for TCP)."""
-        self._server = await address.listen(lambda: _Connection(self))
+        self._server = await address.listen(lambda: _Connection(self), reuse_port=reuse_port)
         if address.path is None:
             address = LinkAddress(host=address.host, port=int(self._server.sockets[0].getsockname()[1]))
         self._address = address
@@ -232,7 +232,7 @@ async def serve_link(app: web.Application, settings: Settings) -> str | None:
     stats = app[LINK_STATS_KEY]
     server = LinkServer(app[PROXY_TOKEN_KEY], settings.dsm.max_body_bytes, handler(app, stats), stats)
     try:
-        url = await server.listen(address)
+        url = await server.listen(address, reuse_port=settings.http.reuse_port)
     except OSError as exc:
         raise ListenError(f"cannot serve the XKS proxy link on {address.url} (dsm.link): {exc}") from None
 

@@ -127,10 +127,18 @@ def test_up_with_two_workers_per_service_serves_kms_and_lists_every_pid(tmp_path
             aws_access_key_id=lab.data["aws_env"]["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=lab.data["aws_env"]["AWS_SECRET_ACCESS_KEY"],
         )
-        for n in range(10):
+        for n in range(20):
             blob = kms.encrypt(KeyId=lab.key_id, Plaintext=b"w%d" % n)["CiphertextBlob"]
             assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"w%d" % n
         assert port_of(lab.data["dsm"]["url"]) > 0
+        # The proxies reach the DSM workers over the framed link, on a loopback TCP port they share (one
+        # Unix socket could not be), and both workers took the proxies' calls (each its audit chain).
+        link = lab.data["dsm"]["link_url"]
+        assert link.startswith("link://127.0.0.1:") and port_of(link.replace("link://", "http://")) > 0
+        exported = _xkslab(lab.data_dir, "audit", "export")
+        rows = [json.loads(line) for line in exported.stdout.splitlines() if line.strip()]
+        proxied = {row["chain"] for row in rows if row.get("kms_request_id")}
+        assert proxied == {"dsm-1-w1", "dsm-1-w2"}, proxied
     deadline = time.monotonic() + 60
     while any(alive(pid) for pid in every):  # up stopped its services, and they their workers
         assert time.monotonic() < deadline, "a worker outlived its lab"

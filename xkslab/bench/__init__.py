@@ -11,3 +11,5 @@ SCENARIOS = (
     "xks-encrypt-postgres",
     "xks-decrypt-postgres",
 )
+# Not run unless asked (they need HAProxy and PostgreSQL): xkslab/bench/fleet.py.
+FLEET_SCENARIOS = ("fleet-xks-encrypt",)

@@ -6,11 +6,13 @@ shared machine makes meaningless:
 - ``two-hop``: a front aiohttp handler that calls a back handler over a keep-alive pool (the ceiling of
   the XKS path, proxy -> key manager);
 - ``three-hop``: the same chain one hop longer (the ceiling of KMS -> proxy -> key manager);
+- ``fleet-two-hop``: HAProxy in front of two forwarders, each spreading over two leaves (the ceiling of
+  ``xkslab up --fleet 2,2``'s XKS path; xkslab/bench/fleet.py);
 - ``moto``: moto_server's KMS (a single-layer mock users already know), for GenerateDataKey on a plain key.
 
 Each hop of a chain is its own process, as each xkslab service is under ``xkslab up``, so a chain is the
-ceiling of the same shape. One process is ``python -m xkslab.bench.anchors leaf|forward URL|moto``: it
-binds port 0 on 127.0.0.1, prints ``{"port": N}`` on one line once it is listening, then serves until
+ceiling of the same shape. One process is ``python -m xkslab.bench.anchors leaf|forward URL[,URL...]|moto``:
+it binds port 0 on 127.0.0.1, prints ``{"port": N}`` on one line once it is listening, then serves until
 its standard input closes or it is killed. A chain runs on the event loop the services run on (uvloop when
 installed, xkslab_shared/serve.py ``run``): on asyncio's own loop it was about 8 % slower, which flattered
 every ratio to it.
@@ -19,6 +21,7 @@ every ratio to it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 
@@ -40,12 +43,14 @@ def _leaf() -> web.Application:
     return app
 
 
-def _forwarder(next_url: str) -> web.Application:
+def _forwarder(next_urls: str) -> web.Application:
+    """Forwards each request to the next URL of ``next_urls`` (comma-separated), in turn."""
     session_key = web.AppKey("session", aiohttp.ClientSession)
+    turn = itertools.cycle(next_urls.split(","))
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
-        async with request.app[session_key].post(next_url, data=body) as answer:
+        async with request.app[session_key].post(next(turn), data=body) as answer:
             data = await answer.read()
         return web.Response(body=data, content_type="application/json")
 
@@ -99,7 +104,7 @@ def main(argv: list[str]) -> None:
     elif kind == "forward" and len(argv) == 2:
         run(_serve(_forwarder(argv[1])))
     else:
-        raise SystemExit("usage: python -m xkslab.bench.anchors leaf | forward URL | moto")
+        raise SystemExit("usage: python -m xkslab.bench.anchors leaf | forward URL[,URL...] | moto")
 
 
 if __name__ == "__main__":

@@ -68,8 +68,15 @@ def memory(pid: int) -> dict[str, float | None]:
 class Lab:
     """``xkslab up`` as a subprocess on free ports, in ``data_dir`` (made if absent)."""
 
-    def __init__(self, data_dir: Path, log_file: Path, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_file: Path,
+        settings: dict[str, str] | None = None,
+        up_args: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = data_dir
+        self.up_args = up_args  # e.g. ("--workers", "2") or ("--fleet", "2,2")
         self.log_file = log_file
         self.settings = {
             "dsm.port": "0",
@@ -85,7 +92,17 @@ class Lab:
 
     def __enter__(self) -> Lab:
         sets = [arg for name, value in self.settings.items() for arg in ("--set", f"{name}={value}")]
-        command = [sys.executable, "-P", "-m", "xkslab", "--data-dir", str(self.data_dir), *sets, "up"]
+        command = [
+            sys.executable,
+            "-P",
+            "-m",
+            "xkslab",
+            "--data-dir",
+            str(self.data_dir),
+            *sets,
+            "up",
+            *self.up_args,
+        ]
         self._log = self.log_file.open("wb")
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

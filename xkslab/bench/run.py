@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from xkslab.bench import SCENARIOS, auditlog, pools, wrk
+from xkslab.bench import SCENARIOS, auditlog, fleet, pools, wrk
 from xkslab.bench.lab import Anchor, BenchError, Lab
 
 POOL_SIZE = 64
@@ -31,6 +31,7 @@ CEILING = {
     "kms-generate-data-key": "three-hop",
     "kms-decrypt": "three-hop",
     "dsm-encrypt": "one-hop",
+    "fleet-xks-encrypt": fleet.FLEET_CEILING,
 }
 MOTO = "moto-generate-data-key"
 ANCHORS = ("one-hop", "two-hop", "three-hop", MOTO)
@@ -159,10 +160,12 @@ def _run_lab_scenarios(
 
 def run_bench(options: BenchOptions, echo: Callable[[str], None]) -> dict[str, Any]:
     wrk.wrk_binary()  # fail early, with the install hint
-    unknown = set(options.scenarios) - set(SCENARIOS)
+    known = SCENARIOS + fleet.FLEET_SCENARIOS
+    unknown = set(options.scenarios) - set(known)
     if unknown:
-        raise BenchError(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
-    plain = [s for s in options.scenarios if not s.endswith("-postgres")]
+        raise BenchError(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
+    on_fleet = [s for s in options.scenarios if s in fleet.FLEET_SCENARIOS]
+    plain = [s for s in options.scenarios if not s.endswith("-postgres") and s not in on_fleet]
     on_pg = [s for s in options.scenarios if s.endswith("-postgres")]
     results: list[dict[str, Any]] = []
     memory: dict[str, Any] = {}
@@ -211,6 +214,22 @@ def run_bench(options: BenchOptions, echo: Callable[[str], None]) -> dict[str, A
                         memory["lab (postgres)"] = lab_process.memory()
                 finally:
                     _drop_pg_database(options.postgres_dsn, db_name)
+        if on_fleet and options.target is None:
+            found, ceilings, fleet_memory, fleet_skipped = fleet.run_fleet(
+                on_fleet,
+                options.postgres_dsn,
+                work,
+                lambda name, url, pool: _measure(name, url, pool, options, echo),
+                lambda name, lab: _pool_for(name, lab, options.pool_size),
+                (_create_pg_database, _drop_pg_database),
+                echo,
+            )
+            results += found
+            anchor_results += ceilings
+            memory.update(fleet_memory)
+            skipped.update(fleet_skipped)
+        elif on_fleet:
+            skipped.update({name: "not with --target (it starts its own fleet)" for name in on_fleet})
     report = _report(results, anchor_results, memory, skipped, options)
     if options.audit_rows > 0:
         report["audit_log"] = {lab: figures for lab, figures in audit.items() if figures}

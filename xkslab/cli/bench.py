@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from xkslab.bench import SCENARIOS
+from xkslab.bench import FLEET_SCENARIOS, SCENARIOS
 
 
 @click.command("bench")
@@ -19,8 +19,8 @@ from xkslab.bench import SCENARIOS
     "--scenario",
     "scenarios",
     multiple=True,
-    type=click.Choice(SCENARIOS),
-    help="Repeat to pick; default: all.",
+    type=click.Choice(SCENARIOS + FLEET_SCENARIOS),
+    help="Repeat to pick; default: all but fleet-xks-encrypt (HAProxy and PostgreSQL: up --fleet 2,2).",
 )
 @click.option("--pool-size", type=int, default=64, show_default=True, help="Distinct requests per scenario.")
 @click.option(

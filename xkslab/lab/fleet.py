@@ -2,8 +2,9 @@
 behind HAProxy (Debian's, not a balancer of our own), as Fortanix and AWS run them.
 
 Each node is an ``xkslab dsm serve`` / ``xks serve`` process on free ports with a node id of its own
-(``dsm-1``…: its audit chain; ``xks-1``…); the proxies know every DSM node (``xks.dsm_urls``: fail-over
-within one deadline, and one ``ekmFleetDetails`` entry per node in their health answer). HAProxy listens
+(``dsm-1``…: its audit chain; ``xks-1``…); the proxies know every DSM node (``xks.dsm_urls``: calls spread
+over them, fail-over within one deadline, and one ``ekmFleetDetails`` entry per node in their health
+answer). HAProxy listens
 where the lab's services would (``dsm.port``, ``dsm.https_port``, ``xks.port``, ``xks.https_port``):
 plain HTTP balanced per request (health check ``GET /sys/v1/health`` on the DSM, ``GET /ping`` on the
 proxies), HTTPS passed through as TCP, so each node terminates TLS itself and a proxy still sees the

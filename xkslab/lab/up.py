@@ -372,7 +372,13 @@ async def _run_up(
                 urls, fleet_facts = await start_fleet(services, settings, shape.fleet, shape.haproxy)
             else:
                 urls = {"dsm": await services.start("dsm")}
-                urls["xks"] = await services.start("xks", {"xks.dsm_urls": proxy_target(urls["dsm"])})
+                proxy = {"xks.dsm_urls": proxy_target(urls["dsm"])}
+                if shape.workers > 1:
+                    # The kernel gives each link connection to one DSM worker: enough of them that every
+                    # worker gets a share of each proxy worker's calls.
+                    links = max(settings.xks.dsm_link_connections, 4 * shape.workers)
+                    proxy["xks.dsm_link_connections"] = str(links)
+                urls["xks"] = await services.start("xks", proxy)
             urls["kms"] = await kms_start
         except BaseException:
             kms_start.cancel()

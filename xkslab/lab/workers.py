@@ -46,11 +46,22 @@ def _node_id(settings: Settings, service: str) -> str:
     return settings.audit.node_id if service == "dsm" else settings.xks.node_id
 
 
+def _link(settings: Settings) -> str:
+    """The DSM workers' framed link: one Unix socket cannot be shared the way SO_REUSEPORT shares a port,
+    so a link asked for on a socket (the default) is served on a TCP port of the loopback interface,
+    shared by every worker; a TCP link stays where it was asked for, and no link stays none."""
+    link = settings.dsm.link.strip()
+    return link if not link or link.startswith("tcp:") else "tcp:127.0.0.1:0"
+
+
 def _ports(urls: list[str], service: str) -> dict[str, str]:
     """The port settings that make a worker listen where the first one does."""
     http_setting, https_setting = _PORT_SETTINGS[service]
     ports: dict[str, str] = {}
     for url in urls:
+        if url.startswith("link://"):
+            ports["dsm.link"] = "tcp:" + url.removeprefix("link://")
+            continue
         if not url.startswith(("http://", "https://")):
             continue
         port = url.rsplit(":", 1)[1]
@@ -94,8 +105,7 @@ async def _supervise(
         for index, name in enumerate(names, 1):
             extra = {"http.reuse_port": "true", _NODE_SETTING[service]: f"{base}-w{index}"}
             if service == "dsm":
-                # One Unix socket cannot be shared like a port: the workers are reached over HTTP.
-                extra["dsm.link"] = ""
+                extra["dsm.link"] = _link(settings)
             if urls:
                 extra.update(_ports(urls, service))
             bound = await children.start(service, extra, name=name)
