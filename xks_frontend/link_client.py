@@ -22,6 +22,7 @@ from xkslab_shared.link_frames import (
     MAX_ID,
     FrameBuffer,
     FrameError,
+    FrameWriter,
     LinkAddress,
     decode,
     frame,
@@ -44,15 +45,18 @@ class LinkDown(Exception):
 
 class _Connection(asyncio.Protocol):
     def __init__(self, max_payload: int) -> None:
+        loop = asyncio.get_running_loop()
         self._frames = FrameBuffer(max_payload)
         self.transport: asyncio.Transport | None = None
+        # The calls' frames: those of one loop turn (a burst of requests) in one write.
+        self.writer = FrameWriter(loop)
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.hello: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; they have the same methods.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = self.writer.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -71,7 +75,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.transport = None
+        self.transport = self.writer.transport = None
         down = LinkDown("the connection to the key manager was lost")
         if not self.hello.done():
             self.hello.set_exception(down)
@@ -106,7 +110,7 @@ class LinkNode:
         request_id = next(self._ids)
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         connection.pending[request_id] = waiter
-        connection.transport.write(frame(request_id, payload))
+        connection.writer.send(frame(request_id, payload))
         try:
             return await waiter
         finally:
