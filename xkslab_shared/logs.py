@@ -96,9 +96,14 @@ class LineFormatter(logging.Formatter):
         super().__init__()
         self._json = fmt == "json"
         self._service = service
+        self._second: tuple[int, str] = (-1, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        second, seconds = self._second
+        if int(record.created) != second:  # one strftime a second, not one a line (one per request)
+            second = int(record.created)
+            seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second, seconds  # one tuple: a formatter shared by threads sees a pair
         return f"{seconds}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
