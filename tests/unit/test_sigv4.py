@@ -9,11 +9,11 @@ from urllib.parse import urlsplit
 
 import botocore.auth
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xkslab_shared import sigv4
 from xkslab_shared.sigv4 import (
