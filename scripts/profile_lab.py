@@ -66,6 +66,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--py-spy", action="store_true", help="also sample each service with py-spy")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=0.0,
+        help="first measure each service idle this long and also print CPU per request net of it",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a lab setting")
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.set)
@@ -75,6 +81,13 @@ def main() -> None:
         pids: dict[str, int] = lab.info["service_pids"]
         warm = wrk.WrkSettings(threads=2, connections=args.connections, duration_s=2)
         wrk.run(url, pool, warm)
+        idle: dict[str, float] = {}
+        if args.idle_seconds > 0:
+            # What a service spends with no request (cache polls, heartbeats, checkpoints), per second: at
+            # a low request rate on a loaded machine it is a large and varying share of CPU per request.
+            quiet = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            time.sleep(args.idle_seconds)
+            idle = {name: (cpu_seconds(pid) - quiet[name]) / args.idle_seconds for name, pid in pids.items()}
         spies = {}
         if args.py_spy:
             for name, pid in pids.items():
@@ -95,7 +108,11 @@ def main() -> None:
     for name in pids:
         used = after[name] - before[name]
         per_request = 1e6 * used / max(1, result["requests"])
-        print(f"{name}: {100 * used / elapsed:5.1f}% of a core, {per_request:6.0f} us CPU per request")
+        net = ""
+        if name in idle:
+            net_us = 1e6 * (used - idle[name] * elapsed) / max(1, result["requests"])
+            net = f", {net_us:6.0f} us net of {100 * idle[name]:.1f}% idle"
+        print(f"{name}: {100 * used / elapsed:5.1f}% of a core, {per_request:6.0f} us CPU per request{net}")
     for name in spies:
         print(f"== {name} (py-spy, busy samples only)")
         print("\n".join(busiest(work / f"{name}.txt", args.top)))
