@@ -123,8 +123,8 @@ class LinkNode:
         waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
         connection.pending[request_id] = waiter
         connection.writer.send(frame(request_id, payload))
-        # A timer on the answer rather than asyncio.timeout around the call: the same TimeoutError, for
-        # half the CPU of the call's own code on the proxy (no Timeout object, no cancel and uncancel).
+        # A timer on the answer rather than asyncio.timeout around the call: the same TimeoutError for
+        # about 6 us less CPU per call (no Timeout object, no cancel and uncancel of the task).
         timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
         try:
             return await waiter

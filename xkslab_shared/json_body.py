@@ -79,12 +79,12 @@ _SLOW = object()
 
 def _fast(raw: bytes) -> Any:
     """orjson's parse when it is provably the value the standard parser gives and loads() accepts it,
-    else _SLOW (then the standard parser decides, with its messages): the standard module was a fifth of
-    the XKS path's time in each service. Both refuse invalid UTF-8, a BOM, raw control characters in
-    strings, NaN, trailing data, and give duplicate keys the last value. Only a \\u escape can bring in
-    a NUL or a lone surrogate (so a body with one goes the slow way), the bracket count bounds the depth,
-    and a number is accepted here only as an integer within 64 bits (floats and larger integers, whose
-    parses or limits could differ, go the slow way)."""
+    else _SLOW (then the standard parser decides, with its messages): an XKS body in 4.3 us instead of
+    6.6-7.4, and every service parses one per request. Both refuse invalid UTF-8, a BOM, raw control
+    characters in strings, NaN, trailing data, and give duplicate keys the last value. Only a \\u
+    escape can bring in a NUL or a lone surrogate (so a body with one goes the slow way), the bracket
+    count bounds the depth, and a number is accepted here only as an integer within 64 bits (floats and
+    larger integers, whose parses or limits could differ, go the slow way)."""
     if b"\\u" in raw or raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
         return _SLOW
     try:

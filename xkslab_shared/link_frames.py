@@ -55,7 +55,7 @@ def frame(request_id: int, payload: Mapping[str, Any]) -> bytes:
 class FrameWriter:
     """Frames out, one write per loop turn: ``send`` queues a frame, and the frames queued in the same
     turn of the event loop go to the transport joined, in the order sent, in one write (one system call
-    instead of one per frame: a tenth of the proxy's time per call). What is queued when the connection
+    instead of one per frame, which was 9 % of the proxy's samples). What is queued when the connection
     goes away (``transport`` set to None) is dropped, as a write to a closed transport would be."""
 
     __slots__ = ("_loop", "_queued", "transport")
