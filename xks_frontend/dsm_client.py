@@ -165,8 +165,7 @@ class DsmClient:
         """The same call as an HTTP request to ``path``, as one frame on the link: the same answer."""
         request = {"op": "prefixes"} if path == PREFIXES_PATH else {"op": "call", "call": body}
         try:
-            async with asyncio.timeout(timeout_s):
-                answer = await link.request(request)
+            answer = await link.request(request, timeout_s=timeout_s)
         except TimeoutError:
             raise DsmTimeout() from None
         except LinkDown as exc:

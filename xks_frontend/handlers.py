@@ -155,13 +155,14 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
             raise XksError("ThrottlingException", "the request quota of this URI path prefix is exceeded")
         body = await _read_body(request)
         # The metadata only serves the policy, the faults and the log line: without them the body is
-        # parsed once, by the key manager, and a refused request is not parsed here at all.
-        metadata = (
-            xks_wire.parse_metadata_only(body)
-            if edge.policy is not None or edge.faults.set_any or log.isEnabledFor(logging.INFO)
-            else None
-        )
-        request_id = metadata.kms_request_id if metadata else None
+        # parsed once, by the key manager, and a refused request is not parsed here at all; for the log
+        # line alone only the kmsRequestId is read.
+        metadata = None
+        if edge.policy is not None or edge.faults.set_any:
+            metadata = xks_wire.parse_metadata_only(body)
+            request_id = metadata.kms_request_id if metadata else None
+        elif log.isEnabledFor(logging.INFO):
+            request_id = xks_wire.kms_request_id_only(body)
         facts = faults.Facts(
             match["prefix"], match["key"], operation, metadata.kms_operation if metadata else None
         )

@@ -52,6 +52,30 @@ def frame(request_id: int, payload: Mapping[str, Any]) -> bytes:
     return HEADER.pack(len(body), request_id) + body
 
 
+class FrameWriter:
+    """Frames out, one write per loop turn: ``send`` queues a frame, and the frames queued in the same
+    turn of the event loop go to the transport joined, in the order sent, in one write (one system call
+    instead of one per frame, which was 9 % of the proxy's samples). What is queued when the connection
+    goes away (``transport`` set to None) is dropped, as a write to a closed transport would be."""
+
+    __slots__ = ("_loop", "_queued", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queued: list[bytes] = []
+        self.transport: asyncio.WriteTransport | None = None
+
+    def send(self, data: bytes) -> None:
+        if not self._queued:
+            self._loop.call_soon(self._flush)
+        self._queued.append(data)
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(queued[0] if len(queued) == 1 else b"".join(queued))
+
+
 class FrameBuffer:
     """Bytes in, whole frames out: ``feed`` returns the (request id, payload) of every frame completed by
     ``data``, and raises FrameError as soon as a header announces a payload past ``max_payload``, before

@@ -96,13 +96,15 @@ class LineFormatter(logging.Formatter):
         super().__init__()
         self._json = fmt == "json"
         self._service = service
-        self._second, self._seconds = -1, ""
+        self._second: tuple[int, str] = (-1, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        whole = int(record.created)
-        if whole != self._second:  # one strftime a second, not one a line
-            self._second, self._seconds = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        return f"{self._seconds}.{int(record.msecs):03d}Z"
+        second, seconds = self._second
+        if int(record.created) != second:  # one strftime a second, not one a line (one per request)
+            second = int(record.created)
+            seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second, seconds  # one tuple: a formatter shared by threads sees a pair
+        return f"{seconds}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         when = self.formatTime(record)

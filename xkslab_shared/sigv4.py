@@ -73,9 +73,24 @@ class Authorization:
     signature: str  # 64 lower-case hex chars
 
 
+# The header as AWS's signers write it (the three parts in this order, ", " between them), whose parse
+# is one match: every request's header is read in the proxy and again in the key manager.
+_AS_SIGNED = re.compile(
+    ALGORITHM
+    + r" Credential=([A-Za-z0-9]{1,128})/([0-9]{8})/([a-z0-9-]{1,64})/([a-z0-9-]{1,64})/"
+    + TERMINATOR
+    + r", ?SignedHeaders=([a-z0-9!#$%&'*+.^_`|~;-]+), ?Signature=([0-9a-f]{64})"
+)
+
+
 def parse_authorization(value: str) -> Authorization:
     """Parse a SigV4 Authorization header strictly; anything malformed raises SigV4Error (never another
     exception), so a client sending garbage gets an authentication failure rather than a server error."""
+    signed = _AS_SIGNED.fullmatch(value)
+    if signed is not None:
+        names = tuple(signed[5].split(";"))
+        if all(0 < len(n) <= 128 for n in names) and len(set(names)) == len(names):
+            return Authorization(signed[1], signed[2], signed[3], signed[4], names, signed[6])
     algorithm, _, rest = value.strip().partition(" ")
     if algorithm != ALGORITHM:
         raise SigV4Error("the Authorization header is not AWS4-HMAC-SHA256")
@@ -151,10 +166,22 @@ def _request_time(request: SignedRequest, auth: Authorization) -> tuple[str, dat
     amz_date = request.headers.get("x-amz-date")
     if amz_date is None:
         raise SigV4Error("the X-Amz-Date header is missing")
-    if not _AMZ_DATE.fullmatch(amz_date):
+    when = _amz_time(amz_date)
+    if when is None:
         raise SigV4Error("the X-Amz-Date header is malformed")
+    if amz_date[:8] != auth.date:
+        raise SigV4Error("the credential scope date does not match X-Amz-Date", SCOPE)
+    return amz_date, when
+
+
+@functools.lru_cache(maxsize=64)
+def _amz_time(amz_date: str) -> datetime | None:
+    """The time an X-Amz-Date names, None if it is malformed. Cached: requests signed in the same second
+    carry the same one."""
+    if not _AMZ_DATE.fullmatch(amz_date):
+        return None
     try:  # the pattern fixed the layout; datetime() checks the ranges (strptime is several times slower)
-        when = datetime(
+        return datetime(
             int(amz_date[0:4]),
             int(amz_date[4:6]),
             int(amz_date[6:8]),
@@ -164,10 +191,7 @@ def _request_time(request: SignedRequest, auth: Authorization) -> tuple[str, dat
             tzinfo=UTC,
         )
     except ValueError:
-        raise SigV4Error("the X-Amz-Date header is malformed") from None
-    if amz_date[:8] != auth.date:
-        raise SigV4Error("the credential scope date does not match X-Amz-Date", SCOPE)
-    return amz_date, when
+        return None
 
 
 def verify(
@@ -219,7 +243,7 @@ def verify(
     to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}".encode()
     for secret in secrets:  # normally one; several only if a misconfiguration reuses an id
         key = signing_key(secret, auth.date, auth.region, auth.service)
-        expected = hmac.new(key, to_sign, hashlib.sha256).hexdigest()
+        expected = hmac.digest(key, to_sign, "sha256").hex()  # one call: a third of hmac.new's time
         if hmac.compare_digest(expected, auth.signature):
             return auth.access_key_id
     raise SigV4Error("the signature does not match", MISMATCH)

@@ -223,6 +223,23 @@ def parse_metadata_only(body: bytes) -> RequestMetadata | None:
         return None
 
 
+def kms_request_id_only(body: bytes) -> str | None:
+    """parse_metadata_only(body)'s kms_request_id, without building the rest (the proxy's access line
+    needs only the id: half the time). Best effort, never raises."""
+    try:
+        raw = _load(body).get("requestMetadata")
+        if not isinstance(raw, dict):
+            return None
+        request_id, operation = raw.get("kmsRequestId"), raw.get("kmsOperation")
+        if not (isinstance(request_id, str) and isinstance(operation, str)):
+            return None
+        if _SURROGATE.search(request_id) or _SURROGATE.search(operation):
+            return None
+        return request_id
+    except Exception:
+        return None
+
+
 def _load(body: bytes) -> dict[str, Any]:
     try:
         data = json_body.loads(body)

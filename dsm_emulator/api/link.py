@@ -29,7 +29,7 @@ from dsm_emulator.api.xks import PROXY_TOKEN_KEY, run_call
 from dsm_emulator.errors import DsmError
 from xkslab_shared import json_body, logs
 from xkslab_shared.config import Settings
-from xkslab_shared.link_frames import HELLO_ID, FrameBuffer, FrameError, LinkAddress, frame
+from xkslab_shared.link_frames import HELLO_ID, FrameBuffer, FrameError, FrameWriter, LinkAddress, frame
 from xkslab_shared.ports import ListenError
 from xkslab_shared.proxy_link import CALL_PATH, PREFIXES_PATH
 
@@ -66,19 +66,21 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._frames = FrameBuffer(server.max_payload)
         self._transport: asyncio.Transport | None = None
+        # The answers: those finished in one loop turn (a group commit's worth) in one write.
+        self._writer = FrameWriter(asyncio.get_running_loop())
         self._accepted = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; they have the same methods.
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = self._writer.transport = cast(asyncio.Transport, transport)
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Calls in flight finish (each has its deadline and writes its audit row); their answers are
         # dropped, as an HTTP handler's are when its client goes away.
-        self._transport = None
+        self._transport = self._writer.transport = None
         self._server.connections.discard(self)
 
     def close(self) -> None:
@@ -119,7 +121,7 @@ class _Connection(asyncio.Protocol):
             log.warning("refused an XKS proxy link connection: no valid proxy token")
             self._transport.write(frame(HELLO_ID, {"refused": _REFUSED_TOKEN}))
             self._transport.close()
-            self._transport = None  # nothing more is read from it, nor answered
+            self._transport = self._writer.transport = None  # nothing more is read from it, nor answered
             return
         self._accepted = True
         self._server.stats.connections += 1
@@ -139,7 +141,7 @@ class _Connection(asyncio.Protocol):
             log.exception("unexpected error in a call over the XKS proxy link")
             answer = {"refused": "internal error"}
         if self._transport is not None:
-            self._transport.write(frame(request_id, answer))
+            self._writer.send(frame(request_id, answer))
 
 
 LINK_SERVERS_KEY: web.AppKey[list[LinkServer]] = web.AppKey("dsm_link_servers")

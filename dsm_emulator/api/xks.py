@@ -72,14 +72,25 @@ async def run_call(core: DsmCore, data: Any, line: dict[str, Any] | None = None)
         deadline=None
         if forwarded.budget_ms is None
         else asyncio.get_running_loop().time() + forwarded.budget_ms / 1000,
+        on_metadata=None
+        if line is None
+        else lambda metadata: line.update(kmsRequestId=metadata.kms_request_id),
     )
-    if line is not None:  # the metadata is read a second time only for a log line someone reads
-        metadata = xks_wire.parse_metadata_only(forwarded.body)
-        line.update(operation=forwarded.operation, kmsRequestId=metadata and metadata.kms_request_id)
+    if line is not None:
+        line.update(operation=forwarded.operation, kmsRequestId=_NOT_PARSED)
     try:
         result = await core.xks.call(xks_call)
     except DsmError as exc:
         if line is not None:
             line["error"] = exc.public_name
         return {"error": {"code": exc.public_name, "message": exc.message}}
+    finally:
+        if line is not None and line["kmsRequestId"] is _NOT_PARSED:
+            # Refused before its body was parsed (or the body is not valid): read the metadata for the
+            # line alone, best effort, as a log line someone reads wants it.
+            metadata = xks_wire.parse_metadata_only(forwarded.body)
+            line["kmsRequestId"] = metadata and metadata.kms_request_id
     return {"result": result}
+
+
+_NOT_PARSED = object()

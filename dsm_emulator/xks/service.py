@@ -20,7 +20,7 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -85,6 +85,8 @@ class XksCall:
     limits: xks_wire.Limits
     policy: PolicyVerdict | None = None
     deadline: float | None = None  # event-loop time after which the caller no longer waits
+    # Told the metadata once the body is parsed (the caller's access line need not parse it again).
+    on_metadata: Callable[[xks_wire.RequestMetadata], None] | None = None
 
 
 class XksService(XksPrefixes, XksHealth):
@@ -151,6 +153,8 @@ class XksService(XksPrefixes, XksHealth):
             except xks_wire.XksRequestError as exc:
                 raise BadRequest(exc.message) from None
             fields.update(_metadata_fields(request.metadata))
+            if call.on_metadata is not None:
+                call.on_metadata(request.metadata)
             if call.policy is not None:
                 verdict = "allowed" if call.policy.allowed else "denied"
                 fields["message"] += f", {verdict} by policy rule {call.policy.rule}"
@@ -379,15 +383,11 @@ def _require_usage(key: SecurityObject, op: str) -> None:
         raise KeyOpNotAllowed(f"the external key's key_ops do not include {op}")
 
 
-def _metadata_fields(metadata: xks_wire.RequestMetadata | None) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    return {
-        "kms_request_id": metadata.kms_request_id,
-        "kms_operation": metadata.kms_operation,
-        "aws_principal_arn": metadata.aws_principal_arn,
-        "kms_key_arn": metadata.kms_key_arn,
-    }
+_AUDITED_METADATA = ("kms_request_id", "kms_operation", "aws_principal_arn", "kms_key_arn")
+
+
+def _metadata_fields(metadata: xks_wire.RequestMetadata) -> dict[str, Any]:
+    return {name: getattr(metadata, name) for name in _AUDITED_METADATA}
 
 
 def _with_metadata(event: AuditEvent, metadata: xks_wire.RequestMetadata | None) -> AuditEvent:

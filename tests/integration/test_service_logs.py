@@ -11,13 +11,16 @@ import base64
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 
 from tests.integration.test_detach import FREE_PORTS, cleanup, xkslab
+from xkslab.bench import pools
 
 __all__ = ["cleanup"]  # a fixture, used by name
 
@@ -56,6 +59,14 @@ def test_a_detached_lab_logs_one_json_line_per_request_per_service(
     )
     encrypted = client.encrypt(KeyId=kms["key_id"], Plaintext=PLAINTEXT)
     encrypt_id = encrypted["ResponseMetadata"]["RequestId"]
+    # Refused before its body is parsed (a wrong signature): its lines still carry its kmsRequestId.
+    forged = pools.xks_encrypt_bad_signature(data, 1)[0]
+    forged_id = json.loads(forged.body)["requestMetadata"]["kmsRequestId"]
+    posted = urllib.request.Request(xks["url"] + forged.path, forged.body, forged.headers, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(posted, timeout=60)
+    refused.value.close()
+    assert refused.value.code == 401
     assert client.decrypt(CiphertextBlob=encrypted["CiphertextBlob"])["Plaintext"] == PLAINTEXT
     basic = {"Authorization": f"Basic {dsm['api_key']}"}
     assert get(f"{dsm['url']}/crypto/v1/keys/{dsm['root_kek_id']}", basic) == 200
@@ -92,6 +103,10 @@ def test_a_detached_lab_logs_one_json_line_per_request_per_service(
     assert [(line["route"], line["operation"]) for line in dsm_encrypt] == [
         ("/internal/xks/v1/call", "encrypt")
     ]
+    dsm_forged = [line for line in logs["dsm"] if line.get("kmsRequestId") == forged_id]
+    assert [(line["operation"], line["error"]) for line in dsm_forged] == [("encrypt", "AuthFailed")]
+    xks_forged = [line for line in logs["xks"] if line.get("kmsRequestId") == forged_id]
+    assert [line["error"] for line in xks_forged] == ["AuthenticationFailedException"]
     # The DSM's own API: the template, not the key id.
     assert any(
         line.get("route") == "/crypto/v1/keys/{kid}" and line["status"] == 200 for line in logs["dsm"]

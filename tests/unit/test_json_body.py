@@ -121,3 +121,73 @@ def test_the_fast_path_accepts_nothing_the_full_check_refuses(value: Any, ascii_
     except JsonBodyError:
         return
     json_body._check(parsed, 1)  # raises _BadString (or JsonBodyError) if the fast path let one through
+
+
+def _standard(raw: bytes) -> tuple[str, Any]:
+    """What loads() gives without its orjson path: ("value", parsed) or ("refused", message)."""
+    original = json_body._fast
+    json_body._fast = lambda raw: json_body._SLOW  # type: ignore[assignment]
+    try:
+        return "value", json_body.loads(raw)
+    except JsonBodyError as exc:
+        return "refused", exc.message
+    finally:
+        json_body._fast = original  # type: ignore[assignment]
+
+
+def _both(raw: bytes) -> None:
+    try:
+        got: tuple[str, Any] = "value", json_body.loads(raw)
+    except JsonBodyError as exc:
+        got = "refused", exc.message
+    expected = _standard(raw)
+    assert got[0] == expected[0]
+    if got[0] == "value":  # the same value, of the same types and key order (repr tells 1 from 1.0)
+        assert repr(got[1]) == repr(expected[1])
+    else:
+        assert got[1] == expected[1]
+
+
+_ORJSON_EDGES = [
+    b'{"a": 1, "a": 2, "b": 3, "a": 4}',
+    b"  {}  ",
+    b"\xef\xbb\xbf{}",
+    b'{"a": "x\ty"}',
+    b"{}\x00",
+    b'{"a": -0}',
+    b"[1,]",
+    b'{"a": 1e400}',
+    b'{"a": 1.0, "b": 1E2, "c": -0.0}',
+    b'{"a": 18446744073709551615}',
+    b'{"a": 9223372036854775808}',
+    b'{"a": -9223372036854775809}',
+    b'{"a": 123456789012345678901234567890}',
+    b'{"a": "\\n\\t\\"\\\\\\/\\b\\f\\r"}',
+    b'{"a": "\xc3\xa9\xf0\x9f\x98\x80"}',
+    b'{"a": "\xed\xa0\x80"}',
+    b'{"a": true, "b": false, "c": null, "d": [[], {}]}',
+    b"[" * MAX_DEPTH + b"]" * MAX_DEPTH,
+    b'{"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "Encrypt"}, "plaintext": "AA=="}',
+]
+
+
+@pytest.mark.parametrize("raw", _ORJSON_EDGES)
+def test_the_orjson_path_gives_what_the_standard_parser_gives(raw: bytes) -> None:
+    _both(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        _SCALARS, lambda inner: st.lists(inner) | st.dictionaries(st.text(max_size=8), inner), max_leaves=30
+    ),
+    st.booleans(),
+)
+def test_the_orjson_path_agrees_on_any_json_value(value: Any, ascii_only: bool) -> None:
+    _both(json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_the_orjson_path_agrees_on_any_bytes(raw: bytes) -> None:
+    _both(raw)

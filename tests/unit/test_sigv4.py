@@ -2,6 +2,7 @@
 Authorization headers, and the AWS documentation's signing-key vector."""
 
 import hashlib
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -11,6 +12,8 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xkslab_shared import sigv4
 from xkslab_shared.sigv4 import (
@@ -393,3 +396,51 @@ def test_constants() -> None:
 def test_unencodable_header_value_is_a_sigv4_error() -> None:
     with pytest.raises(SigV4Error, match="not encodable"):
         check(with_headers(sign(), content_type="application/\ud800json"))
+
+
+def _slow_parse(value: str) -> sigv4.Authorization | str:
+    """parse_authorization without its one-match path for the header as signers write it."""
+    original = sigv4._AS_SIGNED
+    sigv4._AS_SIGNED = re.compile(r"(?!)")  # matches nothing
+    try:
+        return parse_authorization(value)
+    except SigV4Error as exc:
+        return f"{exc.kind}: {exc}"
+    finally:
+        sigv4._AS_SIGNED = original
+
+
+def _both_parses(value: str) -> None:
+    try:
+        got: sigv4.Authorization | str = parse_authorization(value)
+    except SigV4Error as exc:
+        got = f"{exc.kind}: {exc}"
+    assert got == _slow_parse(value)
+
+
+_PART = st.text(alphabet="aZ09-_/=;,. \t\u0660é", max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_PART, min_size=8, max_size=8),
+    st.sampled_from(["AKIDEXAMPLE", "A" * 128, "A" * 129, "ak-1", ""]),
+    st.sampled_from(["20261207", "2026120", "2026120x"]),
+    st.sampled_from(
+        ["host;x-amz-date", "host;;x", "host;host", "a" * 129, "content-type;host;x-amz-date", ""]
+    ),
+    st.sampled_from(["a" * 64, "A" * 64, "a" * 63, "0123456789abcdef" * 4]),
+)
+def test_the_one_match_parse_agrees_with_the_full_one(
+    junk: list[str], akid: str, date: str, names: str, signature: str
+) -> None:
+    canonical = (
+        f"{sigv4.ALGORITHM} Credential={akid}/{date}/us-east-1/kms-xks-proxy/aws4_request, "
+        f"SignedHeaders={names}, Signature={signature}"
+    )
+    _both_parses(canonical)
+    _both_parses(canonical.replace(", ", ","))
+    # Junk spliced in anywhere: the one-match path must either give the full parse's answer or decline.
+    for index, piece in enumerate(junk):
+        at = (index * 37) % (len(canonical) + 1)
+        _both_parses(canonical[:at] + piece + canonical[at:])

@@ -626,6 +626,29 @@ def test_parse_metadata_only_is_best_effort() -> None:
         assert parse_metadata_only(garbage) is None
 
 
+def test_kms_request_id_only_is_parse_metadata_only_s_id() -> None:
+    """The proxy's access line reads the id alone; it must be what the whole metadata would say, on the
+    spec's bodies, the best-effort cases above and thousands of mutations of them."""
+    bodies = [
+        *SPEC_BODIES.values(),
+        b'{"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "Encrypt", "kmsKeyArn": 5}}',
+        b'{"requestMetadata": {"kmsRequestId": "r"}, "plaintext": 1}',
+        b'{"requestMetadata": {"kmsRequestId": "r", "kmsOperation": 1}}',
+        b'{"requestMetadata": {"kmsRequestId": "\\ud800", "kmsOperation": "x"}}',
+        b'{"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "x\\u0000"}}',
+        *[b"", b"null", b"[]", b"{}", b'{"requestMetadata": 1}', b"[" * 100_000, b"\xff", b"NaN"],
+    ]
+    rng = random.Random(22)
+    bodies += [mutations(rng, rng.choice(bodies[:6])) for _ in range(3000)]
+    seen = set()
+    for body in bodies:
+        metadata = parse_metadata_only(body)
+        expected = metadata.kms_request_id if metadata else None
+        assert xks_wire.kms_request_id_only(body) == expected, body
+        seen.add(expected is None)
+    assert seen == {True, False}
+
+
 def mutations(rng: random.Random, body: bytes) -> bytes:
     data = bytearray(body)
     for _ in range(rng.randint(1, 4)):
