@@ -161,9 +161,13 @@ def _registered(
         finally:
             try:
                 if counting is not None:
-                    counting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await counting
+                    proxy_fleet.stop()
+                    try:
+                        await asyncio.wait_for(asyncio.shield(counting), 5.0)
+                    except TimeoutError:
+                        counting.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await counting
                 await fault_store.close()
                 await generation.close()
                 await registry.close()

@@ -95,6 +95,7 @@ class FaultStore:
         self._seen = -1
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
         self.loads = 0
 
     # ------------------------------------------------------------------------------- admin calls
@@ -180,9 +181,16 @@ class FaultStore:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Stopped between two reads, not cancelled in one: a query cancelled mid-flight leaves its
+            # aiosqlite connection's thread unclosed behind the engine's dispose.
+            self._stopping = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         with contextlib.suppress(Exception):
             await self._write_applied()
@@ -190,7 +198,7 @@ class FaultStore:
     async def _follow(self) -> None:
         assert self.generation is not None
         failing = False
-        while True:
+        while not self._stopping:
             # Listening (PostgreSQL), every change wakes it: the poll is only the fallback.
             poll_s = max(self.generation.poll_s, 1.0 if self.generation.listening else 0.01)
             try:
@@ -206,6 +214,8 @@ class FaultStore:
                 if not failing:  # once until it works again
                     log.warning("could not follow the shared fault book: %s", type(exc).__name__)
                 failing = True
+            if self._stopping:
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll_s)
             self._wake.clear()

@@ -134,16 +134,23 @@ class LiveCount:
         self.sessions: async_sessionmaker[AsyncSession] | None = None
         self._value = 1
         self._read_at = -float("inf")
+        self._stop = asyncio.Event()
 
     def peek(self) -> int:
         """The count as last read, without waiting (for a hot path; :meth:`follow` keeps it fresh)."""
         return self._value
 
     async def follow(self) -> None:
-        """Read the count every ``ttl_s`` until cancelled (a task of the process that peeks)."""
-        while True:
+        """Read the count every ``ttl_s`` until :meth:`stop` (a task of the process that peeks). Stopped
+        between two reads rather than cancelled in one: a query cancelled mid-flight leaves its aiosqlite
+        connection's thread unclosed behind the engine's dispose."""
+        while not self._stop.is_set():
             await self.get()
-            await asyncio.sleep(self._ttl_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._ttl_s)
+
+    def stop(self) -> None:
+        self._stop.set()
 
     async def get(self) -> int:
         sessions = self.sessions
