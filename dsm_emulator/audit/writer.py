@@ -230,45 +230,31 @@ class AuditLog:
                     _resolve(i.future, error=AuditUnavailable(UNAVAILABLE))
 
     async def _collect(self, first: _Item) -> list[_Item]:
-        """Up to batch_max records: those already queued, then (only with a flush_interval above 0)
-        those arriving within flush_interval after the first. With 0, the default, a writer that was
-        idle commits a lone row at once, and the rows that arrive while a commit runs (on the driver's
-        thread, or on the database server) are the next batch: under load the batches grow by
-        themselves, with no timer. An apply() ends the batch and is held back so that it runs after the
-        records queued before it."""
+        """Up to batch_max records: those queued now and, only with a flush_interval above 0, those
+        arriving within it after the first's arrival. With 0 (the default) an idle writer commits a lone
+        row at once and the rows arriving during a commit are the next batch: batches grow with the load
+        and no request waits for a timer. An apply() ends the batch and is held back so that it runs
+        after the records queued before it."""
         batch = [first]
-        queue = self._queue
-        while len(batch) < self._batch_max and not queue.empty():
-            item = queue.get_nowait()
-            if item is _STOP or item.work:
-                self._held = item
-                return batch
-            batch.append(item)
-        if self._interval > 0:
-            await self._wait_for_more(batch)
-        return batch
-
-    async def _wait_for_more(self, batch: list[_Item]) -> None:
-        """Add to ``batch`` what arrives within flush_interval after its first row (the older way to
-        batch, kept for those who set a flush_interval: each lone row then waits that long)."""
         loop = asyncio.get_running_loop()
-        deadline = batch[0].queued + self._interval
+        deadline = first.queued + self._interval
         while len(batch) < self._batch_max:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return
+                    break
                 try:
                     async with asyncio.timeout(remaining):
                         item = await self._queue.get()  # a cancelled get() leaves the item queued
                 except TimeoutError:
-                    return
+                    break
             if item is _STOP or item.work:
                 self._held = item
-                return
+                break
             batch.append(item)
+        return batch
 
     async def _write(self, batch: list[_Item]) -> list[DsmError | None] | None:
         """Commit one row per item in one transaction (raw.py, or orm_batch.py): per item, the
