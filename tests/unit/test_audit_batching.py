@@ -35,7 +35,9 @@ class HeldWriter:
         self.started = asyncio.Event()
         self.sizes: list[int] = []
 
-    async def commit(self, lock_key: int, chain: str, head: Head | None, build: Build) -> Head:
+    async def commit(
+        self, lock_key: int, chain: str, head: Head | None, build: Build, *, expires: float | None = None
+    ) -> Head:
         self.started.set()
         await self.gate.wait()
         built: list[int] = []
@@ -45,7 +47,7 @@ class HeldWriter:
             built.append(len(rows))
             return rows, after
 
-        after = await self.inner.commit(lock_key, chain, head, counted)
+        after = await self.inner.commit(lock_key, chain, head, counted, expires=expires)
         self.sizes.append(built[-1])
         return after
 
