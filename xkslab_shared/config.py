@@ -77,12 +77,14 @@ class AuditSettings:
     # One hash chain per DSM node, so replicas sharing a database never contend for a chain head.
     node_id: str = "dsm-1"
     batch_max: int = 512
-    # How long the writer waits for more rows before committing a batch.
-    flush_interval_ms: float = 1.0
-    # How batches of audit rows without a mutation (every XKS call's) reach the database: "orm" through
-    # SQLAlchemy's session, "raw" below it through the driver (SQLite: a thread and a sqlite3 connection
-    # of the writer's own; PostgreSQL: an asyncpg connection of its own). README: Performance.
-    writer: Literal["orm", "raw"] = "orm"
+    # How long the writer waits for more rows after a batch's first before committing it. 0: it does not
+    # wait; an idle writer commits a lone row at once, and rows arriving during a commit are the next
+    # batch (a timer added its whole length to every lone request's latency). README: Performance.
+    flush_interval_ms: float = 0.0
+    # How batches of audit rows without a mutation (every XKS call's) reach the database: "raw" through
+    # the driver (SQLite: a thread and a sqlite3 connection of the writer's own; PostgreSQL: an asyncpg
+    # connection of its own), "orm" through SQLAlchemy's session, as before. README: Performance.
+    writer: Literal["orm", "raw"] = "raw"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ class OrmBatchWriter:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def commit(self, lock_key: int, chain: str, head: Head | None, build: Build) -> Head:
+    async def commit(
+        self, lock_key: int, chain: str, head: Head | None, build: Build, *, expires: float | None = None
+    ) -> Head:
+        # ``expires`` needs nothing here: the rows are built under the chain's lock.
         async with self._sessions() as session:
             if session.get_bind().dialect.name == "postgresql":  # held until the transaction ends
                 await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})

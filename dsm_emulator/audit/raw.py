@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,7 +66,12 @@ class ChainMoved(Exception):
 
 
 class RawWriter(Protocol):
-    async def commit(self, lock_key: int, chain: str, head: Head | None, build: Build) -> Head: ...
+    # ``expires``: the time.monotonic() at which a row of the batch reaches its deadline (None: none
+    # has one); a writer that builds the rows before taking the chain's lock builds them again under
+    # it once that time has passed, so that the row says what the caller was told.
+    async def commit(
+        self, lock_key: int, chain: str, head: Head | None, build: Build, *, expires: float | None = None
+    ) -> Head: ...
 
     async def close(self) -> None: ...
 
@@ -122,18 +128,22 @@ class SqliteRawWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-sqlite")
         self._conn: sqlite3.Connection | None = None  # used only on the executor's thread
 
-    async def commit(self, lock_key: int, chain: str, head: Head | None, build: Build) -> Head:
+    async def commit(
+        self, lock_key: int, chain: str, head: Head | None, build: Build, *, expires: float | None = None
+    ) -> Head:
         loop = asyncio.get_running_loop()
         if head is None:  # the first batch, or after a collision: read the head under the lock
-            return await loop.run_in_executor(self._executor, self._transaction, chain, None, build)
+            return await loop.run_in_executor(self._executor, self._transaction, chain, None, build, None)
         # The usual case: the rows (hashes, conversions) are built here, so that the thread does nothing
         # but SQLite's C code, which runs without the GIL. Built in the thread, they competed with the
         # event loop for the GIL while the transaction held the database lock, and every request of the
-        # batch waited for that. So here a row's deadline is decided just before the hop, not after the
-        # lock wait (other writers of the file hold the lock for milliseconds).
+        # batch waited for that. Only when a row's deadline passes while the thread waits for the lock
+        # (another process holding it) are they built again there, under the lock.
         rows, after = build(head)
         params = sqlite_params(rows)
-        return await loop.run_in_executor(self._executor, self._transaction, chain, (params, after), build)
+        return await loop.run_in_executor(
+            self._executor, self._transaction, chain, (params, after), build, expires
+        )
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -158,12 +168,16 @@ class SqliteRawWriter:
             self._conn = None
 
     def _transaction(
-        self, chain: str, built: tuple[list[tuple[Any, ...]], Head] | None, build: Build
+        self,
+        chain: str,
+        built: tuple[list[tuple[Any, ...]], Head] | None,
+        build: Build,
+        expires: float | None,
     ) -> Head:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")  # waits (busy_timeout) for the write lock: the chain's lock
         try:
-            if built is None:
+            if built is None or (expires is not None and time.monotonic() >= expires):
                 row = conn.execute(_HEAD_SQL.format(p="?"), (chain,)).fetchone()
                 head = EMPTY if row is None else Head(row[0], bytes(row[1]), _utc(_sqlite_time(row[2])))
                 rows, after = build(head)
@@ -220,8 +234,10 @@ class PostgresRawWriter:
         self._dsn = dsn
         self._conn: Any = None  # asyncpg.Connection (asyncpg is the postgres extra: imported on use)
 
-    async def commit(self, lock_key: int, chain: str, head: Head | None, build: Build) -> Head:
-        import asyncpg
+    async def commit(
+        self, lock_key: int, chain: str, head: Head | None, build: Build, *, expires: float | None = None
+    ) -> Head:
+        import asyncpg  # (``expires`` needs nothing here: the rows are built under the lock)
 
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self._dsn)

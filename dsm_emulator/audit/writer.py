@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -230,11 +231,14 @@ class AuditLog:
                     _resolve(i.future, error=AuditUnavailable(UNAVAILABLE))
 
     async def _collect(self, first: _Item) -> list[_Item]:
-        """Up to batch_max records, waiting at most flush_interval after the first; an apply() ends the
-        batch and is held back so that it runs after the records queued before it."""
+        """Up to batch_max records: those queued now and, only with a flush_interval above 0, those
+        arriving within it after the first's arrival. With 0 (the default) an idle writer commits a lone
+        row at once and the rows arriving during a commit are the next batch: batches grow with the load
+        and no request waits for a timer. An apply() ends the batch and is held back so that it runs
+        after the records queued before it."""
         batch = [first]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._interval
+        deadline = first.queued + self._interval
         while len(batch) < self._batch_max:
             try:
                 item = self._queue.get_nowait()
@@ -266,13 +270,17 @@ class AuditLog:
         its refusal: decided in ``build``, under the chain's lock, the last moment before the insert."""
         loop = asyncio.get_running_loop()
         decided: list[list[DsmError | None]] = []  # per build() call: the last one is what committed
+        # Loop time read from time.monotonic(), so that a raw writer's thread may build the rows too.
+        offset = loop.time() - time.monotonic()
+        soonest = min((i.deadline for i in batch if i.deadline is not None), default=None)
+        expires = None if soonest is None else soonest - offset
         try:
-            build = self._builder(batch, loop.time, decided)
+            build = self._builder(batch, lambda: time.monotonic() + offset, decided)
             try:
-                head = await self._raw.commit(self._lock_key, self.chain, self._head, build)
+                head = await self._raw.commit(self._lock_key, self.chain, self._head, build, expires=expires)
             except ChainMoved:
                 self._head = None
-                head = await self._raw.commit(self._lock_key, self.chain, None, build)
+                head = await self._raw.commit(self._lock_key, self.chain, None, build, expires=expires)
         except Exception as exc:
             await self._failed(exc, [i.event for i in batch])
             return None
