@@ -131,6 +131,9 @@ async def test_an_answer_in_many_segments_is_read_whole(pool: HttpPool) -> None:
     [
         (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", MalformedAnswer),
         (b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", MalformedAnswer),
+        (b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", MalformedAnswer),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n", MalformedAnswer),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}garbage", MalformedAnswer),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{}", MalformedAnswer),  # cut short
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", MalformedAnswer),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", MalformedAnswer),
@@ -146,6 +149,9 @@ async def test_an_answer_in_many_segments_is_read_whole(pool: HttpPool) -> None:
     ids=[
         "not-http",
         "bad-status",
+        "http-2",
+        "upgrade",
+        "more-than-the-length",
         "truncated",
         "two-lengths",
         "bad-chunk",
