@@ -1,14 +1,17 @@
 """``xkslab kms serve --workers N`` through ``xkslab up --workers 2``: two KMS processes on one port
 (SO_REUSEPORT) that answer as one KMS: a key disabled through one is refused by both, and an external key
-store's quota (``kms.xks_store_rps``) is the service's, each worker taking half.
+store's quota (``kms.xks_store_rps``) is the service's, each worker taking half, and its failures are
+counted by both together (``kms.xks_failure_threshold``).
 
 Real processes, real ports, boto3 on a fresh connection per call so that the kernel spreads the calls."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from tests import deadlines
 from tests.net import port_of
 from xkslab.lab.info import LabInfo
 from xkslab.lab.process import lab_process
+from xkslab_shared.faults_wire import FAULTS_PATH
 
 RATE = 2  # kms.xks_store_rps for the service: each of the two workers takes 1 request per second
 
@@ -86,3 +90,52 @@ def test_two_kms_workers_answer_as_one_kms(tmp_path: Path) -> None:
             except ClientError as exc:
                 codes[exc.response["Error"]["Code"]] += 1
         assert codes == Counter({"DisabledException": 12}), codes
+
+
+def test_two_kms_workers_count_a_stores_failures_together(tmp_path: Path) -> None:
+    """kms.xks_failure_threshold=3 and no periodic health check: three failed calls in all, whichever
+    worker each lands on, turn the store FAILED (the count is the store row's); a worker's own count
+    would need three on one worker."""
+    settings = {**deadlines.GENEROUS, "kms.xks_failure_threshold": "3", "kms.xks_timeout_ms": "2000"}
+    with lab_process(tmp_path / "lab", settings, up_args=["--workers", "2"]) as lab:
+        store_id = lab.data["kms"]["custom_key_store_id"]
+        _client(lab).encrypt(KeyId=lab.key_id, Plaintext=b"ok")  # type: ignore[attr-defined]
+        _set_fault(lab, {"kind": "drop"})
+        # The proxy's two workers apply the fault within a cache poll of each other: a success on the
+        # one that has not yet resets the count, so count from the last success.
+        outcomes: list[str] = []
+        while "not connected" not in outcomes:
+            assert len(outcomes) < 40, outcomes
+            try:
+                _client(lab).encrypt(KeyId=lab.key_id, Plaintext=b"x")  # type: ignore[attr-defined]
+                outcomes.append("ok")
+            except ClientError as exc:
+                outcomes.append(_outcome(exc))
+        since = outcomes[len(outcomes) - outcomes[::-1].index("ok") :] if "ok" in outcomes else outcomes
+        assert since == ["cannot reach"] * 3 + ["not connected"], outcomes
+        stores = _client(lab).describe_custom_key_stores(CustomKeyStoreId=store_id)  # type: ignore[attr-defined]
+        (described,) = stores["CustomKeyStores"]
+        assert described["ConnectionState"] == "FAILED", described
+        assert described["ConnectionErrorCode"] == "XKS_PROXY_NOT_REACHABLE", described
+
+
+def _outcome(exc: ClientError) -> str:
+    """A failed call as KMS tells it: KMSInvalidStateException both for a proxy it cannot reach and for
+    a key whose store is not connected; the message tells which."""
+    error = exc.response["Error"]
+    for said in ("cannot reach", "not connected"):
+        if error["Code"] == "KMSInvalidStateException" and said in error["Message"]:
+            return said
+    return f"{error['Code']}: {error['Message']}"
+
+
+def _set_fault(lab: LabInfo, fault: dict[str, object]) -> None:
+    token = (lab.data_dir / "xks-admin.token").read_text().strip()
+    request = urllib.request.Request(
+        lab.data["xks"]["url"] + FAULTS_PATH,
+        data=json.dumps({"faults": [fault]}).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
