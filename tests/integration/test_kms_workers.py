@@ -65,6 +65,7 @@ def test_two_kms_workers_answer_as_one_kms(tmp_path: Path) -> None:
         assert _accepting_pids(port_of(lab.kms_endpoint)) == set(workers)
 
         # An external key store's quota is the service's: each worker's bucket holds half of it.
+        encrypts_before = _encrypts_counted(lab)
         started = time.monotonic()
         found: Counter[str] = Counter()
         while time.monotonic() - started < 4.0:
@@ -78,6 +79,8 @@ def test_two_kms_workers_answer_as_one_kms(tmp_path: Path) -> None:
         # allow twice that.
         assert 0 < found["ok"] <= RATE + RATE * elapsed + 1, (found, elapsed)
         assert found["ThrottlingException"] > 0 and set(found) <= {"ok", "ThrottlingException"}, found
+        # /metrics through the shared port is the service's: every worker's requests, summed.
+        assert _encrypts_counted(lab) - encrypts_before == sum(found.values())
 
         # A key disabled through one worker is refused by every worker at once (the cache generation).
         key_id = _client(lab).create_key()["KeyMetadata"]["KeyId"]  # type: ignore[attr-defined]
@@ -117,6 +120,17 @@ def test_two_kms_workers_count_a_stores_failures_together(tmp_path: Path) -> Non
         (described,) = stores["CustomKeyStores"]
         assert described["ConnectionState"] == "FAILED", described
         assert described["ConnectionErrorCode"] == "XKS_PROXY_NOT_REACHABLE", described
+
+
+def _encrypts_counted(lab: LabInfo) -> float:
+    """Encrypt requests answered, in all outcomes, as one scrape of /metrics says."""
+    with urllib.request.urlopen(lab.kms_endpoint + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("kms_requests_total{") and 'operation="Encrypt"' in line
+    )
 
 
 def _outcome(exc: ClientError) -> str:
