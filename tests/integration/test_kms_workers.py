@@ -56,8 +56,9 @@ def _accepting_pids(port: int, connections: int = 16) -> set[int]:
     return {int(part.split("pid=")[1].split(",")[0]) for part in listing.split() if "pid=" in part}
 
 
-def test_two_kms_workers_answer_as_one_kms(tmp_path: Path) -> None:
-    quota = {**deadlines.GENEROUS, "kms.xks_store_rps": str(RATE)}
+def test_two_kms_workers_answer_as_one_kms(tmp_path: Path, empty_db_url: str) -> None:
+    """On SQLite and PostgreSQL (where a change reaches the other worker by NOTIFY)."""
+    quota = {**deadlines.GENEROUS, "kms.xks_store_rps": str(RATE), "database.url": empty_db_url}
     with lab_process(tmp_path / "lab", quota, up_args=["--workers", "2"]) as lab:
         workers = lab.data["worker_pids"]["kms"]
         assert len(workers) == 2
