@@ -62,6 +62,9 @@ def test_two_kms_workers_answer_as_one_kms(tmp_path: Path, empty_db_url: str) ->
     with lab_process(tmp_path / "lab", quota, up_args=["--workers", "2"]) as lab:
         workers = lab.data["worker_pids"]["kms"]
         assert len(workers) == 2
+        # Only the first worker runs the periodic KmsHealthCheck: once per interval, as KMS checks.
+        args = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in workers]
+        assert b"kms.xks_health_check_s=0" not in args[0] and b"kms.xks_health_check_s=0" in args[1]
         # Both workers take connections on the one port.
         assert _accepting_pids(port_of(lab.kms_endpoint)) == set(workers)
 
