@@ -49,6 +49,7 @@ from xkslab_shared import openapi as openapi_doc
 from xkslab_shared.config import Settings
 from xkslab_shared.generation import GenerationCache, invalidating_sessions
 from xkslab_shared.serve import MALFORMED_REQUEST_KEY, HttpLimits, Listener, refusal_message
+from xkslab_shared.workers_env import worker_count
 
 log = logging.getLogger("kms_emulator")
 
@@ -258,8 +259,9 @@ def create_app(settings: Settings) -> web.Application:
                     if settings.kms.verify_sigv4
                     else None
                 )
-                watch = StoreWatch(settings.kms.xks_failure_threshold)
-                throttle = StoreThrottle(settings.kms.xks_store_rps)
+                watch = StoreWatch(settings.kms.xks_failure_threshold, sessions)
+                # `kms serve --workers N`: each worker takes its share of every store's quota.
+                throttle = StoreThrottle(settings.kms.xks_store_rps, share=worker_count())
                 ctx = KmsContext(
                     settings.kms, sessions, sealer, client, usable_keys, metrics, watch, callers, throttle
                 )

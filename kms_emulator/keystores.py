@@ -369,7 +369,7 @@ async def connect_custom_key_store(ctx: KmsContext, call: Call, p: Params) -> di
                 f"Custom key store {store_id} is {store.connection_state}: disconnect it first."
             )
         cfg = proxy.proxy_config(ctx, store)
-    ctx.watch.reset(store_id)  # failures before this connection say nothing about it
+    await ctx.watch.reset(store_id)  # failures before this connection say nothing about it
     error_code = await proxy.connection_error(ctx, call, cfg)
     async with ctx.sessions.begin() as session:
         store = await _load_store(session, store_id)

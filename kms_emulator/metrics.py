@@ -8,18 +8,26 @@ metrics. One registry per app (no globals). Names (CloudWatch -> here):
     XksProxyCertificateDaysToExpire   kms_xks_proxy_certificate_days_to_expire{key_store_id}
     XksProxyCredentialAge             kms_xks_proxy_credential_age_days{key_store_id}
     ExternalKeyStoreThrottle          kms_external_key_store_throttle_total{key_store_id,kms_operation}
+
+With ``kms serve --workers N`` a scrape is the service's (xkslab_shared/metrics_mp.py): counters and
+histograms summed over the workers. The per-store gauges are read from the answering worker's memory at
+scrape time (``StoreGauges``): prometheus_client cannot drop a deleted store's series from the workers'
+files, and these gauges must drop them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from kms_emulator.xks_client import ProxyCall
+from xkslab_shared import metrics_mp
 
 # KMS's per-call budget is 250 ms: buckets resolve the range around it (as the proxy's own histogram).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5)
@@ -34,6 +42,41 @@ XKS_OPERATIONS = {
 _RETRYABLE_NAMES = frozenset({"ThrottlingException", "DependencyTimeoutException", "InternalException"})
 _RETRYABLE_CODES = frozenset({"XKS_PROXY_TIMED_OUT", "XKS_PROXY_NOT_REACHABLE"})
 DAY_S = 86400.0
+
+
+class StoreGauges(Collector):
+    """The per-store gauges, kept in this process's memory and read at scrape time."""
+
+    def __init__(self) -> None:
+        self.ekm_states: dict[tuple[str, str], float] = {}  # (key store id, state) -> managers
+        self.cert_days: dict[str, float] = {}
+        self.credential_age: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        states = GaugeMetricFamily(
+            "kms_xks_external_key_manager_states",
+            "XksExternalKeyManagerStates: external key managers in each state, from the proxy's last "
+            "GetHealthStatus answer.",
+            labels=["key_store_id", "state"],
+        )
+        for labels, count in self.ekm_states.items():
+            states.add_metric(list(labels), count)
+        days = GaugeMetricFamily(
+            "kms_xks_proxy_certificate_days_to_expire",
+            "XksProxyCertificateDaysToExpire: days until the proxy's TLS certificate expires, as of the last "
+            "HTTPS call.",
+            labels=["key_store_id"],
+        )
+        for store, value in self.cert_days.items():
+            days.add_metric([store], value)
+        age = GaugeMetricFamily(
+            "kms_xks_proxy_credential_age_days",
+            "XksProxyCredentialAge: days since the key store's proxy credential was set.",
+            labels=["key_store_id"],
+        )
+        for store, value in self.credential_age.items():
+            age.add_metric([store], value)
+        return iter((states, days, age))
 
 
 class KmsMetrics:
@@ -68,26 +111,8 @@ class KmsMetrics:
             ["key_store_id", "kms_operation", "xks_operation", "error_type", "exception_name"],
             registry=r,
         )
-        self.ekm_states = Gauge(
-            "kms_xks_external_key_manager_states",
-            "XksExternalKeyManagerStates: external key managers in each state, from the proxy's last "
-            "GetHealthStatus answer.",
-            ["key_store_id", "state"],
-            registry=r,
-        )
-        self.cert_days = Gauge(
-            "kms_xks_proxy_certificate_days_to_expire",
-            "XksProxyCertificateDaysToExpire: days until the proxy's TLS certificate expires, as of the last "
-            "HTTPS call.",
-            ["key_store_id"],
-            registry=r,
-        )
-        self.credential_age = Gauge(
-            "kms_xks_proxy_credential_age_days",
-            "XksProxyCredentialAge: days since the key store's proxy credential was set.",
-            ["key_store_id"],
-            registry=r,
-        )
+        self.gauges = StoreGauges()
+        r.register(self.gauges)
         self.throttle = Counter(
             "kms_external_key_store_throttle",
             "ExternalKeyStoreThrottle: KMS requests on an external key store refused as throttled: past the "
@@ -101,8 +126,6 @@ class KmsMetrics:
         # tuple each time, a few microseconds per request. Only series that are never removed.
         self._request_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._latency_series: dict[tuple[str, str, str], Histogram] = {}
-        # Certificate days by key store: set on every HTTPS call; dropped with the store (set_key_stores).
-        self._cert_series: dict[str, Gauge] = {}
 
     def observe_request(self, operation: str, error_name: str | None, seconds: float) -> None:
         key = (operation or "-", error_name or "success")
@@ -132,13 +155,10 @@ class KmsMetrics:
             if error.error_name == "ThrottlingException":
                 self.throttle.labels(store, call.kms_operation).inc()
         if call.cert_not_after is not None:
-            days = self._cert_series.get(store)
-            if days is None:
-                days = self._cert_series[store] = self.cert_days.labels(store)
-            days.set((call.cert_not_after - time.time()) / DAY_S)
+            self.gauges.cert_days[store] = (call.cert_not_after - time.time()) / DAY_S
         if call.health_states is not None:
             for state in HEALTH_STATES:
-                self.ekm_states.labels(store, state).set(call.health_states.count(state))
+                self.gauges.ekm_states[(store, state)] = call.health_states.count(state)
 
     def credential_set(self, key_store_id: str) -> None:
         self._credential_set_at[key_store_id] = time.time()
@@ -147,17 +167,14 @@ class KmsMetrics:
         """Before a scrape: the credential age of every key store (its creation, or a later credential
         change seen by this process); key stores that no longer exist drop out of the per-store gauges."""
         now = time.time()
-        alive = set()
-        self.credential_age.clear()
+        gauges = self.gauges
+        ages = {}
         for store_id, created in stores:
-            alive.add(store_id)
             since = max(created.timestamp(), self._credential_set_at.get(store_id, 0.0))
-            self.credential_age.labels(store_id).set(max(0.0, now - since) / DAY_S)
-        for gauge in (self.cert_days, self.ekm_states):
-            for labels in list(gauge._metrics):  # prometheus_client keeps children by label tuple
-                if labels[0] not in alive and labels[0] != "-":
-                    gauge.remove(*labels)
-                    self._cert_series.pop(labels[0], None)
+            ages[store_id] = max(0.0, now - since) / DAY_S
+        gauges.credential_age = ages
+        gauges.cert_days = {s: v for s, v in gauges.cert_days.items() if s in ages or s == "-"}
+        gauges.ekm_states = {k: v for k, v in gauges.ekm_states.items() if k[0] in ages or k[0] == "-"}
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return metrics_mp.render(self.registry, own=[self.gauges])  # with workers: all of them

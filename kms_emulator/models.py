@@ -1,6 +1,6 @@
 """The AWS KMS side's tables: custom key stores, KMS keys (with their key policy and rotation schedule),
 rotated key material, grants, aliases and callers' access keys. Alembic migrations in ``migrations/`` are
-the only way they are created (revisions 0003, 0006 and 0010).
+the only way they are created (revisions 0003, 0006, 0010 and 0017).
 
 The KMS emulator owns its own metadata (it never imports the key manager's models) but follows the same
 naming convention, so constraint names read alike across the schema. Nothing here holds a secret in the
@@ -48,6 +48,8 @@ class CustomKeyStore(Base):
     # CONNECTED | CONNECTING | FAILED | DISCONNECTED | DISCONNECTING
     connection_state: Mapped[str] = mapped_column(String(16))
     connection_error_code: Mapped[str | None] = mapped_column(String(64))
+    # The proxy's consecutive failures while CONNECTED, counted by every KMS process (store_health.py).
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     creation_date: Mapped[datetime]
     uri_endpoint: Mapped[str] = mapped_column(String(128))
     uri_path: Mapped[str] = mapped_column(String(128))

@@ -137,15 +137,9 @@ async def connection_error(ctx: KmsContext, call: Call, cfg: XksProxyConfig) -> 
 async def _observe(
     ctx: KmsContext, store_id: str, error: XksProxyError | None, *, health: bool = False
 ) -> None:
-    code = ctx.watch.record(store_id, error, health=health)
+    code = await ctx.watch.record(store_id, error, health=health)  # turns the store FAILED at the threshold
     if code is None:
         return
-    async with ctx.sessions.begin() as session:
-        store = await session.get(CustomKeyStore, store_id)
-        if store is None or store.connection_state != "CONNECTED":
-            return
-        store.connection_state = "FAILED"
-        store.connection_error_code = code
     log.warning(
         "%s",
         json.dumps(

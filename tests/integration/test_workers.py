@@ -117,7 +117,7 @@ def _chains(data_dir: Path) -> set[str]:
 def test_up_with_two_workers_per_service_serves_kms_and_lists_every_pid(tmp_path: Path) -> None:
     with lab_process(tmp_path / "lab", deadlines.GENEROUS, up_args=["--workers", "2"]) as lab:
         workers = lab.data["worker_pids"]
-        assert set(workers) == {"dsm", "xks"} and all(len(pids) == 2 for pids in workers.values())
+        assert set(workers) == {"dsm", "xks", "kms"} and all(len(pids) == 2 for pids in workers.values())
         every = [pid for pids in workers.values() for pid in pids]
         assert all(alive(pid) for pid in every)
         kms = boto3.client(

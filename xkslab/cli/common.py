@@ -320,8 +320,8 @@ def workers_option(f: Callable[..., Any]) -> Callable[..., Any]:
         type=click.IntRange(1, 64),
         default=1,
         show_default=True,
-        help="Processes serving this service's ports (SO_REUSEPORT), each a node of its own "
-        "(<node id>-w<i>: its own audit chain). See README, Deployment.",
+        help="Processes serving this service's ports (SO_REUSEPORT); a DSM or proxy worker is a node of "
+        "its own (<node id>-w<i>: its own audit chain). See README, Deployment.",
     )(f)
 
 

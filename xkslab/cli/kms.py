@@ -14,10 +14,12 @@ from xkslab.cli.common import (
     free_ports_option,
     json_option,
     log_options,
+    overrides_of,
     pass_settings,
     ready_file_option,
     run,
     serve_service,
+    workers_option,
 )
 from xkslab_shared.config import Settings
 
@@ -40,13 +42,15 @@ def kms() -> None:
 @ready_file_option
 @log_options
 @free_ports_option
+@workers_option
 @pass_settings
-def kms_serve(settings: Settings, ready_file: Path | None) -> None:
+def kms_serve(settings: Settings, ready_file: Path | None, workers: int) -> None:
     """Serve AWS KMS on kms.host:kms.port (plain HTTP, as `--endpoint-url http://...` expects); XKS proxies
     are called on the endpoints of the custom key stores. Stops cleanly on SIGINT or SIGTERM."""
     from kms_emulator.app import listener
 
-    serve_service(settings, "kms", listener, ready_file)
+    overrides = overrides_of(click.get_current_context())  # for the workers' command lines
+    serve_service(settings, "kms", listener, ready_file, workers, overrides)
 
 
 def _run_on_tables(settings: Settings, fn: Callable[[Sessions, KmsSealer], Awaitable[T]]) -> T:

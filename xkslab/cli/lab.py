@@ -73,7 +73,7 @@ from xkslab_shared.config import Settings
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="Processes per DSM and per proxy (serve --workers: one port, SO_REUSEPORT, a node each).",
+    help="Processes per DSM, per proxy and for the KMS (serve --workers: one port, SO_REUSEPORT).",
 )
 @log_options
 @free_ports_option

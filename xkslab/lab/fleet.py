@@ -46,7 +46,7 @@ class FleetShape:
 @dataclass(frozen=True)
 class LabShape:
     """What ``up`` starts besides one process per service: a fleet behind HAProxy (with the HAProxy
-    binary), and the workers of each DSM and proxy process (``--workers``)."""
+    binary), and the workers of each DSM, proxy and KMS process (``--workers``)."""
 
     fleet: FleetShape | None = None
     haproxy: str | None = None
@@ -55,7 +55,7 @@ class LabShape:
     def serve_args(self) -> dict[str, list[str]]:
         if self.workers <= 1:
             return {}
-        return {service: ["--workers", str(self.workers)] for service in ("dsm", "xks")}
+        return {service: ["--workers", str(self.workers)] for service in ("dsm", "xks", "kms")}
 
 
 def parse_shape(text: str) -> FleetShape:

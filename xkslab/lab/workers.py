@@ -1,5 +1,5 @@
-"""``xkslab dsm serve --workers N`` and ``xkslab xks serve --workers N``: N processes of one service on
-one port, each a node of its own.
+"""``xkslab dsm serve --workers N``, ``xkslab xks serve --workers N`` and ``xkslab kms serve --workers N``:
+N processes of one service on one port, each a node of its own.
 
 The command becomes a small supervisor (the lab's Supervisor) of N ``serve`` children. Each listens with
 SO_REUSEPORT (``http.reuse_port``) on the same ports, so the kernel spreads connections over them: the
@@ -12,6 +12,12 @@ pids; SIGINT or SIGTERM stops them all; a worker that dies is told and the other
 What they share (README, Deployment): everything in the database (the proxy's fault book and the DSM's
 failed-login counts included), and /metrics: the supervisor makes a directory for prometheus_client's
 multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, xkslab_shared/metrics_mp.py) and removes it at the end.
+
+The KMS emulator has no node registry row: each worker is told the number of workers at start
+(``XKSLAB_WORKER_COUNT``) and takes that share of each store's quota, and only the first runs the
+periodic KmsHealthCheck (the others get ``kms.xks_health_check_s=0``), as KMS checks a proxy once per
+interval however many hosts serve it. Its store-failure count is in the database
+(kms_emulator/store_health.py).
 """
 
 from __future__ import annotations
@@ -27,14 +33,19 @@ from xkslab_shared import parent
 from xkslab_shared.config import Settings
 from xkslab_shared.metrics_mp import MULTIPROC_ENV
 from xkslab_shared.serve import write_ready_file
+from xkslab_shared.workers_env import WORKER_COUNT_ENV
 
 # Set by the supervisor on its workers (its own pid): a worker does not take the service's lock, which its
 # supervisor holds for all of them.
 WORKER_OF_ENV = "XKSLAB_WORKER_OF"
 MAX_WORKERS = 64
 
-_NODE_SETTING = {"dsm": "audit.node_id", "xks": "xks.node_id"}
-_PORT_SETTINGS = {"dsm": ("dsm.port", "dsm.https_port"), "xks": ("xks.port", "xks.https_port")}
+_NODE_SETTING = {"dsm": "audit.node_id", "xks": "xks.node_id"}  # the KMS emulator is no node
+_PORT_SETTINGS = {
+    "dsm": ("dsm.port", "dsm.https_port"),
+    "xks": ("xks.port", "xks.https_port"),
+    "kms": ("kms.port", None),
+}
 
 
 def is_worker() -> bool:
@@ -43,7 +54,7 @@ def is_worker() -> bool:
 
 
 def _node_id(settings: Settings, service: str) -> str:
-    return settings.audit.node_id if service == "dsm" else settings.xks.node_id
+    return {"dsm": settings.audit.node_id, "xks": settings.xks.node_id}.get(service, service)
 
 
 def _link(settings: Settings) -> str:
@@ -65,7 +76,9 @@ def _ports(urls: list[str], service: str) -> dict[str, str]:
         if not url.startswith(("http://", "https://")):
             continue
         port = url.rsplit(":", 1)[1]
-        ports[https_setting if url.startswith("https://") else http_setting] = port
+        setting = https_setting if url.startswith("https://") else http_setting
+        if setting is not None:
+            ports[setting] = port
     return ports
 
 
@@ -81,7 +94,7 @@ async def serve_workers(
     SIGTERM (or until every one has exited: LabError)."""
     parent.die_with_parent()  # under `up`, the workers go when up goes, even killed
     metrics_dir = tempfile.mkdtemp(prefix=f"xkslab-{service}-metrics-")
-    env = {WORKER_OF_ENV: str(os.getpid()), MULTIPROC_ENV: metrics_dir}
+    env = {WORKER_OF_ENV: str(os.getpid()), MULTIPROC_ENV: metrics_dir, WORKER_COUNT_ENV: str(workers)}
     try:
         await _supervise(settings, service, overrides, workers, ready_file, echo, env)
     finally:
@@ -103,9 +116,13 @@ async def _supervise(
         urls: list[str] = []
         names = [f"{service}.w{index}" for index in range(1, workers + 1)]
         for index, name in enumerate(names, 1):
-            extra = {"http.reuse_port": "true", _NODE_SETTING[service]: f"{base}-w{index}"}
+            extra = {"http.reuse_port": "true"}
+            if service in _NODE_SETTING:
+                extra[_NODE_SETTING[service]] = f"{base}-w{index}"
             if service == "dsm":
                 extra["dsm.link"] = _link(settings)
+            if service == "kms" and index > 1:
+                extra["kms.xks_health_check_s"] = "0"
             if urls:
                 extra.update(_ports(urls, service))
             bound = await children.start(service, extra, name=name)
