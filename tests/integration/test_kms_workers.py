@@ -119,7 +119,11 @@ def test_two_kms_workers_count_a_stores_failures_together(tmp_path: Path) -> Non
             except ClientError as exc:
                 outcomes.append(_outcome(exc))
         since = outcomes[len(outcomes) - outcomes[::-1].index("ok") :] if "ok" in outcomes else outcomes
-        assert since == ["cannot reach"] * 3 + ["not connected"], outcomes
+        # Three counted failures turn the store FAILED; the other worker may still try once more before
+        # its cache poll brings it the FAILED state (that call fails as "cannot reach" and counts nothing:
+        # the row is no longer CONNECTED). A count per worker would need three on one worker.
+        assert since[:3] == ["cannot reach"] * 3 and since[-1] == "not connected", outcomes
+        assert len(since) <= 5, outcomes
         stores = _client(lab).describe_custom_key_stores(CustomKeyStoreId=store_id)  # type: ignore[attr-defined]
         (described,) = stores["CustomKeyStores"]
         assert described["ConnectionState"] == "FAILED", described
