@@ -11,14 +11,16 @@ login costs one read and no write. What stays per process: the global budget of 
 (it guards each process's own hashing core), the memory of identities known to be good, and the audit
 summary rows (each process writes the summary of the failures it answered).
 
-A row's key is a SHA-256 of the identity and source: a guessed email (or a password typed in its field)
-is never written. Times are wall-clock (the nodes of a fleet need synchronised clocks, as the node
-registry does); rows older than two windows are deleted when the summaries are flushed.
+A row's key is an HMAC-SHA256 of the identity and source, keyed from the keyring's active term: a guessed
+email (or a password typed in its field) is never written, nor a hash one could test guesses against (a
+keyring rotation starts the counts afresh). Times are wall-clock (the nodes of a fleet need synchronised
+clocks, as the node registry does); rows older than two windows are deleted when the summaries are flushed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -47,8 +49,13 @@ login_failures = Table(
 _SEEN_MAX = 10_000
 
 
-def _key(identity: str, source: str) -> str:
-    return hashlib.sha256(f"{identity}\x00{source}".encode("utf-8", "surrogatepass")).hexdigest()
+ROW_KEY_PURPOSE = "login-failure-row"
+
+
+def _key(secret: bytes, identity: str, source: str) -> str:
+    # Keyed, not a bare SHA-256: a password typed into the email field must not be guessable from its row.
+    message = f"{identity}\x00{source}".encode("utf-8", "surrogatepass")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 class SharedLogins:
@@ -56,9 +63,11 @@ class SharedLogins:
         self,
         sessions: async_sessionmaker[AsyncSession],
         limiter: LoginLimiter,
+        row_secret: Callable[[], bytes],
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._sessions = sessions
+        self._row_secret = row_secret
         self._limiter = limiter
         self._wall = wall
         # Pairs whose last read found failures: only their success deletes a row.
@@ -67,7 +76,10 @@ class SharedLogins:
 
     async def pull(self, kind: str, identity: str, source: str) -> None:
         """Hand the fleet's counts for this login to the limiter, before its checks."""
-        pair, bucket = _key(identity, source), _key(ANY_IDENTITY, source)
+        pair, bucket = (
+            _key(self._row_secret(), identity, source),
+            _key(self._row_secret(), ANY_IDENTITY, source),
+        )
         try:
             async with self._sessions() as session:
                 rows = {
@@ -103,7 +115,11 @@ class SharedLogins:
             "updated": now,
         }
         statements = [
-            (_key(identity, source), pair_values, {"window_start": now, "failures": 1, "tokens": 0.0})
+            (
+                _key(self._row_secret(), identity, source),
+                pair_values,
+                {"window_start": now, "failures": 1, "tokens": 0.0},
+            )
         ]
         if limiter.max_failures_per_source > 0:
             rate = limiter.max_failures_per_source / limiter.window_s
@@ -114,7 +130,7 @@ class SharedLogins:
                 "updated": now,
             }
             first = {"window_start": now, "failures": 0, "tokens": burst - 1.0}
-            statements.append((_key(ANY_IDENTITY, source), bucket_values, first))
+            statements.append((_key(self._row_secret(), ANY_IDENTITY, source), bucket_values, first))
         self._failing[(identity, source)] = None
         try:
             for key, values, first in statements:
@@ -140,7 +156,9 @@ class SharedLogins:
         try:
             async with self._sessions.begin() as session:
                 await session.execute(
-                    delete(login_failures).where(login_failures.c.key == _key(identity, source))
+                    delete(login_failures).where(
+                        login_failures.c.key == _key(self._row_secret(), identity, source)
+                    )
                 )
         except Exception as exc:
             log.warning("could not clear a shared login count: %s", type(exc).__name__)

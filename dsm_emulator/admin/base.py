@@ -27,7 +27,7 @@ from dsm_emulator.audit import AuditEvent, AuditLog
 from dsm_emulator.authz import Principal
 from dsm_emulator.errors import AccessDenied, AuthFailed, Conflict, NotFound, Sealed, TooManyAttempts
 from dsm_emulator.keyring import Keyring
-from dsm_emulator.login_store import SharedLogins
+from dsm_emulator.login_store import ROW_KEY_PURPOSE, SharedLogins
 from dsm_emulator.logins import ANY_IDENTITY, HashSlot, LoginLimiter
 from dsm_emulator.models import App, AppGroup, Group, is_uuid
 
@@ -60,7 +60,9 @@ class AdminBase:
         self._secret_keys: dict[int, bytes] = {}
         self.login_limiter = limiter if limiter is not None else LoginLimiter()
         # The counts a client spends are the fleet's (every worker and node): login_store.py.
-        self.shared_logins = SharedLogins(sessions, self.login_limiter)
+        self.shared_logins = SharedLogins(
+            sessions, self.login_limiter, lambda: self._keyring.derive(ROW_KEY_PURPOSE)
+        )
 
     # ------------------------------------------------------------------------------- helpers
 
