@@ -12,8 +12,8 @@ transaction on a connection of the writer's own:
   rows are built and converted on the event loop before the hop, so the thread runs only SQLite's C
   code, without the GIL; a per-row ``executemany`` took the GIL back once per row, each time waiting for
   a busy event loop (measured: the key manager then ran less, and slower, than through the ORM).
-- PostgreSQL: an ``asyncpg`` connection of its own: a transaction that takes the chain's advisory lock,
-  then ``executemany`` (pipelined, atomic).
+- PostgreSQL: an ``asyncpg`` connection of its own: a transaction that takes the chain's advisory lock
+  (BEGIN and the lock in one round trip), then ``executemany`` (pipelined, atomic) and COMMIT.
 
 The rows themselves are built by the writer's ``build(head)`` (chain.py's hash, unchanged), inside the
 transaction, once the head is known. Values are converted by the same SQLAlchemy column types the ORM
@@ -299,13 +299,20 @@ class PostgresRawWriter:
             self._conn = await asyncpg.connect(self._dsn)
         conn = self._conn
         try:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)  # until the commit
+            # BEGIN and the chain's lock (held until the commit) in one round trip, a simple query of
+            # two statements (the key is an integer of ours), where asyncpg's transaction() and a bound
+            # statement took two: a lone request waits for each of them.
+            await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(lock_key)})")
+            try:
                 if head is None:
                     row = await conn.fetchrow(_HEAD_SQL.format(p="$1"), chain)
                     head = EMPTY if row is None else Head(row[0], bytes(row[1]), _utc(row[2]))
                 rows, after = build(head)
                 await conn.executemany(PG_INSERT, pg_params(rows))
+                await conn.execute("COMMIT")
+            except asyncpg.PostgresError:
+                await conn.execute("ROLLBACK")
+                raise
         except asyncpg.UniqueViolationError:
             raise ChainMoved() from None
         except asyncpg.PostgresError:
