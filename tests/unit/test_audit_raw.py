@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator import audit, store
 from dsm_emulator.audit import AuditEvent, AuditLog, verify
-from dsm_emulator.audit.raw import EMPTY, ChainMoved, Head, open_raw_writer
+from dsm_emulator.audit.chain import HASHED_COLUMNS, row_hash
+from dsm_emulator.audit.raw import EMPTY, ChainMoved, Head, _Thread, open_raw_writer
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import Account, AuditRow
 from xkslab_shared.config import AuditSettings
@@ -182,3 +184,61 @@ async def test_wal_checkpoints_happen_off_the_commit_path(tmp_path: Path, keyrin
             assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 1000
     finally:
         await default.dispose()
+
+
+def test_the_row_hash_is_the_one_old_rows_were_written_with() -> None:
+    """A known answer: the hash of a fixed row, as the code before hmac.digest computed it (hmac.new with
+    hashlib.sha256). A change of the definition would stop every existing chain from verifying."""
+    values: dict[str, Any] = dict.fromkeys(HASHED_COLUMNS)
+    values.update(
+        id="00000000-0000-4000-8000-000000000001",
+        chain="dsm-1",
+        seq=7,
+        time=datetime(2026, 12, 7, 17, 0, 0, 123456, tzinfo=UTC),
+        operation="xks.encrypt",
+        message="caf\u00e9",
+        group_ids=["g"],
+        response_time_us=42,
+        key_term=1,
+        actor_type="App",
+        action_type="CRYPTOOPERATION",
+        severity="INFO",
+        outcome="success",
+    )
+    expected = "60f04142531c83caa284b32844a178283dccb9bfdfcc84cc6cab85d7ca56de3e"
+    assert row_hash(bytes(range(32)), bytes(32), values).hex() == expected
+
+
+async def test_the_writer_thread_answers_in_order_survives_errors_and_skips_abandoned_calls() -> None:
+    worker = _Thread("audit-test")
+    gate = threading.Event()
+    ran: list[int] = []
+
+    def job(i: int) -> int:
+        if i == 0:
+            gate.wait(10)
+        if i == 2:
+            raise sqlite3.OperationalError("database is locked")
+        ran.append(i)
+        return i * 10
+
+    first = asyncio.ensure_future(worker.run(job, 0))
+    await asyncio.sleep(0.05)  # the thread is in job 0, held
+    abandoned = asyncio.ensure_future(worker.run(job, 1))
+    failing = asyncio.ensure_future(worker.run(job, 2))
+    last = asyncio.ensure_future(worker.run(job, 3))
+    await asyncio.sleep(0)
+    abandoned.cancel()  # before the thread reached it: never run, as an executor would not run it
+    gate.set()
+    assert await first == 0
+    try:
+        await failing
+    except sqlite3.OperationalError as exc:
+        assert "locked" in str(exc)
+    else:
+        raise AssertionError("the thread's exception did not reach its caller")
+    assert await last == 30
+    assert ran == [0, 3] and abandoned.cancelled()
+    assert any(t.name == "audit-test" for t in threading.enumerate())
+    worker.stop()
+    assert not any(t.name == "audit-test" for t in threading.enumerate())
