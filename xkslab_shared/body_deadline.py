@@ -20,7 +20,9 @@ async def body_deadline(request: web.Request, handler: Handler) -> web.StreamRes
     started. Only an incomplete body cancels: a handler that has its whole body may take as long as it
     needs (the services bound their own work)."""
     timeout = request.app.get(BODY_TIMEOUT_KEY)
-    if timeout is None or not request.body_exists:
+    # A body already whole (a small one, read with its headers: nearly every request) cannot expire:
+    # no timer to arm and cancel.
+    if timeout is None or not request.body_exists or request.content.is_eof():
         return await handler(request)
     task = asyncio.current_task()
     assert task is not None

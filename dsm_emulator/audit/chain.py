@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 AUDIT_KEY_PURPOSE = "audit-chain"
 ZERO_HASH = bytes(32)
 
@@ -37,7 +39,32 @@ def canonical(values: Mapping[str, Any]) -> bytes:
     with microseconds, so a row read back from either database encodes exactly as it was written."""
     doc = {name: values[name] for name in HASHED_COLUMNS}
     doc["time"] = _utc(doc["time"]).isoformat(timespec="microseconds")
+    fast = _fast(doc)
+    if fast is not None:
+        return _DOMAIN + fast
     return _DOMAIN + json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _fast(doc: dict[str, Any]) -> bytes | None:
+    """orjson's encoding of ``doc`` where it is provably the standard encoder's, byte for byte (about a
+    tenth of its CPU, paid by every audit row); None where it may not be: a value other than a string, a
+    64-bit integer, a bool, None or a list of strings (a float, say), or a byte outside printable ASCII
+    in the result (``ensure_ascii`` escapes DEL and everything above it; orjson writes them as they are).
+    Both escape quotes, backslashes and the control characters below 0x20 alike, and sort the same keys."""
+    for value in doc.values():
+        kind = type(value)
+        if kind is str or kind is int or kind is bool or value is None:
+            continue
+        if (kind is list or kind is tuple) and all(type(item) is str for item in value):
+            continue
+        return None
+    try:
+        encoded = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer past 64 bits
+        return None
+    if not encoded.isascii() or b"\x7f" in encoded:
+        return None
+    return encoded
 
 
 def row_hash(key: bytes, prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
