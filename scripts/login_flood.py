@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,8 @@ def _measure(
     pids = _service_pids(lab)
 
     def statuses() -> dict[str, int]:
-        return flood.xks_refusals(url) if xks_kind else flood.login_statuses(info["dsm"]["url"])
+        # The XKS kinds: by errorName (the statuses follow from them), so that a 500 says which error.
+        return flood.xks_errors(url) if xks_kind else flood.login_statuses(info["dsm"]["url"])
 
     def timed(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         before = {name: _cpu_s(pid) for name, pid in pids.items()}
@@ -118,7 +119,10 @@ def _measure(
         time.sleep(LEAD_S)
         measured = timed(lambda: wrk.run(url, pool, settings))
         measured["flood"] = flooder.result()
-        measured["flood"]["statuses"] = flood.difference(statuses(), counted)
+        answered = flood.difference(statuses(), counted)
+        measured["flood"]["statuses"] = flood.by_status(answered) if xks_kind else answered
+        if xks_kind:
+            measured["flood"]["errors"] = answered
         return measured
 
     wrk.run(url, pool, wrk.WrkSettings(duration_s=warmup_s, connections=settings.connections))
@@ -154,10 +158,8 @@ def _measure(
             **besides[middle]["flood"],
             "sent": sum(f["sent"] for f in sent),
             "socket_errors": sum(f["socket_errors"] for f in sent),
-            "statuses": {
-                k: sum(f["statuses"].get(k, 0) for f in sent)
-                for k in sorted({k for f in sent for k in f["statuses"]})
-            },
+            "statuses": _sum_counts([f["statuses"] for f in sent]),
+            **({"errors": _sum_counts([f["errors"] for f in sent])} if xks_kind else {}),
         },
         "ratio": pair_ratios[middle],  # the median of the rounds' ratios
         "ratios": pair_ratios,
@@ -169,6 +171,10 @@ def _measure(
         result["runs_beside_ceiling"] = ceilings
         result["ceiling_ratios"] = ratios(ceilings)
     return result
+
+
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    return {k: sum(c.get(k, 0) for c in counts) for k in sorted({k for c in counts for k in c})}
 
 
 def _cpu_per_request(alone: list[dict[str, Any]], besides: list[dict[str, Any]]) -> dict[str, float]:
@@ -205,6 +211,12 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{beside['non2xx'] + beside['socket_errors']:>12}  "
             + " ".join(f"{status}:{n}" for status, n in r["flood"]["statuses"].items())
         )
+        if r["flood"].get("errors"):
+            lines.append(
+                f"{'':<13} errorNames of the non-2xx answers during the runs beside the flood (the "
+                f"measured load's included; {flood.CLIENT_GONE}: requests whose client left unanswered): "
+                + " ".join(f"{name}:{n}" for name, n in r["flood"]["errors"].items())
+            )
         if r.get("rounds", 1) > 1 or "ceiling_ratios" in r:
             lines.append(f"{'':<13} ratios pair by pair: {' '.join(f'{x:.2f}' for x in r['ratios'])}")
         if "ceiling_ratios" in r:
@@ -216,6 +228,16 @@ def table(results: list[dict[str, Any]]) -> str:
         if cpu:
             lines.append(f"{'':<13} CPU us per request: " + ", ".join(f"{k} {v:g}" for k, v in cpu.items()))
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _workdir(keep: Path | None, kind: str) -> Iterator[str]:
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix=f"xkslab-flood-{kind}-") as tmp:
+            yield tmp
+        return
+    (keep / kind).mkdir(parents=True)  # a fresh lab each time: an existing one is not reused
+    yield str(keep / kind)
 
 
 def main() -> None:
@@ -246,6 +268,13 @@ def main() -> None:
         "request forwarded from one Python process to another costs the machine)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="run each lab in DIR/<kind> and keep it (its data directory and up.log, the services' "
+        "logs) instead of a temporary directory removed afterwards",
+    )
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = [k for k in kinds if k not in flood.KINDS]
@@ -254,7 +283,7 @@ def main() -> None:
     settings = wrk.WrkSettings(duration_s=args.duration, connections=args.connections)
     results = []
     for kind in kinds:
-        with tempfile.TemporaryDirectory(prefix=f"xkslab-flood-{kind}-") as tmp:
+        with _workdir(args.keep, kind) as tmp:
             results.append(
                 measure(
                     kind,

@@ -31,6 +31,12 @@ class XksMetrics:
             ["operation", "error_name"],
             registry=self.registry,
         )
+        self.gone = Counter(
+            "xks_proxy_client_gone",
+            "XKS requests not answered: the client closed its connection before the proxy read them.",
+            ["operation"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "xks_proxy_latency_seconds",
             "Time from request to response, by XKS operation.",
@@ -63,6 +69,9 @@ class XksMetrics:
         if errors is not None:
             errors.inc()
         latency.observe(seconds)
+
+    def client_gone(self, operation: str) -> None:
+        self.gone.labels(operation).inc()
 
     def set_ekm_states(self, states: list[str]) -> None:
         for state in HEALTH_STATES:

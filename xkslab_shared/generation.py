@@ -60,6 +60,9 @@ cache_generation = Table(
 )
 
 
+_GENERATION = select(cache_generation.c.value).where(cache_generation.c.id == 1)
+
+
 def bump() -> Update:
     """The statement a mutating transaction runs (before its commit) to tell every process's caches."""
     return (
@@ -226,10 +229,17 @@ class Generation:
     async def _read(self) -> int:
         started = time.monotonic()
         try:
-            async with self._sessions() as session:
-                value = await session.scalar(
-                    select(cache_generation.c.value).where(cache_generation.c.id == 1)
-                )
+            # On the engine's connection, not through an ORM session: the same statement for half the
+            # CPU (0.6 against 1.25 ms a read on a loaded 2-core machine, SQLite), paid ten times a second
+            # by every serving process, and once more per interval under a flood of bad signatures
+            # (recheck).
+            bind = self._sessions.kw.get("bind")
+            if isinstance(bind, AsyncEngine):
+                async with bind.connect() as connection:
+                    value = await connection.scalar(_GENERATION)
+            else:
+                async with self._sessions() as session:
+                    value = await session.scalar(_GENERATION)
         finally:
             self._reading = None
         self.reads += 1

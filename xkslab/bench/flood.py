@@ -240,8 +240,13 @@ def login_statuses(dsm_url: str) -> dict[str, int]:
     return counts
 
 
-def xks_refusals(xks_url: str) -> dict[str, int]:
-    """The proxy's count of refused XKS requests so far, by HTTP status (from its ``/metrics``)."""
+# In xks_errors' counts: the requests whose client left before the proxy read them (no answer was sent).
+CLIENT_GONE = "client-gone"
+
+
+def xks_errors(xks_url: str) -> dict[str, int]:
+    """The proxy's count of refused XKS requests so far, by XKS errorName, and of those whose client left
+    before they were read, as CLIENT_GONE (from its ``/metrics``)."""
     import urllib.request
 
     with urllib.request.urlopen(xks_url + "/metrics", timeout=30) as response:  # noqa: S310 (loopback)
@@ -251,9 +256,27 @@ def xks_refusals(xks_url: str) -> dict[str, int]:
         if line.startswith("xks_proxy_requests_total{") and 'outcome="success"' not in line:
             labels, value = line.rsplit(" ", 1)
             outcome = labels.split('outcome="', 1)[1].split('"', 1)[0]
-            status = str(ERROR_STATUS.get(outcome, 500))
-            counts[status] = counts.get(status, 0) + int(float(value))
+            counts[outcome] = counts.get(outcome, 0) + int(float(value))
+        elif line.startswith("xks_proxy_client_gone_total{"):
+            counts[CLIENT_GONE] = counts.get(CLIENT_GONE, 0) + int(float(line.rsplit(" ", 1)[1]))
     return counts
+
+
+def by_status(errors: dict[str, int]) -> dict[str, int]:
+    """Counts by XKS errorName -> counts by HTTP status (the spec's table): the answers, so not
+    CLIENT_GONE (no answer was sent)."""
+    counts: dict[str, int] = {}
+    for name, n in errors.items():
+        if name == CLIENT_GONE:
+            continue
+        status = str(ERROR_STATUS.get(name, 500))
+        counts[status] = counts.get(status, 0) + n
+    return counts
+
+
+def xks_refusals(xks_url: str) -> dict[str, int]:
+    """The proxy's count of refused XKS requests so far, by HTTP status."""
+    return by_status(xks_errors(xks_url))
 
 
 def difference(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
