@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from xkslab.bench import wrk
@@ -29,7 +31,7 @@ def test_a_thread_that_keeps_up_sends_exactly_at_its_rate() -> None:
     # 150 sends of one thread in one second: 300/s over the two threads, none early.
     assert sent[0] == 0.0
     assert sent[-1] == pytest.approx(149 * interval)
-    assert all(b - a == pytest.approx(interval) for a, b in zip(sent, sent[1:], strict=False))
+    assert all(b - a == pytest.approx(interval) for a, b in itertools.pairwise(sent))
 
 
 def test_a_short_stall_is_caught_up_and_a_long_one_is_not_a_burst() -> None:
