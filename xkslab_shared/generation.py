@@ -276,13 +276,15 @@ class Generation:
                         self._sqlite_path, timeout=0, isolation_level=None, check_same_thread=False
                     )
                     self._sqlite.execute("PRAGMA query_only=ON")
-                row = self._sqlite.execute(READ).fetchone()
+                # fetchall steps the statement to its end: no read transaction stays open between polls
+                # (an open one would hold the WAL checkpoint back).
+                rows = self._sqlite.execute(READ).fetchall()
             except sqlite3.Error as exc:  # opened again at the next read
                 log.debug("cache generation read on its own SQLite connection failed: %r", exc)
                 self._close_sqlite()
             else:
                 self.direct_reads += 1
-                return True, None if row is None else int(row[0])
+                return True, int(rows[0][0]) if rows else None
         connection = self._pg
         if connection is not None:
             try:

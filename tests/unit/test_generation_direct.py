@@ -6,6 +6,7 @@ engines stand for two processes. Runs on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 
 import pytest
@@ -96,3 +97,24 @@ async def test_a_failed_direct_connection_hands_the_read_to_the_pool(
     finally:
         await generation.close()
     assert generation._sqlite is None and generation._pg is None
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # SQLite's own connection (PostgreSQL: LISTEN's)
+async def test_the_sqlite_read_leaves_no_read_transaction_open(
+    sessions: Sessions, other_process: Sessions, db_url: str
+) -> None:
+    """A snapshot left open between polls would hold every WAL checkpoint back (the file only grows)."""
+    generation = Generation(sessions, poll_s=0.0)
+    try:
+        await generation.current()
+        assert generation._sqlite is not None and generation.direct_reads == 1
+        await bump(other_process)  # a frame in the WAL after the read's snapshot
+        path = db_url.split("///", 1)[1]
+        checkpoint = sqlite3.connect(path, isolation_level=None)
+        try:
+            busy, _log, _done = checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            checkpoint.close()
+        assert busy == 0
+    finally:
+        await generation.close()
