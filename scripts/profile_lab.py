@@ -2,11 +2,15 @@
 """Where a lab spends its time under load: CPU per request of each service process, and (with --py-spy)
 the busiest functions of each, from py-spy's raw samples.
 
-    python scripts/profile_lab.py xks-encrypt --connections 32 --seconds 10 [--py-spy]
+    python scripts/profile_lab.py xks-encrypt --connections 32 --seconds 10 [--py-spy] [--rate 300]
 
 Starts `xkslab up` on free ports in a temporary data directory (as `xkslab bench` does), warms it, then
 drives one bench scenario with wrk. CPU per request (utime + stime from /proc over the requests served)
 is a steadier figure than requests/s on a shared machine: it does not depend on what else runs there.
+It does depend on the rate served (a fixed cost per second is spread over fewer requests at a lower
+rate), so `--rate R` offers R requests/s in total (wrk paced per thread) to compare two set-ups at the
+same served rate, and each service's idle cost per second is printed apart from its net cost per
+request. The last line is the run's figures as JSON.
 """
 
 from __future__ import annotations
@@ -22,23 +26,13 @@ import time
 from pathlib import Path
 
 from xkslab.bench import SCENARIOS, wrk
+from xkslab.bench.cpu import cpu_seconds, split_cost, switches
 from xkslab.bench.lab import Lab
 from xkslab.bench.run import _create_pg_database, _drop_pg_database, _pool_for
 
 # Leaf frames that are waiting, not working: the event loop in epoll, aiosqlite's idle queue get.
 IDLE_FRAMES = ("Runner.run (asyncio/runners.py:", "_connection_worker_thread (aiosqlite/core.py:59)")
 IDLE_S = 3.0
-
-
-def switches(pid: int) -> int:
-    """Context switches, voluntary and not: how often the process gave up or lost its core."""
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return sum(int(line.split()[1]) for line in status if line.split(":")[0].endswith("ctxt_switches"))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def busiest(raw: Path, top: int) -> list[str]:
@@ -71,6 +65,9 @@ def main() -> None:
     parser.add_argument("scenario", choices=[s for s in SCENARIOS if not s.endswith("-postgres")])
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="offer this many requests/s in total (0: full rate)"
+    )
     parser.add_argument("--py-spy", action="store_true", help="also sample each service with py-spy")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument(
@@ -117,9 +114,10 @@ def profile(args: argparse.Namespace, settings: dict[str, str]) -> None:
         before = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
         switched = {name: sum(switches(p) for p in members) for name, members in group.items()}
         started = time.monotonic()
-        result = wrk.run(
-            url, pool, wrk.WrkSettings(threads=2, connections=args.connections, duration_s=args.seconds)
+        measured = wrk.WrkSettings(
+            threads=2, connections=args.connections, duration_s=args.seconds, rate=args.rate
         )
+        result = wrk.run(url, pool, measured)
         elapsed = time.monotonic() - started
         after = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
         switched = {
@@ -128,20 +126,34 @@ def profile(args: argparse.Namespace, settings: dict[str, str]) -> None:
         for spy in spies.values():
             spy.wait()
     summary = {k: result[k] for k in ("requests", "rps", "p50_ms", "p90_ms", "p99_ms", "non2xx")}
+    summary["offered_rps"] = args.rate or None
     print(json.dumps(summary))
+    figures: dict[str, dict[str, float]] = {}
     for name in pids:
         used = after[name] - before[name]
-        per_request = 1e6 * used / max(1, result["requests"])
+        cost = split_cost(used, idle[name] / IDLE_S, elapsed, max(1, result["requests"]))
         processes = len(group[name])
+        per_switch = switched[name] / max(1, result["requests"])
+        figures[name] = {
+            "us_per_request": round(cost.gross_us, 1),
+            "net_us_per_request": round(cost.net_us, 1),
+            "fixed_us_per_request": round(cost.fixed_us, 1),
+            "idle_core_pct": round(100 * idle[name] / IDLE_S, 2),
+            "core_pct": round(100 * used / elapsed, 1),
+            "switches_per_request": round(per_switch, 2),
+        }
         print(
-            f"{name}: {100 * used / elapsed:5.1f}% of a core, {per_request:6.0f} us CPU per request"
+            f"{name}: {100 * used / elapsed:5.1f}% of a core, {cost.gross_us:6.0f} us CPU per request"
+            f" = {cost.net_us:6.0f} net + {cost.fixed_us:4.0f} fixed"
             f" ({processes} process{'es' if processes > 1 else ''};"
             f" idle {100 * idle[name] / IDLE_S:.1f}% of a core;"
-            f" {switched[name] / max(1, result['requests']):.2f} context switches per request)"
+            f" {per_switch:.2f} context switches per request)"
         )
     for name in spies:
         print(f"== {name} (py-spy, busy samples only)")
         print("\n".join(busiest(work / f"{name}.txt", args.top)))
+    load = os.getloadavg()[0]
+    print(json.dumps({**summary, "workers": args.workers, "load1": round(load, 2), "services": figures}))
 
 
 if __name__ == "__main__":

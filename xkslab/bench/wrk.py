@@ -26,6 +26,30 @@ class WrkSettings:
     connections: int = 32
     threads: int = 2
     timeout_s: float = 2.0
+    # Requests/s offered in total (0: as fast as the connections go). A fixed rate compares two set-ups
+    # at the same served rate, where CPU per request does not also move with the rate (fixed per-second
+    # costs spread over fewer requests, smaller group commits).
+    rate: float = 0.0
+
+
+# How far behind its schedule a paced thread may fall and still catch up: a short stall of a loaded
+# machine costs no request, a long one does not come back as a burst.
+PACE_MAX_LAG_MS = 100.0
+
+
+def pace_interval_ms(rate: float, threads: int) -> float:
+    """The time between two sends of one wrk thread for ``rate`` requests/s over ``threads`` threads."""
+    if rate <= 0 or threads < 1:
+        raise ValueError("a paced run needs a positive rate and at least one thread")
+    return 1000.0 * threads / rate
+
+
+def next_send(due: float | None, now: float, interval: float) -> tuple[float, float]:
+    """One paced send (times in ms): how long to wait before it, and when the next one is due. The Lua
+    ``delay()`` of a paced script does exactly this per wrk thread (kept beside it, tested here)."""
+    if due is None or due < now - PACE_MAX_LAG_MS:
+        due = now
+    return max(0.0, due - now), due + interval
 
 
 def lua_string(value: str | bytes) -> str:
@@ -52,8 +76,36 @@ end
 """
 
 
-def lua_script(pool: list[Request]) -> str:
-    """A wrk script that cycles through ``pool``; each thread starts at a different place in it."""
+PACE = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } xkslab_timespec;
+int clock_gettime(int clk_id, xkslab_timespec *tp);
+]]
+local clock = ffi.new("xkslab_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+local interval = %r
+local max_lag = %r
+local due = nil
+-- wrk asks delay() before each request of the thread; the schedule is absolute, so whole-ms waits
+-- jitter one request without changing the rate (next_send in wrk.py).
+delay = function()
+  local now = now_ms()
+  if due == nil or due < now - max_lag then due = now end
+  local wait = due - now
+  due = due + interval
+  if wait > 0 then return math.floor(wait) end
+  return 0
+end
+"""
+
+
+def lua_script(pool: list[Request], interval_ms: float = 0.0) -> str:
+    """A wrk script that cycles through ``pool``; each thread starts at a different place in it. With
+    ``interval_ms`` each thread sends one request every ``interval_ms`` (pace_interval_ms)."""
     items = []
     for r in pool:
         headers = ", ".join(f"[{lua_string(k)}] = {lua_string(v)}" for k, v in r.headers.items())
@@ -76,6 +128,7 @@ request = function()
   return formatted[i]
 end
 """
+        + (PACE % (interval_ms, PACE_MAX_LAG_MS) if interval_ms > 0 else "")
         + DONE
     )
 
@@ -92,7 +145,8 @@ def run(base_url: str, pool: list[Request], settings: WrkSettings) -> dict[str, 
     errors."""
     with tempfile.TemporaryDirectory(prefix="xkslab-wrk-") as tmp:
         script = Path(tmp) / "pool.lua"
-        script.write_text(lua_script(pool))
+        interval = pace_interval_ms(settings.rate, settings.threads) if settings.rate > 0 else 0.0
+        script.write_text(lua_script(pool, interval))
         command = [
             wrk_binary(),
             f"-t{settings.threads}",
