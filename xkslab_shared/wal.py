@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
@@ -84,6 +85,14 @@ class WalCheckpointer:
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
         row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if 0 < self._restart_frames < int(row[1]):
+            # The PASSIVE round wrote its pages into the database file but, overtaken by a commit, did
+            # not sync them; syncing them here, holding no lock, leaves RESTART's own sync (made while
+            # every writer waits) only the pages of the commits since.
+            fd = os.open(self._path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
             row = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             self.restarts += 1
         self.rounds += 1
