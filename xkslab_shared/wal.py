@@ -64,7 +64,7 @@ class WalCheckpointer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, OSError):
             await self.checkpoint()
         await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
         self._executor.shutdown(wait=True)
@@ -74,7 +74,7 @@ class WalCheckpointer:
             await asyncio.sleep(self._interval)
             try:
                 await self.checkpoint()
-            except sqlite3.Error as exc:  # a locked or missing file: the next round tries again
+            except (sqlite3.Error, OSError) as exc:  # a locked or missing file: the next round tries again
                 log.warning("WAL checkpoint failed: %s: %s", type(exc).__name__, exc)
 
     def _checkpoint(self) -> tuple[int, int, int]:
