@@ -13,9 +13,10 @@ beginning only when a writer begins after a checkpoint that copied every frame, 
 the frames committed before it began while new commits keep appending (72 to 108 MB in 6 s of XKS
 Encrypt). So when the WAL still holds more than ``restart_frames`` frames after a PASSIVE round, the
 same round runs ``PRAGMA wal_checkpoint(RESTART)`` at once. RESTART waits (through the busy handler,
-polling) for the write lock, which blocks nobody; holding it, it copies what the PASSIVE round left (the
-frames of the few commits in between), syncs the database file, and waits for the readers still reading
-the WAL; writers wait behind it meanwhile (their busy handler, within busy_timeout). The next writer then
+polling) for the write lock, which blocks nobody; holding it, it waits for readers of an older snapshot,
+copies what the PASSIVE round left (the frames of the few commits in between), syncs the database file,
+and waits until no reader uses the WAL (busy handler again); writers wait behind it meanwhile (their busy
+handler, within busy_timeout; new readers read on). The next writer then
 starts the WAL from its beginning. If the write lock is not had within the busy timeout, SQLite runs it
 as a PASSIVE round and the next round tries again. The file keeps its largest size, overwritten in
 place; ``journal_size_limit`` on the writers' connections (xkslab_shared/db.py) caps it.
