@@ -18,7 +18,7 @@ _EXPIRED: web.RequestKey[bool] = web.RequestKey("xkslab_body_expired", bool)
 def body_expired(request: web.BaseRequest) -> bool:
     """Whether this request's body deadline passed: a handler sees it as a CancelledError, the client
     gets a 408 (a handler that counts its outcomes counts this one as the error it is)."""
-    return request.get(_EXPIRED, False)
+    return bool(request.get(_EXPIRED, False))
 
 
 @web.middleware
