@@ -190,6 +190,10 @@ async def handle(request: web.Request) -> web.Response:
     line.update(operation=operation, kmsRequestId=request_id)
     try:
         result = await _dispatch(request, request_id)
+    except body_encoding.ClientGone:
+        # No one to answer (xkslab_shared.body_encoding): counted as gone, not as an outcome.
+        metrics.client_gone(operation)
+        return web.Response(status=body_encoding.CLIENT_GONE_STATUS)  # for the access line
     except KmsError as exc:
         metrics.observe_request(operation, exc.code, time.perf_counter() - started)
         line["error"] = exc.code

@@ -90,6 +90,12 @@ class KmsMetrics:
             ["operation", "outcome"],
             registry=r,
         )
+        self.gone = Counter(
+            "kms_client_gone",
+            "KMS requests not answered: the client closed its connection before KMS read them.",
+            ["operation"],
+            registry=r,
+        )
         self.request_latency = Histogram(
             "kms_request_latency_seconds",
             "Time KMS took to answer, by operation.",
@@ -135,6 +141,9 @@ class KmsMetrics:
             self._request_series[key] = series
         series[0].inc()
         series[1].observe(seconds)
+
+    def client_gone(self, operation: str) -> None:
+        self.gone.labels(operation or "-").inc()
 
     def observe_proxy_call(self, call: ProxyCall) -> None:
         store = call.key_store_id or "-"

@@ -31,7 +31,7 @@ from xks_frontend.dsm_client import DsmClient, DsmTimeout, DsmUnreachable
 from xks_frontend.errors import XksError, error_response
 from xks_frontend.metrics import XksMetrics
 from xks_frontend.policy import PolicyFile, RequestFacts
-from xkslab_shared import body_encoding, json_body, logs, sigv4, xks_wire
+from xkslab_shared import body_deadline, body_encoding, json_body, logs, sigv4, xks_wire
 from xkslab_shared.nodes import LiveCount
 from xkslab_shared.proxy_link import ForwardedCall
 
@@ -59,12 +59,9 @@ PROXY_MODEL = "xkslab XKS proxy 0.1"
 EKM_VENDOR = "xkslab (Fortanix DSM emulator)"
 MAX_FLEET = 10
 _NOT_UTF8 = re.compile("[\ud800-\udfff]")
-# The access line's status of a request whose client left before it was read (nothing is sent).
-CLIENT_GONE_STATUS = 499
-
-
-class ClientGone(Exception):
-    """The client closed its connection before the proxy read its request: nothing can be answered."""
+# The metrics' outcome of a request whose body did not arrive in time (408, xkslab_shared.body_deadline):
+# no XKS errorName covers it, so it is named after its HTTP status.
+BODY_TIMEOUT_OUTCOME = "RequestTimeout"
 
 
 class PrefixTable:
@@ -208,9 +205,16 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
     except XksError as exc:
         error_name = exc.name
         return error_response(exc)
-    except ClientGone:
+    except body_encoding.ClientGone:
         gone = True
-        return web.Response(status=CLIENT_GONE_STATUS)  # for the access line: the connection is closed
+        return web.Response(
+            status=body_encoding.CLIENT_GONE_STATUS
+        )  # for the access line: the connection is closed
+    except asyncio.CancelledError:
+        if body_deadline.body_expired(request):
+            # Answered 408 by the shared body deadline: an error, not the success it used to count as.
+            error_name = BODY_TIMEOUT_OUTCOME
+        raise
     except Exception:
         error_name = "InternalException"
         log.exception("unexpected error in the XKS proxy")
@@ -234,10 +238,6 @@ async def _read_body(request: web.Request) -> bytes:
         raise XksError("ValidationException", exc.message) from None
     except web.HTTPRequestEntityTooLarge:
         raise XksError("UnsupportedOperationException", "the request body is larger than supported") from None
-    except OSError:
-        # aiohttp's ConnectionResetError("Connection lost") once the connection is gone, even for a body
-        # already received: the read is the only I/O here, so any OSError is the client's connection.
-        raise ClientGone() from None
 
 
 def _signed_headers(request: web.Request) -> dict[str, str]:

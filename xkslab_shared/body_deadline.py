@@ -12,6 +12,13 @@ from aiohttp import web
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 BODY_TIMEOUT_KEY: web.AppKey[float] = web.AppKey("xkslab_body_timeout_s", float)
+_EXPIRED: web.RequestKey[bool] = web.RequestKey("xkslab_body_expired", bool)
+
+
+def body_expired(request: web.BaseRequest) -> bool:
+    """Whether this request's body deadline passed: a handler sees it as a CancelledError, the client
+    gets a 408 (a handler that counts its outcomes counts this one as the error it is)."""
+    return bool(request.get(_EXPIRED, False))
 
 
 @web.middleware
@@ -32,6 +39,7 @@ async def body_deadline(request: web.Request, handler: Handler) -> web.StreamRes
         nonlocal expired
         if not request.content.is_eof():
             expired = True
+            request[_EXPIRED] = True
             task.cancel()
 
     timer = asyncio.get_running_loop().call_later(timeout, expire)

@@ -12,6 +12,13 @@ body cannot become a large one.
 - The DSM (Fortanix REST) accepts gzip and deflate, as HTTP servers commonly do.
 - The XKS proxy and KMS accept none: AWS KMS sends XKS requests uncompressed, and the AWS SDKs compress
   request bodies only for operations whose model asks for it, which no KMS operation does.
+
+A client that closes its connection before its body is read (a load generator ending its run with
+requests still queued, a KMS giving up) makes aiohttp raise ``ConnectionResetError("Connection lost")``
+from ``request.read()``, even for a body it already holds: ``read`` raises ClientGone instead, which
+each service counts as gone, with status 499 on its access line (nginx's "client closed request") and
+no log line above INFO; no answer is sent, since there is no one to send it to. It used to reach each
+service's catch-all: an ERROR traceback and a 500 in the metrics for an answer nobody was sent.
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ from aiohttp.http_exceptions import PayloadEncodingError
 NONE: frozenset[str] = frozenset()
 GZIP_OR_DEFLATE = frozenset({"gzip", "deflate"})
 _IDENTITY = ("", "identity")
+# The access line's status, and the DSM metrics' status label, of a request whose client left first.
+CLIENT_GONE_STATUS = 499
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its body was read: nothing can be answered."""
 
 
 class BodyEncodingError(Exception):
@@ -48,11 +61,17 @@ async def read(request: web.Request, accepted: frozenset[str]) -> bytes:
     still handles the size limit (web.HTTPRequestEntityTooLarge), which applies to the decompressed size."""
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding in _IDENTITY:
-        return await request.read()
+        try:
+            return await request.read()
+        except OSError:
+            # The read is the only I/O here, so an OSError is the client's connection.
+            raise ClientGone() from None
     if encoding not in accepted:
         raise _refused(request, 415, refused_message(accepted))
     try:
         return await request.read()
+    except OSError:
+        raise ClientGone() from None
     except (PayloadEncodingError, web.RequestPayloadError):  # the latter wraps the former in read()
         raise _refused(request, 400, f"the request body is not valid {encoding} data") from None
     except web.HTTPRequestEntityTooLarge:

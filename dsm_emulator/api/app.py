@@ -71,6 +71,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if any("\x00" in key or "\x00" in value for key, value in request.query.items()):
             raise BadRequest("query parameters must not contain NUL characters")
         return await handler(request)
+    except body_encoding.ClientGone:
+        # No one to answer (xkslab_shared.body_encoding): status 499 for the metrics and the access line.
+        return web.Response(status=body_encoding.CLIENT_GONE_STATUS)
     except TooManyAttempts as exc:
         response = json_response({"message": exc.message}, status=exc.status)
         response.headers["Retry-After"] = str(exc.retry_after_s)
