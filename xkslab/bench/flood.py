@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xkslab.bench.wrk import Request, lua_string, wrk_binary
+from xkslab.bench.wrk import LUA_MONOTONIC_MS, Request, lua_string, wrk_binary
 from xkslab_shared.xks_wire import ERROR_STATUS
 
 AUTH_PATH = "/sys/v1/session/auth"
@@ -39,18 +39,8 @@ KINDS = {
 XKS_KINDS = frozenset({"bad-signature"})
 
 _LUA = string.Template(
-    r"""
-local ffi = require("ffi")
-ffi.cdef[[
-typedef struct { long tv_sec; long tv_nsec; } xkslab_timespec;
-int clock_gettime(int clk, xkslab_timespec *tp);
-]]
-local ts = ffi.new("xkslab_timespec")
-local function now_ms()
-  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
-  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
-end
-
+    LUA_MONOTONIC_MS
+    + r"""
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 local function b64(data)
   local out = {}

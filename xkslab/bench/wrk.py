@@ -76,7 +76,9 @@ end
 """
 
 
-PACE = """
+# now_ms(), the monotonic clock in milliseconds, for the wrk scripts that pace or time (no "%" or "$"
+# in it: it is spliced into %-formatted and string.Template scripts alike).
+LUA_MONOTONIC_MS = """
 local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_nsec; } xkslab_timespec;
@@ -87,7 +89,11 @@ local function now_ms()
   ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
   return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
 end
-local interval = %r
+"""
+
+PACE = (
+    LUA_MONOTONIC_MS
+    + """local interval = %r
 local max_lag = %r
 local due = nil
 -- wrk asks delay() before each request of the thread; the schedule is absolute, so whole-ms waits
@@ -101,6 +107,7 @@ delay = function()
   return 0
 end
 """
+)
 
 
 def lua_script(pool: list[Request], interval_ms: float = 0.0) -> str:
