@@ -206,10 +206,8 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
         error_name = exc.name
         return error_response(exc)
     except body_encoding.ClientGone:
-        gone = True
-        return web.Response(
-            status=body_encoding.CLIENT_GONE_STATUS
-        )  # for the access line: the connection is closed
+        gone = True  # the status is for the access line alone: the connection is closed
+        return web.Response(status=body_encoding.CLIENT_GONE_STATUS)
     except asyncio.CancelledError:
         if body_deadline.body_expired(request):
             # Answered 408 by the shared body deadline: an error, not the success it used to count as.
