@@ -7,7 +7,6 @@ chain or a validity period: DSM stores certificates, it is no CA.
 
 from __future__ import annotations
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -20,6 +19,9 @@ CERTIFICATE = "CERTIFICATE"
 def load(value: bytes) -> asymmetric.KeyPair:
     """A certificate as imported: DER (what sdkms-cli import-cert sends once it strips the PEM armour),
     or PEM. It is kept as DER."""
+    # Here, not at the top: cryptography.x509 costs every CLI command that opens the key manager ~20 ms.
+    from cryptography import x509
+
     try:
         cert = x509.load_der_x509_certificate(value)
     except ValueError:

@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -51,10 +51,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from xks_frontend.faults import Entry, FaultBook
 from xkslab_shared.db import NAMING
 from xkslab_shared.faults_wire import MAX_FAULTS, Fault, FaultSpecError, parse_fault
 from xkslab_shared.generation import Generation, bump
+
+if TYPE_CHECKING:
+    # faults.py imports aiohttp and prometheus_client; the migrations import this module for its table
+    # (migrations/metadata.py), and `xkslab init` should not pay for them (about 0.15 s of CPU).
+    from xks_frontend.faults import Entry, FaultBook
 
 log = logging.getLogger("xks_frontend.fault_store")
 
@@ -225,6 +229,8 @@ class FaultStore:
         assert self.sessions is not None
         async with self.sessions() as session:
             rows = (await session.execute(select(xks_faults).order_by(xks_faults.c.id))).mappings().all()
+        from xks_frontend.faults import Entry  # see the imports at the top
+
         offset = self._clock() - self._wall()
         entries = []
         for row in rows:

@@ -58,11 +58,16 @@ def run(coro: Coroutine[Any, Any, T], *, server: bool = False) -> T:
 
     from dsm_emulator.errors import DsmError
     from dsm_emulator.sealing import SealError
-    from xkslab_shared import serve
     from xkslab_shared.ports import ListenError
 
     try:
-        return serve.run(coro) if server else asyncio.run(coro)
+        if server:
+            # Only a server needs serve (and with it aiohttp): importing it costs an admin command
+            # about 0.15 s of CPU.
+            from xkslab_shared import serve
+
+            return serve.run(coro)
+        return asyncio.run(coro)
     except (DsmError, SealError, ConfigError) as exc:
         raise click.ClickException(getattr(exc, "message", str(exc))) from None
     except ListenError as exc:
