@@ -10,8 +10,9 @@ to the XKS proxy) at ``--rate`` per second, then alone again, and the ratio of t
 to the mean of the two alone; with ``--rounds N``, N runs beside the flood, each between two alone
 and compared with them (pair by pair), the median ratio reported. It also reports the CPU of the proxy
 and the key manager per Encrypt and per flood request, and the flooding wrk's own (it shares the cores),
-and with ``--ceiling`` the same load beside the same flood sent to a bare two-hop aiohttp chain: what
-any request forwarded between two Python processes costs the machine. Prints a table and, with
+and with ``--ceiling`` the same load beside the same flood sent to one bare aiohttp server (what the
+flooding wrk and any Python HTTP answer cost the machine) and to a bare two-hop aiohttp chain (what any
+request forwarded between two Python processes costs it). Prints a table and, with
 ``--json``, the figures. Usage::
 
     PYTHONPATH=. python scripts/login_flood.py [--duration 10] [--rate 1000] [--kinds wrong-key,...]
@@ -54,8 +55,12 @@ def measure(
     with contextlib.ExitStack() as stack:
         lab_settings = {"database.url": stack.enter_context(fresh_database(postgres))} if postgres else {}
         lab = stack.enter_context(Lab(workdir / "data", workdir / "up.log", lab_settings))
-        anchor = stack.enter_context(Anchor("two-hop", hops=2)) if ceiling else None
-        return _measure(lab, kind, rate, settings, warmup_s, rounds, flood_connections, anchor)
+        anchors = (
+            {hops: stack.enter_context(Anchor(f"{hops}-hop", hops=hops)) for hops in (1, 2)}
+            if ceiling
+            else {}
+        )
+        return _measure(lab, kind, rate, settings, warmup_s, rounds, flood_connections, anchors)
 
 
 def _service_pids(lab: Lab) -> dict[str, int]:
@@ -82,7 +87,7 @@ def _measure(
     warmup_s: float,
     rounds: int,
     flood_connections: int,
-    anchor: Anchor | None,
+    anchors: dict[int, Anchor],
 ) -> dict[str, Any]:
     info = lab.info
     pool = pools.xks_encrypt(info, 64)
@@ -131,11 +136,11 @@ def _measure(
     # a drift of the machine's speed during the measurement is not counted for or against the flood.
     alone = [timed(lambda: wrk.run(url, pool, settings))]
     besides: list[dict[str, Any]] = []
-    ceilings: list[dict[str, Any]] = []
+    ceilings: dict[int, list[dict[str, Any]]] = {hops: [] for hops in anchors}
     for _ in range(rounds):
         besides.append(beside(target))
-        if anchor is not None:
-            ceilings.append(beside(anchor.url))
+        for hops, anchor in anchors.items():
+            ceilings[hops].append(beside(anchor.url))
         alone.append(timed(lambda: wrk.run(url, pool, settings)))
 
     def ratios(runs: list[dict[str, Any]]) -> list[float]:
@@ -167,9 +172,14 @@ def _measure(
         "runs_beside": besides,
         "cpu_us_per_request": _cpu_per_request(alone, besides),
     }
-    if anchor is not None:
-        result["runs_beside_ceiling"] = ceilings
-        result["ceiling_ratios"] = ratios(ceilings)
+    if 2 in anchors:
+        result["runs_beside_ceiling"] = ceilings[2]
+        result["ceiling_ratios"] = ratios(ceilings[2])
+    if 1 in anchors:
+        # The flood answered by one bare aiohttp process: what the flooding wrk and any Python HTTP
+        # answer cost the machine, the least a refusal can cost (the lab's adds the link, the key manager).
+        result["runs_beside_one_hop"] = ceilings[1]
+        result["one_hop_ratios"] = ratios(ceilings[1])
     return result
 
 
@@ -224,6 +234,11 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"{'':<13} beside the same flood sent to a bare two-hop aiohttp chain instead: "
                 + " ".join(f"{x:.2f}" for x in r["ceiling_ratios"])
             )
+        if "one_hop_ratios" in r:
+            lines.append(
+                f"{'':<13} beside the same flood sent to one bare aiohttp server instead: "
+                + " ".join(f"{x:.2f}" for x in r["one_hop_ratios"])
+            )
         cpu = r.get("cpu_us_per_request")
         if cpu:
             lines.append(f"{'':<13} CPU us per request: " + ", ".join(f"{k} {v:g}" for k, v in cpu.items()))
@@ -264,8 +279,9 @@ def main() -> None:
     parser.add_argument(
         "--ceiling",
         action="store_true",
-        help="also run the XKS load beside the same flood sent to a bare two-hop aiohttp chain (what any "
-        "request forwarded from one Python process to another costs the machine)",
+        help="also run the XKS load beside the same flood sent to one bare aiohttp server (what the flooding "
+        "wrk and any Python HTTP answer cost the machine) and to a bare two-hop aiohttp chain (what any "
+        "request forwarded from one Python process to another costs it)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(

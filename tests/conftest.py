@@ -124,3 +124,12 @@ def software_sealer(tmp_path: Path) -> Iterator[Sealer]:
 async def keyring(sessions: async_sessionmaker[AsyncSession], software_sealer: Sealer) -> Keyring:
     """A keyring on the software sealer (the sealer matrix is exercised where sealing matters)."""
     return await Keyring.initialize(sessions, software_sealer)
+
+
+@pytest.fixture(autouse=True)
+def fresh_refusal_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's own count of refusals logged one by one (xkslab_shared.logs.RefusalLines is per
+    process): a test that refuses many requests must not leave the next one's refusals unlogged."""
+    from xkslab_shared import logs
+
+    monkeypatch.setattr(logs, "REFUSAL_LINES", logs.RefusalLines())

@@ -152,6 +152,7 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     operation, error_name, request_id, route = "Unknown", None, None, logs.NO_ROUTE
     gone = False
+    line_id: str | logs.Later | None = None  # the access line's kmsRequestId
     try:
         raw_path, _, query = request.raw_path.partition("?")
         match = PATH.fullmatch(raw_path)
@@ -167,13 +168,13 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
         body = await _read_body(request)
         # The metadata only serves the policy, the faults and the log line: without them the body is
         # parsed once, by the key manager, and a refused request is not parsed here at all; for the log
-        # line alone only the kmsRequestId is read.
+        # line alone only the kmsRequestId is read, and only if the line is written.
         metadata = None
         if edge.policy is not None or edge.faults.set_any:
             metadata = xks_wire.parse_metadata_only(body)
-            request_id = metadata.kms_request_id if metadata else None
-        elif log.isEnabledFor(logging.INFO):
-            request_id = xks_wire.kms_request_id_only(body)
+            request_id = line_id = metadata.kms_request_id if metadata else None
+        elif logs.access_enabled():  # read only if the line is written (a refusal's may be only counted)
+            line_id = logs.Later(lambda: xks_wire.kms_request_id_only(body))
         facts = faults.Facts(
             match["prefix"], match["key"], operation, metadata.kms_operation if metadata else None
         )
@@ -225,7 +226,7 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
             edge.metrics.observe(operation, error_name, seconds)
         if logs.access_enabled():  # the request's one log line, written by the server (xkslab_shared.logs)
             logs.access(request).update(
-                route=route, operation=operation, kmsRequestId=request_id, error=error_name
+                route=route, operation=operation, kmsRequestId=line_id, error=error_name
             )
 
 

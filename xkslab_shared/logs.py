@@ -8,10 +8,18 @@ request, and reads the clock for it only while the access logger is enabled, so 
 requests pays nothing for them. It holds the route's path template, never the raw path (a key id, an
 app id or a prefix stays out of it), and no header or body value: what a handler wants added
 (operation, kmsRequestId, the error's name) it puts in ``request[ACCESS]``.
+
+Requests refused at authentication (an XKS call whose SigV4 signature failed: the proxy's
+``AuthenticationFailedException``, the key manager's ``AuthFailed``) are written one by one only for the
+first ``REFUSAL_LINES_PER_WINDOW`` of a route in each ``REFUSAL_WINDOW_S``; the rest of the window are
+counted and written as one line when it ends (``RefusalLines``), so that a flood of bad signatures
+costs each process a counter, not a log line (and a megabyte of log a few seconds), per request. The
+metrics still count every request, and the audit log every refusal (dsm_emulator/xks/refusals.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -49,6 +57,101 @@ def access_enabled() -> bool:
     return ACCESS_LOGGER.isEnabledFor(logging.INFO)
 
 
+# The access lines' errors that are refusals at authentication (see the module's docstring).
+SUMMARIZED_ERRORS = frozenset({"AuthenticationFailedException", "AuthFailed"})
+REFUSAL_LINES_PER_WINDOW = 20
+REFUSAL_WINDOW_S = 10.0
+
+
+class RefusalLines:
+    """Which refused requests get an access line of their own: the first ``per_window`` of each
+    (service, method, route, status, error) in a window of ``window_s``; past them, a count, written as
+    one line when the window ends (a timer on the running event loop; ``flush`` writes it at once)."""
+
+    def __init__(
+        self,
+        per_window: int = REFUSAL_LINES_PER_WINDOW,
+        window_s: float = REFUSAL_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_window = per_window
+        self.window_s = window_s
+        self._clock = clock
+        self._started = float("-inf")
+        self._seen: dict[tuple[str, str, str, int, str], int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def admit(self, service: str, method: str, route: str, status: int, error: str) -> bool:
+        """Whether this refusal gets its own line (else it is counted for the window's summary)."""
+        now = self._clock()
+        if now - self._started >= self.window_s:
+            self.flush()
+            self._started = now
+        key = (service, method, route, status, error)
+        seen = self._seen[key] = self._seen.get(key, 0) + 1
+        if seen <= self.per_window:
+            return True
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return False  # no loop to end the window: the next refusal after it writes the count
+            self._timer = loop.call_later(max(0.0, self._started + self.window_s - now), self.flush)
+        return False
+
+    def flush(self) -> int:
+        """Write the window's counts of refusals not written one by one, and start a new window; returns
+        how many summary lines were written."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        seen, self._seen = self._seen, {}
+        self._started = float("-inf")
+        written = 0
+        for (service, method, route, status, error), n in seen.items():
+            if n > self.per_window:
+                ACCESS_LOGGER.info(
+                    "%d further requests %s %s answered %d %s within %g s, not logged one by one",
+                    n - self.per_window,
+                    method,
+                    route,
+                    status,
+                    error,
+                    self.window_s,
+                    extra={"service": service},
+                )
+                written += 1
+        return written
+
+
+REFUSAL_LINES = RefusalLines()  # this process's, shared by its access lines
+
+
+class Later:
+    """An access-line value worked out only if the line is written (the kmsRequestId read from a body:
+    a refused request whose line is only counted need not parse it). A None it gives leaves it out."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+def _write(service: str, fields: dict[str, Any]) -> None:
+    error = fields.get("error")
+    if error in SUMMARIZED_ERRORS and not REFUSAL_LINES.admit(
+        service, fields["method"], fields["route"], fields["status"], error
+    ):
+        return
+    for name in [k for k, v in fields.items() if isinstance(v, Later)]:
+        value = fields[name].make()
+        if value is None:
+            del fields[name]
+        else:
+            fields[name] = value
+    ACCESS_LOGGER.info("request", extra={"access": fields, "service": service})
+
+
 class AccessLine(AbstractAccessLogger):
     """aiohttp's access logger for one service: ``log_format`` carries the service's name."""
 
@@ -67,7 +170,7 @@ class AccessLine(AbstractAccessLogger):
             "ms": round(time * 1000, 3),
         }
         fields.update((k, v) for k, v in extra.items() if k != "route" and v is not None)
-        self.logger.info("request", extra={"access": fields, "service": self.log_format})
+        _write(self.log_format, fields)
 
 
 def access_line(
@@ -77,7 +180,7 @@ def access_line(
     proxy: method ``LINK``), in the same shape as AccessLine's."""
     fields = {"method": method, "route": route, "status": status, "ms": round(seconds * 1000, 3)}
     fields.update((k, v) for k, v in extra.items() if v is not None)
-    ACCESS_LOGGER.info("request", extra={"access": fields, "service": service})
+    _write(service, fields)
 
 
 def _template(request: web.BaseRequest) -> str:

@@ -88,8 +88,9 @@ async def run_call(core: DsmCore, data: Any, line: dict[str, Any] | None = None)
         if line is not None and line["kmsRequestId"] is _NOT_PARSED:
             # Refused before its body was parsed (or the body is not valid): read the id for the line
             # alone, best effort, as a log line someone reads wants it (the same id parse_metadata_only
-            # would give, for half its CPU: every refusal of a flood of bad signatures comes here).
-            line["kmsRequestId"] = xks_wire.kms_request_id_only(forwarded.body)
+            # would give, for half its CPU: every refusal of a flood of bad signatures comes here), and
+            # only if the line is written (past the first refusals of a window only a count is).
+            line["kmsRequestId"] = logs.Later(lambda: xks_wire.kms_request_id_only(forwarded.body))
     return {"result": result}
 
 

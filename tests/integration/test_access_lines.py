@@ -108,3 +108,73 @@ def test_the_time_of_each_line_is_its_own_across_seconds() -> None:
     assert at(1_800_000_000.75) == "2027-01-15T08:00:00.750Z"
     assert at(1_800_000_001.0625) == "2027-01-15T08:00:01.062Z"
     assert at(1_799_999_999.5) == "2027-01-15T07:59:59.500Z"
+
+
+async def test_refusals_at_authentication_past_the_first_of_a_window_are_one_counted_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of requests refused at authentication costs a counter each, not a line each: the first
+    of a window are written (with their lazily read fields), the rest counted on one line when the
+    window ends; other answers are all written."""
+    import asyncio
+
+    refusals = logs.RefusalLines(per_window=3, window_s=0.3)
+    monkeypatch.setattr(logs, "REFUSAL_LINES", refusals)
+    reads: list[str] = []
+
+    def request_id() -> str:
+        reads.append("read")
+        return "req-1"
+
+    async def refused(request: web.Request) -> web.Response:
+        logs.access(request).update(
+            error="AuthenticationFailedException", kmsRequestId=logs.Later(request_id)
+        )
+        return web.json_response({"errorName": "AuthenticationFailedException"}, status=401)
+
+    app = make_app()
+    app.router.add_post("/refused", refused)
+    caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER.name)
+    listener = serve.Listener("test", app, "127.0.0.1", 0, service="svc", access_log=True)
+    async with contextlib.AsyncExitStack() as stack, aiohttp.ClientSession() as http:
+        (url,) = await serve.start(stack, listener, lambda _: None)
+        for _ in range(8):
+            async with http.post(f"{url}/refused") as response:
+                assert response.status == 401
+        async with http.get(f"{url}/items/x") as response:
+            assert response.status == 200
+        for _ in range(200):  # the window's timer writes the count (no wall-clock budget: up to 20 s)
+            if any("further" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.1)
+    records = [r for r in caplog.records if r.name == logs.ACCESS_LOGGER.name]
+    written = [r.access for r in records if getattr(r, "access", {}).get("status") == 401]  # type: ignore[attr-defined]
+    assert [line["kmsRequestId"] for line in written] == ["req-1"] * 3
+    assert len(reads) == 3  # the five counted ones never read their id
+    assert [r.access["status"] for r in records if hasattr(r, "access")].count(200) == 1  # type: ignore[attr-defined]
+    (summary,) = [r.getMessage() for r in records if not hasattr(r, "access")]
+    assert summary == (
+        "5 further requests POST /refused answered 401 AuthenticationFailedException within 0.3 s, "
+        "not logged one by one"
+    )
+    assert json.loads(logs.LineFormatter("json", "x").format(records[-1]))["service"] == "svc"
+    assert refusals.flush() == 0  # nothing left to count
+
+
+def test_refusals_are_counted_per_route() -> None:
+    refusals = logs.RefusalLines(per_window=1, window_s=60, clock=lambda: 0.0)
+    assert refusals.admit("s", "LINK", "/r", 200, "AuthFailed")
+    assert not refusals.admit("s", "LINK", "/r", 200, "AuthFailed")
+    assert refusals.admit("s", "LINK", "/other", 200, "AuthFailed")  # counted per route
+    assert refusals.flush() == 1
+
+
+async def test_the_line_of_a_refusal_leaves_out_a_later_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER.name)
+    logs.access_line(
+        "dsm", "LINK", "/r", 200, 0.001, {"error": "AuthFailed", "kmsRequestId": logs.Later(lambda: None)}
+    )
+    (record,) = [r for r in caplog.records if r.name == logs.ACCESS_LOGGER.name]
+    assert record.access == {"method": "LINK", "route": "/r", "status": 200, "ms": 1.0, "error": "AuthFailed"}  # type: ignore[attr-defined]

@@ -62,7 +62,7 @@ def test_every_kind_of_flood_is_refused_and_fails_no_xks_request(tmp_path: Path)
 
 def test_rounds_are_paired_and_the_ceiling_and_cpu_are_reported(tmp_path: Path) -> None:
     """--rounds measures each run beside the flood against the runs alone around it, in one lab;
-    --ceiling adds the same flood against a bare two-hop chain; the CPU of the services and of the
+    --ceiling adds the same flood against one bare aiohttp server and a bare two-hop chain; the CPU of the services and of the
     flooding wrk is reported (what a 2-core machine has left is the point of issue 19 #6)."""
     out = tmp_path / "flood.json"
     done = subprocess.run(
@@ -82,7 +82,12 @@ def test_rounds_are_paired_and_the_ceiling_and_cpu_are_reported(tmp_path: Path) 
         assert r["ratios"][i] == round(beside["rps"] / reference, 3)
         assert beside["flood"]["sent"] > 0 and beside["flood"]["client_cpu_s"] >= 0
     assert r["ratio"] in r["ratios"] and len(r["ceiling_ratios"]) == 2
+    assert len(r["runs_beside_one_hop"]) == 2 and len(r["one_hop_ratios"]) == 2
+    for i, beside in enumerate(r["runs_beside_one_hop"]):
+        reference = (r["runs_alone"][i]["rps"] + r["runs_alone"][i + 1]["rps"]) / 2
+        assert r["one_hop_ratios"][i] == round(beside["rps"] / reference, 3)
     cpu = r["cpu_us_per_request"]
     assert cpu["xks_per_encrypt_us"] > 0 and cpu["dsm_per_encrypt_us"] > 0
     assert 0 <= cpu["flood_client_core_share"] < 2
     assert "two-hop" in done.stdout and "CPU us per request" in done.stdout
+    assert "one bare aiohttp server" in done.stdout

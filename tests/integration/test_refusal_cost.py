@@ -223,3 +223,30 @@ async def test_a_refusal_verifies_the_signature_once_when_the_reload_brings_noth
                 status, answer = await send(env, headers)
                 assert status == 401 and answer["errorName"] == "AuthenticationFailedException", kind
                 assert verify.call_count == 1, (kind, verify.call_count)
+
+
+async def test_a_flood_of_refusals_is_logged_as_its_first_lines_and_one_count(
+    slow_poll: XksEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key manager's access line of a refusal at authentication: the first of the window written,
+    each with its kmsRequestId, the rest counted on one line (no log line, nor body parse, per refusal of
+    a flood); every one is still answered 401 and audited or counted for the audit's summary."""
+    import logging
+
+    from xkslab_shared import logs, xks_wire
+
+    env = slow_poll
+    caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER.name)
+    mismatch = refusals(env)["mismatch"]
+    limit, extra = logs.REFUSAL_LINES.per_window, 9
+    with mock.patch.object(xks_wire, "kms_request_id_only", wraps=xks_wire.kms_request_id_only) as parse:
+        for _ in range(limit + extra):
+            status, answer = await send(env, mismatch)
+            assert status == 401 and answer["errorName"] == "AuthenticationFailedException"
+    lines = [getattr(r, "access", None) for r in caplog.records if r.name == logs.ACCESS_LOGGER.name]
+    refused = [line for line in lines if line and line.get("error") == "AuthFailed"]
+    assert len(refused) == limit and all(line["kmsRequestId"] for line in refused), refused[:2]
+    assert parse.call_count == limit
+    assert logs.REFUSAL_LINES.flush() == 1
+    (summary,) = [r.getMessage() for r in caplog.records if "further" in r.getMessage()]
+    assert summary.startswith(f"{extra} further requests LINK ") and "401" not in summary
