@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from xkslab.bench import SCENARIOS, wrk
-from xkslab.bench.cpu import cpu_seconds, split_cost, switches
+from xkslab.bench.cpu import cpu_seconds, loop_and_threads, split_cost, switches, thread_cpu
 from xkslab.bench.lab import Lab
 from xkslab.bench.run import _create_pg_database, _drop_pg_database, _pool_for
 
@@ -113,6 +113,7 @@ def profile(args: argparse.Namespace, settings: dict[str, str]) -> None:
                 spies[name] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
         switched = {name: sum(switches(p) for p in members) for name, members in group.items()}
+        threads = {p: thread_cpu(p) for members in group.values() for p in members}
         started = time.monotonic()
         measured = wrk.WrkSettings(
             threads=2, connections=args.connections, duration_s=args.seconds, rate=args.rate
@@ -120,6 +121,7 @@ def profile(args: argparse.Namespace, settings: dict[str, str]) -> None:
         result = wrk.run(url, pool, measured)
         elapsed = time.monotonic() - started
         after = {name: sum(cpu_seconds(p) for p in members) for name, members in group.items()}
+        split = {p: loop_and_threads(threads[p], thread_cpu(p), p) for p in threads}
         switched = {
             name: sum(switches(p) for p in members) - switched[name] for name, members in group.items()
         }
@@ -134,6 +136,10 @@ def profile(args: argparse.Namespace, settings: dict[str, str]) -> None:
         cost = split_cost(used, idle[name] / IDLE_S, elapsed, max(1, result["requests"]))
         processes = len(group[name])
         per_switch = switched[name] / max(1, result["requests"])
+        # Each process's event loop and its other threads (the audit writer's, the drivers'), by the
+        # scheduler's runtime: where a second process's extra CPU goes.
+        loop_us = 1e6 * sum(split[p][0] for p in group[name]) / max(1, result["requests"])
+        other_us = 1e6 * sum(split[p][1] for p in group[name]) / max(1, result["requests"])
         figures[name] = {
             "us_per_request": round(cost.gross_us, 1),
             "net_us_per_request": round(cost.net_us, 1),
@@ -141,13 +147,16 @@ def profile(args: argparse.Namespace, settings: dict[str, str]) -> None:
             "idle_core_pct": round(100 * idle[name] / IDLE_S, 2),
             "core_pct": round(100 * used / elapsed, 1),
             "switches_per_request": round(per_switch, 2),
+            "loop_us_per_request": round(loop_us, 1),
+            "threads_us_per_request": round(other_us, 1),
         }
         print(
             f"{name}: {100 * used / elapsed:5.1f}% of a core, {cost.gross_us:6.0f} us CPU per request"
             f" = {cost.net_us:6.0f} net + {cost.fixed_us:4.0f} fixed"
             f" ({processes} process{'es' if processes > 1 else ''};"
             f" idle {100 * idle[name] / IDLE_S:.1f}% of a core;"
-            f" {per_switch:.2f} context switches per request)"
+            f" {per_switch:.2f} context switches per request;"
+            f" event loops {loop_us:.0f} us, other threads {other_us:.0f} us)"
         )
     for name in spies:
         print(f"== {name} (py-spy, busy samples only)")

@@ -278,7 +278,7 @@ async def check_after_restart(client: Client, load: Load, kek: str, data_dir: Pa
     return counts
 
 
-@pytest.mark.parametrize(("dsm_workers", "writer"), [(1, "orm"), (2, "orm"), (1, "raw")])
+@pytest.mark.parametrize(("dsm_workers", "writer"), [(1, "orm"), (2, "orm"), (1, "raw"), (2, "raw")])
 async def test_a_sigkilled_dsm_loses_no_acknowledged_key_ciphertext_or_audit_row(
     empty_db_url: str, tmp_path: Path, dsm_workers: int, writer: str
 ) -> None:

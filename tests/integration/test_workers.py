@@ -182,3 +182,64 @@ async def test_a_key_disabled_by_the_cli_is_refused_by_every_worker_once_the_com
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(process.wait, 60)
+
+
+async def test_admin_commands_beside_a_load_on_two_workers_fail_no_request_and_keep_every_chain(
+    tmp_path: Path, empty_db_url: str
+) -> None:
+    """Issue 23's many writers: the CLI in a second terminal writes keys and audit rows while a load runs
+    over both workers, each worker committing its own chain into the same database (SQLite: one write
+    lock for three writers). No request may fail, every success has its audit row, and every chain,
+    the CLI's and each worker's, verifies."""
+    data_dir, facts = await fleet_dir(tmp_path, empty_db_url)
+    ready, log = tmp_path / "dsm.ready", tmp_path / "dsm.log"
+    process = await asyncio.to_thread(_serve_two_workers, data_dir, ready, log)
+    statuses: list[int] = []
+    stop = asyncio.Event()
+    try:
+        url = (await asyncio.to_thread(wait_ready, ready, process, log))[0]
+        auth = {"Authorization": f"Basic {facts['dsm_api_key']}"}
+        body = {
+            "key": {"kid": facts["root_kek_id"]},
+            "alg": "AES",
+            "mode": "GCM",
+            "plain": base64.b64encode(b"\x03" * 16).decode(),
+        }
+
+        async def load() -> None:
+            while not stop.is_set():  # a new connection each: the kernel spreads them over both workers
+                async with aiohttp.ClientSession() as session:
+                    async with session.post(url + "/crypto/v1/encrypt", headers=auth, json=body) as r:
+                        await r.read()
+                        statuses.append(r.status)
+
+        loads = [asyncio.create_task(load()) for _ in range(6)]
+        try:
+            for i in range(3):
+                created = await asyncio.to_thread(_xkslab, data_dir, "key", "create", f"beside-{i}")
+                assert created.returncode == 0, created.stderr
+                disabled = await asyncio.to_thread(_xkslab, data_dir, "key", "disable", f"beside-{i}")
+                assert disabled.returncode == 0, disabled.stderr
+        finally:
+            stop.set()
+            await asyncio.gather(*loads)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    exported = await asyncio.to_thread(_xkslab, data_dir, "audit", "export")
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines() if line.strip()]
+    served = [
+        r for r in rows if r["chain"] in ("dsm-1-w1", "dsm-1-w2") and r["operation"] == "crypto.encrypt"
+    ]
+    assert {r["chain"] for r in served} == {"dsm-1-w1", "dsm-1-w2"}  # the load reached both workers
+    assert sum(1 for r in served if r["outcome"] == "success") == len(statuses)
+    by_cli = [r for r in rows if not r["chain"].startswith("dsm-1-w") and r["outcome"] == "success"]
+    assert sum(1 for r in by_cli if r["operation"] == "key.create" and "beside-" in r["message"]) == 3
+    assert sum(1 for r in by_cli if r["operation"] == "key.update") >= 3  # the three disables
+    verify = await asyncio.to_thread(_xkslab, data_dir, "audit", "verify", "--json")
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout + verify.stderr

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import os
+import threading
+import time
 
 import pytest
 
 from xkslab.bench import wrk
-from xkslab.bench.cpu import split_cost
+from xkslab.bench.cpu import loop_and_threads, split_cost, thread_cpu
 
 
 def test_interval_spreads_the_total_rate_over_the_threads() -> None:
@@ -68,3 +71,29 @@ def test_split_cost_separates_the_per_second_cost() -> None:
     assert half.fixed_us == pytest.approx(200.0)
     with pytest.raises(ValueError):
         split_cost(1.0, 0.0, 1.0, 0)
+
+
+def test_thread_cpu_splits_the_main_thread_from_the_other_threads() -> None:
+    """A thread that burns CPU shows in "other threads", not in the main thread's share, by the
+    scheduler's runtime of this very process."""
+    pid = os.getpid()
+    burnt, done = threading.Event(), threading.Event()
+
+    def burn() -> None:
+        end = time.thread_time() + 0.2
+        while time.thread_time() < end:
+            pass
+        burnt.set()
+        done.wait()
+
+    before = thread_cpu(pid)
+    worker = threading.Thread(target=burn)
+    worker.start()
+    burnt.wait()  # the main thread sleeps meanwhile
+    after = thread_cpu(pid)
+    done.set()
+    worker.join()
+    main, others = loop_and_threads(before, after, pid)
+    assert others >= 0.19
+    assert main < 0.1
+    assert worker.native_id in after and after[worker.native_id] >= 0.19

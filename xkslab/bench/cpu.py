@@ -35,3 +35,23 @@ def split_cost(used_s: float, idle_share: float, elapsed_s: float, requests: int
         raise ValueError("no request served: nothing to divide by")
     fixed = idle_share * elapsed_s
     return CostSplit(1e6 * used_s / requests, 1e6 * fixed / requests, 1e6 * (used_s - fixed) / requests)
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each live thread of ``pid`` (the scheduler's nanosecond runtime, not clock ticks).
+    A thread that ended is missing: compare two snapshots on the threads both hold."""
+    runtimes: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            runtimes[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue  # ended between the listing and the read, or no scheduler statistics here
+    return runtimes
+
+
+def loop_and_threads(before: dict[int, float], after: dict[int, float], pid: int) -> tuple[float, float]:
+    """CPU seconds between two ``thread_cpu`` snapshots of ``pid``: its main thread (the event loop)
+    and its other threads (the audit writer, the database drivers' threads) summed."""
+    spent = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    main = spent.pop(pid, 0.0)
+    return main, sum(spent.values())
