@@ -186,10 +186,8 @@ class XksSettings:
     # The key manager: comma-separated base URLs, one per DSM node (health reports each one): http:// or
     # https:// (the internal HTTP endpoint), or link+unix:///path and link://HOST:PORT (the framed link).
     dsm_urls: str = "http://127.0.0.1:8500"
-    # Persistent connections per link node, each carrying many calls at once. One by default: the calls of
-    # a loop turn then go out in one write and their answers come back in one (two connections split
-    # them: 4-15 % more CPU per XKS Encrypt in each service at 32 connections, README: Performance).
-    dsm_link_connections: int = 1
+    # Persistent connections per link node, each carrying many calls at once.
+    dsm_link_connections: int = 2
     dsm_token_file: Path = Path("proxy.token")
     # CA bundle for https:// DSM URLs (empty: the system's trust store).
     dsm_ca: str = ""
