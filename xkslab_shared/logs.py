@@ -25,7 +25,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -149,7 +149,7 @@ def _write(service: str, fields: dict[str, Any]) -> None:
             del fields[name]
         else:
             fields[name] = value
-    ACCESS_LOGGER.info("request", extra={"access": fields, "service": service})
+    _emit_access(fields, service)
 
 
 class AccessLine(AbstractAccessLogger):
@@ -183,6 +183,51 @@ def access_line(
     _write(service, fields)
 
 
+def _emit_access(fields: dict[str, Any], service: str) -> None:
+    """``ACCESS_LOGGER.info("request", extra={"access": fields, "service": service})``, the same line, written
+    straight to the one handler it would reach when that handler is this module's own (``configure``: a
+    StreamHandler with a LineFormatter, no filter, and no other handler on the way). A line per request in
+    every service: logging's record, its walk up the loggers and its handler's calls were half of a line's
+    cost (about 15 of 30 us, measured). Anything else set up (a test's capture, another handler, a filter,
+    ``logging.disable``) gets the record through logging, as before."""
+    handler = _only_handler()
+    if handler is None:
+        ACCESS_LOGGER.info("request", extra={"access": fields, "service": service})
+        return
+    formatter = cast(LineFormatter, handler.formatter)
+    line = formatter.access(time.time(), service, fields)
+    with handler.lock:  # type: ignore[union-attr]  # a Handler's lock, made by its __init__
+        try:
+            handler.stream.write(line + handler.terminator)
+            handler.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            record = ACCESS_LOGGER.makeRecord(ACCESS_LOGGER.name, logging.INFO, "", 0, "request", (), None)
+            handler.handleError(record)
+
+
+def _only_handler() -> logging.StreamHandler[Any] | None:
+    """The handler an access record would reach, when it is the only one and this module's (see above)."""
+    logger: logging.Logger | None = ACCESS_LOGGER
+    if ACCESS_LOGGER.disabled or ACCESS_LOGGER.filters or not ACCESS_LOGGER.isEnabledFor(logging.INFO):
+        return None
+    found: logging.StreamHandler[Any] | None = None
+    while logger is not None:
+        for handler in logger.handlers:
+            if (
+                found is not None
+                or type(handler) is not logging.StreamHandler
+                or type(handler.formatter) is not LineFormatter
+                or handler.filters
+                or handler.level > logging.INFO
+            ):
+                return None
+            found = handler
+        logger = logger.parent if logger.propagate else None
+    return found
+
+
 def _template(request: web.BaseRequest) -> str:
     match_info = getattr(request, "match_info", None)  # a request the parser refused has none
     route = getattr(match_info, "route", None)
@@ -202,12 +247,25 @@ class LineFormatter(logging.Formatter):
         self._second: tuple[int, str] = (-1, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return self._when(record.created, int(record.msecs))
+
+    def _when(self, created: float, msecs: int) -> str:
         second, seconds = self._second
-        if int(record.created) != second:  # one strftime a second, not one a line (one per request)
-            second = int(record.created)
+        if int(created) != second:  # one strftime a second, not one a line (one per request)
+            second = int(created)
             seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second, seconds  # one tuple: a formatter shared by threads sees a pair
-        return f"{seconds}.{int(record.msecs):03d}Z"
+        return f"{seconds}.{msecs:03d}Z"
+
+    def access(self, created: float, service: str, fields: dict[str, Any]) -> str:
+        """What ``format`` gives for an access record made at ``created`` (time.time()), without one."""
+        when = self._when(created, int((created - int(created)) * 1000))  # LogRecord's msecs
+        level = logging.getLevelName(logging.INFO)
+        if self._json:
+            line: dict[str, Any] = {"time": when, "level": level.lower(), "service": service}
+            line.update(event="request", **fields)
+            return json.dumps(line, default=str)
+        return f"{when} {level} {service}: {_access_message(fields)}"
 
     def format(self, record: logging.LogRecord) -> str:
         when = self.formatTime(record)
@@ -224,8 +282,7 @@ class LineFormatter(logging.Formatter):
                 line["traceback"] = failure
             return json.dumps(line, default=str)
         if fields is not None:
-            rest = "".join(f" {k}={_word(v)}" for k, v in fields.items() if k not in _TEXT_HEAD)
-            message = f"{fields['method']} {fields['route']} {fields['status']} {fields['ms']}ms{rest}"
+            message = _access_message(fields)
         else:
             message = record.getMessage()
         text = f"{when} {record.levelname} {service}: {message}"
@@ -233,6 +290,11 @@ class LineFormatter(logging.Formatter):
 
 
 _TEXT_HEAD = frozenset({"method", "route", "status", "ms"})
+
+
+def _access_message(fields: dict[str, Any]) -> str:
+    rest = "".join(f" {k}={_word(v)}" for k, v in fields.items() if k not in _TEXT_HEAD)
+    return f"{fields['method']} {fields['route']} {fields['status']} {fields['ms']}ms{rest}"
 
 
 def _word(value: Any) -> str:

@@ -54,8 +54,12 @@ _REQUIRED = {
 
 # The four operation URIs under any URI path prefix (the proxy routes by it; the key manager checks that
 # the path a request was signed for names the operation and key it is asked to run).
+# The prefix's segments are taken whole (possessive ``++``: a part of a segment can never be followed by
+# "/kms/...") and as few as will do (``*?``): the same matches and groups as the greedy form, since the
+# operation's segments after the prefix are fixed in number, for 0.6 us where the greedy form's
+# backtracking through the key's segments took 4-9 us (matched once in the proxy, once in the DSM).
 URI_PATH = re.compile(
-    r"(?P<prefix>(?:/[A-Za-z0-9_-]+)*)/kms/xks/v1/"
+    r"(?P<prefix>(?:/[A-Za-z0-9_-]++)*?)/kms/xks/v1/"
     r"(?:(?P<health>health)|keys/(?P<key>[A-Za-z0-9._-]{1,128})/(?P<op>metadata|encrypt|decrypt))"
 )
 
