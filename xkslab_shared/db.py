@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 import migrations
@@ -182,3 +184,15 @@ async def ping(sessions: async_sessionmaker[AsyncSession]) -> None:
     """One round trip to the database (the health endpoints): raises when it cannot be reached."""
     async with sessions() as session:
         await session.execute(text("SELECT 1"))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A loggable description of a database error: the driver's own message and, from sqlite3, the name
+    of SQLite's result code (SQLITE_BUSY, SQLITE_CORRUPT); never str() of a StatementError, which embeds
+    the statement's parameters. Anything else: its type's name only."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if not isinstance(orig, BaseException) or (orig is exc and not isinstance(exc, sqlite3.Error)):
+        return type(exc).__name__
+    code = getattr(orig, "sqlite_errorname", None)
+    inner = "" if orig is exc else f": {type(orig).__name__}"
+    return f"{type(exc).__name__}{inner}{f' ({code})' if code else ''}: {str(orig)[:300]}"

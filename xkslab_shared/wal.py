@@ -14,12 +14,22 @@ the frames committed before it began while new commits keep appending (72 to 108
 Encrypt). So when the WAL still holds more than ``restart_frames`` frames after a PASSIVE round, the
 same round runs ``PRAGMA wal_checkpoint(RESTART)`` at once. RESTART waits (through the busy handler,
 polling) for the write lock, which blocks nobody; holding it, it waits for readers of an older snapshot,
-copies what the PASSIVE round left (the frames of the few commits in between), syncs the database file,
-and waits until no reader uses the WAL (busy handler again); writers wait behind it meanwhile (their busy
-handler, within busy_timeout; new readers read on). The next writer then
-starts the WAL from its beginning. If the write lock is not had within the busy timeout, SQLite runs it
-as a PASSIVE round and the next round tries again. The file keeps its largest size, overwritten in
-place; ``journal_size_limit`` on the writers' connections (xkslab_shared/db.py) caps it.
+copies what the PASSIVE round left, syncs the database file, and waits until no reader uses the WAL (busy
+handler again); writers wait behind it meanwhile (new readers read on). The next writer then starts the
+WAL from its beginning. The checkpointer's busy handler gives up after ``RESTART_WAIT_MS`` (far below the
+writers' busy timeout and the proxy's budget for the key manager), so a long reader (another process's
+``audit verify``) holds the writers up that long at most: without the write lock SQLite runs the round
+as a PASSIVE one, and a RESTART still waiting for readers gives the lock back; the next round tries
+again. The file keeps its largest size, overwritten in place; ``journal_size_limit`` on every
+connection (xkslab_shared/db.py) caps it.
+
+Nothing here opens the database file itself (an ``os.open`` to fdatasync it before the RESTART did, once):
+POSIX ``close()`` of any descriptor of a file drops every fcntl lock the process holds on it, the SHARED
+locks of this process's SQLite connections included (SQLite's own VFS defers its closes for this reason;
+https://sqlite.org/howtocorrupt.html, 2.2). Another process closing its last connection then got the
+EXCLUSIVE lock, checkpointed and deleted the WAL and its index while this process still wrote to them:
+"database disk image is malformed" in the CLI and the audit writer, 500s on XKS, in
+tests/integration/test_cross_process.py. tests/unit/test_wal_growth.py checks the locks survive a round.
 """
 
 from __future__ import annotations
@@ -27,11 +37,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("xkslab.wal")
+
+# The busy timeout of the checkpointer's connection: how long a RESTART waits for the write lock and,
+# holding it, for readers. Writers wait at most about this long behind it (plus its copy and sync).
+RESTART_WAIT_MS = 50
 
 
 class WalCheckpointer:
@@ -65,7 +78,7 @@ class WalCheckpointer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        with contextlib.suppress(sqlite3.Error, OSError):
+        with contextlib.suppress(sqlite3.Error):
             await self.checkpoint()
         await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
         self._executor.shutdown(wait=True)
@@ -75,25 +88,18 @@ class WalCheckpointer:
             await asyncio.sleep(self._interval)
             try:
                 await self.checkpoint()
-            except (sqlite3.Error, OSError) as exc:  # a locked or missing file: the next round tries again
-                log.warning("WAL checkpoint failed: %s: %s", type(exc).__name__, exc)
+            except sqlite3.Error as exc:  # a locked or missing file: the next round tries again
+                name = getattr(exc, "sqlite_errorname", "")
+                log.warning("WAL checkpoint failed: %s %s: %s", type(exc).__name__, name, exc)
 
     def _checkpoint(self) -> tuple[int, int, int]:
         if self._conn is None:
             self._conn = sqlite3.connect(
-                self._path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
+                self._path, isolation_level=None, timeout=min(self._busy_timeout_ms, RESTART_WAIT_MS) / 1000
             )
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
-        row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # never waits
         if 0 < self._restart_frames < int(row[1]):
-            # The PASSIVE round wrote its pages into the database file but, overtaken by a commit, did
-            # not sync them; syncing them here, holding no lock, leaves RESTART's own sync (made while
-            # every writer waits) only the pages of the commits since.
-            fd = os.open(self._path, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
             row = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             self.restarts += 1
         self.rounds += 1
