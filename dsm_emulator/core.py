@@ -107,7 +107,10 @@ class DsmCore:
             )
             if not autocheckpoint and engine.url.database:
                 checkpointer = WalCheckpointer(
-                    engine.url.database, db.wal_checkpoint_ms / 1000, busy_timeout_ms=db.busy_timeout_ms
+                    engine.url.database,
+                    db.wal_checkpoint_ms / 1000,
+                    busy_timeout_ms=db.busy_timeout_ms,
+                    restart_frames=db.wal_restart_frames,
                 )
         sealer: Sealer | None = None
         try:

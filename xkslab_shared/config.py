@@ -52,6 +52,10 @@ class DatabaseSettings:
     # a database write and fsync on the request path); a background thread checkpoints every this often
     # instead (0: SQLite's own checkpoint at commit, every 1000 pages).
     wal_checkpoint_ms: int = 1000
+    # SQLite: when the WAL still holds more than this many frames (pages) after a background checkpoint,
+    # a RESTART checkpoint follows at once so that the WAL starts again from its beginning (under a
+    # steady load PASSIVE rounds alone never let it, and it grew without bound); 0: PASSIVE only.
+    wal_restart_frames: int = 1000
 
 
 @dataclass(frozen=True)
@@ -482,6 +486,8 @@ def _check(values: dict[str, Any], sources: dict[str, str]) -> None:
         raise fail("database.cache_poll_ms", "must be 0 to 10000 milliseconds")
     if not 0 <= values["database.wal_checkpoint_ms"] <= 60_000:
         raise fail("database.wal_checkpoint_ms", "must be 0 (checkpoint at commit) to 60000 milliseconds")
+    if not 0 <= values["database.wal_restart_frames"] <= 1_000_000:
+        raise fail("database.wal_restart_frames", "must be 0 (never restart the WAL) to 1000000 frames")
     if not 0 <= values["database.cache_max_age_s"] <= 3600:
         raise fail("database.cache_max_age_s", "must be 0 to 3600 seconds")
     if not XKS_MIN_PLAINTEXT_BYTES <= values["xks.max_plaintext_bytes"] <= XKS_MAX_PLAINTEXT_CAP:

@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dsm_emulator.audit.chain import ZERO_HASH, _utc
 from dsm_emulator.models import AuditRow
+from xkslab_shared.db import WAL_SIZE_LIMIT
 
 _TABLE = AuditRow.metadata.tables[AuditRow.__tablename__]
 COLUMNS = tuple(c.key for c in _TABLE.columns)
@@ -150,6 +151,7 @@ def sqlite_pragmas(conn: sqlite3.Connection, busy_timeout_ms: int, wal_autocheck
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA secure_delete=ON")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     if not wal_autocheckpoint:
         conn.execute("PRAGMA wal_autocheckpoint=0")
 

@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import insert, text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dsm_emulator.audit.chain import AUDIT_KEY_PURPOSE
@@ -38,6 +37,7 @@ from dsm_emulator.errors import AuditUnavailable, DsmError
 from dsm_emulator.keyring import Keyring
 from dsm_emulator.models import AuditRow
 from xkslab_shared.config import AuditSettings
+from xkslab_shared.db import describe_error
 from xkslab_shared.generation import Generation, bump
 
 # The logger keeps the name it had before audit became a package, so log filters keep working.
@@ -95,9 +95,7 @@ def _resolve(future: asyncio.Future[Any], result: Any = None, error: BaseExcepti
 
 def _describe(exc: BaseException) -> str:
     """A loggable description: never str() of a StatementError, which embeds the rows' parameters."""
-    if isinstance(exc, DBAPIError):
-        return f"{type(exc).__name__}: {type(exc.orig).__name__}: {str(exc.orig)[:300]}"
-    return f"{type(exc).__name__}: {exc.message}" if isinstance(exc, DsmError) else type(exc).__name__
+    return f"{type(exc).__name__}: {exc.message}" if isinstance(exc, DsmError) else describe_error(exc)
 
 
 class AuditLog:

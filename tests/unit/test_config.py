@@ -46,6 +46,16 @@ def test_data_dir_from_environment(tmp_path: Path) -> None:
         ("", {"XKSLAB_AUDIT_FLUSH_INTERVAL_MS": "soon"}, "expected a number"),
         ("", {"XKSLAB_DATABASE_URL": "mysql://x"}, "database.url"),
         ('[dsm]\nport = "eighty"\n', {}, "expected an integer"),
+        (
+            "",
+            {"XKSLAB_DATABASE_WAL_RESTART_FRAMES": "-1"},
+            r"database\.wal_restart_frames \(environment XKSLAB_DATABASE_WAL_RESTART_FRAMES\): must be 0",
+        ),
+        (
+            "[database]\nwal_restart_frames = 1000001\n",
+            {},
+            r"database\.wal_restart_frames \(.*xkslab\.toml\): must be 0",
+        ),
     ],
 )
 def test_bad_settings_name_the_setting_and_source(

@@ -97,3 +97,29 @@ async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> No
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
     finally:
         await engine.dispose()
+
+
+def test_a_database_error_is_logged_with_sqlite_s_code_and_message_never_the_parameters(
+    tmp_path: Path,
+) -> None:
+    """The audit writer's log named only "DatabaseError" when the WAL was deleted under it (issue 22):
+    SQLite's result code and message say what happened; a statement's parameters stay out."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+
+    from xkslab_shared.db import describe_error
+
+    (tmp_path / "bad.db").write_bytes(b"not a database" * 512)
+    engine = create_engine(f"sqlite:///{tmp_path / 'bad.db'}")
+    try:
+        with pytest.raises(DBAPIError) as wrapped, engine.connect() as conn:
+            conn.execute(text("SELECT :secret FROM sqlite_master"), {"secret": "s3cr3t-value"})
+    finally:
+        engine.dispose()
+    assert "s3cr3t-value" in str(wrapped.value)  # what a str() of it would have logged
+    described = describe_error(wrapped.value)
+    assert described == "DatabaseError: DatabaseError (SQLITE_NOTADB): file is not a database", described
+    raw = wrapped.value.orig
+    assert isinstance(raw, BaseException)
+    assert describe_error(raw) == "DatabaseError (SQLITE_NOTADB): file is not a database"
+    assert describe_error(ValueError("s3cr3t-value")) == "ValueError"
