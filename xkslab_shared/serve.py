@@ -150,6 +150,9 @@ async def start(stack: AsyncExitStack, listener: Listener, echo: Callable[[str],
         keepalive_timeout=limits.keepalive_timeout_s,
     )
     await runner.setup()
+    # Registered first, so it runs last: once the runner has finished its requests, the refusals still
+    # only counted in the open window are written, not lost with the process.
+    stack.callback(lambda: logs.REFUSAL_LINES.flush())
     stack.push_async_callback(runner.cleanup)
     assert runner.server is not None
     gate = _Gate(listener.name, limits.max_connections, limits.max_connections_per_client)

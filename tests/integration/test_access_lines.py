@@ -161,6 +161,34 @@ async def test_refusals_at_authentication_past_the_first_of_a_window_are_one_cou
     assert refusals.flush() == 0  # nothing left to count
 
 
+async def test_the_count_of_an_open_window_is_written_when_the_listener_stops(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service stopped in the middle of a window still says how many refusals it did not log."""
+    refusals = logs.RefusalLines(per_window=2, window_s=3600)
+    monkeypatch.setattr(logs, "REFUSAL_LINES", refusals)
+
+    async def refused(request: web.Request) -> web.Response:
+        logs.access(request).update(error="AuthenticationFailedException")
+        return web.json_response({"errorName": "AuthenticationFailedException"}, status=401)
+
+    app = make_app()
+    app.router.add_post("/refused", refused)
+    caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER.name)
+    listener = serve.Listener("test", app, "127.0.0.1", 0, service="svc", access_log=True)
+    async with contextlib.AsyncExitStack() as stack, aiohttp.ClientSession() as http:
+        (url,) = await serve.start(stack, listener, lambda _: None)
+        for _ in range(6):
+            async with http.post(f"{url}/refused") as response:
+                assert response.status == 401
+        assert not any("further" in r.getMessage() for r in caplog.records)  # the window is open
+    summaries = [r.getMessage() for r in caplog.records if "further" in r.getMessage()]
+    assert summaries == [
+        "4 further requests POST /refused answered 401 AuthenticationFailedException within 3600 s, "
+        "not logged one by one"
+    ]
+
+
 def test_refusals_are_counted_per_route() -> None:
     refusals = logs.RefusalLines(per_window=1, window_s=60, clock=lambda: 0.0)
     assert refusals.admit("s", "LINK", "/r", 200, "AuthFailed")
