@@ -60,7 +60,7 @@ def _logging_restored() -> Iterator[None]:
     root = logging.getLogger()
     alembic = logging.getLogger("alembic")
     handlers, level, alembic_level = list(root.handlers), root.level, alembic.level
-    flags = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)  # type: ignore[attr-defined]
+    flags = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
     try:
         yield
     finally:
@@ -73,14 +73,16 @@ def _logging_restored() -> Iterator[None]:
         root.setLevel(level)
         alembic.setLevel(alembic_level)
         (
-            logging._srcfile,  # type: ignore[attr-defined]
+            logging._srcfile,
             logging.logThreads,
             logging.logProcesses,
             logging.logMultiprocessing,
         ) = flags
 
 
-def _invoke(args: Sequence[str], input_data: str | bytes | None, env: Mapping[str, str] | None) -> Result:
+def _invoke(
+    args: Sequence[str], input_data: str | bytes | None, env: Mapping[str, str | None] | None
+) -> Result:
     from xkslab.cli import main
 
     runner = CliRunner()
@@ -91,14 +93,14 @@ def _invoke(args: Sequence[str], input_data: str | bytes | None, env: Mapping[st
 def run_cli(
     args: Sequence[str | os.PathLike[str]],
     *,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     input: str | bytes | None = None,  # the name subprocess.run gives it
     text: bool = True,
     check: bool = False,
 ) -> subprocess.CompletedProcess[Any]:
     """Run ``xkslab ARGS`` in this process, as ``subprocess.run([sys.executable, "-m", "xkslab", *args],
     capture_output=True, text=text, env={**os.environ, **env}, input=input, check=check)`` would.
-    With ``text=False`` stdout and stderr are bytes."""
+    With ``text=False`` stdout and stderr are bytes; a variable given as None is unset for the call."""
     argv = [os.fspath(a) for a in args]
     box: dict[str, Any] = {}
 
