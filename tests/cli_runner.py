@@ -28,10 +28,11 @@ How it stays faithful:
 
 When a separate process is the point, keep ``subprocess``: a writer in another process beside a running
 lab (tests/integration/test_cross_process.py, test_crash.py, cli_worker.py: what one process wrote,
-another reads), ``up``/``down``/``wait``/``demo`` and the ``serve`` commands of real labs, exit on
-signals, anything about ``PYTHON*`` variables, the interpreter or the installed console script, and
-at least one real ``python -m xkslab`` run per family of tests (test_cli_errors.py keeps a few) so
-the real entry point stays covered.
+another reads; test_keyring_rotation.py and test_kms_sigv4.py's access-key delete: another process's
+change reaching a service that runs in the test process), ``up``/``down``/``wait``/``demo`` and the
+``serve`` commands of real labs, exit on signals, anything about ``PYTHON*`` variables, the interpreter
+or the installed console script, and at least one real ``python -m xkslab`` run per family of tests
+(test_cli_errors.py keeps a few) so the real entry point stays covered.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,6 @@ from sqlalchemy import select
 from dsm_emulator.audit import verify
 from dsm_emulator.models import AuditRow
 from tests import xks_harness
-from tests.cli_runner import run_cli
 from tests.xks_harness import XksEnv, b64
 
 db_env = xks_harness.db_env  # the fixture this module uses (SQLite and PostgreSQL)
@@ -25,9 +27,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 async def xkslab(data_dir: Path, *args: str) -> Any:
-    """The real CLI in this process (tests/cli_runner.py), off the event loop so the servers keep
-    serving."""
-    proc = await asyncio.to_thread(run_cli, ["--data-dir", str(data_dir), *args])
+    """The real CLI in its own process (off the event loop, so the servers keep serving)."""
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=300,
+        )
+
+    proc = await asyncio.to_thread(run)
     assert proc.returncode == 0, f"xkslab {' '.join(args)} failed: {proc.stderr}"
     return json.loads(proc.stdout) if "--json" in args else proc.stdout
 
