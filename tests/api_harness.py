@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,21 +17,18 @@ from dsm_emulator.api.app import error_middleware
 from dsm_emulator.api.context import CORE_KEY, PRINCIPAL
 from dsm_emulator.authz import Principal, system_principal
 from dsm_emulator.core import DsmCore
+from tests.cli_runner import run_cli
 from xkslab_shared.config import load_settings
 
 
 def init_data_dir(data_dir: Path, database_url: str | None = None) -> tuple[Path, dict[str, Any]]:
     """A data directory made by the real ``xkslab init``, and what it printed. ``database_url``: a
-    PostgreSQL database for it (written to its xkslab.toml, so every later command and server uses it)."""
-    args = [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), "init", "--admin-password", "pw"]
+    PostgreSQL database for it (written to its xkslab.toml, so every later command and server uses it).
+    Run in this process (tests/cli_runner.py)."""
+    args = ["--data-dir", str(data_dir), "init", "--admin-password", "pw"]
     if database_url and not database_url.startswith("sqlite"):
         args += ["--database-url", database_url]
-    out = subprocess.run(
-        [*args, "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    out = run_cli([*args, "--json"], check=True)
     return data_dir, json.loads(out.stdout)
 
 

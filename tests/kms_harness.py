@@ -7,8 +7,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from kms_emulator.app import create_app
 from tests import deadlines
+from tests.cli_runner import run_cli
 from tests.xks_harness import start_runner
 from xkslab_shared.config import load_settings
 
@@ -32,12 +31,8 @@ CALLER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/{CALLER_ACCESS_KEY}"
 
 
 def init_data_dir(data_dir: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), "init", "--admin-password", "pw"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    """A data directory made by the real ``xkslab init``, run in this process (tests/cli_runner.py)."""
+    run_cli(["--data-dir", str(data_dir), "init", "--admin-password", "pw"], check=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
-"""The command line against a real data directory, in real processes, on SQLite and PostgreSQL and on
-both sealing backends: set-up, administration, restart, rewrap, audit verification, and a search of the
-stored bytes for every secret."""
+"""The command line against a real data directory, its commands in this process (tests/cli_runner.py) and
+the restart's phases in real ones (cli_worker.py), on SQLite and PostgreSQL and on both sealing backends:
+set-up, administration, restart, rewrap, audit verification, and a search of the stored bytes for every
+secret."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.cli_runner import run_cli
+
 WORKER = Path(__file__).with_name("cli_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,19 +30,12 @@ def run(
     check: bool = True,
     input_bytes: bytes | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=input_bytes is None,
-        env=full_env,
-        cwd=REPO,
-        timeout=120,
-        input=input_bytes,
-    )
+    """``xkslab --data-dir DATA_DIR ARGS``, in this process (tests/cli_runner.py); bytes out when given
+    bytes in."""
+    proc = run_cli(["--data-dir", str(data_dir), *args], env=env, input=input_bytes, text=input_bytes is None)
     if check and proc.returncode != 0:
         raise AssertionError(f"xkslab {' '.join(args)} failed ({proc.returncode}): {proc.stderr!s}")
-    return proc  # type: ignore[return-value]
+    return proc
 
 
 def run_json(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Any:

@@ -1,7 +1,8 @@
 """Issue 11, item 13: the global options (``--data-dir``, ``--set``) are accepted after the subcommand at any
 depth, and every error is one line on stderr with exit status 1 (click's usage errors keep 2), with a
-traceback only under XKSLAB_DEBUG=1. Real ``python -m xkslab`` processes on a real data directory, on
-SQLite and PostgreSQL where a database is involved."""
+traceback only under XKSLAB_DEBUG=1. The CLI in this process (tests/cli_runner.py), and in real
+``python -m xkslab`` processes for the entry point's own exit statuses, a traceback and ``kms serve``, on
+a real data directory, on SQLite and PostgreSQL where a database is involved."""
 
 from __future__ import annotations
 
@@ -17,13 +18,21 @@ from typing import Any
 
 import pytest
 
+from tests.cli_runner import run_cli
 from tests.integration.test_cli import REPO, init
 
 
-def xkslab(
+def xkslab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI with exactly these arguments (no --data-dir put in front, unlike test_cli.run), run in this
+    process (tests/cli_runner.py)."""
+    return run_cli(args, env={"XKSLAB_DATA_DIR": "", **(env or {})})
+
+
+def xkslab_process(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """The CLI with exactly these arguments (no --data-dir put in front, unlike test_cli.run)."""
+    """The same in a real ``python -m xkslab`` process: the entry point itself, its exit statuses and a
+    traceback as the interpreter prints it, and the serve commands."""
     return subprocess.run(
         [sys.executable, "-m", "xkslab", *args],
         capture_output=True,
@@ -88,9 +97,10 @@ def test_global_options_after_the_subcommand_at_any_depth(data_dir: Path, tmp_pa
 
 
 def test_usage_errors_keep_click_exit_status_2(tmp_path: Path) -> None:
-    proc = xkslab("key", "create", "--data-dir", str(tmp_path))
+    # In real processes, as are the next two tests: the entry point and its exit statuses themselves.
+    proc = xkslab_process("key", "create", "--data-dir", str(tmp_path))
     assert proc.returncode == 2 and "Missing argument" in proc.stderr and "Traceback" not in proc.stderr
-    proc = xkslab("key", "list", "--data-dir")
+    proc = xkslab_process("key", "list", "--data-dir")
     assert proc.returncode == 2 and "requires an argument" in proc.stderr
 
 
@@ -98,16 +108,18 @@ def test_unexpected_errors_are_one_line_unless_debugging(tmp_path: Path) -> None
     lab = tmp_path / "lab"
     lab.mkdir()
     (lab / "up.json").write_text("{ not json")
-    proc = xkslab("demo", "--data-dir", str(lab))
+    proc = xkslab_process("demo", "--data-dir", str(lab))
     one_line_error(proc, "JSONDecodeError")
-    debug = xkslab("demo", "--data-dir", str(lab), env={"XKSLAB_DEBUG": "1"})
+    debug = xkslab_process("demo", "--data-dir", str(lab), env={"XKSLAB_DEBUG": "1"})
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "JSONDecodeError" in debug.stderr
 
 
 def test_kms_serve_on_an_unusable_data_dir_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    proc = xkslab("kms", "serve", "--data-dir", str(blocker / "data"), "--set", "kms.port=0", timeout=60)
+    proc = xkslab_process(
+        "kms", "serve", "--data-dir", str(blocker / "data"), "--set", "kms.port=0", timeout=60
+    )
     one_line_error(proc)
 
 

@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests import deadlines
+from tests.cli_runner import run_cli
 from tests.integration.test_kms_api import connected_store_and_key, lab
 from tests.integration.test_up import kms_client, start_up, stop, wait_for_settings
 from tests.kms_harness import REGION, KmsEnv, aws, code, run_aws, start_kms, stop_kms
@@ -38,14 +38,8 @@ ON = {"kms.verify_sigv4": True, "database.cache_poll_ms": 100}
 
 
 def xkslab(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        cwd=REPO,
-        timeout=120,
-    )
+    """The CLI in this process (tests/cli_runner.py)."""
+    proc = run_cli(["--data-dir", str(data_dir), *args])
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -215,7 +209,26 @@ async def test_the_aws_cli_and_deleting_a_key(verifying: tuple[KmsEnv, str, str]
     )
     assert [(k["access_key_id"], k["user_name"]) for k in listed] == [(akid, "alice")]
     assert secret not in json.dumps(listed)
-    await asyncio.to_thread(xkslab, env.data_dir, "kms", "access-key", "delete", akid)
+    # In a real process: what this test is about is another process's change reaching this KMS's cache.
+    deleted = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "xkslab",
+            "--data-dir",
+            str(env.data_dir),
+            "kms",
+            "access-key",
+            "delete",
+            akid,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert deleted.returncode == 0, deleted.stderr
     # Deleted in another process: this KMS's cache follows within the poll interval (bounded wait).
     deadline = asyncio.get_running_loop().time() + 10
     alice = client(env, akid, secret)

@@ -10,12 +10,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import requests
 
-from tests.integration.test_sdkms_cli import REPO, dsm_https
+from tests.cli_runner import run_cli
+from tests.integration.test_sdkms_cli import dsm_https
 
 __all__ = ["dsm_https"]  # the server fixture, shared with the other sdkms-cli tests
 
@@ -24,13 +24,8 @@ BOB, BOB_PW = "bob@example.com", "bob-s3cret-pass"
 
 
 def xkslab(data_dir: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    """The CLI in this process (tests/cli_runner.py)."""
+    proc = run_cli(["--data-dir", str(data_dir), *args])
     assert proc.returncode == 0, f"xkslab {args}: {proc.stdout} {proc.stderr}"
     return proc.stdout
 

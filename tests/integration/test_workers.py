@@ -19,6 +19,7 @@ import aiohttp
 import boto3
 
 from tests import deadlines
+from tests.cli_runner import run_cli
 from tests.fleet import REPO
 from tests.integration.test_fleet_nodes import admin_headers, fleet_dir, until
 from tests.net import port_of, refused, wait_ready
@@ -98,14 +99,8 @@ def _serve_two_workers(data_dir: Path, ready: Path, log: Path) -> subprocess.Pop
 
 
 def _xkslab(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=300,
-    )
+    """The CLI in this process (tests/cli_runner.py), beside the lab's worker processes."""
+    return run_cli(["--data-dir", str(data_dir), *args])
 
 
 def _chains(data_dir: Path) -> set[str]:

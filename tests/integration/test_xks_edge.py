@@ -34,6 +34,7 @@ from dsm_emulator.authz import system_principal
 from dsm_emulator.core import DsmCore
 from dsm_emulator.errors import BadRequest, Conflict
 from tests import deadlines
+from tests.cli_runner import run_cli
 from tests.net import port_of, wait_ready
 from tests.xks_harness import (
     KEY_ARN,
@@ -683,15 +684,9 @@ async def test_invalid_alias_prefixes_are_refused(xks_env: XksEnv) -> None:
 
 
 def xkslab(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XKSLAB_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "xkslab", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=HANG_S,
-    )
+    """The CLI in this process (tests/cli_runner.py), without this process's XKSLAB_* variables."""
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("XKSLAB_")}
+    proc = run_cli(["--data-dir", str(data_dir), *args], env=unset)
     if check and proc.returncode != 0:
         raise AssertionError(f"xkslab {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc
