@@ -7,17 +7,16 @@ order with bash, in a temporary directory (so with a data directory of its own),
 - GitLab CI: ``before_script`` and ``script`` in one bash process (so ``eval`` carries), ``after_script`` in
   another; the artifact paths must exist at the end.
 
-The install step runs as written, in a virtual environment made without xkslab for this module (first on
-PATH, so ``pip``, ``python`` and ``xkslab`` are its own), from a wheel built from this checkout: the recipe's ``XKSLAB_SOURCE`` (its
-repository's URL) is the one value changed, to that wheel's ``file://`` URL, and pip gets this
-repository's constraints.txt (the dependency versions the suite passed with). Both recipes' install lines
-are the same command, so the two share that environment: the first recipe to run installs into it, the
+The install step runs as written, in a virtual environment made without xkslab for this module (first on PATH,
+so ``pip``, ``python`` and ``xkslab`` are its own), from a wheel built from this checkout: the recipe's
+``XKSLAB_SOURCE`` (its repository's URL) is the one value changed, to that wheel's ``file://`` URL, and pip
+gets this repository's constraints.txt (the dependency versions the suite passed with). Both recipes' install
+lines are the same command, so the two share that environment: the first recipe to run installs into it, the
 second runs its own install step there (pip finds it satisfied), and each checks afterwards that the
-environment's xkslab is the wheel's; the install and its bytecode compilation of every dependency, most
-of each test's CPU, is done once. The test step becomes a
-small boto3 round trip that reads only the environment the recipe gave it. Every step must exit 0, and no
-process of the lab may be left behind. Ports are free ones (XKSLAB_*_PORT=0 in the environment), so the
-recipe runs beside other labs on this machine."""
+environment's xkslab is the wheel's; the install and its bytecode compilation of every dependency, most of
+each test's CPU, is done once. The test step becomes a small boto3 round trip that reads only the environment
+the recipe gave it. Every step must exit 0, and no process of the lab may be left behind. Ports are free ones
+(XKSLAB_*_PORT=0 in the environment), so the recipe runs beside other labs on this machine."""
 
 from __future__ import annotations
 
