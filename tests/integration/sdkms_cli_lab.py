@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
 
+from tests.integration.sdkms_cli_exe import SDKMS_CLI
 from tests.integration.test_sdkms_cli_quorum import ADMIN, ADMIN_PW
 
 KEY = bytes(range(32))  # the imported AES (and HMAC) key whose results the rows check locally
@@ -41,7 +42,7 @@ class Lab:
 
     def run(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            ["sdkms-cli", "--api-endpoint", self.endpoint, "--ssl-ca-cert", str(self.ca), *args],
+            [SDKMS_CLI, "--api-endpoint", self.endpoint, "--ssl-ca-cert", str(self.ca), *args],
             input=stdin if stdin is not None else b"",
             capture_output=True,
             env=self.env,

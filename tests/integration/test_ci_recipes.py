@@ -7,13 +7,16 @@ order with bash, in a temporary directory (so with a data directory of its own),
 - GitLab CI: ``before_script`` and ``script`` in one bash process (so ``eval`` carries), ``after_script`` in
   another; the artifact paths must exist at the end.
 
-The install step runs as written, in a fresh virtual environment (first on PATH, so ``pip``, ``python``
-and ``xkslab`` are its own), from a wheel built from this checkout: the recipe's ``XKSLAB_SOURCE`` (its
-repository's URL) is the one value changed, to that wheel's ``file://`` URL, and pip gets this
-repository's constraints.txt (the dependency versions the suite passed with). The test step becomes a
-small boto3 round trip that reads only the environment the recipe gave it. Every step must exit 0, and no
-process of the lab may be left behind. Ports are free ones (XKSLAB_*_PORT=0 in the environment), so the
-recipe runs beside other labs on this machine."""
+The install step runs as written, in a virtual environment made without xkslab for this module (first on PATH,
+so ``pip``, ``python`` and ``xkslab`` are its own), from a wheel built from this checkout: the recipe's
+``XKSLAB_SOURCE`` (its repository's URL) is the one value changed, to that wheel's ``file://`` URL, and pip
+gets this repository's constraints.txt (the dependency versions the suite passed with). Both recipes' install
+lines are the same command, so the two share that environment: the first recipe to run installs into it, the
+second runs its own install step there (pip finds it satisfied), and each checks afterwards that the
+environment's xkslab is the wheel's; the install and its bytecode compilation of every dependency, most of
+each test's CPU, is done once. The test step becomes a small boto3 round trip that reads only the environment
+the recipe gave it. Every step must exit 0, and no process of the lab may be left behind. Ports are free ones
+(XKSLAB_*_PORT=0 in the environment), so the recipe runs beside other labs on this machine."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +71,24 @@ def load(name: str) -> dict[str, Any]:
     return data
 
 
+@pytest.fixture(scope="module")
+def recipes_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The virtual environment (pip only, no xkslab when made) whose bin/ the recipes' steps find first
+    on PATH; the first recipe's install step fills it."""
+    where = tmp_path_factory.mktemp("recipes") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=STEP_TIMEOUT_S)
+    return where / "bin"
+
+
 @pytest.fixture
-def workdir(
-    tmp_path: Path, xkslab_wheel: Path, fresh_venv: Callable[[str], Path]
-) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A workspace, a fresh virtual environment without xkslab, and a clean environment (that venv first
+def workdir(tmp_path: Path, xkslab_wheel: Path, recipes_venv: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A workspace of its own, the module's virtual environment, and a clean environment (that venv first
     on PATH, XKSLAB_SOURCE the wheel of this checkout); the lab is stopped and checked afterwards,
     whatever happened."""
     work, home = tmp_path / "work", tmp_path / "home"
     for path in (work, home):
         path.mkdir()
-    venv_bin = fresh_venv("venv")
+    venv_bin = recipes_venv
     env = {
         "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": str(home),
@@ -134,6 +144,14 @@ def installed_from_the_wheel(work: Path, env: dict[str, str]) -> None:
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip().endswith("/venv/bin/xkslab")
     assert "Location: " in shown.stdout and str(REPO) not in shown.stdout
+    # Installed from the wheel at XKSLAB_SOURCE (pip's record of where it came from), not from elsewhere.
+    origin = bash(
+        'python -c \'import importlib.metadata as m; print(m.distribution("xkslab").read_text("direct_url.json"))\'',
+        work,
+        env,
+    )
+    assert origin.returncode == 0, origin.stderr
+    assert env[SOURCE] in origin.stdout, origin.stdout
 
 
 def test_the_github_actions_workflow(workdir: tuple[Path, dict[str, str]]) -> None:

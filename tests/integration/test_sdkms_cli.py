@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.sdkms_cli_exe import SDKMS_CLI
 from tests.net import port_of, wait_ready
 from xkslab_shared.certs import make_local_ca, make_server_cert
 
@@ -89,7 +90,7 @@ def test_sdkms_cli_full_flow_over_https(dsm_https: tuple[str, Path], tmp_path: P
 
     def cli(*args: str) -> str:
         proc = subprocess.run(
-            ["sdkms-cli", "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
+            [SDKMS_CLI, "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
             capture_output=True,
             text=True,
             env=env,

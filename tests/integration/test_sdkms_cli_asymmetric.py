@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.integration.sdkms_cli_exe import SDKMS_CLI
 from tests.integration.test_sdkms_cli import dsm_https
 
 __all__ = ["dsm_https"]  # the fixture
@@ -29,7 +30,7 @@ def test_rsa_and_ec_keys_through_sdkms_cli(dsm_https: tuple[str, Path], tmp_path
 
     def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess[bytes]:
         proc = subprocess.run(
-            ["sdkms-cli", "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
+            [SDKMS_CLI, "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
             capture_output=True, env=env, cwd=tmp_path, timeout=60, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         assert (proc.returncode == 0) == ok, f"sdkms-cli {args}: {proc.stdout!r} {proc.stderr!r}"

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
+from tests.integration.sdkms_cli_exe import SDKMS_CLI
 from tests.integration.test_sdkms_cli import dsm_https
 
 __all__ = ["dsm_https"]  # the fixture
@@ -32,7 +33,7 @@ def test_derive_agree_des3_and_modes_through_sdkms_cli(dsm_https: tuple[str, Pat
 
     def cli(*args: str, ok: bool = True) -> bytes:
         proc = subprocess.run(
-            ["sdkms-cli", "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
+            [SDKMS_CLI, "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
             capture_output=True, env=env, cwd=tmp_path, timeout=60, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         assert (proc.returncode == 0) == ok, f"sdkms-cli {args}: {proc.stdout!r} {proc.stderr!r}"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration import test_dsm_api
+from tests.integration.sdkms_cli_exe import SDKMS_CLI
 from tests.integration.test_sdkms_cli import dsm_https
 from tests.integration.test_sdkms_sdk import login_admin
 from tests.unit.test_digests import ABC, CMAC_KEY, CMAC_VECTORS, HMAC_VECTORS
@@ -29,7 +30,7 @@ def test_sdkms_cli_digests_and_hmacs(dsm_https: tuple[str, Path], tmp_path: Path
 
     def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            ["sdkms-cli", "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
+            [SDKMS_CLI, "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
             capture_output=True,
             text=True,
             env=env,

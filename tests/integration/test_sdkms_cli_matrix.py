@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from dsm_emulator.api.not_emulated import ATTESTATION, CERTIFICATE_LOGIN, LDAP, PLUGINS
+from tests.integration.sdkms_cli_exe import SDKMS_CLI
 from tests.integration.sdkms_cli_lab import (
     IV,
     KEY,
@@ -358,7 +359,7 @@ COMMANDS: tuple[Row, ...] = (
 def test_every_command_has_a_row() -> None:
     """The table covers what ``sdkms-cli --help`` lists, and nothing else (a command an upgrade adds
     fails here until it has its row); each row expects exactly one outcome."""
-    proc = subprocess.run(["sdkms-cli", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([SDKMS_CLI, "--help"], capture_output=True, text=True, timeout=60)
     match = re.search(r"\{([a-z0-9,-]+)\}", proc.stdout)
     assert proc.returncode == 0 and match, proc.stdout
     listed = set(match.group(1).split(","))

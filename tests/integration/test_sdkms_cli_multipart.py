@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from tests.integration.sdkms_cli_exe import SDKMS_CLI
 from tests.integration.test_sdkms_cli import dsm_https
 
 __all__ = ["dsm_https"]  # the fixture, used by name
@@ -46,7 +47,7 @@ def cli(dsm_https: tuple[str, Path], tmp_path: Path) -> Cli:
 
     def run(*args: str, stdin: bytes | None = None, ok: bool = True) -> str:
         proc = subprocess.run(
-            ["sdkms-cli", "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
+            [SDKMS_CLI, "--api-endpoint", endpoint, "--ssl-ca-cert", str(ca), *args],
             capture_output=True,
             env=env,
             cwd=tmp_path,

@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 from tests.cli_runner import run_cli
+from tests.integration.sdkms_cli_exe import SDKMS_CLI
 from tests.integration.test_sdkms_cli import dsm_https
 
 __all__ = ["dsm_https"]  # the server fixture, shared with the other sdkms-cli tests
@@ -41,7 +42,7 @@ class SdkmsCli:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["sdkms-cli", "--api-endpoint", self.endpoint, "--ssl-ca-cert", str(self.ca), *args],
+            [SDKMS_CLI, "--api-endpoint", self.endpoint, "--ssl-ca-cert", str(self.ca), *args],
             capture_output=True,
             text=True,
             env=self.env,
