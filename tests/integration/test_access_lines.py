@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -110,6 +110,21 @@ def test_the_time_of_each_line_is_its_own_across_seconds() -> None:
     assert at(1_799_999_999.5) == "2027-01-15T07:59:59.500Z"
 
 
+def refusing_listener(request_id: Callable[[], str | None]) -> serve.Listener:
+    """The test app plus ``POST /refused``, answered 401 AuthenticationFailedException with a
+    ``kmsRequestId`` read (lazily, as the services do) from ``request_id``."""
+
+    async def refused(request: web.Request) -> web.Response:
+        logs.access(request).update(
+            error="AuthenticationFailedException", kmsRequestId=logs.Later(request_id)
+        )
+        return web.json_response({"errorName": "AuthenticationFailedException"}, status=401)
+
+    app = make_app()
+    app.router.add_post("/refused", refused)
+    return serve.Listener("test", app, "127.0.0.1", 0, service="svc", access_log=True)
+
+
 async def test_refusals_at_authentication_past_the_first_of_a_window_are_one_counted_line(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -126,16 +141,8 @@ async def test_refusals_at_authentication_past_the_first_of_a_window_are_one_cou
         reads.append("read")
         return "req-1"
 
-    async def refused(request: web.Request) -> web.Response:
-        logs.access(request).update(
-            error="AuthenticationFailedException", kmsRequestId=logs.Later(request_id)
-        )
-        return web.json_response({"errorName": "AuthenticationFailedException"}, status=401)
-
-    app = make_app()
-    app.router.add_post("/refused", refused)
     caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER.name)
-    listener = serve.Listener("test", app, "127.0.0.1", 0, service="svc", access_log=True)
+    listener = refusing_listener(request_id)
     async with contextlib.AsyncExitStack() as stack, aiohttp.ClientSession() as http:
         (url,) = await serve.start(stack, listener, lambda _: None)
         for _ in range(8):
@@ -168,14 +175,8 @@ async def test_the_count_of_an_open_window_is_written_when_the_listener_stops(
     refusals = logs.RefusalLines(per_window=2, window_s=3600)
     monkeypatch.setattr(logs, "REFUSAL_LINES", refusals)
 
-    async def refused(request: web.Request) -> web.Response:
-        logs.access(request).update(error="AuthenticationFailedException")
-        return web.json_response({"errorName": "AuthenticationFailedException"}, status=401)
-
-    app = make_app()
-    app.router.add_post("/refused", refused)
     caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER.name)
-    listener = serve.Listener("test", app, "127.0.0.1", 0, service="svc", access_log=True)
+    listener = refusing_listener(lambda: None)
     async with contextlib.AsyncExitStack() as stack, aiohttp.ClientSession() as http:
         (url,) = await serve.start(stack, listener, lambda _: None)
         for _ in range(6):
