@@ -153,6 +153,7 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
     operation, error_name, request_id, route = "Unknown", None, None, logs.NO_ROUTE
     gone = False
     line_id: str | logs.Later | None = None  # the access line's kmsRequestId
+    match: re.Match[str] | None = None
     try:
         raw_path, _, query = request.raw_path.partition("?")
         match = PATH.fullmatch(raw_path)
@@ -212,7 +213,12 @@ async def dispatch(edge: Edge, request: web.Request) -> web.StreamResponse:
     except asyncio.CancelledError:
         if body_deadline.body_expired(request):
             # Answered 408 by the shared body deadline: an error, not the success it used to count as.
+            # The deadline may cut in while the prefix is still being resolved: the path names the
+            # operation all the same.
             error_name = BODY_TIMEOUT_OUTCOME
+            if operation == "Unknown" and match is not None:
+                op = "health" if match["health"] else match["op"]
+                operation, route = XKS_OPERATION[op], ROUTE_TEMPLATE[op]
         raise
     except Exception:
         error_name = "InternalException"

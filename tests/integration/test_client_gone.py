@@ -30,6 +30,7 @@ from dsm_emulator.api.xks import PROXY_TOKEN_KEY
 from kms_emulator.app import listener as kms_listener
 from tests.api_harness import init_data_dir
 from tests.xks_harness import XksEnv, close_env, make_db_env
+from xks_frontend.app import EDGE_KEY
 from xks_frontend.app import listener as xks_listener
 from xkslab_shared import logs
 from xkslab_shared.config import load_settings
@@ -267,4 +268,46 @@ async def test_the_proxy_counts_a_body_cut_off_by_its_deadline_as_an_error(
     assert counted == {
         'xks_proxy_requests_total{operation="Encrypt",outcome="RequestTimeout"}': 1.0,
         'xks_proxy_errors_total{error_name="RequestTimeout",operation="Encrypt"}': 1.0,
+    }, counted
+
+
+async def test_a_body_deadline_that_cuts_into_the_prefix_lookup_still_names_the_operation(
+    lab: XksEnv, stack: AsyncExitStack
+) -> None:
+    """The deadline can expire while the proxy is still resolving the URI path prefix (a busy key manager
+    on a loaded machine: it did in CI); the path names the operation, so the 408 is counted under it, not
+    under "Unknown". The stall is made here (a slow lookup on demand is what no real part gives)."""
+    overrides = {
+        "xks.dsm_urls": lab.link_url,
+        "xks.port": 0,
+        "xks.prefix_cache_s": 0.0,
+        "xks.dsm_timeout_ms": 5000,
+        "http.body_timeout_ms": 200,
+    }
+    listener = xks_listener(load_settings(lab.data_dir, overrides=overrides, environ={}))
+    prefixes = listener.app[EDGE_KEY].prefixes
+    lookup = prefixes.resolve
+
+    async def stalled(prefix: str) -> str | None:
+        await asyncio.sleep(WITHIN_S)  # past the body deadline, which cancels it
+        return await lookup(prefix)
+
+    prefixes.resolve = stalled  # type: ignore[method-assign]
+    url, *_ = await start(stack, listener, lambda _: None)
+    path = urlsplit(lab.url("decrypt", lab.kek_id)).path
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(head("POST", path, {"Content-Type": "application/json"}, 100) + b'{"requestMeta')
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), WITHIN_S)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    async with aiohttp.ClientSession() as http:
+        samples = await metric_lines(http, url, "xks_proxy_")
+    counted = {s: n for s, n in samples.items() if re.match(r"xks_proxy_(requests|errors)_total\{", s)}
+    assert counted == {
+        'xks_proxy_requests_total{operation="Decrypt",outcome="RequestTimeout"}': 1.0,
+        'xks_proxy_errors_total{error_name="RequestTimeout",operation="Decrypt"}': 1.0,
     }, counted
