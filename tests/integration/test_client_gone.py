@@ -238,11 +238,12 @@ async def lab(empty_db_url: str, tmp_path: Path) -> AsyncIterator[XksEnv]:
         await close_env(env)
 
 
-async def test_the_proxy_counts_a_body_cut_off_by_its_deadline_as_an_error(
-    lab: XksEnv, stack: AsyncExitStack
-) -> None:
-    """A proxy served by the real runner with a short body deadline, in front of the lab's key manager:
-    the 408 used to be counted as a success."""
+async def counted_after_a_body_cut_off(
+    lab: XksEnv, stack: AsyncExitStack, op: str, lookup_stall_s: float = 0.0
+) -> dict[str, float]:
+    """A proxy served by the real runner with a 200 ms body deadline in front of the lab's key manager,
+    sent a request to ``op``'s URI whose body never ends (its prefix lookup stalled ``lookup_stall_s``
+    first, if set): the 408 it answers, then its requests/errors counters."""
     overrides = {
         "xks.dsm_urls": lab.link_url,
         "xks.port": 0,
@@ -250,9 +251,18 @@ async def test_the_proxy_counts_a_body_cut_off_by_its_deadline_as_an_error(
         "xks.dsm_timeout_ms": 5000,
         "http.body_timeout_ms": 200,
     }
-    settings = load_settings(lab.data_dir, overrides=overrides, environ={})
-    url, *_ = await start(stack, xks_listener(settings), lambda _: None)
-    path = urlsplit(lab.url("encrypt", lab.kek_id)).path
+    listener = xks_listener(load_settings(lab.data_dir, overrides=overrides, environ={}))
+    if lookup_stall_s:
+        prefixes = listener.app[EDGE_KEY].prefixes
+        lookup = prefixes.resolve
+
+        async def stalled(prefix: str) -> str | None:
+            await asyncio.sleep(lookup_stall_s)  # past the body deadline, which cancels it
+            return await lookup(prefix)
+
+        prefixes.resolve = stalled  # type: ignore[method-assign]
+    url, *_ = await start(stack, listener, lambda _: None)
+    path = urlsplit(lab.url(op, lab.kek_id)).path
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     try:
@@ -264,7 +274,14 @@ async def test_the_proxy_counts_a_body_cut_off_by_its_deadline_as_an_error(
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
     async with aiohttp.ClientSession() as http:
         samples = await metric_lines(http, url, "xks_proxy_")
-    counted = {s: n for s, n in samples.items() if re.match(r"xks_proxy_(requests|errors)_total\{", s)}
+    return {s: n for s, n in samples.items() if re.match(r"xks_proxy_(requests|errors)_total\{", s)}
+
+
+async def test_the_proxy_counts_a_body_cut_off_by_its_deadline_as_an_error(
+    lab: XksEnv, stack: AsyncExitStack
+) -> None:
+    """The 408 of the shared body deadline used to be counted as a success."""
+    counted = await counted_after_a_body_cut_off(lab, stack, "encrypt")
     assert counted == {
         'xks_proxy_requests_total{operation="Encrypt",outcome="RequestTimeout"}': 1.0,
         'xks_proxy_errors_total{error_name="RequestTimeout",operation="Encrypt"}': 1.0,
@@ -277,36 +294,7 @@ async def test_a_body_deadline_that_cuts_into_the_prefix_lookup_still_names_the_
     """The deadline can expire while the proxy is still resolving the URI path prefix (a busy key manager
     on a loaded machine: it did in CI); the path names the operation, so the 408 is counted under it, not
     under "Unknown". The stall is made here (a slow lookup on demand is what no real part gives)."""
-    overrides = {
-        "xks.dsm_urls": lab.link_url,
-        "xks.port": 0,
-        "xks.prefix_cache_s": 0.0,
-        "xks.dsm_timeout_ms": 5000,
-        "http.body_timeout_ms": 200,
-    }
-    listener = xks_listener(load_settings(lab.data_dir, overrides=overrides, environ={}))
-    prefixes = listener.app[EDGE_KEY].prefixes
-    lookup = prefixes.resolve
-
-    async def stalled(prefix: str) -> str | None:
-        await asyncio.sleep(WITHIN_S)  # past the body deadline, which cancels it
-        return await lookup(prefix)
-
-    prefixes.resolve = stalled  # type: ignore[method-assign]
-    url, *_ = await start(stack, listener, lambda _: None)
-    path = urlsplit(lab.url("decrypt", lab.kek_id)).path
-    parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    try:
-        writer.write(head("POST", path, {"Content-Type": "application/json"}, 100) + b'{"requestMeta')
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), WITHIN_S)
-    finally:
-        writer.close()
-    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
-    async with aiohttp.ClientSession() as http:
-        samples = await metric_lines(http, url, "xks_proxy_")
-    counted = {s: n for s, n in samples.items() if re.match(r"xks_proxy_(requests|errors)_total\{", s)}
+    counted = await counted_after_a_body_cut_off(lab, stack, "decrypt", lookup_stall_s=WITHIN_S)
     assert counted == {
         'xks_proxy_requests_total{operation="Decrypt",outcome="RequestTimeout"}': 1.0,
         'xks_proxy_errors_total{error_name="RequestTimeout",operation="Decrypt"}': 1.0,
